@@ -1,0 +1,33 @@
+/* Private to the CPU backend: its context and the kernels' entry points. */
+#ifndef SS_CPU_INTERNAL_H
+#define SS_CPU_INTERNAL_H
+
+#include <stddef.h>
+
+#include "kernels/cpu/pool.h"
+#include "kernels/kernels.h"
+#include "runtime/status.h"
+
+/* Reusable scratch buffers, one per purpose, grown on demand.  Kernels run one
+ * at a time from the engine thread, so one buffer per purpose suffices. */
+enum ss_scratch_kind {
+  SS_SCRATCH_XSUM,   /* matmul: per-token block sums of x */
+  SS_SCRATCH_ATTN,   /* attention: per-thread score rows */
+  SS_SCRATCH_COUNT_
+};
+
+typedef struct ss_cpu {
+  ss_pool *pool;
+  void *scratch[SS_SCRATCH_COUNT_];
+  size_t scratch_nbytes[SS_SCRATCH_COUNT_];
+} ss_cpu;
+
+/* Returns a buffer of at least nbytes for `kind`; aborts if memory runs out
+ * (scratch is small and sized by the model, so that is an invariant failure). */
+void *ss_cpu_scratch(ss_cpu *cpu, int kind, size_t nbytes);
+
+void ss_cpu_matmul(ss_backend *be, const ss_weight *w, const float *x, int64_t n, float *y);
+void ss_cpu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc,
+                      const float *q, const ss_attn_params *p, float *out);
+
+#endif

@@ -1,0 +1,27 @@
+/* A fixed-size thread pool for data-parallel kernels.
+ *
+ * ss_pool_run(pool, fn, arg) calls fn(arg, ith, nth) once on each of the nth
+ * threads (the caller is thread 0) and returns when all have finished.  Workers
+ * spin briefly between jobs and then sleep on a futex, so back-to-back kernels
+ * (hundreds per decoded token) do not pay a wake-up each. */
+#ifndef SS_POOL_H
+#define SS_POOL_H
+
+typedef struct ss_pool ss_pool;
+typedef void (*ss_pool_fn)(void *arg, int ith, int nth);
+
+/* Returns NULL on failure (message via ss_error_msg()). */
+ss_pool *ss_pool_create(int n_threads);
+void ss_pool_free(ss_pool *p);
+int ss_pool_size(const ss_pool *p);
+void ss_pool_run(ss_pool *p, ss_pool_fn fn, void *arg);
+
+/* The range [*lo, *hi) of n items that thread ith of nth handles: contiguous,
+ * sizes differing by at most one. */
+static inline void ss_pool_split(long n, int ith, int nth, long *lo, long *hi) {
+  long base = n / nth, rem = n % nth;
+  *lo = ith * base + (ith < rem ? ith : rem);
+  *hi = *lo + base + (ith < rem ? 1 : 0);
+}
+
+#endif

@@ -1,0 +1,150 @@
+#include "dtype.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Block sizes follow ggml's type table (GGML_QUANT_SIZES in the gguf package). */
+static const ss_dtype_info k_info[SS_DTYPE_COUNT_] = {
+    [SS_DTYPE_F32] = {"F32", 1, 4, true},
+    [SS_DTYPE_F16] = {"F16", 1, 2, true},
+    [SS_DTYPE_Q4_0] = {"Q4_0", 32, 18, true},
+    [SS_DTYPE_Q4_1] = {"Q4_1", 32, 20, true},
+    [SS_DTYPE_Q5_0] = {"Q5_0", 32, 22, false},
+    [SS_DTYPE_Q5_1] = {"Q5_1", 32, 24, false},
+    [SS_DTYPE_Q8_0] = {"Q8_0", 32, 34, true},
+    [SS_DTYPE_Q8_1] = {"Q8_1", 32, 36, false},
+    [SS_DTYPE_Q2_K] = {"Q2_K", 256, 84, false},
+    [SS_DTYPE_Q3_K] = {"Q3_K", 256, 110, false},
+    [SS_DTYPE_Q4_K] = {"Q4_K", 256, 144, false},
+    [SS_DTYPE_Q5_K] = {"Q5_K", 256, 176, false},
+    [SS_DTYPE_Q6_K] = {"Q6_K", 256, 210, false},
+    [SS_DTYPE_Q8_K] = {"Q8_K", 256, 292, false},
+    [SS_DTYPE_I8] = {"I8", 1, 1, false},
+    [SS_DTYPE_I16] = {"I16", 1, 2, false},
+    [SS_DTYPE_I32] = {"I32", 1, 4, false},
+    [SS_DTYPE_I64] = {"I64", 1, 8, false},
+    [SS_DTYPE_F64] = {"F64", 1, 8, false},
+    [SS_DTYPE_BF16] = {"BF16", 1, 2, true},
+};
+
+const ss_dtype_info *ss_dtype_get(uint32_t type) {
+  if (type >= SS_DTYPE_COUNT_ || k_info[type].name == NULL) return NULL;
+  return &k_info[type];
+}
+
+const char *ss_dtype_name(uint32_t type) {
+  const ss_dtype_info *ti = ss_dtype_get(type);
+  return ti ? ti->name : "unknown";
+}
+
+float ss_f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h >> 15) << 31;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t man = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else { /* subnormal: value = man * 2^-24 */
+      float f = ldexpf((float)man, -24);
+      memcpy(&bits, &f, 4);
+      bits |= sign;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t ss_f32_to_f16(float f) {
+  /* Round to nearest even, with overflow to inf and gradual underflow. */
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000;
+  uint32_t absx = x & 0x7fffffffu;
+  if (absx > 0x7f800000u) return (uint16_t)(sign | 0x7e00); /* NaN */
+  if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* rounds to inf */
+  if (absx < 0x38800000u) {                                  /* subnormal or zero */
+    float a;
+    memcpy(&a, &absx, 4);
+    float s = a * 16777216.0f; /* 2^24: units of the smallest subnormal */
+    uint32_t q = (uint32_t)nearbyintf(s);
+    return (uint16_t)(sign | q);
+  }
+  uint32_t exp = (absx >> 23) - 112;
+  uint32_t man = absx & 0x7fffff;
+  uint32_t h = (exp << 10) | (man >> 13);
+  uint32_t rem = man & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+  return (uint16_t)(sign | h);
+}
+
+float ss_bf16_to_f32(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t ss_f32_to_bf16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
+  x += 0x7fff + ((x >> 16) & 1);
+  return (uint16_t)(x >> 16);
+}
+
+void ss_dequantize_row(ss_dtype type, const void *src, float *dst, int64_t count) {
+  switch (type) {
+  case SS_DTYPE_F32:
+    memcpy(dst, src, (size_t)count * 4);
+    break;
+  case SS_DTYPE_F16: {
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < count; i++) dst[i] = ss_f16_to_f32(s[i]);
+    break;
+  }
+  case SS_DTYPE_BF16: {
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < count; i++) dst[i] = ss_bf16_to_f32(s[i]);
+    break;
+  }
+  case SS_DTYPE_Q4_0: {
+    const ss_block_q4_0 *b = src;
+    for (int64_t i = 0; i < count / SS_QK; i++) {
+      float d = ss_f16_to_f32(b[i].d);
+      for (int j = 0; j < SS_QK / 2; j++) {
+        dst[i * SS_QK + j] = d * (float)((b[i].qs[j] & 0x0f) - 8);
+        dst[i * SS_QK + j + SS_QK / 2] = d * (float)((b[i].qs[j] >> 4) - 8);
+      }
+    }
+    break;
+  }
+  case SS_DTYPE_Q4_1: {
+    const ss_block_q4_1 *b = src;
+    for (int64_t i = 0; i < count / SS_QK; i++) {
+      float d = ss_f16_to_f32(b[i].d), m = ss_f16_to_f32(b[i].m);
+      for (int j = 0; j < SS_QK / 2; j++) {
+        dst[i * SS_QK + j] = d * (float)(b[i].qs[j] & 0x0f) + m;
+        dst[i * SS_QK + j + SS_QK / 2] = d * (float)(b[i].qs[j] >> 4) + m;
+      }
+    }
+    break;
+  }
+  case SS_DTYPE_Q8_0: {
+    const ss_block_q8_0 *b = src;
+    for (int64_t i = 0; i < count / SS_QK; i++) {
+      float d = ss_f16_to_f32(b[i].d);
+      for (int j = 0; j < SS_QK; j++) dst[i * SS_QK + j] = d * (float)b[i].qs[j];
+    }
+    break;
+  }
+  default: /* callers check ss_dtype_info.compute first */
+    for (int64_t i = 0; i < count; i++) dst[i] = NAN;
+    break;
+  }
+}

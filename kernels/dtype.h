@@ -1,0 +1,64 @@
+/* Tensor element types.  The numeric values are the ggml/GGUF type ids, so a
+ * type read from a GGUF file can be used directly after ss_dtype_info() accepts
+ * it. */
+#ifndef SS_DTYPE_H
+#define SS_DTYPE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef enum ss_dtype {
+  SS_DTYPE_F32 = 0,
+  SS_DTYPE_F16 = 1,
+  SS_DTYPE_Q4_0 = 2,
+  SS_DTYPE_Q4_1 = 3,
+  SS_DTYPE_Q5_0 = 6,
+  SS_DTYPE_Q5_1 = 7,
+  SS_DTYPE_Q8_0 = 8,
+  SS_DTYPE_Q8_1 = 9,
+  SS_DTYPE_Q2_K = 10,
+  SS_DTYPE_Q3_K = 11,
+  SS_DTYPE_Q4_K = 12,
+  SS_DTYPE_Q5_K = 13,
+  SS_DTYPE_Q6_K = 14,
+  SS_DTYPE_Q8_K = 15,
+  SS_DTYPE_I8 = 24,
+  SS_DTYPE_I16 = 25,
+  SS_DTYPE_I32 = 26,
+  SS_DTYPE_I64 = 27,
+  SS_DTYPE_F64 = 28,
+  SS_DTYPE_BF16 = 30,
+  SS_DTYPE_COUNT_ = 64 /* upper bound on ids we look up */
+} ss_dtype;
+
+typedef struct ss_dtype_info {
+  const char *name;
+  uint32_t block_count; /* elements per block (1 for plain types) */
+  uint32_t block_nbytes;  /* bytes per block */
+  bool compute;         /* our kernels can multiply with it */
+} ss_dtype_info;
+
+/* NULL for an id we do not know the layout of. */
+const ss_dtype_info *ss_dtype_get(uint32_t type);
+const char *ss_dtype_name(uint32_t type);
+
+/* Block layouts (ggml's, little-endian, packed).  f16 scales are raw bits. */
+#define SS_QK 32
+typedef struct { uint16_t d; uint8_t qs[SS_QK / 2]; } ss_block_q4_0;          /* w = d*(q-8) */
+typedef struct { uint16_t d, m; uint8_t qs[SS_QK / 2]; } ss_block_q4_1;       /* w = d*q + m */
+typedef struct { uint16_t d; int8_t qs[SS_QK]; } ss_block_q8_0;               /* w = d*q */
+_Static_assert(sizeof(ss_block_q4_0) == 18, "q4_0 block");
+_Static_assert(sizeof(ss_block_q4_1) == 20, "q4_1 block");
+_Static_assert(sizeof(ss_block_q8_0) == 34, "q8_0 block");
+
+/* Scalar half/bfloat conversions (exact; used by reference paths and tables). */
+float ss_f16_to_f32(uint16_t h);
+uint16_t ss_f32_to_f16(float f);
+float ss_bf16_to_f32(uint16_t h);
+uint16_t ss_f32_to_bf16(float f);
+
+/* Dequantizes `count` elements (a multiple of the block count) of a row of
+ * `type` into f32.  Reference path, not the hot path. */
+void ss_dequantize_row(ss_dtype type, const void *src, float *dst, int64_t count);
+
+#endif

@@ -1,0 +1,108 @@
+/* The compute-kernel interface: one vtable of operations, implemented by the CPU
+ * backend (kernels/cpu/, the reference) and later by CUDA (kernels/cuda/).
+ *
+ * Conventions
+ *   - Activations are f32, row-major: a batch of n tokens of width C is float[n][C].
+ *   - A weight matrix is `rows` output features by `cols` input features, each row
+ *     stored contiguously in its own type (GGUF's ne[0] = cols, ne[1] = rows).
+ *   - Batch invariance: every output row is computed by the same sequence of
+ *     floating-point operations whatever n, the other rows and the thread count,
+ *     so a request's result does not depend on what it is batched with.
+ *   - All pointers refer to backend memory (host memory for the CPU backend). */
+#ifndef SS_KERNELS_H
+#define SS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+
+typedef struct ss_weight {
+  ss_dtype type;
+  int64_t rows;      /* output features */
+  int64_t cols;      /* input features; a multiple of the type's block count */
+  size_t row_nbytes; /* bytes per row */
+  const void *data;  /* rows * row_nbytes bytes */
+} ss_weight;
+
+/* One layer's slice of the paged KV cache: blocks of `block_size` token slots,
+ * each slot `kv_dim` = n_kv_head*head_dim floats, for K and for V. */
+typedef struct ss_kv_layer {
+  float *k;           /* (n_blocks, block_size, kv_dim) */
+  float *v;           /* (n_blocks, block_size, kv_dim) */
+  int32_t block_size;
+  int32_t kv_dim;
+} ss_kv_layer;
+
+/* Where each token of a batch lives: its position in its sequence and that
+ * sequence's block table (block ids for positions [0, block_size), ...). */
+typedef struct ss_token_loc {
+  int64_t n;
+  const int32_t *pos;                 /* [n] */
+  const int32_t *const *block_table;  /* [n] */
+} ss_token_loc;
+
+typedef enum ss_rope_mode {
+  SS_ROPE_NORM = 0, /* rotate adjacent pairs (x[2i], x[2i+1]): GGUF llama */
+  SS_ROPE_NEOX = 2, /* rotate halves (x[i], x[i+d/2]): Hugging Face layout */
+} ss_rope_mode;
+
+typedef struct ss_rope_params {
+  int n_heads;
+  int head_dim;
+  int rope_dim;      /* leading dimensions of each head that rotate (<= head_dim) */
+  float theta;       /* frequency base */
+  ss_rope_mode mode;
+} ss_rope_params;
+
+typedef struct ss_attn_params {
+  int n_head;
+  int n_kv_head;     /* query head h reads KV head h / (n_head / n_kv_head) */
+  int head_dim;
+  float scale;       /* usually 1/sqrt(head_dim) */
+  float softcap;     /* if > 0: logits = softcap * tanh(logits / softcap) */
+} ss_attn_params;
+
+typedef struct ss_backend ss_backend;
+struct ss_backend {
+  const char *name;
+  void *ctx;
+  void (*free)(ss_backend *be);
+  int (*n_threads)(const ss_backend *be);
+
+  /* Backend memory.  alloc returns NULL on failure; memory is 64-byte aligned. */
+  void *(*alloc)(ss_backend *be, size_t nbytes);
+  void (*dealloc)(ss_backend *be, void *p);
+
+  /* out[i] = row ids[i] of table, dequantized.  Ids are trusted (checked by the caller). */
+  void (*embed)(ss_backend *be, const ss_weight *table, const int32_t *ids, int64_t n, float *out);
+  /* out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * w, for n rows of width dim. */
+  void (*rmsnorm)(ss_backend *be, const float *x, const float *w, int64_t n, int64_t dim,
+                  float eps, float *out);
+  /* y[i] = W x[i] for n rows: x is float[n][w->cols], y is float[n][w->rows]. */
+  void (*matmul)(ss_backend *be, const ss_weight *w, const float *x, int64_t n, float *y);
+  /* Rotates the first rope_dim dimensions of each head of x (float[n][n_heads*head_dim])
+   * in place by angle pos * theta^(-2i/rope_dim). */
+  void (*rope)(ss_backend *be, float *x, const int32_t *pos, int64_t n, const ss_rope_params *p);
+  /* Writes each token's K and V rows into its slot of the cache. */
+  void (*kv_store)(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc, const float *k,
+                   const float *v);
+  /* Causal attention of each token over positions [0, pos] of its sequence, read from
+   * the cache (which must already hold this batch's K/V).  q, out: float[n][n_head*head_dim]. */
+  void (*attention)(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc, const float *q,
+                    const ss_attn_params *p, float *out);
+  /* out = silu(gate) * up, elementwise over count floats. */
+  void (*swiglu)(ss_backend *be, const float *gate, const float *up, int64_t count, float *out);
+  /* x += y, elementwise over count floats. */
+  void (*add)(ss_backend *be, float *x, const float *y, int64_t count);
+};
+
+/* The CPU backend with n_threads threads (<= 0: one per online core).
+ * Returns NULL on failure (message via ss_error_msg()). */
+ss_backend *ss_backend_cpu_create(int n_threads);
+
+/* Single-threaded reference dot product of one weight row with x (any compute
+ * type), accumulated in double.  For tests. */
+double ss_ref_dot(const ss_weight *w, int64_t row, const float *x);
+
+#endif
