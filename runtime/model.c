@@ -1,0 +1,328 @@
+#include "runtime/model.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/status.h"
+
+/* ------------------------------------------------------------------------ */
+/* Hyper-parameters                                                           */
+
+static const char *const k_supported_arch[] = {"llama"};
+
+static int get_hparam(const ss_gguf *g, const char *arch, const char *suffix, bool required,
+                      int64_t lo, int64_t hi, int *out) {
+  char key[128];
+  snprintf(key, sizeof key, "%s.%s", arch, suffix);
+  int64_t v;
+  int rc = ss_gguf_get_int(g, key, required, lo, hi, &v);
+  if (rc == SS_OK) *out = (int)v;
+  return rc < 0 ? rc : SS_OK;
+}
+
+static int get_fparam(const ss_gguf *g, const char *arch, const char *suffix, bool required,
+                      double lo, double hi, float *out) {
+  char key[128];
+  snprintf(key, sizeof key, "%s.%s", arch, suffix);
+  double v;
+  int rc = ss_gguf_get_float(g, key, required, &v);
+  if (rc < 0) return rc;
+  if (rc == SS_OK) {
+    if (!(v >= lo && v <= hi))
+      return ss_error(SS_ERR_FORMAT, "%s: metadata key '%s' = %g is outside the allowed range "
+                      "[%g, %g]", g->path, key, v, lo, hi);
+    *out = (float)v;
+  }
+  return SS_OK;
+}
+
+static int read_config(const ss_gguf *g, ss_model_config *c) {
+  ss_gguf_str arch;
+  int rc = ss_gguf_get_str(g, "general.architecture", true, &arch);
+  if (rc) return rc;
+  bool known = false;
+  for (size_t i = 0; i < sizeof k_supported_arch / sizeof *k_supported_arch; i++)
+    if (arch.len == strlen(k_supported_arch[i]) &&
+        memcmp(arch.ptr, k_supported_arch[i], arch.len) == 0)
+      known = true;
+  if (!known)
+    return ss_error(SS_ERR_UNSUPPORTED, "%s: general.architecture = '%.*s' is not supported "
+                    "(supported: llama)", g->path, (int)(arch.len < 64 ? arch.len : 64), arch.ptr);
+  snprintf(c->arch, sizeof c->arch, "%.*s", (int)arch.len, arch.ptr);
+  const char *a = c->arch;
+  if ((rc = get_hparam(g, a, "block_count", true, 1, 4096, &c->n_layer)) ||
+      (rc = get_hparam(g, a, "embedding_length", true, 1, 1 << 20, &c->dim)) ||
+      (rc = get_hparam(g, a, "feed_forward_length", true, 1, 1 << 22, &c->ffn_dim)) ||
+      (rc = get_hparam(g, a, "attention.head_count", true, 1, 4096, &c->n_head)) ||
+      (rc = get_hparam(g, a, "context_length", true, 1, 1 << 24, &c->n_ctx_train)))
+    return rc;
+  c->n_kv_head = c->n_head;
+  if ((rc = get_hparam(g, a, "attention.head_count_kv", false, 1, c->n_head, &c->n_kv_head)))
+    return rc;
+  if (c->n_head % c->n_kv_head != 0)
+    return ss_error(SS_ERR_FORMAT, "%s: %s.attention.head_count = %d is not a multiple of "
+                    "%s.attention.head_count_kv = %d", g->path, a, c->n_head, a, c->n_kv_head);
+  if (c->dim % c->n_head != 0)
+    return ss_error(SS_ERR_FORMAT, "%s: %s.embedding_length = %d is not a multiple of "
+                    "%s.attention.head_count = %d", g->path, a, c->dim, a, c->n_head);
+  c->head_dim = c->dim / c->n_head;
+  if ((rc = get_hparam(g, a, "attention.key_length", false, 2, 4096, &c->head_dim))) return rc;
+  c->rope_dim = c->head_dim;
+  if ((rc = get_hparam(g, a, "rope.dimension_count", false, 2, c->head_dim, &c->rope_dim)))
+    return rc;
+  if (c->rope_dim % 2 != 0 || c->rope_dim > 1024)
+    return ss_error(SS_ERR_FORMAT, "%s: %s.rope.dimension_count = %d must be even and at most "
+                    "1024", g->path, a, c->rope_dim);
+  c->rope_theta = 10000.0f;
+  if ((rc = get_fparam(g, a, "rope.freq_base", false, 1.0, 1e12, &c->rope_theta))) return rc;
+  c->rms_eps = 1e-5f;
+  if ((rc = get_fparam(g, a, "attention.layer_norm_rms_epsilon", false, 1e-12, 1.0, &c->rms_eps)))
+    return rc;
+  c->rope_mode = SS_ROPE_NORM; /* GGUF llama: Q/K rows permuted for adjacent-pair rotation */
+  return SS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tensors                                                                    */
+
+/* Finds `name`, checks its shape is (rows, cols) in GGUF order [cols, rows] and
+ * that our kernels handle its type, and fills w. */
+static int bind_weight(ss_model *m, const char *name, int64_t rows, int64_t cols, ss_weight *w) {
+  const ss_gguf *g = m->gguf;
+  const ss_gguf_tensor *t = ss_gguf_tensor_find(g, name);
+  if (!t) return ss_error(SS_ERR_FORMAT, "%s: missing tensor '%s'", g->path, name);
+  if (t->n_dims > 2 || t->ne[0] != cols || t->ne[1] != rows)
+    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' has shape [%" PRId64 ", %" PRId64 ", %" PRId64
+                    ", %" PRId64 "], expected [%" PRId64 ", %" PRId64 "]", g->path, name,
+                    t->ne[0], t->ne[1], t->ne[2], t->ne[3], cols, rows);
+  const ss_dtype_info *ti = ss_dtype_get(t->type);
+  if (!ti->compute || (ti->block_count > 1 && cols % SS_QK != 0))
+    return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which has no kernel "
+                    "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)", g->path, name, ti->name);
+  w->type = t->type;
+  w->rows = rows;
+  w->cols = cols;
+  w->row_nbytes = (size_t)(cols / ti->block_count) * ti->block_nbytes;
+  w->data = t->data;
+  m->weight_nbytes += t->nbytes;
+  return SS_OK;
+}
+
+static int bind_norm(ss_model *m, const char *name, int64_t dim, const float **out) {
+  const ss_gguf *g = m->gguf;
+  const ss_gguf_tensor *t = ss_gguf_tensor_find(g, name);
+  if (!t) return ss_error(SS_ERR_FORMAT, "%s: missing tensor '%s'", g->path, name);
+  if (t->n_dims != 1 || t->ne[0] != dim)
+    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' has %u dims [%" PRId64 ", ...], expected [%"
+                    PRId64 "]", g->path, name, t->n_dims, t->ne[0], dim);
+  if (t->type != SS_DTYPE_F32)
+    return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, norm weights must be F32",
+                    g->path, name, ss_dtype_name(t->type));
+  *out = t->data;
+  m->weight_nbytes += t->nbytes;
+  return SS_OK;
+}
+
+static int bind_all(ss_model *m) {
+  const ss_model_config *c = &m->cfg;
+  const int64_t q_dim = (int64_t)c->n_head * c->head_dim;
+  const int64_t kv_dim = (int64_t)c->n_kv_head * c->head_dim;
+  int rc;
+  if ((rc = bind_weight(m, "token_embd.weight", c->vocab, c->dim, &m->tok_embd))) return rc;
+  if ((rc = bind_norm(m, "output_norm.weight", c->dim, &m->output_norm))) return rc;
+  if (ss_gguf_tensor_find(m->gguf, "output.weight")) {
+    if ((rc = bind_weight(m, "output.weight", c->vocab, c->dim, &m->output))) return rc;
+  } else {
+    m->cfg.tied_output = true;
+    m->output = m->tok_embd;
+  }
+  m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
+  if (!m->layers) return ss_error(SS_ERR_NOMEM, "out of memory");
+  for (int l = 0; l < c->n_layer; l++) {
+    ss_layer_weights *L = &m->layers[l];
+    char n[96];
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+    if ((rc = bind_norm(m, NAME("attn_norm.weight"), c->dim, &L->attn_norm)) ||
+        (rc = bind_weight(m, NAME("attn_q.weight"), q_dim, c->dim, &L->wq)) ||
+        (rc = bind_weight(m, NAME("attn_k.weight"), kv_dim, c->dim, &L->wk)) ||
+        (rc = bind_weight(m, NAME("attn_v.weight"), kv_dim, c->dim, &L->wv)) ||
+        (rc = bind_weight(m, NAME("attn_output.weight"), c->dim, q_dim, &L->wo)) ||
+        (rc = bind_norm(m, NAME("ffn_norm.weight"), c->dim, &L->ffn_norm)) ||
+        (rc = bind_weight(m, NAME("ffn_gate.weight"), c->ffn_dim, c->dim, &L->w_gate)) ||
+        (rc = bind_weight(m, NAME("ffn_up.weight"), c->ffn_dim, c->dim, &L->w_up)) ||
+        (rc = bind_weight(m, NAME("ffn_down.weight"), c->dim, c->ffn_dim, &L->w_down)))
+      return rc;
+#undef NAME
+  }
+  return SS_OK;
+}
+
+/* Touches every page of the tensor data so later timings measure compute, and
+ * reports progress (large files take a while to come in from disk). */
+static void prefault(const ss_model *m, const ss_model_load_opts *o) {
+  const ss_gguf *g = m->gguf;
+  const uint8_t *p = g->map + g->data_offset;
+  const uint64_t total = g->size - g->data_offset;
+  const uint64_t step = 64ull << 20;
+  long page = sysconf(_SC_PAGESIZE);
+  if (page <= 0) page = 4096;
+  volatile uint8_t sink = 0;
+  for (uint64_t done = 0; done < total;) {
+    uint64_t end = done + step < total ? done + step : total;
+    for (uint64_t i = done; i < end; i += (uint64_t)page) sink ^= p[i];
+    done = end;
+    if (o->progress) o->progress(o->progress_user, done, total);
+  }
+  (void)sink;
+}
+
+int ss_model_load(const char *path, const ss_model_load_opts *opts, ss_model **out) {
+  *out = NULL;
+  ss_model_load_opts defaults = {0};
+  if (!opts) opts = &defaults;
+  ss_model *m = calloc(1, sizeof *m);
+  if (!m) return ss_error(SS_ERR_NOMEM, "out of memory");
+  int rc = ss_gguf_open(path, &m->gguf);
+  if (rc) goto fail;
+  if ((rc = read_config(m->gguf, &m->cfg))) goto fail;
+  if ((rc = ss_tokenizer_load(m->gguf, &m->tok))) goto fail;
+  m->cfg.vocab = ss_tokenizer_n_vocab(m->tok);
+  {
+    char key[128];
+    int64_t v;
+    snprintf(key, sizeof key, "%s.vocab_size", m->cfg.arch);
+    rc = ss_gguf_get_int(m->gguf, key, false, 1, INT32_MAX, &v);
+    if (rc < 0) goto fail;
+    if (rc == SS_OK && v != m->cfg.vocab) {
+      rc = ss_error(SS_ERR_FORMAT, "%s: %s = %" PRId64 " but tokenizer.ggml.tokens has %d entries",
+                    path, key, v, m->cfg.vocab);
+      goto fail;
+    }
+  }
+  if ((rc = bind_all(m))) goto fail;
+  ss_gguf_str tmpl;
+  if (ss_gguf_get_str(m->gguf, "tokenizer.chat_template", false, &tmpl) == SS_OK) {
+    m->chat_template = malloc(tmpl.len + 1);
+    if (!m->chat_template) {
+      rc = ss_error(SS_ERR_NOMEM, "out of memory");
+      goto fail;
+    }
+    memcpy(m->chat_template, tmpl.ptr, tmpl.len);
+    m->chat_template[tmpl.len] = 0;
+  }
+  if (opts->prefault) prefault(m, opts);
+  *out = m;
+  return SS_OK;
+fail:
+  ss_model_free(m);
+  return rc;
+}
+
+void ss_model_free(ss_model *m) {
+  if (!m) return;
+  free(m->layers);
+  free(m->chat_template);
+  ss_tokenizer_free(m->tok);
+  ss_gguf_close(m->gguf);
+  free(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Forward pass                                                               */
+
+int ss_forward_state_init(ss_forward_state *st, const ss_model *m, ss_backend *be,
+                          int64_t max_tokens, int64_t max_logits) {
+  memset(st, 0, sizeof *st);
+  const ss_model_config *c = &m->cfg;
+  st->be = be;
+  st->max_tokens = max_tokens;
+  st->max_logits = max_logits;
+  const size_t T = (size_t)max_tokens;
+  const size_t q_dim = (size_t)c->n_head * c->head_dim;
+  const size_t kv_dim = (size_t)c->n_kv_head * c->head_dim;
+  const size_t wide = q_dim > (size_t)c->dim ? q_dim : (size_t)c->dim;
+  st->x = be->alloc(be, T * c->dim * sizeof(float));
+  st->xb = be->alloc(be, T * wide * sizeof(float));
+  st->xb2 = be->alloc(be, T * c->dim * sizeof(float));
+  st->q = be->alloc(be, T * q_dim * sizeof(float));
+  st->k = be->alloc(be, T * kv_dim * sizeof(float));
+  st->v = be->alloc(be, T * kv_dim * sizeof(float));
+  st->att = be->alloc(be, T * q_dim * sizeof(float));
+  st->hb = be->alloc(be, T * c->ffn_dim * sizeof(float));
+  st->hb2 = be->alloc(be, T * c->ffn_dim * sizeof(float));
+  st->xl = be->alloc(be, (size_t)max_logits * c->dim * sizeof(float));
+  st->ids = malloc(T * sizeof(int32_t));
+  if (!st->x || !st->xb || !st->xb2 || !st->q || !st->k || !st->v || !st->att || !st->hb ||
+      !st->hb2 || !st->xl || !st->ids) {
+    ss_forward_state_free(st);
+    return ss_error(SS_ERR_NOMEM, "cannot allocate activations for %lld tokens",
+                    (long long)max_tokens);
+  }
+  return SS_OK;
+}
+
+void ss_forward_state_free(ss_forward_state *st) {
+  ss_backend *be = st->be;
+  if (!be) return;
+  float *bufs[] = {st->x, st->xb, st->xb2, st->q, st->k, st->v, st->att, st->hb, st->hb2, st->xl};
+  for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+    if (bufs[i]) be->dealloc(be, bufs[i]);
+  free(st->ids);
+  memset(st, 0, sizeof *st);
+}
+
+int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
+                     float *logits) {
+  const ss_model_config *c = &m->cfg;
+  ss_backend *be = st->be;
+  const int64_t n = b->n;
+  if (n <= 0 || n > st->max_tokens || b->n_logits < 0 || b->n_logits > st->max_logits)
+    return ss_error(SS_ERR_INVALID, "forward: batch of %lld tokens / %lld logit rows exceeds "
+                    "the state's %lld / %lld", (long long)n, (long long)b->n_logits,
+                    (long long)st->max_tokens, (long long)st->max_logits);
+  const ss_rope_params rq = {.n_heads = c->n_head, .head_dim = c->head_dim,
+                             .rope_dim = c->rope_dim, .theta = c->rope_theta,
+                             .mode = c->rope_mode};
+  ss_rope_params rk = rq;
+  rk.n_heads = c->n_kv_head;
+  const ss_attn_params ap = {.n_head = c->n_head, .n_kv_head = c->n_kv_head,
+                             .head_dim = c->head_dim,
+                             .scale = 1.0f / sqrtf((float)c->head_dim), .softcap = 0.0f};
+
+  be->embed(be, &m->tok_embd, b->tokens, n, st->x);
+  for (int l = 0; l < c->n_layer; l++) {
+    const ss_layer_weights *L = &m->layers[l];
+    const ss_kv_layer kvl = ss_kv_cache_layer(kv, l);
+    /* attention */
+    be->rmsnorm(be, st->x, L->attn_norm, n, c->dim, c->rms_eps, st->xb);
+    be->matmul(be, &L->wq, st->xb, n, st->q);
+    be->matmul(be, &L->wk, st->xb, n, st->k);
+    be->matmul(be, &L->wv, st->xb, n, st->v);
+    be->rope(be, st->q, b->loc.pos, n, &rq);
+    be->rope(be, st->k, b->loc.pos, n, &rk);
+    be->kv_store(be, &kvl, &b->loc, st->k, st->v);
+    be->attention(be, &kvl, &b->loc, st->q, &ap, st->att);
+    be->matmul(be, &L->wo, st->att, n, st->xb2);
+    be->add(be, st->x, st->xb2, n * c->dim);
+    /* MLP */
+    be->rmsnorm(be, st->x, L->ffn_norm, n, c->dim, c->rms_eps, st->xb);
+    be->matmul(be, &L->w_gate, st->xb, n, st->hb);
+    be->matmul(be, &L->w_up, st->xb, n, st->hb2);
+    be->swiglu(be, st->hb, st->hb2, n * c->ffn_dim, st->hb);
+    be->matmul(be, &L->w_down, st->hb, n, st->xb2);
+    be->add(be, st->x, st->xb2, n * c->dim);
+  }
+  if (b->n_logits == 0) return SS_OK;
+  for (int64_t i = 0; i < b->n_logits; i++) {
+    int32_t r = b->logit_rows[i];
+    SS_ASSERT(r >= 0 && r < n);
+    memcpy(st->xl + i * c->dim, st->x + (int64_t)r * c->dim, (size_t)c->dim * sizeof(float));
+  }
+  be->rmsnorm(be, st->xl, m->output_norm, b->n_logits, c->dim, c->rms_eps, st->xl);
+  be->matmul(be, &m->output, st->xl, b->n_logits, logits);
+  return SS_OK;
+}

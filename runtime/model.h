@@ -1,0 +1,105 @@
+/* A decoder-only transformer (llama family) loaded from GGUF: configuration,
+ * weights (used in place from the mapped file, in their stored types), and the
+ * forward pass over a batch of tokens on a kernel backend. */
+#ifndef SS_MODEL_H
+#define SS_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+#include "runtime/gguf.h"
+#include "runtime/kv_cache.h"
+#include "runtime/tokenizer.h"
+
+typedef struct ss_model_config {
+  char arch[32];     /* general.architecture */
+  int n_layer;
+  int dim;           /* C: residual width */
+  int n_head;        /* H */
+  int n_kv_head;     /* KV heads (grouped-query attention) */
+  int head_dim;      /* D */
+  int ffn_dim;       /* F: MLP hidden width */
+  int vocab;         /* V */
+  int n_ctx_train;   /* context length the model was trained for */
+  int rope_dim;      /* dimensions of each head that rotate */
+  float rope_theta;
+  ss_rope_mode rope_mode;
+  float rms_eps;
+  bool tied_output;  /* output head shares token_embd */
+} ss_model_config;
+
+typedef struct ss_layer_weights {
+  const float *attn_norm; /* (C) */
+  ss_weight wq;           /* (H*D, C) */
+  ss_weight wk;           /* (KV*D, C) */
+  ss_weight wv;           /* (KV*D, C) */
+  ss_weight wo;           /* (C, H*D) */
+  const float *ffn_norm;  /* (C) */
+  ss_weight w_gate;       /* (F, C) */
+  ss_weight w_up;         /* (F, C) */
+  ss_weight w_down;       /* (C, F) */
+} ss_layer_weights;
+
+typedef struct ss_model {
+  ss_model_config cfg;
+  ss_gguf *gguf;
+  ss_tokenizer *tok;
+  ss_weight tok_embd;       /* (V, C) */
+  ss_layer_weights *layers; /* [n_layer] */
+  const float *output_norm; /* (C) */
+  ss_weight output;         /* (V, C); tok_embd when tied */
+  char *chat_template;      /* tokenizer.chat_template, or NULL */
+  uint64_t weight_nbytes;   /* bytes of all tensors used */
+} ss_model;
+
+/* Called while the weights are paged in: done and total bytes. */
+typedef void (*ss_progress_fn)(void *user, uint64_t done, uint64_t total);
+
+typedef struct ss_model_load_opts {
+  ss_progress_fn progress; /* may be NULL */
+  void *progress_user;
+  bool prefault;           /* read every weight page now rather than on first use */
+} ss_model_load_opts;
+
+/* Opens `path`, checks architecture, hyper-parameters and every tensor's
+ * presence, type and shape.  Errors name the file and the key or tensor. */
+int ss_model_load(const char *path, const ss_model_load_opts *opts, ss_model **out);
+void ss_model_free(ss_model *m);
+
+/* Per-batch activations and scratch, sized for up to max_tokens tokens per
+ * forward call and max_logits logit rows. */
+typedef struct ss_forward_state {
+  ss_backend *be;
+  int64_t max_tokens, max_logits;
+  float *x;      /* (T, C) residual stream */
+  float *xb;     /* (T, C) normalised input of a sub-layer */
+  float *xb2;    /* (T, C) sub-layer output */
+  float *q;      /* (T, H*D) */
+  float *k;      /* (T, KV*D) */
+  float *v;      /* (T, KV*D) */
+  float *att;    /* (T, H*D) */
+  float *hb;     /* (T, F) */
+  float *hb2;    /* (T, F) */
+  float *xl;     /* (max_logits, C) rows that produce logits */
+  int32_t *ids;  /* (T) */
+} ss_forward_state;
+
+int ss_forward_state_init(ss_forward_state *st, const ss_model *m, ss_backend *be,
+                          int64_t max_tokens, int64_t max_logits);
+void ss_forward_state_free(ss_forward_state *st);
+
+/* One forward pass.  Token ids are trusted (range-checked by the caller).
+ * Batch rows logit_rows[0..n_logits) produce logits (float[n_logits][V]). */
+typedef struct ss_batch {
+  int64_t n;
+  const int32_t *tokens;  /* [n] */
+  ss_token_loc loc;       /* positions and block tables */
+  int64_t n_logits;
+  const int32_t *logit_rows;
+} ss_batch;
+
+int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
+                     float *logits);
+
+#endif
