@@ -1,0 +1,55 @@
+#include "cli.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int ss_cli_fail(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "shardserve %s: error: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  return SS_EXIT_FAIL;
+}
+
+int ss_cli_usage(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "shardserve %s: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\nRun 'shardserve %s --help' for the list of options.\n", cmd);
+  va_end(ap);
+  return SS_EXIT_USAGE;
+}
+
+bool ss_cli_parse_int(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi,
+                      int64_t *out) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno || end == s || *end != '\0' || v < lo || v > hi) {
+    ss_cli_usage(cmd, "invalid value '%s' for %s: expected an integer in [%" PRId64 ", %" PRId64 "]",
+                 s, flag, lo, hi);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+bool ss_cli_parse_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                        double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || *end != '\0' || !isfinite(v) || v < lo || v > hi) {
+    ss_cli_usage(cmd, "invalid value '%s' for %s: expected a number in [%g, %g]", s, flag, lo, hi);
+    return false;
+  }
+  *out = v;
+  return true;
+}

@@ -1,0 +1,38 @@
+/* Shared pieces of the command-line front end.  Each subcommand lives in its
+ * own cmd_<name>.c and returns the process exit status:
+ *   0 success, 1 runtime failure (bad file, I/O), 2 usage error (bad flags). */
+#ifndef SS_CLI_H
+#define SS_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define SS_EXIT_OK 0
+#define SS_EXIT_FAIL 1
+#define SS_EXIT_USAGE 2
+
+/* Where scripts/setup.sh puts the default model (relative to the repository). */
+#define SS_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+struct ss_model;
+/* Loads a model with a progress line for large files; on failure prints the
+ * error and returns SS_EXIT_FAIL. */
+int ss_cli_load_model(const char *cmd, const char *path, struct ss_model **out);
+
+int ss_cmd_info(int argc, char **argv);
+int ss_cmd_tokenize(int argc, char **argv);
+int ss_cmd_generate(int argc, char **argv);
+
+/* Prints "shardserve <cmd>: error: <message>" to stderr.  Returns SS_EXIT_FAIL. */
+int ss_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Same, for a usage error; adds a hint to run --help.  Returns SS_EXIT_USAGE. */
+int ss_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Strict number parsing for flag values: the whole string must be a number in
+ * [lo, hi].  On failure prints a usage error naming the flag and returns false. */
+bool ss_cli_parse_int(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi,
+                      int64_t *out);
+bool ss_cli_parse_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                        double *out);
+
+#endif

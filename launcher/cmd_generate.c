@@ -1,0 +1,349 @@
+/* shardserve generate: text from a prompt on one rank. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "launcher/cli.h"
+#include "runtime/chat.h"
+#include "runtime/generate.h"
+#include "runtime/model.h"
+#include "runtime/status.h"
+
+static const char *k_cmd = "generate";
+
+#define MAX_STOP 16
+#define MAX_PROMPT_NBYTES (64u << 20)
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "Usage: shardserve generate [options] --prompt TEXT\n"
+          "\n"
+          "Generates text from a prompt and streams it to stdout; a statistics line goes\n"
+          "to stderr at the end.\n"
+          "\n"
+          "Model and prompt:\n"
+          "  -m, --model FILE        GGUF model (default: " SS_DEFAULT_MODEL ")\n"
+          "  -p, --prompt TEXT       the prompt ('-' reads it from stdin)\n"
+          "  -f, --prompt-file FILE  read the prompt from FILE\n"
+          "      --chat              wrap the prompt as a user message in the model's chat\n"
+          "                          template and answer as the assistant\n"
+          "      --system TEXT       system message for --chat\n"
+          "      --chat-template N   auto (default: from the model), chatml, llama3\n"
+          "      --bos / --no-bos    force adding BOS or not (default: the model's setting)\n"
+          "\n"
+          "Generation:\n"
+          "  -n, --max-tokens N      tokens to generate at most (default 128)\n"
+          "      --temp T            temperature, 0 = greedy (default 0.8)\n"
+          "      --top-k K           keep the K most likely tokens, 0 = off (default 40)\n"
+          "      --top-p P           nucleus sampling mass, 1 = off (default 0.95)\n"
+          "      --min-p P           drop tokens below P x the top probability, 0 = off\n"
+          "                          (default 0.05)\n"
+          "      --seed S            random seed (default: from the clock; printed)\n"
+          "      --stop S            stop when S appears (repeatable, up to %d)\n"
+          "      --ignore-eos        do not stop at end-of-generation tokens\n"
+          "      --ctx N             context limit (default: the model's)\n"
+          "\n"
+          "Output:\n"
+          "      --json              print one JSON object instead of streaming text:\n"
+          "                          prompt_tokens, tokens, text, finish_reason, and\n"
+          "                          top_logprobs with --logprobs\n"
+          "      --logprobs K        with --json: the K most likely tokens and their\n"
+          "                          log-softmax of the raw logits, at every step\n"
+          "\n"
+          "Execution:\n"
+          "  -t, --threads N         CPU threads (default: one per core)\n"
+          "  -h, --help              show this help\n"
+          "\n"
+          "Sampling order: temperature, top-k, top-p, min-p, then a seeded draw.\n",
+          MAX_STOP);
+}
+
+/* Reads a whole stream (binary-safe) into a NUL-terminated buffer. */
+static int read_all(FILE *fp, const char *what, char **out, size_t *len) {
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap);
+  if (!buf) return ss_error(SS_ERR_NOMEM, "out of memory");
+  for (;;) {
+    if (n + 1 >= cap) {
+      if (cap >= MAX_PROMPT_NBYTES) {
+        free(buf);
+        return ss_error(SS_ERR_RANGE, "%s is larger than %u bytes", what, MAX_PROMPT_NBYTES);
+      }
+      cap *= 2;
+      char *nb = realloc(buf, cap);
+      if (!nb) {
+        free(buf);
+        return ss_error(SS_ERR_NOMEM, "out of memory");
+      }
+      buf = nb;
+    }
+    size_t r = fread(buf + n, 1, cap - 1 - n, fp);
+    n += r;
+    if (r == 0) break;
+  }
+  if (ferror(fp)) {
+    free(buf);
+    return ss_error(SS_ERR_IO, "cannot read %s", what);
+  }
+  buf[n] = 0;
+  *out = buf;
+  *len = n;
+  return SS_OK;
+}
+
+typedef struct stream_ctx {
+  bool json;
+} stream_ctx;
+
+static int on_step(void *user, const ss_gen_step *s) {
+  stream_ctx *sc = user;
+  if (!sc->json && s->text_len) {
+    fwrite(s->text, 1, s->text_len, stdout);
+    fflush(stdout);
+  }
+  return 0;
+}
+
+typedef struct json_ctx {
+  json_t *steps; /* array of arrays of {id, logprob} */
+} json_ctx;
+
+static int on_step_json(void *user, const ss_gen_step *s) {
+  json_ctx *jc = user;
+  if (!jc->steps) return 0;
+  json_t *arr = json_array();
+  for (int32_t i = 0; i < s->n_top; i++)
+    json_array_append_new(arr, json_pack("{s:i, s:f}", "id", (json_int_t)s->top_ids[i], "logprob",
+                                         (double)s->top_logprobs[i]));
+  json_array_append_new(jc->steps, arr);
+  return 0;
+}
+
+int ss_cmd_generate(int argc, char **argv) {
+  const char *path = SS_DEFAULT_MODEL, *prompt_arg = NULL, *prompt_file = NULL;
+  const char *system_msg = NULL, *tmpl_name = NULL;
+  const char *stops[MAX_STOP];
+  size_t n_stop = 0;
+  bool chat = false, json = false, have_seed = false;
+  int bos_mode = -1; /* -1: model default */
+  int64_t max_tokens = 128, threads = 0, n_logprobs = 0, seed = 0, ctx = 0, top_k = 40;
+  double temp = 0.8, top_p = 0.95, min_p = 0.05;
+  enum { O_CHAT = 256, O_SYSTEM, O_TMPL, O_BOS, O_NOBOS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_SEED,
+         O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS };
+  bool ignore_eos = false;
+  static const struct option opts[] = {
+      {"model", required_argument, 0, 'm'},       {"prompt", required_argument, 0, 'p'},
+      {"prompt-file", required_argument, 0, 'f'}, {"chat", no_argument, 0, O_CHAT},
+      {"system", required_argument, 0, O_SYSTEM}, {"chat-template", required_argument, 0, O_TMPL},
+      {"bos", no_argument, 0, O_BOS},             {"no-bos", no_argument, 0, O_NOBOS},
+      {"max-tokens", required_argument, 0, 'n'},  {"temp", required_argument, 0, O_TEMP},
+      {"top-k", required_argument, 0, O_TOPK},    {"top-p", required_argument, 0, O_TOPP},
+      {"min-p", required_argument, 0, O_MINP},    {"seed", required_argument, 0, O_SEED},
+      {"stop", required_argument, 0, O_STOP},     {"ignore-eos", no_argument, 0, O_IGNORE_EOS},
+      {"ctx", required_argument, 0, O_CTX},       {"json", no_argument, 0, O_JSON},
+      {"logprobs", required_argument, 0, O_LOGPROBS}, {"threads", required_argument, 0, 't'},
+      {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
+  };
+  optind = 1;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, ":m:p:f:n:t:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'm': path = optarg; break;
+    case 'p': prompt_arg = optarg; break;
+    case 'f': prompt_file = optarg; break;
+    case O_CHAT: chat = true; break;
+    case O_SYSTEM: system_msg = optarg; break;
+    case O_TMPL: tmpl_name = optarg; break;
+    case O_BOS: bos_mode = 1; break;
+    case O_NOBOS: bos_mode = 0; break;
+    case 'n':
+      if (!ss_cli_parse_int(k_cmd, "--max-tokens", optarg, 0, 1 << 24, &max_tokens))
+        return SS_EXIT_USAGE;
+      break;
+    case O_TEMP:
+      if (!ss_cli_parse_float(k_cmd, "--temp", optarg, 0.0, 100.0, &temp)) return SS_EXIT_USAGE;
+      break;
+    case O_TOPK:
+      if (!ss_cli_parse_int(k_cmd, "--top-k", optarg, 0, INT32_MAX, &top_k)) return SS_EXIT_USAGE;
+      break;
+    case O_TOPP:
+      if (!ss_cli_parse_float(k_cmd, "--top-p", optarg, 1e-9, 1.0, &top_p)) return SS_EXIT_USAGE;
+      break;
+    case O_MINP:
+      if (!ss_cli_parse_float(k_cmd, "--min-p", optarg, 0.0, 1.0, &min_p)) return SS_EXIT_USAGE;
+      break;
+    case O_SEED:
+      if (!ss_cli_parse_int(k_cmd, "--seed", optarg, 0, INT64_MAX, &seed)) return SS_EXIT_USAGE;
+      have_seed = true;
+      break;
+    case O_STOP:
+      if (n_stop == MAX_STOP) return ss_cli_usage(k_cmd, "at most %d --stop strings", MAX_STOP);
+      if (!*optarg) return ss_cli_usage(k_cmd, "--stop needs a non-empty string");
+      stops[n_stop++] = optarg;
+      break;
+    case O_IGNORE_EOS: ignore_eos = true; break;
+    case O_CTX:
+      if (!ss_cli_parse_int(k_cmd, "--ctx", optarg, 1, 1 << 24, &ctx)) return SS_EXIT_USAGE;
+      break;
+    case O_JSON: json = true; break;
+    case O_LOGPROBS:
+      if (!ss_cli_parse_int(k_cmd, "--logprobs", optarg, 0, 1000, &n_logprobs))
+        return SS_EXIT_USAGE;
+      break;
+    case 't':
+      if (!ss_cli_parse_int(k_cmd, "--threads", optarg, 1, 1024, &threads)) return SS_EXIT_USAGE;
+      break;
+    case 'h': usage(stdout); return SS_EXIT_OK;
+    case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
+    default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
+  if (!prompt_arg == !prompt_file)
+    return ss_cli_usage(k_cmd, "give exactly one of --prompt and --prompt-file");
+  if (n_logprobs > 0 && !json) return ss_cli_usage(k_cmd, "--logprobs needs --json");
+  if (system_msg && !chat) return ss_cli_usage(k_cmd, "--system needs --chat");
+  if (tmpl_name && !chat) return ss_cli_usage(k_cmd, "--chat-template needs --chat");
+  if (!have_seed) seed = (int64_t)time(NULL);
+
+  /* The prompt text. */
+  char *prompt = NULL;
+  size_t prompt_len = 0;
+  int rc;
+  if (prompt_file || strcmp(prompt_arg, "-") == 0) {
+    FILE *fp = prompt_file ? fopen(prompt_file, "rb") : stdin;
+    if (!fp) return ss_cli_fail(k_cmd, "%s: cannot open the prompt file", prompt_file);
+    rc = read_all(fp, prompt_file ? prompt_file : "stdin", &prompt, &prompt_len);
+    if (prompt_file) fclose(fp);
+    if (rc) return ss_cli_fail(k_cmd, "%s", ss_error_msg());
+  } else {
+    prompt = strdup(prompt_arg);
+    prompt_len = strlen(prompt_arg);
+  }
+
+  struct timespec ts0, ts1;
+  clock_gettime(CLOCK_MONOTONIC, &ts0);
+  ss_model *m = NULL;
+  ss_backend *be = NULL;
+  int32_t *ids = NULL;
+  size_t n_ids = 0;
+  int exit_code = SS_EXIT_FAIL;
+  json_t *out = NULL;
+  json_ctx jc = {0};
+  ss_gen_result res = {0};
+  bool have_res = false;
+  if ((rc = ss_cli_load_model(k_cmd, path, &m))) {
+    free(prompt);
+    return rc;
+  }
+  clock_gettime(CLOCK_MONOTONIC, &ts1);
+  double load_ms = (double)(ts1.tv_sec - ts0.tv_sec) * 1e3 + (double)(ts1.tv_nsec - ts0.tv_nsec) / 1e6;
+
+  /* Tokenize, through the chat template when asked. */
+  bool add_bos = bos_mode < 0 ? ss_tokenizer_add_bos(m->tok) : bos_mode == 1;
+  if (chat) {
+    ss_chat_template ct;
+    if (ss_chat_template_init(&ct, tmpl_name, m->chat_template)) {
+      ss_cli_fail(k_cmd, "%s", ss_error_msg());
+      goto done;
+    }
+    ss_chat_msg msgs[2];
+    size_t nm = 0;
+    if (system_msg) msgs[nm++] = (ss_chat_msg){"system", system_msg};
+    msgs[nm++] = (ss_chat_msg){"user", prompt};
+    char *rendered;
+    rc = ss_chat_render(&ct, msgs, nm, true, &rendered);
+    ss_chat_template_free(&ct);
+    if (rc) {
+      ss_cli_fail(k_cmd, "%s", ss_error_msg());
+      goto done;
+    }
+    rc = ss_tokenizer_encode(m->tok, rendered, strlen(rendered), add_bos, true, &ids, &n_ids);
+    free(rendered);
+  } else {
+    rc = ss_tokenizer_encode(m->tok, prompt, prompt_len, add_bos, false, &ids, &n_ids);
+  }
+  if (rc) {
+    ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    goto done;
+  }
+  if (n_ids == 0) {
+    ss_cli_usage(k_cmd, "the prompt is empty: it gives no tokens");
+    exit_code = SS_EXIT_USAGE;
+    goto done;
+  }
+
+  be = ss_backend_cpu_create((int)threads);
+  if (!be) {
+    ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    goto done;
+  }
+  ss_gen_params gp = {
+      .max_tokens = (int32_t)max_tokens,
+      .sampling = {.temperature = (float)temp, .top_k = (int32_t)top_k, .top_p = (float)top_p,
+                   .min_p = (float)min_p, .seed = (uint64_t)seed},
+      .ignore_eos = ignore_eos,
+      .stop = stops,
+      .n_stop = n_stop,
+      .n_top_logprobs = (int32_t)n_logprobs,
+      .n_ctx = (int32_t)ctx,
+  };
+  stream_ctx sc = {.json = json};
+  if (json && n_logprobs > 0) jc.steps = json_array();
+  rc = ss_generate(m, be, ids, (int32_t)n_ids, &gp, json ? on_step_json : on_step,
+                   json ? (void *)&jc : (void *)&sc, &res);
+  if (rc) {
+    if (rc == SS_ERR_RANGE || rc == SS_ERR_INVALID) {
+      ss_cli_usage(k_cmd, "%s", ss_error_msg());
+      exit_code = SS_EXIT_USAGE;
+    } else {
+      ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    }
+    goto done;
+  }
+  have_res = true;
+  if (json) {
+    json_t *pt = json_array(), *gt = json_array();
+    for (size_t i = 0; i < n_ids; i++) json_array_append_new(pt, json_integer(ids[i]));
+    for (int32_t i = 0; i < res.n_generated; i++) json_array_append_new(gt, json_integer(res.tokens[i]));
+    out = json_pack("{s:o, s:o, s:s%, s:s, s:I}", "prompt_tokens", pt, "tokens", gt, "text",
+                    res.text, res.text_len, "finish_reason", res.finish_reason, "seed",
+                    (json_int_t)seed);
+    if (jc.steps) {
+      json_object_set_new(out, "top_logprobs", jc.steps);
+      jc.steps = NULL;
+    }
+    char *s = out ? json_dumps(out, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    if (!s) {
+      ss_cli_fail(k_cmd, "cannot encode the result as JSON");
+      goto done;
+    }
+    puts(s);
+    free(s);
+  } else {
+    putchar('\n');
+  }
+  fflush(stdout);
+  fprintf(stderr,
+          "[stats] prompt tokens %zu, generated %d (%s), load %.0f ms, prefill %.1f tok/s "
+          "(%.1f ms), decode %.1f tok/s (%d steps, %.1f ms), threads %d, seed %" PRId64 "\n",
+          n_ids, res.n_generated, res.finish_reason, load_ms,
+          res.prefill_ms > 0 ? (double)n_ids / (res.prefill_ms / 1e3) : 0.0, res.prefill_ms,
+          res.decode_ms > 0 ? (double)res.n_decode_steps / (res.decode_ms / 1e3) : 0.0,
+          res.n_decode_steps, res.decode_ms, be->n_threads(be), seed);
+  exit_code = SS_EXIT_OK;
+done:
+  if (have_res) ss_gen_result_free(&res);
+  json_decref(out);
+  json_decref(jc.steps);
+  free(ids);
+  free(prompt);
+  if (be) be->free(be);
+  ss_model_free(m);
+  return exit_code;
+}

@@ -1,0 +1,58 @@
+/* shardserve: the command-line entry point.  Dispatches to one subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+typedef struct command {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *summary;
+} command;
+
+static const command k_commands[] = {
+    {"generate", ss_cmd_generate, "generate text from a prompt (one rank, CPU)"},
+    {"info", ss_cmd_info, "print a model's architecture, tokenizer and tensor table"},
+    {"tokenize", ss_cmd_tokenize, "print the token ids of UTF-8 text read from stdin"},
+};
+#define N_COMMANDS (sizeof k_commands / sizeof k_commands[0])
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "shardserve: tensor-parallel LLM inference runtime\n"
+          "\n"
+          "Usage: shardserve <command> [options]\n"
+          "       shardserve <command> --help\n"
+          "\n"
+          "Commands:\n");
+  for (size_t i = 0; i < N_COMMANDS; i++)
+    fprintf(f, "  %-10s %s\n", k_commands[i].name, k_commands[i].summary);
+  fprintf(f,
+          "\n"
+          "Options:\n"
+          "  -h, --help     show this help\n"
+          "  --version      print the version\n"
+          "\n"
+          "Exit status: 0 success, 1 runtime error (bad model file, I/O), 2 usage error.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return SS_EXIT_USAGE;
+  }
+  const char *name = argv[1];
+  if (strcmp(name, "-h") == 0 || strcmp(name, "--help") == 0 || strcmp(name, "help") == 0) {
+    usage(stdout);
+    return SS_EXIT_OK;
+  }
+  if (strcmp(name, "--version") == 0) {
+    printf("shardserve %s\n", SS_VERSION);
+    return SS_EXIT_OK;
+  }
+  for (size_t i = 0; i < N_COMMANDS; i++)
+    if (strcmp(name, k_commands[i].name) == 0) return k_commands[i].run(argc - 1, argv + 1);
+  fprintf(stderr, "shardserve: unknown command '%s'\n\n", name);
+  usage(stderr);
+  return SS_EXIT_USAGE;
+}
