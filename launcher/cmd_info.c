@@ -1,6 +1,9 @@
 /* shardserve info: what a model file holds. */
 #include <getopt.h>
 #include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -13,7 +16,7 @@ static const char *k_cmd = "info";
 
 static void usage(FILE *f) {
   fprintf(f,
-          "Usage: shardserve info [--model FILE] [--metadata]\n"
+          "Usage: shardserve info [--model FILE] [--metadata] [--json] [--format-only]\n"
           "\n"
           "Prints a GGUF model's architecture, hyper-parameters, tokenizer, and a table of\n"
           "its tensors (name, type, shape, bytes) with totals.  The file is fully validated.\n"
@@ -21,6 +24,10 @@ static void usage(FILE *f) {
           "Options:\n"
           "  -m, --model FILE   GGUF model (default: " SS_DEFAULT_MODEL ")\n"
           "      --metadata     also list every metadata key and value\n"
+          "      --json         print one JSON object: every metadata key with its type and\n"
+          "                     full value, and every tensor's name, type, shape, offset, bytes\n"
+          "      --format-only  check and print the GGUF container only (any architecture,\n"
+          "                     vocab-only files too), not the model\n"
           "  -h, --help         show this help\n");
 }
 
@@ -72,12 +79,167 @@ static void print_value(const ss_gguf_value *v, int depth) {
   }
 }
 
+static void print_metadata(const ss_gguf *g) {
+  printf("\nmetadata:\n");
+  for (uint64_t i = 0; i < g->n_kv; i++) {
+    printf("  %-44s ", g->kv[i].key);
+    print_value(&g->kv[i].value, 0);
+    putchar('\n');
+  }
+}
+
+static void print_tensor_table(const ss_gguf *g) {
+  printf("\n%-32s %-5s %-22s %12s\n", "tensor", "type", "shape", "bytes");
+  uint64_t total_bytes = 0, total_params = 0;
+  uint64_t type_bytes[SS_DTYPE_COUNT_] = {0}, type_count[SS_DTYPE_COUNT_] = {0};
+  for (uint64_t i = 0; i < g->n_tensors; i++) {
+    const ss_gguf_tensor *t = &g->tensors[i];
+    char shape[64];
+    int off = 0;
+    uint64_t ne = 1;
+    for (uint32_t d = 0; d < t->n_dims; d++) {
+      off += snprintf(shape + off, sizeof shape - (size_t)off, "%s%" PRId64, d ? " x " : "",
+                      t->ne[d]);
+      ne *= (uint64_t)t->ne[d];
+    }
+    printf("%-32s %-5s %-22s %12" PRIu64 "\n", t->name, ss_dtype_name(t->type), shape, t->nbytes);
+    total_bytes += t->nbytes;
+    total_params += ne;
+    type_bytes[t->type] += t->nbytes;
+    type_count[t->type]++;
+  }
+  printf("\ntotal: %" PRIu64 " tensors, %" PRIu64 " parameters, %" PRIu64 " bytes (%.1f MiB)\n",
+         g->n_tensors, total_params, total_bytes, (double)total_bytes / (1 << 20));
+  for (int ty = 0; ty < SS_DTYPE_COUNT_; ty++)
+    if (type_count[ty])
+      printf("  %-5s %4" PRIu64 " tensors %12" PRIu64 " bytes\n", ss_dtype_name((uint32_t)ty),
+             type_count[ty], type_bytes[ty]);
+}
+
+/* --format-only: the container without interpreting it as a model. */
+static int print_container(const ss_gguf *g, bool metadata) {
+  ss_gguf_str arch = {0};
+  ss_gguf_get_str(g, "general.architecture", false, &arch);
+  printf("file:          %s (%.1f MiB, GGUF v%u, %" PRIu64 " tensors, %" PRIu64
+         " metadata keys, alignment %" PRIu64 ")\n",
+         g->path, (double)g->size / (1 << 20), g->version, g->n_tensors, g->n_kv, g->alignment);
+  printf("architecture:  %.*s\n", (int)arch.len, arch.ptr ? arch.ptr : "");
+  if (metadata) print_metadata(g);
+  print_tensor_table(g);
+  return SS_EXIT_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* --json                                                                     */
+
+/* JSON has no NaN or infinity: those become strings. */
+static json_t *real_json(double x) {
+  return isfinite(x) ? json_real(x) : json_string(isnan(x) ? "nan" : x > 0 ? "inf" : "-inf");
+}
+
+static json_t *value_json(const ss_gguf_value *v) {
+  switch (v->type) {
+  case SS_GGUF_UINT8: case SS_GGUF_UINT16: case SS_GGUF_UINT32:
+    return json_integer((json_int_t)v->u64);
+  case SS_GGUF_UINT64:
+    /* JSON integers here are signed 64-bit; larger values go out as strings. */
+    return v->u64 > (uint64_t)INT64_MAX ? json_sprintf("%" PRIu64, v->u64)
+                                        : json_integer((json_int_t)v->u64);
+  case SS_GGUF_INT8: case SS_GGUF_INT16: case SS_GGUF_INT32: case SS_GGUF_INT64:
+    return json_integer((json_int_t)v->i64);
+  case SS_GGUF_FLOAT32: case SS_GGUF_FLOAT64: return real_json(v->f64);
+  case SS_GGUF_BOOL: return json_boolean(v->b);
+  case SS_GGUF_STRING: return json_stringn_nocheck(v->str.ptr, (size_t)v->str.len);
+  case SS_GGUF_ARRAY: {
+    json_t *a = json_array();
+    for (uint64_t i = 0; i < v->arr.count; i++) {
+      if (v->arr.items) {
+        json_array_append_new(a, value_json(&v->arr.items[i]));
+      } else {
+        ss_gguf_value e = {.type = v->arr.elem_type};
+        if (e.type == SS_GGUF_FLOAT32 || e.type == SS_GGUF_FLOAT64)
+          json_array_append_new(a, real_json(ss_gguf_arr_float(v, i)));
+        else if (e.type == SS_GGUF_BOOL)
+          json_array_append_new(a, json_boolean(ss_gguf_arr_int(v, i)));
+        else if (e.type == SS_GGUF_UINT64 && (uint64_t)ss_gguf_arr_int(v, i) > (uint64_t)INT64_MAX)
+          json_array_append_new(a, json_sprintf("%" PRIu64, (uint64_t)ss_gguf_arr_int(v, i)));
+        else
+          json_array_append_new(a, json_integer((json_int_t)ss_gguf_arr_int(v, i)));
+      }
+    }
+    return a;
+  }
+  default: return json_null();
+  }
+}
+
+static json_t *type_json(const ss_gguf_value *v) {
+  if (v->type != SS_GGUF_ARRAY) return json_string(ss_gguf_type_name(v->type));
+  /* Arrays: the chain of types down to the scalar, e.g. ["array", "array", "int32"]. */
+  json_t *chain = json_array();
+  const ss_gguf_value *cur = v;
+  for (;;) {
+    json_array_append_new(chain, json_string(ss_gguf_type_name(cur->type)));
+    if (cur->type != SS_GGUF_ARRAY) break;
+    if (cur->arr.elem_type != SS_GGUF_ARRAY || cur->arr.count == 0 || !cur->arr.items) {
+      json_array_append_new(chain, json_string(ss_gguf_type_name(cur->arr.elem_type)));
+      break;
+    }
+    cur = &cur->arr.items[0];
+  }
+  return chain;
+}
+
+static int print_json(const ss_gguf *g, const ss_model *m) {
+  json_t *root = json_object(), *md = json_object(), *tensors = json_array();
+  json_object_set_new(root, "path", json_string(g->path));
+  json_object_set_new(root, "version", json_integer(g->version));
+  json_object_set_new(root, "alignment", json_integer((json_int_t)g->alignment));
+  json_object_set_new(root, "data_offset", json_integer((json_int_t)g->data_offset));
+  for (uint64_t i = 0; i < g->n_kv; i++)
+    json_object_set_new(md, g->kv[i].key, json_pack("{s:o, s:o}", "type", type_json(&g->kv[i].value),
+                                                    "value", value_json(&g->kv[i].value)));
+  json_object_set_new(root, "metadata", md);
+  for (uint64_t i = 0; i < g->n_tensors; i++) {
+    const ss_gguf_tensor *t = &g->tensors[i];
+    json_t *shape = json_array();
+    for (uint32_t d = 0; d < t->n_dims; d++) json_array_append_new(shape, json_integer(t->ne[d]));
+    json_array_append_new(tensors, json_pack("{s:s, s:s, s:i, s:o, s:I, s:I}", "name", t->name,
+                                             "type", ss_dtype_name(t->type), "type_id",
+                                             (int)t->type, "shape", shape, "offset",
+                                             (json_int_t)t->offset, "nbytes",
+                                             (json_int_t)t->nbytes));
+  }
+  json_object_set_new(root, "tensors", tensors);
+  if (m) {
+    const ss_model_config *c = &m->cfg;
+    json_object_set_new(root, "config",
+                        json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, "
+                                  "s:b, s:s}",
+                                  "arch", c->arch, "n_layer", c->n_layer, "dim", c->dim, "n_head",
+                                  c->n_head, "n_kv_head", c->n_kv_head, "head_dim", c->head_dim,
+                                  "ffn_dim", c->ffn_dim, "vocab", c->vocab, "n_ctx_train",
+                                  c->n_ctx_train, "rope_dim", c->rope_dim, "rope_theta",
+                                  (double)c->rope_theta, "rms_eps", (double)c->rms_eps,
+                                  "tied_output", c->tied_output, "tokenizer",
+                                  ss_tokenizer_describe(m->tok)));
+  }
+  char *s = json_dumps(root, JSON_COMPACT | JSON_ENSURE_ASCII);
+  json_decref(root);
+  if (!s) return ss_cli_fail(k_cmd, "cannot encode the result as JSON");
+  puts(s);
+  free(s);
+  return SS_EXIT_OK;
+}
+
 int ss_cmd_info(int argc, char **argv) {
   const char *path = SS_DEFAULT_MODEL;
-  bool metadata = false;
+  bool metadata = false, json = false, format_only = false;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},
       {"metadata", no_argument, 0, 'M'},
+      {"json", no_argument, 0, 'J'},
+      {"format-only", no_argument, 0, 'F'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0},
   };
@@ -88,6 +250,8 @@ int ss_cmd_info(int argc, char **argv) {
     switch (c) {
     case 'm': path = optarg; break;
     case 'M': metadata = true; break;
+    case 'J': json = true; break;
+    case 'F': format_only = true; break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -95,6 +259,19 @@ int ss_cmd_info(int argc, char **argv) {
   }
   if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
 
+  if (json || format_only) {
+    ss_gguf *g;
+    if (ss_gguf_open(path, &g)) return ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    ss_model *m = NULL;
+    if (!format_only && ss_cli_load_model(k_cmd, path, &m)) {
+      ss_gguf_close(g);
+      return SS_EXIT_FAIL;
+    }
+    int rc = json ? print_json(g, m) : print_container(g, metadata);
+    ss_model_free(m);
+    ss_gguf_close(g);
+    return rc;
+  }
   ss_model *m;
   int rc = ss_cli_load_model(k_cmd, path, &m);
   if (rc) return rc;
@@ -131,40 +308,8 @@ int ss_cmd_info(int argc, char **argv) {
     printf("chat template: %s\n", m->chat_template ? "not recognised" : "none");
   }
 
-  if (metadata) {
-    printf("\nmetadata:\n");
-    for (uint64_t i = 0; i < g->n_kv; i++) {
-      printf("  %-44s ", g->kv[i].key);
-      print_value(&g->kv[i].value, 0);
-      putchar('\n');
-    }
-  }
-
-  printf("\n%-32s %-5s %-22s %12s\n", "tensor", "type", "shape", "bytes");
-  uint64_t total_bytes = 0, total_params = 0;
-  uint64_t type_bytes[SS_DTYPE_COUNT_] = {0}, type_count[SS_DTYPE_COUNT_] = {0};
-  for (uint64_t i = 0; i < g->n_tensors; i++) {
-    const ss_gguf_tensor *t = &g->tensors[i];
-    char shape[64];
-    int off = 0;
-    uint64_t ne = 1;
-    for (uint32_t d = 0; d < t->n_dims; d++) {
-      off += snprintf(shape + off, sizeof shape - (size_t)off, "%s%" PRId64, d ? " x " : "",
-                      t->ne[d]);
-      ne *= (uint64_t)t->ne[d];
-    }
-    printf("%-32s %-5s %-22s %12" PRIu64 "\n", t->name, ss_dtype_name(t->type), shape, t->nbytes);
-    total_bytes += t->nbytes;
-    total_params += ne;
-    type_bytes[t->type] += t->nbytes;
-    type_count[t->type]++;
-  }
-  printf("\ntotal: %" PRIu64 " tensors, %" PRIu64 " parameters, %" PRIu64 " bytes (%.1f MiB)\n",
-         g->n_tensors, total_params, total_bytes, (double)total_bytes / (1 << 20));
-  for (int ty = 0; ty < SS_DTYPE_COUNT_; ty++)
-    if (type_count[ty])
-      printf("  %-5s %4" PRIu64 " tensors %12" PRIu64 " bytes\n", ss_dtype_name((uint32_t)ty),
-             type_count[ty], type_bytes[ty]);
+  if (metadata) print_metadata(g);
+  print_tensor_table(g);
   ss_model_free(m);
   return SS_EXIT_OK;
 }

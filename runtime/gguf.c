@@ -289,11 +289,12 @@ static int parse(ss_gguf *g) {
   /* A key-value pair takes at least 8 (key length) + 4 (type) + 1 bytes, a
    * tensor info at least 8 + 1 + 4 + 8 + 4 + 8. */
   if (n_kv > cur_left(&c) / 13)
-    return ss_error(SS_ERR_FORMAT, "%s: kv_count %" PRIu64 " cannot fit in the %" PRIu64
-                    " bytes left in the file", g->path, n_kv, cur_left(&c));
+    return ss_error(SS_ERR_FORMAT, "%s: kv_count = %" PRIu64 " cannot fit in the %" PRIu64
+                    " bytes left in the file (truncated or corrupt)", g->path, n_kv, cur_left(&c));
   if (n_tensors > cur_left(&c) / 33)
-    return ss_error(SS_ERR_FORMAT, "%s: tensor_count %" PRIu64 " cannot fit in the %" PRIu64
-                    " bytes left in the file", g->path, n_tensors, cur_left(&c));
+    return ss_error(SS_ERR_FORMAT, "%s: tensor_count = %" PRIu64 " cannot fit in the %" PRIu64
+                    " bytes left in the file (truncated or corrupt)", g->path, n_tensors,
+                    cur_left(&c));
 
   g->kv = calloc(n_kv ? n_kv : 1, sizeof *g->kv);
   if (!g->kv) return ss_error(SS_ERR_NOMEM, "%s: out of memory", g->path);

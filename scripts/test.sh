@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, builds, runs every test
+# (unit, tokenizer vectors, reference logits, bad input, ...), then builds again
+# with AddressSanitizer + UndefinedBehaviorSanitizer and runs the suite there.
+# Usage: scripts/test.sh [--no-sanitize] [ctest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sanitize=1
+if [ "${1:-}" = "--no-sanitize" ]; then sanitize=0; shift; fi
+scripts/setup.sh
+jobs=$(nproc)
+
+echo "== release build =="
+scripts/build.sh build >/dev/null
+(cd build && ctest --output-on-failure -j "$jobs" --timeout 1800 "$@")
+
+if [ "$sanitize" -eq 1 ]; then
+  echo "== ASan + UBSan build =="
+  scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSS_SANITIZE=ON >/dev/null
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  (cd build-asan && ctest --output-on-failure -j "$jobs" --timeout 3600 "$@")
+fi
+echo "== all tests passed =="
