@@ -28,6 +28,8 @@ static void usage(FILE *f) {
           "                     full value, and every tensor's name, type, shape, offset, bytes\n"
           "      --format-only  check and print the GGUF container only (any architecture,\n"
           "                     vocab-only files too), not the model\n"
+          "      --dump NAME    write tensor NAME dequantized to float32 (little-endian,\n"
+          "                     row-major) to stdout instead of the summary\n"
           "  -h, --help         show this help\n");
 }
 
@@ -232,14 +234,39 @@ static int print_json(const ss_gguf *g, const ss_model *m) {
   return SS_EXIT_OK;
 }
 
+static int dump_tensor(const ss_gguf *g, const char *name) {
+  const ss_gguf_tensor *t = ss_gguf_tensor_find(g, name);
+  if (!t) return ss_cli_fail(k_cmd, "%s: no tensor named '%s'", g->path, name);
+  const ss_dtype_info *ti = ss_dtype_get(t->type);
+  if (!ti->compute)
+    return ss_cli_fail(k_cmd, "%s: tensor '%s' has type %s, which cannot be dequantized here",
+                       g->path, name, ti->name);
+  const int64_t cols = t->ne[0];
+  const int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+  const size_t row_nbytes = (size_t)(cols / ti->block_count) * ti->block_nbytes;
+  float *buf = malloc((size_t)cols * sizeof *buf);
+  if (!buf) return ss_cli_fail(k_cmd, "out of memory");
+  for (int64_t r = 0; r < rows; r++) {
+    ss_dequantize_row(t->type, (const uint8_t *)t->data + (size_t)r * row_nbytes, buf, cols);
+    if (fwrite(buf, sizeof *buf, (size_t)cols, stdout) != (size_t)cols) {
+      free(buf);
+      return ss_cli_fail(k_cmd, "cannot write to stdout");
+    }
+  }
+  free(buf);
+  return fflush(stdout) == 0 ? SS_EXIT_OK : ss_cli_fail(k_cmd, "cannot write to stdout");
+}
+
 int ss_cmd_info(int argc, char **argv) {
   const char *path = SS_DEFAULT_MODEL;
   bool metadata = false, json = false, format_only = false;
+  const char *dump = NULL;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},
       {"metadata", no_argument, 0, 'M'},
       {"json", no_argument, 0, 'J'},
       {"format-only", no_argument, 0, 'F'},
+      {"dump", required_argument, 0, 'D'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0},
   };
@@ -252,6 +279,7 @@ int ss_cmd_info(int argc, char **argv) {
     case 'M': metadata = true; break;
     case 'J': json = true; break;
     case 'F': format_only = true; break;
+    case 'D': dump = optarg; break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -259,6 +287,13 @@ int ss_cmd_info(int argc, char **argv) {
   }
   if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
 
+  if (dump) {
+    ss_gguf *g;
+    if (ss_gguf_open(path, &g)) return ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    int rc = dump_tensor(g, dump);
+    ss_gguf_close(g);
+    return rc;
+  }
   if (json || format_only) {
     ss_gguf *g;
     if (ss_gguf_open(path, &g)) return ss_cli_fail(k_cmd, "%s", ss_error_msg());
