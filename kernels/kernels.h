@@ -25,13 +25,15 @@ typedef struct ss_weight {
   const void *data;  /* rows * row_nbytes bytes */
 } ss_weight;
 
-/* One layer's slice of the paged KV cache: blocks of `block_size` token slots,
- * each slot `kv_dim` = n_kv_head*head_dim floats, for K and for V. */
+/* One layer's slice of the paged KV cache: blocks of `block_size` token slots.
+ * Within a block each KV head's rows are contiguous, so attention streams
+ * block_size*head_dim consecutive floats per head and block. */
 typedef struct ss_kv_layer {
-  float *k;           /* (n_blocks, block_size, kv_dim) */
-  float *v;           /* (n_blocks, block_size, kv_dim) */
+  float *k;           /* (n_blocks, n_kv_head, block_size, head_dim) */
+  float *v;           /* (n_blocks, n_kv_head, block_size, head_dim) */
   int32_t block_size;
-  int32_t kv_dim;
+  int32_t n_kv_head;
+  int32_t head_dim;
 } ss_kv_layer;
 
 /* Where each token of a batch lives: its position in its sequence and that

@@ -1,4 +1,5 @@
 /* shardserve generate: text from a prompt on one rank. */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -29,6 +30,8 @@ static void usage(FILE *f) {
           "  -m, --model FILE        GGUF model (default: " SS_DEFAULT_MODEL ")\n"
           "  -p, --prompt TEXT       the prompt ('-' reads it from stdin)\n"
           "  -f, --prompt-file FILE  read the prompt from FILE\n"
+          "      --prompt-ids LIST   the prompt as comma-separated token ids (used as given:\n"
+          "                          no BOS is added)\n"
           "      --chat              wrap the prompt as a user message in the model's chat\n"
           "                          template and answer as the assistant\n"
           "      --system TEXT       system message for --chat\n"
@@ -95,6 +98,42 @@ static int read_all(FILE *fp, const char *what, char **out, size_t *len) {
   return SS_OK;
 }
 
+/* "1,2,3" -> ids, each checked against the vocabulary. */
+static int parse_ids(const char *s, int32_t vocab, int32_t **out, size_t *n) {
+  size_t cap = 16, k = 0;
+  int32_t *ids = malloc(cap * sizeof *ids);
+  if (!ids) return ss_error(SS_ERR_NOMEM, "out of memory");
+  const char *p = s;
+  while (*p) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(p, &end, 10);
+    if (end == p || errno || v < 0 || v >= vocab) {
+      free(ids);
+      return ss_error(SS_ERR_RANGE, "--prompt-ids: item %zu ('%.20s') is not a token id in "
+                      "[0, %d)", k, p, vocab);
+    }
+    if (k == cap) {
+      int32_t *nb = realloc(ids, (cap *= 2) * sizeof *ids);
+      if (!nb) {
+        free(ids);
+        return ss_error(SS_ERR_NOMEM, "out of memory");
+      }
+      ids = nb;
+    }
+    ids[k++] = (int32_t)v;
+    p = end;
+    if (*p == ',') p++;
+    else if (*p) {
+      free(ids);
+      return ss_error(SS_ERR_RANGE, "--prompt-ids: expected ',' after item %zu", k - 1);
+    }
+  }
+  *out = ids;
+  *n = k;
+  return SS_OK;
+}
+
 typedef struct stream_ctx {
   bool json;
 } stream_ctx;
@@ -124,7 +163,7 @@ static int on_step_json(void *user, const ss_gen_step *s) {
 }
 
 int ss_cmd_generate(int argc, char **argv) {
-  const char *path = SS_DEFAULT_MODEL, *prompt_arg = NULL, *prompt_file = NULL;
+  const char *path = SS_DEFAULT_MODEL, *prompt_arg = NULL, *prompt_file = NULL, *prompt_ids = NULL;
   const char *system_msg = NULL, *tmpl_name = NULL;
   const char *stops[MAX_STOP];
   size_t n_stop = 0;
@@ -133,7 +172,7 @@ int ss_cmd_generate(int argc, char **argv) {
   int64_t max_tokens = 128, threads = 0, n_logprobs = 0, seed = 0, ctx = 0, top_k = 40;
   double temp = 0.8, top_p = 0.95, min_p = 0.05;
   enum { O_CHAT = 256, O_SYSTEM, O_TMPL, O_BOS, O_NOBOS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_SEED,
-         O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS };
+         O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS };
   bool ignore_eos = false;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},       {"prompt", required_argument, 0, 'p'},
@@ -146,7 +185,8 @@ int ss_cmd_generate(int argc, char **argv) {
       {"stop", required_argument, 0, O_STOP},     {"ignore-eos", no_argument, 0, O_IGNORE_EOS},
       {"ctx", required_argument, 0, O_CTX},       {"json", no_argument, 0, O_JSON},
       {"logprobs", required_argument, 0, O_LOGPROBS}, {"threads", required_argument, 0, 't'},
-      {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
+      {"prompt-ids", required_argument, 0, O_IDS}, {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0},
   };
   optind = 1;
   opterr = 0;
@@ -156,6 +196,7 @@ int ss_cmd_generate(int argc, char **argv) {
     case 'm': path = optarg; break;
     case 'p': prompt_arg = optarg; break;
     case 'f': prompt_file = optarg; break;
+    case O_IDS: prompt_ids = optarg; break;
     case O_CHAT: chat = true; break;
     case O_SYSTEM: system_msg = optarg; break;
     case O_TMPL: tmpl_name = optarg; break;
@@ -204,8 +245,9 @@ int ss_cmd_generate(int argc, char **argv) {
     }
   }
   if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
-  if (!prompt_arg == !prompt_file)
-    return ss_cli_usage(k_cmd, "give exactly one of --prompt and --prompt-file");
+  if ((prompt_arg != NULL) + (prompt_file != NULL) + (prompt_ids != NULL) != 1)
+    return ss_cli_usage(k_cmd, "give exactly one of --prompt, --prompt-file and --prompt-ids");
+  if (prompt_ids && chat) return ss_cli_usage(k_cmd, "--prompt-ids cannot be used with --chat");
   if (n_logprobs > 0 && !json) return ss_cli_usage(k_cmd, "--logprobs needs --json");
   if (system_msg && !chat) return ss_cli_usage(k_cmd, "--system needs --chat");
   if (tmpl_name && !chat) return ss_cli_usage(k_cmd, "--chat-template needs --chat");
@@ -215,7 +257,10 @@ int ss_cmd_generate(int argc, char **argv) {
   char *prompt = NULL;
   size_t prompt_len = 0;
   int rc;
-  if (prompt_file || strcmp(prompt_arg, "-") == 0) {
+  if (prompt_ids) {
+    prompt = strdup(prompt_ids);
+    prompt_len = strlen(prompt_ids);
+  } else if (prompt_file || strcmp(prompt_arg, "-") == 0) {
     FILE *fp = prompt_file ? fopen(prompt_file, "rb") : stdin;
     if (!fp) return ss_cli_fail(k_cmd, "%s: cannot open the prompt file", prompt_file);
     rc = read_all(fp, prompt_file ? prompt_file : "stdin", &prompt, &prompt_len);
@@ -246,7 +291,14 @@ int ss_cmd_generate(int argc, char **argv) {
 
   /* Tokenize, through the chat template when asked. */
   bool add_bos = bos_mode < 0 ? ss_tokenizer_add_bos(m->tok) : bos_mode == 1;
-  if (chat) {
+  if (prompt_ids) {
+    rc = parse_ids(prompt, m->cfg.vocab, &ids, &n_ids);
+    if (rc) {
+      ss_cli_usage(k_cmd, "%s", ss_error_msg());
+      exit_code = SS_EXIT_USAGE;
+      goto done;
+    }
+  } else if (chat) {
     ss_chat_template ct;
     if (ss_chat_template_init(&ct, tmpl_name, m->chat_template)) {
       ss_cli_fail(k_cmd, "%s", ss_error_msg());

@@ -9,12 +9,15 @@ uint64_t ss_kv_cache_nbytes_per_token(int n_layer, int32_t kv_dim) {
   return 2ull * (uint64_t)n_layer * (uint64_t)kv_dim * sizeof(float);
 }
 
-int ss_kv_cache_init(ss_kv_cache *c, ss_backend *be, int n_layer, int32_t kv_dim,
+int ss_kv_cache_init(ss_kv_cache *c, ss_backend *be, int n_layer, int32_t n_kv_head,
+                     int32_t head_dim,
                      int32_t block_size, int32_t n_blocks) {
   memset(c, 0, sizeof *c);
+  const int64_t kv_dim = (int64_t)n_kv_head * head_dim;
   if (n_layer <= 0 || kv_dim <= 0 || block_size <= 0 || n_blocks <= 0)
     return ss_error(SS_ERR_INVALID, "kv cache: layers, kv_dim, block size and block count must "
-                    "be positive (got %d, %d, %d, %d)", n_layer, kv_dim, block_size, n_blocks);
+                    "be positive (got %d, %lld, %d, %d)", n_layer, (long long)kv_dim, block_size,
+                    n_blocks);
   uint64_t per_layer = (uint64_t)n_blocks * (uint64_t)block_size * (uint64_t)kv_dim;
   uint64_t nbytes = (uint64_t)n_layer * per_layer * sizeof(float);
   if (nbytes / sizeof(float) / (uint64_t)n_layer != per_layer || nbytes > (uint64_t)SIZE_MAX / 2)
@@ -22,7 +25,8 @@ int ss_kv_cache_init(ss_kv_cache *c, ss_backend *be, int n_layer, int32_t kv_dim
                     block_size);
   c->be = be;
   c->n_layer = n_layer;
-  c->kv_dim = kv_dim;
+  c->n_kv_head = n_kv_head;
+  c->head_dim = head_dim;
   c->block_size = block_size;
   c->n_blocks = n_blocks;
   c->k = be->alloc(be, (size_t)nbytes);
@@ -49,11 +53,13 @@ void ss_kv_cache_free(ss_kv_cache *c) {
 }
 
 ss_kv_layer ss_kv_cache_layer(const ss_kv_cache *c, int l) {
-  size_t per_layer = (size_t)c->n_blocks * (size_t)c->block_size * (size_t)c->kv_dim;
+  size_t per_layer =
+      (size_t)c->n_blocks * (size_t)c->block_size * (size_t)c->n_kv_head * (size_t)c->head_dim;
   return (ss_kv_layer){.k = c->k + (size_t)l * per_layer,
                        .v = c->v + (size_t)l * per_layer,
                        .block_size = c->block_size,
-                       .kv_dim = c->kv_dim};
+                       .n_kv_head = c->n_kv_head,
+                       .head_dim = c->head_dim};
 }
 
 int ss_kv_seq_reserve(ss_kv_cache *c, ss_kv_seq *seq, int64_t n_tokens) {

@@ -1,6 +1,6 @@
 /* The paged KV cache: fixed-size blocks of token slots shared by all sequences,
  * handed out from a free list; each sequence keeps a block table.  K and V are
- * f32, per layer (n_blocks, block_size, kv_dim). */
+ * f32, per layer (n_blocks, n_kv_head, block_size, head_dim). */
 #ifndef SS_KV_CACHE_H
 #define SS_KV_CACHE_H
 
@@ -11,16 +11,18 @@
 typedef struct ss_kv_cache {
   ss_backend *be;
   int n_layer;
-  int32_t kv_dim;
+  int32_t n_kv_head;
+  int32_t head_dim;
   int32_t block_size;
   int32_t n_blocks;
-  float *k;          /* backend memory: n_layer * n_blocks * block_size * kv_dim */
+  float *k;          /* backend memory: (n_layer, n_blocks, n_kv_head, block_size, head_dim) */
   float *v;
   int32_t *free_ids; /* stack of free block ids */
   int32_t n_free;
 } ss_kv_cache;
 
-int ss_kv_cache_init(ss_kv_cache *c, ss_backend *be, int n_layer, int32_t kv_dim,
+int ss_kv_cache_init(ss_kv_cache *c, ss_backend *be, int n_layer, int32_t n_kv_head,
+                     int32_t head_dim,
                      int32_t block_size, int32_t n_blocks);
 void ss_kv_cache_free(ss_kv_cache *c);
 /* Layer l's view for the kernels. */

@@ -1,9 +1,15 @@
-/* Causal attention over the paged KV cache, one (token, head) pair at a time.
+/* Causal attention over the paged KV cache.
  *
- * Each pair computes its scores against positions [0, pos] of its own sequence,
- * a max-subtracted softmax and the weighted sum of V, in a fixed order, so its
- * result does not depend on the rest of the batch.  Threads take contiguous
- * ranges of pairs. */
+ * Work is split into items of (token, KV head, chunk of ATTN_CHUNK positions).
+ * An item reads each K and V row of its chunk once for all the query heads that
+ * share that KV head (grouped-query attention), and produces for each of those
+ * heads a partial result: the chunk's max score m, its sum of exp(score - m) l,
+ * and its unnormalised output o = sum exp(score - m) v.  A second pass merges a
+ * head's chunks in chunk order (flash-decoding's split-K merge).
+ *
+ * The chunk boundaries depend only on the token's position, and the merge order
+ * is fixed, so a (token, head) result is the same whatever the batch and the
+ * thread count; long contexts still spread over all threads at batch 1. */
 #include <math.h>
 #include <string.h>
 
@@ -12,6 +18,8 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+
+#define ATTN_CHUNK 64
 
 static inline float dot_f32(const float *a, const float *b, int n) {
 #if defined(__AVX512F__)
@@ -37,63 +45,148 @@ typedef struct attn_job {
   const float *q;
   const ss_attn_params *p;
   float *out;
-  float *scores; /* per thread: max_pos + 1 floats */
-  int64_t scores_stride;
+  int group;            /* query heads per KV head */
+  int64_t n_tc;         /* (token, chunk) pairs */
+  const int64_t *tc_t;  /* token of each pair */
+  const int32_t *tc_c;  /* chunk of each pair */
+  const int64_t *t_tc0; /* first pair of each token */
+  float *part;          /* per (pair, head): m, l, o[head_dim] */
+  float *work;          /* per thread: group * ATTN_CHUNK scores */
 } attn_job;
 
-static void attn_worker(void *arg, int ith, int nth) {
+static inline const float *kv_row(const float *base, const ss_kv_layer *kv, const int32_t *bt,
+                                  int32_t s, int kvh, int hd) {
+  const size_t blk = (size_t)bt[s / kv->block_size];
+  return base + ((blk * (size_t)kv->n_kv_head + (size_t)kvh) * (size_t)kv->block_size +
+                 (size_t)(s % kv->block_size)) * (size_t)hd;
+}
+
+static void chunk_worker(void *arg, int ith, int nth) {
   const attn_job *j = arg;
   const ss_attn_params *p = j->p;
   const ss_kv_layer *kv = j->kv;
+  const int hd = p->head_dim, G = j->group;
+  const size_t part_stride = (size_t)hd + 2;
+  float *sc = j->work + (size_t)ith * G * ATTN_CHUNK;
+  long lo, hi;
+  ss_pool_split((long)(j->n_tc * p->n_kv_head), ith, nth, &lo, &hi);
+  for (long item = lo; item < hi; item++) {
+    const int64_t tc = item / p->n_kv_head;
+    const int kvh = (int)(item % p->n_kv_head);
+    const int64_t t = j->tc_t[tc];
+    const int32_t *bt = j->loc->block_table[t];
+    const int32_t s0 = j->tc_c[tc] * ATTN_CHUNK;
+    const int32_t s1 = j->loc->pos[t] + 1 < s0 + ATTN_CHUNK ? j->loc->pos[t] + 1 : s0 + ATTN_CHUNK;
+    const float *q = j->q + (t * p->n_head + (int64_t)kvh * G) * hd;
+    float *part = j->part + ((size_t)tc * p->n_head + (size_t)kvh * G) * part_stride;
+    /* Row pointers of the chunk (blocks make them non-contiguous). */
+    const float *krow[ATTN_CHUNK], *vrow[ATTN_CHUNK];
+    const int32_t n = s1 - s0;
+    for (int32_t i = 0; i < n; i++) {
+      krow[i] = kv_row(kv->k, kv, bt, s0 + i, kvh, hd);
+      vrow[i] = kv_row(kv->v, kv, bt, s0 + i, kvh, hd);
+    }
+    /* scores: each K row is read once for the whole group */
+    for (int32_t i = 0; i < n; i++)
+      for (int g = 0; g < G; g++) {
+        float x = dot_f32(q + g * hd, krow[i], hd) * p->scale;
+        if (p->softcap > 0.0f) x = p->softcap * tanhf(x / p->softcap);
+        sc[g * ATTN_CHUNK + i] = x;
+      }
+    for (int g = 0; g < G; g++) {
+      float *e = sc + g * ATTN_CHUNK;
+      float *pg = part + g * part_stride;
+      float mx = -INFINITY, l = 0.0f;
+      for (int32_t i = 0; i < n; i++) mx = e[i] > mx ? e[i] : mx;
+      for (int32_t i = 0; i < n; i++) {
+        e[i] = expf(e[i] - mx);
+        l += e[i];
+      }
+      pg[0] = mx;
+      pg[1] = l;
+      /* o = sum_i e[i] * V[i], 16 dimensions at a time in a register (the chunk's
+       * V rows stay in L1 across heads). */
+      float *o = pg + 2;
+#if defined(__AVX512F__)
+      for (int d = 0; d < hd; d += 16) {
+        __mmask16 mask = hd - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (hd - d)) - 1);
+        __m512 acc = _mm512_setzero_ps();
+        for (int32_t i = 0; i < n; i++)
+          acc = _mm512_fmadd_ps(_mm512_set1_ps(e[i]), _mm512_maskz_loadu_ps(mask, vrow[i] + d), acc);
+        _mm512_mask_storeu_ps(o + d, mask, acc);
+      }
+#else
+      for (int d = 0; d < hd; d++) {
+        float acc = 0.0f;
+        for (int32_t i = 0; i < n; i++) acc += e[i] * vrow[i][d];
+        o[d] = acc;
+      }
+#endif
+    }
+  }
+}
+
+static void merge_worker(void *arg, int ith, int nth) {
+  const attn_job *j = arg;
+  const ss_attn_params *p = j->p;
   const int hd = p->head_dim;
-  const int group = p->n_head / p->n_kv_head;
-  const int bs = kv->block_size;
-  float *sc = j->scores + (int64_t)ith * j->scores_stride;
+  const size_t part_stride = (size_t)hd + 2;
   long lo, hi;
   ss_pool_split((long)(j->loc->n * p->n_head), ith, nth, &lo, &hi);
   for (long pair = lo; pair < hi; pair++) {
     const int64_t t = pair / p->n_head;
     const int h = (int)(pair % p->n_head);
-    const int kvh = h / group;
-    const int32_t pos = j->loc->pos[t];
-    const int32_t *bt = j->loc->block_table[t];
-    const float *q = j->q + (t * p->n_head + h) * hd;
+    const int64_t c0 = j->t_tc0[t], c1 = j->t_tc0[t + 1];
     float mx = -INFINITY;
-    for (int32_t s = 0; s <= pos; s++) {
-      const float *k = kv->k + ((size_t)bt[s / bs] * bs + (size_t)(s % bs)) * kv->kv_dim +
-                       (size_t)kvh * hd;
-      float x = dot_f32(q, k, hd) * p->scale;
-      if (p->softcap > 0.0f) x = p->softcap * tanhf(x / p->softcap);
-      sc[s] = x;
-      if (x > mx) mx = x;
+    for (int64_t c = c0; c < c1; c++) {
+      float m = j->part[((size_t)c * p->n_head + h) * part_stride];
+      mx = m > mx ? m : mx;
     }
-    float sum = 0.0f;
-    for (int32_t s = 0; s <= pos; s++) {
-      sc[s] = expf(sc[s] - mx);
-      sum += sc[s];
-    }
-    const float inv = 1.0f / sum;
     float *o = j->out + (t * p->n_head + h) * hd;
     memset(o, 0, (size_t)hd * sizeof *o);
-    for (int32_t s = 0; s <= pos; s++) {
-      const float *v = kv->v + ((size_t)bt[s / bs] * bs + (size_t)(s % bs)) * kv->kv_dim +
-                       (size_t)kvh * hd;
-      const float w = sc[s] * inv;
-      for (int d = 0; d < hd; d++) o[d] += w * v[d];
+    float l = 0.0f;
+    for (int64_t c = c0; c < c1; c++) {
+      const float *pc = j->part + ((size_t)c * p->n_head + h) * part_stride;
+      const float w = expf(pc[0] - mx);
+      l += w * pc[1];
+      for (int d = 0; d < hd; d++) o[d] += w * pc[2 + d];
     }
+    const float inv = 1.0f / l;
+    for (int d = 0; d < hd; d++) o[d] *= inv;
   }
 }
 
 void ss_cpu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc,
                       const float *q, const ss_attn_params *p, float *out) {
   ss_cpu *cpu = be->ctx;
-  int32_t max_pos = 0;
-  for (int64_t t = 0; t < loc->n; t++)
-    if (loc->pos[t] > max_pos) max_pos = loc->pos[t];
   const int nth = ss_pool_size(cpu->pool);
-  const int64_t stride = ((int64_t)max_pos + 1 + 15) & ~(int64_t)15;
-  float *scores = ss_cpu_scratch(cpu, SS_SCRATCH_ATTN, (size_t)(stride * nth) * sizeof(float));
-  attn_job j = {.kv = kv, .loc = loc, .q = q, .p = p, .out = out, .scores = scores,
-                .scores_stride = stride};
-  ss_pool_run(cpu->pool, attn_worker, &j);
+  const int G = p->n_head / p->n_kv_head;
+  int64_t n_tc = 0;
+  for (int64_t t = 0; t < loc->n; t++) n_tc += loc->pos[t] / ATTN_CHUNK + 1;
+  /* One scratch block: index arrays, partial results, per-thread scores. */
+  const size_t part_floats = (size_t)n_tc * p->n_head * ((size_t)p->head_dim + 2);
+  const size_t work_floats = (size_t)nth * G * ATTN_CHUNK;
+  const size_t idx_nbytes = (size_t)n_tc * (sizeof(int64_t) + sizeof(int32_t)) +
+                            (size_t)(loc->n + 1) * sizeof(int64_t);
+  const size_t idx_aligned = (idx_nbytes + 63) & ~(size_t)63;
+  uint8_t *mem = ss_cpu_scratch(cpu, SS_SCRATCH_ATTN,
+                                idx_aligned + (part_floats + work_floats) * sizeof(float));
+  int64_t *tc_t = (int64_t *)mem;
+  int64_t *t_tc0 = tc_t + n_tc;
+  int32_t *tc_c = (int32_t *)(t_tc0 + loc->n + 1);
+  float *part = (float *)(mem + idx_aligned);
+  float *work = part + part_floats;
+  int64_t k = 0;
+  for (int64_t t = 0; t < loc->n; t++) {
+    t_tc0[t] = k;
+    for (int32_t c = 0; c <= loc->pos[t] / ATTN_CHUNK; c++, k++) {
+      tc_t[k] = t;
+      tc_c[k] = c;
+    }
+  }
+  t_tc0[loc->n] = k;
+  attn_job j = {.kv = kv, .loc = loc, .q = q, .p = p, .out = out, .group = G, .n_tc = n_tc,
+                .tc_t = tc_t, .tc_c = tc_c, .t_tc0 = t_tc0, .part = part, .work = work};
+  ss_pool_run(cpu->pool, chunk_worker, &j);
+  ss_pool_run(cpu->pool, merge_worker, &j);
 }

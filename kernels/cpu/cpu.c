@@ -95,9 +95,13 @@ static void cpu_kv_store(ss_backend *be, const ss_kv_layer *kv, const ss_token_l
   for (int64_t t = 0; t < loc->n; t++) {
     int32_t p = loc->pos[t];
     int32_t blk = loc->block_table[t][p / kv->block_size];
-    size_t off = ((size_t)blk * kv->block_size + (size_t)(p % kv->block_size)) * kv->kv_dim;
-    memcpy(kv->k + off, k + t * kv->kv_dim, (size_t)kv->kv_dim * sizeof(float));
-    memcpy(kv->v + off, v + t * kv->kv_dim, (size_t)kv->kv_dim * sizeof(float));
+    const size_t hd = (size_t)kv->head_dim, kv_dim = (size_t)kv->n_kv_head * hd;
+    for (int32_t h = 0; h < kv->n_kv_head; h++) {
+      size_t off = (((size_t)blk * (size_t)kv->n_kv_head + (size_t)h) * (size_t)kv->block_size +
+                    (size_t)(p % kv->block_size)) * hd;
+      memcpy(kv->k + off, k + (size_t)t * kv_dim + (size_t)h * hd, hd * sizeof(float));
+      memcpy(kv->v + off, v + (size_t)t * kv_dim + (size_t)h * hd, hd * sizeof(float));
+    }
   }
 }
 

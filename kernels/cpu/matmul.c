@@ -26,6 +26,9 @@
 
 #define NT_MAX 8        /* tokens per kernel call */
 #define TILE_ROWS 16    /* rows per tile */
+#ifndef PREFETCH_ROWS
+#define PREFETCH_ROWS 8
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* Per-token block sums of x, needed by Q4_1 (w = d*q + m, so the m part of a
@@ -234,9 +237,14 @@ static void mm_worker(void *arg, int ith, int nth) {
       int nt = (int)(job->n - t0 < NT_MAX ? job->n - t0 : NT_MAX);
       const float *x = job->x + t0 * w->cols;
       const float *xs = job->xs ? job->xs + t0 * nb : NULL;
-      for (int64_t r = r0; r < r1; r++)
+      for (int64_t r = r0; r < r1; r++) {
+        if (PREFETCH_ROWS && r + PREFETCH_ROWS < r_hi) {
+          const char *pf = (const char *)w->data + (size_t)(r + PREFETCH_ROWS) * w->row_nbytes;
+          for (size_t o = 0; o < w->row_nbytes; o += 64) __builtin_prefetch(pf + o, 0, 0);
+        }
         row_dot(w->type, (const uint8_t *)w->data + (size_t)r * w->row_nbytes, w->cols, x,
                 w->cols, xs, nb, job->y + t0 * w->rows + r, w->rows, nt);
+      }
     }
   }
 }

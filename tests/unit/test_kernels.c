@@ -270,7 +270,7 @@ static void test_attention_paged(void **state) {
   const int kv_dim = n_kv * hd;
   float *kc = calloc((size_t)n_blocks * bs * kv_dim, sizeof(float));
   float *vc = calloc((size_t)n_blocks * bs * kv_dim, sizeof(float));
-  ss_kv_layer kv = {.k = kc, .v = vc, .block_size = bs, .kv_dim = kv_dim};
+  ss_kv_layer kv = {.k = kc, .v = vc, .block_size = bs, .n_kv_head = n_kv, .head_dim = hd};
   int32_t table[4] = {5, 1, 7, 2};
   float *K = rand_vec(len * kv_dim), *V = rand_vec(len * kv_dim), *Q = rand_vec(len * n_head * hd);
   int32_t pos[13];
