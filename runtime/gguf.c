@@ -287,14 +287,12 @@ static int parse(ss_gguf *g) {
   if ((rc = cur_u64(&c, &n_tensors, "tensor_count")) || (rc = cur_u64(&c, &n_kv, "kv_count")))
     return rc;
   /* A key-value pair takes at least 8 (key length) + 4 (type) + 1 bytes, a
-   * tensor info at least 8 + 1 + 4 + 8 + 4 + 8. */
+   * tensor info (below) at least 8 + 1 + 4 + 8 + 4 + 8. */
   if (n_kv > cur_left(&c) / 13)
     return ss_error(SS_ERR_FORMAT, "%s: kv_count = %" PRIu64 " cannot fit in the %" PRIu64
                     " bytes left in the file (truncated or corrupt)", g->path, n_kv, cur_left(&c));
-  if (n_tensors > cur_left(&c) / 33)
-    return ss_error(SS_ERR_FORMAT, "%s: tensor_count = %" PRIu64 " cannot fit in the %" PRIu64
-                    " bytes left in the file (truncated or corrupt)", g->path, n_tensors,
-                    cur_left(&c));
+  /* tensor_count is bounded below, once the metadata is read, so that a file cut
+   * inside the metadata is reported at the field where it ends. */
 
   g->kv = calloc(n_kv ? n_kv : 1, sizeof *g->kv);
   if (!g->kv) return ss_error(SS_ERR_NOMEM, "%s: out of memory", g->path);
@@ -332,6 +330,10 @@ static int parse(ss_gguf *g) {
     }
   }
 
+  if (n_tensors > cur_left(&c) / 33)
+    return ss_error(SS_ERR_FORMAT, "%s: tensor_count = %" PRIu64 " cannot fit in the %" PRIu64
+                    " bytes left in the file (truncated or corrupt)", g->path, n_tensors,
+                    cur_left(&c));
   g->tensors = calloc(n_tensors ? n_tensors : 1, sizeof *g->tensors);
   if (!g->tensors) return ss_error(SS_ERR_NOMEM, "%s: out of memory", g->path);
   for (uint64_t i = 0; i < n_tensors; i++) {
