@@ -1,0 +1,111 @@
+/* The communicator: collectives between the ranks of one model replica.
+ *
+ * One interface (a vtable plus an opaque context), three backends:
+ *   self  one rank; every collective is a no-op (or a copy where out != in);
+ *   mpi   host buffers over Open MPI;
+ *   nccl  device buffers over NCCL (built when CUDA and NCCL are found).
+ *
+ * Counts are elements and nbytes are bytes, never one for the other.  Every
+ * call returns 0 or a negative SS_ERR_* status with a message naming this rank,
+ * the operation, its size and, where known, the peer at fault.  A peer that
+ * dies does not hang us: the mpi backend waits on non-blocking operations with
+ * a poll that checks the other ranks are still alive and that a deadline (if
+ * set) has not passed, and returns SS_ERR_COMM naming the lost rank. */
+#ifndef SS_COMM_H
+#define SS_COMM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/dtype.h"
+
+typedef struct ss_comm ss_comm;
+
+typedef struct ss_comm_ops {
+  /* In-place sum over all ranks of `count` elements of type (F32, F16, BF16).
+   * With comm->deterministic the sum of each element is taken in rank order
+   * 0, 1, ..., n-1 whatever the algorithm, so results are reproducible. */
+  int (*allreduce_sum)(ss_comm *c, void *buf, size_t count, ss_dtype type);
+  /* Every rank contributes nbytes[rank] bytes from send; recv receives all
+   * contributions concatenated in rank order (sum of nbytes bytes).  nbytes has
+   * one entry per rank and must be the same on every rank. */
+  int (*allgatherv)(ss_comm *c, const void *send, void *recv, const size_t *nbytes);
+  /* The same, but only `root` receives (recv may be NULL elsewhere). */
+  int (*gatherv)(ss_comm *c, const void *send, void *recv, const size_t *nbytes, int root);
+  /* root's nbytes bytes of buf to every rank. */
+  int (*broadcast)(ss_comm *c, void *buf, size_t nbytes, int root);
+  int (*barrier)(ss_comm *c);
+  /* Point to point (pipeline parallelism).  Blocking, with the same liveness
+   * checks as the collectives. */
+  int (*send)(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag);
+  int (*recv)(ss_comm *c, void *buf, size_t nbytes, int peer, int tag);
+  void (*free)(ss_comm *c);
+} ss_comm_ops;
+
+struct ss_comm {
+  const char *backend;   /* "self", "mpi", "nccl" */
+  const ss_comm_ops *ops;
+  void *ctx;
+  int rank, size;        /* in this communicator */
+  int local_rank;        /* among the ranks on this host: selects the GPU */
+  int local_size;
+  bool deterministic;    /* fixed summation order in allreduce_sum */
+  double timeout_s;      /* a collective that waits longer fails (<= 0: no limit) */
+  char host[64];         /* this rank's host name, for messages */
+  /* Time spent inside collectives since the last ss_comm_stats_reset, seconds. */
+  double busy_s;
+  uint64_t n_calls;
+};
+
+typedef enum ss_comm_kind {
+  SS_COMM_SELF = 0,
+  SS_COMM_MPI,
+  SS_COMM_NCCL,
+} ss_comm_kind;
+
+typedef struct ss_comm_opts {
+  ss_comm_kind kind;
+  bool deterministic;
+  double timeout_s;      /* <= 0: wait forever (liveness checks still apply) */
+} ss_comm_opts;
+
+/* True when the binary was built with that backend. */
+bool ss_comm_available(ss_comm_kind kind);
+
+/* Initialises MPI if needed (MPI_Init_thread, MPI_THREAD_FUNNELED) and creates
+ * a communicator over MPI_COMM_WORLD.  For SS_COMM_SELF under an MPI launch of
+ * more than one process this fails with a message.  Eager: a broken network
+ * fails here, not mid-request.  Returns SS_OK and sets *out, or an error. */
+int ss_comm_init(const ss_comm_opts *opts, ss_comm **out);
+/* Frees the communicator; finalises MPI if ss_comm_init initialised it. */
+void ss_comm_free(ss_comm *c);
+
+/* The rank and size the process was launched with (from MPI's environment
+ * variables, before any init): lets the CLI decide whether MPI is in use. */
+int ss_comm_launch_size(void);
+
+/* Ends every rank of the job after a fatal error on this one (MPI_Abort for
+ * mpi); returns only for self. */
+void ss_comm_abort(ss_comm *c, int code);
+
+/* Convenience wrappers through the vtable. */
+static inline int ss_comm_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type) {
+  return c->ops->allreduce_sum(c, buf, count, type);
+}
+static inline int ss_comm_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
+  return c->ops->broadcast(c, buf, nbytes, root);
+}
+static inline int ss_comm_barrier(ss_comm *c) { return c->ops->barrier(c); }
+static inline int ss_comm_gatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes,
+                                  int root) {
+  return c->ops->gatherv(c, send, recv, nbytes, root);
+}
+static inline int ss_comm_allgatherv(ss_comm *c, const void *send, void *recv,
+                                     const size_t *nbytes) {
+  return c->ops->allgatherv(c, send, recv, nbytes);
+}
+
+void ss_comm_stats_reset(ss_comm *c);
+
+#endif
