@@ -59,7 +59,14 @@ typedef struct ss_rope_params {
 
 typedef struct ss_attn_params {
   int n_head;
-  int n_kv_head;     /* query head h reads KV head h / (n_head / n_kv_head) */
+  int n_kv_head;     /* KV heads held (this rank's) */
+  /* Grouped-query mapping.  Local query head h is global head q_head_base + h,
+   * which reads global KV head (q_head_base + h) / group, held locally at index
+   * that minus kv_head_base.  group = 0 means n_head / n_kv_head and both bases
+   * 0 (one rank holding every head). */
+  int group;
+  int q_head_base;
+  int kv_head_base;
   int head_dim;
   float scale;       /* usually 1/sqrt(head_dim) */
   float softcap;     /* if > 0: logits = softcap * tanh(logits / softcap) */
@@ -76,7 +83,8 @@ struct ss_backend {
   void *(*alloc)(ss_backend *be, size_t nbytes);
   void (*dealloc)(ss_backend *be, void *p);
 
-  /* out[i] = row ids[i] of table, dequantized.  Ids are trusted (checked by the caller). */
+  /* out[i] = row ids[i] of table, dequantized; a negative id gives a row of zeros (a
+   * token another rank's vocabulary slice holds).  Ids are otherwise trusted. */
   void (*embed)(ss_backend *be, const ss_weight *table, const int32_t *ids, int64_t n, float *out);
   /* out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * w, for n rows of width dim. */
   void (*rmsnorm)(ss_backend *be, const float *x, const float *w, int64_t n, int64_t dim,

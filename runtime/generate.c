@@ -108,8 +108,8 @@ int ss_generate(const ss_model *m, ss_backend *be, const int32_t *prompt, int32_
   int32_t *pos = NULL;
   const int32_t **btab = NULL;
 
-  if ((rc = ss_kv_cache_init(&kv, be, c->n_layer, c->n_kv_head, c->head_dim, KV_BLOCK_SIZE,
-                             (total + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE)))
+  if ((rc = ss_model_kv_init(m, be, KV_BLOCK_SIZE, (total + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE,
+                             &kv)))
     goto done;
   if ((rc = ss_kv_seq_reserve(&kv, &seq, total))) goto done;
   const int32_t max_batch = n_prompt < chunk ? n_prompt : chunk;

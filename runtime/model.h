@@ -10,6 +10,7 @@
 #include "kernels/kernels.h"
 #include "runtime/gguf.h"
 #include "runtime/kv_cache.h"
+#include "runtime/shard.h"
 #include "runtime/tokenizer.h"
 
 typedef struct ss_model_config {
@@ -41,16 +42,34 @@ typedef struct ss_layer_weights {
   ss_weight w_down;       /* (C, F) */
 } ss_layer_weights;
 
+/* This rank's part of the model under tensor parallelism (everything, at tp 1):
+ * see runtime/shard.h for the rules. */
+typedef struct ss_model_local {
+  int tp, rank;
+  int n_head, head_base;       /* query heads [head_base, head_base + n_head) */
+  int n_kv_head, kv_head_base; /* KV heads held */
+  int ffn_dim;                 /* MLP hidden columns held */
+  int64_t vocab_begin, vocab_end; /* vocabulary rows of embedding and LM head */
+  bool vocab_parallel;
+} ss_model_local;
+
 typedef struct ss_model {
-  ss_model_config cfg;
+  ss_model_config cfg;   /* the whole model's hyper-parameters */
+  ss_model_local local;  /* this rank's shard */
+  struct ss_comm *comm;  /* NULL or one rank: no communication */
+  ss_shard_plan plan;    /* the plan this rank was loaded with (ranks == NULL at tp 1) */
+  ss_shard_bytes loaded; /* bytes of weights this rank bound, by category */
+  void **owned;          /* weight slices copied out of the file (row-parallel cuts) */
+  int n_owned;
+  struct ss_step_profile *prof; /* counters updated by forward passes */
   ss_gguf *gguf;
   ss_tokenizer *tok;
-  ss_weight tok_embd;       /* (V, C) */
+  ss_weight tok_embd;       /* (V/tp, C): this rank's vocabulary rows */
   ss_layer_weights *layers; /* [n_layer] */
   const float *output_norm; /* (C) */
-  ss_weight output;         /* (V, C); tok_embd when tied */
+  ss_weight output;         /* (V/tp, C); tok_embd when tied */
   char *chat_template;      /* tokenizer.chat_template, or NULL */
-  uint64_t weight_nbytes;   /* bytes of all tensors used */
+  uint64_t weight_nbytes;   /* bytes of all tensors used (this rank's slices) */
 } ss_model;
 
 /* Called while the weights are paged in: done and total bytes. */
@@ -60,6 +79,10 @@ typedef struct ss_model_load_opts {
   ss_progress_fn progress; /* may be NULL */
   void *progress_user;
   bool prefault;           /* read every weight page now rather than on first use */
+  /* Tensor parallelism: load only rank `comm->rank`'s slices of a plan for
+   * comm->size ranks.  NULL: the whole model. */
+  struct ss_comm *comm;
+  bool replicate_vocab;    /* hold the whole embedding / LM head on every rank */
 } ss_model_load_opts;
 
 /* Opens `path`, checks architecture, hyper-parameters and every tensor's
@@ -68,7 +91,7 @@ int ss_model_load(const char *path, const ss_model_load_opts *opts, ss_model **o
 void ss_model_free(ss_model *m);
 
 /* Per-batch activations and scratch, sized for up to max_tokens tokens per
- * forward call and max_logits logit rows. */
+ * forward call and max_logits logit rows.  Widths are this rank's. */
 typedef struct ss_forward_state {
   ss_backend *be;
   int64_t max_tokens, max_logits;
@@ -82,6 +105,8 @@ typedef struct ss_forward_state {
   float *hb;     /* (T, F) */
   float *hb2;    /* (T, F) */
   float *xl;     /* (max_logits, C) rows that produce logits */
+  float *lg;     /* (max_logits, V/tp) this rank's logits, tp > 1 */
+  float *lg_all; /* (max_logits, V) gathered, rank-major, on rank 0, tp > 1 */
   int32_t *ids;  /* (T) */
 } ss_forward_state;
 
@@ -99,7 +124,30 @@ typedef struct ss_batch {
   const int32_t *logit_rows;
 } ss_batch;
 
+/* On rank 0 (or alone): runs the batch, broadcasting it first to the other ranks
+ * when tp > 1, and returns the logits (float[n_logits][V], whole vocabulary) on
+ * rank 0.  Under tensor parallelism ranks 1..tp-1 run ss_model_worker_loop. */
 int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
                      float *logits);
+
+/* Ranks 1..tp-1: receive each step from rank 0, run this rank's shard of it,
+ * until rank 0 calls ss_model_stop_workers (returns SS_OK) or a collective fails. */
+int ss_model_worker_loop(const ss_model *m, ss_backend *be);
+/* Rank 0: tells the workers to return from their loop.  Harmless at tp 1. */
+int ss_model_stop_workers(const ss_model *m);
+
+/* Per-rank counters of the forward passes, for --profile. */
+typedef struct ss_step_profile {
+  uint64_t steps;
+  double compute_s;  /* inside forward passes, collectives excluded */
+  double comm_s;     /* inside collectives during forward passes */
+  double idle_s;     /* workers: waiting for the next step */
+} ss_step_profile;
+/* This rank's counters since load. */
+ss_step_profile ss_model_profile(const ss_model *m);
+
+/* The cache geometry for this rank: its KV heads, with the given block count. */
+int ss_model_kv_init(const ss_model *m, ss_backend *be, int32_t block_size, int32_t n_blocks,
+                     ss_kv_cache *kv);
 
 #endif

@@ -45,7 +45,8 @@ typedef struct attn_job {
   const float *q;
   const ss_attn_params *p;
   float *out;
-  int group;            /* query heads per KV head */
+  int group;            /* query heads per KV head (global) */
+  int q_base, kv_base;  /* global index of local query head 0 and KV head 0 */
   int64_t n_tc;         /* (token, chunk) pairs */
   const int64_t *tc_t;  /* token of each pair */
   const int32_t *tc_c;  /* chunk of each pair */
@@ -65,9 +66,9 @@ static void chunk_worker(void *arg, int ith, int nth) {
   const attn_job *j = arg;
   const ss_attn_params *p = j->p;
   const ss_kv_layer *kv = j->kv;
-  const int hd = p->head_dim, G = j->group;
+  const int hd = p->head_dim;
   const size_t part_stride = (size_t)hd + 2;
-  float *sc = j->work + (size_t)ith * G * ATTN_CHUNK;
+  float *sc = j->work + (size_t)ith * j->group * ATTN_CHUNK;
   long lo, hi;
   ss_pool_split((long)(j->n_tc * p->n_kv_head), ith, nth, &lo, &hi);
   for (long item = lo; item < hi; item++) {
@@ -77,8 +78,15 @@ static void chunk_worker(void *arg, int ith, int nth) {
     const int32_t *bt = j->loc->block_table[t];
     const int32_t s0 = j->tc_c[tc] * ATTN_CHUNK;
     const int32_t s1 = j->loc->pos[t] + 1 < s0 + ATTN_CHUNK ? j->loc->pos[t] + 1 : s0 + ATTN_CHUNK;
-    const float *q = j->q + (t * p->n_head + (int64_t)kvh * G) * hd;
-    float *part = j->part + ((size_t)tc * p->n_head + (size_t)kvh * G) * part_stride;
+    /* The local query heads [qa, qa + G) that read this KV head. */
+    const int kv_global = j->kv_base + kvh;
+    int qa = kv_global * j->group - j->q_base, qb = qa + j->group;
+    qa = qa > 0 ? qa : 0;
+    qb = qb < p->n_head ? qb : p->n_head;
+    const int G = qb - qa;
+    if (G <= 0) continue;
+    const float *q = j->q + (t * p->n_head + (int64_t)qa) * hd;
+    float *part = j->part + ((size_t)tc * p->n_head + (size_t)qa) * part_stride;
     /* Row pointers of the chunk (blocks make them non-contiguous). */
     const float *krow[ATTN_CHUNK], *vrow[ATTN_CHUNK];
     const int32_t n = s1 - s0;
@@ -160,7 +168,7 @@ void ss_cpu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc 
                       const float *q, const ss_attn_params *p, float *out) {
   ss_cpu *cpu = be->ctx;
   const int nth = ss_pool_size(cpu->pool);
-  const int G = p->n_head / p->n_kv_head;
+  const int G = p->group > 0 ? p->group : p->n_head / p->n_kv_head;
   int64_t n_tc = 0;
   for (int64_t t = 0; t < loc->n; t++) n_tc += loc->pos[t] / ATTN_CHUNK + 1;
   /* One scratch block: index arrays, partial results, per-thread scores. */
@@ -185,7 +193,8 @@ void ss_cpu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc 
     }
   }
   t_tc0[loc->n] = k;
-  attn_job j = {.kv = kv, .loc = loc, .q = q, .p = p, .out = out, .group = G, .n_tc = n_tc,
+  attn_job j = {.kv = kv, .loc = loc, .q = q, .p = p, .out = out, .group = G, .q_base = p->q_head_base,
+                .kv_base = p->kv_head_base, .n_tc = n_tc,
                 .tc_t = tc_t, .tc_c = tc_c, .t_tc0 = t_tc0, .part = part, .work = work};
   ss_pool_run(cpu->pool, chunk_worker, &j);
   ss_pool_run(cpu->pool, merge_worker, &j);

@@ -47,9 +47,14 @@ static void cpu_free(ss_backend *be) {
 
 static void cpu_embed(ss_backend *be, const ss_weight *table, const int32_t *ids, int64_t n,
                       float *out) {
-  for (int64_t i = 0; i < n; i++)
+  for (int64_t i = 0; i < n; i++) {
+    if (ids[i] < 0) {
+      memset(out + i * table->cols, 0, (size_t)table->cols * sizeof *out);
+      continue;
+    }
     ss_dequantize_row(table->type, (const uint8_t *)table->data + (size_t)ids[i] * table->row_nbytes,
                       out + i * table->cols, table->cols);
+  }
 }
 
 static void cpu_rmsnorm(ss_backend *be, const float *x, const float *w, int64_t n, int64_t dim,
