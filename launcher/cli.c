@@ -7,10 +7,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+int ss_cli_rank = -1;
+
 int ss_cli_fail(const char *cmd, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  fprintf(stderr, "shardserve %s: error: ", cmd);
+  if (ss_cli_rank >= 0) fprintf(stderr, "shardserve %s (rank %d): error: ", cmd, ss_cli_rank);
+  else fprintf(stderr, "shardserve %s: error: ", cmd);
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   va_end(ap);

@@ -14,14 +14,23 @@
 /* Where scripts/setup.sh puts the default model (relative to the repository). */
 #define SS_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
+/* This process's rank in a multi-rank job, or -1: error lines then name it. */
+extern int ss_cli_rank;
+
 struct ss_model;
+struct ss_comm;
 /* Loads a model with a progress line for large files; on failure prints the
- * error and returns SS_EXIT_FAIL. */
+ * error and returns SS_EXIT_FAIL.  With comm (more than one rank), loads this
+ * rank's shard; replicate_vocab keeps the whole embedding and LM head. */
 int ss_cli_load_model(const char *cmd, const char *path, struct ss_model **out);
+int ss_cli_load_shard(const char *cmd, const char *path, struct ss_comm *comm,
+                      bool replicate_vocab, struct ss_model **out);
 
 int ss_cmd_info(int argc, char **argv);
 int ss_cmd_tokenize(int argc, char **argv);
 int ss_cmd_generate(int argc, char **argv);
+int ss_cmd_plan(int argc, char **argv);
+int ss_cmd_launch(int argc, char **argv);
 
 /* Prints "shardserve <cmd>: error: <message>" to stderr.  Returns SS_EXIT_FAIL. */
 int ss_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -8,7 +8,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "comm/comm.h"
 #include "launcher/cli.h"
+#include "launcher/ranks.h"
 #include "runtime/chat.h"
 #include "runtime/generate.h"
 #include "runtime/model.h"
@@ -58,7 +60,17 @@ static void usage(FILE *f) {
           "                          log-softmax of the raw logits, at every step\n"
           "\n"
           "Execution:\n"
-          "  -t, --threads N         CPU threads (default: one per core)\n"
+          "  -t, --threads N         CPU threads per rank (default: one per core)\n"
+          "      --tp N              tensor-parallel ranks (default: the MPI job's size);\n"
+          "                          start N ranks with 'shardserve launch --tp N -- generate ...'\n"
+          "      --replicate-vocab   every rank holds the whole embedding and LM head\n"
+          "                          (default: split by vocabulary rows, logits gathered)\n"
+          "      --deterministic-allreduce  sum across ranks in rank order, whatever the\n"
+          "                          MPI algorithm (reproducible across runs and networks)\n"
+          "      --comm-timeout S    a collective waiting longer than S seconds fails\n"
+          "                          (default 0: no limit; a lost rank is detected anyway)\n"
+          "      --profile           print per-rank compute / comm / idle time per step and\n"
+          "                          resident memory at the end\n"
           "  -h, --help              show this help\n"
           "\n"
           "Sampling order: temperature, top-k, top-p, min-p, then a seeded draw.\n",
@@ -172,7 +184,11 @@ int ss_cmd_generate(int argc, char **argv) {
   int64_t max_tokens = 128, threads = 0, n_logprobs = 0, seed = 0, ctx = 0, top_k = 40;
   double temp = 0.8, top_p = 0.95, min_p = 0.05;
   enum { O_CHAT = 256, O_SYSTEM, O_TMPL, O_BOS, O_NOBOS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_SEED,
-         O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS };
+         O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS, O_TP, O_REPL, O_DET, O_CTO,
+         O_PROFILE };
+  int64_t tp = 0;
+  double comm_timeout = 0;
+  bool replicate_vocab = false, deterministic = false, profile = false;
   bool ignore_eos = false;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},       {"prompt", required_argument, 0, 'p'},
@@ -186,6 +202,9 @@ int ss_cmd_generate(int argc, char **argv) {
       {"ctx", required_argument, 0, O_CTX},       {"json", no_argument, 0, O_JSON},
       {"logprobs", required_argument, 0, O_LOGPROBS}, {"threads", required_argument, 0, 't'},
       {"prompt-ids", required_argument, 0, O_IDS}, {"help", no_argument, 0, 'h'},
+      {"tp", required_argument, 0, O_TP},          {"replicate-vocab", no_argument, 0, O_REPL},
+      {"deterministic-allreduce", no_argument, 0, O_DET},
+      {"comm-timeout", required_argument, 0, O_CTO}, {"profile", no_argument, 0, O_PROFILE},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -239,6 +258,16 @@ int ss_cmd_generate(int argc, char **argv) {
     case 't':
       if (!ss_cli_parse_int(k_cmd, "--threads", optarg, 1, 1024, &threads)) return SS_EXIT_USAGE;
       break;
+    case O_TP:
+      if (!ss_cli_parse_int(k_cmd, "--tp", optarg, 1, 4096, &tp)) return SS_EXIT_USAGE;
+      break;
+    case O_REPL: replicate_vocab = true; break;
+    case O_DET: deterministic = true; break;
+    case O_CTO:
+      if (!ss_cli_parse_float(k_cmd, "--comm-timeout", optarg, 0.0, 1e6, &comm_timeout))
+        return SS_EXIT_USAGE;
+      break;
+    case O_PROFILE: profile = true; break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -271,6 +300,17 @@ int ss_cmd_generate(int argc, char **argv) {
     prompt_len = strlen(prompt_arg);
   }
 
+  /* More than one rank: every rank loads its shard; rank 0 alone tokenizes,
+   * samples and prints, the others run the steps it sends. */
+  ss_comm *comm = NULL;
+  ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout};
+  if ((rc = ss_ranks_start(k_cmd, &ro, &comm))) {
+    free(prompt);
+    return rc;
+  }
+  const bool worker = comm && comm->rank != 0;
+  bool workers_running = false;
+
   struct timespec ts0, ts1;
   clock_gettime(CLOCK_MONOTONIC, &ts0);
   ss_model *m = NULL;
@@ -282,9 +322,29 @@ int ss_cmd_generate(int argc, char **argv) {
   json_ctx jc = {0};
   ss_gen_result res = {0};
   bool have_res = false;
-  if ((rc = ss_cli_load_model(k_cmd, path, &m))) {
+  rc = ss_cli_load_shard(k_cmd, path, comm, replicate_vocab, &m);
+  if (rc == SS_EXIT_OK) {
+    be = ss_backend_cpu_create((int)threads);
+    if (!be) rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+  }
+  if ((rc = ss_ranks_agree(k_cmd, comm, rc == SS_EXIT_OK))) {
     free(prompt);
+    if (be) be->free(be);
+    ss_model_free(m);
+    ss_ranks_end(comm, rc);
     return rc;
+  }
+  workers_running = comm != NULL;
+  if (worker) {
+    /* Ranks 1..tp-1: run rank 0's steps until it says stop. */
+    free(prompt);
+    exit_code = SS_EXIT_OK;
+    if (ss_model_worker_loop(m, be)) exit_code = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    if (exit_code == SS_EXIT_OK && profile) exit_code = ss_ranks_profile(k_cmd, comm, m, 0.0);
+    be->free(be);
+    ss_model_free(m);
+    ss_ranks_end(comm, exit_code);
+    return exit_code;
   }
   clock_gettime(CLOCK_MONOTONIC, &ts1);
   double load_ms = (double)(ts1.tv_sec - ts0.tv_sec) * 1e3 + (double)(ts1.tv_nsec - ts0.tv_nsec) / 1e6;
@@ -330,11 +390,6 @@ int ss_cmd_generate(int argc, char **argv) {
     goto done;
   }
 
-  be = ss_backend_cpu_create((int)threads);
-  if (!be) {
-    ss_cli_fail(k_cmd, "%s", ss_error_msg());
-    goto done;
-  }
   ss_gen_params gp = {
       .max_tokens = (int32_t)max_tokens,
       .sampling = {.temperature = (float)temp, .top_k = (int32_t)top_k, .top_p = (float)top_p,
@@ -383,13 +438,27 @@ int ss_cmd_generate(int argc, char **argv) {
   fflush(stdout);
   fprintf(stderr,
           "[stats] prompt tokens %zu, generated %d (%s), load %.0f ms, prefill %.1f tok/s "
-          "(%.1f ms), decode %.1f tok/s (%d steps, %.1f ms), threads %d, seed %" PRId64 "\n",
+          "(%.1f ms), decode %.1f tok/s (%d steps, %.1f ms), threads %d, tp %d, seed %" PRId64
+          "\n",
           n_ids, res.n_generated, res.finish_reason, load_ms,
           res.prefill_ms > 0 ? (double)n_ids / (res.prefill_ms / 1e3) : 0.0, res.prefill_ms,
           res.decode_ms > 0 ? (double)res.n_decode_steps / (res.decode_ms / 1e3) : 0.0,
-          res.n_decode_steps, res.decode_ms, be->n_threads(be), seed);
+          res.n_decode_steps, res.decode_ms, be->n_threads(be), comm ? comm->size : 1, seed);
   exit_code = SS_EXIT_OK;
 done:
+  if (workers_running) {
+    /* The workers wait for the next step: tell them to finish (also after a bad
+     * prompt or flag), then collect the profile. */
+    if (ss_model_stop_workers(m)) {
+      ss_cli_fail(k_cmd, "%s", ss_error_msg());
+      exit_code = SS_EXIT_FAIL;
+    } else if (profile) {
+      int prc = ss_ranks_profile(k_cmd, comm, m, (res.prefill_ms + res.decode_ms) / 1e3);
+      if (exit_code == SS_EXIT_OK) exit_code = prc;
+    }
+  } else if (profile && exit_code == SS_EXIT_OK) {
+    exit_code = ss_ranks_profile(k_cmd, NULL, m, (res.prefill_ms + res.decode_ms) / 1e3);
+  }
   if (have_res) ss_gen_result_free(&res);
   json_decref(out);
   json_decref(jc.steps);
@@ -397,5 +466,8 @@ done:
   free(prompt);
   if (be) be->free(be);
   ss_model_free(m);
+  /* A usage error found on rank 0 after the workers stopped cleanly is not a
+   * failure of the job's ranks: finalise normally. */
+  ss_ranks_end(comm, exit_code == SS_EXIT_USAGE ? SS_EXIT_OK : exit_code);
   return exit_code;
 }

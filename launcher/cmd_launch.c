@@ -1,0 +1,138 @@
+/* shardserve launch: one command over N ranks.  Builds the mpirun line a user
+ * would otherwise have to remember (root variables, oversubscription and
+ * yielding when ranks outnumber cores, binding, hosts), prints it, and runs it. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "launcher/cli.h"
+
+static const char *k_cmd = "launch";
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "Usage: shardserve launch --tp N [--hostfile F | --hosts H:S,H:S...] [--bind B]\n"
+          "                         [--mpirun PATH] [--dry-run] -- COMMAND [FLAGS...]\n"
+          "\n"
+          "Runs `shardserve COMMAND FLAGS...` as N MPI ranks (one per GPU on a GPU machine)\n"
+          "through Open MPI's mpirun, printing the full mpirun line first.  Each rank finds\n"
+          "its place from MPI; the command's --tp defaults to the number of ranks.\n"
+          "\n"
+          "  --tp N           ranks (tensor-parallel degree)\n"
+          "  --hostfile F     an Open MPI hostfile (\"node1 slots=8\" per line)\n"
+          "  --hosts LIST     hosts and slots, e.g. node1:8,node2:8\n"
+          "  --bind B         none (default), core or socket: mpirun's --bind-to\n"
+          "  --mpirun PATH    the mpirun to use (default: mpirun from PATH)\n"
+          "  --dry-run        print the line and exit\n"
+          "\n"
+          "Without hosts, all ranks run here; when they outnumber the cores, mpirun gets\n"
+          "--oversubscribe and --mca mpi_yield_when_idle 1 (busy-polling ranks sharing a\n"
+          "core otherwise slow each other down many times over).  As root, the variables\n"
+          "Open MPI requires (OMPI_ALLOW_RUN_AS_ROOT, ..._CONFIRM) are set and forwarded.\n"
+          "\n"
+          "Example: shardserve launch --tp 2 -- generate --prompt \"Hello\" -n 32\n");
+}
+
+int ss_cmd_launch(int argc, char **argv) {
+  int64_t tp = 0;
+  const char *hostfile = NULL, *hosts = NULL, *bind = "none", *mpirun = "mpirun";
+  bool dry = false;
+  enum { O_TP = 256, O_HOSTFILE, O_HOSTS, O_BIND, O_MPIRUN, O_DRY };
+  static const struct option opts[] = {
+      {"tp", required_argument, 0, O_TP},         {"hostfile", required_argument, 0, O_HOSTFILE},
+      {"hosts", required_argument, 0, O_HOSTS},   {"bind", required_argument, 0, O_BIND},
+      {"mpirun", required_argument, 0, O_MPIRUN}, {"dry-run", no_argument, 0, O_DRY},
+      {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
+  };
+  optind = 1;
+  opterr = 0;
+  int c;
+  /* '+': stop at the first non-option, so the command's own flags pass through. */
+  while ((c = getopt_long(argc, argv, "+:h", opts, NULL)) != -1) {
+    switch (c) {
+    case O_TP:
+      if (!ss_cli_parse_int(k_cmd, "--tp", optarg, 1, 65536, &tp)) return SS_EXIT_USAGE;
+      break;
+    case O_HOSTFILE: hostfile = optarg; break;
+    case O_HOSTS: hosts = optarg; break;
+    case O_BIND:
+      if (strcmp(optarg, "none") && strcmp(optarg, "core") && strcmp(optarg, "socket"))
+        return ss_cli_usage(k_cmd, "invalid value '%s' for --bind: expected none, core or socket",
+                            optarg);
+      bind = optarg;
+      break;
+    case O_MPIRUN: mpirun = optarg; break;
+    case O_DRY: dry = true; break;
+    case 'h': usage(stdout); return SS_EXIT_OK;
+    case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
+    default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (tp == 0) return ss_cli_usage(k_cmd, "--tp N is required");
+  if (hostfile && hosts) return ss_cli_usage(k_cmd, "give --hostfile or --hosts, not both");
+  if (optind >= argc) return ss_cli_usage(k_cmd, "no command to run: put it after --");
+  if (strcmp(argv[optind], "launch") == 0)
+    return ss_cli_usage(k_cmd, "the command to run cannot be 'launch' itself");
+  if (hostfile && access(hostfile, R_OK) != 0)
+    return ss_cli_fail(k_cmd, "%s: cannot read the hostfile", hostfile);
+
+  char self[PATH_MAX];
+  ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (k <= 0) return ss_cli_fail(k_cmd, "cannot find the path of this program");
+  self[k] = 0;
+
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  bool local = !hostfile && !hosts;
+  bool over = local && cores > 0 && tp > cores;
+  bool root = geteuid() == 0;
+  if (root) {
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  }
+
+  const int max_args = 32 + (argc - optind);
+  char **av = calloc((size_t)max_args + 1, sizeof *av);
+  if (!av) return ss_cli_fail(k_cmd, "out of memory");
+  char np[24];
+  snprintf(np, sizeof np, "%lld", (long long)tp);
+  int n = 0;
+  av[n++] = (char *)mpirun;
+  av[n++] = "-np";
+  av[n++] = np;
+  if (hostfile) av[n++] = "--hostfile", av[n++] = (char *)hostfile;
+  if (hosts) av[n++] = "--host", av[n++] = (char *)hosts;
+  if (over) {
+    av[n++] = "--oversubscribe";
+    av[n++] = "--mca", av[n++] = "mpi_yield_when_idle", av[n++] = "1";
+  }
+  av[n++] = "--bind-to", av[n++] = (char *)bind;
+  if (root) av[n++] = "-x", av[n++] = "OMPI_ALLOW_RUN_AS_ROOT", av[n++] = "-x",
+            av[n++] = "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM";
+  av[n++] = self;
+  for (int i = optind; i < argc; i++) av[n++] = argv[i];
+  av[n] = NULL;
+
+  fprintf(stderr, "shardserve launch:");
+  for (int i = 0; i < n; i++) {
+    bool quote = strpbrk(av[i], " \t\"'$`\\") != NULL || !*av[i];
+    fprintf(stderr, quote ? " '%s'" : " %s", av[i]);
+  }
+  fputc('\n', stderr);
+  if (over)
+    fprintf(stderr, "shardserve launch: %lld ranks on %ld cores: oversubscribing, ranks yield "
+            "when idle\n", (long long)tp, cores);
+  if (dry) {
+    free(av);
+    return SS_EXIT_OK;
+  }
+  fflush(stderr);
+  execvp(av[0], av);
+  int e = errno;
+  free(av);
+  return ss_cli_fail(k_cmd, "cannot run '%s': %s (is Open MPI installed? scripts/setup.sh "
+                     "installs it)", mpirun, strerror(e));
+}

@@ -1,0 +1,188 @@
+/* shardserve plan: how a model splits over tensor-parallel ranks.  The figures
+ * come from the same code the loader slices the weights with (runtime/shard.c),
+ * and each rank checks what it bound against them at load time. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "launcher/cli.h"
+#include "runtime/model.h"
+#include "runtime/shard.h"
+#include "runtime/status.h"
+
+static const char *k_cmd = "plan";
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "Usage: shardserve plan [--model FILE] --tp N [--replicate-vocab] [--json]\n"
+          "\n"
+          "Prints, for each tensor-parallel rank: its query heads, KV heads, MLP columns and\n"
+          "vocabulary rows (half-open ranges), its weight bytes by category, its KV-cache\n"
+          "bytes per token (f32) and the bytes it sends per generated token; then totals.\n"
+          "Uneven splits are allowed: ranges differ by at most one unit.  A KV head shared\n"
+          "by two ranks' query heads is held by both (listed as replicated).\n"
+          "\n"
+          "Options:\n"
+          "  -m, --model FILE     GGUF model (default: " SS_DEFAULT_MODEL ")\n"
+          "      --tp N           tensor-parallel degree (1..number of query heads)\n"
+          "      --replicate-vocab  every rank holds the whole embedding and LM head\n"
+          "                       (default: split by vocabulary rows)\n"
+          "      --json           print one JSON object instead of the table\n"
+          "  -h, --help           show this help\n");
+}
+
+static double mib(uint64_t b) { return (double)b / (1 << 20); }
+
+static json_t *range_json(ss_range r) {
+  return json_pack("[I,I]", (json_int_t)r.begin, (json_int_t)r.end);
+}
+
+static json_t *bytes_json(const ss_shard_bytes *b) {
+  return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "attn", (json_int_t)b->attn, "mlp",
+                   (json_int_t)b->mlp, "embd", (json_int_t)b->embd, "head", (json_int_t)b->head,
+                   "norm", (json_int_t)b->norm, "total", (json_int_t)b->total);
+}
+
+static int print_json(const ss_model *m, const ss_shard_plan *p) {
+  json_t *ranks = json_array();
+  for (int r = 0; r < p->opts.tp; r++) {
+    const ss_shard_rank *R = &p->ranks[r];
+    json_array_append_new(ranks, json_pack(
+        "{s:i, s:o, s:o, s:o, s:o, s:I, s:o, s:I, s:I, s:I}", "rank", r,
+        "heads", range_json(R->heads), "kv_heads", range_json(R->kv_heads),
+        "ffn_columns", range_json(R->ffn), "vocab_rows", range_json(R->vocab),
+        "weight_bytes", (json_int_t)R->bytes.total, "weight_bytes_by_category",
+        bytes_json(&R->bytes), "replicated_bytes", (json_int_t)R->replicated_nbytes,
+        "kv_bytes_per_token", (json_int_t)R->kv_nbytes_per_token,
+        "comm_bytes_per_token", (json_int_t)R->comm_nbytes_per_token));
+  }
+  const ss_model_config *c = &m->cfg;
+  json_t *o = json_pack(
+      "{s:s, s:s, s:i, s:b, s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i}, s:I, s:o, s:I, s:I, s:I, s:i,"
+      " s:I, s:I, s:o}",
+      "model", m->gguf->path, "arch", c->arch, "tp", p->opts.tp, "vocab_parallel",
+      p->opts.vocab_parallel, "config", "layers", c->n_layer, "dim", c->dim, "heads", c->n_head,
+      "kv_heads", c->n_kv_head, "head_dim", c->head_dim, "ffn", c->ffn_dim, "vocab", c->vocab,
+      "ffn_split_unit", (json_int_t)p->ffn_unit, "file_weight_bytes", bytes_json(&p->file),
+      "total_weight_bytes", (json_int_t)p->total_weight_nbytes, "replicated_bytes",
+      (json_int_t)p->replicated_nbytes, "kv_bytes_per_token", (json_int_t)p->kv_nbytes_per_token,
+      "allreduces_per_token", p->n_allreduce_per_token, "allreduce_payload_bytes",
+      (json_int_t)p->allreduce_payload_nbytes, "gather_bytes_per_token",
+      (json_int_t)p->gather_nbytes_per_token, "ranks", ranks);
+  char *s = o ? json_dumps(o, JSON_INDENT(1)) : NULL;
+  json_decref(o);
+  if (!s) return ss_cli_fail(k_cmd, "cannot encode the plan as JSON");
+  puts(s);
+  free(s);
+  return SS_EXIT_OK;
+}
+
+static void print_range(const char *unit, ss_range r) {
+  char buf[48];
+  snprintf(buf, sizeof buf, "%" PRId64 " [%" PRId64 ",%" PRId64 ")", ss_range_len(r), r.begin,
+           r.end);
+  printf(" %-16s", buf);
+  (void)unit;
+}
+
+static void print_table(const ss_model *m, const ss_shard_plan *p) {
+  const ss_model_config *c = &m->cfg;
+  printf("model:  %s (%s: %d layers, dim %d, %d heads, %d KV heads of %d, ffn %d, vocab %d)\n",
+         m->gguf->path, c->arch, c->n_layer, c->dim, c->n_head, c->n_kv_head, c->head_dim,
+         c->ffn_dim, c->vocab);
+  printf("plan:   tp %d, embedding and LM head %s, MLP split in units of %" PRId64
+         " column%s\n\n", p->opts.tp, p->opts.vocab_parallel ? "split by vocabulary rows" :
+         "replicated", p->ffn_unit, p->ffn_unit > 1 ? "s (quantization blocks)" : "");
+  printf("rank heads            kv heads         mlp columns      vocab rows       "
+         "  attn MiB   mlp MiB  embd MiB  head MiB  norm MiB  total MiB  repl MiB"
+         "  KV B/token  comm B/token\n");
+  for (int r = 0; r < p->opts.tp; r++) {
+    const ss_shard_rank *R = &p->ranks[r];
+    printf("%4d", r);
+    print_range("heads", R->heads);
+    print_range("kv", R->kv_heads);
+    print_range("ffn", R->ffn);
+    print_range("vocab", R->vocab);
+    printf(" %9.2f %9.2f %9.2f %9.2f %9.3f %10.2f %9.3f %11" PRIu64 " %13" PRIu64 "\n",
+           mib(R->bytes.attn), mib(R->bytes.mlp), mib(R->bytes.embd), mib(R->bytes.head),
+           mib(R->bytes.norm), mib(R->bytes.total), mib(R->replicated_nbytes),
+           R->kv_nbytes_per_token, R->comm_nbytes_per_token);
+  }
+  printf("\ntotals: weights %.2f MiB over all ranks = %.2f MiB of tensors in the file "
+         "(%" PRIu64 " bytes) + %.3f MiB replicated (%" PRIu64 " bytes: norms on every rank",
+         mib(p->total_weight_nbytes), mib(p->file.total), p->file.total,
+         mib(p->replicated_nbytes), p->replicated_nbytes);
+  bool shared_kv = false;
+  for (int r = 1; r < p->opts.tp; r++)
+    if (p->ranks[r].kv_heads.begin < p->ranks[r - 1].kv_heads.end) shared_kv = true;
+  if (shared_kv) printf(", K/V rows of shared KV heads");
+  if (!p->opts.vocab_parallel && p->opts.tp > 1) printf(", embedding and LM head");
+  printf(")\n");
+  uint64_t kv_sum = 0;
+  for (int r = 0; r < p->opts.tp; r++) kv_sum += p->ranks[r].kv_nbytes_per_token;
+  printf("        KV cache %" PRIu64 " bytes per token for the whole model (f32), %" PRIu64
+         " summed over ranks\n", p->kv_nbytes_per_token, kv_sum);
+  printf("        per generated token: %d all-reduces of %" PRIu64 " bytes", p->n_allreduce_per_token,
+         p->allreduce_payload_nbytes);
+  if (p->gather_nbytes_per_token)
+    printf(", and a gather of %" PRIu64 " bytes of logits on rank 0", p->gather_nbytes_per_token);
+  printf("\n");
+}
+
+int ss_cmd_plan(int argc, char **argv) {
+  const char *path = SS_DEFAULT_MODEL;
+  int64_t tp = 0;
+  bool json = false, replicate = false;
+  enum { O_TP = 256, O_JSON, O_REPL };
+  static const struct option opts[] = {
+      {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, O_TP},
+      {"json", no_argument, 0, O_JSON},     {"replicate-vocab", no_argument, 0, O_REPL},
+      {"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
+  };
+  optind = 1;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'm': path = optarg; break;
+    case O_TP:
+      if (!ss_cli_parse_int(k_cmd, "--tp", optarg, 1, 4096, &tp)) return SS_EXIT_USAGE;
+      break;
+    case O_JSON: json = true; break;
+    case O_REPL: replicate = true; break;
+    case 'h': usage(stdout); return SS_EXIT_OK;
+    case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
+    default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
+  if (tp == 0) return ss_cli_usage(k_cmd, "--tp N is required");
+
+  /* Loaded whole but not paged in: only the metadata is read. */
+  ss_model *m = NULL;
+  ss_model_load_opts lo = {0};
+  if (ss_model_load(path, &lo, &m)) {
+    if (strcmp(path, SS_DEFAULT_MODEL) == 0)
+      return ss_cli_fail(k_cmd, "%s (the default model is installed by scripts/setup.sh)",
+                         ss_error_msg());
+    return ss_cli_fail(k_cmd, "%s", ss_error_msg());
+  }
+  ss_shard_plan p;
+  ss_shard_opts so = {.tp = (int)tp, .vocab_parallel = !replicate};
+  int rc = ss_shard_plan_make(m, &so, &p);
+  if (rc) {
+    int code = rc == SS_ERR_RANGE || rc == SS_ERR_UNSUPPORTED ? ss_cli_usage(k_cmd, "%s", ss_error_msg())
+                                                              : ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    ss_model_free(m);
+    return code;
+  }
+  int code = SS_EXIT_OK;
+  if (json) code = print_json(m, &p);
+  else print_table(m, &p);
+  ss_shard_plan_free(&p);
+  ss_model_free(m);
+  return code;
+}
