@@ -1,6 +1,6 @@
 /* The MPI backend: host buffers over MPI, on a duplicate of MPI_COMM_WORLD.
  *
- * Every blocking operation is a non-blocking MPI call finished by wait_req():
+ * Every blocking operation is a non-blocking MPI call finished by ss_mpi_wait():
  * MPI_Test in a short spin (small messages keep the latency of a blocking
  * call), then sched_yield, then short sleeps (a worker that waits minutes for
  * the next step costs little CPU).  Every SS_COMM_CHECK_S it checks that the
@@ -23,17 +23,9 @@
 #include <unistd.h>
 
 #include "comm/comm_internal.h"
+#include "comm/comm_mpi_internal.h"
 #include "runtime/status.h"
 
-typedef struct mpi_ctx {
-  ss_comm_peers peers; /* first: see comm_internal.h */
-  MPI_Comm comm;
-  bool broken;
-  char broken_msg[400];
-  void *scratch; /* deterministic parts, f16/bf16 widened to f32 */
-  size_t scratch_nbytes;
-  int *counts, *displs, *counts2, *displs2; /* (size) each, for the v-collectives */
-} mpi_ctx;
 
 /* Communicators alive in this process, and whether MPI was started by us: the
  * last ss_comm_free finalises it then (MPI cannot be initialised twice). */
@@ -41,21 +33,16 @@ static int g_live;
 static bool g_we_init;
 static bool g_any_broken;
 
-/* MPI counts are ints: larger messages go in pieces of this many bytes. */
-#define PIECE_NBYTES ((size_t)1 << 30)
 
 /* Waiting: spin on MPI_Test this long, then yield, then sleep. */
 #define SPIN_S 50e-6
-#define YIELD_S 2e-3
+#define YIELD_S 0.1 /* then a waiting worker costs little CPU */
 #define SLEEP_MAX_NS 200000L /* 0.2 ms: the most a long wait adds to latency */
 
-/* Deterministic all-reduce: below this many bytes gathered in all, every rank
- * gathers every contribution and sums locally (one collective instead of two). */
-#define DET_SMALL_NBYTES ((size_t)64 << 10)
 
 /* ---- errors ------------------------------------------------------------ */
 
-static int fail(ss_comm *c, int code, const ss_comm_op *op, const char *why) {
+int ss_mpi_fail(ss_comm *c, int code, const ss_comm_op *op, const char *why) {
   char what[160];
   ss_comm_op_describe(op, what, sizeof what);
   ss_error(code, "rank %d (host %s): %s: %s", c->rank, c->host, what, why);
@@ -71,41 +58,44 @@ static int broken(ss_comm *c, int code) {
   return code;
 }
 
-static int fail_mpi(ss_comm *c, int mpirc, const ss_comm_op *op) {
+int ss_mpi_fail_mpi(ss_comm *c, int mpirc, const ss_comm_op *op) {
   char s[MPI_MAX_ERROR_STRING + 16] = "MPI error: ";
   int len = 0;
   MPI_Error_string(mpirc, s + 11, &len);
-  fail(c, SS_ERR_COMM, op, s);
+  ss_mpi_fail(c, SS_ERR_COMM, op, s);
   return broken(c, SS_ERR_COMM);
 }
 
-static int check_usable(ss_comm *c, const ss_comm_op *op) {
+int ss_mpi_check_usable(ss_comm *c, const ss_comm_op *op) {
   mpi_ctx *x = c->ctx;
   if (!x->broken) return SS_OK;
   char why[sizeof x->broken_msg + 64];
   snprintf(why, sizeof why, "communicator unusable after an earlier failure (%s)", x->broken_msg);
-  return fail(c, SS_ERR_COMM, op, why);
+  return ss_mpi_fail(c, SS_ERR_COMM, op, why);
 }
 
 /* ---- waiting ----------------------------------------------------------- */
 
-static int wait_req(ss_comm *c, MPI_Request *req, MPI_Status *st, const ss_comm_op *op,
-                    double t0) {
+/* One test of n requests (MPI_Test for one keeps its status for recv). */
+static inline int test_reqs(int n, MPI_Request *reqs, MPI_Status *st, int *done) {
+  return n == 1 ? MPI_Test(reqs, done, st ? st : MPI_STATUS_IGNORE)
+                : MPI_Testall(n, reqs, done, MPI_STATUSES_IGNORE);
+}
+
+int ss_mpi_wait(ss_comm *c, int n, MPI_Request *reqs, MPI_Status *st, const ss_comm_op *op,
+                double t0) {
   mpi_ctx *x = c->ctx;
-  MPI_Status ignore;
-  if (!st) st = &ignore;
-  int done = 0;
-  /* A few tests before reading the clock: most small collectives finish here. */
+  int done = 0, rc;
+  if (n == 0) return SS_OK;
+  /* A few tests before reading the clock: most small operations finish here. */
   for (int i = 0; i < 16; i++) {
-    int rc = MPI_Test(req, &done, st);
-    if (rc != MPI_SUCCESS) return fail_mpi(c, rc, op);
+    if ((rc = test_reqs(n, reqs, st, &done)) != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, op);
     if (done) return SS_OK;
   }
   double start = ss_comm_now(), next_check = start + SS_COMM_CHECK_S;
   long sleep_ns = 1000;
   for (;;) {
-    int rc = MPI_Test(req, &done, st);
-    if (rc != MPI_SUCCESS) return fail_mpi(c, rc, op);
+    if ((rc = test_reqs(n, reqs, st, &done)) != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, op);
     if (done) return SS_OK;
     double now = ss_comm_now();
     if (now >= next_check) {
@@ -113,6 +103,9 @@ static int wait_req(ss_comm *c, MPI_Request *req, MPI_Status *st, const ss_comm_
       if (rc) return broken(c, rc);
       next_check = now + SS_COMM_CHECK_S;
     }
+    /* Keep calling into MPI while the wait is short: a transfer in flight only
+     * advances when we do (Open MPI progresses non-blocking operations inside
+     * MPI_Test), so sleeping here would slow large messages down. */
     double waited = now - start;
     if (waited < SPIN_S) continue;
     if (waited < YIELD_S) {
@@ -125,154 +118,23 @@ static int wait_req(ss_comm *c, MPI_Request *req, MPI_Status *st, const ss_comm_
   }
 }
 
-static void count_call(ss_comm *c, double t0) {
+static int wait_req(ss_comm *c, MPI_Request *req, MPI_Status *st, const ss_comm_op *op,
+                    double t0) {
+  return ss_mpi_wait(c, 1, req, st, op, t0);
+}
+
+void ss_mpi_count_call(ss_comm *c, double t0) {
   c->busy_s += ss_comm_now() - t0;
   c->n_calls++;
 }
 
-static int grow_scratch(ss_comm *c, size_t nbytes, const ss_comm_op *op) {
-  mpi_ctx *x = c->ctx;
-  if (nbytes <= x->scratch_nbytes) return SS_OK;
-  void *p = realloc(x->scratch, nbytes);
-  if (!p) return fail(c, SS_ERR_NOMEM, op, "out of memory for the scratch buffer");
-  x->scratch = p;
-  x->scratch_nbytes = nbytes;
+int ss_mpi_grow(ss_comm *c, void **buf, size_t *have, size_t nbytes, const ss_comm_op *op) {
+  if (nbytes <= *have) return SS_OK;
+  void *p = realloc(*buf, nbytes);
+  if (!p) return ss_mpi_fail(c, SS_ERR_NOMEM, op, "out of memory for a scratch buffer");
+  *buf = p;
+  *have = nbytes;
   return SS_OK;
-}
-
-/* ---- all-reduce -------------------------------------------------------- */
-
-/* One element type widened to f32 and back.  F16/BF16 are summed in f32 and
- * rounded once at the end: more accurate than summing in 16 bits, at twice the
- * bytes on the wire for the default algorithm (MPI has no 16-bit float sum). */
-static void widen(const void *src, float *dst, size_t n, ss_dtype type) {
-  const uint16_t *s = src;
-  if (type == SS_DTYPE_F16)
-    for (size_t i = 0; i < n; i++) dst[i] = ss_f16_to_f32(s[i]);
-  else
-    for (size_t i = 0; i < n; i++) dst[i] = ss_bf16_to_f32(s[i]);
-}
-
-static void narrow(const float *src, void *dst, size_t n, ss_dtype type) {
-  uint16_t *d = dst;
-  if (type == SS_DTYPE_F16)
-    for (size_t i = 0; i < n; i++) d[i] = ss_f32_to_f16(src[i]);
-  else
-    for (size_t i = 0; i < n; i++) d[i] = ss_f32_to_bf16(src[i]);
-}
-
-/* out[k] = (((p0[k] + p1[k]) + p2[k]) + ... + p_{n-1}[k]) in f32, rank order,
- * where part i starts at parts + i*stride elements.  This fixed left fold is
- * what makes the deterministic all-reduce independent of the algorithm. */
-static void ordered_sum(const void *parts, int n, size_t stride, size_t len, ss_dtype type,
-                        void *out) {
-  if (type == SS_DTYPE_F32) {
-    const float *p = parts;
-    float *o = out;
-    memcpy(o, p, len * sizeof(float));
-    for (int i = 1; i < n; i++) {
-      const float *q = p + (size_t)i * stride;
-      for (size_t k = 0; k < len; k++) o[k] += q[k];
-    }
-    return;
-  }
-  /* 16-bit types: accumulate a block at a time in f32 on the stack. */
-  enum { BLOCK = 2048 };
-  float acc[BLOCK], tmp[BLOCK];
-  const uint16_t *p = parts;
-  uint16_t *o = out;
-  for (size_t b = 0; b < len; b += BLOCK) {
-    size_t m = len - b < BLOCK ? len - b : BLOCK;
-    widen(p + b, acc, m, type);
-    for (int i = 1; i < n; i++) {
-      widen(p + (size_t)i * stride + b, tmp, m, type);
-      for (size_t k = 0; k < m; k++) acc[k] += tmp[k];
-    }
-    narrow(acc, o + b, m, type);
-  }
-}
-
-static int allreduce_default(ss_comm *c, void *buf, size_t count, ss_dtype type, size_t es,
-                             const ss_comm_op *op, double t0) {
-  mpi_ctx *x = c->ctx;
-  MPI_Request req;
-  if (type == SS_DTYPE_F32) {
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)count, MPI_FLOAT, MPI_SUM, x->comm, &req);
-    if (rc != MPI_SUCCESS) return fail_mpi(c, rc, op);
-    return wait_req(c, &req, NULL, op, t0);
-  }
-  int rc = grow_scratch(c, count * sizeof(float), op);
-  if (rc) return rc;
-  float *w = x->scratch;
-  widen(buf, w, count, type);
-  rc = MPI_Iallreduce(MPI_IN_PLACE, w, (int)count, MPI_FLOAT, MPI_SUM, x->comm, &req);
-  if (rc != MPI_SUCCESS) return fail_mpi(c, rc, op);
-  if ((rc = wait_req(c, &req, NULL, op, t0))) return rc;
-  narrow(w, buf, count, type);
-  return SS_OK;
-}
-
-/* Deterministic: rank r owns chunk r of the elements.  An all-to-all brings
- * every rank's copy of chunk r to rank r, which sums them in rank order; an
- * all-gather then hands the summed chunks back.  The bytes moved are those of
- * a reduce-scatter + all-gather ring, so large messages cost about what the
- * default costs.  Small messages take one all-gather of everything instead. */
-static int allreduce_det(ss_comm *c, void *buf, size_t count, ss_dtype type, size_t es,
-                         const ss_comm_op *op, double t0) {
-  mpi_ctx *x = c->ctx;
-  int n = c->size, me = c->rank, rc;
-  MPI_Request req;
-  if (count * es * (size_t)n <= DET_SMALL_NBYTES) {
-    if ((rc = grow_scratch(c, count * es * (size_t)n, op))) return rc;
-    rc = MPI_Iallgather(buf, (int)(count * es), MPI_BYTE, x->scratch, (int)(count * es), MPI_BYTE,
-                        x->comm, &req);
-    if (rc != MPI_SUCCESS) return fail_mpi(c, rc, op);
-    if ((rc = wait_req(c, &req, NULL, op, t0))) return rc;
-    ordered_sum(x->scratch, n, count, count, type, buf);
-    return SS_OK;
-  }
-  size_t base = count / (size_t)n, rem = count % (size_t)n;
-  for (int r = 0; r < n; r++) {
-    size_t len = base + ((size_t)r < rem), off = (size_t)r * base + ((size_t)r < rem ? (size_t)r : rem);
-    x->counts[r] = (int)(len * es);
-    x->displs[r] = (int)(off * es);
-  }
-  size_t my_len = (size_t)x->counts[me] / es;
-  for (int r = 0; r < n; r++) {
-    x->counts2[r] = (int)(my_len * es);
-    x->displs2[r] = (int)((size_t)r * my_len * es);
-  }
-  if ((rc = grow_scratch(c, my_len * es * (size_t)n, op))) return rc;
-  rc = MPI_Ialltoallv(buf, x->counts, x->displs, MPI_BYTE, x->scratch, x->counts2, x->displs2,
-                      MPI_BYTE, x->comm, &req);
-  if (rc != MPI_SUCCESS) return fail_mpi(c, rc, op);
-  if ((rc = wait_req(c, &req, NULL, op, t0))) return rc;
-  ordered_sum(x->scratch, n, my_len, my_len, type, (char *)buf + x->displs[me]);
-  rc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, x->counts, x->displs, MPI_BYTE,
-                       x->comm, &req);
-  if (rc != MPI_SUCCESS) return fail_mpi(c, rc, op);
-  return wait_req(c, &req, NULL, op, t0);
-}
-
-static int mpi_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type) {
-  double t0 = ss_comm_now();
-  ss_comm_op op = {.name = "allreduce", .count = count, .type = type, .peer = -1, .root = -1};
-  size_t es;
-  int rc = check_usable(c, &op);
-  if (rc || (rc = ss_comm_check_type(c, type, &es))) return rc;
-  if (count && !buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
-  /* Pieces keep every int count and byte displacement in range; the
-   * deterministic sum is per element, so cutting the vector changes nothing. */
-  size_t piece = (c->deterministic ? PIECE_NBYTES / 4 : PIECE_NBYTES) / es;
-  if (type != SS_DTYPE_F32) piece /= 2; /* the f32 scratch is twice the size */
-  for (size_t done = 0; done < count && rc == SS_OK; done += piece) {
-    size_t m = count - done < piece ? count - done : piece;
-    void *p = (char *)buf + done * es;
-    rc = c->deterministic ? allreduce_det(c, p, m, type, es, &op, t0)
-                          : allreduce_default(c, p, m, type, es, &op, t0);
-  }
-  count_call(c, t0);
-  return rc;
 }
 
 /* ---- gathers ----------------------------------------------------------- */
@@ -289,7 +151,7 @@ static int v_layout(ss_comm *c, const size_t *nbytes, const ss_comm_op *op, size
       char why[128];
       snprintf(why, sizeof why, "more than %d bytes in all (MPI int counts); split the call",
                INT_MAX);
-      return fail(c, SS_ERR_RANGE, op, why);
+      return ss_mpi_fail(c, SS_ERR_RANGE, op, why);
     }
   }
   *total = sum;
@@ -300,14 +162,14 @@ static int mpi_allgatherv(ss_comm *c, const void *send, void *recv, const size_t
   double t0 = ss_comm_now();
   mpi_ctx *x = c->ctx;
   ss_comm_op op = {.name = "allgatherv", .peer = -1, .root = -1};
-  if (!nbytes) return fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
+  if (!nbytes) return ss_mpi_fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
   op.nbytes = nbytes[c->rank];
   size_t total;
-  int rc = check_usable(c, &op);
+  int rc = ss_mpi_check_usable(c, &op);
   if (rc || (rc = v_layout(c, nbytes, &op, &total))) return rc;
   op.nbytes = total;
   if ((total && !recv) || (nbytes[c->rank] && !send))
-    return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+    return ss_mpi_fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   /* MPI forbids overlapping send and receive buffers; the in-place form is the
    * one overlap that makes sense. */
   const void *s = send;
@@ -315,9 +177,9 @@ static int mpi_allgatherv(ss_comm *c, const void *send, void *recv, const size_t
   MPI_Request req;
   rc = MPI_Iallgatherv(s, x->counts[c->rank], MPI_BYTE, recv, x->counts, x->displs, MPI_BYTE,
                        x->comm, &req);
-  if (rc != MPI_SUCCESS) return fail_mpi(c, rc, &op);
+  if (rc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, &op);
   rc = wait_req(c, &req, NULL, &op, t0);
-  count_call(c, t0);
+  ss_mpi_count_call(c, t0);
   return rc;
 }
 
@@ -325,22 +187,22 @@ static int mpi_gatherv(ss_comm *c, const void *send, void *recv, const size_t *n
   double t0 = ss_comm_now();
   mpi_ctx *x = c->ctx;
   ss_comm_op op = {.name = "gatherv", .peer = -1, .root = root};
-  if (!nbytes) return fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
+  if (!nbytes) return ss_mpi_fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
   size_t total;
-  int rc = check_usable(c, &op);
+  int rc = ss_mpi_check_usable(c, &op);
   if (rc || (rc = ss_comm_check_rank(c, "gatherv", "root", root))) return rc;
   if ((rc = v_layout(c, nbytes, &op, &total))) return rc;
   op.nbytes = total;
   if ((c->rank == root && total && !recv) || (nbytes[c->rank] && !send))
-    return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+    return ss_mpi_fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   const void *s = send;
   if (c->rank == root && recv && send == (const char *)recv + x->displs[root]) s = MPI_IN_PLACE;
   MPI_Request req;
   rc = MPI_Igatherv(s, x->counts[c->rank], MPI_BYTE, recv, x->counts, x->displs, MPI_BYTE, root,
                     x->comm, &req);
-  if (rc != MPI_SUCCESS) return fail_mpi(c, rc, &op);
+  if (rc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, &op);
   rc = wait_req(c, &req, NULL, &op, t0);
-  count_call(c, t0);
+  ss_mpi_count_call(c, t0);
   return rc;
 }
 
@@ -350,17 +212,17 @@ static int mpi_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
   double t0 = ss_comm_now();
   mpi_ctx *x = c->ctx;
   ss_comm_op op = {.name = "broadcast", .nbytes = nbytes, .peer = -1, .root = root};
-  int rc = check_usable(c, &op);
+  int rc = ss_mpi_check_usable(c, &op);
   if (rc || (rc = ss_comm_check_rank(c, "broadcast", "root", root))) return rc;
-  if (nbytes && !buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
-  for (size_t done = 0; done < nbytes && rc == SS_OK; done += PIECE_NBYTES) {
-    size_t m = nbytes - done < PIECE_NBYTES ? nbytes - done : PIECE_NBYTES;
+  if (nbytes && !buf) return ss_mpi_fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  for (size_t done = 0; done < nbytes && rc == SS_OK; done += SS_MPI_PIECE_NBYTES) {
+    size_t m = nbytes - done < SS_MPI_PIECE_NBYTES ? nbytes - done : SS_MPI_PIECE_NBYTES;
     MPI_Request req;
     int mrc = MPI_Ibcast((char *)buf + done, (int)m, MPI_BYTE, root, x->comm, &req);
-    if (mrc != MPI_SUCCESS) return fail_mpi(c, mrc, &op);
+    if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, &op);
     rc = wait_req(c, &req, NULL, &op, t0);
   }
-  count_call(c, t0);
+  ss_mpi_count_call(c, t0);
   return rc;
 }
 
@@ -368,30 +230,30 @@ static int mpi_barrier(ss_comm *c) {
   double t0 = ss_comm_now();
   mpi_ctx *x = c->ctx;
   ss_comm_op op = {.name = "barrier", .peer = -1, .root = -1};
-  int rc = check_usable(c, &op);
+  int rc = ss_mpi_check_usable(c, &op);
   if (rc) return rc;
   MPI_Request req;
   int mrc = MPI_Ibarrier(x->comm, &req);
-  if (mrc != MPI_SUCCESS) return fail_mpi(c, mrc, &op);
+  if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, &op);
   rc = wait_req(c, &req, NULL, &op, t0);
-  count_call(c, t0);
+  ss_mpi_count_call(c, t0);
   return rc;
 }
 
 static int p2p_check(ss_comm *c, const ss_comm_op *op, const void *buf, size_t nbytes, int peer,
                      int tag) {
-  int rc = check_usable(c, op);
+  int rc = ss_mpi_check_usable(c, op);
   if (rc || (rc = ss_comm_check_rank(c, op->name, "peer", peer))) return rc;
   if (peer == c->rank)
-    return fail(c, SS_ERR_INVALID, op, "peer is this rank (a blocking self-send never completes)");
+    return ss_mpi_fail(c, SS_ERR_INVALID, op, "peer is this rank (a blocking self-send never completes)");
   int *ub, flag = 0;
   MPI_Comm_get_attr(((mpi_ctx *)c->ctx)->comm, MPI_TAG_UB, &ub, &flag);
   if (tag < 0 || (flag && tag > *ub)) {
     char why[96];
     snprintf(why, sizeof why, "tag out of range (0..%d)", flag ? *ub : 32767);
-    return fail(c, SS_ERR_INVALID, op, why);
+    return ss_mpi_fail(c, SS_ERR_INVALID, op, why);
   }
-  if (nbytes && !buf) return fail(c, SS_ERR_INVALID, op, "NULL buffer");
+  if (nbytes && !buf) return ss_mpi_fail(c, SS_ERR_INVALID, op, "NULL buffer");
   return SS_OK;
 }
 
@@ -405,14 +267,14 @@ static int mpi_send(ss_comm *c, const void *buf, size_t nbytes, int peer, int ta
    * A zero-byte message is still sent: the receiver is waiting for it. */
   size_t done = 0;
   do {
-    size_t m = nbytes - done < PIECE_NBYTES ? nbytes - done : PIECE_NBYTES;
+    size_t m = nbytes - done < SS_MPI_PIECE_NBYTES ? nbytes - done : SS_MPI_PIECE_NBYTES;
     MPI_Request req;
     int mrc = MPI_Isend((const char *)buf + done, (int)m, MPI_BYTE, peer, tag, x->comm, &req);
-    if (mrc != MPI_SUCCESS) return fail_mpi(c, mrc, &op);
+    if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, &op);
     rc = wait_req(c, &req, NULL, &op, t0);
     done += m;
   } while (rc == SS_OK && done < nbytes);
-  count_call(c, t0);
+  ss_mpi_count_call(c, t0);
   return rc;
 }
 
@@ -424,23 +286,23 @@ static int mpi_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
   if (rc) return rc;
   size_t done = 0;
   do {
-    size_t m = nbytes - done < PIECE_NBYTES ? nbytes - done : PIECE_NBYTES;
+    size_t m = nbytes - done < SS_MPI_PIECE_NBYTES ? nbytes - done : SS_MPI_PIECE_NBYTES;
     MPI_Request req;
     MPI_Status st;
     int mrc = MPI_Irecv((char *)buf + done, (int)m, MPI_BYTE, peer, tag, x->comm, &req);
-    if (mrc != MPI_SUCCESS) return fail_mpi(c, mrc, &op);
+    if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, &op);
     if ((rc = wait_req(c, &req, &st, &op, t0))) break;
     int got = 0;
     MPI_Get_count(&st, MPI_BYTE, &got);
     if ((size_t)got != m) {
       char why[96];
       snprintf(why, sizeof why, "the message held %d bytes where %zu were expected", got, m);
-      rc = fail(c, SS_ERR_COMM, &op, why);
+      rc = ss_mpi_fail(c, SS_ERR_COMM, &op, why);
       break;
     }
     done += m;
   } while (done < nbytes);
-  count_call(c, t0);
+  ss_mpi_count_call(c, t0);
   return rc;
 }
 
@@ -449,13 +311,14 @@ static int mpi_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
 static void mpi_free(ss_comm *c) {
   mpi_ctx *x = c->ctx;
   if (x) {
+    if (!x->broken && x->p2p != MPI_COMM_NULL) MPI_Comm_free(&x->p2p);
     if (!x->broken && x->comm != MPI_COMM_NULL) MPI_Comm_free(&x->comm);
     ss_comm_peers_free(&x->peers);
     free(x->scratch);
+    free(x->tmp);
+    free(x->reqs);
     free(x->counts);
     free(x->displs);
-    free(x->counts2);
-    free(x->displs2);
     free(x);
   }
   free(c);
@@ -473,7 +336,7 @@ void ss_comm_mpi_abort(ss_comm *c, int code) {
 }
 
 static const ss_comm_ops k_mpi_ops = {
-    .allreduce_sum = mpi_allreduce_sum,
+    .allreduce_sum = ss_mpi_allreduce_sum,
     .allgatherv = mpi_allgatherv,
     .gatherv = mpi_gatherv,
     .broadcast = mpi_broadcast,
@@ -529,7 +392,7 @@ int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out) {
   c->ctx = x;
   c->deterministic = opts->deterministic;
   c->timeout_s = opts->timeout_s;
-  x->comm = MPI_COMM_NULL;
+  x->comm = x->p2p = MPI_COMM_NULL;
   if (gethostname(c->host, sizeof c->host - 1) != 0) strcpy(c->host, "?");
   MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
 
@@ -543,6 +406,15 @@ int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out) {
     return SS_ERR_COMM;
   }
   MPI_Comm_set_errhandler(x->comm, MPI_ERRORS_RETURN);
+  /* The all-reduce algorithms' point-to-point messages get a communicator of
+   * their own, so they can never match the caller's send/recv. */
+  if ((rc = MPI_Comm_dup(x->comm, &x->p2p)) != MPI_SUCCESS) {
+    ss_error(SS_ERR_COMM, "rank %d (host %s): init: MPI_Comm_dup failed (%d)", c->rank, c->host,
+             rc);
+    x->p2p = MPI_COMM_NULL;
+    mpi_free(c);
+    return SS_ERR_COMM;
+  }
   MPI_Comm_rank(x->comm, &c->rank);
   MPI_Comm_size(x->comm, &c->size);
   MPI_Comm node;
@@ -554,13 +426,12 @@ int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out) {
   int n = c->size;
   x->counts = calloc((size_t)n, sizeof(int));
   x->displs = calloc((size_t)n, sizeof(int));
-  x->counts2 = calloc((size_t)n, sizeof(int));
-  x->displs2 = calloc((size_t)n, sizeof(int));
+  x->reqs = calloc(2 * (size_t)n, sizeof(MPI_Request));
   x->peers.n = n;
   x->peers.pid = calloc((size_t)n, sizeof(pid_t));
   x->peers.host = calloc((size_t)n, SS_COMM_HOST_LEN);
   peer_rec *all = calloc((size_t)n, sizeof *all);
-  if (!x->counts || !x->displs || !x->counts2 || !x->displs2 || !x->peers.pid || !x->peers.host ||
+  if (!x->counts || !x->displs || !x->reqs || !x->peers.pid || !x->peers.host ||
       !all) {
     free(all);
     mpi_free(c);
@@ -574,7 +445,7 @@ int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out) {
   ss_comm_op op = {.name = "init", .peer = -1, .root = -1};
   MPI_Request req;
   rc = MPI_Iallgather(&me, (int)sizeof me, MPI_BYTE, all, (int)sizeof me, MPI_BYTE, x->comm, &req);
-  if (rc != MPI_SUCCESS) rc = fail_mpi(c, rc, &op);
+  if (rc != MPI_SUCCESS) rc = ss_mpi_fail_mpi(c, rc, &op);
   else rc = wait_req(c, &req, NULL, &op, ss_comm_now());
   if (rc) {
     free(all);

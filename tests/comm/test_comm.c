@@ -350,7 +350,9 @@ static int run_loop(ss_comm *c, double seconds) {
   float buf[576];
   double t_end = now_s() + seconds;
   long iters = 0;
-  if (c->rank == 0) fprintf(stderr, "test_comm: loop on %d ranks\n", c->size);
+  /* The dead-peer test reads these to know whom to kill. */
+  printf("loop: rank %d pid %ld host %s\n", c->rank, (long)getpid(), c->host);
+  fflush(stdout);
   while (now_s() < t_end) {
     for (int i = 0; i < 576; i++) buf[i] = 1;
     int rc = ss_comm_allreduce_sum(c, buf, 576, SS_DTYPE_F32);
