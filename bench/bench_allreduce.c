@@ -338,7 +338,7 @@ int main(int argc, char **argv) {
     if (wrank == 0) {
       double bus = n > 1 ? 2.0 * (n - 1) / n : 0;
       double alg_c = (double)nbytes / sc.med / 1e9, alg_r = with_raw ? (double)nbytes / sr.med / 1e9 : 0;
-      char wr[16] = "N/A";
+      char wr[32] = "N/A";
       if (wrong >= 0) snprintf(wr, sizeof wr, "%ld", wrong);
       printf(" %10zu %11zu %5s | %10.2f %10.2f %10.2f %8.3f %8.3f %7s |", nbytes, count, tname,
              sc.med * 1e6, sc.min * 1e6, sc.max * 1e6, alg_c, alg_c * bus, wr);
