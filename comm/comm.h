@@ -106,6 +106,21 @@ static inline int ss_comm_allgatherv(ss_comm *c, const void *send, void *recv,
   return c->ops->allgatherv(c, send, recv, nbytes);
 }
 
+static inline int ss_comm_send(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag) {
+  return c->ops->send(c, buf, nbytes, peer, tag);
+}
+static inline int ss_comm_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
+  return c->ops->recv(c, buf, nbytes, peer, tag);
+}
+
 void ss_comm_stats_reset(ss_comm *c);
+
+/* Installs SIGTERM/SIGINT handlers that, when the launcher tears the job down
+ * (typically because some rank died), write one line naming this rank and the
+ * ranks on this host that are gone ("shardserve rank 0: terminated by the
+ * launcher (SIGTERM); lost rank(s): 2 (pid 1234)") and _exit(1).  Optional: a
+ * program with its own shutdown handling need not call it.  Returns 0 or an
+ * error. */
+int ss_comm_install_signal_handlers(ss_comm *c);
 
 #endif

@@ -1,0 +1,82 @@
+/* Private pieces shared by the comm backends: constructors, the table of peer
+ * processes used by the liveness checks, and operation descriptions for error
+ * messages.  Not part of the public API (comm.h). */
+#ifndef SS_COMM_INTERNAL_H
+#define SS_COMM_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "comm/comm.h"
+
+/* ---- backends ---------------------------------------------------------- */
+
+int ss_comm_self_create(const ss_comm_opts *opts, ss_comm **out);
+#ifdef SS_HAVE_MPI
+int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out);
+void ss_comm_mpi_abort(ss_comm *c, int code);
+#endif
+#ifdef SS_HAVE_NCCL
+int ss_comm_nccl_create(const ss_comm_opts *opts, ss_comm **out);
+void ss_comm_nccl_abort(ss_comm *c, int code);
+#endif
+
+/* ---- peers and liveness ------------------------------------------------ */
+
+#define SS_COMM_HOST_LEN 64
+
+/* Every process of the job, gathered at init.  A backend whose peers can die
+ * (mpi, nccl) puts this struct FIRST in its context, so that generic code
+ * (the signal handler) can find it from an ss_comm without knowing the
+ * backend; the self backend has ctx == NULL. */
+typedef struct ss_comm_peers {
+  int n;                              /* ranks */
+  pid_t *pid;                         /* (n) */
+  char (*host)[SS_COMM_HOST_LEN];     /* (n) */
+  int n_local;                        /* ranks we can watch with kill(pid, 0) */
+  int *local;                         /* (n_local) their rank numbers */
+} ss_comm_peers;
+
+/* Fills p->local from p->pid/p->host: the other ranks on this host whose pid
+ * this process can see.  A same-named host whose pid is invisible to us (a
+ * different pid namespace) is left out rather than reported dead later. */
+int ss_comm_peers_find_local(ss_comm_peers *p, int my_rank, const char *my_host);
+void ss_comm_peers_free(ss_comm_peers *p);
+/* The first local peer that has exited (or is a zombie), or -1. */
+int ss_comm_peers_first_dead(const ss_comm_peers *p);
+/* Async-signal-safe: false once the process is gone or a zombie. */
+bool ss_comm_pid_alive(pid_t pid);
+
+/* Monotonic seconds. */
+double ss_comm_now(void);
+
+/* What an operation is, for messages: built only when something fails, so the
+ * fast path pays for filling a few fields and nothing else. */
+typedef struct ss_comm_op {
+  const char *name;  /* "allreduce", "barrier", ... */
+  size_t count;      /* elements (allreduce) */
+  ss_dtype type;
+  size_t nbytes;     /* bytes (the others) */
+  int peer;          /* send/recv peer, or -1 */
+  int root;          /* gatherv/broadcast root, or -1 */
+  int tag;
+} ss_comm_op;
+
+/* "allreduce of 576 f32 elements", "broadcast of 12 bytes from root 0", ... */
+void ss_comm_op_describe(const ss_comm_op *op, char *buf, size_t len);
+
+/* The periodic check every waiting loop makes (~every 20 ms): a local peer
+ * gone, or the deadline passed.  Returns 0, or records the error (naming this
+ * rank, the op and the lost peer or the time) and returns SS_ERR_COMM. */
+int ss_comm_check_wait(const ss_comm *c, const ss_comm_peers *p, const ss_comm_op *op,
+                       double t_start);
+
+/* How often the waiting loops run ss_comm_check_wait, seconds. */
+#define SS_COMM_CHECK_S 0.020
+
+/* Validation shared by the backends (records the message). */
+int ss_comm_check_type(const ss_comm *c, ss_dtype type, size_t *elem_nbytes);
+int ss_comm_check_rank(const ss_comm *c, const char *op, const char *what, int r);
+
+#endif

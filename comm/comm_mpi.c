@@ -1,0 +1,467 @@
+/* The MPI backend: host buffers over MPI, on a duplicate of MPI_COMM_WORLD.
+ *
+ * Every blocking operation is a non-blocking MPI call finished by ss_mpi_wait():
+ * MPI_Test in a short spin (small messages keep the latency of a blocking
+ * call), then sched_yield, then short sleeps (a worker that waits minutes for
+ * the next step costs little CPU).  Every SS_COMM_CHECK_S it checks that the
+ * ranks on this host are alive and that timeout_s has not passed, so a lost
+ * peer becomes SS_ERR_COMM naming it instead of a hang.
+ *
+ * After such a failure the operation is still pending inside MPI (collectives
+ * cannot be cancelled), so the communicator is marked broken: later calls fail
+ * at once, the caller's buffer may still be written, and ss_comm_free skips
+ * MPI_Finalize (which would wait for the lost peer).  The process is expected
+ * to report the error and exit, or call ss_comm_abort. */
+#include <errno.h>
+#include <limits.h>
+#include <mpi.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "comm/comm_internal.h"
+#include "comm/comm_mpi_internal.h"
+#include "runtime/status.h"
+
+
+/* Communicators alive in this process, and whether MPI was started by us: the
+ * last ss_comm_free finalises it then (MPI cannot be initialised twice). */
+static int g_live;
+static bool g_we_init;
+static bool g_any_broken;
+
+
+/* Waiting: spin on MPI_Test this long, then yield, then sleep. */
+#define SPIN_S 50e-6
+#define YIELD_S 0.1 /* then a waiting worker costs little CPU */
+#define SLEEP_MAX_NS 200000L /* 0.2 ms: the most a long wait adds to latency */
+
+
+/* ---- errors ------------------------------------------------------------ */
+
+int ss_mpi_fail(ss_comm *c, int code, const ss_comm_op *op, const char *why) {
+  char what[160];
+  ss_comm_op_describe(op, what, sizeof what);
+  ss_error(code, "rank %d (host %s): %s: %s", c->rank, c->host, what, why);
+  return code;
+}
+
+/* Marks the communicator unusable, keeping the message for later calls. */
+static int broken(ss_comm *c, int code) {
+  mpi_ctx *x = c->ctx;
+  x->broken = true;
+  g_any_broken = true;
+  snprintf(x->broken_msg, sizeof x->broken_msg, "%s", ss_error_msg());
+  return code;
+}
+
+int ss_mpi_fail_mpi(ss_comm *c, int mpirc, const ss_comm_op *op) {
+  char s[MPI_MAX_ERROR_STRING + 16] = "MPI error: ";
+  int len = 0;
+  MPI_Error_string(mpirc, s + 11, &len);
+  ss_mpi_fail(c, SS_ERR_COMM, op, s);
+  return broken(c, SS_ERR_COMM);
+}
+
+int ss_mpi_check_usable(ss_comm *c, const ss_comm_op *op) {
+  mpi_ctx *x = c->ctx;
+  if (!x->broken) return SS_OK;
+  char why[sizeof x->broken_msg + 64];
+  snprintf(why, sizeof why, "communicator unusable after an earlier failure (%s)", x->broken_msg);
+  return ss_mpi_fail(c, SS_ERR_COMM, op, why);
+}
+
+/* ---- waiting ----------------------------------------------------------- */
+
+/* One test of n requests (MPI_Test for one keeps its status for recv). */
+static inline int test_reqs(int n, MPI_Request *reqs, MPI_Status *st, int *done) {
+  return n == 1 ? MPI_Test(reqs, done, st ? st : MPI_STATUS_IGNORE)
+                : MPI_Testall(n, reqs, done, MPI_STATUSES_IGNORE);
+}
+
+int ss_mpi_wait(ss_comm *c, int n, MPI_Request *reqs, MPI_Status *st, const ss_comm_op *op,
+                double t0) {
+  mpi_ctx *x = c->ctx;
+  int done = 0, rc;
+  if (n == 0) return SS_OK;
+  /* A few tests before reading the clock: most small operations finish here. */
+  for (int i = 0; i < 16; i++) {
+    if ((rc = test_reqs(n, reqs, st, &done)) != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, op);
+    if (done) return SS_OK;
+  }
+  double start = ss_comm_now(), next_check = start + SS_COMM_CHECK_S;
+  long sleep_ns = 1000;
+  for (;;) {
+    if ((rc = test_reqs(n, reqs, st, &done)) != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, op);
+    if (done) return SS_OK;
+    double now = ss_comm_now();
+    if (now >= next_check) {
+      rc = ss_comm_check_wait(c, &x->peers, op, t0);
+      if (rc) return broken(c, rc);
+      next_check = now + SS_COMM_CHECK_S;
+    }
+    /* Keep calling into MPI while the wait is short: a transfer in flight only
+     * advances when we do (Open MPI progresses non-blocking operations inside
+     * MPI_Test), so sleeping here would slow large messages down. */
+    double waited = now - start;
+    if (waited < SPIN_S) continue;
+    if (waited < YIELD_S) {
+      sched_yield();
+      continue;
+    }
+    struct timespec ts = {0, sleep_ns};
+    nanosleep(&ts, NULL);
+    if (sleep_ns < SLEEP_MAX_NS) sleep_ns *= 2;
+  }
+}
+
+static int wait_req(ss_comm *c, MPI_Request *req, MPI_Status *st, const ss_comm_op *op,
+                    double t0) {
+  return ss_mpi_wait(c, 1, req, st, op, t0);
+}
+
+void ss_mpi_count_call(ss_comm *c, double t0) {
+  c->busy_s += ss_comm_now() - t0;
+  c->n_calls++;
+}
+
+int ss_mpi_grow(ss_comm *c, void **buf, size_t *have, size_t nbytes, const ss_comm_op *op) {
+  if (nbytes <= *have) return SS_OK;
+  void *p = realloc(*buf, nbytes);
+  if (!p) return ss_mpi_fail(c, SS_ERR_NOMEM, op, "out of memory for a scratch buffer");
+  *buf = p;
+  *have = nbytes;
+  return SS_OK;
+}
+
+/* ---- gathers ----------------------------------------------------------- */
+
+/* Byte counts and displacements as MPI ints; fails if the total does not fit. */
+static int v_layout(ss_comm *c, const size_t *nbytes, const ss_comm_op *op, size_t *total) {
+  mpi_ctx *x = c->ctx;
+  size_t sum = 0;
+  for (int r = 0; r < c->size; r++) {
+    x->displs[r] = (int)sum;
+    x->counts[r] = (int)nbytes[r];
+    sum += nbytes[r];
+    if (sum > INT_MAX) {
+      char why[128];
+      snprintf(why, sizeof why, "more than %d bytes in all (MPI int counts); split the call",
+               INT_MAX);
+      return ss_mpi_fail(c, SS_ERR_RANGE, op, why);
+    }
+  }
+  *total = sum;
+  return SS_OK;
+}
+
+static int mpi_allgatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes) {
+  double t0 = ss_comm_now();
+  mpi_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "allgatherv", .peer = -1, .root = -1};
+  if (!nbytes) return ss_mpi_fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
+  op.nbytes = nbytes[c->rank];
+  size_t total;
+  int rc = ss_mpi_check_usable(c, &op);
+  if (rc || (rc = v_layout(c, nbytes, &op, &total))) return rc;
+  op.nbytes = total;
+  if ((total && !recv) || (nbytes[c->rank] && !send))
+    return ss_mpi_fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  /* MPI forbids overlapping send and receive buffers; the in-place form is the
+   * one overlap that makes sense. */
+  const void *s = send;
+  if (recv && send == (const char *)recv + x->displs[c->rank]) s = MPI_IN_PLACE;
+  MPI_Request req;
+  rc = MPI_Iallgatherv(s, x->counts[c->rank], MPI_BYTE, recv, x->counts, x->displs, MPI_BYTE,
+                       x->comm, &req);
+  if (rc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, &op);
+  rc = wait_req(c, &req, NULL, &op, t0);
+  ss_mpi_count_call(c, t0);
+  return rc;
+}
+
+static int mpi_gatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes, int root) {
+  double t0 = ss_comm_now();
+  mpi_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "gatherv", .peer = -1, .root = root};
+  if (!nbytes) return ss_mpi_fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
+  size_t total;
+  int rc = ss_mpi_check_usable(c, &op);
+  if (rc || (rc = ss_comm_check_rank(c, "gatherv", "root", root))) return rc;
+  if ((rc = v_layout(c, nbytes, &op, &total))) return rc;
+  op.nbytes = total;
+  if ((c->rank == root && total && !recv) || (nbytes[c->rank] && !send))
+    return ss_mpi_fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  const void *s = send;
+  if (c->rank == root && recv && send == (const char *)recv + x->displs[root]) s = MPI_IN_PLACE;
+  MPI_Request req;
+  rc = MPI_Igatherv(s, x->counts[c->rank], MPI_BYTE, recv, x->counts, x->displs, MPI_BYTE, root,
+                    x->comm, &req);
+  if (rc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, &op);
+  rc = wait_req(c, &req, NULL, &op, t0);
+  ss_mpi_count_call(c, t0);
+  return rc;
+}
+
+/* ---- broadcast, barrier, point to point ------------------------------- */
+
+static int mpi_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
+  double t0 = ss_comm_now();
+  mpi_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "broadcast", .nbytes = nbytes, .peer = -1, .root = root};
+  int rc = ss_mpi_check_usable(c, &op);
+  if (rc || (rc = ss_comm_check_rank(c, "broadcast", "root", root))) return rc;
+  if (nbytes && !buf) return ss_mpi_fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  for (size_t done = 0; done < nbytes && rc == SS_OK; done += SS_MPI_PIECE_NBYTES) {
+    size_t m = nbytes - done < SS_MPI_PIECE_NBYTES ? nbytes - done : SS_MPI_PIECE_NBYTES;
+    MPI_Request req;
+    int mrc = MPI_Ibcast((char *)buf + done, (int)m, MPI_BYTE, root, x->comm, &req);
+    if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, &op);
+    rc = wait_req(c, &req, NULL, &op, t0);
+  }
+  ss_mpi_count_call(c, t0);
+  return rc;
+}
+
+static int mpi_barrier(ss_comm *c) {
+  double t0 = ss_comm_now();
+  mpi_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "barrier", .peer = -1, .root = -1};
+  int rc = ss_mpi_check_usable(c, &op);
+  if (rc) return rc;
+  MPI_Request req;
+  int mrc = MPI_Ibarrier(x->comm, &req);
+  if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, &op);
+  rc = wait_req(c, &req, NULL, &op, t0);
+  ss_mpi_count_call(c, t0);
+  return rc;
+}
+
+static int p2p_check(ss_comm *c, const ss_comm_op *op, const void *buf, size_t nbytes, int peer,
+                     int tag) {
+  int rc = ss_mpi_check_usable(c, op);
+  if (rc || (rc = ss_comm_check_rank(c, op->name, "peer", peer))) return rc;
+  if (peer == c->rank)
+    return ss_mpi_fail(c, SS_ERR_INVALID, op, "peer is this rank (a blocking self-send never completes)");
+  int *ub, flag = 0;
+  MPI_Comm_get_attr(((mpi_ctx *)c->ctx)->comm, MPI_TAG_UB, &ub, &flag);
+  if (tag < 0 || (flag && tag > *ub)) {
+    char why[96];
+    snprintf(why, sizeof why, "tag out of range (0..%d)", flag ? *ub : 32767);
+    return ss_mpi_fail(c, SS_ERR_INVALID, op, why);
+  }
+  if (nbytes && !buf) return ss_mpi_fail(c, SS_ERR_INVALID, op, "NULL buffer");
+  return SS_OK;
+}
+
+static int mpi_send(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag) {
+  double t0 = ss_comm_now();
+  mpi_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "send", .nbytes = nbytes, .peer = peer, .root = -1, .tag = tag};
+  int rc = p2p_check(c, &op, buf, nbytes, peer, tag);
+  if (rc) return rc;
+  /* Pieces of one message arrive in order (MPI does not overtake on one tag).
+   * A zero-byte message is still sent: the receiver is waiting for it. */
+  size_t done = 0;
+  do {
+    size_t m = nbytes - done < SS_MPI_PIECE_NBYTES ? nbytes - done : SS_MPI_PIECE_NBYTES;
+    MPI_Request req;
+    int mrc = MPI_Isend((const char *)buf + done, (int)m, MPI_BYTE, peer, tag, x->comm, &req);
+    if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, &op);
+    rc = wait_req(c, &req, NULL, &op, t0);
+    done += m;
+  } while (rc == SS_OK && done < nbytes);
+  ss_mpi_count_call(c, t0);
+  return rc;
+}
+
+static int mpi_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
+  double t0 = ss_comm_now();
+  mpi_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "recv", .nbytes = nbytes, .peer = peer, .root = -1, .tag = tag};
+  int rc = p2p_check(c, &op, buf, nbytes, peer, tag);
+  if (rc) return rc;
+  size_t done = 0;
+  do {
+    size_t m = nbytes - done < SS_MPI_PIECE_NBYTES ? nbytes - done : SS_MPI_PIECE_NBYTES;
+    MPI_Request req;
+    MPI_Status st;
+    int mrc = MPI_Irecv((char *)buf + done, (int)m, MPI_BYTE, peer, tag, x->comm, &req);
+    if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, &op);
+    if ((rc = wait_req(c, &req, &st, &op, t0))) break;
+    int got = 0;
+    MPI_Get_count(&st, MPI_BYTE, &got);
+    if ((size_t)got != m) {
+      char why[96];
+      snprintf(why, sizeof why, "the message held %d bytes where %zu were expected", got, m);
+      rc = ss_mpi_fail(c, SS_ERR_COMM, &op, why);
+      break;
+    }
+    done += m;
+  } while (done < nbytes);
+  ss_mpi_count_call(c, t0);
+  return rc;
+}
+
+/* ---- life cycle -------------------------------------------------------- */
+
+static void mpi_free(ss_comm *c) {
+  mpi_ctx *x = c->ctx;
+  if (x) {
+    if (!x->broken && x->p2p != MPI_COMM_NULL) MPI_Comm_free(&x->p2p);
+    if (!x->broken && x->comm != MPI_COMM_NULL) MPI_Comm_free(&x->comm);
+    ss_comm_peers_free(&x->peers);
+    free(x->scratch);
+    free(x->tmp);
+    free(x->reqs);
+    free(x->counts);
+    free(x->displs);
+    free(x);
+  }
+  free(c);
+  if (--g_live == 0 && g_we_init && !g_any_broken) {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) MPI_Finalize();
+  }
+}
+
+void ss_comm_mpi_abort(ss_comm *c, int code) {
+  fflush(stdout);
+  fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+static const ss_comm_ops k_mpi_ops = {
+    .allreduce_sum = ss_mpi_allreduce_sum,
+    .allgatherv = mpi_allgatherv,
+    .gatherv = mpi_gatherv,
+    .broadcast = mpi_broadcast,
+    .barrier = mpi_barrier,
+    .send = mpi_send,
+    .recv = mpi_recv,
+    .free = mpi_free,
+};
+
+static int thread_level_ok(int provided) {
+  /* The engine calls MPI from its own thread, one thread at a time. */
+  if (provided >= MPI_THREAD_SERIALIZED) return SS_OK;
+  return ss_error(SS_ERR_UNSUPPORTED,
+                  "comm: MPI provides thread level %d, but shardserve needs "
+                  "MPI_THREAD_SERIALIZED (%d): the engine calls MPI from a thread other "
+                  "than main; use an MPI built with thread support",
+                  provided, MPI_THREAD_SERIALIZED);
+}
+
+/* One rank's entry in the table gathered at init. */
+typedef struct peer_rec {
+  int64_t pid;
+  char host[SS_COMM_HOST_LEN];
+} peer_rec;
+
+int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out) {
+  int inited = 0, fin = 0, provided = 0, rc;
+  MPI_Finalized(&fin);
+  if (fin)
+    return ss_error(SS_ERR_INVALID,
+                    "comm: MPI was already finalised in this process (after the last "
+                    "communicator was freed); keep one communicator alive instead");
+  MPI_Initialized(&inited);
+  if (!inited) {
+    rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
+    if (rc != MPI_SUCCESS) return ss_error(SS_ERR_COMM, "comm: MPI_Init_thread failed (%d)", rc);
+    g_we_init = true;
+  } else {
+    MPI_Query_thread(&provided);
+  }
+  if ((rc = thread_level_ok(provided))) return rc;
+
+  ss_comm *c = calloc(1, sizeof *c);
+  mpi_ctx *x = calloc(1, sizeof *x);
+  if (!c || !x) {
+    free(c);
+    free(x);
+    return ss_error(SS_ERR_NOMEM, "comm: mpi communicator");
+  }
+  g_live++;
+  c->backend = "mpi";
+  c->ops = &k_mpi_ops;
+  c->ctx = x;
+  c->deterministic = opts->deterministic;
+  c->timeout_s = opts->timeout_s;
+  x->comm = x->p2p = MPI_COMM_NULL;
+  if (gethostname(c->host, sizeof c->host - 1) != 0) strcpy(c->host, "?");
+  MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
+
+  /* Our own communicator keeps our traffic apart from any MPI use of the
+   * caller, and lets errors come back as codes instead of aborting the job. */
+  if ((rc = MPI_Comm_dup(MPI_COMM_WORLD, &x->comm)) != MPI_SUCCESS) {
+    ss_error(SS_ERR_COMM, "rank %d (host %s): init: MPI_Comm_dup failed (%d)", c->rank, c->host,
+             rc);
+    x->comm = MPI_COMM_NULL;
+    mpi_free(c);
+    return SS_ERR_COMM;
+  }
+  MPI_Comm_set_errhandler(x->comm, MPI_ERRORS_RETURN);
+  /* The all-reduce algorithms' point-to-point messages get a communicator of
+   * their own, so they can never match the caller's send/recv. */
+  if ((rc = MPI_Comm_dup(x->comm, &x->p2p)) != MPI_SUCCESS) {
+    ss_error(SS_ERR_COMM, "rank %d (host %s): init: MPI_Comm_dup failed (%d)", c->rank, c->host,
+             rc);
+    x->p2p = MPI_COMM_NULL;
+    mpi_free(c);
+    return SS_ERR_COMM;
+  }
+  MPI_Comm_rank(x->comm, &c->rank);
+  MPI_Comm_size(x->comm, &c->size);
+  MPI_Comm node;
+  MPI_Comm_split_type(x->comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &c->local_rank);
+  MPI_Comm_size(node, &c->local_size);
+  MPI_Comm_free(&node);
+
+  int n = c->size;
+  x->counts = calloc((size_t)n, sizeof(int));
+  x->displs = calloc((size_t)n, sizeof(int));
+  x->reqs = calloc(2 * (size_t)n, sizeof(MPI_Request));
+  x->peers.n = n;
+  x->peers.pid = calloc((size_t)n, sizeof(pid_t));
+  x->peers.host = calloc((size_t)n, SS_COMM_HOST_LEN);
+  peer_rec *all = calloc((size_t)n, sizeof *all);
+  if (!x->counts || !x->displs || !x->reqs || !x->peers.pid || !x->peers.host ||
+      !all) {
+    free(all);
+    mpi_free(c);
+    return ss_error(SS_ERR_NOMEM, "comm: tables for %d ranks", n);
+  }
+
+  /* Who is where: every rank's pid and host, for the liveness checks and for
+   * messages.  Waited on like any other collective (timeout applies). */
+  peer_rec me = {.pid = getpid()};
+  memcpy(me.host, c->host, sizeof me.host);
+  ss_comm_op op = {.name = "init", .peer = -1, .root = -1};
+  MPI_Request req;
+  rc = MPI_Iallgather(&me, (int)sizeof me, MPI_BYTE, all, (int)sizeof me, MPI_BYTE, x->comm, &req);
+  if (rc != MPI_SUCCESS) rc = ss_mpi_fail_mpi(c, rc, &op);
+  else rc = wait_req(c, &req, NULL, &op, ss_comm_now());
+  if (rc) {
+    free(all);
+    mpi_free(c);
+    return rc;
+  }
+  for (int r = 0; r < n; r++) {
+    x->peers.pid[r] = (pid_t)all[r].pid;
+    memcpy(x->peers.host[r], all[r].host, SS_COMM_HOST_LEN);
+    x->peers.host[r][SS_COMM_HOST_LEN - 1] = '\0';
+  }
+  free(all);
+  if ((rc = ss_comm_peers_find_local(&x->peers, c->rank, c->host))) {
+    mpi_free(c);
+    return rc;
+  }
+  *out = c;
+  return SS_OK;
+}

@@ -1,0 +1,437 @@
+/* The NCCL backend: device buffers, one GPU per rank (GPU = local rank).
+ *
+ * MPI does the bootstrap: an inner mpi communicator gives rank, size, local
+ * rank and the peer table, and carries the ncclUniqueId made on rank 0.  Every
+ * operation is queued on this rank's stream and then waited on by polling
+ * cudaStreamQuery and ncclCommGetAsyncError, with the same liveness and
+ * deadline checks as the mpi backend; on a lost peer or a timeout the NCCL
+ * communicator is aborted (ncclCommAbort, so that the GPU does not spin on a
+ * kernel that can never finish) and the communicator is marked broken.
+ *
+ * Deterministic all-reduce: ncclAllGather of every rank's vector, then a
+ * kernel sums each element in rank order 0..n-1 in f32 (comm_nccl_kernels.cu);
+ * it moves n times the bytes of the vector, so it is for tensor-parallel
+ * activations, not for gradients.  Send/recv ignore the tag: NCCL matches
+ * messages between two ranks in the order they are posted. */
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include "comm/comm_internal.h"
+#include "comm/comm_nccl_kernels.h"
+#include "runtime/status.h"
+
+typedef struct nccl_ctx {
+  ss_comm_peers peers; /* first (comm_internal.h); a copy of boot's, owned by boot */
+  ss_comm *boot;       /* mpi: bootstrap, peer table, abort */
+  ncclComm_t nc;
+  cudaStream_t stream;
+  int device;
+  bool broken;
+  void *scratch; /* device: gathered contributions for the deterministic sum */
+  size_t scratch_nbytes;
+  float *one; /* device: the barrier's one-element all-reduce */
+} nccl_ctx;
+
+#define SPIN_S 50e-6
+#define YIELD_S 0.1
+#define SLEEP_MAX_NS 200000L
+
+/* The one check macro for CUDA and NCCL calls: rank, host, file:line, op and
+ * the library's own error string. */
+#define CUDA_TRY(c, op, call)                                                                 \
+  do {                                                                                        \
+    cudaError_t e_ = (call);                                                                  \
+    if (e_ != cudaSuccess)                                                                    \
+      return fail_lib(c, op, __FILE__, __LINE__, #call, cudaGetErrorString(e_), NULL);         \
+  } while (0)
+#define NCCL_TRY(c, op, call)                                                                 \
+  do {                                                                                        \
+    ncclResult_t r_ = (call);                                                                 \
+    if (r_ != ncclSuccess)                                                                    \
+      return fail_lib(c, op, __FILE__, __LINE__, #call, ncclGetErrorString(r_),                \
+                      ((nccl_ctx *)(c)->ctx)->nc ? ncclGetLastError(((nccl_ctx *)(c)->ctx)->nc)  \
+                                                 : NULL);                                     \
+  } while (0)
+
+static int fail_lib(ss_comm *c, const ss_comm_op *op, const char *file, int line, const char *call,
+                    const char *err, const char *detail) {
+  char what[160];
+  ss_comm_op_describe(op, what, sizeof what);
+  nccl_ctx *x = c->ctx;
+  if (x) x->broken = true;
+  return ss_error(SS_ERR_COMM, "rank %d (host %s): %s: %s:%d: %s: %s%s%s", c->rank, c->host, what,
+                  file, line, call, err, detail && *detail ? " — " : "", detail ? detail : "");
+}
+
+static int fail(ss_comm *c, int code, const ss_comm_op *op, const char *why) {
+  char what[160];
+  ss_comm_op_describe(op, what, sizeof what);
+  return ss_error(code, "rank %d (host %s): %s: %s", c->rank, c->host, what, why);
+}
+
+static int check_usable(ss_comm *c, const ss_comm_op *op) {
+  nccl_ctx *x = c->ctx;
+  return x->broken ? fail(c, SS_ERR_COMM, op, "communicator unusable after an earlier failure")
+                   : SS_OK;
+}
+
+/* Waits for everything queued on the stream. */
+static int nccl_wait(ss_comm *c, const ss_comm_op *op, double t0) {
+  nccl_ctx *x = c->ctx;
+  double start = ss_comm_now(), next_check = start + SS_COMM_CHECK_S;
+  long sleep_ns = 1000;
+  for (;;) {
+    cudaError_t e = cudaStreamQuery(x->stream);
+    if (e == cudaSuccess) return SS_OK;
+    if (e != cudaErrorNotReady)
+      return fail_lib(c, op, __FILE__, __LINE__, "cudaStreamQuery", cudaGetErrorString(e), NULL);
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(x->nc, &async);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      int rc = fail_lib(c, op, __FILE__, __LINE__, "ncclCommGetAsyncError",
+                        ncclGetErrorString(async), ncclGetLastError(x->nc));
+      ncclCommAbort(x->nc);
+      x->nc = NULL;
+      return rc;
+    }
+    double now = ss_comm_now();
+    if (now >= next_check) {
+      int rc = ss_comm_check_wait(c, &x->peers, op, t0);
+      if (rc) {
+        /* The kernel waiting for the lost peer would never finish. */
+        ncclCommAbort(x->nc);
+        x->nc = NULL;
+        x->broken = true;
+        return rc;
+      }
+      next_check = now + SS_COMM_CHECK_S;
+    }
+    double waited = now - start;
+    if (waited < SPIN_S) continue;
+    if (waited < YIELD_S) {
+      sched_yield();
+      continue;
+    }
+    struct timespec ts = {0, sleep_ns};
+    nanosleep(&ts, NULL);
+    if (sleep_ns < SLEEP_MAX_NS) sleep_ns *= 2;
+  }
+}
+
+static void count_call(ss_comm *c, double t0) {
+  c->busy_s += ss_comm_now() - t0;
+  c->n_calls++;
+}
+
+static int nccl_type(ss_dtype t, ncclDataType_t *out) {
+  switch (t) {
+  case SS_DTYPE_F32: *out = ncclFloat32; return 1;
+  case SS_DTYPE_F16: *out = ncclFloat16; return 1;
+  case SS_DTYPE_BF16: *out = ncclBfloat16; return 1;
+  default: return 0;
+  }
+}
+
+/* ---- collectives ---------------------------------------------------------- */
+
+static int nccl_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type) {
+  double t0 = ss_comm_now();
+  nccl_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "allreduce", .count = count, .type = type, .peer = -1, .root = -1};
+  size_t es;
+  ncclDataType_t dt = ncclFloat32;
+  int rc = check_usable(c, &op);
+  if (rc || (rc = ss_comm_check_type(c, type, &es))) return rc;
+  nccl_type(type, &dt);
+  if (count == 0) return SS_OK;
+  if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  if (!c->deterministic) {
+    NCCL_TRY(c, &op, ncclAllReduce(buf, buf, count, dt, ncclSum, x->nc, x->stream));
+  } else {
+    size_t need = count * es * (size_t)c->size;
+    if (need > x->scratch_nbytes) {
+      if (x->scratch) cudaFree(x->scratch);
+      x->scratch = NULL;
+      x->scratch_nbytes = 0;
+      CUDA_TRY(c, &op, cudaMalloc(&x->scratch, need));
+      x->scratch_nbytes = need;
+    }
+    NCCL_TRY(c, &op, ncclAllGather(buf, x->scratch, count, dt, x->nc, x->stream));
+    CUDA_TRY(c, &op, (cudaError_t)ss_comm_nccl_ordered_sum(x->scratch, c->size, count, (int)type,
+                                                            buf, x->stream));
+  }
+  rc = nccl_wait(c, &op, t0);
+  count_call(c, t0);
+  return rc;
+}
+
+/* NCCL has no all-gather-v: one broadcast per rank, fused in a group. */
+static int nccl_allgatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes) {
+  double t0 = ss_comm_now();
+  nccl_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "allgatherv", .peer = -1, .root = -1};
+  if (!nbytes) return fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
+  size_t total = 0;
+  for (int r = 0; r < c->size; r++) total += nbytes[r];
+  op.nbytes = total;
+  int rc = check_usable(c, &op);
+  if (rc) return rc;
+  if ((total && !recv) || (nbytes[c->rank] && !send))
+    return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  NCCL_TRY(c, &op, ncclGroupStart());
+  size_t off = 0;
+  for (int r = 0; r < c->size; off += nbytes[r], r++) {
+    if (!nbytes[r]) continue;
+    ncclResult_t nr = ncclBroadcast(r == c->rank ? send : NULL, (char *)recv + off, nbytes[r],
+                                    ncclUint8, r, x->nc, x->stream);
+    if (nr != ncclSuccess) {
+      ncclGroupEnd();
+      NCCL_TRY(c, &op, nr);
+    }
+  }
+  NCCL_TRY(c, &op, ncclGroupEnd());
+  rc = nccl_wait(c, &op, t0);
+  count_call(c, t0);
+  return rc;
+}
+
+static int nccl_gatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes, int root) {
+  double t0 = ss_comm_now();
+  nccl_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "gatherv", .peer = -1, .root = root};
+  if (!nbytes) return fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
+  int rc = check_usable(c, &op);
+  if (rc || (rc = ss_comm_check_rank(c, "gatherv", "root", root))) return rc;
+  size_t total = 0;
+  for (int r = 0; r < c->size; r++) total += nbytes[r];
+  op.nbytes = total;
+  if ((c->rank == root && total && !recv) || (nbytes[c->rank] && !send))
+    return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  NCCL_TRY(c, &op, ncclGroupStart());
+  if (c->rank == root) {
+    size_t off = 0;
+    for (int r = 0; r < c->size; off += nbytes[r], r++) {
+      if (!nbytes[r]) continue;
+      if (r == root) {
+        if (send != (char *)recv + off)
+          cudaMemcpyAsync((char *)recv + off, send, nbytes[r], cudaMemcpyDeviceToDevice, x->stream);
+        continue;
+      }
+      ncclResult_t nr = ncclRecv((char *)recv + off, nbytes[r], ncclUint8, r, x->nc, x->stream);
+      if (nr != ncclSuccess) {
+        ncclGroupEnd();
+        NCCL_TRY(c, &op, nr);
+      }
+    }
+  } else if (nbytes[c->rank]) {
+    ncclResult_t nr = ncclSend(send, nbytes[c->rank], ncclUint8, root, x->nc, x->stream);
+    if (nr != ncclSuccess) {
+      ncclGroupEnd();
+      NCCL_TRY(c, &op, nr);
+    }
+  }
+  NCCL_TRY(c, &op, ncclGroupEnd());
+  rc = nccl_wait(c, &op, t0);
+  count_call(c, t0);
+  return rc;
+}
+
+static int nccl_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
+  double t0 = ss_comm_now();
+  nccl_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "broadcast", .nbytes = nbytes, .peer = -1, .root = root};
+  int rc = check_usable(c, &op);
+  if (rc || (rc = ss_comm_check_rank(c, "broadcast", "root", root))) return rc;
+  if (nbytes == 0) return SS_OK;
+  if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  NCCL_TRY(c, &op, ncclBroadcast(buf, buf, nbytes, ncclUint8, root, x->nc, x->stream));
+  rc = nccl_wait(c, &op, t0);
+  count_call(c, t0);
+  return rc;
+}
+
+/* A barrier on the GPU streams: a one-element all-reduce, waited on. */
+static int nccl_barrier(ss_comm *c) {
+  double t0 = ss_comm_now();
+  nccl_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "barrier", .peer = -1, .root = -1};
+  int rc = check_usable(c, &op);
+  if (rc) return rc;
+  NCCL_TRY(c, &op, ncclAllReduce(x->one, x->one, 1, ncclFloat32, ncclSum, x->nc, x->stream));
+  rc = nccl_wait(c, &op, t0);
+  count_call(c, t0);
+  return rc;
+}
+
+static int p2p(ss_comm *c, bool is_send, void *buf, size_t nbytes, int peer, int tag) {
+  double t0 = ss_comm_now();
+  nccl_ctx *x = c->ctx;
+  ss_comm_op op = {.name = is_send ? "send" : "recv", .nbytes = nbytes, .peer = peer, .root = -1,
+                   .tag = tag};
+  int rc = check_usable(c, &op);
+  if (rc || (rc = ss_comm_check_rank(c, op.name, "peer", peer))) return rc;
+  if (peer == c->rank) return fail(c, SS_ERR_INVALID, &op, "peer is this rank");
+  if (nbytes == 0) return SS_OK; /* both sides skip: nothing to match */
+  if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  if (is_send) NCCL_TRY(c, &op, ncclSend(buf, nbytes, ncclUint8, peer, x->nc, x->stream));
+  else NCCL_TRY(c, &op, ncclRecv(buf, nbytes, ncclUint8, peer, x->nc, x->stream));
+  rc = nccl_wait(c, &op, t0);
+  count_call(c, t0);
+  return rc;
+}
+
+static int nccl_send(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag) {
+  return p2p(c, true, (void *)buf, nbytes, peer, tag);
+}
+
+static int nccl_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
+  return p2p(c, false, buf, nbytes, peer, tag);
+}
+
+/* ---- life cycle ------------------------------------------------------------ */
+
+static void nccl_free(ss_comm *c) {
+  nccl_ctx *x = c->ctx;
+  if (x) {
+    if (x->nc) {
+      if (x->broken) ncclCommAbort(x->nc);
+      else ncclCommDestroy(x->nc);
+    }
+    if (x->stream) cudaStreamDestroy(x->stream);
+    if (x->scratch) cudaFree(x->scratch);
+    if (x->one) cudaFree(x->one);
+    if (x->boot) ss_comm_free(x->boot);
+    free(x);
+  }
+  free(c);
+}
+
+void ss_comm_nccl_abort(ss_comm *c, int code) {
+  nccl_ctx *x = c->ctx;
+  if (x->nc) ncclCommAbort(x->nc);
+  x->nc = NULL;
+  ss_comm_mpi_abort(x->boot, code);
+}
+
+static const ss_comm_ops k_nccl_ops = {
+    .allreduce_sum = nccl_allreduce_sum,
+    .allgatherv = nccl_allgatherv,
+    .gatherv = nccl_gatherv,
+    .broadcast = nccl_broadcast,
+    .barrier = nccl_barrier,
+    .send = nccl_send,
+    .recv = nccl_recv,
+    .free = nccl_free,
+};
+
+/* What rank 0 hands out: the id, or the news that it could not make one. */
+typedef struct boot_msg {
+  int ok;
+  char why[200];
+  ncclUniqueId id;
+} boot_msg;
+
+/* Agrees across ranks whether every rank got this far, so that a rank whose
+ * GPU is missing fails with its reason and the others with a pointer to it,
+ * instead of all waiting in ncclCommInitRank. */
+static int any_rank_failed(ss_comm *boot, bool failed, bool *any) {
+  float v = failed ? 1.0f : 0.0f;
+  int rc = ss_comm_allreduce_sum(boot, &v, 1, SS_DTYPE_F32);
+  *any = v > 0;
+  return rc;
+}
+
+int ss_comm_nccl_create(const ss_comm_opts *opts, ss_comm **out) {
+  ss_comm_opts mo = *opts;
+  mo.kind = SS_COMM_MPI;
+  mo.deterministic = false;
+  ss_comm *boot = NULL;
+  int rc = ss_comm_mpi_create(&mo, &boot);
+  if (rc) return rc;
+  ss_comm *c = calloc(1, sizeof *c);
+  nccl_ctx *x = calloc(1, sizeof *x);
+  if (!c || !x) {
+    free(c);
+    free(x);
+    ss_comm_free(boot);
+    return ss_error(SS_ERR_NOMEM, "comm: nccl communicator");
+  }
+  c->backend = "nccl";
+  c->ops = &k_nccl_ops;
+  c->ctx = x;
+  c->rank = boot->rank;
+  c->size = boot->size;
+  c->local_rank = boot->local_rank;
+  c->local_size = boot->local_size;
+  c->deterministic = opts->deterministic;
+  c->timeout_s = opts->timeout_s;
+  memcpy(c->host, boot->host, sizeof c->host);
+  x->boot = boot;
+  x->peers = *(ss_comm_peers *)boot->ctx;
+  ss_comm_op op = {.name = "init", .peer = -1, .root = -1};
+
+  /* This rank's GPU; every rank reports before anyone enters NCCL. */
+  char why[256] = "";
+  int ndev = 0;
+  cudaError_t ce = cudaGetDeviceCount(&ndev);
+  if (ce != cudaSuccess)
+    snprintf(why, sizeof why, "no usable CUDA device: %s", cudaGetErrorString(ce));
+  else if (c->local_rank >= ndev)
+    snprintf(why, sizeof why,
+             "local rank %d needs GPU %d, but this host has %d GPU(s): launch at most %d "
+             "ranks per host",
+             c->local_rank, c->local_rank, ndev, ndev);
+  else if ((ce = cudaSetDevice(c->local_rank)) != cudaSuccess)
+    snprintf(why, sizeof why, "cudaSetDevice(%d): %s", c->local_rank, cudaGetErrorString(ce));
+  x->device = c->local_rank;
+  bool any_failed;
+  if ((rc = any_rank_failed(boot, why[0] != '\0', &any_failed))) goto fail;
+  if (why[0]) {
+    rc = fail(c, SS_ERR_UNSUPPORTED, &op, why);
+    goto fail;
+  }
+  if (any_failed) {
+    rc = fail(c, SS_ERR_COMM, &op, "another rank has no usable GPU (see its message)");
+    goto fail;
+  }
+
+  boot_msg msg;
+  memset(&msg, 0, sizeof msg);
+  if (c->rank == 0) {
+    ncclResult_t nr = ncclGetUniqueId(&msg.id);
+    msg.ok = nr == ncclSuccess;
+    if (!msg.ok) snprintf(msg.why, sizeof msg.why, "ncclGetUniqueId: %s", ncclGetErrorString(nr));
+  }
+  if ((rc = ss_comm_broadcast(boot, &msg, sizeof msg, 0))) goto fail;
+  if (!msg.ok) {
+    char w2[256];
+    snprintf(w2, sizeof w2, "rank 0 could not start NCCL: %s", msg.why);
+    rc = fail(c, SS_ERR_COMM, &op, w2);
+    goto fail;
+  }
+  {
+    ncclResult_t nr = ncclCommInitRank(&x->nc, c->size, msg.id, c->rank);
+    if (nr != ncclSuccess) {
+      x->nc = NULL;
+      rc = fail_lib(c, &op, __FILE__, __LINE__, "ncclCommInitRank", ncclGetErrorString(nr), NULL);
+      goto fail;
+    }
+  }
+  if ((ce = cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking)) != cudaSuccess ||
+      (ce = cudaMalloc((void **)&x->one, sizeof(float))) != cudaSuccess) {
+    rc = fail_lib(c, &op, __FILE__, __LINE__, "cuda stream/buffer", cudaGetErrorString(ce), NULL);
+    goto fail;
+  }
+  x->broken = false;
+  *out = c;
+  return SS_OK;
+fail:
+  nccl_free(c);
+  return rc;
+}
