@@ -404,6 +404,9 @@ int ss_cmd_generate(int argc, char **argv) {
   if (json && n_logprobs > 0) jc.steps = json_array();
   rc = ss_generate(m, be, ids, (int32_t)n_ids, &gp, json ? on_step_json : on_step,
                    json ? (void *)&jc : (void *)&sc, &res);
+  /* After a failed collective the communicator is unusable: nothing to tell the
+   * workers (they have seen the same failure). */
+  if (rc == SS_ERR_COMM) workers_running = false;
   if (rc) {
     if (rc == SS_ERR_RANGE || rc == SS_ERR_INVALID) {
       ss_cli_usage(k_cmd, "%s", ss_error_msg());
