@@ -600,7 +600,7 @@ static int forward_timed(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
  * int32s:  tokens[n], pos[n], table index of each token[n], logit_rows[n_logits],
  * table lengths[n_tables], then the tables' block ids back to back.  Workers
  * size their KV cache and activations from the header. */
-enum { STEP_MAGIC = 0x53535450 /* "SSTP" */, STEP_FORWARD = 1, STEP_STOP = 2 };
+enum { STEP_MAGIC = 0x53535450 /* "SSTP" */, STEP_FORWARD = 1, STEP_STOP = 2, STEP_STATS = 3 };
 
 typedef struct step_header {
   int32_t magic, kind;
@@ -719,6 +719,36 @@ static int check_step(const ss_model *m, const step_header *h, const int32_t *pl
   return SS_OK;
 }
 
+/* Every rank sends its counters to rank 0 (all: tp entries there, else NULL). */
+static int gather_profile(const ss_model *m, ss_step_profile *all) {
+  const int tp = m->comm->size;
+  size_t *nbytes = malloc((size_t)tp * sizeof *nbytes);
+  if (!nbytes) return ss_error(SS_ERR_NOMEM, "out of memory");
+  for (int r = 0; r < tp; r++) nbytes[r] = sizeof(ss_step_profile);
+  const double c0 = m->comm->busy_s;
+  int rc = ss_comm_gatherv(m->comm, m->prof, all, nbytes, 0);
+  m->comm->busy_s = c0; /* bookkeeping, not a step's communication */
+  free(nbytes);
+  if (rc) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    return ss_error(rc, "gathering step counters: %s", msg);
+  }
+  return SS_OK;
+}
+
+int ss_model_gather_profiles(const ss_model *m, ss_step_profile *all) {
+  if (!distributed(m)) {
+    all[0] = *m->prof;
+    return SS_OK;
+  }
+  SS_ASSERT(m->local.rank == 0);
+  step_header h = {.magic = STEP_MAGIC, .kind = STEP_STATS};
+  int rc = bcast(m, &h, sizeof h, "asking the workers for their counters");
+  if (rc) return rc;
+  return gather_profile(m, all);
+}
+
 int ss_model_worker_loop(const ss_model *m, ss_backend *be) {
   SS_ASSERT(distributed(m) && m->local.rank != 0);
   ss_forward_state st = {0};
@@ -735,11 +765,16 @@ int ss_model_worker_loop(const ss_model *m, ss_backend *be) {
     m->prof->idle_s += now_s() - t0;
     m->comm->busy_s = c0; /* waiting is idle time, not communication inside a step */
     if (rc) break;
-    if (h.magic != STEP_MAGIC || (h.kind != STEP_FORWARD && h.kind != STEP_STOP)) {
+    if (h.magic != STEP_MAGIC ||
+        (h.kind != STEP_FORWARD && h.kind != STEP_STOP && h.kind != STEP_STATS)) {
       rc = ss_error(SS_ERR_COMM, "rank %d: malformed step message from rank 0", m->local.rank);
       break;
     }
     if (h.kind == STEP_STOP) break;
+    if (h.kind == STEP_STATS) {
+      if ((rc = gather_profile(m, NULL))) break;
+      continue;
+    }
     if (h.n <= 0 || h.n_logits < 0 || h.n_logits > h.n || h.n_tables <= 0 || h.n_tables > h.n ||
         h.n_table_ids < 0 || h.kv_block_size <= 0 || h.kv_n_blocks <= 0 ||
         h.payload_count != 3 * (int64_t)h.n + h.n_logits + h.n_tables + h.n_table_ids) {

@@ -145,6 +145,9 @@ typedef struct ss_step_profile {
 } ss_step_profile;
 /* This rank's counters since load. */
 ss_step_profile ss_model_profile(const ss_model *m);
+/* Rank 0, between steps: every rank's counters (all[r], r < tp), gathered through a
+ * step message the workers answer.  At tp 1, all[0] is this rank's. */
+int ss_model_gather_profiles(const ss_model *m, ss_step_profile *all);
 
 /* The cache geometry for this rank: its KV heads, with the given block count. */
 int ss_model_kv_init(const ss_model *m, ss_backend *be, int32_t block_size, int32_t n_blocks,

@@ -24,6 +24,7 @@ const char *ss_status_name(int code) {
   case SS_ERR_INVALID: return "invalid argument";
   case SS_ERR_RANGE: return "out of range";
   case SS_ERR_COMM: return "communication error";
+  case SS_ERR_BUSY: return "busy";
   default: return "internal error";
   }
 }

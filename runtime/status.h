@@ -20,6 +20,7 @@ enum ss_status {
   SS_ERR_RANGE = -6,       /* a value outside its allowed range */
   SS_ERR_COMM = -7,        /* a peer or collective failed */
   SS_ERR_INTERNAL = -8,
+  SS_ERR_BUSY = -9,        /* overloaded: try again later */
 };
 
 /* Records the message (printf-style) for this thread and returns `code`, so that

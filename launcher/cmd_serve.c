@@ -1,0 +1,358 @@
+/* shardserve serve: the OpenAI-compatible server.
+ *
+ * Rank 0 runs two threads: the main thread runs the libuv loop (HTTP, parsing,
+ * tokenizing, streaming), an engine thread loads the model and then runs the
+ * continuous-batching engine.  Ranks 1..tp-1 load their shard and run the
+ * steps rank 0 broadcasts.  SIGINT/SIGTERM to rank 0 drain: stop accepting,
+ * finish in-flight requests up to --drain-timeout, stop the workers, exit 0. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "comm/comm.h"
+#include "launcher/cli.h"
+#include "launcher/ranks.h"
+#include "runtime/api_server.h"
+#include "runtime/chat.h"
+#include "runtime/engine.h"
+#include "runtime/model.h"
+#include "runtime/status.h"
+
+static const char *k_cmd = "serve";
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "Usage: shardserve serve [options]\n"
+          "       shardserve launch --tp N -- serve [options]    (N ranks over MPI)\n"
+          "\n"
+          "Serves the model behind an OpenAI-compatible API: POST /v1/completions,\n"
+          "POST /v1/chat/completions (\"stream\": true for Server-Sent Events), GET /v1/models,\n"
+          "GET /health (200 ready; 503 loading, draining, or a rank lost), GET /metrics\n"
+          "(Prometheus).  Requests are batched continuously over a paged KV cache.\n"
+          "\n"
+          "Model:\n"
+          "  -m, --model FILE          GGUF model (default: " SS_DEFAULT_MODEL ")\n"
+          "      --served-model-name N the model id clients send (default: the file name\n"
+          "                            without .gguf)\n"
+          "      --chat-template T     auto (from the model), chatml, llama3; checked at start\n"
+          "      --ctx N               context limit per request (default: the model's)\n"
+          "\n"
+          "Network:\n"
+          "      --host ADDR           address to bind (default 127.0.0.1: this machine only)\n"
+          "      --port N              TCP port (default 8000; 0 picks a free one, printed)\n"
+          "      --api-key KEY         require 'Authorization: Bearer KEY' (or set\n"
+          "                            SHARDSERVE_API_KEY); /health and /metrics stay open\n"
+          "      --max-body-bytes N    larger request bodies get 413 (default 4194304)\n"
+          "      --idle-timeout S      close idle keep-alive connections after S s (default 60)\n"
+          "      --drain-timeout S     on SIGINT/SIGTERM, finish in-flight requests for up to\n"
+          "                            S s, then abort the rest (default 30)\n"
+          "\n"
+          "Batching and memory:\n"
+          "      --max-num-seqs N      sequences in a batch (default 64)\n"
+          "      --max-batched-tokens N  tokens per step; long prompts are prefilled in\n"
+          "                            chunks so running decodes never stall (default 512)\n"
+          "      --kv-blocks N         KV-cache blocks of 16 tokens (default: from --kv-mem)\n"
+          "      --kv-mem SIZE         KV-cache memory per rank, e.g. 512M, 2G (default 1G)\n"
+          "      --max-waiting N       queued requests before 429 + Retry-After (default 1024)\n"
+          "\n"
+          "Execution:\n"
+          "  -t, --threads N           CPU threads per rank (default: one per core)\n"
+          "      --tp N                tensor-parallel ranks (default: the MPI job's size)\n"
+          "      --replicate-vocab     every rank holds the whole embedding and LM head\n"
+          "      --deterministic-allreduce on|off  rank-ordered sums, so a request's output\n"
+          "                            does not depend on the batch at any TP (default on)\n"
+          "      --comm-timeout S      a collective waiting longer fails (default 0: none)\n"
+          "  -h, --help                show this help\n");
+}
+
+/* "512M", "2G", "1048576" -> bytes. */
+static bool parse_size(const char *s, uint64_t *out) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || !(v > 0)) return false;
+  double mul = 1;
+  if (*end == 'k' || *end == 'K') mul = 1024.0, end++;
+  else if (*end == 'm' || *end == 'M') mul = 1024.0 * 1024, end++;
+  else if (*end == 'g' || *end == 'G') mul = 1024.0 * 1024 * 1024, end++;
+  if (*end == 'i' || *end == 'B') end++;
+  if (*end == 'B') end++;
+  if (*end || v * mul > 1e15) return false;
+  *out = (uint64_t)(v * mul);
+  return true;
+}
+
+typedef struct serve_ctx {
+  /* options */
+  const char *path, *tmpl_name;
+  bool replicate_vocab;
+  int64_t threads;
+  ss_engine_opts eo;
+  double drain_timeout;
+  ss_comm *comm;
+  /* rank 0 */
+  ss_api *api;
+  uv_loop_t *loop;
+  uv_signal_t sigint, sigterm;
+  uv_async_t stop_async;
+  pthread_t engine_thread;
+  ss_engine *engine;
+  ss_chat_template tmpl;
+  ss_model *model;
+  ss_backend *be;
+  pthread_mutex_t mu;
+  bool stop_requested;
+  int engine_rc;
+  int exit_code;
+} serve_ctx;
+
+/* The engine thread: load, agree with the other ranks, run, stop the workers. */
+static void *engine_main(void *arg) {
+  serve_ctx *s = arg;
+  int rc = ss_cli_load_shard(k_cmd, s->path, s->comm, s->replicate_vocab, &s->model);
+  ss_chat_template *tmpl = &s->tmpl;
+  if (rc == SS_EXIT_OK) {
+    s->be = ss_backend_cpu_create((int)s->threads);
+    if (!s->be) rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+  }
+  if (rc == SS_EXIT_OK && ss_chat_template_init(tmpl, s->tmpl_name, s->model->chat_template)) {
+    rc = ss_cli_fail(k_cmd, "--chat-template: %s", ss_error_msg());
+  }
+  ss_engine *engine = NULL;
+  if (rc == SS_EXIT_OK && ss_engine_create(s->model, s->be, &s->eo, ss_api_wake, s->api, &engine)) {
+    rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+  }
+  if ((rc = ss_ranks_agree(k_cmd, s->comm, rc == SS_EXIT_OK))) {
+    s->exit_code = rc;
+    ss_engine_free(engine);
+    ss_api_set_failed(s->api);
+    ss_api_engine_exited(s->api);
+    return NULL;
+  }
+  fprintf(stderr, "shardserve serve: ready: model %s, tp %d, %d KV blocks of %d tokens, "
+          "context %d, listening on port %d\n", s->path, s->comm ? s->comm->size : 1,
+          ss_engine_n_blocks(engine), ss_engine_block_size(engine), ss_engine_n_ctx(engine),
+          ss_api_port(s->api));
+  ss_api_set_ready(s->api, engine, s->model, tmpl);
+  /* Publish the engine to the signal handler; whichever of the two comes second
+   * asks it to stop, so a signal during loading is not lost. */
+  pthread_mutex_lock(&s->mu);
+  s->engine = engine;
+  bool stop = s->stop_requested;
+  pthread_mutex_unlock(&s->mu);
+  if (stop) ss_engine_stop(s->engine, s->drain_timeout);
+  s->engine_rc = ss_engine_run(s->engine);
+  if (s->engine_rc == SS_OK && ss_model_stop_workers(s->model)) {
+    ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    s->engine_rc = SS_ERR_COMM;
+  }
+  s->exit_code = s->engine_rc == SS_OK ? SS_EXIT_OK : SS_EXIT_FAIL;
+  ss_api_engine_exited(s->api);
+  return NULL;
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  serve_ctx *s = h->data;
+  fprintf(stderr, "shardserve serve: %s: draining (up to %.0f s), then exiting\n",
+          signum == SIGINT ? "SIGINT" : "SIGTERM", s->drain_timeout);
+  ss_api_begin_drain(s->api);
+  pthread_mutex_lock(&s->mu);
+  s->stop_requested = true;
+  ss_engine *e = s->engine;
+  pthread_mutex_unlock(&s->mu);
+  if (e) ss_engine_stop(e, s->drain_timeout);
+  uv_signal_stop(&s->sigint);
+  uv_signal_stop(&s->sigterm);
+  uv_close((uv_handle_t *)&s->sigint, NULL);
+  uv_close((uv_handle_t *)&s->sigterm, NULL);
+}
+
+static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
+  s->loop = uv_default_loop();
+  if (ss_api_create(s->loop, ao, &s->api)) {
+    int code = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    /* The other ranks are loading: tell them to stop. */
+    if (s->comm) ss_ranks_agree(k_cmd, s->comm, false);
+    return code;
+  }
+  fprintf(stderr, "shardserve serve: listening on http://%s:%d (loading the model)\n", ao->host,
+          ss_api_port(s->api));
+  uv_signal_init(s->loop, &s->sigint);
+  uv_signal_init(s->loop, &s->sigterm);
+  s->sigint.data = s->sigterm.data = s;
+  uv_signal_start(&s->sigint, on_signal, SIGINT);
+  uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+  pthread_mutex_init(&s->mu, NULL);
+  if (pthread_create(&s->engine_thread, NULL, engine_main, s) != 0)
+    return ss_cli_fail(k_cmd, "cannot start the engine thread");
+  /* The engine's pointer becomes visible to on_signal once it exists. */
+  uv_run(s->loop, UV_RUN_DEFAULT);
+  pthread_join(s->engine_thread, NULL);
+  if (!uv_is_closing((uv_handle_t *)&s->sigint)) {
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_run(s->loop, UV_RUN_DEFAULT);
+  }
+  return s->exit_code;
+}
+
+int ss_cmd_serve(int argc, char **argv) {
+  serve_ctx s = {.path = SS_DEFAULT_MODEL, .drain_timeout = 30};
+  ss_api_opts ao = {.host = "127.0.0.1", .port = 8000};
+  const char *name = NULL;
+  int64_t tp = 0, v = 0;
+  double comm_timeout = 0, d = 0;
+  bool deterministic = true;
+  enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
+         O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO };
+  static const struct option opts[] = {
+      {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
+      {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
+      {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
+      {"api-key", required_argument, 0, O_KEY}, {"max-body-bytes", required_argument, 0, O_BODY},
+      {"idle-timeout", required_argument, 0, O_IDLE},
+      {"drain-timeout", required_argument, 0, O_DRAIN},
+      {"max-num-seqs", required_argument, 0, O_SEQS},
+      {"max-batched-tokens", required_argument, 0, O_TOKENS},
+      {"kv-blocks", required_argument, 0, O_BLOCKS}, {"kv-mem", required_argument, 0, O_KVMEM},
+      {"max-waiting", required_argument, 0, O_WAIT}, {"threads", required_argument, 0, 't'},
+      {"tp", required_argument, 0, O_TP}, {"replicate-vocab", no_argument, 0, O_REPL},
+      {"deterministic-allreduce", required_argument, 0, O_DET},
+      {"comm-timeout", required_argument, 0, O_CTO}, {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0},
+  };
+  optind = 1;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, ":m:t:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'm': s.path = optarg; break;
+    case O_NAME:
+      if (!*optarg) return ss_cli_usage(k_cmd, "--served-model-name must not be empty");
+      name = optarg;
+      break;
+    case O_TMPL:
+      if (strcmp(optarg, "auto") && strcmp(optarg, "chatml") && strcmp(optarg, "llama3"))
+        return ss_cli_usage(k_cmd, "unknown chat template '%s' (known: auto, chatml, llama3)",
+                            optarg);
+      s.tmpl_name = optarg;
+      break;
+    case O_CTX:
+      if (!ss_cli_parse_int(k_cmd, "--ctx", optarg, 1, 1 << 24, &v)) return SS_EXIT_USAGE;
+      s.eo.n_ctx = (int32_t)v;
+      break;
+    case O_HOST: ao.host = optarg; break;
+    case O_PORT:
+      if (!ss_cli_parse_int(k_cmd, "--port", optarg, 0, 65535, &v)) return SS_EXIT_USAGE;
+      ao.port = (int)v;
+      break;
+    case O_KEY: ao.api_key = optarg; break;
+    case O_BODY:
+      if (!ss_cli_parse_int(k_cmd, "--max-body-bytes", optarg, 1024, 1 << 30, &v))
+        return SS_EXIT_USAGE;
+      ao.http.max_body_nbytes = (size_t)v;
+      break;
+    case O_IDLE:
+      if (!ss_cli_parse_float(k_cmd, "--idle-timeout", optarg, 0.01, 86400, &d)) return SS_EXIT_USAGE;
+      ao.http.idle_timeout_s = d;
+      break;
+    case O_DRAIN:
+      if (!ss_cli_parse_float(k_cmd, "--drain-timeout", optarg, 0, 86400, &s.drain_timeout))
+        return SS_EXIT_USAGE;
+      break;
+    case O_SEQS:
+      if (!ss_cli_parse_int(k_cmd, "--max-num-seqs", optarg, 1, 4096, &v)) return SS_EXIT_USAGE;
+      s.eo.max_num_seqs = (int32_t)v;
+      break;
+    case O_TOKENS:
+      if (!ss_cli_parse_int(k_cmd, "--max-batched-tokens", optarg, 1, 65536, &v))
+        return SS_EXIT_USAGE;
+      s.eo.max_batched_tokens = (int32_t)v;
+      break;
+    case O_BLOCKS:
+      if (!ss_cli_parse_int(k_cmd, "--kv-blocks", optarg, 1, 1 << 24, &v)) return SS_EXIT_USAGE;
+      s.eo.n_blocks = (int32_t)v;
+      break;
+    case O_KVMEM:
+      if (!parse_size(optarg, &s.eo.kv_mem_bytes))
+        return ss_cli_usage(k_cmd, "invalid value '%s' for --kv-mem: expected a size such as "
+                            "512M or 2G", optarg);
+      break;
+    case O_WAIT:
+      if (!ss_cli_parse_int(k_cmd, "--max-waiting", optarg, 1, 1 << 20, &v)) return SS_EXIT_USAGE;
+      s.eo.max_waiting = (int32_t)v;
+      break;
+    case 't':
+      if (!ss_cli_parse_int(k_cmd, "--threads", optarg, 1, 1024, &s.threads)) return SS_EXIT_USAGE;
+      break;
+    case O_TP:
+      if (!ss_cli_parse_int(k_cmd, "--tp", optarg, 1, 4096, &tp)) return SS_EXIT_USAGE;
+      break;
+    case O_REPL: s.replicate_vocab = true; break;
+    case O_DET:
+      if (strcmp(optarg, "on") && strcmp(optarg, "off"))
+        return ss_cli_usage(k_cmd, "invalid value '%s' for --deterministic-allreduce: on or off",
+                            optarg);
+      deterministic = strcmp(optarg, "on") == 0;
+      break;
+    case O_CTO:
+      if (!ss_cli_parse_float(k_cmd, "--comm-timeout", optarg, 0, 1e6, &comm_timeout))
+        return SS_EXIT_USAGE;
+      break;
+    case 'h': usage(stdout); return SS_EXIT_OK;
+    case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
+    default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
+  if (s.eo.n_blocks && s.eo.kv_mem_bytes)
+    return ss_cli_usage(k_cmd, "give --kv-blocks or --kv-mem, not both");
+  if (!ao.api_key) ao.api_key = getenv("SHARDSERVE_API_KEY");
+
+  /* The model id: the file name without directories and .gguf. */
+  char base[256];
+  if (!name) {
+    const char *b = strrchr(s.path, '/');
+    b = b ? b + 1 : s.path;
+    snprintf(base, sizeof base, "%s", b);
+    size_t n = strlen(base);
+    if (n > 5 && strcmp(base + n - 5, ".gguf") == 0) base[n - 5] = 0;
+    name = base;
+  }
+  ao.model_name = name;
+
+  ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout};
+  int rc = ss_ranks_start(k_cmd, &ro, &s.comm);
+  if (rc) return rc;
+  if (s.comm && s.comm->rank != 0) {
+    /* A worker: load, agree, run steps until rank 0 says stop. */
+    ss_model *m = NULL;
+    ss_backend *be = NULL;
+    rc = ss_cli_load_shard(k_cmd, s.path, s.comm, s.replicate_vocab, &m);
+    if (rc == SS_EXIT_OK) {
+      be = ss_backend_cpu_create((int)s.threads);
+      if (!be) rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    }
+    if ((rc = ss_ranks_agree(k_cmd, s.comm, rc == SS_EXIT_OK)) == SS_EXIT_OK &&
+        ss_model_worker_loop(m, be))
+      rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    if (be) be->free(be);
+    ss_model_free(m);
+    ss_ranks_end(s.comm, rc);
+    return rc;
+  }
+  rc = run_rank0(&s, &ao);
+  ss_api_free(s.api);
+  if (s.loop) uv_loop_close(s.loop);
+  ss_engine_free(s.engine);
+  ss_chat_template_free(&s.tmpl);
+  if (s.be) s.be->free(s.be);
+  ss_model_free(s.model);
+  ss_ranks_end(s.comm, rc);
+  if (rc == SS_EXIT_OK) fprintf(stderr, "shardserve serve: stopped\n");
+  return rc;
+}

@@ -1,0 +1,68 @@
+/* A small HTTP/1.1 server on libuv, parsing with http_parser (Debian's
+ * libhttp-parser).  Keep-alive, request bodies by Content-Length or chunked
+ * (both decoded by the parser), size limits, an idle timeout, and responses
+ * that may be sent later or streamed (chunked transfer encoding, for SSE).
+ *
+ * Everything runs on the loop's thread.  One request per connection is in
+ * flight at a time; pipelined requests wait their turn.  When a client goes
+ * away before its response is complete, the on_abort callback tells the owner,
+ * which must stop using the connection. */
+#ifndef SS_HTTP_H
+#define SS_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct ss_http_server ss_http_server;
+typedef struct ss_http_conn ss_http_conn;
+
+typedef struct ss_http_request {
+  const char *method;        /* "GET", "POST", ... */
+  const char *path;          /* without the query string */
+  const char *authorization; /* the Authorization header or NULL */
+  const char *content_type;  /* or NULL */
+  const char *body;          /* NUL-terminated copy; body_len bytes */
+  size_t body_len;
+} ss_http_request;
+
+typedef struct ss_http_callbacks {
+  /* A complete request: answer now or later with ss_http_respond / stream. */
+  void (*on_request)(void *user, ss_http_conn *c, const ss_http_request *req);
+  /* The client left (or the server closed) before the response was complete;
+   * `conn_user` is what the owner attached with ss_http_conn_set_user. */
+  void (*on_abort)(void *user, void *conn_user);
+  void *user;
+} ss_http_callbacks;
+
+typedef struct ss_http_limits {
+  size_t max_body_nbytes;    /* larger bodies get 413 (default 4 MiB) */
+  double idle_timeout_s;     /* idle keep-alive connections close (default 60) */
+  int max_connections;       /* more are refused at accept (default 4096) */
+} ss_http_limits;
+
+/* Binds host:port and starts listening on loop.  Errors name the address. */
+int ss_http_server_start(uv_loop_t *loop, const char *host, int port, const ss_http_limits *lim,
+                         const ss_http_callbacks *cb, ss_http_server **out);
+/* Stops accepting; existing connections stay until their responses end. */
+void ss_http_server_stop_listening(ss_http_server *s);
+/* Closes every connection (in-flight ones get on_abort) and the listener;
+ * the server is freed once libuv has closed every handle. */
+void ss_http_server_close(ss_http_server *s);
+/* The bound port (useful with port 0). */
+int ss_http_server_port(const ss_http_server *s);
+
+void ss_http_conn_set_user(ss_http_conn *c, void *user);
+
+/* A whole response.  extra_headers: "" or lines each ending in "\r\n". */
+void ss_http_respond(ss_http_conn *c, int status, const char *content_type,
+                     const char *extra_headers, const char *body, size_t len);
+/* A streamed response: headers now, then pieces, then the end. */
+void ss_http_stream_begin(ss_http_conn *c, int status, const char *content_type);
+void ss_http_stream_write(ss_http_conn *c, const char *data, size_t len);
+void ss_http_stream_end(ss_http_conn *c);
+
+const char *ss_http_reason(int status);
+
+#endif

@@ -1,0 +1,112 @@
+/* The continuous-batching scheduler: given the waiting and running sequences
+ * and the KV block pool, it picks the next step's batch.
+ *
+ * It is pure logic: no kernels, no clocks, no threads, no I/O.  The engine
+ * drives it with real forward passes; the capacity planner drives the very same
+ * code in simulated time with a cost model in place of the forward pass.
+ *
+ * Policy (iteration-level scheduling, as vLLM's with chunked prefill):
+ *   1. running sequences that decode (one token to compute) go first, oldest
+ *      first, one token each;
+ *   2. then running sequences still in prefill get chunks of what is left of the
+ *      step's token budget;
+ *   3. then waiting sequences are admitted in arrival order (preempted ones
+ *      first) while the budget, max_num_seqs and free blocks allow.
+ * When a running sequence needs a block and none is free, the most recently
+ * arrived running sequence is preempted: its blocks go back to the pool and it
+ * returns to the front of the waiting queue, to be recomputed (prompt and the
+ * tokens generated so far) when it is admitted again.  The oldest sequence thus
+ * always progresses, and a sequence that fits the pool alone always finishes. */
+#ifndef SS_SCHEDULER_H
+#define SS_SCHEDULER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef enum ss_seq_state {
+  SS_SEQ_WAITING = 0,
+  SS_SEQ_RUNNING,
+  SS_SEQ_FINISHED,
+} ss_seq_state;
+
+typedef struct ss_sched_seq ss_sched_seq;
+struct ss_sched_seq {
+  int64_t id;
+  int32_t n_tokens;    /* tokens known: prompt + generated so far */
+  int32_t n_computed;  /* of them, with K/V in the cache */
+  int32_t max_tokens;  /* n_tokens can grow to this (prompt + max new tokens) */
+  int32_t *blocks;     /* block table: block ids for positions [0, 16), [16, 32), ... */
+  int32_t n_blocks;
+  int32_t cap_blocks;
+  ss_seq_state state;
+  int32_t n_preempted;
+  bool scheduled_once; /* has been in a batch (its queue time is over) */
+  void *user;          /* the owner's request */
+  ss_sched_seq *prev, *next; /* in the waiting or running list */
+};
+
+typedef struct ss_sched_params {
+  int32_t max_num_seqs;       /* sequences running at once */
+  int32_t max_batched_tokens; /* tokens per step */
+  int32_t block_size;         /* token slots per KV block */
+  int32_t n_blocks;           /* blocks in the pool */
+} ss_sched_params;
+
+typedef struct ss_seq_list {
+  ss_sched_seq *head, *tail;
+  int32_t count;
+} ss_seq_list;
+
+/* One sequence's share of a step: tokens [start, start + count) of it. */
+typedef struct ss_sched_entry {
+  ss_sched_seq *seq;
+  int32_t start;
+  int32_t count;
+  bool logits;  /* the chunk ends at the last known token: sample after it */
+} ss_sched_entry;
+
+typedef struct ss_sched_batch {
+  ss_sched_entry *entries;  /* [n_entries], capacity max_num_seqs */
+  int32_t n_entries;
+  int32_t n_tokens;
+  int32_t n_logits;
+  int32_t n_preempted;      /* preemptions made while building this batch */
+} ss_sched_batch;
+
+typedef struct ss_sched {
+  ss_sched_params p;
+  ss_seq_list waiting, running;
+  int32_t *free_ids;   /* stack of free block ids */
+  int32_t n_free;
+  uint64_t n_preemptions;
+  ss_sched_entry *entries;
+} ss_sched;
+
+/* Checks the parameters (a message names the one at fault) and sets up the pool. */
+int ss_sched_init(ss_sched *s, const ss_sched_params *p);
+void ss_sched_free(ss_sched *s);
+
+/* Blocks a sequence of n tokens needs. */
+int32_t ss_sched_blocks_for(const ss_sched *s, int64_t n_tokens);
+
+/* Queues a new sequence (n_tokens = its prompt, n_computed = 0) at the back of
+ * the waiting queue.  Fails with SS_ERR_RANGE when max_tokens could never fit
+ * the pool alone. */
+int ss_sched_add(ss_sched *s, ss_sched_seq *q);
+
+/* Builds the next step's batch (empty when there is nothing to do).  The
+ * batch's entries point into scheduler memory valid until the next call. */
+void ss_sched_step(ss_sched *s, ss_sched_batch *b);
+
+/* After the step ran: every entry's tokens are now in the cache.  The owner
+ * then appends the sampled token of each logits entry (q->n_tokens++). */
+void ss_sched_commit(ss_sched *s, const ss_sched_batch *b);
+
+/* Removes a sequence (finished, aborted, or failed) from whichever list holds
+ * it and returns its blocks to the pool. */
+void ss_sched_finish(ss_sched *s, ss_sched_seq *q);
+
+/* Blocks in use, 0..n_blocks. */
+static inline int32_t ss_sched_blocks_used(const ss_sched *s) { return s->p.n_blocks - s->n_free; }
+
+#endif
