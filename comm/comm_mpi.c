@@ -37,7 +37,9 @@ static bool g_any_broken;
 /* Waiting: spin on MPI_Test this long, then yield, then sleep. */
 #define SPIN_S 50e-6
 #define YIELD_S 0.1 /* then a waiting worker costs little CPU */
-#define SLEEP_MAX_NS 200000L /* 0.2 ms: the most a long wait adds to latency */
+#define SLEEP_MAX_NS 200000L /* 0.2 ms: the most a wait under IDLE_S adds to latency */
+#define IDLE_S 1.0
+#define SLEEP_IDLE_NS 1000000L /* 1 ms */
 
 
 /* ---- errors ------------------------------------------------------------ */
@@ -114,7 +116,10 @@ int ss_mpi_wait(ss_comm *c, int n, MPI_Request *reqs, MPI_Status *st, const ss_c
     }
     struct timespec ts = {0, sleep_ns};
     nanosleep(&ts, NULL);
-    if (sleep_ns < SLEEP_MAX_NS) sleep_ns *= 2;
+    /* A wait past IDLE_S is a worker idling between requests: each wake-up
+     * costs a progress pass, so wake less often (1 ms more latency, once). */
+    long cap = waited < IDLE_S ? SLEEP_MAX_NS : SLEEP_IDLE_NS;
+    if (sleep_ns < cap) sleep_ns *= 2;
   }
 }
 

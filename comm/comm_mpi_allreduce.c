@@ -29,8 +29,13 @@
 #include "comm/comm_mpi_internal.h"
 #include "runtime/status.h"
 
-/* Below this many bytes the default all-reduce uses recursive doubling. */
-#define RD_MAX_NBYTES ((size_t)2 << 10)
+/* Up to this many bytes the default all-reduce uses recursive doubling, above
+ * it the ring.  Measured with ss_bench_allreduce (bench/RESULTS.md): on 2 ranks
+ * the ring wins from 4 KB (its half-size messages stay under Open MPI's 4 KB
+ * shared-memory eager limit); on 4 ranks the ring's 6 steps cost more than 2
+ * full exchanges up to ~64 KB. */
+#define RD_MAX_NBYTES_2 ((size_t)2 << 10)
+#define RD_MAX_NBYTES ((size_t)64 << 10)
 /* Deterministic: below this many bytes gathered in all, gather everything. */
 #define DET_SMALL_NBYTES ((size_t)64 << 10)
 #define TAG_AR 1
@@ -193,7 +198,8 @@ static int allreduce_default(ss_comm *c, void *buf, size_t count, ss_dtype type,
     widen(buf, w, count, type);
   }
   /* The ring needs at least one element per rank to be worth its n-1 steps. */
-  if (count * sizeof(float) <= RD_MAX_NBYTES || count < (size_t)c->size)
+  size_t rd_max = c->size == 2 ? RD_MAX_NBYTES_2 : RD_MAX_NBYTES;
+  if (count * sizeof(float) <= rd_max || count < (size_t)c->size)
     rc = ar_recursive_doubling(c, w, count, op, t0);
   else
     rc = ar_ring(c, w, count, op, t0);
