@@ -47,6 +47,7 @@ struct ss_engine {
   int32_t *b_tokens, *b_pos, *b_rows;
   const int32_t **b_tab;
   uint64_t steps;
+  bool stats_dirty;       /* steps ran since the per-rank counters were gathered */
   /* per-step scratch, max_num_seqs long */
   struct ereq **done_q;
   const char **done_r;
@@ -117,7 +118,7 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   if (o.block_size == 0) o.block_size = 16;
   if (o.max_waiting == 0) o.max_waiting = 1024;
   if (o.kv_mem_bytes == 0) o.kv_mem_bytes = 1ull << 30;
-  if (o.stats_every == 0) o.stats_every = 64;
+  if (o.stats_every == 0) o.stats_every = 256;
   if (o.max_num_seqs < 1 || o.max_num_seqs > 4096)
     return ss_error(SS_ERR_RANGE, "--max-num-seqs %d is outside 1..4096", o.max_num_seqs);
   if (o.max_batched_tokens < 1 || o.max_batched_tokens > 1 << 16)
@@ -555,6 +556,13 @@ int ss_engine_run(ss_engine *e) {
       if (e->notify) e->notify(e->notify_user);
       break;
     }
+    if (idle && !evs.head && e->stats_dirty) {
+      /* Going idle: refresh the per-rank counters once for /metrics. */
+      pthread_mutex_unlock(&e->mu);
+      e->stats_dirty = false;
+      gather_rank_stats(e);
+      continue;
+    }
     if (idle && !evs.head) {
       if (e->stopping) {
         struct timespec ts;
@@ -618,6 +626,7 @@ int ss_engine_run(ss_engine *e) {
     pthread_mutex_unlock(&e->mu);
     ss_sched_commit(&e->sched, &b);
     e->steps++;
+    e->stats_dirty = true;
 
     /* Sample outside the lock, then publish. */
     int32_t li = 0;
@@ -649,7 +658,10 @@ int ss_engine_run(ss_engine *e) {
     publish_locked(e, &evs);
     pthread_mutex_unlock(&e->mu);
     if (e->notify) e->notify(e->notify_user);
-    if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) gather_rank_stats(e);
+    if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) {
+      gather_rank_stats(e);
+      e->stats_dirty = false;
+    }
   }
   gather_rank_stats(e);
   return rc;

@@ -33,7 +33,8 @@ typedef struct ss_engine_opts {
   uint64_t kv_mem_bytes;       /* KV budget when n_blocks is 0 (default 1 GiB) */
   int32_t max_waiting;         /* queued requests at most; more are refused (default 1024) */
   int32_t n_ctx;               /* context limit per sequence (0: the model's) */
-  int32_t stats_every;         /* gather per-rank step counters every N steps (default 64) */
+  int32_t stats_every;         /* gather per-rank step counters every N steps, and whenever
+                                  the engine goes idle (default 256) */
 } ss_engine_opts;
 
 #define SS_ENGINE_MAX_STOP 16
