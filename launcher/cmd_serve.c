@@ -329,7 +329,12 @@ int ss_cmd_serve(int argc, char **argv) {
   int rc = ss_ranks_start(k_cmd, &ro, &s.comm);
   if (rc) return rc;
   if (s.comm && s.comm->rank != 0) {
-    /* A worker: load, agree, run steps until rank 0 says stop. */
+    /* A worker: load, agree, run steps until rank 0 says stop.  Ctrl-C and the
+     * launcher's SIGTERM reach every rank; only rank 0 acts on them (it drains,
+     * then stops the workers), so a worker ignores them.  A rank 0 that dies is
+     * still noticed: the wait for the next step watches it. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     ss_model *m = NULL;
     ss_backend *be = NULL;
     rc = ss_cli_load_shard(k_cmd, s.path, s.comm, s.replicate_vocab, &m);

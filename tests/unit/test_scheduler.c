@@ -1,0 +1,215 @@
+/* The continuous-batching scheduler as pure logic: token budget and chunked
+ * prefill, decodes before prefills, max_num_seqs, block accounting, preemption
+ * of the newest sequence with recompute, and a randomized run that checks the
+ * invariants (no block held twice, every sequence finishes) step by step. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/scheduler.h"
+
+static ss_sched_seq *mkseq(int64_t id, int32_t prompt, int32_t max_tokens, int32_t block_size) {
+  ss_sched_seq *q = calloc(1, sizeof *q);
+  q->id = id;
+  q->n_tokens = prompt;
+  q->max_tokens = max_tokens;
+  q->cap_blocks = (max_tokens + block_size - 1) / block_size;
+  q->blocks = calloc((size_t)q->cap_blocks, sizeof *q->blocks);
+  return q;
+}
+
+static void freeseq(ss_sched_seq *q) {
+  free(q->blocks);
+  free(q);
+}
+
+/* Runs the step as the engine would: commit, then append a token to every
+ * sequence that produced logits. */
+static void run_step(ss_sched *s, ss_sched_batch *b) {
+  ss_sched_step(s, b);
+  ss_sched_commit(s, b);
+  for (int i = 0; i < b->n_entries; i++)
+    if (b->entries[i].logits) b->entries[i].seq->n_tokens++;
+}
+
+static void test_chunked_prefill_and_budget(void **st) {
+  (void)st;
+  ss_sched s;
+  ss_sched_params p = {.max_num_seqs = 4, .max_batched_tokens = 10, .block_size = 4, .n_blocks = 64};
+  assert_int_equal(ss_sched_init(&s, &p), 0);
+  ss_sched_seq *a = mkseq(1, 25, 40, 4);
+  assert_int_equal(ss_sched_add(&s, a), 0);
+  ss_sched_batch b;
+  run_step(&s, &b); /* 10 of 25 prompt tokens, no logits */
+  assert_int_equal(b.n_entries, 1);
+  assert_int_equal(b.entries[0].count, 10);
+  assert_false(b.entries[0].logits);
+  assert_int_equal(a->n_computed, 10);
+  assert_int_equal(a->n_blocks, 3);
+  run_step(&s, &b);
+  run_step(&s, &b); /* 5 left: the last chunk gives logits */
+  assert_int_equal(b.entries[0].count, 5);
+  assert_true(b.entries[0].logits);
+  assert_int_equal(a->n_tokens, 26);
+  /* A second request arrives: the running decode goes first, the new prompt
+   * gets the rest of the budget. */
+  ss_sched_seq *c = mkseq(2, 30, 40, 4);
+  assert_int_equal(ss_sched_add(&s, c), 0);
+  run_step(&s, &b);
+  assert_int_equal(b.n_entries, 2);
+  assert_ptr_equal(b.entries[0].seq, a);
+  assert_int_equal(b.entries[0].count, 1);
+  assert_ptr_equal(b.entries[1].seq, c);
+  assert_int_equal(b.entries[1].count, 9);
+  assert_int_equal(b.n_tokens, 10);
+  ss_sched_finish(&s, a);
+  ss_sched_finish(&s, c);
+  assert_int_equal(ss_sched_blocks_used(&s), 0);
+  freeseq(a);
+  freeseq(c);
+  ss_sched_free(&s);
+}
+
+static void test_max_num_seqs(void **st) {
+  (void)st;
+  ss_sched s;
+  ss_sched_params p = {.max_num_seqs = 2, .max_batched_tokens = 100, .block_size = 4, .n_blocks = 64};
+  assert_int_equal(ss_sched_init(&s, &p), 0);
+  ss_sched_seq *q[3];
+  for (int i = 0; i < 3; i++) {
+    q[i] = mkseq(i, 3, 10, 4);
+    assert_int_equal(ss_sched_add(&s, q[i]), 0);
+  }
+  ss_sched_batch b;
+  run_step(&s, &b);
+  assert_int_equal(b.n_entries, 2);
+  assert_int_equal(s.waiting.count, 1);
+  ss_sched_finish(&s, q[0]);
+  run_step(&s, &b); /* q[1] decodes, q[2] is admitted */
+  assert_int_equal(b.n_entries, 2);
+  assert_ptr_equal(b.entries[1].seq, q[2]);
+  for (int i = 0; i < 3; i++) {
+    if (q[i]->state != SS_SEQ_FINISHED) ss_sched_finish(&s, q[i]);
+    freeseq(q[i]);
+  }
+  ss_sched_free(&s);
+}
+
+static void test_too_big_for_the_pool(void **st) {
+  (void)st;
+  ss_sched s;
+  ss_sched_params p = {.max_num_seqs = 2, .max_batched_tokens = 100, .block_size = 4, .n_blocks = 4};
+  assert_int_equal(ss_sched_init(&s, &p), 0);
+  ss_sched_seq *q = mkseq(1, 3, 17, 4); /* 5 blocks > 4 */
+  assert_int_not_equal(ss_sched_add(&s, q), 0);
+  freeseq(q);
+  ss_sched_free(&s);
+  ss_sched_params bad = p;
+  bad.max_num_seqs = 0;
+  assert_int_not_equal(ss_sched_init(&s, &bad), 0);
+}
+
+static void test_preemption(void **st) {
+  (void)st;
+  ss_sched s;
+  /* 4 blocks of 4 tokens; two sequences of 6 prompt tokens each take 2 blocks, and
+   * the first decode past 8 tokens needs a third block: the newest is preempted. */
+  ss_sched_params p = {.max_num_seqs = 4, .max_batched_tokens = 64, .block_size = 4, .n_blocks = 4};
+  assert_int_equal(ss_sched_init(&s, &p), 0);
+  ss_sched_seq *a = mkseq(1, 6, 16, 4), *c = mkseq(2, 6, 16, 4);
+  assert_int_equal(ss_sched_add(&s, a), 0);
+  assert_int_equal(ss_sched_add(&s, c), 0);
+  ss_sched_batch b;
+  run_step(&s, &b); /* both prefill: 4 blocks used, tokens 7 each */
+  assert_int_equal(ss_sched_blocks_used(&s), 4);
+  run_step(&s, &b); /* decode position 6 (block 1): fine; tokens 8 */
+  assert_int_equal(b.n_preempted, 0);
+  run_step(&s, &b); /* position 7: still block 1; tokens 9 */
+  run_step(&s, &b); /* position 8 needs block 2: c (newest) is preempted */
+  assert_int_equal(b.n_preempted, 1);
+  assert_int_equal(s.n_preemptions, 1);
+  assert_int_equal(c->state, SS_SEQ_WAITING);
+  assert_int_equal(c->n_computed, 0);
+  assert_int_equal(c->n_blocks, 0);
+  assert_int_equal(b.n_entries, 1);
+  assert_ptr_equal(b.entries[0].seq, a);
+  assert_ptr_equal(s.waiting.head, c); /* front of the queue */
+  /* a finishes; c is recomputed from its whole history (prompt + generated). */
+  ss_sched_finish(&s, a);
+  const int32_t c_tokens = c->n_tokens;
+  run_step(&s, &b);
+  assert_int_equal(b.n_entries, 1);
+  assert_int_equal(b.entries[0].start, 0);
+  assert_int_equal(b.entries[0].count, c_tokens);
+  assert_true(b.entries[0].logits);
+  ss_sched_finish(&s, c);
+  assert_int_equal(ss_sched_blocks_used(&s), 0);
+  freeseq(a);
+  freeseq(c);
+  ss_sched_free(&s);
+}
+
+/* Many random sequences through a small pool: every one finishes, no block is
+ * ever held by two sequences, and the pool is whole at the end. */
+static void test_random_invariants(void **st) {
+  (void)st;
+  ss_sched s;
+  ss_sched_params p = {.max_num_seqs = 6, .max_batched_tokens = 24, .block_size = 4, .n_blocks = 20};
+  assert_int_equal(ss_sched_init(&s, &p), 0);
+  enum { N = 40 };
+  ss_sched_seq *q[N];
+  int32_t target[N];
+  srand(7);
+  for (int i = 0; i < N; i++) {
+    int32_t prompt = 1 + rand() % 30, gen = 1 + rand() % 40;
+    q[i] = mkseq(i, prompt, prompt + gen, 4);
+    target[i] = prompt + gen;
+  }
+  int added = 0, finished = 0;
+  for (int step = 0; step < 100000 && finished < N; step++) {
+    if (added < N && rand() % 3 == 0) assert_int_equal(ss_sched_add(&s, q[added++]), 0);
+    ss_sched_batch b;
+    run_step(&s, &b);
+    assert_true(b.n_tokens <= p.max_batched_tokens);
+    assert_true(b.n_entries <= p.max_num_seqs);
+    /* No block in two tables; used = sum of table sizes. */
+    char owner[20] = {0};
+    int32_t used = 0;
+    for (int i = 0; i < N; i++) {
+      if (q[i]->state == SS_SEQ_FINISHED) continue;
+      for (int32_t k = 0; k < q[i]->n_blocks; k++) {
+        assert_false(owner[q[i]->blocks[k]]);
+        owner[q[i]->blocks[k]] = 1;
+      }
+      used += q[i]->n_blocks;
+      assert_true(q[i]->n_computed <= q[i]->n_tokens);
+    }
+    assert_int_equal(used, ss_sched_blocks_used(&s));
+    for (int i = 0; i < N; i++)
+      if (q[i]->state == SS_SEQ_RUNNING && q[i]->n_tokens == target[i] &&
+          q[i]->n_computed == q[i]->n_tokens - 1) {
+        ss_sched_finish(&s, q[i]);
+        finished++;
+      }
+    if (added == N && s.waiting.count == 0 && s.running.count == 0) break;
+  }
+  assert_int_equal(finished, N);
+  assert_int_equal(ss_sched_blocks_used(&s), 0);
+  for (int i = 0; i < N; i++) freeseq(q[i]);
+  ss_sched_free(&s);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_chunked_prefill_and_budget),
+      cmocka_unit_test(test_max_num_seqs),
+      cmocka_unit_test(test_too_big_for_the_pool),
+      cmocka_unit_test(test_preemption),
+      cmocka_unit_test(test_random_invariants),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
