@@ -21,7 +21,8 @@ ck = Checker("dead rank")
 
 
 def rank_pids(root_pid):
-    """{rank: pid} of the shardserve processes below root_pid."""
+    """{rank: pid} of the shardserve processes started by the mpirun root_pid
+    (other tests may run MPI jobs at the same time)."""
     found = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -29,9 +30,10 @@ def rank_pids(root_pid):
         try:
             env = open(f"/proc/{d}/environ", "rb").read().split(b"\0")
             cmdline = open(f"/proc/{d}/cmdline", "rb").read()
-        except OSError:
+            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if b"generate" not in cmdline or b"launch" in cmdline:
+        if ppid != root_pid or b"generate" not in cmdline:
             continue
         for kv in env:
             if kv.startswith(b"OMPI_COMM_WORLD_RANK="):
