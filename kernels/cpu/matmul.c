@@ -29,6 +29,9 @@
 #ifndef PREFETCH_ROWS
 #define PREFETCH_ROWS 8
 #endif
+#ifndef PREFETCH_LOCALITY
+#define PREFETCH_LOCALITY 0
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* Per-token block sums of x, needed by Q4_1 (w = d*q + m, so the m part of a
@@ -240,7 +243,7 @@ static void mm_worker(void *arg, int ith, int nth) {
       for (int64_t r = r0; r < r1; r++) {
         if (PREFETCH_ROWS && r + PREFETCH_ROWS < r_hi) {
           const char *pf = (const char *)w->data + (size_t)(r + PREFETCH_ROWS) * w->row_nbytes;
-          for (size_t o = 0; o < w->row_nbytes; o += 64) __builtin_prefetch(pf + o, 0, 0);
+          for (size_t o = 0; o < w->row_nbytes; o += 64) __builtin_prefetch(pf + o, 0, PREFETCH_LOCALITY);
         }
         row_dot(w->type, (const uint8_t *)w->data + (size_t)r * w->row_nbytes, w->cols, x,
                 w->cols, xs, nb, job->y + t0 * w->rows + r, w->rows, nt);
