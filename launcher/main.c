@@ -14,6 +14,7 @@ static const command k_commands[] = {
     {"generate", ss_cmd_generate, "generate text from a prompt (any number of ranks under MPI)"},
     {"launch", ss_cmd_launch, "start a command on N ranks: builds, prints and runs the mpirun line"},
     {"plan", ss_cmd_plan, "print how a model splits over tensor-parallel ranks"},
+    {"profile", ss_cmd_profile, "measure this machine for the capacity planner"},
     {"serve", ss_cmd_serve, "serve the model behind an OpenAI-compatible HTTP API"},
     {"info", ss_cmd_info, "print a model's architecture, tokenizer and tensor table"},
     {"tokenize", ss_cmd_tokenize, "print the token ids of UTF-8 text read from stdin"},

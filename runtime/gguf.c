@@ -152,7 +152,8 @@ static int read_array(cursor *c, ss_gguf_value *v, int depth, const char *key) {
   for (uint64_t i = 0; i < count; i++) {
     rc = read_value(c, (ss_gguf_type)et, &v->arr.items[i], depth + 1, key);
     if (rc) {
-      v->arr.count = i; /* free only what was parsed */
+      v->arr.count = i + 1; /* free what was parsed, element i included (it may hold
+                               the partly read items of a nested array) */
       return rc;
     }
   }

@@ -26,4 +26,8 @@ def mpi_env():
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     # Keep Open MPI from probing network interfaces that are not there.
     env.setdefault("OMPI_MCA_btl", "self,vader")
+    # Under AddressSanitizer, Open MPI's leaks are suppressed by library name
+    # (tests/lsan.supp), which needs full stacks through its dlopen'ed modules.
+    if "ASAN_OPTIONS" in env and "fast_unwind_on_malloc" not in env["ASAN_OPTIONS"]:
+        env["ASAN_OPTIONS"] += ":fast_unwind_on_malloc=0"
     return env

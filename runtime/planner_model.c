@@ -1,0 +1,37 @@
+/* The cost model's view of a loaded model: this rank's bytes and matmul
+ * parameters, from the weights it actually bound. */
+#include <string.h>
+
+#include "runtime/model.h"
+#include "runtime/planner.h"
+
+static double wbytes(const ss_weight *w) { return (double)w->rows * (double)w->row_nbytes; }
+static double wparams(const ss_weight *w) { return (double)w->rows * (double)w->cols; }
+
+void ss_plan_model_from_loaded(const ss_model *m, int nodes, ss_plan_model *p) {
+  memset(p, 0, sizeof *p);
+  const ss_model_config *c = &m->cfg;
+  p->n_layer = c->n_layer;
+  p->dim = c->dim;
+  p->vocab = c->vocab;
+  p->tp = m->local.tp;
+  p->nodes = nodes > 0 ? nodes : 1;
+  for (int l = 0; l < c->n_layer; l++) {
+    const ss_layer_weights *L = &m->layers[l];
+    const ss_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) {
+      p->dense_bytes += wbytes(ws[i]);
+      p->dense_params += wparams(ws[i]);
+    }
+    p->dense_bytes += 2.0 * c->dim * sizeof(float); /* the two norms */
+  }
+  p->head_bytes = wbytes(&m->output);
+  p->head_params = wparams(&m->output);
+  p->kv_bytes_per_token = 2.0 * c->n_layer * m->local.n_kv_head * c->head_dim * sizeof(float);
+  p->weight_bytes = (double)m->weight_nbytes;
+  if (p->tp > 1) {
+    p->n_allreduce = 2 * c->n_layer + (m->local.vocab_parallel ? 1 : 0);
+    p->allreduce_bytes_per_token = (double)c->dim * sizeof(float);
+    p->gather_logits = m->local.vocab_parallel;
+  }
+}
