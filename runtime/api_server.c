@@ -92,8 +92,8 @@ static void send_error(ss_http_conn *c, int status, const char *param, const cha
   va_end(ap);
   json_t *err = json_object();
   /* The message may quote client bytes: keep it valid UTF-8. */
-  json_object_set_new(err, "message", json_string(msg) ? json_string(msg)
-                                                       : json_string("invalid request"));
+  json_t *jm = json_string(msg);
+  json_object_set_new(err, "message", jm ? jm : json_string("invalid request"));
   json_object_set_new(err, "type", json_string(error_type(status)));
   json_object_set_new(err, "param", param ? json_string(param) : json_null());
   json_object_set_new(err, "code", code ? json_string(code) : json_null());

@@ -165,9 +165,16 @@ try:
     results = []
     threads = [threading.Thread(target=lambda: results.append(raw(srv.port, long_req, 600)))
                for _ in range(2)]
-    for t in threads:
-        t.start()
-        time.sleep(0.3)
+
+    def wait_for(name, value, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline and srv.metrics().get(name) != value:
+            time.sleep(0.02)
+
+    threads[0].start()
+    wait_for("shardserve:num_requests_running", 1)   # the first one runs
+    threads[1].start()
+    wait_for("shardserve:num_requests_waiting", 1)   # the second one waits
     got, resp, head = raw(srv.port, long_req)
     ck.check(got == 429 and "Retry-After: 1" in head and error_shape_ok(resp),
              f"queue full: {got} {head!r} {resp[:200]!r}")
