@@ -16,6 +16,7 @@ static const command k_commands[] = {
     {"plan", ss_cmd_plan, "print how a model splits over tensor-parallel ranks"},
     {"info", ss_cmd_info, "print a model's architecture, tokenizer and tensor table"},
     {"tokenize", ss_cmd_tokenize, "print the token ids of UTF-8 text read from stdin"},
+    {"loadgen", ss_cmd_loadgen, "load-test an OpenAI-compatible server: latency, throughput, goodput"},
 };
 #define N_COMMANDS (sizeof k_commands / sizeof k_commands[0])
 
