@@ -349,17 +349,13 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
   for (;;) {
     double now_abs = mono_s(), now = now_abs - rn.t0;
     /* Send everything that is due and has a slot. */
-    double next_due = INFINITY;
     for (;;) {
       bool more = cfg->sched_s ? rn.count < cfg->count
                                : (cfg->count ? rn.count < cfg->count : true) &&
                                      !(cfg->duration_s > 0 && now >= cfg->duration_s);
       if (!more) break;
       double due = cfg->sched_s ? cfg->sched_s[rn.count] : 0;
-      if (due > now) {
-        next_due = due;
-        break;
-      }
+      if (due > now) break;
       if (cfg->max_concurrency && rn.inflight >= cfg->max_concurrency) break;
       /* It could go once due and, under a concurrency cap, once a slot freed;
        * the time from then to now is the generator's own lag. */
@@ -391,7 +387,11 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
     /* Wait for the next due send, socket activity or libcurl's own timer. */
     double wait = 1.0;
     bool slot_free = !cfg->max_concurrency || rn.inflight < cfg->max_concurrency;
-    if (slot_free && isfinite(next_due)) wait = fmin(wait, next_due - now);
+    if (!sending_done && slot_free) {
+      /* A completion may just have freed the slot the next request waits for. */
+      double due = cfg->sched_s ? cfg->sched_s[rn.count] : 0;
+      wait = fmin(wait, due - now);
+    }
     if (!cfg->sched_s && cfg->duration_s > 0 && now < cfg->duration_s)
       wait = fmin(wait, cfg->duration_s - now);
     long ct = -1;
