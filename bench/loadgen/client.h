@@ -1,0 +1,56 @@
+/* The load generator's HTTP side: one thread drives every request through
+ * libcurl's multi interface, sends each at its scheduled time (or when a
+ * concurrency slot frees), and times the streamed reply (SSE) chunk by chunk
+ * with CLOCK_MONOTONIC.
+ *
+ * A request fails, and the run goes on, when the connection fails, the status
+ * is not 2xx, the stream carries an error object, is not SSE, or ends before
+ * "data: [DONE]".  Failures are recorded with a one-line message. */
+#ifndef SS_LG_CLIENT_H
+#define SS_LG_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bench/loadgen/dataset.h"
+#include "bench/loadgen/stats.h"
+
+/* Call once per process before anything else here (libcurl's global init). */
+int ss_lg_client_global_init(void);
+void ss_lg_client_global_cleanup(void);
+
+typedef struct ss_lg_client_config {
+  const char *url;          /* full URL: base + endpoint */
+  const char *api_key;      /* NULL: no Authorization header */
+  const char *const *bodies;/* (body_count) JSON request bodies, one per prompt */
+  const ss_lg_prompt *prompts; /* (body_count) for input lengths without usage */
+  size_t body_count;        /* request i sends body i % body_count */
+  const double *sched_s;    /* (count) send times; NULL = send whenever a slot is free */
+  size_t count;             /* requests to send; 0 with sched_s NULL = until duration_s */
+  double duration_s;        /* > 0: send nothing at or after this time */
+  int64_t max_concurrency;  /* 0 = unlimited */
+  double request_timeout_s; /* per request, 0 = none */
+  double connect_timeout_s;
+  bool progress;            /* progress bar on stderr */
+  const char *progress_label;
+} ss_lg_client_config;
+
+typedef struct ss_lg_run {
+  ss_lg_result *results;    /* (count) in send order */
+  size_t count;
+  double duration_s;        /* first send -> last completion */
+} ss_lg_run;
+
+/* Runs the load.  Fails only on set-up errors (out of memory, libcurl); a
+ * failed request is a result with an error. */
+int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out);
+void ss_lg_run_free(ss_lg_run *r);
+
+/* GET base_url + "/v1/models": the first model's id (malloc'ed) in *model_id.
+ * A connection failure or HTTP error is SS_ERR_COMM with a message naming the
+ * URL and the cause; *http_status is set when a response came (else 0). */
+int ss_lg_fetch_first_model(const char *base_url, const char *api_key, double timeout_s,
+                            char **model_id, int *http_status);
+
+#endif
