@@ -253,7 +253,7 @@ static int parse_tensor_info(ss_gguf *g, cursor *c, uint64_t idx) {
   }
   uint32_t type;
   if ((rc = cur_u32(c, &type, t->name))) return rc;
-  const ss_dtype_info *ti = ss_dtype_get(type);
+  const ss_dtype_info *ti = type == SS_DTYPE_F8_E4M3 ? NULL : ss_dtype_get(type);
   if (!ti)
     return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s': unknown tensor type %u", g->path,
                     t->name, type);
