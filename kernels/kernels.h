@@ -104,22 +104,27 @@ struct ss_backend {
   void *(*alloc)(ss_backend *be, size_t nbytes);
   void (*dealloc)(ss_backend *be, void *p);
 
-  /* out[i] = row ids[i] of table, dequantized; a negative id gives a row of zeros (a
-   * token another rank's vocabulary slice holds).  Ids are otherwise trusted. */
+  /* out[i] = row ids[i] of table, dequantized (times table->row_scale[ids[i]] when
+   * set); a negative id gives a row of zeros (a token another rank's vocabulary
+   * slice holds).  Ids are otherwise trusted. */
   void (*embed)(ss_backend *be, const ss_weight *table, const int32_t *ids, int64_t n, float *out);
   /* out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * w, for n rows of width dim. */
   void (*rmsnorm)(ss_backend *be, const float *x, const float *w, int64_t n, int64_t dim,
                   float eps, float *out);
-  /* y[i] = W x[i] for n rows: x is float[n][w->cols], y is float[n][w->rows]. */
+  /* y[i] = W x[i] for n rows: x is float[n][w->cols], y is float[n][w->rows]; with
+   * w->row_scale, y[i][r] is the dot product times row_scale[r] (one f32 multiply
+   * after the sum).  Types: F32, F16, BF16, F8_E4M3, Q8_0, Q4_0, Q4_1. */
   void (*matmul)(ss_backend *be, const ss_weight *w, const float *x, int64_t n, float *y);
   /* Rotates the first rope_dim dimensions of each head of x (float[n][n_heads*head_dim])
-   * in place by angle pos * theta^(-2i/rope_dim). */
+   * in place by angle pos * theta^(-2i/rope_dim), or pos * inv_freq[i] when given
+   * (angles in double precision). */
   void (*rope)(ss_backend *be, float *x, const int32_t *pos, int64_t n, const ss_rope_params *p);
   /* Writes each token's K and V rows into its slot of the cache. */
   void (*kv_store)(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc, const float *k,
                    const float *v);
   /* Causal attention of each token over positions [0, pos] of its sequence, read from
-   * the cache (which must already hold this batch's K/V).  q, out: float[n][n_head*head_dim]. */
+   * the cache (which must already hold this batch's K/V).  q, out: float[n][n_head*head_dim].
+   * Logits: (q . k) * scale, then the soft cap, then the temperature (ss_attn_params). */
   void (*attention)(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc, const float *q,
                     const ss_attn_params *p, float *out);
   /* out = silu(gate) * up, elementwise over count floats. */
