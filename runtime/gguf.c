@@ -152,7 +152,9 @@ static int read_array(cursor *c, ss_gguf_value *v, int depth, const char *key) {
   for (uint64_t i = 0; i < count; i++) {
     rc = read_value(c, (ss_gguf_type)et, &v->arr.items[i], depth + 1, key);
     if (rc) {
-      v->arr.count = i; /* free only what was parsed */
+      /* Free what was parsed, including element i's own partial contents
+       * (its items are NULL, or the prefix its read_array kept). */
+      v->arr.count = i + 1;
       return rc;
     }
   }
