@@ -24,17 +24,21 @@
 typedef struct meta {
   ss_gguf g;
   void **owned; /* buffers the values point into */
-  int n_owned;
+  size_t n_owned, cap_owned;
 } meta;
 
 static void *own(meta *m, void *p) {
   if (!p) return NULL;
-  void **o = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *o);
-  if (!o) {
-    free(p);
-    return NULL;
+  if (m->n_owned == m->cap_owned) {
+    size_t cap = m->cap_owned ? 2 * m->cap_owned : 1024;
+    void **o = realloc(m->owned, cap * sizeof *o);
+    if (!o) {
+      free(p);
+      return NULL;
+    }
+    m->owned = o;
+    m->cap_owned = cap;
   }
-  m->owned = o;
   m->owned[m->n_owned++] = p;
   return p;
 }
@@ -104,7 +108,7 @@ static void meta_free(meta *m) {
   }
   free(m->g.kv);
   free(m->g.path);
-  for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+  for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
   free(m->owned);
 }
 
