@@ -25,6 +25,7 @@ static const ss_dtype_info k_info[SS_DTYPE_COUNT_] = {
     [SS_DTYPE_I64] = {"I64", 1, 8, false},
     [SS_DTYPE_F64] = {"F64", 1, 8, false},
     [SS_DTYPE_BF16] = {"BF16", 1, 2, true},
+    [SS_DTYPE_F8_E4M3] = {"F8_E4M3", 1, 1, true},
 };
 
 const ss_dtype_info *ss_dtype_get(uint32_t type) {
@@ -98,6 +99,14 @@ uint16_t ss_f32_to_bf16(float f) {
   return (uint16_t)(x >> 16);
 }
 
+float ss_f8e4m3_to_f32(uint8_t b) {
+  const int e = (b >> 3) & 0xf, m = b & 7;
+  if (e == 15 && m == 7) return NAN;
+  /* Subnormals (e = 0) are m/8 * 2^-6; normals (1 + m/8) * 2^(e-7). */
+  float v = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), e - 10);
+  return (b & 0x80) ? -v : v;
+}
+
 void ss_dequantize_row(ss_dtype type, const void *src, float *dst, int64_t count) {
   switch (type) {
   case SS_DTYPE_F32:
@@ -111,6 +120,11 @@ void ss_dequantize_row(ss_dtype type, const void *src, float *dst, int64_t count
   case SS_DTYPE_BF16: {
     const uint16_t *s = src;
     for (int64_t i = 0; i < count; i++) dst[i] = ss_bf16_to_f32(s[i]);
+    break;
+  }
+  case SS_DTYPE_F8_E4M3: {
+    const uint8_t *s = src;
+    for (int64_t i = 0; i < count; i++) dst[i] = ss_f8e4m3_to_f32(s[i]);
     break;
   }
   case SS_DTYPE_Q4_0: {

@@ -28,6 +28,10 @@ typedef enum ss_dtype {
   SS_DTYPE_I64 = 27,
   SS_DTYPE_F64 = 28,
   SS_DTYPE_BF16 = 30,
+  /* Not a ggml/GGUF id (those end below 40): FP8 e4m3fn as safetensors stores
+   * it ("F8_E4M3": 1 sign, 4 exponent bits with bias 7, 3 mantissa bits, no
+   * infinities).  The GGUF reader refuses it. */
+  SS_DTYPE_F8_E4M3 = 60,
   SS_DTYPE_COUNT_ = 64 /* upper bound on ids we look up */
 } ss_dtype;
 
@@ -56,6 +60,8 @@ float ss_f16_to_f32(uint16_t h);
 uint16_t ss_f32_to_f16(float f);
 float ss_bf16_to_f32(uint16_t h);
 uint16_t ss_f32_to_bf16(float f);
+/* FP8 e4m3fn to f32 (exact).  0x7f / 0xff are NaN. */
+float ss_f8e4m3_to_f32(uint8_t b);
 
 /* Dequantizes `count` elements (a multiple of the block count) of a row of
  * `type` into f32.  Reference path, not the hot path. */

@@ -23,6 +23,10 @@ typedef struct ss_weight {
   int64_t cols;      /* input features; a multiple of the type's block count */
   size_t row_nbytes; /* bytes per row */
   const void *data;  /* rows * row_nbytes bytes */
+  /* NULL, or one multiplier per row (rows floats) applied to that row's dot
+   * products and embedded rows: FP8 checkpoints' per-channel or per-tensor
+   * (repeated) weight scales. */
+  const float *row_scale;
 } ss_weight;
 
 /* One layer's slice of the paged KV cache: blocks of `block_size` token slots.
@@ -55,6 +59,10 @@ typedef struct ss_rope_params {
   int rope_dim;      /* leading dimensions of each head that rotate (<= head_dim) */
   float theta;       /* frequency base */
   ss_rope_mode mode;
+  /* NULL: rotation i turns by pos * theta^(-2i/rope_dim).  Otherwise the
+   * rope_dim/2 angular frequencies to use instead (scaled RoPE such as YaRN,
+   * computed once at load). */
+  const float *inv_freq;
 } ss_rope_params;
 
 typedef struct ss_attn_params {
@@ -70,7 +78,20 @@ typedef struct ss_attn_params {
   int head_dim;
   float scale;       /* usually 1/sqrt(head_dim) */
   float softcap;     /* if > 0: logits = softcap * tanh(logits / softcap) */
+  /* If > 0 (Grok-2's attn_temperature_len): after the soft cap, the logits of a
+   * query at position p > temp_len are multiplied by log2(p) / log2(temp_len). */
+  int32_t temp_len;
 } ss_attn_params;
+
+/* Mixture-of-experts routing (moe_route). */
+typedef struct ss_moe_route_params {
+  int n_expert;      /* E: router logits per token */
+  int top_k;         /* experts chosen per token, 1..E */
+  float softcap;     /* if > 0, logits = softcap * tanh(logits / softcap) first (Grok-2) */
+  /* true (Mixtral): the k chosen probabilities are divided by their sum;
+   * false (Grok-1, Grok-2): used as they come out of the softmax over all E. */
+  int renormalize;
+} ss_moe_route_params;
 
 typedef struct ss_backend ss_backend;
 struct ss_backend {
@@ -83,28 +104,69 @@ struct ss_backend {
   void *(*alloc)(ss_backend *be, size_t nbytes);
   void (*dealloc)(ss_backend *be, void *p);
 
-  /* out[i] = row ids[i] of table, dequantized; a negative id gives a row of zeros (a
-   * token another rank's vocabulary slice holds).  Ids are otherwise trusted. */
+  /* out[i] = row ids[i] of table, dequantized (times table->row_scale[ids[i]] when
+   * set); a negative id gives a row of zeros (a token another rank's vocabulary
+   * slice holds).  Ids are otherwise trusted. */
   void (*embed)(ss_backend *be, const ss_weight *table, const int32_t *ids, int64_t n, float *out);
   /* out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * w, for n rows of width dim. */
   void (*rmsnorm)(ss_backend *be, const float *x, const float *w, int64_t n, int64_t dim,
                   float eps, float *out);
-  /* y[i] = W x[i] for n rows: x is float[n][w->cols], y is float[n][w->rows]. */
+  /* y[i] = W x[i] for n rows: x is float[n][w->cols], y is float[n][w->rows]; with
+   * w->row_scale, y[i][r] is the dot product times row_scale[r] (one f32 multiply
+   * after the sum).  Types: F32, F16, BF16, F8_E4M3, Q8_0, Q4_0, Q4_1. */
   void (*matmul)(ss_backend *be, const ss_weight *w, const float *x, int64_t n, float *y);
   /* Rotates the first rope_dim dimensions of each head of x (float[n][n_heads*head_dim])
-   * in place by angle pos * theta^(-2i/rope_dim). */
+   * in place by angle pos * theta^(-2i/rope_dim), or pos * inv_freq[i] when given
+   * (angles in double precision). */
   void (*rope)(ss_backend *be, float *x, const int32_t *pos, int64_t n, const ss_rope_params *p);
   /* Writes each token's K and V rows into its slot of the cache. */
   void (*kv_store)(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc, const float *k,
                    const float *v);
   /* Causal attention of each token over positions [0, pos] of its sequence, read from
-   * the cache (which must already hold this batch's K/V).  q, out: float[n][n_head*head_dim]. */
+   * the cache (which must already hold this batch's K/V).  q, out: float[n][n_head*head_dim].
+   * Logits: (q . k) * scale, then the soft cap, then the temperature (ss_attn_params). */
   void (*attention)(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc, const float *q,
                     const ss_attn_params *p, float *out);
   /* out = silu(gate) * up, elementwise over count floats. */
   void (*swiglu)(ss_backend *be, const float *gate, const float *up, int64_t count, float *out);
   /* x += y, elementwise over count floats. */
   void (*add)(ss_backend *be, float *x, const float *y, int64_t count);
+
+  /* ---- Slots added for mixture-of-experts and the Grok families.  Each is
+   * elementwise or per row, so batch invariance holds trivially; the CPU
+   * implementation is the reference a device backend is tested against. */
+
+  /* out = gelu(gate) * up, elementwise over count floats (GeGLU; Grok experts).
+   * tanh_approx != 0: gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+   * (jax.nn.gelu's default, which Grok-1's model.py uses); 0: the exact
+   * 0.5 x (1 + erf(x / sqrt(2))).  out may alias gate or up. */
+  void (*gelu_mul)(ss_backend *be, const float *gate, const float *up, int64_t count,
+                   int tanh_approx, float *out);
+  /* x = cap * tanh(x / cap), in place over count floats (cap > 0): Grok-2's
+   * final-logit and router soft caps. */
+  void (*softcap)(ss_backend *be, float *x, int64_t count, float cap);
+  /* x *= s, in place over count floats (embedding and output multipliers). */
+  void (*scale)(ss_backend *be, float *x, int64_t count, float s);
+  /* Routing of n tokens: logits is float[n][E] (router outputs, f32).  For each
+   * token, optionally soft-caps the logits, takes the softmax over all E
+   * (accumulated in double, rounded to f32), picks the top_k largest
+   * probabilities (ties: the lower expert id first), in decreasing order, and
+   * writes their expert ids to ids[n][top_k] and their weights (renormalised to
+   * sum 1 when asked) to weights[n][top_k].  ids and weights are host memory:
+   * the engine groups tokens by expert on the host. */
+  void (*moe_route)(ss_backend *be, const float *logits, int64_t n,
+                    const ss_moe_route_params *p, int32_t *ids, float *weights);
+  /* out[i] = x[rows[i]] for i < n, rows of `dim` floats: gathers the tokens
+   * routed to one expert into a dense batch.  rows is host memory. */
+  void (*gather_rows)(ss_backend *be, const float *x, const int32_t *rows, int64_t n, int64_t dim,
+                      float *out);
+  /* out[rows[i]] += w[i] * y[i] for i = 0, 1, ..., n-1 in that order, rows of
+   * `dim` floats (w[i] * y[i][j] rounded to f32, then added): combines one
+   * expert's outputs into its tokens' rows.  Called expert by expert in
+   * increasing id, so every token's sum runs in a fixed order whatever the
+   * batch.  rows and w are host memory; rows may repeat only across calls. */
+  void (*scatter_add_rows)(ss_backend *be, float *out, const float *y, const int32_t *rows,
+                           const float *w, int64_t n, int64_t dim);
 };
 
 /* The CPU backend with n_threads threads (<= 0: one per online core).

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 
 int ss_cli_rank = -1;
 
@@ -55,4 +56,20 @@ bool ss_cli_parse_float(const char *cmd, const char *flag, const char *s, double
   }
   *out = v;
   return true;
+}
+
+bool ss_cli_parse_dtype(const char *cmd, const char *flag, const char *s, ss_dtype *out) {
+  static const struct {
+    const char *name;
+    ss_dtype type;
+  } k[] = {{"fp8", SS_DTYPE_F8_E4M3}, {"f8_e4m3", SS_DTYPE_F8_E4M3}, {"bf16", SS_DTYPE_BF16},
+           {"f16", SS_DTYPE_F16},     {"fp16", SS_DTYPE_F16},         {"f32", SS_DTYPE_F32},
+           {"fp32", SS_DTYPE_F32}};
+  for (size_t i = 0; i < sizeof k / sizeof *k; i++)
+    if (strcasecmp(s, k[i].name) == 0) {
+      *out = k[i].type;
+      return true;
+    }
+  ss_cli_usage(cmd, "invalid value '%s' for %s: expected fp8, bf16, f16 or f32", s, flag);
+  return false;
 }

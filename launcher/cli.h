@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "kernels/dtype.h"
+
 #define SS_EXIT_OK 0
 #define SS_EXIT_FAIL 1
 #define SS_EXIT_USAGE 2
@@ -25,8 +27,13 @@ struct ss_comm;
 int ss_cli_load_model(const char *cmd, const char *path, struct ss_model **out);
 int ss_cli_load_shard(const char *cmd, const char *path, struct ss_comm *comm,
                       bool replicate_vocab, struct ss_model **out);
+/* The same; expert_parallel gives each rank whole experts (--ep). */
+int ss_cli_load_shard_ep(const char *cmd, const char *path, struct ss_comm *comm,
+                         bool replicate_vocab, bool expert_parallel, struct ss_model **out);
 
 int ss_cmd_info(int argc, char **argv);
+/* info for a Hugging Face folder (cmd_info_hf.c). */
+int ss_cli_info_hf(const char *cmd, const char *dir, bool json);
 int ss_cmd_tokenize(int argc, char **argv);
 int ss_cmd_generate(int argc, char **argv);
 int ss_cmd_plan(int argc, char **argv);
@@ -44,6 +51,9 @@ int ss_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(pr
  * [lo, hi].  On failure prints a usage error naming the flag and returns false. */
 bool ss_cli_parse_int(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi,
                       int64_t *out);
+/* "fp8", "bf16", "f16" or "f32" (any case) to a type; prints a usage error
+ * naming the flag otherwise. */
+bool ss_cli_parse_dtype(const char *cmd, const char *flag, const char *s, ss_dtype *out);
 bool ss_cli_parse_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
                         double *out);
 

@@ -29,7 +29,8 @@ static void usage(FILE *f) {
           "to stderr at the end.\n"
           "\n"
           "Model and prompt:\n"
-          "  -m, --model FILE        GGUF model (default: " SS_DEFAULT_MODEL ")\n"
+          "  -m, --model PATH        GGUF model or Hugging Face folder (config.json,\n"
+          "                          safetensors, tokenizer) (default: " SS_DEFAULT_MODEL ")\n"
           "  -p, --prompt TEXT       the prompt ('-' reads it from stdin)\n"
           "  -f, --prompt-file FILE  read the prompt from FILE\n"
           "      --prompt-ids LIST   the prompt as comma-separated token ids (used as given:\n"
@@ -63,6 +64,9 @@ static void usage(FILE *f) {
           "  -t, --threads N         CPU threads per rank (default: one per core)\n"
           "      --tp N              tensor-parallel ranks (default: the MPI job's size);\n"
           "                          start N ranks with 'shardserve launch --tp N -- generate ...'\n"
+          "      --ep N              mixture-of-experts models: expert parallelism over the N\n"
+          "                          ranks (whole experts per rank; N = the number of ranks)\n"
+          "                          instead of tensor parallelism inside every expert\n"
           "      --replicate-vocab   every rank holds the whole embedding and LM head\n"
           "                          (default: split by vocabulary rows, logits gathered)\n"
           "      --deterministic-allreduce  sum across ranks in rank order, whatever the\n"
@@ -185,8 +189,8 @@ int ss_cmd_generate(int argc, char **argv) {
   double temp = 0.8, top_p = 0.95, min_p = 0.05;
   enum { O_CHAT = 256, O_SYSTEM, O_TMPL, O_BOS, O_NOBOS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_SEED,
          O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS, O_TP, O_REPL, O_DET, O_CTO,
-         O_PROFILE };
-  int64_t tp = 0;
+         O_PROFILE, O_EP };
+  int64_t tp = 0, ep = 0;
   double comm_timeout = 0;
   bool replicate_vocab = false, deterministic = false, profile = false;
   bool ignore_eos = false;
@@ -205,6 +209,7 @@ int ss_cmd_generate(int argc, char **argv) {
       {"tp", required_argument, 0, O_TP},          {"replicate-vocab", no_argument, 0, O_REPL},
       {"deterministic-allreduce", no_argument, 0, O_DET},
       {"comm-timeout", required_argument, 0, O_CTO}, {"profile", no_argument, 0, O_PROFILE},
+      {"ep", required_argument, 0, O_EP},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -261,6 +266,9 @@ int ss_cmd_generate(int argc, char **argv) {
     case O_TP:
       if (!ss_cli_parse_int(k_cmd, "--tp", optarg, 1, 4096, &tp)) return SS_EXIT_USAGE;
       break;
+    case O_EP:
+      if (!ss_cli_parse_int(k_cmd, "--ep", optarg, 1, 4096, &ep)) return SS_EXIT_USAGE;
+      break;
     case O_REPL: replicate_vocab = true; break;
     case O_DET: deterministic = true; break;
     case O_CTO:
@@ -281,6 +289,10 @@ int ss_cmd_generate(int argc, char **argv) {
   if (system_msg && !chat) return ss_cli_usage(k_cmd, "--system needs --chat");
   if (tmpl_name && !chat) return ss_cli_usage(k_cmd, "--chat-template needs --chat");
   if (!have_seed) seed = (int64_t)time(NULL);
+  if (ep > 1 && tp > 0 && ep != tp)
+    return ss_cli_usage(k_cmd, "--ep %lld must equal --tp %lld: experts are spread over the same "
+                        "ranks as the attention heads", (long long)ep, (long long)tp);
+  if (ep > 1 && tp == 0) tp = ep;
 
   /* The prompt text. */
   char *prompt = NULL;
@@ -322,7 +334,7 @@ int ss_cmd_generate(int argc, char **argv) {
   json_ctx jc = {0};
   ss_gen_result res = {0};
   bool have_res = false;
-  rc = ss_cli_load_shard(k_cmd, path, comm, replicate_vocab, &m);
+  rc = ss_cli_load_shard_ep(k_cmd, path, comm, replicate_vocab, ep > 1, &m);
   if (rc == SS_EXIT_OK) {
     be = ss_backend_cpu_create((int)threads);
     if (!be) rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());

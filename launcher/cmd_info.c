@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "launcher/cli.h"
 #include "runtime/chat.h"
@@ -16,10 +17,11 @@ static const char *k_cmd = "info";
 
 static void usage(FILE *f) {
   fprintf(f,
-          "Usage: shardserve info [--model FILE] [--metadata] [--json] [--format-only]\n"
+          "Usage: shardserve info [--model PATH] [--metadata] [--json] [--format-only]\n"
           "\n"
-          "Prints a GGUF model's architecture, hyper-parameters, tokenizer, and a table of\n"
-          "its tensors (name, type, shape, bytes) with totals.  The file is fully validated.\n"
+          "Prints a model's architecture, hyper-parameters, tokenizer, and a table of its\n"
+          "tensors (name, type, shape, bytes) with totals.  PATH is a GGUF file or a Hugging\n"
+          "Face folder (config.json, safetensors, tokenizer); it is fully validated.\n"
           "\n"
           "Options:\n"
           "  -m, --model FILE   GGUF model (default: " SS_DEFAULT_MODEL ")\n"
@@ -287,6 +289,12 @@ int ss_cmd_info(int argc, char **argv) {
   }
   if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
 
+  struct stat st;
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+    if (dump || format_only)
+      return ss_cli_usage(k_cmd, "--dump and --format-only apply to GGUF files, not folders");
+    return ss_cli_info_hf(k_cmd, path, json);
+  }
   if (dump) {
     ss_gguf *g;
     if (ss_gguf_open(path, &g)) return ss_cli_fail(k_cmd, "%s", ss_error_msg());

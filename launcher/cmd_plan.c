@@ -1,6 +1,7 @@
 /* shardserve plan: how a model splits over tensor-parallel ranks.  The figures
  * come from the same code the loader slices the weights with (runtime/shard.c),
- * and each rank checks what it bound against them at load time. */
+ * and each rank checks what it bound against them at load time.  A JSON preset
+ * (configs/models/NAME.json) is planned from its shapes and --dtype alone. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -17,17 +18,24 @@ static const char *k_cmd = "plan";
 
 static void usage(FILE *f) {
   fprintf(f,
-          "Usage: shardserve plan [--model FILE] --tp N [--replicate-vocab] [--json]\n"
+          "Usage: shardserve plan [--model PATH] --tp N [--ep] [--replicate-vocab] [--json]\n"
           "\n"
-          "Prints, for each tensor-parallel rank: its query heads, KV heads, MLP columns and\n"
-          "vocabulary rows (half-open ranges), its weight bytes by category, its KV-cache\n"
-          "bytes per token (f32) and the bytes it sends per generated token; then totals.\n"
-          "Uneven splits are allowed: ranges differ by at most one unit.  A KV head shared\n"
-          "by two ranks' query heads is held by both (listed as replicated).\n"
+          "Prints, for each tensor-parallel rank: its query heads, KV heads, MLP columns,\n"
+          "experts and expert columns, and vocabulary rows (half-open ranges), its weight\n"
+          "bytes by category, its KV-cache bytes per token and the bytes it sends per\n"
+          "generated token; then totals and parameter counts.  Uneven splits are allowed:\n"
+          "ranges differ by at most one unit.  A KV head shared by two ranks' query heads\n"
+          "is held by both (listed as replicated).\n"
           "\n"
           "Options:\n"
-          "  -m, --model FILE     GGUF model (default: " SS_DEFAULT_MODEL ")\n"
+          "  -m, --model PATH     GGUF file, Hugging Face folder, or JSON preset such as\n"
+          "                       configs/models/grok-1.json (default: " SS_DEFAULT_MODEL ")\n"
           "      --tp N           tensor-parallel degree (1..number of query heads)\n"
+          "      --ep N           expert parallelism over the same N ranks: whole experts\n"
+          "                       per rank (N must equal --tp); default: TP inside experts\n"
+          "      --dtype T        presets: weight type, fp8, bf16 (default), f16 or f32\n"
+          "      --kv-dtype T     KV-cache element type for the KV figures: f32 (default for\n"
+          "                       models, the CPU runtime's), bf16 (default for presets), fp8\n"
           "      --replicate-vocab  every rank holds the whole embedding and LM head\n"
           "                       (default: split by vocabulary rows)\n"
           "      --json           print one JSON object instead of the table\n"
@@ -41,9 +49,10 @@ static json_t *range_json(ss_range r) {
 }
 
 static json_t *bytes_json(const ss_shard_bytes *b) {
-  return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "attn", (json_int_t)b->attn, "mlp",
-                   (json_int_t)b->mlp, "embd", (json_int_t)b->embd, "head", (json_int_t)b->head,
-                   "norm", (json_int_t)b->norm, "total", (json_int_t)b->total);
+  return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "attn", (json_int_t)b->attn, "mlp",
+                   (json_int_t)b->mlp, "moe", (json_int_t)b->moe, "embd", (json_int_t)b->embd,
+                   "head", (json_int_t)b->head, "norm", (json_int_t)b->norm, "total",
+                   (json_int_t)b->total);
 }
 
 static int print_json(const ss_model *m, const ss_shard_plan *p) {
@@ -58,12 +67,15 @@ static int print_json(const ss_model *m, const ss_shard_plan *p) {
         bytes_json(&R->bytes), "replicated_bytes", (json_int_t)R->replicated_nbytes,
         "kv_bytes_per_token", (json_int_t)R->kv_nbytes_per_token,
         "comm_bytes_per_token", (json_int_t)R->comm_nbytes_per_token));
+    json_t *jr = json_array_get(ranks, (size_t)r);
+    json_object_set_new(jr, "experts", range_json(R->experts));
+    json_object_set_new(jr, "expert_ffn_columns", range_json(R->expert_ffn));
   }
   const ss_model_config *c = &m->cfg;
   json_t *o = json_pack(
       "{s:s, s:s, s:i, s:b, s:{s:i,s:i,s:i,s:i,s:i,s:i,s:i}, s:I, s:o, s:I, s:I, s:I, s:i,"
       " s:I, s:I, s:o}",
-      "model", m->gguf->path, "arch", c->arch, "tp", p->opts.tp, "vocab_parallel",
+      "model", m->path, "arch", c->arch, "tp", p->opts.tp, "vocab_parallel",
       p->opts.vocab_parallel, "config", "layers", c->n_layer, "dim", c->dim, "heads", c->n_head,
       "kv_heads", c->n_kv_head, "head_dim", c->head_dim, "ffn", c->ffn_dim, "vocab", c->vocab,
       "ffn_split_unit", (json_int_t)p->ffn_unit, "file_weight_bytes", bytes_json(&p->file),
@@ -72,6 +84,19 @@ static int print_json(const ss_model *m, const ss_shard_plan *p) {
       "allreduces_per_token", p->n_allreduce_per_token, "allreduce_payload_bytes",
       (json_int_t)p->allreduce_payload_nbytes, "gather_bytes_per_token",
       (json_int_t)p->gather_nbytes_per_token, "ranks", ranks);
+  if (o) {
+    json_object_set_new(o, "family", json_string(ss_model_family_name(c->family)));
+    json_object_set_new(o, "expert_parallel", json_boolean(p->opts.expert_parallel));
+    json_object_set_new(o, "ep", json_integer(p->opts.expert_parallel ? p->opts.tp : 1));
+    json_object_set_new(o, "experts", json_integer(c->n_expert));
+    json_object_set_new(o, "experts_per_token", json_integer(c->n_expert_used));
+    json_object_set_new(o, "expert_ffn", json_integer(c->expert_ffn_dim));
+    json_object_set_new(o, "params", json_integer((json_int_t)p->n_params));
+    json_object_set_new(o, "active_params", json_integer((json_int_t)p->n_active_params));
+    json_object_set_new(o, "expert_bytes", json_integer((json_int_t)p->expert_nbytes));
+    json_object_set_new(o, "kv_dtype", json_string(ss_dtype_name(p->opts.kv_type)));
+    json_object_set_new(o, "weights_dtype", json_string(ss_dtype_name(m->tok_embd.type)));
+  }
   char *s = o ? json_dumps(o, JSON_INDENT(1)) : NULL;
   json_decref(o);
   if (!s) return ss_cli_fail(k_cmd, "cannot encode the plan as JSON");
@@ -90,15 +115,24 @@ static void print_range(const char *unit, ss_range r) {
 
 static void print_table(const ss_model *m, const ss_shard_plan *p) {
   const ss_model_config *c = &m->cfg;
-  printf("model:  %s (%s: %d layers, dim %d, %d heads, %d KV heads of %d, ffn %d, vocab %d)\n",
-         m->gguf->path, c->arch, c->n_layer, c->dim, c->n_head, c->n_kv_head, c->head_dim,
-         c->ffn_dim, c->vocab);
+  printf("model:  %s (%s: %d layers, dim %d, %d heads, %d KV heads of %d, ffn %d, vocab %d",
+         m->path, c->arch, c->n_layer, c->dim, c->n_head, c->n_kv_head, c->head_dim,
+         c->dense_mlp ? c->ffn_dim : 0, c->vocab);
+  if (c->n_expert > 0)
+    printf(", %d experts of %d, top %d", c->n_expert, c->expert_ffn_dim, c->n_expert_used);
+  printf(")\n");
   printf("plan:   tp %d, embedding and LM head %s, MLP split in units of %" PRId64
          " column%s\n\n", p->opts.tp, p->opts.vocab_parallel ? "split by vocabulary rows" :
          "replicated", p->ffn_unit, p->ffn_unit > 1 ? "s (quantization blocks)" : "");
-  printf("rank heads            kv heads         mlp columns      vocab rows       "
-         "  attn MiB   mlp MiB  embd MiB  head MiB  norm MiB  total MiB  repl MiB"
-         "  KV B/token  comm B/token\n");
+  const bool moe = c->n_expert > 0;
+  if (moe)
+    printf("        experts: %s\n\n", p->opts.expert_parallel
+                                         ? "expert parallel (whole experts per rank)"
+                                         : "tensor parallel inside every expert");
+  printf("rank heads            kv heads         mlp columns      vocab rows       %s"
+         "  attn MiB   mlp MiB%s  embd MiB  head MiB  norm MiB  total MiB  repl MiB"
+         "  KV B/token  comm B/token\n",
+         moe ? "experts          expert columns   " : "", moe ? "   moe MiB" : "");
   for (int r = 0; r < p->opts.tp; r++) {
     const ss_shard_rank *R = &p->ranks[r];
     printf("%4d", r);
@@ -106,10 +140,15 @@ static void print_table(const ss_model *m, const ss_shard_plan *p) {
     print_range("kv", R->kv_heads);
     print_range("ffn", R->ffn);
     print_range("vocab", R->vocab);
-    printf(" %9.2f %9.2f %9.2f %9.2f %9.3f %10.2f %9.3f %11" PRIu64 " %13" PRIu64 "\n",
-           mib(R->bytes.attn), mib(R->bytes.mlp), mib(R->bytes.embd), mib(R->bytes.head),
-           mib(R->bytes.norm), mib(R->bytes.total), mib(R->replicated_nbytes),
-           R->kv_nbytes_per_token, R->comm_nbytes_per_token);
+    if (moe) {
+      print_range("experts", R->experts);
+      print_range("expert ffn", R->expert_ffn);
+    }
+    printf(" %9.2f %9.2f", mib(R->bytes.attn), mib(R->bytes.mlp));
+    if (moe) printf(" %9.2f", mib(R->bytes.moe));
+    printf(" %9.2f %9.2f %9.3f %10.2f %9.3f %11" PRIu64 " %13" PRIu64 "\n",
+           mib(R->bytes.embd), mib(R->bytes.head), mib(R->bytes.norm), mib(R->bytes.total),
+           mib(R->replicated_nbytes), R->kv_nbytes_per_token, R->comm_nbytes_per_token);
   }
   printf("\ntotals: weights %.2f MiB over all ranks = %.2f MiB of tensors in the file "
          "(%" PRIu64 " bytes) + %.3f MiB replicated (%" PRIu64 " bytes: norms on every rank",
@@ -123,8 +162,11 @@ static void print_table(const ss_model *m, const ss_shard_plan *p) {
   printf(")\n");
   uint64_t kv_sum = 0;
   for (int r = 0; r < p->opts.tp; r++) kv_sum += p->ranks[r].kv_nbytes_per_token;
-  printf("        KV cache %" PRIu64 " bytes per token for the whole model (f32), %" PRIu64
-         " summed over ranks\n", p->kv_nbytes_per_token, kv_sum);
+  printf("        KV cache %" PRIu64 " bytes per token for the whole model (%s), %" PRIu64
+         " summed over ranks\n", p->kv_nbytes_per_token, ss_dtype_name(p->opts.kv_type), kv_sum);
+  printf("        parameters %" PRIu64 " (%.2fB; tied embedding counted once), %" PRIu64
+         " (%.2fB) active per token\n", p->n_params, (double)p->n_params / 1e9,
+         p->n_active_params, (double)p->n_active_params / 1e9);
   printf("        per generated token: %d all-reduces of %" PRIu64 " bytes", p->n_allreduce_per_token,
          p->allreduce_payload_nbytes);
   if (p->gather_nbytes_per_token)
@@ -133,13 +175,15 @@ static void print_table(const ss_model *m, const ss_shard_plan *p) {
 }
 
 int ss_cmd_plan(int argc, char **argv) {
-  const char *path = SS_DEFAULT_MODEL;
-  int64_t tp = 0;
+  const char *path = SS_DEFAULT_MODEL, *dtype_name = NULL, *kv_name = NULL;
+  int64_t tp = 0, ep = 0;
   bool json = false, replicate = false;
-  enum { O_TP = 256, O_JSON, O_REPL };
+  enum { O_TP = 256, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, O_TP},
       {"json", no_argument, 0, O_JSON},     {"replicate-vocab", no_argument, 0, O_REPL},
+      {"ep", required_argument, 0, O_EP},   {"dtype", required_argument, 0, O_DTYPE},
+      {"kv-dtype", required_argument, 0, O_KVDTYPE},
       {"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
   };
   optind = 1;
@@ -151,6 +195,11 @@ int ss_cmd_plan(int argc, char **argv) {
     case O_TP:
       if (!ss_cli_parse_int(k_cmd, "--tp", optarg, 1, 4096, &tp)) return SS_EXIT_USAGE;
       break;
+    case O_EP:
+      if (!ss_cli_parse_int(k_cmd, "--ep", optarg, 1, 4096, &ep)) return SS_EXIT_USAGE;
+      break;
+    case O_DTYPE: dtype_name = optarg; break;
+    case O_KVDTYPE: kv_name = optarg; break;
     case O_JSON: json = true; break;
     case O_REPL: replicate = true; break;
     case 'h': usage(stdout); return SS_EXIT_OK;
@@ -160,18 +209,30 @@ int ss_cmd_plan(int argc, char **argv) {
   }
   if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
   if (tp == 0) return ss_cli_usage(k_cmd, "--tp N is required");
+  if (ep > 1 && ep != tp)
+    return ss_cli_usage(k_cmd, "--ep %lld must equal --tp %lld: experts are spread over the same "
+                        "ranks as the attention heads", (long long)ep, (long long)tp);
+  ss_dtype kv_type = SS_DTYPE_F32, wtype = SS_DTYPE_BF16;
+  const size_t n = strlen(path);
+  const bool preset = n > 5 && strcmp(path + n - 5, ".json") == 0;
+  if (kv_name && !ss_cli_parse_dtype(k_cmd, "--kv-dtype", kv_name, &kv_type)) return SS_EXIT_USAGE;
+  if (!kv_name && preset) kv_type = SS_DTYPE_BF16;
+  if (dtype_name && !preset)
+    return ss_cli_usage(k_cmd, "--dtype applies to JSON presets; a model file has its own types");
+  if (dtype_name && !ss_cli_parse_dtype(k_cmd, "--dtype", dtype_name, &wtype)) return SS_EXIT_USAGE;
 
   /* Loaded whole but not paged in: only the metadata is read. */
   ss_model *m = NULL;
   ss_model_load_opts lo = {0};
-  if (ss_model_load(path, &lo, &m)) {
+  if (preset ? ss_model_describe(path, wtype, &m) : ss_model_load(path, &lo, &m)) {
     if (strcmp(path, SS_DEFAULT_MODEL) == 0)
       return ss_cli_fail(k_cmd, "%s (the default model is installed by scripts/setup.sh)",
                          ss_error_msg());
     return ss_cli_fail(k_cmd, "%s", ss_error_msg());
   }
   ss_shard_plan p;
-  ss_shard_opts so = {.tp = (int)tp, .vocab_parallel = !replicate};
+  ss_shard_opts so = {.tp = (int)tp, .vocab_parallel = !replicate, .expert_parallel = ep > 1,
+                      .kv_type = kv_type};
   int rc = ss_shard_plan_make(m, &so, &p);
   if (rc) {
     int code = rc == SS_ERR_RANGE || rc == SS_ERR_UNSUPPORTED ? ss_cli_usage(k_cmd, "%s", ss_error_msg())

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "launcher/cli.h"
 #include "runtime/gguf.h"
@@ -20,7 +21,8 @@ static void usage(FILE *f) {
           "tokenizer metadata is read, so vocab-only GGUF files work.\n"
           "\n"
           "Options:\n"
-          "  -m, --model FILE   GGUF model or vocabulary (default: " SS_DEFAULT_MODEL ")\n"
+          "  -m, --model PATH   GGUF model or vocabulary, or a Hugging Face folder\n"
+          "                     (tokenizer.json / tokenizer.model) (default: " SS_DEFAULT_MODEL ")\n"
           "      --bos          put the BOS token first (not added unless asked for)\n"
           "      --special      recognise special tokens written in the text, such as\n"
           "                     <|im_start|> (user-defined tokens are always recognised)\n"
@@ -95,7 +97,10 @@ int ss_cmd_tokenize(int argc, char **argv) {
   int32_t *ids = NULL;
   size_t len = 0, n_ids = 0;
   int rc = SS_EXIT_FAIL;
-  if (ss_gguf_open(path, &g) || ss_tokenizer_load(g, &tok)) {
+  struct stat st;
+  const bool folder = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+  if (folder ? ss_tokenizer_load_hf(path, &tok, NULL)
+             : (ss_gguf_open(path, &g) || ss_tokenizer_load(g, &tok))) {
     ss_cli_fail(k_cmd, "%s", ss_error_msg());
     goto done;
   }

@@ -38,12 +38,18 @@ int ss_cli_load_model(const char *cmd, const char *path, ss_model **out) {
 
 int ss_cli_load_shard(const char *cmd, const char *path, ss_comm *comm, bool replicate_vocab,
                       ss_model **out) {
+  return ss_cli_load_shard_ep(cmd, path, comm, replicate_vocab, false, out);
+}
+
+int ss_cli_load_shard_ep(const char *cmd, const char *path, ss_comm *comm, bool replicate_vocab,
+                         bool expert_parallel, ss_model **out) {
   struct stat st;
   bool big = stat(path, &st) == 0 && (uint64_t)st.st_size >= PROGRESS_MIN_NBYTES &&
              (!comm || comm->rank == 0);
   progress_state ps = {.last_pct = -1, .tty = isatty(2)};
   ss_model_load_opts o = {.prefault = true, .progress = big ? on_progress : NULL,
-                          .progress_user = &ps, .comm = comm, .replicate_vocab = replicate_vocab};
+                          .progress_user = &ps, .comm = comm, .replicate_vocab = replicate_vocab,
+                          .expert_parallel = expert_parallel};
   int rc = ss_model_load(path, &o, out);
   if (rc) {
     if (rc == SS_ERR_IO && strcmp(path, SS_DEFAULT_MODEL) == 0)

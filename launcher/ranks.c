@@ -64,13 +64,15 @@ static void rss(double out[3]) {
   fclose(f);
 }
 
-enum { PROF_FIELDS = 8 };
+enum { PROF_FIELDS = 10 };
 
 int ss_ranks_profile(const char *cmd, ss_comm *c, const ss_model *m, double wall_s) {
   const ss_step_profile p = ss_model_profile(m);
   double mine[PROF_FIELDS] = {(double)p.steps, p.compute_s, p.comm_s, p.idle_s,
                               (double)m->weight_nbytes};
   rss(mine + 5);
+  mine[8] = (double)p.weight_nbytes_read;
+  mine[9] = (double)p.expert_nbytes_read;
   /* Rank 0's idle time: the time outside forward passes (sampling, detokenizing). */
   if (!c || c->rank == 0) mine[3] = wall_s - p.compute_s - p.comm_s;
   const int n = c ? c->size : 1;
@@ -93,13 +95,14 @@ int ss_ranks_profile(const char *cmd, ss_comm *c, const ss_model *m, double wall
   if (!c || c->rank == 0) {
     fprintf(stderr, "[profile] per rank, per forward step (ms) and memory (MiB):\n");
     fprintf(stderr, "[profile] rank  steps  compute     comm     idle   weights      RSS "
-            "(file + anon)\n");
+            "(file + anon)  weights read/step (of which experts)\n");
     for (int r = 0; r < n; r++) {
       const double *a = all + (size_t)r * PROF_FIELDS;
       const double s = a[0] > 0 ? a[0] : 1;
-      fprintf(stderr, "[profile] %4d %6.0f %8.3f %8.3f %8.3f %9.2f %8.2f (%.2f + %.2f)\n", r,
-              a[0], 1e3 * a[1] / s, 1e3 * a[2] / s, 1e3 * a[3] / s, a[4] / (1 << 20),
-              a[5] / (1 << 20), a[6] / (1 << 20), a[7] / (1 << 20));
+      fprintf(stderr, "[profile] %4d %6.0f %8.3f %8.3f %8.3f %9.2f %8.2f (%.2f + %.2f)  %.3f (%.3f)\n",
+              r, a[0], 1e3 * a[1] / s, 1e3 * a[2] / s, 1e3 * a[3] / s, a[4] / (1 << 20),
+              a[5] / (1 << 20), a[6] / (1 << 20), a[7] / (1 << 20), a[8] / s / (1 << 20),
+              a[9] / s / (1 << 20));
     }
   }
   free(all);

@@ -152,8 +152,9 @@ static int read_array(cursor *c, ss_gguf_value *v, int depth, const char *key) {
   for (uint64_t i = 0; i < count; i++) {
     rc = read_value(c, (ss_gguf_type)et, &v->arr.items[i], depth + 1, key);
     if (rc) {
-      v->arr.count = i + 1; /* free what was parsed, element i included (it may hold
-                               the partly read items of a nested array) */
+      /* Free what was parsed, including element i's own partial contents
+       * (its items are NULL, or the prefix its read_array kept). */
+      v->arr.count = i + 1;
       return rc;
     }
   }
@@ -254,7 +255,7 @@ static int parse_tensor_info(ss_gguf *g, cursor *c, uint64_t idx) {
   }
   uint32_t type;
   if ((rc = cur_u32(c, &type, t->name))) return rc;
-  const ss_dtype_info *ti = ss_dtype_get(type);
+  const ss_dtype_info *ti = type == SS_DTYPE_F8_E4M3 ? NULL : ss_dtype_get(type);
   if (!ti)
     return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s': unknown tensor type %u", g->path,
                     t->name, type);

@@ -1,6 +1,8 @@
-/* A decoder-only transformer (llama family) loaded from GGUF: configuration,
- * weights (used in place from the mapped file, in their stored types), and the
- * forward pass over a batch of tokens on a kernel backend. */
+/* A decoder-only transformer loaded from GGUF (llama) or a Hugging Face folder
+ * (llama, mixtral, grok-1, grok-2): configuration, weights (used in place from
+ * the mapped files, in their stored types), and the forward pass over a batch
+ * of tokens on a kernel backend, dense or mixture-of-experts, sharded by tensor
+ * parallelism and, for experts, optionally by expert parallelism. */
 #ifndef SS_MODEL_H
 #define SS_MODEL_H
 
@@ -13,8 +15,26 @@
 #include "runtime/shard.h"
 #include "runtime/tokenizer.h"
 
+/* Model families: what the forward pass does beyond the llama block. */
+typedef enum ss_model_family {
+  SS_FAMILY_LLAMA = 0, /* dense SwiGLU MLP; GGUF llama and HF Llama/Mistral */
+  SS_FAMILY_MIXTRAL,   /* SwiGLU experts: softmax -> top-k -> renormalise */
+  SS_FAMILY_GROK1,     /* GeGLU experts, softmax -> top-k (no renormalising), 4 norms
+                        * per layer, attention soft cap, embedding/output multipliers */
+  SS_FAMILY_GROK2,     /* Grok-1 plus a dense MLP beside the experts, router and
+                        * final-logit soft caps, attention temperature */
+} ss_model_family;
+
+const char *ss_model_family_name(ss_model_family f);
+
+typedef enum ss_act {
+  SS_ACT_SILU = 0,  /* SwiGLU */
+  SS_ACT_GELU_TANH, /* GeGLU with the tanh approximation */
+  SS_ACT_GELU_ERF,  /* GeGLU with the exact GELU */
+} ss_act;
+
 typedef struct ss_model_config {
-  char arch[32];     /* general.architecture */
+  char arch[32];     /* general.architecture, or the HF family name */
   int n_layer;
   int dim;           /* C: residual width */
   int n_head;        /* H */
@@ -28,6 +48,30 @@ typedef struct ss_model_config {
   ss_rope_mode rope_mode;
   float rms_eps;
   bool tied_output;  /* output head shares token_embd */
+
+  /* Beyond llama (all zero / off for GGUF llama). */
+  ss_model_family family;
+  ss_act act;           /* gate activation of the dense MLP and the experts */
+  bool dense_mlp;       /* a dense MLP of width ffn_dim in every layer */
+  int n_expert;         /* E: experts per layer, 0 for a dense model */
+  int n_expert_used;    /* k: experts per token */
+  int expert_ffn_dim;   /* Fe: hidden width of one expert */
+  bool moe_renormalize; /* top-k probabilities renormalised (Mixtral) */
+  float router_softcap; /* > 0: router logits soft-capped first (Grok-2) */
+  bool residual_moe;    /* (dense + MoE) / sqrt(2) (Grok-2) */
+  bool post_norms;      /* RMSNorm on each sub-layer's output before the residual add */
+  float embd_scale;     /* embeddings multiplied by this (1: off) */
+  float logit_scale;    /* logits multiplied by this (1: off) */
+  float attn_scale;     /* attention logit scale; 0: 1/sqrt(head_dim) */
+  float attn_softcap;   /* > 0: attention logits soft-capped */
+  float final_softcap;  /* > 0: final logits soft-capped (after logit_scale) */
+  int attn_temp_len;    /* > 0: Grok-2's attention temperature length */
+  /* Scaled RoPE (Grok-2's config): "" or "original" for plain RoPE, else
+   * "yarn", "yarn_linear" or "yarn_log" (sglang's ScalingRotaryEmbedding). */
+  char rope_type[16];
+  float rope_factor;      /* scaling_factor */
+  int rope_orig_ctx;      /* original_max_position_embeddings */
+  float rope_beta_fast, rope_beta_slow, rope_extrapolation;
 } ss_model_config;
 
 typedef struct ss_layer_weights {
@@ -40,6 +84,15 @@ typedef struct ss_layer_weights {
   ss_weight w_gate;       /* (F, C) */
   ss_weight w_up;         /* (F, C) */
   ss_weight w_down;       /* (C, F) */
+  /* Grok: the norms applied to the attention and MLP/MoE outputs (NULL otherwise). */
+  const float *post_attn_norm; /* (C) */
+  const float *post_ffn_norm;  /* (C) */
+  /* Mixture of experts (n_expert > 0).  Under expert parallelism the experts
+   * this rank does not own have data == NULL. */
+  ss_weight router;       /* (E, C), every rank whole */
+  ss_weight *exp_gate;    /* [E] (Fe/tp, C) */
+  ss_weight *exp_up;      /* [E] (Fe/tp, C) */
+  ss_weight *exp_down;    /* [E] (C, Fe/tp) */
 } ss_layer_weights;
 
 /* This rank's part of the model under tensor parallelism (everything, at tp 1):
@@ -51,6 +104,11 @@ typedef struct ss_model_local {
   int ffn_dim;                 /* MLP hidden columns held */
   int64_t vocab_begin, vocab_end; /* vocabulary rows of embedding and LM head */
   bool vocab_parallel;
+  /* Experts: [expert_begin, expert_end) held, each with expert_ffn_dim of its
+   * hidden columns (all of them under expert parallelism). */
+  int expert_begin, expert_end;
+  int expert_ffn_dim;
+  bool expert_parallel;
 } ss_model_local;
 
 typedef struct ss_model {
@@ -62,8 +120,11 @@ typedef struct ss_model {
   void **owned;          /* weight slices copied out of the file (row-parallel cuts) */
   int n_owned;
   struct ss_step_profile *prof; /* counters updated by forward passes */
-  ss_gguf *gguf;
-  ss_tokenizer *tok;
+  ss_gguf *gguf;            /* GGUF models; NULL for Hugging Face folders and presets */
+  struct ss_st_set *st;     /* Hugging Face folders: the safetensors shards */
+  char *path;               /* what was loaded: file, folder or preset */
+  float *rope_inv_freq;     /* (rope_dim/2) scaled RoPE frequencies, or NULL */
+  ss_tokenizer *tok;        /* NULL for a preset (no weights, no tokenizer) */
   ss_weight tok_embd;       /* (V/tp, C): this rank's vocabulary rows */
   ss_layer_weights *layers; /* [n_layer] */
   const float *output_norm; /* (C) */
@@ -83,11 +144,21 @@ typedef struct ss_model_load_opts {
    * comm->size ranks.  NULL: the whole model. */
   struct ss_comm *comm;
   bool replicate_vocab;    /* hold the whole embedding / LM head on every rank */
+  /* Expert parallelism: each rank holds whole experts (an uneven split: 8 on
+   * 3 ranks are 3 + 3 + 2) instead of a slice of every expert. */
+  bool expert_parallel;
 } ss_model_load_opts;
 
-/* Opens `path`, checks architecture, hyper-parameters and every tensor's
- * presence, type and shape.  Errors name the file and the key or tensor. */
+/* Opens `path` (a GGUF file, or a Hugging Face folder with config.json,
+ * safetensors and tokenizer.json / tokenizer.model), checks architecture,
+ * hyper-parameters and every tensor's presence, type and shape.  Errors name
+ * the file and the key or tensor. */
 int ss_model_load(const char *path, const ss_model_load_opts *opts, ss_model **out);
+
+/* A model without weights from a JSON preset (configs/models/NAME.json: the
+ * config.json keys of the family) with every matrix in `dtype`: shapes only,
+ * for planning (ss_shard_plan_make).  Norms count as f32. */
+int ss_model_describe(const char *preset_path, ss_dtype dtype, ss_model **out);
 void ss_model_free(ss_model *m);
 
 /* Per-batch activations and scratch, sized for up to max_tokens tokens per
@@ -104,6 +175,17 @@ typedef struct ss_forward_state {
   float *att;    /* (T, H*D) */
   float *hb;     /* (T, F) */
   float *hb2;    /* (T, F) */
+  /* Mixture of experts (NULL for dense models). */
+  float *moe;    /* (T, C) this rank's combined expert outputs */
+  float *rl;     /* (T, E) router logits */
+  int32_t *r_ids;  /* (T, k) chosen experts, host */
+  float *r_w;      /* (T, k) their weights, host */
+  int32_t *e_rows; /* (T*k) token rows grouped by expert, host */
+  float *e_w;      /* (T*k) matching weights, host */
+  float *ex;     /* (T, C) an expert's gathered input rows */
+  float *eh;     /* (T, Fe/tp) */
+  float *eh2;    /* (T, Fe/tp) */
+  float *ey;     /* (T, C) an expert's outputs */
   float *xl;     /* (max_logits, C) rows that produce logits */
   float *lg;     /* (max_logits, V/tp) this rank's logits, tp > 1 */
   float *lg_all; /* (max_logits, V) gathered, rank-major, on rank 0, tp > 1 */
@@ -142,6 +224,10 @@ typedef struct ss_step_profile {
   double compute_s;  /* inside forward passes, collectives excluded */
   double comm_s;     /* inside collectives during forward passes */
   double idle_s;     /* workers: waiting for the next step */
+  /* Bytes of weight matrices this rank's matmuls read (each matrix once per
+   * call), and of those the experts' (only routed experts are read). */
+  uint64_t weight_nbytes_read;
+  uint64_t expert_nbytes_read;
 } ss_step_profile;
 /* This rank's counters since load. */
 ss_step_profile ss_model_profile(const ss_model *m);

@@ -25,7 +25,24 @@ static uint64_t cols_nbytes(const ss_weight *w, ss_range c) {
 
 static bool is_blocked(const ss_weight *w) { return ss_dtype_get(w->type)->block_count > 1; }
 
-static void bytes_add(ss_shard_bytes *b) { b->total = b->attn + b->mlp + b->embd + b->head + b->norm; }
+static void bytes_add(ss_shard_bytes *b) {
+  b->total = b->attn + b->mlp + b->moe + b->embd + b->head + b->norm;
+}
+
+static uint64_t numel(const ss_weight *w) { return (uint64_t)w->rows * (uint64_t)w->cols; }
+
+/* Columns are split in whole blocks of the type of every matrix cut by columns. */
+static int64_t split_unit(const ss_weight *downs, int64_t count) {
+  for (int64_t i = 0; i < count; i++)
+    if (is_blocked(&downs[i])) return SS_QK;
+  return 1;
+}
+
+/* Norm vectors per layer (2, or 4 with post-norms), plus the final one. */
+static uint64_t norm_nbytes(const ss_model_config *c) {
+  return (uint64_t)((c->post_norms ? 4 : 2) * c->n_layer + 1) * (uint64_t)c->dim * sizeof(float);
+}
+uint64_t ss_shard_norm_nbytes(const struct ss_model_config *c) { return norm_nbytes(c); }
 
 int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan *out) {
   memset(out, 0, sizeof *out);
@@ -36,41 +53,83 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
   if (tp > c->n_head)
     return ss_error(SS_ERR_RANGE, "--tp %d exceeds the model's %d query heads: every rank needs "
                     "at least one head", tp, c->n_head);
-  const int64_t D = c->head_dim, C = c->dim, L = c->n_layer;
+  const int64_t D = c->head_dim, C = c->dim, L = c->n_layer, E = c->n_expert;
   const int group = c->n_head / c->n_kv_head;
+  const bool moe = E > 0;
+  if (o->expert_parallel && !moe)
+    return ss_error(SS_ERR_RANGE, "--ep: the model has no experts (a dense %s model)", c->arch);
 
   /* MLP columns: whole blocks of the down projection's type in every layer. */
   int64_t unit = 1;
-  for (int l = 0; l < L; l++)
-    if (is_blocked(&m->layers[l].w_down)) unit = SS_QK;
-  if (c->ffn_dim % unit != 0 || c->ffn_dim / unit < tp)
-    return ss_error(SS_ERR_RANGE, "--tp %d: the MLP width %d splits into %lld units of %lld "
-                    "columns, fewer than the ranks", tp, c->ffn_dim,
-                    (long long)(c->ffn_dim / unit), (long long)unit);
+  if (c->dense_mlp) {
+    for (int l = 0; l < L; l++)
+      if (is_blocked(&m->layers[l].w_down)) unit = SS_QK;
+    if (c->ffn_dim % unit != 0 || c->ffn_dim / unit < tp)
+      return ss_error(SS_ERR_RANGE, "--tp %d: the MLP width %d splits into %lld units of %lld "
+                      "columns, fewer than the ranks", tp, c->ffn_dim,
+                      (long long)(c->ffn_dim / unit), (long long)unit);
+  }
+  int64_t eunit = 1;
+  if (moe) {
+    for (int l = 0; l < L; l++)
+      if (split_unit(m->layers[l].exp_down, E) > 1) eunit = SS_QK;
+    if (o->expert_parallel && E < tp)
+      return ss_error(SS_ERR_RANGE, "--ep %d exceeds the model's %lld experts: every rank needs "
+                      "at least one expert", tp, (long long)E);
+    if (!o->expert_parallel && (c->expert_ffn_dim % eunit != 0 || c->expert_ffn_dim / eunit < tp))
+      return ss_error(SS_ERR_RANGE, "--tp %d: the expert width %d splits into %lld units of %lld "
+                      "columns, fewer than the ranks", tp, c->expert_ffn_dim,
+                      (long long)(c->expert_ffn_dim / eunit), (long long)eunit);
+  }
   if (o->vocab_parallel && c->vocab < tp)
     return ss_error(SS_ERR_RANGE, "--tp %d exceeds the vocabulary size %d", tp, c->vocab);
   out->opts = *o;
   out->ffn_unit = unit;
+  out->expert_ffn_unit = eunit;
   out->ranks = calloc((size_t)tp, sizeof *out->ranks);
   if (!out->ranks) return ss_error(SS_ERR_NOMEM, "out of memory");
+  const ss_dtype_info *kvt = ss_dtype_get(o->kv_type);
+  const uint64_t kv_elem = kvt && kvt->block_count == 1 ? kvt->block_nbytes : sizeof(float);
 
   /* The unsharded model, as stored. */
   ss_shard_bytes *f = &out->file;
   f->embd = rows_nbytes(&m->tok_embd, (ss_range){0, c->vocab});
   f->head = c->tied_output ? 0 : rows_nbytes(&m->output, (ss_range){0, c->vocab});
-  f->norm = (uint64_t)(2 * L + 1) * (uint64_t)C * sizeof(float);
+  f->norm = norm_nbytes(c);
+  out->n_params = numel(&m->tok_embd) + (c->tied_output ? 0 : numel(&m->output)) +
+                  f->norm / sizeof(float);
+  uint64_t unused_params = 0;
   for (int l = 0; l < L; l++) {
     const ss_layer_weights *W = &m->layers[l];
     f->attn += rows_nbytes(&W->wq, (ss_range){0, W->wq.rows}) +
                rows_nbytes(&W->wk, (ss_range){0, W->wk.rows}) +
                rows_nbytes(&W->wv, (ss_range){0, W->wv.rows}) +
                rows_nbytes(&W->wo, (ss_range){0, W->wo.rows});
-    f->mlp += rows_nbytes(&W->w_gate, (ss_range){0, W->w_gate.rows}) +
-              rows_nbytes(&W->w_up, (ss_range){0, W->w_up.rows}) +
-              rows_nbytes(&W->w_down, (ss_range){0, W->w_down.rows});
+    out->n_params += numel(&W->wq) + numel(&W->wk) + numel(&W->wv) + numel(&W->wo);
+    if (c->dense_mlp) {
+      f->mlp += rows_nbytes(&W->w_gate, (ss_range){0, W->w_gate.rows}) +
+                rows_nbytes(&W->w_up, (ss_range){0, W->w_up.rows}) +
+                rows_nbytes(&W->w_down, (ss_range){0, W->w_down.rows});
+      out->n_params += numel(&W->w_gate) + numel(&W->w_up) + numel(&W->w_down);
+    }
+    if (moe) {
+      f->moe += rows_nbytes(&W->router, (ss_range){0, E});
+      out->n_params += numel(&W->router);
+      for (int64_t e = 0; e < E; e++) {
+        const uint64_t eb = rows_nbytes(&W->exp_gate[e], (ss_range){0, W->exp_gate[e].rows}) +
+                            rows_nbytes(&W->exp_up[e], (ss_range){0, W->exp_up[e].rows}) +
+                            rows_nbytes(&W->exp_down[e], (ss_range){0, W->exp_down[e].rows});
+        const uint64_t ep = numel(&W->exp_gate[e]) + numel(&W->exp_up[e]) + numel(&W->exp_down[e]);
+        f->moe += eb;
+        out->n_params += ep;
+        if (l == 0 && e == 0) out->expert_nbytes = eb;
+        if (e >= c->n_expert_used) unused_params += ep; /* experts are alike in size */
+      }
+    }
   }
+  out->n_active_params = out->n_params - unused_params;
   bytes_add(f);
-  out->kv_nbytes_per_token = 2ull * (uint64_t)L * (uint64_t)c->n_kv_head * (uint64_t)D * sizeof(float);
+  out->kv_nbytes_per_token = 2ull * (uint64_t)L * (uint64_t)c->n_kv_head * (uint64_t)D * kv_elem;
   out->n_allreduce_per_token = tp > 1 ? (int)(2 * L + (o->vocab_parallel ? 1 : 0)) : 0;
   out->allreduce_payload_nbytes = (uint64_t)C * sizeof(float);
   out->gather_nbytes_per_token = tp > 1 && o->vocab_parallel ? (uint64_t)c->vocab * sizeof(float) : 0;
@@ -79,8 +138,20 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
     ss_shard_rank *R = &out->ranks[r];
     R->heads = ss_range_split(c->n_head, tp, r);
     R->kv_heads = (ss_range){R->heads.begin / group, (R->heads.end - 1) / group + 1};
-    ss_range u = ss_range_split(c->ffn_dim / unit, tp, r);
-    R->ffn = (ss_range){u.begin * unit, u.end * unit};
+    if (c->dense_mlp) {
+      ss_range u = ss_range_split(c->ffn_dim / unit, tp, r);
+      R->ffn = (ss_range){u.begin * unit, u.end * unit};
+    }
+    if (moe) {
+      if (o->expert_parallel) {
+        R->experts = ss_range_split(E, tp, r);
+        R->expert_ffn = (ss_range){0, c->expert_ffn_dim};
+      } else {
+        R->experts = (ss_range){0, E};
+        ss_range u = ss_range_split(c->expert_ffn_dim / eunit, tp, r);
+        R->expert_ffn = (ss_range){u.begin * eunit, u.end * eunit};
+      }
+    }
     R->vocab = o->vocab_parallel ? ss_range_split(c->vocab, tp, r) : (ss_range){0, c->vocab};
     const ss_range q_rows = {R->heads.begin * D, R->heads.end * D};
     const ss_range kv_rows = {R->kv_heads.begin * D, R->kv_heads.end * D};
@@ -95,16 +166,27 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
       }
       b->attn += rows_nbytes(&W->wq, q_rows) + rows_nbytes(&W->wk, kv_rows) +
                  rows_nbytes(&W->wv, kv_rows) + cols_nbytes(&W->wo, q_rows);
-      b->mlp += rows_nbytes(&W->w_gate, R->ffn) + rows_nbytes(&W->w_up, R->ffn) +
-                cols_nbytes(&W->w_down, R->ffn);
+      if (c->dense_mlp)
+        b->mlp += rows_nbytes(&W->w_gate, R->ffn) + rows_nbytes(&W->w_up, R->ffn) +
+                  cols_nbytes(&W->w_down, R->ffn);
+      if (moe) {
+        b->moe += rows_nbytes(&W->router, (ss_range){0, E});
+        for (int64_t e = R->experts.begin; e < R->experts.end; e++)
+          b->moe += rows_nbytes(&W->exp_gate[e], R->expert_ffn) +
+                    rows_nbytes(&W->exp_up[e], R->expert_ffn) +
+                    cols_nbytes(&W->exp_down[e], R->expert_ffn);
+      }
     }
     b->embd = rows_nbytes(&m->tok_embd, R->vocab);
     b->head = c->tied_output ? 0 : rows_nbytes(&m->output, R->vocab);
     b->norm = f->norm;
     bytes_add(b);
-    /* Held by another rank too: the norms everywhere but rank 0, the K/V rows of
-     * a KV head the previous rank also holds, and a replicated vocabulary. */
+    /* Held by another rank too: the norms and routers everywhere but rank 0,
+     * the K/V rows of a KV head the previous rank also holds, and a
+     * replicated vocabulary. */
     uint64_t rep = r > 0 ? b->norm : 0;
+    if (r > 0 && moe)
+      for (int l = 0; l < L; l++) rep += rows_nbytes(&m->layers[l].router, (ss_range){0, E});
     if (r > 0 && R->kv_heads.begin < out->ranks[r - 1].kv_heads.end) {
       const ss_range shared = {R->kv_heads.begin * D, out->ranks[r - 1].kv_heads.end * D};
       for (int l = 0; l < L; l++)
@@ -113,7 +195,7 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
     if (r > 0 && !o->vocab_parallel) rep += b->embd + b->head;
     R->replicated_nbytes = rep;
     R->kv_nbytes_per_token = 2ull * (uint64_t)L * (uint64_t)ss_range_len(R->kv_heads) *
-                             (uint64_t)D * sizeof(float);
+                             (uint64_t)D * kv_elem;
     /* Ring all-reduce: each rank sends 2(n-1)/n of the payload. */
     uint64_t ar = (uint64_t)out->n_allreduce_per_token * out->allreduce_payload_nbytes *
                   2 * (uint64_t)(tp - 1) / (uint64_t)tp;

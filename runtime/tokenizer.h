@@ -42,6 +42,13 @@ typedef enum ss_tok_type {
  * range) return a negative status with a message naming the key. */
 int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out);
 void ss_tokenizer_free(ss_tokenizer *t);
+/* The same from a Hugging Face model folder: tokenizer.model (SentencePiece
+ * protobuf; preferred when present) or tokenizer.json (byte-level BPE with a
+ * ByteLevel, Digits+ByteLevel or Llama-3 pre-tokenizer), with BOS/EOS and
+ * add_bos_token from tokenizer_config.json / config.json.  *chat_template
+ * (may be NULL) receives a malloc'ed copy of tokenizer_config.json's
+ * chat_template, or NULL. */
+int ss_tokenizer_load_hf(const char *dir, ss_tokenizer **out, char **chat_template);
 
 ss_tok_kind ss_tokenizer_kind(const ss_tokenizer *t);
 /* Human-readable description, e.g. "byte-level BPE (gpt2), pre-tokenizer smollm". */

@@ -94,11 +94,16 @@ static void chunk_worker(void *arg, int ith, int nth) {
       krow[i] = kv_row(kv->k, kv, bt, s0 + i, kvh, hd);
       vrow[i] = kv_row(kv->v, kv, bt, s0 + i, kvh, hd);
     }
+    /* Grok-2's length-dependent temperature: 1 up to temp_len. */
+    const int32_t qpos = j->loc->pos[t];
+    const float temp = p->temp_len > 0 && qpos > p->temp_len
+                           ? (float)(log2((double)qpos) / log2((double)p->temp_len)) : 1.0f;
     /* scores: each K row is read once for the whole group */
     for (int32_t i = 0; i < n; i++)
       for (int g = 0; g < G; g++) {
         float x = dot_f32(q + g * hd, krow[i], hd) * p->scale;
         if (p->softcap > 0.0f) x = p->softcap * tanhf(x / p->softcap);
+        if (temp != 1.0f) x *= temp;
         sc[g * ATTN_CHUNK + i] = x;
       }
     for (int g = 0; g < G; g++) {

@@ -54,6 +54,8 @@ static void cpu_embed(ss_backend *be, const ss_weight *table, const int32_t *ids
     }
     ss_dequantize_row(table->type, (const uint8_t *)table->data + (size_t)ids[i] * table->row_nbytes,
                       out + i * table->cols, table->cols);
+    if (table->row_scale)
+      for (int64_t j = 0; j < table->cols; j++) out[i * table->cols + j] *= table->row_scale[ids[i]];
   }
 }
 
@@ -77,7 +79,8 @@ static void cpu_rope(ss_backend *be, float *x, const int32_t *pos, int64_t n,
   for (int64_t t = 0; t < n; t++) {
     /* Angles in double: pos * theta^(-2i/d) loses precision in f32 at long positions. */
     for (int i = 0; i < half; i++) {
-      double freq = pow((double)p->theta, -2.0 * i / (double)p->rope_dim);
+      double freq = p->inv_freq ? (double)p->inv_freq[i]
+                                : pow((double)p->theta, -2.0 * i / (double)p->rope_dim);
       double a = (double)pos[t] * freq;
       cs[i] = (float)cos(a);
       sn[i] = (float)sin(a);
@@ -176,6 +179,12 @@ ss_backend *ss_backend_cpu_create(int n_threads) {
       .attention = ss_cpu_attention,
       .swiglu = cpu_swiglu,
       .add = cpu_add,
+      .gelu_mul = ss_cpu_gelu_mul,
+      .softcap = ss_cpu_softcap,
+      .scale = ss_cpu_scale,
+      .moe_route = ss_cpu_moe_route,
+      .gather_rows = ss_cpu_gather_rows,
+      .scatter_add_rows = ss_cpu_scatter_add_rows,
   };
   return be;
 }

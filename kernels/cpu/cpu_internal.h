@@ -29,5 +29,16 @@ void *ss_cpu_scratch(ss_cpu *cpu, int kind, size_t nbytes);
 void ss_cpu_matmul(ss_backend *be, const ss_weight *w, const float *x, int64_t n, float *y);
 void ss_cpu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc,
                       const float *q, const ss_attn_params *p, float *out);
+/* moe_ops.c */
+void ss_cpu_gelu_mul(ss_backend *be, const float *gate, const float *up, int64_t count,
+                     int tanh_approx, float *out);
+void ss_cpu_softcap(ss_backend *be, float *x, int64_t count, float cap);
+void ss_cpu_scale(ss_backend *be, float *x, int64_t count, float s);
+void ss_cpu_moe_route(ss_backend *be, const float *logits, int64_t n, const ss_moe_route_params *p,
+                      int32_t *ids, float *weights);
+void ss_cpu_gather_rows(ss_backend *be, const float *x, const int32_t *rows, int64_t n, int64_t dim,
+                        float *out);
+void ss_cpu_scatter_add_rows(ss_backend *be, float *out, const float *y, const int32_t *rows,
+                             const float *w, int64_t n, int64_t dim);
 
 #endif

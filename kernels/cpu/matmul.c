@@ -1,5 +1,7 @@
 /* Matrix multiplication y = W x for a batch of tokens, with W in its stored type
- * (F32, F16, BF16, Q8_0, Q4_0, Q4_1) dequantized in registers, never expanded.
+ * (F32, F16, BF16, F8_E4M3, Q8_0, Q4_0, Q4_1) dequantized in registers, never
+ * expanded.  A weight with row scales (FP8 checkpoints) has each output
+ * multiplied by its row's scale after the dot product.
  *
  * Work split: threads take contiguous ranges of output rows; within a range,
  * rows are walked in tiles so a tile of weights stays in cache while every group
@@ -136,6 +138,15 @@ static inline __attribute__((always_inline)) void kern_quant(ss_dtype type, cons
 static inline __attribute__((always_inline)) __m512 load_frow(ss_dtype type, const uint8_t *row,
                                                               int64_t i, __mmask16 mask) {
   if (type == SS_DTYPE_F32) return _mm512_maskz_loadu_ps(mask, (const float *)row + i);
+  if (type == SS_DTYPE_F8_E4M3) {
+    /* e4m3's exponent and mantissa bits, moved into f16's fields, read as an
+     * f16 that is exactly 2^-8 times the value (bias 15 against 7), normal or
+     * subnormal alike; the multiply by 256 is exact. */
+    __m256i b = _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(mask, row + i));
+    __m256i mag = _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7f)), 7);
+    __m256i sgn = _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8);
+    return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_or_si256(mag, sgn)), _mm512_set1_ps(256.0f));
+  }
   __m256i h = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)row + i);
   if (type == SS_DTYPE_F16) return _mm512_cvtph_ps(h);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); /* BF16 */
@@ -187,12 +198,14 @@ static void row_dot(ss_dtype type, const uint8_t *row, int64_t cols, const float
 #define F32(N) kern_float(SS_DTYPE_F32, row, cols, x, ldx, y, ldy, N)
 #define F16(N) kern_float(SS_DTYPE_F16, row, cols, x, ldx, y, ldy, N)
 #define BF16(N) kern_float(SS_DTYPE_BF16, row, cols, x, ldx, y, ldy, N)
+#define F8(N) kern_float(SS_DTYPE_F8_E4M3, row, cols, x, ldx, y, ldy, N)
   case SS_DTYPE_Q8_0: DISPATCH_NT(Q80); break;
   case SS_DTYPE_Q4_0: DISPATCH_NT(Q40); break;
   case SS_DTYPE_Q4_1: DISPATCH_NT(Q41); break;
   case SS_DTYPE_F32: DISPATCH_NT(F32); break;
   case SS_DTYPE_F16: DISPATCH_NT(F16); break;
   case SS_DTYPE_BF16: DISPATCH_NT(BF16); break;
+  case SS_DTYPE_F8_E4M3: DISPATCH_NT(F8); break;
   default: SS_ASSERT(0 && "matmul: type without a kernel");
   }
 }
@@ -249,8 +262,11 @@ static void mm_worker(void *arg, int ith, int nth) {
           const char *pf = (const char *)w->data + (size_t)(r + PREFETCH_ROWS) * w->row_nbytes;
           for (size_t o = 0; o < w->row_nbytes; o += 64) __builtin_prefetch(pf + o, 0, PREFETCH_LOCALITY);
         }
+        float *y = job->y + t0 * w->rows + r;
         row_dot(w->type, (const uint8_t *)w->data + (size_t)r * w->row_nbytes, w->cols, x,
-                w->cols, xs, nb, job->y + t0 * w->rows + r, w->rows, nt);
+                w->cols, xs, nb, y, w->rows, nt);
+        if (w->row_scale)
+          for (int t = 0; t < nt; t++) y[t * w->rows] *= w->row_scale[r];
       }
     }
   }
@@ -290,5 +306,5 @@ double ss_ref_dot(const ss_weight *w, int64_t row, const float *x) {
   double s = 0.0;
   for (int64_t i = 0; i < w->cols; i++) s += (double)buf[i] * (double)x[i];
   free(buf);
-  return s;
+  return w->row_scale ? s * (double)w->row_scale[row] : s;
 }

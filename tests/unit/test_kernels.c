@@ -25,6 +25,15 @@ static float nrand(void) { /* roughly normal: sum of uniforms */
   return (float)(s - 3.0);
 }
 
+/* FP8 e4m3fn decoded from its definition (OCP 8-bit floating point spec):
+ * bias 7, subnormals at exponent 0, 0x7f/0xff NaN, no infinities. */
+static double e4m3_value(int c) {
+  const int s = c >> 7, e = (c >> 3) & 15, m = c & 7;
+  if (e == 15 && m == 7) return NAN;
+  const double v = e == 0 ? m / 8.0 * pow(2, -6) : (1 + m / 8.0) * pow(2, e - 7);
+  return s ? -v : v;
+}
+
 /* Quantizes a row of floats into `type` (round to nearest), written here from the
  * block layouts so the kernels are checked against data we produced ourselves. */
 static void quantize_row(ss_dtype type, const float *x, int64_t n, void *dst) {
@@ -82,6 +91,15 @@ static void quantize_row(ss_dtype type, const float *x, int64_t n, void *dst) {
       }
     }
     break;
+  case SS_DTYPE_F8_E4M3:
+    for (int64_t i = 0; i < n; i++) {
+      int best = 0;
+      for (int c = 0; c < 256; c++)
+        if (!isnan(e4m3_value(c)) && fabs(e4m3_value(c) - x[i]) < fabs(e4m3_value(best) - x[i]))
+          best = c;
+      ((uint8_t *)dst)[i] = (uint8_t)best;
+    }
+    break;
   default: fail_msg("no quantizer for type %d", type);
   }
 }
@@ -115,7 +133,7 @@ static float *rand_vec(int64_t n) {
   return v;
 }
 
-static const ss_dtype k_types[] = {SS_DTYPE_F32, SS_DTYPE_F16, SS_DTYPE_BF16,
+static const ss_dtype k_types[] = {SS_DTYPE_F32,  SS_DTYPE_F16,  SS_DTYPE_BF16, SS_DTYPE_F8_E4M3,
                                    SS_DTYPE_Q8_0, SS_DTYPE_Q4_0, SS_DTYPE_Q4_1};
 
 /* Dequantization against independent decoding of a hand-made block. */
@@ -337,8 +355,122 @@ static void test_swiglu_add(void **state) {
   be->free(be);
 }
 
+/* Every e4m3 code decodes exactly; matmul's row scales multiply each output. */
+static void test_fp8_and_row_scale(void **state) {
+  for (int c = 0; c < 256; c++) {
+    const double want = e4m3_value(c);
+    const float got = ss_f8e4m3_to_f32((uint8_t)c);
+    if (isnan(want)) assert_true(isnan(got));
+    else assert_true((double)got == want);
+  }
+  assert_true(ss_f8e4m3_to_f32(0x38) == 1.0f && ss_f8e4m3_to_f32(0x7e) == 448.0f &&
+              ss_f8e4m3_to_f32(0x01) == 0x1p-9f && ss_f8e4m3_to_f32(0xc0) == -2.0f);
+  ss_backend *be = ss_backend_cpu_create(2);
+  const int64_t rows = 19, cols = 70, n = 5;
+  wmat m = make_weight(SS_DTYPE_F8_E4M3, rows, cols);
+  float *x = rand_vec(n * cols), *y = malloc((size_t)(n * rows) * sizeof *y);
+  float *ys = malloc((size_t)(n * rows) * sizeof *ys), scale[19];
+  for (int r = 0; r < rows; r++) scale[r] = 0.5f + (float)r * 0.25f;
+  be->matmul(be, &m.w, x, n, y);
+  ss_weight ws = m.w;
+  ws.row_scale = scale;
+  be->matmul(be, &ws, x, n, ys);
+  for (int64_t t = 0; t < n; t++)
+    for (int64_t r = 0; r < rows; r++) {
+      assert_true(ys[t * rows + r] == y[t * rows + r] * scale[r]);
+      assert_float_equal(ys[t * rows + r], ss_ref_dot(&ws, r, x + t * cols), 1e-4);
+    }
+  int32_t ids[2] = {3, -1};
+  float *e = malloc(2 * cols * sizeof *e);
+  be->embed(be, &ws, ids, 2, e);
+  float row[70];
+  ss_dequantize_row(SS_DTYPE_F8_E4M3, (uint8_t *)m.buf + 3 * m.w.row_nbytes, row, cols);
+  for (int64_t c = 0; c < cols; c++) {
+    assert_true(e[c] == row[c] * scale[3]);
+    assert_true(e[cols + c] == 0.0f);
+  }
+  free(e);
+  free(x);
+  free(y);
+  free(ys);
+  free(m.buf);
+  be->free(be);
+}
+
+/* GeGLU (both GELU forms), soft cap and scale against double references. */
+static void test_gelu_softcap_scale(void **state) {
+  ss_backend *be = ss_backend_cpu_create(2);
+  const int64_t n = 20000;
+  float *g = rand_vec(n), *u = rand_vec(n), *o = malloc(n * sizeof(float));
+  for (int approx = 0; approx < 2; approx++) {
+    be->gelu_mul(be, g, u, n, approx, o);
+    for (int64_t i = 0; i < n; i++) {
+      const double x = g[i];
+      const double gl = approx ? 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)))
+                               : 0.5 * x * (1 + erf(x / sqrt(2)));
+      assert_float_equal(o[i], gl * u[i], 1e-6 + 1e-5 * fabs(gl * u[i]));
+    }
+  }
+  float v[4] = {0.0f, 3.0f, -300.0f, 1e6f};
+  be->softcap(be, v, 4, 30.0f);
+  assert_true(v[0] == 0.0f);
+  assert_float_equal(v[1], 30 * tanh(0.1), 1e-6);
+  assert_float_equal(v[2], -30 * tanh(10.0), 1e-5);
+  assert_float_equal(v[3], 30.0, 1e-5);
+  be->scale(be, v, 4, 2.0f);
+  assert_float_equal(v[1], 60 * tanh(0.1), 2e-6);
+  free(g);
+  free(u);
+  free(o);
+  be->free(be);
+}
+
+/* Routing: softmax over all experts, top-k by probability (ties to the lower
+ * id), renormalised or not, after an optional soft cap. */
+static void test_moe_route(void **state) {
+  ss_backend *be = ss_backend_cpu_create(1);
+  const float logits[2][4] = {{1.0f, 3.0f, 2.0f, 3.0f}, {0.0f, 0.0f, 0.0f, 50.0f}};
+  int32_t ids[4];
+  float w[4];
+  ss_moe_route_params p = {.n_expert = 4, .top_k = 2};
+  be->moe_route(be, &logits[0][0], 2, &p, ids, w);
+  const double z = exp(1) + 2 * exp(3) + exp(2);
+  assert_int_equal(ids[0], 1);
+  assert_int_equal(ids[1], 3); /* tie with 1: the lower id came first */
+  assert_float_equal(w[0], exp(3) / z, 1e-7);
+  assert_float_equal(w[1], exp(3) / z, 1e-7);
+  p.renormalize = 1;
+  be->moe_route(be, &logits[0][0], 2, &p, ids, w);
+  assert_float_equal(w[0], 0.5, 1e-7);
+  assert_int_equal(ids[2], 3);
+  assert_int_equal(ids[3], 0);
+  /* Soft cap 30: 50 becomes 30 tanh(5/3); the winner's weight follows. */
+  p.renormalize = 0;
+  p.softcap = 30.0f;
+  be->moe_route(be, &logits[0][0], 2, &p, ids, w);
+  const double c = 30 * tanh(50.0 / 30);
+  assert_float_equal(w[2], exp(c) / (exp(c) + 3), 1e-6);
+  be->free(be);
+}
+
+/* Gather and scatter-add move whole rows; scatter adds w * y row by row. */
+static void test_gather_scatter(void **state) {
+  ss_backend *be = ss_backend_cpu_create(1);
+  float x[3][2] = {{1, 2}, {3, 4}, {5, 6}}, g[2][2], out[3][2] = {{0}};
+  const int32_t rows[2] = {2, 0};
+  const float w[2] = {0.5f, 2.0f};
+  be->gather_rows(be, &x[0][0], rows, 2, 2, &g[0][0]);
+  assert_true(g[0][0] == 5 && g[0][1] == 6 && g[1][0] == 1 && g[1][1] == 2);
+  be->scatter_add_rows(be, &out[0][0], &g[0][0], rows, w, 2, 2);
+  assert_true(out[2][0] == 2.5f && out[2][1] == 3.0f && out[0][0] == 2.0f && out[0][1] == 4.0f &&
+              out[1][0] == 0.0f);
+  be->free(be);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_fp8_and_row_scale),  cmocka_unit_test(test_gelu_softcap_scale),
+      cmocka_unit_test(test_moe_route),          cmocka_unit_test(test_gather_scatter),
       cmocka_unit_test(test_dequant_blocks),     cmocka_unit_test(test_half_conversions),
       cmocka_unit_test(test_matmul_accuracy),    cmocka_unit_test(test_matmul_batch_invariance),
       cmocka_unit_test(test_rmsnorm),            cmocka_unit_test(test_rope_modes),
