@@ -46,7 +46,7 @@ typedef struct ss_hw_profile {
 /* What the cost model needs of a model split over tp ranks (the largest rank). */
 typedef struct ss_plan_model {
   int n_layer, dim, vocab, tp;
-  int n_experts, top_k;          /* 0, 0 for a dense model */
+  double n_experts, top_k;       /* experts held and used per token on this rank; 0 if dense */
   double dense_bytes;            /* weights read every step except experts and LM head */
   double expert_bytes;           /* one expert of all layers, on this rank */
   double head_bytes;             /* LM head rows on this rank */
