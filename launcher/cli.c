@@ -73,3 +73,24 @@ bool ss_cli_parse_dtype(const char *cmd, const char *flag, const char *s, ss_dty
   ss_cli_usage(cmd, "invalid value '%s' for %s: expected fp8, bf16, f16 or f32", s, flag);
   return false;
 }
+
+bool ss_cli_parse_size(const char *cmd, const char *flag, const char *s, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  double mul = 1;
+  if (end != s) {
+    if (*end == 'k' || *end == 'K') mul = 1024.0, end++;
+    else if (*end == 'm' || *end == 'M') mul = 1024.0 * 1024, end++;
+    else if (*end == 'g' || *end == 'G') mul = 1024.0 * 1024 * 1024, end++;
+    else if (*end == 't' || *end == 'T') mul = 1024.0 * 1024 * 1024 * 1024, end++;
+    if (mul > 1 && *end == 'i') end++;
+    if (*end == 'B') end++;
+  }
+  if (errno || end == s || *end || !(v > 0) || v * mul > 1e18) {
+    ss_cli_usage(cmd, "invalid value '%s' for %s: expected a size such as 512M or 2G", s, flag);
+    return false;
+  }
+  *out = v * mul;
+  return true;
+}

@@ -53,6 +53,8 @@ bool ss_cli_parse_int(const char *cmd, const char *flag, const char *s, int64_t 
                       int64_t *out);
 /* "fp8", "bf16", "f16" or "f32" (any case) to a type; prints a usage error
  * naming the flag otherwise. */
+/* A byte size with an optional K/M/G/T suffix (powers of 1024), "2G", "512MiB". */
+bool ss_cli_parse_size(const char *cmd, const char *flag, const char *s, double *out);
 bool ss_cli_parse_dtype(const char *cmd, const char *flag, const char *s, ss_dtype *out);
 bool ss_cli_parse_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
                         double *out);

@@ -4,12 +4,14 @@
  * (configs/models/NAME.json) is planned from its shapes and --dtype alone. */
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "launcher/cli.h"
+#include "launcher/plan_capacity.h"
 #include "runtime/model.h"
 #include "runtime/shard.h"
 #include "runtime/status.h"
@@ -39,7 +41,23 @@ static void usage(FILE *f) {
           "      --replicate-vocab  every rank holds the whole embedding and LM head\n"
           "                       (default: split by vocabulary rows)\n"
           "      --json           print one JSON object instead of the table\n"
-          "  -h, --help           show this help\n");
+          "  -h, --help           show this help\n"
+          "\n"
+          "Capacity (with a hardware profile):\n"
+          "      --hardware FILE  configs/hardware/NAME.json (h100-sxm-80g, h200-141g,\n"
+          "                       a100-80g) or a profile measured by `shardserve profile`;\n"
+          "                       prints per-rank memory, whether it fits, KV capacity and\n"
+          "                       step times (roofline per step + collectives)\n"
+          "      --nodes K        nodes the ranks span (default: as few as hold --tp)\n"
+          "      --max-num-seqs N, --max-batched-tokens N   the server's batching (64, 512)\n"
+          "      --kv-blocks N | --kv-mem SIZE   the KV pool the server gets (default: all\n"
+          "                       memory the weights and the reserve leave)\n"
+          "  Workload (simulated through the server's own scheduler; names as in loadgen):\n"
+          "      --request-rate R --burstiness B --max-concurrency C --num-prompts N\n"
+          "      --random-input-len N --random-output-len N --random-range-ratio R --seed S\n"
+          "      --goodput ttft:MS tpot:MS e2el:MS   SLOs (several allowed)\n"
+          "      --max-rate       also search the highest rate at which 99%% of requests\n"
+          "                       meet the SLOs\n");
 }
 
 static double mib(uint64_t b) { return (double)b / (1 << 20); }
@@ -55,7 +73,7 @@ static json_t *bytes_json(const ss_shard_bytes *b) {
                    (json_int_t)b->total);
 }
 
-static int print_json(const ss_model *m, const ss_shard_plan *p) {
+static int print_json(const ss_model *m, const ss_shard_plan *p, json_t *capacity) {
   json_t *ranks = json_array();
   for (int r = 0; r < p->opts.tp; r++) {
     const ss_shard_rank *R = &p->ranks[r];
@@ -96,6 +114,7 @@ static int print_json(const ss_model *m, const ss_shard_plan *p) {
     json_object_set_new(o, "expert_bytes", json_integer((json_int_t)p->expert_nbytes));
     json_object_set_new(o, "kv_dtype", json_string(ss_dtype_name(p->opts.kv_type)));
     json_object_set_new(o, "weights_dtype", json_string(ss_dtype_name(m->tok_embd.type)));
+    if (capacity) json_object_update(o, capacity);
   }
   char *s = o ? json_dumps(o, JSON_INDENT(1)) : NULL;
   json_decref(o);
@@ -174,16 +193,60 @@ static void print_table(const ss_model *m, const ss_shard_plan *p) {
   printf("\n");
 }
 
+/* "ttft:500" (ms) into the workload's SLOs; commas may separate several. */
+static bool parse_slo(const char *arg, ss_sim_workload *w) {
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", arg);
+  for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+    char *colon = strchr(tok, ':');
+    char *end = NULL;
+    double ms = colon ? strtod(colon + 1, &end) : -1;
+    if (!colon || end == colon + 1 || *end || !(ms > 0)) {
+      ss_cli_usage(k_cmd, "invalid --goodput '%s': expected ttft:MS, tpot:MS or e2el:MS", tok);
+      return false;
+    }
+    *colon = 0;
+    if (strcmp(tok, "ttft") == 0) w->slo_ttft_s = ms / 1e3;
+    else if (strcmp(tok, "tpot") == 0) w->slo_tpot_s = ms / 1e3;
+    else if (strcmp(tok, "e2el") == 0) w->slo_e2e_s = ms / 1e3;
+    else {
+      ss_cli_usage(k_cmd, "invalid --goodput key '%s': expected ttft, tpot or e2el", tok);
+      return false;
+    }
+  }
+  return true;
+}
+
 int ss_cmd_plan(int argc, char **argv) {
   const char *path = SS_DEFAULT_MODEL, *dtype_name = NULL, *kv_name = NULL;
   int64_t tp = 0, ep = 0;
   bool json = false, replicate = false;
-  enum { O_TP = 256, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE };
+  enum { O_TP = 256, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE, O_HW, O_NODES, O_SEQS, O_TOKENS,
+         O_BLOCKS, O_KVMEM, O_RATE, O_BURST, O_CONC, O_NUM, O_IN, O_OUT, O_RATIO, O_SEED,
+         O_GOODPUT, O_MAXRATE };
+  ss_plan_capacity_opts co = {.sched = {.max_num_seqs = 64, .max_batched_tokens = 512,
+                                        .block_size = 16},
+                              .w = {.burstiness = 1.0, .n_requests = 200, .input_len = 512,
+                                    .output_len = 128}};
+  bool workload = false;
+  int64_t iv = 0, kv_blocks = 0;
+  double dv = 0, kv_mem = 0;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, O_TP},
       {"json", no_argument, 0, O_JSON},     {"replicate-vocab", no_argument, 0, O_REPL},
       {"ep", required_argument, 0, O_EP},   {"dtype", required_argument, 0, O_DTYPE},
       {"kv-dtype", required_argument, 0, O_KVDTYPE},
+      {"hardware", required_argument, 0, O_HW}, {"nodes", required_argument, 0, O_NODES},
+      {"max-num-seqs", required_argument, 0, O_SEQS},
+      {"max-batched-tokens", required_argument, 0, O_TOKENS},
+      {"kv-blocks", required_argument, 0, O_BLOCKS}, {"kv-mem", required_argument, 0, O_KVMEM},
+      {"request-rate", required_argument, 0, O_RATE}, {"burstiness", required_argument, 0, O_BURST},
+      {"max-concurrency", required_argument, 0, O_CONC},
+      {"num-prompts", required_argument, 0, O_NUM},
+      {"random-input-len", required_argument, 0, O_IN},
+      {"random-output-len", required_argument, 0, O_OUT},
+      {"random-range-ratio", required_argument, 0, O_RATIO}, {"seed", required_argument, 0, O_SEED},
+      {"goodput", required_argument, 0, O_GOODPUT}, {"max-rate", no_argument, 0, O_MAXRATE},
       {"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
   };
   optind = 1;
@@ -202,13 +265,87 @@ int ss_cmd_plan(int argc, char **argv) {
     case O_KVDTYPE: kv_name = optarg; break;
     case O_JSON: json = true; break;
     case O_REPL: replicate = true; break;
+    case O_HW: co.hardware = optarg; break;
+    case O_NODES:
+      if (!ss_cli_parse_int(k_cmd, "--nodes", optarg, 1, 100000, &iv)) return SS_EXIT_USAGE;
+      co.nodes = (int)iv;
+      break;
+    case O_SEQS:
+      if (!ss_cli_parse_int(k_cmd, "--max-num-seqs", optarg, 1, 4096, &iv)) return SS_EXIT_USAGE;
+      co.sched.max_num_seqs = (int32_t)iv;
+      break;
+    case O_TOKENS:
+      if (!ss_cli_parse_int(k_cmd, "--max-batched-tokens", optarg, 1, 1 << 20, &iv))
+        return SS_EXIT_USAGE;
+      co.sched.max_batched_tokens = (int32_t)iv;
+      break;
+    case O_BLOCKS:
+      if (!ss_cli_parse_int(k_cmd, "--kv-blocks", optarg, 1, 1 << 24, &kv_blocks))
+        return SS_EXIT_USAGE;
+      break;
+    case O_KVMEM:
+      if (!ss_cli_parse_size(k_cmd, "--kv-mem", optarg, &kv_mem)) return SS_EXIT_USAGE;
+      break;
+    case O_RATE:
+      workload = true;
+      if (strcmp(optarg, "inf") == 0) co.w.rate = 0;
+      else if (!ss_cli_parse_float(k_cmd, "--request-rate", optarg, 1e-9, 1e9, &co.w.rate))
+        return SS_EXIT_USAGE;
+      break;
+    case O_BURST:
+      if (strcmp(optarg, "inf") == 0) co.w.burstiness = INFINITY;
+      else if (!ss_cli_parse_float(k_cmd, "--burstiness", optarg, 1e-3, 1e6, &co.w.burstiness))
+        return SS_EXIT_USAGE;
+      break;
+    case O_CONC:
+      workload = true;
+      if (!ss_cli_parse_int(k_cmd, "--max-concurrency", optarg, 1, 1 << 20, &iv)) return SS_EXIT_USAGE;
+      co.w.max_concurrency = (int32_t)iv;
+      break;
+    case O_NUM:
+      workload = true;
+      if (!ss_cli_parse_int(k_cmd, "--num-prompts", optarg, 1, 10000000, &iv)) return SS_EXIT_USAGE;
+      co.w.n_requests = (int32_t)iv;
+      break;
+    case O_IN:
+      workload = true;
+      if (!ss_cli_parse_int(k_cmd, "--random-input-len", optarg, 1, 1 << 24, &iv)) return SS_EXIT_USAGE;
+      co.w.input_len = (int32_t)iv;
+      break;
+    case O_OUT:
+      workload = true;
+      if (!ss_cli_parse_int(k_cmd, "--random-output-len", optarg, 1, 1 << 24, &iv))
+        return SS_EXIT_USAGE;
+      co.w.output_len = (int32_t)iv;
+      break;
+    case O_RATIO:
+      if (!ss_cli_parse_float(k_cmd, "--random-range-ratio", optarg, 0, 0.999, &dv))
+        return SS_EXIT_USAGE;
+      co.w.range_ratio = dv;
+      break;
+    case O_SEED:
+      if (!ss_cli_parse_int(k_cmd, "--seed", optarg, 0, INT64_MAX, &iv)) return SS_EXIT_USAGE;
+      co.w.seed = (uint64_t)iv;
+      break;
+    case O_GOODPUT:
+      if (!parse_slo(optarg, &co.w)) return SS_EXIT_USAGE;
+      break;
+    case O_MAXRATE: co.max_rate = true; break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
     }
   }
-  if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
+  /* --goodput ttft:500 tpot:50: the values after the first arrive as operands. */
+  for (; optind < argc; optind++)
+    if (!strchr(argv[optind], ':') || !parse_slo(argv[optind], &co.w))
+      return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
   if (tp == 0) return ss_cli_usage(k_cmd, "--tp N is required");
+  if ((workload || co.max_rate) && !co.hardware)
+    return ss_cli_usage(k_cmd, "a workload needs --hardware FILE (a preset in configs/hardware/ "
+                        "or a profile written by `shardserve profile`)");
+  if (kv_blocks && kv_mem > 0) return ss_cli_usage(k_cmd, "give --kv-blocks or --kv-mem, not both");
+  co.simulate = workload;
   if (ep > 1 && ep != tp)
     return ss_cli_usage(k_cmd, "--ep %lld must equal --tp %lld: experts are spread over the same "
                         "ranks as the attention heads", (long long)ep, (long long)tp);
@@ -241,8 +378,27 @@ int ss_cmd_plan(int argc, char **argv) {
     return code;
   }
   int code = SS_EXIT_OK;
-  if (json) code = print_json(m, &p);
-  else print_table(m, &p);
+  json_t *cap = NULL;
+  if (co.hardware) {
+    co.weight_fp8 = preset && wtype == SS_DTYPE_F8_E4M3;
+    if (kv_blocks) co.kv_tokens = (double)kv_blocks * co.sched.block_size;
+    if (kv_mem > 0) {
+      /* As the server sizes its pool: whole blocks of the first rank's KV. */
+      const double per_block = (double)p.ranks[0].kv_nbytes_per_token * co.sched.block_size;
+      co.kv_tokens = floor(kv_mem / per_block) * co.sched.block_size;
+    }
+    cap = json_object();
+    code = ss_plan_capacity(m, &p, &co, cap);
+  }
+  if (code == SS_EXIT_OK) {
+    if (json) {
+      code = print_json(m, &p, cap);
+    } else {
+      print_table(m, &p);
+      if (cap) ss_plan_capacity_print(cap);
+    }
+  }
+  json_decref(cap);
   ss_shard_plan_free(&p);
   ss_model_free(m);
   return code;

@@ -70,22 +70,6 @@ static void usage(FILE *f) {
           "  -h, --help                show this help\n");
 }
 
-/* "512M", "2G", "1048576" -> bytes. */
-static bool parse_size(const char *s, uint64_t *out) {
-  char *end;
-  double v = strtod(s, &end);
-  if (end == s || !(v > 0)) return false;
-  double mul = 1;
-  if (*end == 'k' || *end == 'K') mul = 1024.0, end++;
-  else if (*end == 'm' || *end == 'M') mul = 1024.0 * 1024, end++;
-  else if (*end == 'g' || *end == 'G') mul = 1024.0 * 1024 * 1024, end++;
-  if (*end == 'i' || *end == 'B') end++;
-  if (*end == 'B') end++;
-  if (*end || v * mul > 1e15) return false;
-  *out = (uint64_t)(v * mul);
-  return true;
-}
-
 typedef struct serve_ctx {
   /* options */
   const char *path, *tmpl_name;
@@ -278,9 +262,8 @@ int ss_cmd_serve(int argc, char **argv) {
       s.eo.n_blocks = (int32_t)v;
       break;
     case O_KVMEM:
-      if (!parse_size(optarg, &s.eo.kv_mem_bytes))
-        return ss_cli_usage(k_cmd, "invalid value '%s' for --kv-mem: expected a size such as "
-                            "512M or 2G", optarg);
+      if (!ss_cli_parse_size(k_cmd, "--kv-mem", optarg, &d)) return SS_EXIT_USAGE;
+      s.eo.kv_mem_bytes = (uint64_t)d;
       break;
     case O_WAIT:
       if (!ss_cli_parse_int(k_cmd, "--max-waiting", optarg, 1, 1 << 20, &v)) return SS_EXIT_USAGE;

@@ -1,0 +1,219 @@
+/* The capacity part of `shardserve plan`: with a hardware profile, whether the
+ * split fits, how much KV cache is left, step times from the cost model, and a
+ * simulation of a workload through the server's own scheduler (see
+ * runtime/planner.h).  Field names follow the load generator's result JSON
+ * (mean_ttft_ms, output_throughput, ...) so predictions and measurements line
+ * up key by key. */
+#include "launcher/plan_capacity.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "launcher/cli.h"
+#include "runtime/status.h"
+
+static const char *k_cmd = "plan";
+
+/* Matmul parameters and bytes of rank r of plan p, for the cost model. */
+static void plan_model_for_rank(const ss_model *m, const ss_shard_plan *p, int r, int nodes,
+                                ss_plan_model *pm) {
+  memset(pm, 0, sizeof *pm);
+  const ss_model_config *c = &m->cfg;
+  const ss_shard_rank *R = &p->ranks[r];
+  const double C = c->dim, D = c->head_dim;
+  const double heads = (double)ss_range_len(R->heads), kv = (double)ss_range_len(R->kv_heads);
+  const double ffn = c->n_expert > 0 && !c->dense_mlp ? 0 : (double)ss_range_len(R->ffn);
+  pm->n_layer = c->n_layer;
+  pm->dim = c->dim;
+  pm->vocab = c->vocab;
+  pm->tp = p->opts.tp;
+  pm->nodes = nodes;
+  pm->dense_bytes = (double)(R->bytes.attn + R->bytes.mlp + R->bytes.norm);
+  pm->dense_params = c->n_layer * (C * D * (2 * heads + 2 * kv) + 3 * C * ffn);
+  const double vocab_rows = (double)ss_range_len(R->vocab);
+  pm->head_bytes = (double)(c->tied_output ? R->bytes.embd : R->bytes.head);
+  pm->head_params = vocab_rows * C;
+  if (c->n_expert > 0) {
+    const double held = (double)ss_range_len(R->experts);
+    const double efc = (double)ss_range_len(R->expert_ffn);
+    if (held > 0) {
+      pm->n_experts = held;
+      pm->top_k = (double)c->n_expert_used * held / c->n_expert;
+      pm->expert_bytes = (double)R->bytes.moe / held;
+      pm->expert_params = c->n_layer * 3.0 * C * efc;
+    }
+    pm->dense_params += c->n_layer * C * c->n_expert; /* routers */
+  }
+  pm->kv_bytes_per_token = (double)R->kv_nbytes_per_token;
+  pm->weight_bytes = (double)R->bytes.total;
+  if (pm->tp > 1) {
+    pm->n_allreduce = p->n_allreduce_per_token;
+    pm->allreduce_bytes_per_token = (double)p->allreduce_payload_nbytes;
+    pm->gather_logits = p->opts.vocab_parallel;
+  }
+}
+
+static json_t *dist_json(const ss_dist *d, const char *name, json_t *o) {
+  char k[64];
+  const struct { const char *pre; double v; } f[] = {
+      {"mean", d->mean}, {"median", d->median}, {"std", d->std}, {"p50", d->median},
+      {"p90", d->p90},   {"p95", d->p95},       {"p99", d->p99}};
+  for (size_t i = 0; i < sizeof f / sizeof *f; i++) {
+    snprintf(k, sizeof k, "%s_%s_ms", f[i].pre, name);
+    json_object_set_new(o, k, json_real(f[i].v * 1e3));
+  }
+  return o;
+}
+
+int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_capacity_opts *o,
+                     json_t *out) {
+  ss_hw_profile hw;
+  if (ss_hw_profile_load(o->hardware, &hw)) return ss_cli_fail(k_cmd, "%s", ss_error_msg());
+  const int tp = p->opts.tp;
+  const int nodes = o->nodes > 0 ? o->nodes : (tp + hw.devices_per_node - 1) / hw.devices_per_node;
+  if (tp > nodes * hw.devices_per_node)
+    return ss_cli_usage(k_cmd, "--tp %d needs more devices than --nodes %d x %d per node", tp,
+                        nodes, hw.devices_per_node);
+  const bool fp8 = p->ranks[0].bytes.total > 0 && o->weight_fp8;
+  if (fp8 && hw.flops_fp8 > 0) hw.flops = hw.flops_fp8;
+
+  /* Memory per rank, and the rank that limits the KV cache. */
+  double kv_tokens = INFINITY;
+  int worst = 0;
+  bool fits = true;
+  json_t *ranks = json_array();
+  for (int r = 0; r < tp; r++) {
+    const ss_shard_rank *R = &p->ranks[r];
+    const double usable = hw.mem_bytes * (1.0 - hw.overhead_reserve);
+    const double room = usable - (double)R->bytes.total;
+    const double tokens = R->kv_nbytes_per_token ? room / (double)R->kv_nbytes_per_token : 0;
+    if (room <= 0) fits = false;
+    if (tokens < kv_tokens) kv_tokens = tokens, worst = r;
+    json_array_append_new(ranks, json_pack("{s:i, s:I, s:f, s:f, s:f}", "rank", r, "weight_bytes",
+                                           (json_int_t)R->bytes.total, "reserve_bytes",
+                                           hw.mem_bytes * hw.overhead_reserve, "kv_room_bytes",
+                                           room > 0 ? room : 0.0, "kv_capacity_tokens",
+                                           tokens > 0 ? tokens : 0.0));
+  }
+  if (o->kv_tokens > 0) kv_tokens = o->kv_tokens; /* what the server was told to use */
+  if (kv_tokens < 0) kv_tokens = 0;
+  const double seq_len = (double)o->w.input_len + o->w.output_len;
+  json_object_set_new(out, "hardware", json_string(hw.name));
+  json_object_set_new(out, "nodes", json_integer(nodes));
+  json_object_set_new(out, "fits", json_boolean(fits));
+  json_object_set_new(out, "memory_per_rank", ranks);
+  json_object_set_new(out, "kv_capacity_tokens", json_real(floor(kv_tokens)));
+  json_object_set_new(out, "max_concurrent_seqs", json_real(floor(kv_tokens / seq_len)));
+
+  /* Step times of the largest rank (rank 0 holds the most heads). */
+  ss_plan_model pm;
+  plan_model_for_rank(m, p, worst, nodes, &pm);
+  ss_plan_model pm0;
+  plan_model_for_rank(m, p, 0, nodes, &pm0);
+  if (pm0.weight_bytes > pm.weight_bytes) pm = pm0;
+  const double L = o->w.input_len;
+  ss_step_shape prefill = {.n_tokens = (int32_t)L, .n_logits = 1, .attended = L * (L + 1) / 2};
+  ss_step_shape dec1 = {.n_tokens = 1, .n_logits = 1, .attended = seq_len / 2 + L / 2};
+  const int32_t B = o->sched.max_num_seqs;
+  ss_step_shape decb = {.n_tokens = B, .n_logits = B, .attended = B * (L + o->w.output_len / 2.0)};
+  const ss_step_cost cp = ss_cost_step(&pm, &hw, &prefill), c1 = ss_cost_step(&pm, &hw, &dec1),
+                     cb = ss_cost_step(&pm, &hw, &decb);
+  json_object_set_new(out, "step_times_ms", json_pack(
+      "{s:{s:f,s:f,s:f,s:f,s:f}, s:{s:f,s:f,s:f,s:f,s:f}, s:{s:i,s:f,s:f,s:f,s:f,s:f}}",
+      "prefill", "total", cp.total_s * 1e3, "compute", cp.compute_s * 1e3, "memory",
+      cp.memory_s * 1e3, "attention", cp.attn_s * 1e3, "comm", cp.comm_s * 1e3,
+      "decode_batch1", "total", c1.total_s * 1e3, "compute", c1.compute_s * 1e3, "memory",
+      c1.memory_s * 1e3, "attention", c1.attn_s * 1e3, "comm", c1.comm_s * 1e3,
+      "decode_full_batch", "batch", B, "total", cb.total_s * 1e3, "compute", cb.compute_s * 1e3,
+      "memory", cb.memory_s * 1e3, "attention", cb.attn_s * 1e3, "comm", cb.comm_s * 1e3));
+
+  if (!fits) return SS_EXIT_OK;
+  ss_sched_params sp = o->sched;
+  double blocks = floor(kv_tokens / sp.block_size);
+  if (blocks > (1 << 24)) blocks = 1 << 24;
+  if (blocks < 1) return SS_EXIT_OK;
+  sp.n_blocks = (int32_t)blocks;
+  if (o->simulate) {
+    ss_sim_result r;
+    if (ss_simulate(&pm, &hw, &sp, &o->w, &r)) return ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    json_t *s = json_object();
+    json_object_set_new(s, "request_rate", o->w.rate > 0 ? json_real(o->w.rate) : json_string("inf"));
+    json_object_set_new(s, "burstiness", json_real(o->w.burstiness));
+    json_object_set_new(s, "max_concurrency", json_integer(o->w.max_concurrency));
+    json_object_set_new(s, "num_prompts", json_integer(o->w.n_requests));
+    json_object_set_new(s, "completed", json_integer(r.completed));
+    json_object_set_new(s, "duration", json_real(r.duration_s));
+    json_object_set_new(s, "total_input_tokens", json_integer(r.total_input_tokens));
+    json_object_set_new(s, "total_output_tokens", json_integer(r.total_output_tokens));
+    json_object_set_new(s, "request_throughput", json_real(r.request_throughput));
+    json_object_set_new(s, "request_goodput", json_real(r.request_goodput));
+    json_object_set_new(s, "output_throughput", json_real(r.output_throughput));
+    json_object_set_new(s, "total_token_throughput", json_real(r.total_token_throughput));
+    dist_json(&r.ttft, "ttft", s);
+    dist_json(&r.tpot, "tpot", s);
+    dist_json(&r.itl, "itl", s);
+    dist_json(&r.e2e, "e2el", s);
+    json_object_set_new(s, "steps", json_integer((json_int_t)r.steps));
+    json_object_set_new(s, "preemptions", json_integer((json_int_t)r.preemptions));
+    json_object_set_new(s, "mean_batch_tokens", json_real(r.mean_batch_tokens));
+    json_object_set_new(out, "simulation", s);
+  }
+  if (o->max_rate) {
+    const double rate = ss_simulate_max_rate(&pm, &hw, &sp, &o->w);
+    json_object_set_new(out, "max_rate_meeting_slo", json_real(rate));
+  }
+  return SS_EXIT_OK;
+}
+
+static double jnum(json_t *o, const char *k) { return json_number_value(json_object_get(o, k)); }
+
+void ss_plan_capacity_print(json_t *o) {
+  printf("\ncapacity on %s (%lld node%s):\n", json_string_value(json_object_get(o, "hardware")),
+         (long long)json_integer_value(json_object_get(o, "nodes")),
+         json_integer_value(json_object_get(o, "nodes")) == 1 ? "" : "s");
+  json_t *ranks = json_object_get(o, "memory_per_rank");
+  size_t i;
+  json_t *r;
+  printf("  rank  weights GiB  reserve GiB  KV room GiB  KV tokens\n");
+  json_array_foreach(ranks, i, r) {
+    printf("  %4lld %12.2f %12.2f %12.2f %10.0f\n",
+           (long long)json_integer_value(json_object_get(r, "rank")),
+           jnum(r, "weight_bytes") / (1 << 30), jnum(r, "reserve_bytes") / (1 << 30),
+           jnum(r, "kv_room_bytes") / (1 << 30), jnum(r, "kv_capacity_tokens"));
+  }
+  const bool fits = json_is_true(json_object_get(o, "fits"));
+  printf("  fits: %s; KV capacity %.0f tokens = %.0f concurrent sequences at the workload's "
+         "lengths\n", fits ? "yes" : "NO (weights exceed a rank's memory)",
+         jnum(o, "kv_capacity_tokens"), jnum(o, "max_concurrent_seqs"));
+  json_t *st = json_object_get(o, "step_times_ms");
+  const char *names[] = {"prefill", "decode_batch1", "decode_full_batch"};
+  printf("  step times (ms)       total  compute   memory  attention    comm\n");
+  for (int k = 0; k < 3; k++) {
+    json_t *s = json_object_get(st, names[k]);
+    printf("  %-18s %8.3f %8.3f %8.3f %10.3f %7.3f\n", names[k], jnum(s, "total"),
+           jnum(s, "compute"), jnum(s, "memory"), jnum(s, "attention"), jnum(s, "comm"));
+  }
+  json_t *s = json_object_get(o, "simulation");
+  if (s) {
+    printf("  simulated: %lld requests in %.2f s: %.2f req/s, %.1f output tok/s, goodput %.2f "
+           "req/s\n", (long long)json_integer_value(json_object_get(s, "completed")),
+           jnum(s, "duration"), jnum(s, "request_throughput"), jnum(s, "output_throughput"),
+           jnum(s, "request_goodput"));
+    const char *m[] = {"ttft", "tpot", "itl", "e2el"};
+    printf("  (ms)        mean   median      p90      p99\n");
+    for (int k = 0; k < 4; k++) {
+      char a[64], b[64], c[64], d[64];
+      snprintf(a, sizeof a, "mean_%s_ms", m[k]);
+      snprintf(b, sizeof b, "median_%s_ms", m[k]);
+      snprintf(c, sizeof c, "p90_%s_ms", m[k]);
+      snprintf(d, sizeof d, "p99_%s_ms", m[k]);
+      printf("  %-5s %10.2f %8.2f %8.2f %8.2f\n", m[k], jnum(s, a), jnum(s, b), jnum(s, c),
+             jnum(s, d));
+    }
+  }
+  if (json_object_get(o, "max_rate_meeting_slo"))
+    printf("  highest rate with 99%% of requests meeting the SLOs: %.3f req/s\n",
+           jnum(o, "max_rate_meeting_slo"));
+}

@@ -1,0 +1,29 @@
+/* Capacity planning for `shardserve plan` (see plan_capacity.c). */
+#ifndef SS_LAUNCHER_PLAN_CAPACITY_H
+#define SS_LAUNCHER_PLAN_CAPACITY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "runtime/model.h"
+#include "runtime/planner.h"
+#include "runtime/shard.h"
+
+typedef struct ss_plan_capacity_opts {
+  const char *hardware;   /* hardware profile or preset JSON */
+  int nodes;              /* 0: as many as tp needs */
+  bool weight_fp8;        /* use the profile's fp8 matmul rate */
+  double kv_tokens;       /* > 0: the KV pool the server is given (else from memory) */
+  ss_sched_params sched;  /* max_num_seqs, max_batched_tokens, block_size */
+  ss_sim_workload w;
+  bool simulate;          /* a workload was given */
+  bool max_rate;          /* search the highest rate meeting the SLOs */
+} ss_plan_capacity_opts;
+
+/* Adds the capacity figures to `out`; returns an exit status (errors printed). */
+int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_capacity_opts *o,
+                     json_t *out);
+/* Prints them as a table. */
+void ss_plan_capacity_print(json_t *o);
+
+#endif
