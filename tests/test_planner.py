@@ -1,0 +1,115 @@
+"""The capacity planner: memory and KV figures checked by hand arithmetic, the
+simulation's internal consistency, and bad inputs.
+
+Hand arithmetic (Grok-1, configs/models/grok-1.json): per-rank weight bytes
+come from the plan (pinned elsewhere against 315.7B parameters); the KV room of
+a rank is 0.9 x 80 GiB minus its weights (the H100 preset keeps 10% for
+activations), and Grok-1's K+V per token in bf16 is 2 x 64 layers x 8 KV heads
+x 128 x 2 B = 256 KiB for the whole model, 32 KiB per rank at TP 8.
+"""
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "lib"))
+from harness import Checker, parse_args  # noqa: E402
+
+args = parse_args()
+ck = Checker("planner")
+ROOT = os.path.dirname(HERE)
+GROK1 = os.path.join(ROOT, "configs", "models", "grok-1.json")
+GROK2 = os.path.join(ROOT, "configs", "models", "grok-2.json")
+H100 = os.path.join(ROOT, "configs", "hardware", "h100-sxm-80g.json")
+H200 = os.path.join(ROOT, "configs", "hardware", "h200-141g.json")
+
+
+def plan(*flags):
+    rc, out, err = ck.run(args.bin, ["plan", *flags, "--json"], timeout=600)
+    if not ck.check(rc == 0, f"plan {flags} failed ({rc}): {err[-800:]}"):
+        return None
+    return json.loads(out)
+
+
+for dtype in ("fp8", "bf16"):
+    p = plan("--model", GROK1, "--tp", "8", "--dtype", dtype, "--hardware", H100)
+    if not p:
+        continue
+    ck.check(p["kv_bytes_per_token"] == 256 * 1024, f"grok-1 KV/token {p['kv_bytes_per_token']}")
+    mem = 80 * 2**30
+    for r in p["memory_per_rank"]:
+        w = r["weight_bytes"]
+        room = 0.9 * mem - w
+        ck.check(abs(r["kv_room_bytes"] - max(room, 0)) < 1, f"{dtype} rank {r['rank']}: room "
+                 f"{r['kv_room_bytes']} vs {room}")
+        if room > 0:
+            ck.check(abs(r["kv_capacity_tokens"] - room / (32 * 1024)) < 1,
+                     f"{dtype} rank {r['rank']}: KV tokens {r['kv_capacity_tokens']}")
+    print(f"grok-1 {dtype} on 8 x H100: fits {p['fits']}, weights/rank "
+          f"{p['memory_per_rank'][0]['weight_bytes'] / 2**30:.2f} GiB, KV "
+          f"{p['kv_capacity_tokens']:.0f} tokens")
+    # fp8: 315.7B params / 8 ranks ~ 36.8 GiB fits; bf16: ~73.5 GiB per rank does not
+    # fit in 72 GiB usable.
+    ck.check(p["fits"] == (dtype == "fp8"), f"grok-1 {dtype} on 8 x H100 fits = {p['fits']}")
+
+p = plan("--model", GROK1, "--tp", "8", "--dtype", "bf16", "--hardware", H200)
+ck.check(p and p["fits"] and p["kv_capacity_tokens"] > 0, "grok-1 bf16 on 8 x H200 fits")
+p = plan("--model", GROK2, "--tp", "8", "--dtype", "fp8", "--hardware", H100)
+ck.check(p is not None and "fits" in p, "grok-2 fp8 on 8 x H100 planned")
+
+# A workload: every request completes, token totals are what was asked, the
+# percentiles are ordered, TPOT is consistent with the decode step time.
+p = plan("--model", GROK1, "--tp", "8", "--dtype", "fp8", "--hardware", H100,
+         "--request-rate", "4", "--num-prompts", "100", "--random-input-len", "512",
+         "--random-output-len", "64", "--seed", "3", "--goodput", "ttft:1000", "tpot:50",
+         "--max-rate")
+if p:
+    s = p["simulation"]
+    ck.check(s["completed"] == 100 and s["total_output_tokens"] == 6400 and
+             s["total_input_tokens"] == 51200, f"simulation totals {s}")
+    ck.check(s["median_ttft_ms"] <= s["p90_ttft_ms"] <= s["p99_ttft_ms"], "TTFT percentiles ordered")
+    ck.check(s["median_tpot_ms"] >= p["step_times_ms"]["decode_batch1"]["total"] * 0.99,
+             f"TPOT {s['median_tpot_ms']} below a batch-1 decode step "
+             f"{p['step_times_ms']['decode_batch1']['total']}")
+    ck.check(p["max_rate_meeting_slo"] > 0, f"max rate {p.get('max_rate_meeting_slo')}")
+    # Same seed, same prediction.
+    q = plan("--model", GROK1, "--tp", "8", "--dtype", "fp8", "--hardware", H100,
+             "--request-rate", "4", "--num-prompts", "100", "--random-input-len", "512",
+             "--random-output-len", "64", "--seed", "3")
+    ck.check(q and q["simulation"]["mean_ttft_ms"] == s["mean_ttft_ms"], "seeded simulation repeats")
+
+# The default model with a measured-style profile written here.
+prof = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ss-prof-{os.getpid()}.json")
+json.dump({"name": "test", "mem_bytes": 8e9, "mem_bw": 2e10, "flops": 5e10,
+           "attn_s_per_pos": 1e-7, "step_overhead_s": 1e-4, "logit_row_s": 5e-5,
+           "request_overhead_s": 1e-3}, open(prof, "w"))
+p = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--kv-blocks", "100",
+         "--max-concurrency", "4", "--num-prompts", "20", "--random-input-len", "100",
+         "--random-output-len", "20")
+if p:
+    ck.check(p["kv_capacity_tokens"] == 1600, f"--kv-blocks 100 gives {p['kv_capacity_tokens']} tokens")
+    ck.check(p["simulation"]["completed"] == 20, "closed loop completes")
+
+# Bad input: each a clear message, exit 1 or 2.
+for flags, code, needle in [
+    (["--model", "configs/models/nope.json", "--tp", "8"], 1, "nope.json"),
+    (["--model", GROK1, "--tp", "8", "--hardware", "/nonexistent.json"], 1, "nonexistent"),
+    (["--model", GROK1, "--tp", "8", "--hardware", H100, "--request-rate", "-1"], 2, "--request-rate"),
+    (["--model", GROK1, "--tp", "8", "--request-rate", "2"], 2, "--hardware"),
+    (["--model", GROK1, "--tp", "8", "--hardware", H100, "--goodput", "ttft"], 2, "goodput"),
+    (["--model", GROK1, "--tp", "8", "--hardware", H100, "--goodput", "latency:5"], 2, "goodput"),
+    (["--model", GROK1, "--tp", "64"], 2, "--tp"),
+    (["--model", GROK1, "--tp", "8", "--hardware", H100, "--kv-mem", "lots"], 2, "--kv-mem"),
+    (["--model", GROK1, "--tp", "16", "--hardware", H100, "--nodes", "1"], 2, "--nodes"),
+]:
+    rc, out, err = ck.run(args.bin, ["plan", *flags])
+    ck.check(rc == code and needle in err, f"plan {flags}: exit {rc}, stderr {err!r}")
+bad = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ss-badprof-{os.getpid()}.json")
+for text, needle in [("{", "JSON"), ('{"mem_bw": 1}', "mem_bytes"),
+                     ('{"mem_bytes": 1, "mem_bw": -5, "flops": 1}', "mem_bw")]:
+    open(bad, "w").write(text)
+    rc, out, err = ck.run(args.bin, ["plan", "--model", GROK1, "--tp", "8", "--hardware", bad])
+    ck.check(rc == 1 and needle in err, f"bad profile {text!r}: {rc} {err!r}")
+os.unlink(bad)
+os.unlink(prof)
+ck.finish()
