@@ -8,14 +8,20 @@
  *   - Batch invariance: every output row is computed by the same sequence of
  *     floating-point operations whatever n, the other rows and the thread count,
  *     so a request's result does not depend on what it is batched with.
- *   - All pointers refer to backend memory (host memory for the CPU backend). */
+ *   - Weights, activations and the KV cache are backend memory (host memory for
+ *     the CPU backend, device memory for CUDA).  Index metadata (token ids, the
+ *     positions and block tables of ss_token_loc, logit rows) is always host
+ *     memory: a device backend copies it over itself, once per step. */
 #ifndef SS_KERNELS_H
 #define SS_KERNELS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "dtype.h"
+
+struct ss_comm;
 
 typedef struct ss_weight {
   ss_dtype type;
@@ -105,11 +111,41 @@ struct ss_backend {
   void (*swiglu)(ss_backend *be, const float *gate, const float *up, int64_t count, float *out);
   /* x += y, elementwise over count floats. */
   void (*add)(ss_backend *be, float *x, const float *y, int64_t count);
+
+  /* ---- Moving data: every backend fills these (memcpy/memset on the CPU) so
+   * that the model code is the same whatever memory the backend computes in. */
+  bool device;   /* alloc returns memory the host cannot dereference */
+  /* dst (backend memory) <- src (host memory), and back; nbytes bytes.  Returns
+   * SS_OK or an error status with a message (the CPU's cannot fail). */
+  int (*upload)(ss_backend *be, void *dst, const void *src, size_t nbytes);
+  int (*download)(ss_backend *be, void *dst, const void *src, size_t nbytes);
+  /* nbytes of backend memory set to byte value `value`. */
+  void (*memset)(ss_backend *be, void *dst, int value, size_t nbytes);
+  /* dst[i] = src[rows[i]] for n rows of width floats (rows: host memory,
+   * trusted).  Picks the rows that produce logits. */
+  void (*gather_rows)(ss_backend *be, const float *src, const int32_t *rows, int64_t n,
+                      int64_t width, float *dst);
+
+  /* ---- Optional (NULL on the CPU): steps on an asynchronous device.
+   * step_begin is called before the first kernel of a forward step with that
+   * step's token locations (the same ss_token_loc the kernels will be given) and
+   * the KV cache's block size, step_end after its last kernel; between the two the backend may capture the
+   * step as a graph and replay it when the shape repeats, so nothing between
+   * them may wait on the device or depend on the host's view of device data.
+   * allreduce sums buf (backend memory) over the comm's ranks, queued in order
+   * with the kernels; sync waits until everything queued has finished (and, with
+   * a comm, keeps checking that the peers are alive).  Errors: status + message. */
+  int (*step_begin)(ss_backend *be, const ss_token_loc *loc, int64_t n_logits, int32_t block_size);
+  int (*step_end)(ss_backend *be);
+  int (*allreduce)(ss_backend *be, struct ss_comm *comm, float *buf, int64_t count);
+  int (*sync)(ss_backend *be, struct ss_comm *comm);
 };
 
 /* The CPU backend with n_threads threads (<= 0: one per online core).
  * Returns NULL on failure (message via ss_error_msg()). */
 ss_backend *ss_backend_cpu_create(int n_threads);
+
+/* The CUDA backend is declared in kernels/cuda/cuda.h (builds with SS_HAVE_CUDA). */
 
 /* Single-threaded reference dot product of one weight row with x (any compute
  * type), accumulated in double.  For tests. */

@@ -142,6 +142,23 @@ static void cpu_add(ss_backend *be, float *x, const float *y, int64_t count) {
   for (int64_t i = 0; i < count; i++) x[i] += y[i];
 }
 
+/* Host memory is the backend's memory: moving data is a copy. */
+static int cpu_upload(ss_backend *be, void *dst, const void *src, size_t nbytes) {
+  if (nbytes) memcpy(dst, src, nbytes);
+  return SS_OK;
+}
+
+static void cpu_memset(ss_backend *be, void *dst, int value, size_t nbytes) {
+  if (nbytes) memset(dst, value, nbytes);
+}
+
+static void cpu_gather_rows(ss_backend *be, const float *src, const int32_t *rows, int64_t n,
+                            int64_t width, float *dst) {
+  for (int64_t i = 0; i < n; i++)
+    if (dst + i * width != src + (int64_t)rows[i] * width)
+      memmove(dst + i * width, src + (int64_t)rows[i] * width, (size_t)width * sizeof *dst);
+}
+
 ss_backend *ss_backend_cpu_create(int n_threads) {
   if (n_threads <= 0) {
     long nc = sysconf(_SC_NPROCESSORS_ONLN);
@@ -176,6 +193,11 @@ ss_backend *ss_backend_cpu_create(int n_threads) {
       .attention = ss_cpu_attention,
       .swiglu = cpu_swiglu,
       .add = cpu_add,
+      .device = false,
+      .upload = cpu_upload,
+      .download = cpu_upload,
+      .memset = cpu_memset,
+      .gather_rows = cpu_gather_rows,
   };
   return be;
 }
