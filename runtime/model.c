@@ -385,8 +385,78 @@ fail:
   return rc;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Device weights                                                             */
+
+/* Copies nbytes at *data to the device and points *data at the copy; the same
+ * host pointer seen before (tied embeddings) reuses its copy. */
+static int upload_one(ss_model *m, ss_backend *be, const void **data, size_t nbytes,
+                      const void **seen_src, void **seen_dst, int *n_seen, const char *what) {
+  for (int i = 0; i < *n_seen; i++)
+    if (seen_src[i] == *data) {
+      *data = seen_dst[i];
+      return SS_OK;
+    }
+  void *d = be->alloc(be, nbytes);
+  if (!d) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    return ss_error(SS_ERR_NOMEM, "uploading %s (%.1f MiB) to the device: %s", what,
+                    (double)nbytes / (1 << 20), msg);
+  }
+  m->dev_bufs[m->n_dev_bufs++] = d;
+  int rc = be->upload(be, d, *data, nbytes);
+  if (rc) return rc;
+  seen_src[*n_seen] = *data;
+  seen_dst[(*n_seen)++] = d;
+  *data = d;
+  return SS_OK;
+}
+
+int ss_model_upload(ss_model *m, ss_backend *be) {
+  if (!be->device || m->dev_be) return SS_OK;
+  const ss_model_config *c = &m->cfg;
+  const int cap = 2 + 9 * c->n_layer + 2;
+  m->dev_bufs = calloc((size_t)cap, sizeof *m->dev_bufs);
+  const void **seen_src = calloc((size_t)cap, sizeof *seen_src);
+  void **seen_dst = calloc((size_t)cap, sizeof *seen_dst);
+  int n_seen = 0, rc = SS_OK;
+  m->dev_be = be;
+  if (!m->dev_bufs || !seen_src || !seen_dst) {
+    rc = ss_error(SS_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  const size_t norm_nbytes = (size_t)c->dim * sizeof(float);
+#define UP_W(w, what) upload_one(m, be, &(w).data, (size_t)(w).rows * (w).row_nbytes, seen_src, \
+                                 seen_dst, &n_seen, what)
+#define UP_N(p, what) upload_one(m, be, (const void **)&(p), norm_nbytes, seen_src, seen_dst, \
+                                 &n_seen, what)
+  if ((rc = UP_W(m->tok_embd, "token_embd")) || (rc = UP_W(m->output, "output")) ||
+      (rc = UP_N(m->output_norm, "output_norm")))
+    goto done;
+  for (int l = 0; l < c->n_layer && !rc; l++) {
+    ss_layer_weights *L = &m->layers[l];
+    (void)((rc = UP_N(L->attn_norm, "attn_norm")) || (rc = UP_W(L->wq, "attn_q")) ||
+           (rc = UP_W(L->wk, "attn_k")) || (rc = UP_W(L->wv, "attn_v")) ||
+           (rc = UP_W(L->wo, "attn_output")) || (rc = UP_N(L->ffn_norm, "ffn_norm")) ||
+           (rc = UP_W(L->w_gate, "ffn_gate")) || (rc = UP_W(L->w_up, "ffn_up")) ||
+           (rc = UP_W(L->w_down, "ffn_down")));
+  }
+#undef UP_W
+#undef UP_N
+  /* The host copies of row-parallel slices are no longer read. */
+  for (int i = 0; i < m->n_owned && !rc; i++) free(m->owned[i]);
+  if (!rc) m->n_owned = 0;
+done:
+  free(seen_src);
+  free(seen_dst);
+  return rc;
+}
+
 void ss_model_free(ss_model *m) {
   if (!m) return;
+  for (int i = 0; i < m->n_dev_bufs; i++) m->dev_be->dealloc(m->dev_be, m->dev_bufs[i]);
+  free(m->dev_bufs);
   free(m->layers);
   free(m->chat_template);
   for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
@@ -433,6 +503,14 @@ int ss_forward_state_init(ss_forward_state *st, const ss_model *m, ss_backend *b
                                                    (size_t)c->vocab * sizeof(float))
                                : NULL;
     ok = st->lg && (lo->rank != 0 || st->lg_all);
+    if (ok && be->device && lo->rank == 0) {
+      st->lg_host = malloc((size_t)(max_logits ? max_logits : 1) * (size_t)c->vocab * sizeof(float));
+      ok = st->lg_host != NULL;
+    }
+  }
+  if (ok && be->device && !(lo->tp > 1 && lo->vocab_parallel)) {
+    st->lgd = be->alloc(be, (size_t)(max_logits ? max_logits : 1) * v_local * sizeof(float));
+    ok = st->lgd != NULL;
   }
   if (!ok) {
     ss_forward_state_free(st);
@@ -445,11 +523,12 @@ int ss_forward_state_init(ss_forward_state *st, const ss_model *m, ss_backend *b
 void ss_forward_state_free(ss_forward_state *st) {
   ss_backend *be = st->be;
   if (!be) return;
-  float *bufs[] = {st->x,  st->xb, st->xb2, st->q,  st->k,  st->v,
-                   st->att, st->hb, st->hb2, st->xl, st->lg, st->lg_all};
+  float *bufs[] = {st->x,  st->xb, st->xb2, st->q,  st->k,      st->v,
+                   st->att, st->hb, st->hb2, st->xl, st->lg, st->lg_all, st->lgd};
   for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
     if (bufs[i]) be->dealloc(be, bufs[i]);
   free(st->ids);
+  free(st->lg_host);
   memset(st, 0, sizeof *st);
 }
 
@@ -467,10 +546,13 @@ static double now_s(void) {
 
 static bool distributed(const ss_model *m) { return m->comm && m->comm->size > 1; }
 
-/* Sums a residual update over the ranks (row-parallel output). */
-static int allreduce(const ss_model *m, float *x, int64_t count, const char *what, int layer) {
+/* Sums a residual update over the ranks (row-parallel output).  A device
+ * backend queues it behind its kernels (nccl), without waiting. */
+static int allreduce(const ss_model *m, ss_backend *be, float *x, int64_t count, const char *what,
+                     int layer) {
   if (!distributed(m)) return SS_OK;
-  int rc = ss_comm_allreduce_sum(m->comm, x, (size_t)count, SS_DTYPE_F32);
+  int rc = be->allreduce ? be->allreduce(be, m->comm, x, count)
+                         : ss_comm_allreduce_sum(m->comm, x, (size_t)count, SS_DTYPE_F32);
   if (rc) {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", ss_error_msg());
@@ -479,17 +561,14 @@ static int allreduce(const ss_model *m, float *x, int64_t count, const char *wha
   return SS_OK;
 }
 
-/* This rank's share of one forward pass (every rank runs it on the same batch). */
-static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
-                         const ss_batch *b, float *logits) {
+/* The step proper: every kernel and in-step all-reduce of one forward pass,
+ * from the embedding to the LM head (between step_begin and step_end). */
+static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                        const ss_batch *b, float *logits) {
   const ss_model_config *c = &m->cfg;
   const ss_model_local *lo = &m->local;
   ss_backend *be = st->be;
   const int64_t n = b->n;
-  if (n <= 0 || n > st->max_tokens || b->n_logits < 0 || b->n_logits > st->max_logits)
-    return ss_error(SS_ERR_INVALID, "forward: batch of %lld tokens / %lld logit rows exceeds "
-                    "the state's %lld / %lld", (long long)n, (long long)b->n_logits,
-                    (long long)st->max_tokens, (long long)st->max_logits);
   const ss_rope_params rq = {.n_heads = lo->n_head, .head_dim = c->head_dim,
                              .rope_dim = c->rope_dim, .theta = c->rope_theta,
                              .mode = c->rope_mode};
@@ -513,7 +592,7 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
     ids = st->ids;
   }
   be->embed(be, &m->tok_embd, ids, n, st->x);
-  if (vp && (rc = allreduce(m, st->x, n * c->dim, "embedding", -1))) return rc;
+  if (vp && (rc = allreduce(m, be, st->x, n * c->dim, "embedding", -1))) return rc;
 
   for (int l = 0; l < c->n_layer; l++) {
     const ss_layer_weights *L = &m->layers[l];
@@ -528,7 +607,7 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
     be->kv_store(be, &kvl, &b->loc, st->k, st->v);
     be->attention(be, &kvl, &b->loc, st->q, &ap, st->att);
     be->matmul(be, &L->wo, st->att, n, st->xb2);
-    if ((rc = allreduce(m, st->xb2, n * c->dim, "attention", l))) return rc;
+    if ((rc = allreduce(m, be, st->xb2, n * c->dim, "attention", l))) return rc;
     be->add(be, st->x, st->xb2, n * c->dim);
     /* MLP */
     be->rmsnorm(be, st->x, L->ffn_norm, n, c->dim, c->rms_eps, st->xb);
@@ -538,30 +617,61 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
       be->swiglu(be, st->hb, st->hb2, n * lo->ffn_dim, st->hb);
       be->matmul(be, &L->w_down, st->hb, n, st->xb2);
     } else {
-      memset(st->xb2, 0, (size_t)(n * c->dim) * sizeof(float));
+      be->memset(be, st->xb2, 0, (size_t)(n * c->dim) * sizeof(float));
     }
-    if ((rc = allreduce(m, st->xb2, n * c->dim, "MLP", l))) return rc;
+    if ((rc = allreduce(m, be, st->xb2, n * c->dim, "MLP", l))) return rc;
     be->add(be, st->x, st->xb2, n * c->dim);
   }
   if (b->n_logits == 0) return SS_OK;
-  for (int64_t i = 0; i < b->n_logits; i++) {
-    int32_t r = b->logit_rows[i];
-    SS_ASSERT(r >= 0 && r < n);
-    memcpy(st->xl + i * c->dim, st->x + (int64_t)r * c->dim, (size_t)c->dim * sizeof(float));
-  }
+  be->gather_rows(be, st->x, b->logit_rows, b->n_logits, c->dim, st->xl);
   be->rmsnorm(be, st->xl, m->output_norm, b->n_logits, c->dim, c->rms_eps, st->xl);
+  /* Vocabulary-parallel: every rank its rows.  Whole LM head on every rank:
+   * rank 0 alone needs the logits.  Device backends write device memory,
+   * copied out after the step. */
+  if (vp) be->matmul(be, &m->output, st->xl, b->n_logits, st->lg);
+  else if (!distributed(m) || lo->rank == 0)
+    be->matmul(be, &m->output, st->xl, b->n_logits, be->device ? st->lgd : logits);
+  return SS_OK;
+}
+
+/* This rank's share of one forward pass (every rank runs it on the same batch):
+ * the step on the backend, then the logits to rank 0's host memory. */
+static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                         const ss_batch *b, float *logits) {
+  const ss_model_config *c = &m->cfg;
+  const ss_model_local *lo = &m->local;
+  ss_backend *be = st->be;
+  if (b->n <= 0 || b->n > st->max_tokens || b->n_logits < 0 || b->n_logits > st->max_logits)
+    return ss_error(SS_ERR_INVALID, "forward: batch of %lld tokens / %lld logit rows exceeds "
+                    "the state's %lld / %lld", (long long)b->n, (long long)b->n_logits,
+                    (long long)st->max_tokens, (long long)st->max_logits);
+  for (int64_t i = 0; i < b->n_logits; i++) SS_ASSERT(b->logit_rows[i] >= 0 && b->logit_rows[i] < b->n);
+  int rc = be->step_begin ? be->step_begin(be, &b->loc, b->n_logits, kv->block_size) : SS_OK;
+  if (rc) return rc;
+  rc = forward_step(m, st, kv, b, logits);
+  /* A device step always ends (a failed one too: a graph capture must close). */
+  if (be->step_end) {
+    int rc2 = be->step_end(be);
+    if (!rc) rc = rc2;
+  }
+  if (!rc && be->sync) rc = be->sync(be, distributed(m) ? m->comm : NULL);
+  if (rc || b->n_logits == 0) return rc;
+  const bool vp = distributed(m) && lo->vocab_parallel;
   if (!vp) {
-    /* Whole LM head on every rank: rank 0 alone needs the logits. */
-    if (!distributed(m) || lo->rank == 0) be->matmul(be, &m->output, st->xl, b->n_logits, logits);
+    if (be->device && (!distributed(m) || lo->rank == 0))
+      return be->download(be, logits, st->lgd,
+                          (size_t)b->n_logits * (size_t)c->vocab * sizeof(float));
     return SS_OK;
   }
   /* Vocabulary-parallel LM head: each rank's rows, gathered on rank 0. */
   const int tp = lo->tp;
-  be->matmul(be, &m->output, st->xl, b->n_logits, st->lg);
   size_t *nbytes = malloc((size_t)tp * sizeof *nbytes);
   if (!nbytes) return ss_error(SS_ERR_NOMEM, "out of memory");
-  for (int r = 0; r < tp; r++)
+  size_t total = 0;
+  for (int r = 0; r < tp; r++) {
     nbytes[r] = (size_t)b->n_logits * (size_t)ss_range_len(m->plan.ranks[r].vocab) * sizeof(float);
+    total += nbytes[r];
+  }
   rc = ss_comm_gatherv(m->comm, st->lg, st->lg_all, nbytes, 0);
   free(nbytes);
   if (rc) {
@@ -570,8 +680,12 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
     return ss_error(rc, "forward: gathering the logits: %s", msg);
   }
   if (lo->rank != 0) return SS_OK;
-  /* Rank-major [rank][row][V_r] to row-major [row][V]. */
   const float *src = st->lg_all;
+  if (be->device) {
+    if ((rc = be->download(be, st->lg_host, st->lg_all, total))) return rc;
+    src = st->lg_host;
+  }
+  /* Rank-major [rank][row][V_r] to row-major [row][V]. */
   for (int r = 0; r < tp; r++) {
     const ss_range vr = m->plan.ranks[r].vocab;
     const int64_t vn = ss_range_len(vr);
