@@ -17,6 +17,7 @@ static const command k_commands[] = {
     {"serve", ss_cmd_serve, "serve the model behind an OpenAI-compatible HTTP API"},
     {"info", ss_cmd_info, "print a model's architecture, tokenizer and tensor table"},
     {"tokenize", ss_cmd_tokenize, "print the token ids of UTF-8 text read from stdin"},
+    {"synth", ss_cmd_synth, "write a random-weight model of any shape (GGUF or safetensors)"},
 };
 #define N_COMMANDS (sizeof k_commands / sizeof k_commands[0])
 
