@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from harness import Checker, parse_args  # noqa: E402
 
 args = parse_args()
+args.bin = os.path.abspath(args.bin)
 ck = Checker("cuda e2e")
 tmp = tempfile.mkdtemp(prefix="ss-cuda-e2e-")
 SHAPE = ["--dim", "512", "--layers", "4", "--heads", "8", "--kv-heads", "2", "--ffn", "1024",
