@@ -74,6 +74,8 @@ static void *cu_alloc(ss_backend *be, size_t nbytes) {
 static void cu_dealloc(ss_backend *be, void *p) {
   ss_cuda *c = be->ctx;
   ss_cuda_enter(c);
+  /* A captured graph may read this buffer: none may be replayed after it goes. */
+  if (c->stats.cached) ss_cuda_graphs_drop(c);
   if (p) cudaFree(p);
 }
 
@@ -99,15 +101,18 @@ static int cu_download(ss_backend *be, void *dst, const void *src, size_t nbytes
   return cu_copy(be, dst, src, nbytes, false);
 }
 
-/* In a replayed step the graph does the work: the wrappers only stage. */
-static bool replaying(ss_cuda *c) {
+/* In a replayed step the graph does the work: the wrappers only stage (and
+ * sign the buffers they were given). */
+static bool replaying_sig(ss_cuda *c, const void *a, const void *b, const void *d) {
   ss_cuda_enter(c);
+  if (c->mode == SS_CUDA_MODE_CAPTURE || c->mode == SS_CUDA_MODE_REPLAY) ss_cuda_sig(c, a, b, d);
   return c->mode == SS_CUDA_MODE_REPLAY;
 }
+#define replaying(c) replaying_sig((c), NULL, NULL, NULL)
 
 static void cu_memset(ss_backend *be, void *dst, int value, size_t nbytes) {
   ss_cuda *c = be->ctx;
-  if (replaying(c) || !nbytes) return;
+  if (replaying_sig(c, dst, NULL, NULL) || !nbytes) return;
   SS_CUDA_CHECK(c, cudaMemsetAsync(dst, value, nbytes, c->stream));
 }
 
@@ -116,7 +121,7 @@ static void cu_memset(ss_backend *be, void *dst, int value, size_t nbytes) {
 static void cu_embed(ss_backend *be, const ss_weight *table, const int32_t *ids, int64_t n,
                      float *out) {
   ss_cuda *c = be->ctx;
-  const bool rp = replaying(c);
+  const bool rp = replaying_sig(c, table->data, out, NULL);
   const int32_t *d_ids = ss_cuda_stage(c, ids, (size_t)n * sizeof *ids);
   if (rp || !d_ids) return;
   SS_CUDA_CHECK(c, ss_cuda_launch_embed((int)table->type, table->data, table->row_nbytes,
@@ -126,14 +131,14 @@ static void cu_embed(ss_backend *be, const ss_weight *table, const int32_t *ids,
 static void cu_rmsnorm(ss_backend *be, const float *x, const float *w, int64_t n, int64_t dim,
                        float eps, float *out) {
   ss_cuda *c = be->ctx;
-  if (replaying(c)) return;
+  if (replaying_sig(c, x, w, out)) return;
   SS_CUDA_CHECK(c, ss_cuda_launch_rmsnorm(x, w, n, dim, eps, out, c->stream));
 }
 
 static void cu_rope(ss_backend *be, float *x, const int32_t *pos, int64_t n,
                     const ss_rope_params *p) {
   ss_cuda *c = be->ctx;
-  const bool rp = replaying(c);
+  const bool rp = replaying_sig(c, x, NULL, NULL);
   const int32_t *d_pos = ss_cuda_pos_get(c, pos, n);
   if (rp || !d_pos) return;
   SS_CUDA_CHECK(c, ss_cuda_launch_rope(x, d_pos, n, p->n_heads, p->head_dim, p->rope_dim,
@@ -143,7 +148,7 @@ static void cu_rope(ss_backend *be, float *x, const int32_t *pos, int64_t n,
 static void cu_kv_store(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc,
                         const float *k, const float *v) {
   ss_cuda *c = be->ctx;
-  const bool rp = replaying(c);
+  const bool rp = replaying_sig(c, kv->k, k, v) | replaying_sig(c, kv->v, NULL, NULL);
   ss_cuda_loc tmp;
   const ss_cuda_loc *dl = ss_cuda_loc_get(c, loc, kv->block_size, &tmp);
   if (rp || !dl) return;
@@ -155,7 +160,7 @@ static void cu_kv_store(ss_backend *be, const ss_kv_layer *kv, const ss_token_lo
 static void cu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc,
                          const float *q, const ss_attn_params *p, float *out) {
   ss_cuda *c = be->ctx;
-  const bool rp = replaying(c);
+  const bool rp = replaying_sig(c, kv->k, q, out) | replaying_sig(c, kv->v, NULL, NULL);
   ss_cuda_loc tmp;
   const ss_cuda_loc *dl = ss_cuda_loc_get(c, loc, kv->block_size, &tmp);
   if (!dl) return;
@@ -207,20 +212,20 @@ static void cu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_l
 static void cu_swiglu(ss_backend *be, const float *gate, const float *up, int64_t count,
                       float *out) {
   ss_cuda *c = be->ctx;
-  if (replaying(c)) return;
+  if (replaying_sig(c, gate, up, out)) return;
   SS_CUDA_CHECK(c, ss_cuda_launch_swiglu(gate, up, count, out, c->stream));
 }
 
 static void cu_add(ss_backend *be, float *x, const float *y, int64_t count) {
   ss_cuda *c = be->ctx;
-  if (replaying(c)) return;
+  if (replaying_sig(c, x, y, NULL)) return;
   SS_CUDA_CHECK(c, ss_cuda_launch_add(x, y, count, c->stream));
 }
 
 static void cu_gather_rows(ss_backend *be, const float *src, const int32_t *rows, int64_t n,
                            int64_t width, float *dst) {
   ss_cuda *c = be->ctx;
-  const bool rp = replaying(c);
+  const bool rp = replaying_sig(c, src, dst, NULL);
   const int32_t *d_rows = ss_cuda_stage(c, rows, (size_t)n * sizeof *rows);
   if (rp || !d_rows) return;
   SS_CUDA_CHECK(c, ss_cuda_launch_gather_rows(src, d_rows, n, width, dst, c->stream));
@@ -241,7 +246,7 @@ static void gemm(ss_cuda *c, const void *w, cudaDataType_t wt, const void *x, cu
 
 static void cu_matmul(ss_backend *be, const ss_weight *w, const float *x, int64_t n, float *y) {
   ss_cuda *c = be->ctx;
-  if (replaying(c)) return;
+  if (replaying_sig(c, w->data, x, y)) return;
   if (n <= SS_CUDA_GEMV_MAX_N || c->invariant) {
     SS_CUDA_CHECK(c, ss_cuda_launch_gemv((int)w->type, w->data, w->row_nbytes, w->rows, w->cols,
                                          x, n, y, c->stream));
@@ -279,7 +284,7 @@ static void cu_matmul(ss_backend *be, const ss_weight *w, const float *x, int64_
 
 static int cu_allreduce(ss_backend *be, ss_comm *comm, float *buf, int64_t count) {
   ss_cuda *c = be->ctx;
-  if (replaying(c)) return SS_OK; /* captured in the graph */
+  if (replaying_sig(c, buf, comm, NULL)) return SS_OK; /* captured in the graph */
   return ss_comm_allreduce_sum_stream(comm, buf, (size_t)count, SS_DTYPE_F32, c->stream);
 }
 
@@ -319,19 +324,19 @@ static void cu_free(ss_backend *be) {
 
 void ss_cuda_geglu(ss_backend *be, const float *gate, const float *up, int64_t count, float *out) {
   ss_cuda *c = be->ctx;
-  if (replaying(c)) return;
+  if (replaying_sig(c, gate, up, out)) return;
   SS_CUDA_CHECK(c, ss_cuda_launch_geglu(gate, up, count, out, c->stream));
 }
 
 void ss_cuda_softcap(ss_backend *be, float *x, int64_t count, float cap) {
   ss_cuda *c = be->ctx;
-  if (replaying(c)) return;
+  if (replaying_sig(c, x, NULL, NULL)) return;
   SS_CUDA_CHECK(c, ss_cuda_launch_softcap(x, count, cap, c->stream));
 }
 
 void ss_cuda_scale(ss_backend *be, float *x, int64_t count, float scale) {
   ss_cuda *c = be->ctx;
-  if (replaying(c)) return;
+  if (replaying_sig(c, x, NULL, NULL)) return;
   SS_CUDA_CHECK(c, ss_cuda_launch_scale(x, count, scale, c->stream));
 }
 

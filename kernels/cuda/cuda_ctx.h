@@ -35,6 +35,7 @@ typedef struct ss_cuda_graph {
   int64_t key[SS_CUDA_KEY_LEN];
   bool used;
   cudaGraphExec_t exec; /* NULL until captured */
+  uint64_t sig;         /* the buffers its kernels were captured with */
 } ss_cuda_graph;
 
 /* A batch's token locations in device memory (pos[n], block tables [n][W],
@@ -80,6 +81,7 @@ typedef struct ss_cuda {
   ss_cuda_loc step;      /* the current step's locations (valid while in a step) */
   bool step_valid;
   ss_cuda_graph *cur;
+  uint64_t sig;          /* running hash of this step's buffer addresses */
   ss_cuda_graph graphs_tab[SS_CUDA_MAX_GRAPHS];
   ss_cuda_graph_stats stats;
 
@@ -110,6 +112,16 @@ int ss_cuda_take_err(ss_cuda *c);
     if (s_ != CUBLAS_STATUS_SUCCESS)                                                          \
       ss_cuda_record((c), __FILE__, __LINE__, #call, cublasGetStatusString(s_));              \
   } while (0)
+
+/* Folds buffer addresses into the step's signature: a replay must use the
+ * buffers its graph was captured with (a different forward state or a freed
+ * and reallocated buffer of the same shape would otherwise be read stale). */
+static inline void ss_cuda_sig(ss_cuda *c, const void *a, const void *b, const void *d) {
+  uint64_t h = c->sig ^ (uint64_t)(uintptr_t)a;
+  h = (h ^ (h >> 29)) * 0xbf58476d1ce4e5b9ull ^ (uint64_t)(uintptr_t)b;
+  h = (h ^ (h >> 31)) * 0x94d049bb133111ebull ^ (uint64_t)(uintptr_t)d;
+  c->sig = h ^ (h >> 32);
+}
 
 /* Makes this backend's GPU current on the calling thread (cheap when it is). */
 void ss_cuda_enter(ss_cuda *c);

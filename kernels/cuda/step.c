@@ -244,6 +244,7 @@ int ss_cuda_step_begin(ss_backend *be, const ss_token_loc *loc, int64_t n_logits
   retired_free(c);
   c->pin_off = 0;
   c->cur = NULL;
+  c->sig = 0;
   c->step_valid = false;
   /* The shape: what loc_stage derives and the kernels' launches depend on. */
   int64_t need = 1;
@@ -306,11 +307,19 @@ int ss_cuda_step_end(ss_backend *be) {
       ss_cuda_record(c, __FILE__, __LINE__, "cudaGraphInstantiate", cudaGetErrorString(e));
     } else {
       c->cur->exec = exec;
+      c->cur->sig = c->sig;
       c->stats.captured++;
       c->stats.cached++;
       SS_CUDA_CHECK(c, cudaGraphLaunch(exec, c->stream));
     }
   } else if (mode == SS_CUDA_MODE_REPLAY) {
+    if (c->sig != c->cur->sig) {
+      /* Same shape, other buffers: the kernels of this step were not run. */
+      ss_cuda_graphs_drop(c);
+      return ss_error(SS_ERR_INTERNAL, "cuda: a step of a captured shape used other buffers than "
+                      "its graph (one forward state per backend while graphs are on; "
+                      "SS_CUDA_GRAPHS=0 lifts this)");
+    }
     c->stats.replayed++;
     SS_CUDA_CHECK(c, cudaGraphLaunch(c->cur->exec, c->stream));
   } else if (mode == SS_CUDA_MODE_EAGER) {
