@@ -239,7 +239,7 @@ static void cu_gather_rows(ss_backend *be, const float *src, const int32_t *rows
 static void gemm(ss_cuda *c, const void *w, cudaDataType_t wt, const void *x, cudaDataType_t xt,
                  int64_t rows, int64_t n, int64_t cols, float *y, int64_t ldy) {
   const float one = 1.0f, zero = 0.0f;
-  SS_CUBLAS_CHECK(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n, (int)cols,
+  SS_CUBLAS_CHECK(c, ss_cublas.gemm_ex(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)n, (int)cols,
                                   &one, w, wt, (int)cols, x, xt, (int)cols, &zero, y, CUDA_R_32F,
                                   (int)ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
@@ -310,7 +310,7 @@ static void cu_free(ss_backend *be) {
     ss_cuda_staging_free(c);
     for (int i = 0; i < SS_CUDA_SCR_COUNT_; i++)
       if (c->scr[i]) cudaFree(c->scr[i]);
-    if (c->blas) cublasDestroy(c->blas);
+    if (c->blas) ss_cublas.destroy(c->blas);
     if (c->blas_ws) cudaFree(c->blas_ws);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->h_meta);
@@ -413,6 +413,11 @@ ss_backend *ss_backend_cuda_create_opts(const ss_cuda_opts *o) {
              n_dev ? "" : " (no driver or no GPU)");
     return NULL;
   }
+  const char *why = ss_cublas_load();
+  if (why) {
+    ss_error(SS_ERR_UNSUPPORTED, "cuda: rank %d (host %s): %s", env_rank(), host, why);
+    return NULL;
+  }
   ss_backend *be = calloc(1, sizeof *be);
   ss_cuda *c = calloc(1, sizeof *c);
   if (!be || !c) {
@@ -434,12 +439,12 @@ ss_backend *ss_backend_cuda_create_opts(const ss_cuda_opts *o) {
   c->smem_optin = (size_t)smem;
   SS_CUDA_CHECK(c, ss_cuda_attn_configure(c->smem_optin));
   SS_CUDA_CHECK(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-  SS_CUBLAS_CHECK(c, cublasCreate(&c->blas));
+  SS_CUBLAS_CHECK(c, ss_cublas.create(&c->blas));
   SS_CUDA_CHECK(c, cudaMalloc(&c->blas_ws, BLAS_WS_NBYTES));
   if (!c->err) {
     /* A workspace of our own keeps cuBLAS from allocating inside graph captures. */
-    SS_CUBLAS_CHECK(c, cublasSetStream(c->blas, c->stream));
-    SS_CUBLAS_CHECK(c, cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WS_NBYTES));
+    SS_CUBLAS_CHECK(c, ss_cublas.set_stream(c->blas, c->stream));
+    SS_CUBLAS_CHECK(c, ss_cublas.set_workspace(c->blas, c->blas_ws, BLAS_WS_NBYTES));
   }
   if (c->err) {
     ss_cuda_take_err(c);

@@ -93,6 +93,23 @@ typedef struct ss_cuda {
   char errmsg[512];
 } ss_cuda;
 
+/* cuBLAS entry points, resolved at run time (blas.c). */
+typedef struct ss_cublas_api {
+  bool loaded;
+  cublasStatus_t (*create)(cublasHandle_t *);
+  cublasStatus_t (*destroy)(cublasHandle_t);
+  cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t);
+  cublasStatus_t (*set_workspace)(cublasHandle_t, void *, size_t);
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                            const void *, const void *, cudaDataType, int, const void *,
+                            cudaDataType, int, const void *, void *, cudaDataType, int,
+                            cublasComputeType_t, cublasGemmAlgo_t);
+  const char *(*status_string)(cublasStatus_t);
+} ss_cublas_api;
+extern ss_cublas_api ss_cublas;
+/* Loads cuBLAS once; NULL, or why it could not be loaded. */
+const char *ss_cublas_load(void);
+
 /* Records the first error: rank, host, device, file:line, the call and the
  * library's own message. */
 void ss_cuda_record(ss_cuda *c, const char *file, int line, const char *call, const char *msg);
@@ -110,7 +127,7 @@ int ss_cuda_take_err(ss_cuda *c);
   do {                                                                                        \
     cublasStatus_t s_ = (call);                                                               \
     if (s_ != CUBLAS_STATUS_SUCCESS)                                                          \
-      ss_cuda_record((c), __FILE__, __LINE__, #call, cublasGetStatusString(s_));              \
+      ss_cuda_record((c), __FILE__, __LINE__, #call, ss_cublas.status_string(s_));            \
   } while (0)
 
 /* Folds buffer addresses into the step's signature: a replay must use the
