@@ -40,16 +40,27 @@ def gen(model, device, extra=(), env=None, launch=None):
 
 
 def compare(label, a, b, tol):
-    if not ck.check(a["tokens"] == b["tokens"], f"{label}: greedy ids differ:\n {a['tokens']}\n {b['tokens']}"):
-        return
+    """Greedy ids must be identical; the one excuse is a near-tie: where they
+    first differ, the reference's top two logprobs are within the tolerance
+    (random weights make flat distributions), and the runs are compared up to
+    there.  Every such case is printed."""
+    n = len(a["tokens"])
+    k = next((i for i in range(n) if a["tokens"][i] != b["tokens"][i]), n)
+    if k < n:
+        top = a["top_logprobs"][k]
+        gap = top[0]["logprob"] - top[1]["logprob"] if len(top) > 1 else float("inf")
+        if not ck.check(gap <= tol, f"{label}: greedy ids differ at step {k} (top-2 gap {gap:.2e}):"
+                                    f"\n {a['tokens']}\n {b['tokens']}"):
+            return
+        print(f"note {label}: a near-tie at step {k} (top-2 gap {gap:.2e} <= {tol:.0e}): compared up to it")
     worst = 0.0
-    for sa, sb in zip(a["top_logprobs"], b["top_logprobs"]):
+    for sa, sb in list(zip(a["top_logprobs"], b["top_logprobs"]))[:k + 1]:
         da = {e["id"]: e["logprob"] for e in sa}
         for e in sb:
             if e["id"] in da:
                 worst = max(worst, abs(da[e["id"]] - e["logprob"]))
     ck.check(worst <= tol, f"{label}: logprob difference {worst:.2e} > {tol:.0e}")
-    print(f"ok   {label}: 32 identical greedy ids, max |logprob diff| {worst:.2e} (<= {tol:.0e})")
+    print(f"ok   {label}: {k} of {n} greedy ids identical, max |logprob diff| {worst:.2e} (<= {tol:.0e})")
 
 
 # Is there a GPU to run on?
