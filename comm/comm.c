@@ -59,6 +59,20 @@ int ss_comm_init(const ss_comm_opts *opts, ss_comm **out) {
   return ss_error(SS_ERR_INTERNAL, "ss_comm_init: backend %d has no constructor", (int)opts->kind);
 }
 
+int ss_comm_allreduce_sum_stream(ss_comm *c, void *buf, size_t count, ss_dtype type,
+                                 void *stream) {
+  if (!c->ops->allreduce_sum_stream)
+    return ss_error(SS_ERR_UNSUPPORTED, "comm backend '%s' cannot reduce device memory: GPU "
+                    "ranks need the nccl backend", c->backend);
+  return c->ops->allreduce_sum_stream(c, buf, count, type, stream);
+}
+
+int ss_comm_wait_stream(ss_comm *c, void *stream) {
+  if (!c->ops->wait_stream)
+    return ss_error(SS_ERR_UNSUPPORTED, "comm backend '%s' has no device streams", c->backend);
+  return c->ops->wait_stream(c, stream);
+}
+
 void ss_comm_free(ss_comm *c) {
   if (c && c->ops && c->ops->free) c->ops->free(c);
 }

@@ -3,7 +3,9 @@
  * One interface (a vtable plus an opaque context), three backends:
  *   self  one rank; every collective is a no-op (or a copy where out != in);
  *   mpi   host buffers over Open MPI;
- *   nccl  device buffers over NCCL (built when CUDA and NCCL are found).
+ *   nccl  device buffers over NCCL (built when CUDA and NCCL are found); host
+ *         buffers (control messages: steps, agreement, profiles) go over its
+ *         MPI bootstrap communicator, so callers need not tell the two apart.
  *
  * Counts are elements and nbytes are bytes, never one for the other.  Every
  * call returns 0 or a negative SS_ERR_* status with a message naming this rank,
@@ -41,6 +43,15 @@ typedef struct ss_comm_ops {
   int (*send)(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag);
   int (*recv)(ss_comm *c, void *buf, size_t nbytes, int peer, int tag);
   void (*free)(ss_comm *c);
+  /* Optional (nccl only; NULL elsewhere): the in-place sum of device memory
+   * queued after the work already on `stream` (a cudaStream_t), with later work
+   * on `stream` ordered after it by events, and no wait on the host: it may be
+   * captured into a CUDA graph.  Errors that happen on the device surface at
+   * the next wait_stream. */
+  int (*allreduce_sum_stream)(ss_comm *c, void *buf, size_t count, ss_dtype type, void *stream);
+  /* Optional (nccl): waits until everything queued on `stream` has finished,
+   * with the liveness and deadline checks of a collective. */
+  int (*wait_stream)(ss_comm *c, void *stream);
 } ss_comm_ops;
 
 struct ss_comm {
@@ -112,6 +123,11 @@ static inline int ss_comm_send(ss_comm *c, const void *buf, size_t nbytes, int p
 static inline int ss_comm_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
   return c->ops->recv(c, buf, nbytes, peer, tag);
 }
+
+/* Device-stream variants (see the ops): SS_ERR_UNSUPPORTED with a message when
+ * the backend has none (mpi and self reduce host memory only). */
+int ss_comm_allreduce_sum_stream(ss_comm *c, void *buf, size_t count, ss_dtype type, void *stream);
+int ss_comm_wait_stream(ss_comm *c, void *stream);
 
 void ss_comm_stats_reset(ss_comm *c);
 

@@ -12,7 +12,14 @@
  * kernel sums each element in rank order 0..n-1 in f32 (comm_nccl_kernels.cu);
  * it moves n times the bytes of the vector, so it is for tensor-parallel
  * activations, not for gradients.  Send/recv ignore the tag: NCCL matches
- * messages between two ranks in the order they are posted. */
+ * messages between two ranks in the order they are posted.
+ *
+ * Host buffers go over the MPI bootstrap communicator instead: the model's
+ * control plane (step messages, start-up agreement, profiles) lives in host
+ * memory while its activations live on the GPU, and one communicator serves
+ * both.  allreduce_sum_stream is the in-step path: it orders NCCL's stream
+ * after the caller's with events and returns without waiting, so a decode step
+ * (kernels and all-reduces) can be captured as one CUDA graph. */
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +43,10 @@ typedef struct nccl_ctx {
   void *scratch; /* device: gathered contributions for the deterministic sum */
   size_t scratch_nbytes;
   float *one; /* device: the barrier's one-element all-reduce */
+  cudaEvent_t ev_in, ev_out; /* caller's stream -> ours -> caller's (stream ops) */
+  /* Scratch outgrown while CUDA graphs may still point at it: freed at the end. */
+  void *retired[32];
+  int n_retired;
 } nccl_ctx;
 
 #define SPIN_S 50e-6
@@ -83,13 +94,42 @@ static int check_usable(ss_comm *c, const ss_comm_op *op) {
                    : SS_OK;
 }
 
+/* Each thread that calls in (the serve engine runs on its own thread) must
+ * have this rank's GPU current. */
+static int use_device(ss_comm *c, const ss_comm_op *op) {
+  static _Thread_local int t_device = -1;
+  nccl_ctx *x = c->ctx;
+  if (t_device == x->device) return SS_OK;
+  CUDA_TRY(c, op, cudaSetDevice(x->device));
+  t_device = x->device;
+  return SS_OK;
+}
+
+/* True for memory the host can read directly (pageable or pinned): such
+ * buffers travel over MPI. */
+static bool is_host_ptr(const void *p) {
+  if (!p) return false;
+  struct cudaPointerAttributes a;
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError(); /* older runtimes report unregistered memory as an error */
+    return true;
+  }
+  return a.type == cudaMemoryTypeUnregistered || a.type == cudaMemoryTypeHost;
+}
+
+static int nccl_wait_on(ss_comm *c, const ss_comm_op *op, double t0, cudaStream_t stream);
+
 /* Waits for everything queued on the stream. */
 static int nccl_wait(ss_comm *c, const ss_comm_op *op, double t0) {
+  return nccl_wait_on(c, op, t0, ((nccl_ctx *)c->ctx)->stream);
+}
+
+static int nccl_wait_on(ss_comm *c, const ss_comm_op *op, double t0, cudaStream_t stream) {
   nccl_ctx *x = c->ctx;
   double start = ss_comm_now(), next_check = start + SS_COMM_CHECK_S;
   long sleep_ns = 1000;
   for (;;) {
-    cudaError_t e = cudaStreamQuery(x->stream);
+    cudaError_t e = cudaStreamQuery(stream);
     if (e == cudaSuccess) return SS_OK;
     if (e != cudaErrorNotReady)
       return fail_lib(c, op, __FILE__, __LINE__, "cudaStreamQuery", cudaGetErrorString(e), NULL);
@@ -134,6 +174,15 @@ static void count_call(ss_comm *c, double t0) {
   c->n_calls++;
 }
 
+/* A host-memory operation run on the bootstrap communicator, counted here. */
+#define VIA_MPI(c, call)                                                                      \
+  do {                                                                                        \
+    double t0_ = ss_comm_now();                                                               \
+    int rc_ = (call);                                                                         \
+    count_call((c), t0_);                                                                     \
+    return rc_;                                                                               \
+  } while (0)
+
 static int nccl_type(ss_dtype t, ncclDataType_t *out) {
   switch (t) {
   case SS_DTYPE_F32: *out = ncclFloat32; return 1;
@@ -145,32 +194,76 @@ static int nccl_type(ss_dtype t, ncclDataType_t *out) {
 
 /* ---- collectives ---------------------------------------------------------- */
 
-static int nccl_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type) {
-  double t0 = ss_comm_now();
+/* Queues the sum of buf over the ranks on x->stream (no wait). */
+static int enqueue_allreduce(ss_comm *c, const ss_comm_op *op, void *buf, size_t count,
+                             ss_dtype type, size_t es) {
   nccl_ctx *x = c->ctx;
-  ss_comm_op op = {.name = "allreduce", .count = count, .type = type, .peer = -1, .root = -1};
-  size_t es;
   ncclDataType_t dt = ncclFloat32;
-  int rc = check_usable(c, &op);
-  if (rc || (rc = ss_comm_check_type(c, type, &es))) return rc;
   nccl_type(type, &dt);
-  if (count == 0) return SS_OK;
-  if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   if (!c->deterministic) {
-    NCCL_TRY(c, &op, ncclAllReduce(buf, buf, count, dt, ncclSum, x->nc, x->stream));
+    NCCL_TRY(c, op, ncclAllReduce(buf, buf, count, dt, ncclSum, x->nc, x->stream));
   } else {
     size_t need = count * es * (size_t)c->size;
     if (need > x->scratch_nbytes) {
-      if (x->scratch) cudaFree(x->scratch);
+      /* A captured graph may still use the old buffer: keep it until the end. */
+      if (x->scratch) {
+        if (x->n_retired < (int)(sizeof x->retired / sizeof *x->retired))
+          x->retired[x->n_retired++] = x->scratch;
+        else
+          cudaFree(x->scratch);
+      }
       x->scratch = NULL;
       x->scratch_nbytes = 0;
-      CUDA_TRY(c, &op, cudaMalloc(&x->scratch, need));
+      CUDA_TRY(c, op, cudaMalloc(&x->scratch, need));
       x->scratch_nbytes = need;
     }
-    NCCL_TRY(c, &op, ncclAllGather(buf, x->scratch, count, dt, x->nc, x->stream));
-    CUDA_TRY(c, &op, (cudaError_t)ss_comm_nccl_ordered_sum(x->scratch, c->size, count, (int)type,
-                                                            buf, x->stream));
+    NCCL_TRY(c, op, ncclAllGather(buf, x->scratch, count, dt, x->nc, x->stream));
+    CUDA_TRY(c, op, (cudaError_t)ss_comm_nccl_ordered_sum(x->scratch, c->size, count, (int)type,
+                                                           buf, x->stream));
   }
+  return SS_OK;
+}
+
+static int nccl_allreduce_sum_stream(ss_comm *c, void *buf, size_t count, ss_dtype type,
+                                     void *stream) {
+  nccl_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "allreduce", .count = count, .type = type, .peer = -1, .root = -1};
+  size_t es;
+  int rc = check_usable(c, &op);
+  if (rc || (rc = ss_comm_check_type(c, type, &es)) || (rc = use_device(c, &op))) return rc;
+  if (count == 0) return SS_OK;
+  if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  cudaStream_t s = (cudaStream_t)stream;
+  CUDA_TRY(c, &op, cudaEventRecord(x->ev_in, s));
+  CUDA_TRY(c, &op, cudaStreamWaitEvent(x->stream, x->ev_in, 0));
+  if ((rc = enqueue_allreduce(c, &op, buf, count, type, es))) return rc;
+  CUDA_TRY(c, &op, cudaEventRecord(x->ev_out, x->stream));
+  CUDA_TRY(c, &op, cudaStreamWaitEvent(s, x->ev_out, 0));
+  c->n_calls++;
+  return SS_OK;
+}
+
+static int nccl_wait_stream(ss_comm *c, void *stream) {
+  double t0 = ss_comm_now();
+  ss_comm_op op = {.name = "device step", .peer = -1, .root = -1};
+  int rc = check_usable(c, &op);
+  if (rc || (rc = use_device(c, &op))) return rc;
+  rc = nccl_wait_on(c, &op, t0, (cudaStream_t)stream);
+  c->busy_s += ss_comm_now() - t0;
+  return rc;
+}
+
+static int nccl_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type) {
+  nccl_ctx *x = c->ctx;
+  if (is_host_ptr(buf)) VIA_MPI(c, ss_comm_allreduce_sum(x->boot, buf, count, type));
+  double t0 = ss_comm_now();
+  ss_comm_op op = {.name = "allreduce", .count = count, .type = type, .peer = -1, .root = -1};
+  size_t es;
+  int rc = check_usable(c, &op);
+  if (rc || (rc = ss_comm_check_type(c, type, &es)) || (rc = use_device(c, &op))) return rc;
+  if (count == 0) return SS_OK;
+  if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
+  if ((rc = enqueue_allreduce(c, &op, buf, count, type, es))) return rc;
   rc = nccl_wait(c, &op, t0);
   count_call(c, t0);
   return rc;
@@ -178,15 +271,16 @@ static int nccl_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type
 
 /* NCCL has no all-gather-v: one broadcast per rank, fused in a group. */
 static int nccl_allgatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes) {
-  double t0 = ss_comm_now();
   nccl_ctx *x = c->ctx;
+  if (is_host_ptr(recv)) VIA_MPI(c, ss_comm_allgatherv(x->boot, send, recv, nbytes));
+  double t0 = ss_comm_now();
   ss_comm_op op = {.name = "allgatherv", .peer = -1, .root = -1};
   if (!nbytes) return fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
   size_t total = 0;
   for (int r = 0; r < c->size; r++) total += nbytes[r];
   op.nbytes = total;
   int rc = check_usable(c, &op);
-  if (rc) return rc;
+  if (rc || (rc = use_device(c, &op))) return rc;
   if ((total && !recv) || (nbytes[c->rank] && !send))
     return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   NCCL_TRY(c, &op, ncclGroupStart());
@@ -207,12 +301,17 @@ static int nccl_allgatherv(ss_comm *c, const void *send, void *recv, const size_
 }
 
 static int nccl_gatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes, int root) {
-  double t0 = ss_comm_now();
   nccl_ctx *x = c->ctx;
+  /* Every rank must choose the same way: decide on the send buffer, which all
+   * ranks pass of the same kind (a rank sending nothing may pass NULL). */
+  if (is_host_ptr(send) || (!send && is_host_ptr(recv)))
+    VIA_MPI(c, ss_comm_gatherv(x->boot, send, recv, nbytes, root));
+  double t0 = ss_comm_now();
   ss_comm_op op = {.name = "gatherv", .peer = -1, .root = root};
   if (!nbytes) return fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
   int rc = check_usable(c, &op);
-  if (rc || (rc = ss_comm_check_rank(c, "gatherv", "root", root))) return rc;
+  if (rc || (rc = ss_comm_check_rank(c, "gatherv", "root", root)) || (rc = use_device(c, &op)))
+    return rc;
   size_t total = 0;
   for (int r = 0; r < c->size; r++) total += nbytes[r];
   op.nbytes = total;
@@ -248,11 +347,13 @@ static int nccl_gatherv(ss_comm *c, const void *send, void *recv, const size_t *
 }
 
 static int nccl_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
-  double t0 = ss_comm_now();
   nccl_ctx *x = c->ctx;
+  if (is_host_ptr(buf)) VIA_MPI(c, ss_comm_broadcast(x->boot, buf, nbytes, root));
+  double t0 = ss_comm_now();
   ss_comm_op op = {.name = "broadcast", .nbytes = nbytes, .peer = -1, .root = root};
   int rc = check_usable(c, &op);
-  if (rc || (rc = ss_comm_check_rank(c, "broadcast", "root", root))) return rc;
+  if (rc || (rc = ss_comm_check_rank(c, "broadcast", "root", root)) || (rc = use_device(c, &op)))
+    return rc;
   if (nbytes == 0) return SS_OK;
   if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   NCCL_TRY(c, &op, ncclBroadcast(buf, buf, nbytes, ncclUint8, root, x->nc, x->stream));
@@ -267,7 +368,7 @@ static int nccl_barrier(ss_comm *c) {
   nccl_ctx *x = c->ctx;
   ss_comm_op op = {.name = "barrier", .peer = -1, .root = -1};
   int rc = check_usable(c, &op);
-  if (rc) return rc;
+  if (rc || (rc = use_device(c, &op))) return rc;
   NCCL_TRY(c, &op, ncclAllReduce(x->one, x->one, 1, ncclFloat32, ncclSum, x->nc, x->stream));
   rc = nccl_wait(c, &op, t0);
   count_call(c, t0);
@@ -275,12 +376,16 @@ static int nccl_barrier(ss_comm *c) {
 }
 
 static int p2p(ss_comm *c, bool is_send, void *buf, size_t nbytes, int peer, int tag) {
-  double t0 = ss_comm_now();
   nccl_ctx *x = c->ctx;
+  if (is_host_ptr(buf))
+    VIA_MPI(c, is_send ? ss_comm_send(x->boot, buf, nbytes, peer, tag)
+                       : ss_comm_recv(x->boot, buf, nbytes, peer, tag));
+  double t0 = ss_comm_now();
   ss_comm_op op = {.name = is_send ? "send" : "recv", .nbytes = nbytes, .peer = peer, .root = -1,
                    .tag = tag};
   int rc = check_usable(c, &op);
-  if (rc || (rc = ss_comm_check_rank(c, op.name, "peer", peer))) return rc;
+  if (rc || (rc = ss_comm_check_rank(c, op.name, "peer", peer)) || (rc = use_device(c, &op)))
+    return rc;
   if (peer == c->rank) return fail(c, SS_ERR_INVALID, &op, "peer is this rank");
   if (nbytes == 0) return SS_OK; /* both sides skip: nothing to match */
   if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
@@ -311,6 +416,9 @@ static void nccl_free(ss_comm *c) {
     if (x->stream) cudaStreamDestroy(x->stream);
     if (x->scratch) cudaFree(x->scratch);
     if (x->one) cudaFree(x->one);
+    for (int i = 0; i < x->n_retired; i++) cudaFree(x->retired[i]);
+    if (x->ev_in) cudaEventDestroy(x->ev_in);
+    if (x->ev_out) cudaEventDestroy(x->ev_out);
     if (x->boot) ss_comm_free(x->boot);
     free(x);
   }
@@ -333,6 +441,8 @@ static const ss_comm_ops k_nccl_ops = {
     .send = nccl_send,
     .recv = nccl_recv,
     .free = nccl_free,
+    .allreduce_sum_stream = nccl_allreduce_sum_stream,
+    .wait_stream = nccl_wait_stream,
 };
 
 /* What rank 0 hands out: the id, or the news that it could not make one. */
@@ -429,7 +539,9 @@ int ss_comm_nccl_create(const ss_comm_opts *opts, ss_comm **out) {
     }
   }
   if ((ce = cudaStreamCreateWithFlags(&x->stream, cudaStreamNonBlocking)) != cudaSuccess ||
-      (ce = cudaMalloc((void **)&x->one, sizeof(float))) != cudaSuccess) {
+      (ce = cudaMalloc((void **)&x->one, sizeof(float))) != cudaSuccess ||
+      (ce = cudaEventCreateWithFlags(&x->ev_in, cudaEventDisableTiming)) != cudaSuccess ||
+      (ce = cudaEventCreateWithFlags(&x->ev_out, cudaEventDisableTiming)) != cudaSuccess) {
     rc = fail_lib(c, &op, __FILE__, __LINE__, "cuda stream/buffer", cudaGetErrorString(ce), NULL);
     goto fail;
   }

@@ -162,3 +162,77 @@ void ss_dequantize_row(ss_dtype type, const void *src, float *dst, int64_t count
     break;
   }
 }
+
+bool ss_quantize_row(ss_dtype type, const float *src, void *dst, int64_t count) {
+  switch (type) {
+  case SS_DTYPE_F32:
+    memcpy(dst, src, (size_t)count * 4);
+    return true;
+  case SS_DTYPE_F16: {
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < count; i++) d[i] = ss_f32_to_f16(src[i]);
+    return true;
+  }
+  case SS_DTYPE_BF16: {
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < count; i++) d[i] = ss_f32_to_bf16(src[i]);
+    return true;
+  }
+  case SS_DTYPE_Q8_0: {
+    ss_block_q8_0 *b = dst;
+    for (int64_t i = 0; i < count / SS_QK; i++) {
+      const float *x = src + i * SS_QK;
+      float amax = 0.0f;
+      for (int j = 0; j < SS_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+      const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+      b[i].d = ss_f32_to_f16(d);
+      for (int j = 0; j < SS_QK; j++) b[i].qs[j] = (int8_t)roundf(x[j] * id);
+    }
+    return true;
+  }
+  case SS_DTYPE_Q4_0: {
+    ss_block_q4_0 *b = dst;
+    for (int64_t i = 0; i < count / SS_QK; i++) {
+      const float *x = src + i * SS_QK;
+      float amax = 0.0f, max = 0.0f;
+      for (int j = 0; j < SS_QK; j++)
+        if (fabsf(x[j]) > amax) {
+          amax = fabsf(x[j]);
+          max = x[j];
+        }
+      const float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+      b[i].d = ss_f32_to_f16(d);
+      for (int j = 0; j < SS_QK / 2; j++) {
+        int q0 = (int)(x[j] * id + 8.5f), q1 = (int)(x[j + SS_QK / 2] * id + 8.5f);
+        q0 = q0 < 15 ? q0 : 15;
+        q1 = q1 < 15 ? q1 : 15;
+        b[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
+      }
+    }
+    return true;
+  }
+  case SS_DTYPE_Q4_1: {
+    ss_block_q4_1 *b = dst;
+    for (int64_t i = 0; i < count / SS_QK; i++) {
+      const float *x = src + i * SS_QK;
+      float min = x[0], max = x[0];
+      for (int j = 1; j < SS_QK; j++) {
+        min = fminf(min, x[j]);
+        max = fmaxf(max, x[j]);
+      }
+      const float d = (max - min) / 15.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+      b[i].d = ss_f32_to_f16(d);
+      b[i].m = ss_f32_to_f16(min);
+      for (int j = 0; j < SS_QK / 2; j++) {
+        int q0 = (int)((x[j] - min) * id + 0.5f), q1 = (int)((x[j + SS_QK / 2] - min) * id + 0.5f);
+        q0 = q0 < 15 ? q0 : 15;
+        q1 = q1 < 15 ? q1 : 15;
+        b[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
+      }
+    }
+    return true;
+  }
+  default:
+    return false;
+  }
+}

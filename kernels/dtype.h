@@ -63,6 +63,14 @@ uint16_t ss_f32_to_bf16(float f);
 /* FP8 e4m3fn to f32 (exact).  0x7f / 0xff are NaN. */
 float ss_f8e4m3_to_f32(uint8_t b);
 
+/* Quantizes `count` elements (a multiple of the block count) of f32 into a row
+ * of `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_1) the way ggml's reference
+ * quantizers do: Q8_0 d = max|x|/127, q = round(x/d); Q4_0 d = x_max/-8 where
+ * x_max is the element of largest magnitude, q = min(15, (int)(x/d + 8.5));
+ * Q4_1 d = (max - min)/15, m = min, q = min(15, (int)((x - m)/d + 0.5)).
+ * Returns false for a type it cannot write. */
+bool ss_quantize_row(ss_dtype type, const float *src, void *dst, int64_t count);
+
 /* Dequantizes `count` elements (a multiple of the block count) of a row of
  * `type` into f32.  Reference path, not the hot path. */
 void ss_dequantize_row(ss_dtype type, const void *src, float *dst, int64_t count);

@@ -8,14 +8,20 @@
  *   - Batch invariance: every output row is computed by the same sequence of
  *     floating-point operations whatever n, the other rows and the thread count,
  *     so a request's result does not depend on what it is batched with.
- *   - All pointers refer to backend memory (host memory for the CPU backend). */
+ *   - Weights, activations and the KV cache are backend memory (host memory for
+ *     the CPU backend, device memory for CUDA).  Index metadata (token ids, the
+ *     positions and block tables of ss_token_loc, logit rows) is always host
+ *     memory: a device backend copies it over itself, once per step. */
 #ifndef SS_KERNELS_H
 #define SS_KERNELS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "dtype.h"
+
+struct ss_comm;
 
 typedef struct ss_weight {
   ss_dtype type;
@@ -157,7 +163,8 @@ struct ss_backend {
   void (*moe_route)(ss_backend *be, const float *logits, int64_t n,
                     const ss_moe_route_params *p, int32_t *ids, float *weights);
   /* out[i] = x[rows[i]] for i < n, rows of `dim` floats: gathers the tokens
-   * routed to one expert into a dense batch.  rows is host memory. */
+   * routed to one expert into a dense batch, and the rows that produce logits.
+   * rows is host memory (trusted). */
   void (*gather_rows)(ss_backend *be, const float *x, const int32_t *rows, int64_t n, int64_t dim,
                       float *out);
   /* out[rows[i]] += w[i] * y[i] for i = 0, 1, ..., n-1 in that order, rows of
@@ -167,11 +174,37 @@ struct ss_backend {
    * batch.  rows and w are host memory; rows may repeat only across calls. */
   void (*scatter_add_rows)(ss_backend *be, float *out, const float *y, const int32_t *rows,
                            const float *w, int64_t n, int64_t dim);
+
+  /* ---- Moving data: every backend fills these (memcpy/memset on the CPU) so
+   * that the model code is the same whatever memory the backend computes in. */
+  bool device;   /* alloc returns memory the host cannot dereference */
+  /* dst (backend memory) <- src (host memory), and back; nbytes bytes.  Returns
+   * SS_OK or an error status with a message (the CPU's cannot fail). */
+  int (*upload)(ss_backend *be, void *dst, const void *src, size_t nbytes);
+  int (*download)(ss_backend *be, void *dst, const void *src, size_t nbytes);
+  /* nbytes of backend memory set to byte value `value`. */
+  void (*memset)(ss_backend *be, void *dst, int value, size_t nbytes);
+
+  /* ---- Optional (NULL on the CPU): steps on an asynchronous device.
+   * step_begin is called before the first kernel of a forward step with that
+   * step's token locations (the same ss_token_loc the kernels will be given) and
+   * the KV cache's block size, step_end after its last kernel; between the two the backend may capture the
+   * step as a graph and replay it when the shape repeats, so nothing between
+   * them may wait on the device or depend on the host's view of device data.
+   * allreduce sums buf (backend memory) over the comm's ranks, queued in order
+   * with the kernels; sync waits until everything queued has finished (and, with
+   * a comm, keeps checking that the peers are alive).  Errors: status + message. */
+  int (*step_begin)(ss_backend *be, const ss_token_loc *loc, int64_t n_logits, int32_t block_size);
+  int (*step_end)(ss_backend *be);
+  int (*allreduce)(ss_backend *be, struct ss_comm *comm, float *buf, int64_t count);
+  int (*sync)(ss_backend *be, struct ss_comm *comm);
 };
 
 /* The CPU backend with n_threads threads (<= 0: one per online core).
  * Returns NULL on failure (message via ss_error_msg()). */
 ss_backend *ss_backend_cpu_create(int n_threads);
+
+/* The CUDA backend is declared in kernels/cuda/cuda.h (builds with SS_HAVE_CUDA). */
 
 /* Single-threaded reference dot product of one weight row with x (any compute
  * type), accumulated in double.  For tests. */

@@ -41,6 +41,7 @@ int ss_cmd_launch(int argc, char **argv);
 int ss_cmd_serve(int argc, char **argv);
 int ss_cmd_profile(int argc, char **argv);
 int ss_cmd_loadgen(int argc, char **argv);
+int ss_cmd_synth(int argc, char **argv);
 
 /* Prints "shardserve <cmd>: error: <message>" to stderr.  Returns SS_EXIT_FAIL. */
 int ss_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

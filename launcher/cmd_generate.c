@@ -10,6 +10,7 @@
 
 #include "comm/comm.h"
 #include "launcher/cli.h"
+#include "launcher/device.h"
 #include "launcher/ranks.h"
 #include "runtime/chat.h"
 #include "runtime/generate.h"
@@ -61,6 +62,7 @@ static void usage(FILE *f) {
           "                          log-softmax of the raw logits, at every step\n"
           "\n"
           "Execution:\n"
+          SS_CLI_DEVICE_HELP
           "  -t, --threads N         CPU threads per rank (default: one per core)\n"
           "      --tp N              tensor-parallel ranks (default: the MPI job's size);\n"
           "                          start N ranks with 'shardserve launch --tp N -- generate ...'\n"
@@ -189,11 +191,12 @@ int ss_cmd_generate(int argc, char **argv) {
   double temp = 0.8, top_p = 0.95, min_p = 0.05;
   enum { O_CHAT = 256, O_SYSTEM, O_TMPL, O_BOS, O_NOBOS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_SEED,
          O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS, O_TP, O_REPL, O_DET, O_CTO,
-         O_PROFILE, O_EP };
+         O_PROFILE, O_EP, O_DEVICE };
   int64_t tp = 0, ep = 0;
   double comm_timeout = 0;
   bool replicate_vocab = false, deterministic = false, profile = false;
   bool ignore_eos = false;
+  ss_cli_device device = SS_CLI_DEVICE_AUTO;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},       {"prompt", required_argument, 0, 'p'},
       {"prompt-file", required_argument, 0, 'f'}, {"chat", no_argument, 0, O_CHAT},
@@ -210,6 +213,7 @@ int ss_cmd_generate(int argc, char **argv) {
       {"deterministic-allreduce", no_argument, 0, O_DET},
       {"comm-timeout", required_argument, 0, O_CTO}, {"profile", no_argument, 0, O_PROFILE},
       {"ep", required_argument, 0, O_EP},
+      {"device", required_argument, 0, O_DEVICE},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -276,6 +280,9 @@ int ss_cmd_generate(int argc, char **argv) {
         return SS_EXIT_USAGE;
       break;
     case O_PROFILE: profile = true; break;
+    case O_DEVICE:
+      if (!ss_cli_device_parse(k_cmd, optarg, &device)) return SS_EXIT_USAGE;
+      break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -294,10 +301,12 @@ int ss_cmd_generate(int argc, char **argv) {
                         "ranks as the attention heads", (long long)ep, (long long)tp);
   if (ep > 1 && tp == 0) tp = ep;
 
+  int rc = ss_cli_device_resolve(k_cmd, &device);
+  if (rc) return rc;
+
   /* The prompt text. */
   char *prompt = NULL;
   size_t prompt_len = 0;
-  int rc;
   if (prompt_ids) {
     prompt = strdup(prompt_ids);
     prompt_len = strlen(prompt_ids);
@@ -315,7 +324,8 @@ int ss_cmd_generate(int argc, char **argv) {
   /* More than one rank: every rank loads its shard; rank 0 alone tokenizes,
    * samples and prints, the others run the steps it sends. */
   ss_comm *comm = NULL;
-  ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout};
+  ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
+                      .gpu = device == SS_CLI_DEVICE_CUDA};
   if ((rc = ss_ranks_start(k_cmd, &ro, &comm))) {
     free(prompt);
     return rc;
@@ -335,14 +345,12 @@ int ss_cmd_generate(int argc, char **argv) {
   ss_gen_result res = {0};
   bool have_res = false;
   rc = ss_cli_load_shard_ep(k_cmd, path, comm, replicate_vocab, ep > 1, &m);
-  if (rc == SS_EXIT_OK) {
-    be = ss_backend_cpu_create((int)threads);
-    if (!be) rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
-  }
+  if (rc == SS_EXIT_OK) rc = ss_cli_backend_create(k_cmd, device, (int)threads, comm, &be);
+  if (rc == SS_EXIT_OK) rc = ss_cli_model_to_backend(k_cmd, m, be);
   if ((rc = ss_ranks_agree(k_cmd, comm, rc == SS_EXIT_OK))) {
     free(prompt);
+    ss_model_free(m); /* before the backend its device weights belong to */
     if (be) be->free(be);
-    ss_model_free(m);
     ss_ranks_end(comm, rc);
     return rc;
   }
@@ -353,8 +361,8 @@ int ss_cmd_generate(int argc, char **argv) {
     exit_code = SS_EXIT_OK;
     if (ss_model_worker_loop(m, be)) exit_code = ss_cli_fail(k_cmd, "%s", ss_error_msg());
     if (exit_code == SS_EXIT_OK && profile) exit_code = ss_ranks_profile(k_cmd, comm, m, 0.0);
-    be->free(be);
     ss_model_free(m);
+    be->free(be);
     ss_ranks_end(comm, exit_code);
     return exit_code;
   }
@@ -454,11 +462,12 @@ int ss_cmd_generate(int argc, char **argv) {
   fprintf(stderr,
           "[stats] prompt tokens %zu, generated %d (%s), load %.0f ms, prefill %.1f tok/s "
           "(%.1f ms), decode %.1f tok/s (%d steps, %.1f ms), threads %d, tp %d, seed %" PRId64
-          "\n",
+          ", device %s\n",
           n_ids, res.n_generated, res.finish_reason, load_ms,
           res.prefill_ms > 0 ? (double)n_ids / (res.prefill_ms / 1e3) : 0.0, res.prefill_ms,
           res.decode_ms > 0 ? (double)res.n_decode_steps / (res.decode_ms / 1e3) : 0.0,
-          res.n_decode_steps, res.decode_ms, be->n_threads(be), comm ? comm->size : 1, seed);
+          res.n_decode_steps, res.decode_ms, be->n_threads(be), comm ? comm->size : 1, seed,
+          be->name);
   exit_code = SS_EXIT_OK;
 done:
   if (workers_running) {
@@ -479,8 +488,8 @@ done:
   json_decref(jc.steps);
   free(ids);
   free(prompt);
-  if (be) be->free(be);
   ss_model_free(m);
+  if (be) be->free(be);
   /* A usage error found on rank 0 after the workers stopped cleanly is not a
    * failure of the job's ranks: finalise normally. */
   ss_ranks_end(comm, exit_code == SS_EXIT_USAGE ? SS_EXIT_OK : exit_code);

@@ -16,6 +16,7 @@
 
 #include "comm/comm.h"
 #include "launcher/cli.h"
+#include "launcher/device.h"
 #include "launcher/ranks.h"
 #include "runtime/api_server.h"
 #include "runtime/chat.h"
@@ -61,6 +62,8 @@ static void usage(FILE *f) {
           "      --max-waiting N       queued requests before 429 + Retry-After (default 1024)\n"
           "\n"
           "Execution:\n"
+          "      --device D            cpu or cuda (default: cuda when this build has CUDA and\n"
+          "                            a GPU is present, else cpu); cuda: one GPU per rank\n"
           "  -t, --threads N           CPU threads per rank (default: one per core)\n"
           "      --tp N                tensor-parallel ranks (default: the MPI job's size)\n"
           "      --replicate-vocab     every rank holds the whole embedding and LM head\n"
@@ -75,6 +78,7 @@ typedef struct serve_ctx {
   const char *path, *tmpl_name;
   bool replicate_vocab;
   int64_t threads;
+  ss_cli_device device;
   ss_engine_opts eo;
   double drain_timeout;
   ss_comm *comm;
@@ -99,10 +103,9 @@ static void *engine_main(void *arg) {
   serve_ctx *s = arg;
   int rc = ss_cli_load_shard(k_cmd, s->path, s->comm, s->replicate_vocab, &s->model);
   ss_chat_template *tmpl = &s->tmpl;
-  if (rc == SS_EXIT_OK) {
-    s->be = ss_backend_cpu_create((int)s->threads);
-    if (!s->be) rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
-  }
+  if (rc == SS_EXIT_OK)
+    rc = ss_cli_backend_create(k_cmd, s->device, (int)s->threads, s->comm, &s->be);
+  if (rc == SS_EXIT_OK) rc = ss_cli_model_to_backend(k_cmd, s->model, s->be);
   if (rc == SS_EXIT_OK && ss_chat_template_init(tmpl, s->tmpl_name, s->model->chat_template)) {
     rc = ss_cli_fail(k_cmd, "--chat-template: %s", ss_error_msg());
   }
@@ -192,7 +195,7 @@ int ss_cmd_serve(int argc, char **argv) {
   double comm_timeout = 0, d = 0;
   bool deterministic = true;
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
-         O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO };
+         O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -207,6 +210,7 @@ int ss_cmd_serve(int argc, char **argv) {
       {"tp", required_argument, 0, O_TP}, {"replicate-vocab", no_argument, 0, O_REPL},
       {"deterministic-allreduce", required_argument, 0, O_DET},
       {"comm-timeout", required_argument, 0, O_CTO}, {"help", no_argument, 0, 'h'},
+      {"device", required_argument, 0, O_DEVICE},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -286,6 +290,9 @@ int ss_cmd_serve(int argc, char **argv) {
       if (!ss_cli_parse_float(k_cmd, "--comm-timeout", optarg, 0, 1e6, &comm_timeout))
         return SS_EXIT_USAGE;
       break;
+    case O_DEVICE:
+      if (!ss_cli_device_parse(k_cmd, optarg, &s.device)) return SS_EXIT_USAGE;
+      break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -308,8 +315,11 @@ int ss_cmd_serve(int argc, char **argv) {
   }
   ao.model_name = name;
 
-  ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout};
-  int rc = ss_ranks_start(k_cmd, &ro, &s.comm);
+  int rc = ss_cli_device_resolve(k_cmd, &s.device);
+  if (rc) return rc;
+  ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
+                      .gpu = s.device == SS_CLI_DEVICE_CUDA};
+  rc = ss_ranks_start(k_cmd, &ro, &s.comm);
   if (rc) return rc;
   if (s.comm && s.comm->rank != 0) {
     /* A worker: load, agree, run steps until rank 0 says stop.  Ctrl-C and the
@@ -321,15 +331,13 @@ int ss_cmd_serve(int argc, char **argv) {
     ss_model *m = NULL;
     ss_backend *be = NULL;
     rc = ss_cli_load_shard(k_cmd, s.path, s.comm, s.replicate_vocab, &m);
-    if (rc == SS_EXIT_OK) {
-      be = ss_backend_cpu_create((int)s.threads);
-      if (!be) rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
-    }
+    if (rc == SS_EXIT_OK) rc = ss_cli_backend_create(k_cmd, s.device, (int)s.threads, s.comm, &be);
+    if (rc == SS_EXIT_OK) rc = ss_cli_model_to_backend(k_cmd, m, be);
     if ((rc = ss_ranks_agree(k_cmd, s.comm, rc == SS_EXIT_OK)) == SS_EXIT_OK &&
         ss_model_worker_loop(m, be))
       rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    ss_model_free(m); /* before the backend its device weights belong to */
     if (be) be->free(be);
-    ss_model_free(m);
     ss_ranks_end(s.comm, rc);
     return rc;
   }
@@ -338,8 +346,8 @@ int ss_cmd_serve(int argc, char **argv) {
   if (s.loop) uv_loop_close(s.loop);
   ss_engine_free(s.engine);
   ss_chat_template_free(&s.tmpl);
-  if (s.be) s.be->free(s.be);
   ss_model_free(s.model);
+  if (s.be) s.be->free(s.be);
   ss_ranks_end(s.comm, rc);
   if (rc == SS_EXIT_OK) fprintf(stderr, "shardserve serve: stopped\n");
   return rc;

@@ -29,8 +29,12 @@ int ss_ranks_start(const char *cmd, const ss_ranks_opts *o, ss_comm **out) {
   if (!ss_comm_available(SS_COMM_MPI))
     return ss_cli_fail(cmd, "this build has no MPI support, so it runs on one rank only "
                        "(install Open MPI and rebuild: scripts/setup.sh, scripts/build.sh)");
-  ss_comm_opts co = {.kind = SS_COMM_MPI, .deterministic = o->deterministic,
-                     .timeout_s = o->timeout_s};
+  /* GPU ranks exchange device memory: nccl (host messages still go over MPI). */
+  if (o->gpu && !ss_comm_available(SS_COMM_NCCL))
+    return ss_cli_fail(cmd, "--device cuda with %d ranks needs the nccl comm backend, which this "
+                       "build lacks (NCCL or MPI not found at configure time)", tp);
+  ss_comm_opts co = {.kind = o->gpu ? SS_COMM_NCCL : SS_COMM_MPI,
+                     .deterministic = o->deterministic, .timeout_s = o->timeout_s};
   if (ss_comm_init(&co, out)) return ss_cli_fail(cmd, "%s", ss_error_msg());
   ss_cli_rank = (*out)->rank;
   ss_comm_install_signal_handlers(*out);

@@ -11,6 +11,7 @@ typedef struct ss_ranks_opts {
   int tp;              /* 0: the number of ranks the job was launched with */
   bool deterministic;  /* fixed-order all-reduce */
   double timeout_s;    /* collective timeout, <= 0: none */
+  bool gpu;            /* ranks compute on GPUs: the nccl backend (device buffers) */
 } ss_ranks_opts;
 
 /* Starts the communicator when the job has more than one rank or tp > 1 (then

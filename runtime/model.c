@@ -230,6 +230,9 @@ void ss_model_free(ss_model *m) {
     /* One allocation holds every layer's three expert arrays. */
     free(m->layers[0].exp_gate);
   }
+  /* The device copies of the weights (ss_model_upload). */
+  for (int i = 0; i < m->n_dev_bufs; i++) m->dev_be->dealloc(m->dev_be, m->dev_bufs[i]);
+  free(m->dev_bufs);
   free(m->layers);
   free(m->path);
   free(m->rope_inv_freq);

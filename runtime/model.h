@@ -131,6 +131,10 @@ typedef struct ss_model {
   ss_weight output;         /* (V/tp, C); tok_embd when tied */
   char *chat_template;      /* tokenizer.chat_template, or NULL */
   uint64_t weight_nbytes;   /* bytes of all tensors used (this rank's slices) */
+  /* After ss_model_upload: the device copies the weights point into. */
+  ss_backend *dev_be;
+  void **dev_bufs;
+  int n_dev_bufs;
 } ss_model;
 
 /* Called while the weights are paged in: done and total bytes. */
@@ -159,7 +163,15 @@ int ss_model_load(const char *path, const ss_model_load_opts *opts, ss_model **o
  * config.json keys of the family) with every matrix in `dtype`: shapes only,
  * for planning (ss_shard_plan_make).  Norms count as f32. */
 int ss_model_describe(const char *preset_path, ss_dtype dtype, ss_model **out);
+/* Frees the model (and its device copies: free it before its device backend). */
 void ss_model_free(ss_model *m);
+
+/* For a device backend (be->device): copies every weight and norm this rank
+ * bound into backend memory and points the model at the copies, so the
+ * forward pass reads device memory only; the host copies of row-parallel
+ * slices are freed.  A no-op for host backends.  Returns SS_OK or an error
+ * (out of device memory names the tensor). */
+int ss_model_upload(ss_model *m, ss_backend *be);
 
 /* Per-batch activations and scratch, sized for up to max_tokens tokens per
  * forward call and max_logits logit rows.  Widths are this rank's. */
@@ -189,6 +201,8 @@ typedef struct ss_forward_state {
   float *xl;     /* (max_logits, C) rows that produce logits */
   float *lg;     /* (max_logits, V/tp) this rank's logits, tp > 1 */
   float *lg_all; /* (max_logits, V) gathered, rank-major, on rank 0, tp > 1 */
+  float *lgd;    /* device backends: (max_logits, V) the LM head's output */
+  float *lg_host;/* device backends, rank 0, tp > 1: lg_all copied to the host */
   int32_t *ids;  /* (T) */
 } ss_forward_state;
 

@@ -61,6 +61,14 @@ int ss_forward_state_init(ss_forward_state *st, const ss_model *m, ss_backend *b
                                                    (size_t)c->vocab * sizeof(float))
                                : NULL;
     ok = st->lg && (lo->rank != 0 || st->lg_all);
+    if (ok && be->device && lo->rank == 0) {
+      st->lg_host = malloc((size_t)(max_logits ? max_logits : 1) * (size_t)c->vocab * sizeof(float));
+      ok = st->lg_host != NULL;
+    }
+  }
+  if (ok && be->device && !(lo->tp > 1 && lo->vocab_parallel)) {
+    st->lgd = be->alloc(be, (size_t)(max_logits ? max_logits : 1) * v_local * sizeof(float));
+    ok = st->lgd != NULL;
   }
   if (!ok) {
     ss_forward_state_free(st);
@@ -75,7 +83,7 @@ void ss_forward_state_free(ss_forward_state *st) {
   if (!be) return;
   float *bufs[] = {st->x,  st->xb, st->xb2, st->q,  st->k,  st->v,  st->att, st->hb,
                    st->hb2, st->xl, st->lg, st->lg_all, st->moe, st->rl, st->ex, st->eh,
-                   st->eh2, st->ey};
+                   st->eh2, st->ey, st->lgd};
   for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
     if (bufs[i]) be->dealloc(be, bufs[i]);
   free(st->ids);
@@ -83,6 +91,7 @@ void ss_forward_state_free(ss_forward_state *st) {
   free(st->r_w);
   free(st->e_rows);
   free(st->e_w);
+  free(st->lg_host);
   memset(st, 0, sizeof *st);
 }
 
@@ -108,10 +117,13 @@ static void finish_logits(const ss_model *m, ss_backend *be, float *lg, int64_t 
   if (m->cfg.final_softcap > 0.0f) be->softcap(be, lg, count, m->cfg.final_softcap);
 }
 
-/* Sums a residual update over the ranks (row-parallel output). */
-static int allreduce(const ss_model *m, float *x, int64_t count, const char *what, int layer) {
+/* Sums a residual update over the ranks (row-parallel output).  A device
+ * backend queues it behind its kernels (nccl), without waiting. */
+static int allreduce(const ss_model *m, ss_backend *be, float *x, int64_t count, const char *what,
+                     int layer) {
   if (!distributed(m)) return SS_OK;
-  int rc = ss_comm_allreduce_sum(m->comm, x, (size_t)count, SS_DTYPE_F32);
+  int rc = be->allreduce ? be->allreduce(be, m->comm, x, count)
+                         : ss_comm_allreduce_sum(m->comm, x, (size_t)count, SS_DTYPE_F32);
   if (rc) {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", ss_error_msg());
@@ -120,17 +132,16 @@ static int allreduce(const ss_model *m, float *x, int64_t count, const char *wha
   return SS_OK;
 }
 
-/* This rank's share of one forward pass (every rank runs it on the same batch). */
-static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
-                         const ss_batch *b, float *logits) {
+/* The step proper: every kernel and in-step all-reduce of one forward pass,
+ * from the embedding to the LM head (between step_begin and step_end).  The
+ * mixture-of-experts sub-layer groups tokens on the host, so it runs on host
+ * backends only (ss_model_upload refuses MoE models for device backends). */
+static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                        const ss_batch *b, float *logits) {
   const ss_model_config *c = &m->cfg;
   const ss_model_local *lo = &m->local;
   ss_backend *be = st->be;
   const int64_t n = b->n;
-  if (n <= 0 || n > st->max_tokens || b->n_logits < 0 || b->n_logits > st->max_logits)
-    return ss_error(SS_ERR_INVALID, "forward: batch of %lld tokens / %lld logit rows exceeds "
-                    "the state's %lld / %lld", (long long)n, (long long)b->n_logits,
-                    (long long)st->max_tokens, (long long)st->max_logits);
   const ss_rope_params rq = {.n_heads = lo->n_head, .head_dim = c->head_dim,
                              .rope_dim = c->rope_dim, .theta = c->rope_theta,
                              .mode = c->rope_mode, .inv_freq = m->rope_inv_freq};
@@ -156,7 +167,7 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
     ids = st->ids;
   }
   be->embed(be, &m->tok_embd, ids, n, st->x);
-  if (vp && (rc = allreduce(m, st->x, n * c->dim, "embedding", -1))) return rc;
+  if (vp && (rc = allreduce(m, be, st->x, n * c->dim, "embedding", -1))) return rc;
   if (c->embd_scale != 1.0f) be->scale(be, st->x, n * c->dim, c->embd_scale);
 
   for (int l = 0; l < c->n_layer; l++) {
@@ -176,7 +187,7 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
     be->attention(be, &kvl, &b->loc, st->q, &ap, st->att);
     be->matmul(be, &L->wo, st->att, n, st->xb2);
     count_read(m, &L->wo, false);
-    if ((rc = allreduce(m, st->xb2, n * c->dim, "attention", l))) return rc;
+    if ((rc = allreduce(m, be, st->xb2, n * c->dim, "attention", l))) return rc;
     if (L->post_attn_norm)
       be->rmsnorm(be, st->xb2, L->post_attn_norm, n, c->dim, c->rms_eps, st->xb2);
     be->add(be, st->x, st->xb2, n * c->dim);
@@ -192,7 +203,7 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
       count_read(m, &L->w_up, false);
       count_read(m, &L->w_down, false);
     } else {
-      memset(st->xb2, 0, (size_t)(n * c->dim) * sizeof(float));
+      be->memset(be, st->xb2, 0, (size_t)(n * c->dim) * sizeof(float));
     }
     if (c->n_expert > 0) {
       ss_moe_forward(m, L, st, n, st->xb, st->moe);
@@ -205,36 +216,70 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
         memcpy(st->xb2, st->moe, (size_t)(n * c->dim) * sizeof(float));
       }
     }
-    if ((rc = allreduce(m, st->xb2, n * c->dim, c->n_expert > 0 ? "MoE" : "MLP", l))) return rc;
+    if ((rc = allreduce(m, be, st->xb2, n * c->dim, c->n_expert > 0 ? "MoE" : "MLP", l)))
+      return rc;
     if (L->post_ffn_norm)
       be->rmsnorm(be, st->xb2, L->post_ffn_norm, n, c->dim, c->rms_eps, st->xb2);
     be->add(be, st->x, st->xb2, n * c->dim);
   }
   if (b->n_logits == 0) return SS_OK;
-  for (int64_t i = 0; i < b->n_logits; i++) {
-    int32_t r = b->logit_rows[i];
-    SS_ASSERT(r >= 0 && r < n);
-    memcpy(st->xl + i * c->dim, st->x + (int64_t)r * c->dim, (size_t)c->dim * sizeof(float));
-  }
+  be->gather_rows(be, st->x, b->logit_rows, b->n_logits, c->dim, st->xl);
   be->rmsnorm(be, st->xl, m->output_norm, b->n_logits, c->dim, c->rms_eps, st->xl);
+  /* Vocabulary-parallel: every rank its rows.  Whole LM head on every rank:
+   * rank 0 alone needs the logits.  Device backends write device memory,
+   * copied out after the step. */
+  if (vp) {
+    be->matmul(be, &m->output, st->xl, b->n_logits, st->lg);
+    count_read(m, &m->output, false);
+    finish_logits(m, be, st->lg, b->n_logits * ss_range_len(m->plan.ranks[lo->rank].vocab));
+  } else if (!distributed(m) || lo->rank == 0) {
+    float *out = be->device ? st->lgd : logits;
+    be->matmul(be, &m->output, st->xl, b->n_logits, out);
+    count_read(m, &m->output, false);
+    finish_logits(m, be, out, b->n_logits * (int64_t)c->vocab);
+  }
+  return SS_OK;
+}
+
+/* This rank's share of one forward pass (every rank runs it on the same batch):
+ * the step on the backend, then the logits to rank 0's host memory. */
+static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                         const ss_batch *b, float *logits) {
+  const ss_model_config *c = &m->cfg;
+  const ss_model_local *lo = &m->local;
+  ss_backend *be = st->be;
+  if (b->n <= 0 || b->n > st->max_tokens || b->n_logits < 0 || b->n_logits > st->max_logits)
+    return ss_error(SS_ERR_INVALID, "forward: batch of %lld tokens / %lld logit rows exceeds "
+                    "the state's %lld / %lld", (long long)b->n, (long long)b->n_logits,
+                    (long long)st->max_tokens, (long long)st->max_logits);
+  for (int64_t i = 0; i < b->n_logits; i++)
+    SS_ASSERT(b->logit_rows[i] >= 0 && b->logit_rows[i] < b->n);
+  int rc = be->step_begin ? be->step_begin(be, &b->loc, b->n_logits, kv->block_size) : SS_OK;
+  if (rc) return rc;
+  rc = forward_step(m, st, kv, b, logits);
+  /* A device step always ends (a failed one too: a graph capture must close). */
+  if (be->step_end) {
+    int rc2 = be->step_end(be);
+    if (!rc) rc = rc2;
+  }
+  if (!rc && be->sync) rc = be->sync(be, distributed(m) ? m->comm : NULL);
+  if (rc || b->n_logits == 0) return rc;
+  const bool vp = distributed(m) && lo->vocab_parallel;
   if (!vp) {
-    /* Whole LM head on every rank: rank 0 alone needs the logits. */
-    if (!distributed(m) || lo->rank == 0) {
-      be->matmul(be, &m->output, st->xl, b->n_logits, logits);
-      count_read(m, &m->output, false);
-      finish_logits(m, be, logits, b->n_logits * (int64_t)c->vocab);
-    }
+    if (be->device && (!distributed(m) || lo->rank == 0))
+      return be->download(be, logits, st->lgd,
+                          (size_t)b->n_logits * (size_t)c->vocab * sizeof(float));
     return SS_OK;
   }
   /* Vocabulary-parallel LM head: each rank's rows, gathered on rank 0. */
   const int tp = lo->tp;
-  be->matmul(be, &m->output, st->xl, b->n_logits, st->lg);
-  count_read(m, &m->output, false);
-  finish_logits(m, be, st->lg, b->n_logits * ss_range_len(m->plan.ranks[lo->rank].vocab));
   size_t *nbytes = malloc((size_t)tp * sizeof *nbytes);
   if (!nbytes) return ss_error(SS_ERR_NOMEM, "out of memory");
-  for (int r = 0; r < tp; r++)
+  size_t total = 0;
+  for (int r = 0; r < tp; r++) {
     nbytes[r] = (size_t)b->n_logits * (size_t)ss_range_len(m->plan.ranks[r].vocab) * sizeof(float);
+    total += nbytes[r];
+  }
   rc = ss_comm_gatherv(m->comm, st->lg, st->lg_all, nbytes, 0);
   free(nbytes);
   if (rc) {
@@ -243,8 +288,12 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
     return ss_error(rc, "forward: gathering the logits: %s", msg);
   }
   if (lo->rank != 0) return SS_OK;
-  /* Rank-major [rank][row][V_r] to row-major [row][V]. */
   const float *src = st->lg_all;
+  if (be->device) {
+    if ((rc = be->download(be, st->lg_host, st->lg_all, total))) return rc;
+    src = st->lg_host;
+  }
+  /* Rank-major [rank][row][V_r] to row-major [row][V]. */
   for (int r = 0; r < tp; r++) {
     const ss_range vr = m->plan.ranks[r].vocab;
     const int64_t vn = ss_range_len(vr);

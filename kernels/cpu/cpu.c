@@ -145,6 +145,16 @@ static void cpu_add(ss_backend *be, float *x, const float *y, int64_t count) {
   for (int64_t i = 0; i < count; i++) x[i] += y[i];
 }
 
+/* Host memory is the backend's memory: moving data is a copy. */
+static int cpu_upload(ss_backend *be, void *dst, const void *src, size_t nbytes) {
+  if (nbytes) memcpy(dst, src, nbytes);
+  return SS_OK;
+}
+
+static void cpu_memset(ss_backend *be, void *dst, int value, size_t nbytes) {
+  if (nbytes) memset(dst, value, nbytes);
+}
+
 ss_backend *ss_backend_cpu_create(int n_threads) {
   if (n_threads <= 0) {
     long nc = sysconf(_SC_NPROCESSORS_ONLN);
@@ -185,6 +195,10 @@ ss_backend *ss_backend_cpu_create(int n_threads) {
       .moe_route = ss_cpu_moe_route,
       .gather_rows = ss_cpu_gather_rows,
       .scatter_add_rows = ss_cpu_scatter_add_rows,
+      .device = false,
+      .upload = cpu_upload,
+      .download = cpu_upload,
+      .memset = cpu_memset,
   };
   return be;
 }

@@ -1,0 +1,62 @@
+/* --device: see device.h. */
+#include "launcher/device.h"
+
+#include <string.h>
+
+#include "comm/comm.h"
+#include "kernels/kernels.h"
+#include "launcher/cli.h"
+#include "runtime/model.h"
+#include "runtime/status.h"
+#ifdef SS_HAVE_CUDA
+#include "kernels/cuda/cuda.h"
+#endif
+
+bool ss_cli_device_parse(const char *cmd, const char *s, ss_cli_device *out) {
+  if (strcmp(s, "cpu") == 0) *out = SS_CLI_DEVICE_CPU;
+  else if (strcmp(s, "cuda") == 0 || strcmp(s, "gpu") == 0) *out = SS_CLI_DEVICE_CUDA;
+  else if (strcmp(s, "auto") == 0) *out = SS_CLI_DEVICE_AUTO;
+  else {
+    ss_cli_usage(cmd, "--device must be cpu, cuda or auto (got '%s')", s);
+    return false;
+  }
+  return true;
+}
+
+int ss_cli_device_resolve(const char *cmd, ss_cli_device *dev) {
+#ifdef SS_HAVE_CUDA
+  const int n_gpu = ss_cuda_device_count();
+  if (*dev == SS_CLI_DEVICE_AUTO) *dev = n_gpu > 0 ? SS_CLI_DEVICE_CUDA : SS_CLI_DEVICE_CPU;
+  if (*dev == SS_CLI_DEVICE_CUDA && n_gpu == 0)
+    return ss_cli_fail(cmd, "--device cuda: no CUDA device is usable on this host (no GPU, no "
+                       "driver, or CUDA_VISIBLE_DEVICES hides them); use --device cpu");
+#else
+  if (*dev == SS_CLI_DEVICE_AUTO) *dev = SS_CLI_DEVICE_CPU;
+  if (*dev == SS_CLI_DEVICE_CUDA)
+    return ss_cli_fail(cmd, "--device cuda: this build has no CUDA support (nvcc was not found "
+                       "at configure time, or -DSS_CUDA=OFF); use --device cpu");
+#endif
+  return SS_EXIT_OK;
+}
+
+int ss_cli_backend_create(const char *cmd, ss_cli_device dev, int threads, const ss_comm *comm,
+                          ss_backend **out) {
+  *out = NULL;
+  if (dev == SS_CLI_DEVICE_CUDA) {
+#ifdef SS_HAVE_CUDA
+    *out = ss_backend_cuda_create(comm ? comm->local_rank : 0);
+#else
+    return ss_cli_fail(cmd, "--device cuda: this build has no CUDA support");
+#endif
+  } else {
+    *out = ss_backend_cpu_create(threads);
+  }
+  if (!*out) return ss_cli_fail(cmd, "%s", ss_error_msg());
+  return SS_EXIT_OK;
+}
+
+int ss_cli_model_to_backend(const char *cmd, ss_model *m, ss_backend *be) {
+  if (!be->device) return SS_EXIT_OK;
+  if (ss_model_upload(m, be)) return ss_cli_fail(cmd, "%s", ss_error_msg());
+  return SS_EXIT_OK;
+}

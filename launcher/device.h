@@ -1,0 +1,37 @@
+/* --device for the commands that run a model: parsing, the default (cuda when
+ * the build has CUDA and a GPU is present, else cpu), creating the backend
+ * on this rank's GPU, and moving the model's weights there. */
+#ifndef SS_LAUNCHER_DEVICE_H
+#define SS_LAUNCHER_DEVICE_H
+
+#include <stdbool.h>
+
+struct ss_backend;
+struct ss_comm;
+struct ss_model;
+
+typedef enum ss_cli_device {
+  SS_CLI_DEVICE_AUTO = 0,
+  SS_CLI_DEVICE_CPU,
+  SS_CLI_DEVICE_CUDA,
+} ss_cli_device;
+
+/* The --device help lines, for usage texts. */
+#define SS_CLI_DEVICE_HELP                                                                   \
+  "      --device D          cpu or cuda (default: cuda when this build has CUDA and a\n"    \
+  "                          GPU is present, else cpu); with cuda, one GPU per rank\n"       \
+  "                          (the rank's index on its node) and NCCL between ranks\n"
+
+/* "cpu", "cuda", "auto".  On a bad value prints a usage error, returns false. */
+bool ss_cli_device_parse(const char *cmd, const char *s, ss_cli_device *out);
+/* Resolves auto, and checks cuda is possible here: returns an exit status
+ * (0, or 1 with the error printed: "--device cuda: ..."). */
+int ss_cli_device_resolve(const char *cmd, ss_cli_device *dev);
+/* The backend for a resolved device: cpu with `threads` threads, or the GPU
+ * of this rank (comm's local rank, 0 alone).  Prints the error; exit status. */
+int ss_cli_backend_create(const char *cmd, ss_cli_device dev, int threads,
+                          const struct ss_comm *comm, struct ss_backend **out);
+/* Uploads the model's weights when the backend is a device.  Exit status. */
+int ss_cli_model_to_backend(const char *cmd, struct ss_model *m, struct ss_backend *be);
+
+#endif
