@@ -4,6 +4,8 @@
 #ifndef SS_COMM_INTERNAL_H
 #define SS_COMM_INTERNAL_H
 
+#include <sched.h>
+#include <time.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -78,5 +80,28 @@ int ss_comm_check_wait(const ss_comm *c, const ss_comm_peers *p, const ss_comm_o
 /* Validation shared by the backends (records the message). */
 int ss_comm_check_type(const ss_comm *c, ss_dtype type, size_t *elem_nbytes);
 int ss_comm_check_rank(const ss_comm *c, const char *op, const char *what, int r);
+
+/* How a backend waits for an operation between progress polls: spin briefly
+ * (a transfer in flight advances only while we poll), then yield, then sleep
+ * with a doubling interval capped at 0.2 ms, or 1 ms once the wait is past 1 s
+ * (a worker idling between requests: each wake-up costs a progress pass). */
+#define SS_COMM_SPIN_S 50e-6
+#define SS_COMM_YIELD_S 0.1
+#define SS_COMM_IDLE_S 1.0
+#define SS_COMM_SLEEP_MAX_NS 200000L
+#define SS_COMM_SLEEP_IDLE_NS 1000000L
+
+/* One back-off step after `waited` seconds; *sleep_ns starts at 1000. */
+static inline void ss_comm_backoff(double waited, long *sleep_ns) {
+  if (waited < SS_COMM_SPIN_S) return;
+  if (waited < SS_COMM_YIELD_S) {
+    sched_yield();
+    return;
+  }
+  struct timespec ts = {0, *sleep_ns};
+  nanosleep(&ts, NULL);
+  const long cap = waited < SS_COMM_IDLE_S ? SS_COMM_SLEEP_MAX_NS : SS_COMM_SLEEP_IDLE_NS;
+  if (*sleep_ns < cap) *sleep_ns *= 2;
+}
 
 #endif

@@ -35,11 +35,6 @@ static bool g_any_broken;
 
 
 /* Waiting: spin on MPI_Test this long, then yield, then sleep. */
-#define SPIN_S 50e-6
-#define YIELD_S 0.1 /* then a waiting worker costs little CPU */
-#define SLEEP_MAX_NS 200000L /* 0.2 ms: the most a wait under IDLE_S adds to latency */
-#define IDLE_S 1.0
-#define SLEEP_IDLE_NS 1000000L /* 1 ms */
 
 
 /* ---- errors ------------------------------------------------------------ */
@@ -108,18 +103,7 @@ int ss_mpi_wait(ss_comm *c, int n, MPI_Request *reqs, MPI_Status *st, const ss_c
     /* Keep calling into MPI while the wait is short: a transfer in flight only
      * advances when we do (Open MPI progresses non-blocking operations inside
      * MPI_Test), so sleeping here would slow large messages down. */
-    double waited = now - start;
-    if (waited < SPIN_S) continue;
-    if (waited < YIELD_S) {
-      sched_yield();
-      continue;
-    }
-    struct timespec ts = {0, sleep_ns};
-    nanosleep(&ts, NULL);
-    /* A wait past IDLE_S is a worker idling between requests: each wake-up
-     * costs a progress pass, so wake less often (1 ms more latency, once). */
-    long cap = waited < IDLE_S ? SLEEP_MAX_NS : SLEEP_IDLE_NS;
-    if (sleep_ns < cap) sleep_ns *= 2;
+    ss_comm_backoff(now - start, &sleep_ns);
   }
 }
 

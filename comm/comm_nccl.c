@@ -49,11 +49,6 @@ typedef struct nccl_ctx {
   int n_retired;
 } nccl_ctx;
 
-#define SPIN_S 50e-6
-#define YIELD_S 0.1
-#define SLEEP_MAX_NS 200000L
-#define IDLE_S 1.0
-#define SLEEP_IDLE_NS 1000000L /* 1 ms */
 
 /* The one check macro for CUDA and NCCL calls: rank, host, file:line, op and
  * the library's own error string. */
@@ -154,18 +149,7 @@ static int nccl_wait_on(ss_comm *c, const ss_comm_op *op, double t0, cudaStream_
       }
       next_check = now + SS_COMM_CHECK_S;
     }
-    double waited = now - start;
-    if (waited < SPIN_S) continue;
-    if (waited < YIELD_S) {
-      sched_yield();
-      continue;
-    }
-    struct timespec ts = {0, sleep_ns};
-    nanosleep(&ts, NULL);
-    /* A wait past IDLE_S is a worker idling between requests: each wake-up
-     * costs a progress pass, so wake less often (1 ms more latency, once). */
-    long cap = waited < IDLE_S ? SLEEP_MAX_NS : SLEEP_IDLE_NS;
-    if (sleep_ns < cap) sleep_ns *= 2;
+    ss_comm_backoff(now - start, &sleep_ns);
   }
 }
 
