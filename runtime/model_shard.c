@@ -27,10 +27,12 @@ int ss_model_own(ss_model *m, void *p) {
 
 uint64_t ss_weight_nbytes(const ss_weight *w) { return (uint64_t)w->rows * w->row_nbytes; }
 
-/* The file holding p and p's offset in it. */
+/* The file holding p and p's offset in it, or NULL when p is memory of our
+ * own (weights converted at load). */
 static const char *source_of(const ss_model *m, const void *p, uint64_t *off) {
   const uint8_t *b = p;
   if (m->gguf) {
+    if (b < m->gguf->map || b >= m->gguf->map + m->gguf->size) return NULL;
     *off = (uint64_t)(b - m->gguf->map);
     return m->gguf->path;
   }
@@ -41,66 +43,114 @@ static const char *source_of(const ss_model *m, const void *p, uint64_t *off) {
       return f->path;
     }
   }
-  SS_ASSERT(0 && "weight outside every mapping");
   return NULL;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Tensor-parallel slices                                                     */
 
-/* Rows [r.begin, r.end) of w: a view into the mapping (only those pages are
- * ever touched). */
-static ss_weight slice_rows(const ss_weight *w, ss_range r) {
-  ss_weight s = *w;
-  s.rows = ss_range_len(r);
-  s.data = (const uint8_t *)w->data + (size_t)r.begin * w->row_nbytes;
-  if (w->row_scale) s.row_scale = w->row_scale + r.begin;
-  return s;
+/* Under tensor parallelism every weight a rank keeps is read with pread into
+ * memory of its own, and the file mapping is never touched.  Reading through
+ * the mapping would look cheaper, but the kernel maps file pages in large
+ * folios (several MiB on recent kernels), so a rank touching its slices of
+ * many small tensors would map nearly the whole file; with pread each rank's
+ * resident memory is its share of the weights and nothing else. */
+
+static int pread_all(int fd, uint8_t *buf, size_t n, uint64_t at, const char *path,
+                     const char *name) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t k = pread(fd, buf + done, n - done, (off_t)(at + done));
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0)
+      return ss_error(SS_ERR_IO, "%s: reading '%s' at offset %llu: %s", path, name,
+                      (unsigned long long)(at + done),
+                      k < 0 ? strerror(errno) : "unexpected end of file");
+    done += (size_t)k;
+  }
+  return SS_OK;
 }
 
-/* Columns [c.begin, c.end) of every row of w, which are not contiguous in the
- * file: read with pread into memory of our own, so the mapping's pages of other
- * ranks' columns are never brought into this process. */
-static int slice_cols(ss_model *m, const char *name, const ss_weight *w, ss_range c,
-                      ss_weight *out) {
+/* Rows [r.begin, r.end) and columns [c.begin, c.end) of w, copied out of the
+ * file into memory owned by m.  Weights that are already memory of our own
+ * are sliced in place (rows) or copied (columns). */
+static int read_slice(ss_model *m, const char *name, const ss_weight *w_in, ss_range r,
+                      ss_range c, ss_weight *out) {
+  const ss_weight src = *w_in, *w = &src; /* out may be w_in */
   const ss_dtype_info *ti = ss_dtype_get(w->type);
   SS_ASSERT(c.begin % ti->block_count == 0 && c.end % ti->block_count == 0);
+  SS_ASSERT(r.begin >= 0 && r.end <= w->rows && c.begin >= 0 && c.end <= w->cols);
   const size_t off_in_row = (size_t)(c.begin / ti->block_count) * ti->block_nbytes;
   const size_t row_nbytes = (size_t)(ss_range_len(c) / ti->block_count) * ti->block_nbytes;
-  uint64_t file_off;
+  const int64_t rows = ss_range_len(r);
+  const bool whole_rows = row_nbytes == w->row_nbytes;
+  const uint8_t *first = (const uint8_t *)w->data + (size_t)r.begin * w->row_nbytes;
+  uint64_t file_off = 0;
   const char *path = source_of(m, w->data, &file_off);
+  *out = *w;
+  out->rows = rows;
+  out->cols = ss_range_len(c);
+  out->row_nbytes = row_nbytes;
+  if (w->row_scale) out->row_scale = w->row_scale + r.begin;
+  if (!path && whole_rows) {
+    out->data = first;
+    return SS_OK;
+  }
   uint8_t *buf = NULL;
-  size_t total = (size_t)w->rows * row_nbytes;
+  const size_t total = (size_t)rows * row_nbytes;
   if (posix_memalign((void **)&buf, 64, total ? total : 64))
-    return ss_error(SS_ERR_NOMEM, "%s: cannot allocate %zu bytes for a slice of '%s'", path,
+    return ss_error(SS_ERR_NOMEM, "%s: cannot allocate %zu bytes for a slice of '%s'", m->path,
                     total, name);
+  int rc = ss_model_own(m, buf);
+  if (rc) return rc;
+  out->data = buf;
+  if (!path) {
+    for (int64_t i = 0; i < rows; i++)
+      memcpy(buf + (size_t)i * row_nbytes, first + (size_t)i * w->row_nbytes + off_in_row,
+             row_nbytes);
+    return SS_OK;
+  }
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ss_error(SS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  const uint64_t base = file_off + (uint64_t)r.begin * w->row_nbytes;
+  if (whole_rows) {
+    rc = pread_all(fd, buf, total, base, path, name);
+  } else {
+    for (int64_t i = 0; i < rows && rc == SS_OK; i++)
+      rc = pread_all(fd, buf + (size_t)i * row_nbytes, row_nbytes,
+                     base + (uint64_t)i * w->row_nbytes + off_in_row, path, name);
+  }
+  close(fd);
+  return rc;
+}
+
+static int slice_rows(ss_model *m, const char *name, ss_weight *w, ss_range r) {
+  if (!w->data) return SS_OK;
+  return read_slice(m, name, w, r, (ss_range){0, w->cols}, w);
+}
+
+static int slice_cols(ss_model *m, const char *name, ss_weight *w, ss_range c) {
+  if (!w->data) return SS_OK;
+  return read_slice(m, name, w, (ss_range){0, w->rows}, c, w);
+}
+
+/* A replicated vector (a norm's weights): copied out of the file like the
+ * slices, so the mapping stays untouched. */
+static int copy_vec(ss_model *m, const char *name, const float **p, int64_t n) {
+  uint64_t off;
+  const char *path = *p ? source_of(m, *p, &off) : NULL;
+  if (!path) return SS_OK;
+  float *buf = NULL;
+  if (posix_memalign((void **)&buf, 64, (size_t)n * sizeof *buf))
+    return ss_error(SS_ERR_NOMEM, "%s: cannot allocate '%s'", m->path, name);
   int rc = ss_model_own(m, buf);
   if (rc) return rc;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ss_error(SS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-  for (int64_t r = 0; r < w->rows && rc == SS_OK; r++) {
-    const uint64_t at = file_off + (uint64_t)r * w->row_nbytes + off_in_row;
-    size_t done = 0;
-    while (done < row_nbytes) {
-      ssize_t k = pread(fd, buf + (size_t)r * row_nbytes + done, row_nbytes - done,
-                        (off_t)(at + done));
-      if (k < 0 && errno == EINTR) continue;
-      if (k <= 0) {
-        rc = ss_error(SS_ERR_IO, "%s: reading a slice of '%s' at offset %llu: %s", path, name,
-                      (unsigned long long)(at + done),
-                      k < 0 ? strerror(errno) : "unexpected end of file");
-        break;
-      }
-      done += (size_t)k;
-    }
-  }
+  rc = pread_all(fd, (uint8_t *)buf, (size_t)n * sizeof *buf, off, path, name);
   close(fd);
-  if (rc) return rc;
-  *out = *w;
-  out->cols = ss_range_len(c);
-  out->row_nbytes = row_nbytes;
-  out->data = buf;
-  return SS_OK;
+  if (rc == SS_OK) *p = buf;
+  return rc;
 }
 
 /* A weight's name for messages: GGUF's, or a generic one for HF folders. */
@@ -122,27 +172,36 @@ static int shard_weights(ss_model *m, int rank) {
   ss_shard_bytes *b = &m->loaded;
   memset(b, 0, sizeof *b);
   int rc = SS_OK;
+  char n[96];
+#define NM(sfx, what) wname(m, n, sizeof n, l, sfx, what)
   for (int l = 0; l < c->n_layer && rc == SS_OK; l++) {
     ss_layer_weights *L = &m->layers[l];
-    char n[96];
-    L->wq = slice_rows(&L->wq, q_rows);
-    L->wk = slice_rows(&L->wk, kv_rows);
-    L->wv = slice_rows(&L->wv, kv_rows);
-    if ((rc = slice_cols(m, wname(m, n, sizeof n, l, "attn_output.weight", "o_proj"), &L->wo,
-                         q_rows, &L->wo)))
+    if ((rc = slice_rows(m, NM("attn_q.weight", "q_proj"), &L->wq, q_rows)) ||
+        (rc = slice_rows(m, NM("attn_k.weight", "k_proj"), &L->wk, kv_rows)) ||
+        (rc = slice_rows(m, NM("attn_v.weight", "v_proj"), &L->wv, kv_rows)) ||
+        (rc = slice_cols(m, NM("attn_output.weight", "o_proj"), &L->wo, q_rows)) ||
+        (rc = copy_vec(m, NM("attn_norm.weight", "input_layernorm"), &L->attn_norm, c->dim)) ||
+        (rc = copy_vec(m, NM("ffn_norm.weight", "post_attention_layernorm"), &L->ffn_norm,
+                       c->dim)) ||
+        (rc = copy_vec(m, NM("post_attention_norm.weight", "post_attn_norm"),
+                       &L->post_attn_norm, c->dim)) ||
+        (rc = copy_vec(m, NM("post_ffw_norm.weight", "post_moe_norm"), &L->post_ffn_norm,
+                       c->dim)))
       break;
     b->attn += ss_weight_nbytes(&L->wq) + ss_weight_nbytes(&L->wk) + ss_weight_nbytes(&L->wv) +
                ss_weight_nbytes(&L->wo);
     if (c->dense_mlp) {
-      L->w_gate = slice_rows(&L->w_gate, R->ffn);
-      L->w_up = slice_rows(&L->w_up, R->ffn);
-      if ((rc = slice_cols(m, wname(m, n, sizeof n, l, "ffn_down.weight", "down_proj"),
-                           &L->w_down, R->ffn, &L->w_down)))
+      if ((rc = slice_rows(m, NM("ffn_gate.weight", "gate_proj"), &L->w_gate, R->ffn)) ||
+          (rc = slice_rows(m, NM("ffn_up.weight", "up_proj"), &L->w_up, R->ffn)) ||
+          (rc = slice_cols(m, NM("ffn_down.weight", "down_proj"), &L->w_down, R->ffn)))
         break;
       b->mlp += ss_weight_nbytes(&L->w_gate) + ss_weight_nbytes(&L->w_up) +
                 ss_weight_nbytes(&L->w_down);
     }
     if (c->n_expert > 0) {
+      if ((rc = slice_rows(m, NM("ffn_gate_inp.weight", "router"), &L->router,
+                           (ss_range){0, L->router.rows})))
+        break;
       b->moe += ss_weight_nbytes(&L->router);
       for (int e = 0; e < c->n_expert && rc == SS_OK; e++) {
         if (e < R->experts.begin || e >= R->experts.end) {
@@ -150,20 +209,23 @@ static int shard_weights(ss_model *m, int rank) {
           L->exp_gate[e].data = L->exp_up[e].data = L->exp_down[e].data = NULL;
           continue;
         }
-        snprintf(n, sizeof n, "layer %d expert %d down", l, e);
-        L->exp_gate[e] = slice_rows(&L->exp_gate[e], R->expert_ffn);
-        L->exp_up[e] = slice_rows(&L->exp_up[e], R->expert_ffn);
-        if (ss_range_len(R->expert_ffn) != L->exp_down[e].cols &&
-            (rc = slice_cols(m, n, &L->exp_down[e], R->expert_ffn, &L->exp_down[e])))
+        snprintf(n, sizeof n, "layer %d expert %d", l, e);
+        if ((rc = slice_rows(m, n, &L->exp_gate[e], R->expert_ffn)) ||
+            (rc = slice_rows(m, n, &L->exp_up[e], R->expert_ffn)) ||
+            (rc = slice_cols(m, n, &L->exp_down[e], R->expert_ffn)))
           break;
         b->moe += ss_weight_nbytes(&L->exp_gate[e]) + ss_weight_nbytes(&L->exp_up[e]) +
                   ss_weight_nbytes(&L->exp_down[e]);
       }
     }
   }
+#undef NM
   if (rc) return rc;
-  m->tok_embd = slice_rows(&m->tok_embd, R->vocab);
-  m->output = c->tied_output ? m->tok_embd : slice_rows(&m->output, R->vocab);
+  const bool tied = c->tied_output;
+  if ((rc = slice_rows(m, "token_embd.weight", &m->tok_embd, R->vocab))) return rc;
+  if (tied) m->output = m->tok_embd;
+  else if ((rc = slice_rows(m, "output.weight", &m->output, R->vocab))) return rc;
+  if ((rc = copy_vec(m, "output_norm.weight", &m->output_norm, c->dim))) return rc;
   b->embd = ss_weight_nbytes(&m->tok_embd);
   b->head = c->tied_output ? 0 : ss_weight_nbytes(&m->output);
   b->norm = ss_shard_norm_nbytes(c);
