@@ -5,6 +5,7 @@
  * continuous-batching engine.  Ranks 1..tp-1 load their shard and run the
  * steps rank 0 broadcasts.  SIGINT/SIGTERM to rank 0 drain: stop accepting,
  * finish in-flight requests up to --drain-timeout, stop the workers, exit 0. */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -60,6 +61,8 @@ static void usage(FILE *f) {
           "      --kv-blocks N         KV-cache blocks of 16 tokens (default: from --kv-mem)\n"
           "      --kv-mem SIZE         KV-cache memory per rank, e.g. 512M, 2G (default 1G)\n"
           "      --max-waiting N       queued requests before 429 + Retry-After (default 1024)\n"
+          "      --step-log FILE       write one CSV line per engine step (batch shape, forward\n"
+          "                            and step seconds), e.g. to check `plan`'s cost model\n"
           "\n"
           "Execution:\n"
           "      --device D            cpu or cuda (default: cuda when this build has CUDA and\n"
@@ -75,7 +78,7 @@ static void usage(FILE *f) {
 
 typedef struct serve_ctx {
   /* options */
-  const char *path, *tmpl_name;
+  const char *path, *tmpl_name, *step_log_path;
   bool replicate_vocab;
   int64_t threads;
   ss_cli_device device;
@@ -109,6 +112,8 @@ static void *engine_main(void *arg) {
   if (rc == SS_EXIT_OK && ss_chat_template_init(tmpl, s->tmpl_name, s->model->chat_template)) {
     rc = ss_cli_fail(k_cmd, "--chat-template: %s", ss_error_msg());
   }
+  if (rc == SS_EXIT_OK && s->step_log_path && !(s->eo.step_log = fopen(s->step_log_path, "w")))
+    rc = ss_cli_fail(k_cmd, "--step-log %s: %s", s->step_log_path, strerror(errno));
   ss_engine *engine = NULL;
   if (rc == SS_EXIT_OK && ss_engine_create(s->model, s->be, &s->eo, ss_api_wake, s->api, &engine)) {
     rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
@@ -173,6 +178,10 @@ static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
   s->sigint.data = s->sigterm.data = s;
   uv_signal_start(&s->sigint, on_signal, SIGINT);
   uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+  /* The signal watchers must not keep the loop alive on their own: when the
+   * engine fails to start, the API closes its handles and the loop ends. */
+  uv_unref((uv_handle_t *)&s->sigint);
+  uv_unref((uv_handle_t *)&s->sigterm);
   pthread_mutex_init(&s->mu, NULL);
   if (pthread_create(&s->engine_thread, NULL, engine_main, s) != 0)
     return ss_cli_fail(k_cmd, "cannot start the engine thread");
@@ -195,7 +204,7 @@ int ss_cmd_serve(int argc, char **argv) {
   double comm_timeout = 0, d = 0;
   bool deterministic = true;
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
-         O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE };
+         O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -205,6 +214,7 @@ int ss_cmd_serve(int argc, char **argv) {
       {"drain-timeout", required_argument, 0, O_DRAIN},
       {"max-num-seqs", required_argument, 0, O_SEQS},
       {"max-batched-tokens", required_argument, 0, O_TOKENS},
+      {"step-log", required_argument, 0, O_SLOG},
       {"kv-blocks", required_argument, 0, O_BLOCKS}, {"kv-mem", required_argument, 0, O_KVMEM},
       {"max-waiting", required_argument, 0, O_WAIT}, {"threads", required_argument, 0, 't'},
       {"tp", required_argument, 0, O_TP}, {"replicate-vocab", no_argument, 0, O_REPL},
@@ -290,6 +300,7 @@ int ss_cmd_serve(int argc, char **argv) {
       if (!ss_cli_parse_float(k_cmd, "--comm-timeout", optarg, 0, 1e6, &comm_timeout))
         return SS_EXIT_USAGE;
       break;
+    case O_SLOG: s.step_log_path = optarg; break;
     case O_DEVICE:
       if (!ss_cli_device_parse(k_cmd, optarg, &s.device)) return SS_EXIT_USAGE;
       break;
@@ -345,6 +356,7 @@ int ss_cmd_serve(int argc, char **argv) {
   ss_api_free(s.api);
   if (s.loop) uv_loop_close(s.loop);
   ss_engine_free(s.engine);
+  if (s.eo.step_log) fclose(s.eo.step_log);
   ss_chat_template_free(&s.tmpl);
   ss_model_free(s.model);
   if (s.be) s.be->free(s.be);

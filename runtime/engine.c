@@ -74,6 +74,7 @@ struct ss_engine {
   ss_histogram h_ttft, h_itl, h_e2e, h_queue, h_prompt, h_gen;
   rank_stats *ranks;
   int n_ranks;
+  double t_start;
 };
 
 static double now_s(void) {
@@ -538,8 +539,24 @@ static void gather_rank_stats(ss_engine *e) {
   free(all);
 }
 
+/* The step log: one CSV line per step, for calibrating and checking the
+ * planner's cost model against what the engine really spends.  Columns:
+ *   t_s        step start, seconds since the engine started
+ *   n_tokens   tokens in the forward pass; n_logits: rows sampled; n_seqs
+ *   attended   sum over the step's tokens of the positions each attends
+ *   forward_s  the forward pass (all ranks, collectives included)
+ *   step_s     the whole step: batch assembly, forward, sampling, publishing */
+static void step_log(ss_engine *e, double t0, const ss_sched_batch *b, double attended,
+                     double t_fwd0, double t_fwd1) {
+  if (!e->o.step_log) return;
+  if (e->steps == 1) fprintf(e->o.step_log, "t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n");
+  fprintf(e->o.step_log, "%.6f,%d,%d,%d,%.0f,%.6f,%.6f\n", t0 - e->t_start, b->n_tokens,
+          b->n_logits, b->n_entries, attended, t_fwd1 - t_fwd0, now_s() - t0);
+}
+
 int ss_engine_run(ss_engine *e) {
   int rc = SS_OK;
+  e->t_start = now_s();
   for (;;) {
     ev_list evs = {0};
     pthread_mutex_lock(&e->mu);
@@ -589,8 +606,10 @@ int ss_engine_run(ss_engine *e) {
     const double t_sched = now_s();
     int32_t nt = 0, nl = 0;
     uint64_t prompt_tokens = 0;
+    double attended = 0;
     for (int32_t i = 0; i < b.n_entries; i++) {
       const ss_sched_entry *en = &b.entries[i];
+      attended += (double)en->count * en->start + (double)en->count * (en->count + 1) / 2;
       ereq *q = en->seq->user;
       for (int32_t k = 0; k < en->count; k++) {
         const int32_t p = en->start + k;
@@ -604,6 +623,7 @@ int ss_engine_run(ss_engine *e) {
     }
     ss_batch fb = {.n = nt, .tokens = e->b_tokens, .loc = {.n = nt, .pos = e->b_pos,
                    .block_table = e->b_tab}, .n_logits = nl, .logit_rows = e->b_rows};
+    const double t_fwd0 = now_s();
     rc = ss_model_forward(e->m, &e->st, &e->kv, &fb, e->logits);
     const double t = now_s();
     pthread_mutex_lock(&e->mu);
@@ -658,6 +678,7 @@ int ss_engine_run(ss_engine *e) {
     publish_locked(e, &evs);
     pthread_mutex_unlock(&e->mu);
     if (e->notify) e->notify(e->notify_user);
+    step_log(e, t_sched, &b, attended, t_fwd0, t);
     if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) {
       gather_rank_stats(e);
       e->stats_dirty = false;

@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "runtime/metrics.h"
 #include "runtime/model.h"
@@ -35,6 +36,8 @@ typedef struct ss_engine_opts {
   int32_t n_ctx;               /* context limit per sequence (0: the model's) */
   int32_t stats_every;         /* gather per-rank step counters every N steps, and whenever
                                   the engine goes idle (default 256) */
+  FILE *step_log;              /* when set, one CSV line per step (see ss_engine_run); the
+                                  caller opens and closes it */
 } ss_engine_opts;
 
 #define SS_ENGINE_MAX_STOP 16

@@ -215,6 +215,11 @@ expect("unknown chat template", ["generate", *m, "-p", "x", "--chat", "--chat-te
        "vicuna9")
 expect("chat on a model without a template", ["generate", *m, "-p", "x", "--chat"], 1,
        "chat_template")
+expect("serve step log in a missing folder",
+       ["serve", *m, "--chat-template", "chatml", "--port", "0", "--step-log", os.path.join(tmp, "no", "steps.csv")], 1,
+       "--step-log", "steps.csv")
+expect("serve on a missing model exits", ["serve", "--model", os.path.join(tmp, "gone.gguf"),
+                                         "--port", "0"], 1, "gone.gguf")
 expect("info unknown option", ["info", "--bogus"], 2, "--bogus")
 expect("tokenize unknown option", ["tokenize", "--bogus"], 2, "--bogus")
 expect("tokenize missing model", ["tokenize", "--model", os.path.join(tmp, "x.gguf")], 1, "x.gguf", stdin=b"hi")

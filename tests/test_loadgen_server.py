@@ -2,8 +2,11 @@
 summary, the result JSON with vLLM's field names, a sweep with its plot, and
 client-side timings consistent with the server's own /metrics: mean TTFT and
 mean inter-token latency within 10% of the server's histograms (sum / count
-over the run), and token counts equal.
+over the run), and token counts equal.  At TP = 1 the server also writes its
+step log (--step-log), whose batch shapes must account for every prompt and
+generated token.
 """
+import csv
 import json
 import os
 import subprocess
@@ -30,7 +33,8 @@ def hist(m, name):
 
 
 for tp in (1, 2):
-    srv = Server(args.bin, args.model, tp=tp)
+    step_log = os.path.join(tmp, f"steps-tp{tp}.csv")
+    srv = Server(args.bin, args.model, tp=tp, extra=["--step-log", step_log] if tp == 1 else [])
     try:
         before = srv.metrics()
         out = os.path.join(tmp, f"tp{tp}.json")
@@ -82,4 +86,16 @@ for tp in (1, 2):
     finally:
         rc = srv.stop()
         ck.check(rc == 0, f"tp {tp}: server exit {rc}")
+    if tp == 1:
+        # Every request: its 48 prompt tokens prefilled, then each generated token but the
+        # last fed back; one sampled row per generated token.
+        rows = list(csv.DictReader(open(step_log)))
+        n_tok = sum(int(x["n_tokens"]) for x in rows)
+        n_log = sum(int(x["n_logits"]) for x in rows)
+        ck.check(n_tok == 24 * (48 + 24 - 1) and n_log == 24 * 24,
+                 f"step log: {len(rows)} steps, {n_tok} tokens, {n_log} sampled rows")
+        ck.check(all(0 < float(x["forward_s"]) <= float(x["step_s"]) for x in rows),
+                 "step log: a forward pass outside its step")
+        ck.check(all(float(a["t_s"]) < float(b["t_s"]) for a, b in zip(rows, rows[1:])),
+                 "step log: step start times not increasing")
 ck.finish()
