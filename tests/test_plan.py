@@ -111,9 +111,17 @@ if ck.check(p.returncode == 0 and len(rows) == 4, f"tp 4 --profile: {p.returncod
     for rank, weights, rss, rss_file, rss_anon in rows:
         print(f"tp 4 rank {rank}: plan weights {weights} MiB, RSS {rss} MiB "
               f"(file {rss_file} + anon {rss_anon}); whole file {size / 2**20:.1f} MiB")
-        ck.check(float(rss) < 0.75 * size / 2**20,
-                 f"rank {rank}: {rss} MiB resident ({rss_file} MiB file-backed), the whole "
-                 f"model file is {size / 2**20:.1f} MiB")
+        # File-backed pages are the shared libraries only (about 20 MiB here); a rank
+        # that faulted the mapping in would show most of the file.
+        ck.check(float(rss_file) < 0.5 * size / 2**20,
+                 f"rank {rank}: {rss_file} MiB of file-backed pages resident, the whole model "
+                 f"file is {size / 2**20:.1f} MiB")
+        # The whole resident set too, except under AddressSanitizer (shadow memory
+        # and quarantine add tens of MiB).
+        if "ASAN_OPTIONS" not in os.environ:
+            ck.check(float(rss) < 0.75 * size / 2**20,
+                     f"rank {rank}: {rss} MiB resident ({rss_file} MiB file-backed), the whole "
+                     f"model file is {size / 2**20:.1f} MiB")
         ck.check(float(rss_anon) >= float(weights),
                  f"rank {rank}: {rss_anon} MiB of anonymous memory cannot hold its "
                  f"{weights} MiB of weights")
