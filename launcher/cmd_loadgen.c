@@ -15,7 +15,7 @@
 #include "bench/loadgen/client.h"
 #include "bench/loadgen/dataset.h"
 #include "bench/loadgen/report.h"
-#include "bench/loadgen/schedule.h"
+#include "runtime/arrivals.h"
 #include "bench/loadgen/stats.h"
 #include "launcher/cli.h"
 #include "runtime/gguf.h"
@@ -119,7 +119,7 @@ typedef struct opts {
   double rate, burstiness, duration_s;
   int64_t max_concurrency, num_prompts;
   bool num_prompts_set;
-  ss_lg_ramp ramp;
+  ss_ramp ramp;
   double ramp_start, ramp_end;
   uint64_t seed;
   double sweep[MAX_SWEEP];
@@ -255,7 +255,7 @@ static int parse(int argc, char **argv, opts *o) {
         return SS_EXIT_USAGE;
       break;
     case O_NUM:
-      if (!ss_cli_parse_int(k_cmd, "--num-prompts", optarg, 1, (int64_t)SS_LG_SCHEDULE_MAX_COUNT,
+      if (!ss_cli_parse_int(k_cmd, "--num-prompts", optarg, 1, (int64_t)SS_ARRIVALS_MAX_COUNT,
                             &o->num_prompts))
         return SS_EXIT_USAGE;
       o->num_prompts_set = true;
@@ -265,8 +265,8 @@ static int parse(int argc, char **argv, opts *o) {
         return SS_EXIT_USAGE;
       break;
     case O_RAMP:
-      if (strcmp(optarg, "linear") == 0) o->ramp = SS_LG_RAMP_LINEAR;
-      else if (strcmp(optarg, "exponential") == 0) o->ramp = SS_LG_RAMP_EXPONENTIAL;
+      if (strcmp(optarg, "linear") == 0) o->ramp = SS_RAMP_LINEAR;
+      else if (strcmp(optarg, "exponential") == 0) o->ramp = SS_RAMP_EXPONENTIAL;
       else return ss_cli_usage(k_cmd, "invalid --ramp-up-strategy '%s': expected linear or exponential", optarg);
       break;
     case O_RAMP_START:
@@ -361,13 +361,13 @@ static int parse(int argc, char **argv, opts *o) {
     return ss_cli_usage(k_cmd, "--dataset-name %s needs --dataset-path FILE", o->dataset);
   if (!file_ds && o->dataset_path)
     return ss_cli_usage(k_cmd, "--dataset-path is for the jsonl and sharegpt datasets");
-  if (o->ramp != SS_LG_RAMP_NONE && !(o->ramp_start > 0 && o->ramp_end > 0))
+  if (o->ramp != SS_RAMP_NONE && !(o->ramp_start > 0 && o->ramp_end > 0))
     return ss_cli_usage(k_cmd, "--ramp-up-strategy needs --ramp-up-start-rps and --ramp-up-end-rps");
-  if (o->ramp != SS_LG_RAMP_NONE && (isfinite(o->rate) || o->sweep_count))
+  if (o->ramp != SS_RAMP_NONE && (isfinite(o->rate) || o->sweep_count))
     return ss_cli_usage(k_cmd, "--ramp-up-strategy replaces --request-rate and --sweep-rates");
-  if (o->ramp == SS_LG_RAMP_NONE && (o->ramp_start > 0 || o->ramp_end > 0))
+  if (o->ramp == SS_RAMP_NONE && (o->ramp_start > 0 || o->ramp_end > 0))
     return ss_cli_usage(k_cmd, "--ramp-up-start-rps/--ramp-up-end-rps need --ramp-up-strategy");
-  if (o->duration_s > 0 && isinf(o->rate) && o->ramp == SS_LG_RAMP_NONE && !o->sweep_count &&
+  if (o->duration_s > 0 && isinf(o->rate) && o->ramp == SS_RAMP_NONE && !o->sweep_count &&
       !o->max_concurrency)
     return ss_cli_usage(k_cmd, "--duration with an infinite rate needs --max-concurrency (a "
                         "closed loop) or a --request-rate");
@@ -455,15 +455,15 @@ static int run_once(const ctx *c, double rate, const char *label, const char *sa
   const opts *o = c->o;
   double *sched = NULL;
   size_t count = 0;
-  bool closed = isinf(rate) && o->ramp == SS_LG_RAMP_NONE;
+  bool closed = isinf(rate) && o->ramp == SS_RAMP_NONE;
   if (!(closed && o->duration_s > 0)) {
-    ss_lg_schedule_params sp = {
+    ss_arrivals_params sp = {
         .rate = rate, .burstiness = o->burstiness, .ramp = o->ramp,
         .ramp_start_rps = o->ramp_start, .ramp_end_rps = o->ramp_end,
         .count = o->duration_s > 0 ? 0 : (size_t)o->num_prompts,
         .duration_s = o->duration_s, .seed = o->seed,
     };
-    if (ss_lg_schedule_build(&sp, &sched, &count))
+    if (ss_arrivals_build(&sp, &sched, &count))
       return ss_cli_fail(k_cmd, "schedule: %s", ss_error_msg());
     if (count == 0) {
       free(sched);
@@ -490,11 +490,11 @@ static int run_once(const ctx *c, double rate, const char *label, const char *sa
       .backend = strstr(o->endpoint, "chat/completions") ? "openai-chat" : "openai",
       .base_url = c->base_url, .endpoint = o->endpoint, .model_id = c->model,
       .tokenizer_id = o->tokenizer_model, .dataset_name = o->dataset, .label = o->label,
-      .request_rate = o->ramp == SS_LG_RAMP_NONE ? rate : INFINITY,
+      .request_rate = o->ramp == SS_RAMP_NONE ? rate : INFINITY,
       .burstiness = o->burstiness, .max_concurrency = o->max_concurrency,
       .num_prompts = run.count, .duration_limit_s = o->duration_s,
-      .ramp = o->ramp == SS_LG_RAMP_LINEAR ? "linear"
-              : o->ramp == SS_LG_RAMP_EXPONENTIAL ? "exponential" : NULL,
+      .ramp = o->ramp == SS_RAMP_LINEAR ? "linear"
+              : o->ramp == SS_RAMP_EXPONENTIAL ? "exponential" : NULL,
       .ramp_start_rps = o->ramp_start, .ramp_end_rps = o->ramp_end,
       .slo = has_slo ? &o->slo : NULL, .seed = o->seed,
   };

@@ -7,7 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/sampler.h"
+#include "runtime/arrivals.h"
+#include "runtime/xrng.h"
 #include "runtime/status.h"
 
 /* ------------------------------------------------------------------------ */
@@ -87,34 +88,17 @@ static ss_dist dist_of(double *v, int64_t n) {
 /* ------------------------------------------------------------------------ */
 /* Arrivals                                                                   */
 
-static double normal01(ss_rng *r) {
-  double u1 = ss_rng_uniform(r), u2 = ss_rng_uniform(r);
-  if (u1 < 1e-300) u1 = 1e-300;
-  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
+/* Arrival times come from runtime/arrivals.c, the load generator's own
+ * schedule: `plan` and `loadgen` given the same rate, burstiness and seed see
+ * the same arrivals.  Lengths are drawn as the load generator's random dataset
+ * draws them, uniform in [floor(L(1-r)), ceil(L(1+r))]. */
+#define LENGTH_SALT 2
 
-/* Gamma(shape, 1) by Marsaglia and Tsang; shape < 1 through Gamma(shape + 1) U^(1/shape). */
-static double gamma_draw(ss_rng *r, double shape) {
-  if (shape < 1.0) {
-    double u = ss_rng_uniform(r);
-    return gamma_draw(r, shape + 1.0) * pow(u > 0 ? u : 1e-300, 1.0 / shape);
-  }
-  const double d = shape - 1.0 / 3.0, c = 1.0 / sqrt(9.0 * d);
-  for (;;) {
-    double x = normal01(r), v = 1.0 + c * x;
-    if (v <= 0) continue;
-    v = v * v * v;
-    double u = ss_rng_uniform(r);
-    if (u < 1.0 - 0.0331 * x * x * x * x) return d * v;
-    if (log(u > 0 ? u : 1e-300) < 0.5 * x * x + d * (1.0 - v + log(v))) return d * v;
-  }
-}
-
-static int32_t draw_len(ss_rng *r, int32_t len, double ratio) {
+static int32_t draw_len(ss_xrng *r, int32_t len, double ratio) {
   int32_t lo = (int32_t)floor(len * (1.0 - ratio)), hi = (int32_t)ceil(len * (1.0 + ratio));
   if (lo < 1) lo = 1;
   if (hi < lo) hi = lo;
-  return lo + (int32_t)(ss_rng_uniform(r) * (hi - lo + 1));
+  return (int32_t)ss_xrng_range(r, lo, hi);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -147,8 +131,9 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
   double *ttft = malloc((size_t)N * sizeof *ttft), *tpot = malloc((size_t)N * sizeof *tpot);
   double *e2e = malloc((size_t)N * sizeof *e2e);
   int64_t itl_cap = 0;
-  ss_rng rng;
-  ss_rng_seed(&rng, w->seed);
+  double *arrivals = NULL;
+  ss_xrng rng;
+  ss_xrng_seed(&rng, w->seed, LENGTH_SALT);
   if (!rq || !ttft || !tpot || !e2e) {
     rc = ss_error(SS_ERR_NOMEM, "simulation: out of memory for %d requests", N);
     goto done;
@@ -156,18 +141,19 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
   /* The schedule, drawn up front so a seed fixes it. */
   const bool closed = w->max_concurrency > 0;
   const bool burst = !(w->rate > 0) || isinf(w->rate);
-  double t_arr = 0;
+  if (!closed) {
+    ss_arrivals_params ap = {.rate = burst ? INFINITY : w->rate, .burstiness = w->burstiness,
+                             .count = (size_t)N, .seed = w->seed};
+    size_t n_arr = 0;
+    if ((rc = ss_arrivals_build(&ap, &arrivals, &n_arr))) goto done;
+    SS_ASSERT(n_arr == (size_t)N);
+  }
   for (int32_t i = 0; i < N; i++) {
     sim_req *q = &rq[i];
     q->in_len = draw_len(&rng, w->input_len, w->range_ratio);
     q->out_len = draw_len(&rng, w->output_len, w->range_ratio);
     itl_cap += q->out_len;
-    if (!closed && !burst) {
-      const double gap = isinf(w->burstiness) ? 1.0 / w->rate
-                                              : gamma_draw(&rng, w->burstiness) / (w->burstiness * w->rate);
-      t_arr += gap;
-    }
-    q->arrival = closed ? 0 : t_arr;
+    q->arrival = closed ? 0 : arrivals[i];
     q->seq.id = i;
     q->seq.n_tokens = q->in_len;
     q->seq.max_tokens = q->in_len + q->out_len;
@@ -270,6 +256,7 @@ done:
   if (rq)
     for (int32_t i = 0; i < N; i++) free(rq[i].seq.blocks);
   free(rq);
+  free(arrivals);
   free(ttft);
   free(tpot);
   free(e2e);

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "bench/loadgen/rng.h"
+#include "runtime/xrng.h"
 #include "runtime/status.h"
 #include "runtime/tokenizer.h"
 
@@ -108,10 +108,10 @@ static int pools_build(const ss_tokenizer *tok, pools *p) {
   return SS_OK;
 }
 
-static const char *pick_word(const pools *p, ss_lg_rng *rng) {
+static const char *pick_word(const pools *p, ss_xrng *rng) {
   /* Fewer than 256 word-like tokens: the vocabulary is odd; use our list. */
-  if (p->word_count >= 256) return p->words[ss_lg_rng_range(rng, 0, (int64_t)p->word_count - 1)];
-  return k_words[ss_lg_rng_range(rng, 0, (int64_t)N_WORDS - 1)];
+  if (p->word_count >= 256) return p->words[ss_xrng_range(rng, 0, (int64_t)p->word_count - 1)];
+  return k_words[ss_xrng_range(rng, 0, (int64_t)N_WORDS - 1)];
 }
 
 /* ---- random prompts --------------------------------------------------------- */
@@ -126,7 +126,7 @@ static int count_tokens(const ss_tokenizer *tok, const char *text, int64_t *n) {
 }
 
 /* `words` words joined by spaces, into a malloc'ed string. */
-static char *make_text(const pools *p, ss_lg_rng *rng, int64_t words) {
+static char *make_text(const pools *p, ss_xrng *rng, int64_t words) {
   size_t cap = (size_t)words * 12 + 1, n = 0;
   char *s = malloc(cap);
   if (!s) return NULL;
@@ -144,7 +144,7 @@ static char *make_text(const pools *p, ss_lg_rng *rng, int64_t words) {
 
 /* Text of exactly `len` tokens under tok, or as close as 8 rounds of adding
  * or dropping words get (word boundaries can merge); the count is measured. */
-static int make_counted_text(const ss_tokenizer *tok, const pools *p, ss_lg_rng *rng,
+static int make_counted_text(const ss_tokenizer *tok, const pools *p, ss_xrng *rng,
                              int64_t len, ss_lg_prompt *out) {
   int64_t words = len, n = 0;
   char *text = NULL;
@@ -166,23 +166,23 @@ static int make_counted_text(const ss_tokenizer *tok, const pools *p, ss_lg_rng 
   return SS_OK;
 }
 
-static int64_t draw_len(ss_lg_rng *rng, int64_t len, double ratio) {
+static int64_t draw_len(ss_xrng *rng, int64_t len, double ratio) {
   int64_t lo = (int64_t)floor((double)len * (1.0 - ratio));
   int64_t hi = (int64_t)ceil((double)len * (1.0 + ratio));
   if (lo < 1) lo = 1;
   if (hi < lo) hi = lo;
-  return ss_lg_rng_range(rng, lo, hi);
+  return ss_xrng_range(rng, lo, hi);
 }
 
-static int random_prompt(const ss_lg_random_params *p, const pools *pl, ss_lg_rng *rng,
+static int random_prompt(const ss_lg_random_params *p, const pools *pl, ss_xrng *rng,
                          int64_t in_len, ss_lg_prompt *out) {
   if (p->ids) {
     out->ids = malloc((size_t)in_len * sizeof *out->ids);
     if (!out->ids) return ss_error(SS_ERR_NOMEM, "dataset: out of memory for a prompt");
     for (int64_t k = 0; k < in_len; k++)
       out->ids[k] = pl->normal_count
-                        ? pl->normal[ss_lg_rng_range(rng, 0, (int64_t)pl->normal_count - 1)]
-                        : (int32_t)ss_lg_rng_range(rng, 0, p->vocab_size - 1);
+                        ? pl->normal[ss_xrng_range(rng, 0, (int64_t)pl->normal_count - 1)]
+                        : (int32_t)ss_xrng_range(rng, 0, p->vocab_size - 1);
     out->id_count = (size_t)in_len;
     out->input_len = in_len;
     out->input_exact = true;
@@ -219,8 +219,8 @@ int ss_lg_dataset_random(const ss_lg_random_params *p, ss_lg_dataset *out) {
     pools_free(&pl);
     return rc;
   }
-  ss_lg_rng rng;
-  ss_lg_rng_seed(&rng, p->seed, DATASET_SALT);
+  ss_xrng rng;
+  ss_xrng_seed(&rng, p->seed, DATASET_SALT);
   for (size_t i = 0; i < p->count && !rc; i++) {
     ss_lg_prompt *q = &out->items[i];
     int64_t in_len = draw_len(&rng, p->input_len, p->range_ratio);
@@ -430,10 +430,10 @@ int ss_lg_dataset_sharegpt(const char *path, size_t count, uint64_t seed, int64_
   if (!rc && usable == 0)
     rc = ss_error(SS_ERR_FORMAT, "%s: no conversation has a prompt and a reply", path);
   /* A seeded Fisher-Yates shuffle, then the first `count`. */
-  ss_lg_rng rng;
-  ss_lg_rng_seed(&rng, seed, DATASET_SALT);
+  ss_xrng rng;
+  ss_xrng_seed(&rng, seed, DATASET_SALT);
   for (size_t i = usable; i > 1 && !rc; i--) {
-    size_t j = (size_t)ss_lg_rng_range(&rng, 0, (int64_t)i - 1), t = keep[i - 1];
+    size_t j = (size_t)ss_xrng_range(&rng, 0, (int64_t)i - 1), t = keep[i - 1];
     keep[i - 1] = keep[j];
     keep[j] = t;
   }

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "bench/loadgen/dataset.h"
-#include "bench/loadgen/schedule.h"
+#include "runtime/arrivals.h"
 #include "bench/loadgen/sse.h"
 #include "bench/loadgen/stats.h"
 #include "runtime/gguf.h"
@@ -31,11 +31,11 @@
  * CV about sqrt((kurtosis - 1) / 4N) = 0.42% (gamma kurtosis 3 + 6/B), so 2% is
  * more than 4 standard errors for every B tested. */
 static void gap_stats(double burstiness, uint64_t seed, double *mean, double *cv) {
-  ss_lg_schedule_params p = {.rate = 10, .burstiness = burstiness, .count = N_GAPS + 1,
+  ss_arrivals_params p = {.rate = 10, .burstiness = burstiness, .count = N_GAPS + 1,
                              .seed = seed};
   double *t;
   size_t n;
-  assert_int_equal(ss_lg_schedule_build(&p, &t, &n), SS_OK);
+  assert_int_equal(ss_arrivals_build(&p, &t, &n), SS_OK);
   assert_int_equal(n, N_GAPS + 1);
   assert_true(t[0] == 0);
   double s = 0, ss = 0;
@@ -65,13 +65,13 @@ static void test_schedule_gamma(void **state) {
 }
 
 static void test_schedule_seed(void **state) {
-  ss_lg_schedule_params p = {.rate = 5, .burstiness = 1, .count = 100, .seed = 7};
+  ss_arrivals_params p = {.rate = 5, .burstiness = 1, .count = 100, .seed = 7};
   double *a, *b, *c;
   size_t na, nb, nc;
-  assert_int_equal(ss_lg_schedule_build(&p, &a, &na), 0);
-  assert_int_equal(ss_lg_schedule_build(&p, &b, &nb), 0);
+  assert_int_equal(ss_arrivals_build(&p, &a, &na), 0);
+  assert_int_equal(ss_arrivals_build(&p, &b, &nb), 0);
   p.seed = 8;
-  assert_int_equal(ss_lg_schedule_build(&p, &c, &nc), 0);
+  assert_int_equal(ss_arrivals_build(&p, &c, &nc), 0);
   assert_memory_equal(a, b, na * sizeof *a);
   assert_true(memcmp(a, c, na * sizeof *a) != 0);
   free(a), free(b), free(c);
@@ -79,23 +79,23 @@ static void test_schedule_seed(void **state) {
 
 static void test_schedule_duration_ramp(void **state) {
   /* Poisson at 100/s for 10 s: ~1000 arrivals (sd 31.6), all before 10 s. */
-  ss_lg_schedule_params p = {.rate = 100, .burstiness = 1, .duration_s = 10, .seed = 1};
+  ss_arrivals_params p = {.rate = 100, .burstiness = 1, .duration_s = 10, .seed = 1};
   double *t;
   size_t n;
-  assert_int_equal(ss_lg_schedule_build(&p, &t, &n), 0);
+  assert_int_equal(ss_arrivals_build(&p, &t, &n), 0);
   assert_true(n > 1000 - 160 && n < 1000 + 160);
   assert_true(t[n - 1] < 10);
   free(t);
   /* A constant-gap linear ramp 1 -> 10 req/s over 10 requests: gap i is
    * 1/rate_i with rate_i = 1 + 9 i / 9. */
-  ss_lg_schedule_params r = {.burstiness = INFINITY, .ramp = SS_LG_RAMP_LINEAR,
+  ss_arrivals_params r = {.burstiness = INFINITY, .ramp = SS_RAMP_LINEAR,
                              .ramp_start_rps = 1, .ramp_end_rps = 10, .count = 10};
-  assert_int_equal(ss_lg_schedule_build(&r, &t, &n), 0);
+  assert_int_equal(ss_arrivals_build(&r, &t, &n), 0);
   for (size_t i = 1; i < n; i++) assert_true(fabs(t[i] - t[i - 1] - 1.0 / (double)i) < 1e-12);
   free(t);
   /* Infinite rate: everything at 0. */
-  ss_lg_schedule_params inf = {.rate = INFINITY, .burstiness = 1, .count = 5};
-  assert_int_equal(ss_lg_schedule_build(&inf, &t, &n), 0);
+  ss_arrivals_params inf = {.rate = INFINITY, .burstiness = 1, .count = 5};
+  assert_int_equal(ss_arrivals_build(&inf, &t, &n), 0);
   for (size_t i = 0; i < n; i++) assert_true(t[i] == 0);
   free(t);
 }
@@ -103,18 +103,18 @@ static void test_schedule_duration_ramp(void **state) {
 static void test_schedule_errors(void **state) {
   double *t;
   size_t n;
-  ss_lg_schedule_params p = {.rate = -1, .burstiness = 1, .count = 5};
-  assert_int_equal(ss_lg_schedule_build(&p, &t, &n), SS_ERR_RANGE);
+  ss_arrivals_params p = {.rate = -1, .burstiness = 1, .count = 5};
+  assert_int_equal(ss_arrivals_build(&p, &t, &n), SS_ERR_RANGE);
   assert_non_null(strstr(ss_error_msg(), "rate"));
   p.rate = 1, p.burstiness = 0;
-  assert_int_equal(ss_lg_schedule_build(&p, &t, &n), SS_ERR_RANGE);
+  assert_int_equal(ss_arrivals_build(&p, &t, &n), SS_ERR_RANGE);
   assert_non_null(strstr(ss_error_msg(), "burstiness"));
   p.rate = NAN, p.burstiness = 1;
-  assert_int_equal(ss_lg_schedule_build(&p, &t, &n), SS_ERR_RANGE);
-  ss_lg_schedule_params q = {.rate = INFINITY, .burstiness = 1, .duration_s = 5};
-  assert_int_equal(ss_lg_schedule_build(&q, &t, &n), SS_ERR_INVALID);
-  ss_lg_schedule_params big = {.rate = 1e9, .burstiness = 1, .duration_s = 1e3};
-  assert_int_equal(ss_lg_schedule_build(&big, &t, &n), SS_ERR_RANGE);
+  assert_int_equal(ss_arrivals_build(&p, &t, &n), SS_ERR_RANGE);
+  ss_arrivals_params q = {.rate = INFINITY, .burstiness = 1, .duration_s = 5};
+  assert_int_equal(ss_arrivals_build(&q, &t, &n), SS_ERR_INVALID);
+  ss_arrivals_params big = {.rate = 1e9, .burstiness = 1, .duration_s = 1e3};
+  assert_int_equal(ss_arrivals_build(&big, &t, &n), SS_ERR_RANGE);
 }
 
 /* ---- statistics ------------------------------------------------------------------- */
