@@ -57,7 +57,12 @@ static void usage(FILE *f) {
           "      --random-input-len N --random-output-len N --random-range-ratio R --seed S\n"
           "      --goodput ttft:MS tpot:MS e2el:MS   SLOs (several allowed)\n"
           "      --max-rate       also search the highest rate at which 99%% of requests\n"
-          "                       meet the SLOs\n");
+          "                       meet the SLOs\n"
+          "      --step-log FILE  a step log written by `serve --step-log`: the cost model's\n"
+          "                       time for each logged step against the measured one\n"
+          "      --calibrate      with --step-log: scale the profile's load_factor so the\n"
+          "                       logged steps' total time is matched (then simulate)\n"
+          "      --save-hardware FILE  write the profile in use (calibrated) to FILE\n");
 }
 
 static double mib(uint64_t b) { return (double)b / (1 << 20); }
@@ -223,7 +228,7 @@ int ss_cmd_plan(int argc, char **argv) {
   bool json = false, replicate = false;
   enum { O_TP = 256, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE, O_HW, O_NODES, O_SEQS, O_TOKENS,
          O_BLOCKS, O_KVMEM, O_RATE, O_BURST, O_CONC, O_NUM, O_IN, O_OUT, O_RATIO, O_SEED,
-         O_GOODPUT, O_MAXRATE };
+         O_GOODPUT, O_MAXRATE, O_STEPLOG, O_CALIB, O_SAVEHW };
   ss_plan_capacity_opts co = {.sched = {.max_num_seqs = 64, .max_batched_tokens = 512,
                                         .block_size = 16},
                               .w = {.burstiness = 1.0, .n_requests = 200, .input_len = 512,
@@ -247,6 +252,8 @@ int ss_cmd_plan(int argc, char **argv) {
       {"random-output-len", required_argument, 0, O_OUT},
       {"random-range-ratio", required_argument, 0, O_RATIO}, {"seed", required_argument, 0, O_SEED},
       {"goodput", required_argument, 0, O_GOODPUT}, {"max-rate", no_argument, 0, O_MAXRATE},
+      {"step-log", required_argument, 0, O_STEPLOG}, {"calibrate", no_argument, 0, O_CALIB},
+      {"save-hardware", required_argument, 0, O_SAVEHW},
       {"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
   };
   optind = 1;
@@ -331,6 +338,9 @@ int ss_cmd_plan(int argc, char **argv) {
       if (!parse_slo(optarg, &co.w)) return SS_EXIT_USAGE;
       break;
     case O_MAXRATE: co.max_rate = true; break;
+    case O_STEPLOG: co.step_log = optarg; break;
+    case O_CALIB: co.calibrate = true; break;
+    case O_SAVEHW: co.save_hardware = optarg; break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -341,7 +351,9 @@ int ss_cmd_plan(int argc, char **argv) {
     if (!strchr(argv[optind], ':') || !parse_slo(argv[optind], &co.w))
       return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
   if (tp == 0) return ss_cli_usage(k_cmd, "--tp N is required");
-  if ((workload || co.max_rate) && !co.hardware)
+  if (co.calibrate && !co.step_log)
+    return ss_cli_usage(k_cmd, "--calibrate needs --step-log FILE (written by `serve --step-log`)");
+  if ((workload || co.max_rate || co.step_log || co.save_hardware) && !co.hardware)
     return ss_cli_usage(k_cmd, "a workload needs --hardware FILE (a preset in configs/hardware/ "
                         "or a profile written by `shardserve profile`)");
   if (kv_blocks && kv_mem > 0) return ss_cli_usage(k_cmd, "give --kv-blocks or --kv-mem, not both");

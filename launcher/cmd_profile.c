@@ -3,8 +3,9 @@
  * With the real model (at the TP and threads of the deployment being planned),
  * it times forward steps of chosen shapes and fits the cost model's figures:
  *   - attention per attended position: decode at position 1023 against 16;
- *   - matmul rate: a 256-token prefill chunk (compute-bound), attention removed;
- *   - weight-streaming bandwidth: decode at batch 1 (memory-bound);
+ *   - matmul rate: 256- and 64-token prefill chunks (compute-bound), attention removed;
+ *   - weight-streaming bandwidth, and how much of it hides under the matmuls:
+ *     decode at batch 1, 2, 4, ... 32, fitted with the matmul rate fixed;
  *   - per-step overhead: step wall time outside compute and collectives;
  *   - per-sampled-row cost: the sampler on a vocabulary of logits;
  *   - collectives: all-reduce latency and bandwidth at a step's payload sizes.
@@ -193,12 +194,14 @@ int ss_cmd_profile(int argc, char **argv) {
   /* Rank 0: a KV cache with one long sequence (blocks 0..127) and 32 short ones
    * (2 blocks each after it). */
   const int32_t BS = 16, LONG = 1024, NSEQ = 32;
+  enum { N_DEC = 6 };
+  static const int32_t k_dec[N_DEC] = {1, 2, 4, 8, 16, 32};
   ss_kv_cache kv = {0};
   ss_forward_state st = {0};
   float *logits = NULL;
   int32_t *tok = NULL, *pos = NULL, *rows = NULL, *long_tab = NULL, *short_tab = NULL;
   const int32_t **tabs = NULL;
-  probe pa, pb, pc, pd;
+  probe pa, pb, pc, pc64, pd[N_DEC];
   rc = SS_OK;
   if ((rc = ss_model_kv_init(m, be, BS, LONG / BS + 2 * NSEQ, &kv)) ||
       (rc = ss_forward_state_init(&st, m, be, 256, NSEQ)))
@@ -241,11 +244,20 @@ int ss_cmd_profile(int argc, char **argv) {
     ss_batch bc = {.n = 256, .tokens = tok, .loc = {.n = 256, .pos = pos, .block_table = tabs},
                    .n_logits = 1, .logit_rows = &last};
     if ((rc = run_probe(m, &st, &kv, &bc, logits, (int)reps, &pc))) goto fail;
-    /* D: 32 sequences decoding at position 16 (32 logit rows). */
+    /* C64: a 64-token prefill chunk at positions 0..63 (the size of a typical
+     * serving step with a prompt in it). */
+    int32_t last64 = 63;
+    ss_batch bc64 = {.n = 64, .tokens = tok, .loc = {.n = 64, .pos = pos, .block_table = tabs},
+                     .n_logits = 1, .logit_rows = &last64};
+    if ((rc = run_probe(m, &st, &kv, &bc64, logits, (int)reps, &pc64))) goto fail;
+    /* D: 1, 2, 4, ... 32 sequences decoding at position 16 (a logit row each). */
     for (int32_t s = 0; s < NSEQ; s++) pos[s] = 16, tabs[s] = short_tab + 2 * s, rows[s] = s;
-    ss_batch bd = {.n = NSEQ, .tokens = tok, .loc = {.n = NSEQ, .pos = pos, .block_table = tabs},
-                   .n_logits = NSEQ, .logit_rows = rows};
-    if ((rc = run_probe(m, &st, &kv, &bd, logits, (int)reps, &pd))) goto fail;
+    for (int i = 0; i < N_DEC; i++) {
+      ss_batch bd = {.n = k_dec[i], .tokens = tok,
+                     .loc = {.n = k_dec[i], .pos = pos, .block_table = tabs},
+                     .n_logits = k_dec[i], .logit_rows = rows};
+      if ((rc = run_probe(m, &st, &kv, &bd, logits, (int)reps, &pd[i]))) goto fail;
+    }
   }
   if ((rc = ss_model_stop_workers(m))) goto fail;
 
@@ -270,8 +282,6 @@ int ss_cmd_profile(int argc, char **argv) {
            be->n_threads(be));
   const double attended_a = 17, attended_b = LONG, attended_c = 256.0 * 257 / 2;
   hw.attn_s_per_pos = fmax(0.0, (pb.compute - pa.compute) / (attended_b - attended_a));
-  const double mem_a = pa.compute - hw.attn_s_per_pos * attended_a;
-  hw.mem_bw = (pm.dense_bytes + pm.head_bytes) / fmax(mem_a, 1e-7);
   const double params_c = pm.dense_params * 256 + pm.head_params;
   const double comp_c = pc.compute - hw.attn_s_per_pos * attended_c;
   hw.flops = 2.0 * params_c / fmax(comp_c, 1e-7);
@@ -280,6 +290,55 @@ int ss_cmd_profile(int argc, char **argv) {
   /* Outside compute and collectives: the step broadcast, the logits gather's
    * bookkeeping, the backend's thread wake-ups. */
   hw.step_overhead_s = fmax(0.0, pa.wall - pa.compute - pa.comm);
+  /* Weight streaming M, the matmul rate and how the two combine, fitted
+   * together on the decode probes (batch 1 ... 32) and the two prefill probes:
+   * each costs (M^p + C^p)^(1/p) of compute besides its attention, C = its
+   * matmul flops / rate, a prompt token's flops weighted by the prefill token
+   * cost.  Least squares on the relative error over a grid: the rate within
+   * +-20% of the 256-token prefill's, the prefill token cost in [0.8, 1.5], M
+   * in (0, batch 1's compute], p in {1, 1.1, ..., 4} or max (p = 0).  On CPUs
+   * a prompt token costs more than a decoded one at the same batch size (its
+   * activations and attention rows are larger working sets). */
+  enum { N_FIT = N_DEC + 2 };
+  double fit_d[N_FIT], fit_q[N_FIT], fit_x[N_FIT]; /* flops of sampled / prompt tokens */
+  for (int i = 0; i < N_DEC; i++) {
+    fit_d[i] = 2.0 * (pm.dense_params + pm.head_params) * k_dec[i];
+    fit_q[i] = 0;
+    fit_x[i] = pd[i].compute - hw.attn_s_per_pos * 17.0 * k_dec[i];
+  }
+  fit_d[N_DEC] = 2.0 * (pm.dense_params + pm.head_params);
+  fit_q[N_DEC] = 2.0 * pm.dense_params * 255;
+  fit_x[N_DEC] = comp_c;
+  fit_d[N_DEC + 1] = fit_d[N_DEC];
+  fit_q[N_DEC + 1] = 2.0 * pm.dense_params * 63;
+  fit_x[N_DEC + 1] = pc64.compute - hw.attn_s_per_pos * (64.0 * 65 / 2);
+  const double flops0 = hw.flops;
+  double best_err = INFINITY, best_m = fit_x[0], best_p = 0, best_flops = flops0, best_pf = 1;
+  const double m_hi = fmax(fit_x[0], 1e-7);
+  for (int iflo = 0; iflo <= 40; iflo++) {
+    const double flops = flops0 * (0.8 + 0.01 * iflo);
+    for (int ipf = 0; ipf <= 35; ipf++) {
+      const double pf = 0.8 + 0.02 * ipf;
+      for (int im = 1; im <= 100; im++) {
+        const double M = m_hi * im / 100.0;
+        for (int ip = 0; ip <= 31; ip++) {
+          const double p = ip == 31 ? 0 : 1.0 + 0.1 * ip;
+          double err = 0;
+          for (int i = 0; i < N_FIT; i++) {
+            const double cm = (fit_d[i] + pf * fit_q[i]) / flops;
+            const double r = (ss_roofline(M, cm, p) - fit_x[i]) / fmax(fit_x[i], 1e-9);
+            err += r * r;
+          }
+          if (err < best_err)
+            best_err = err, best_m = M, best_p = p, best_flops = flops, best_pf = pf;
+        }
+      }
+    }
+  }
+  hw.prefill_token_cost = best_pf;
+  hw.flops = hw.flops_fp8 = best_flops;
+  hw.mem_bw = (pm.dense_bytes + pm.head_bytes) / fmax(best_m, 1e-7);
+  hw.roofline_exponent = best_p;
   hw.request_overhead_s = req_ms * 1e-3;
   long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
   hw.mem_bytes = pages > 0 && psz > 0 ? (double)pages * (double)psz / m->local.tp : 0;
@@ -292,21 +351,32 @@ int ss_cmd_profile(int argc, char **argv) {
     hw.inter_bw = hw.link_bw;
     hw.inter_lat = hw.link_lat;
   }
-  /* The fit explains the 32-sequence decode it was not fitted on: report how well. */
-  ss_step_shape sd = {.n_tokens = NSEQ, .n_logits = NSEQ, .attended = NSEQ * 17.0};
-  ss_step_cost cd = ss_cost_step(&pm, &hw, &sd);
-  char comment[512];
-  snprintf(comment, sizeof comment,
-           "probes (median step, compute of the slowest rank, ms): batch1@16 %.3f/%.3f, "
-           "batch1@1023 %.3f/%.3f, prefill256 %.3f/%.3f, decode32 %.3f/%.3f (model predicts "
-           "%.3f); allreduce %zu B %.1f us, %zu B %.1f us",
-           pa.wall * 1e3, pa.compute * 1e3, pb.wall * 1e3, pb.compute * 1e3, pc.wall * 1e3,
-           pc.compute * 1e3, pd.wall * 1e3, pd.compute * 1e3, cd.total_s * 1e3,
-           small * sizeof(float), t_small * 1e6, large * sizeof(float), t_large * 1e6);
+  /* How well the fitted model explains each probe's wall time. */
+  char comment[1024];
+  int at = snprintf(comment, sizeof comment,
+                    "probes, ms (median wall / compute of the slowest rank / model): "
+                    "batch1@1023 %.3f/%.3f, prefill256 %.3f/%.3f/%.3f, prefill64 %.3f/%.3f/%.3f",
+                    pb.wall * 1e3, pb.compute * 1e3, pc.wall * 1e3, pc.compute * 1e3,
+                    ss_cost_step(&pm, &hw, &(ss_step_shape){.n_tokens = 256, .n_logits = 1,
+                                                            .attended = attended_c}).total_s * 1e3,
+                    pc64.wall * 1e3, pc64.compute * 1e3,
+                    ss_cost_step(&pm, &hw, &(ss_step_shape){.n_tokens = 64, .n_logits = 1,
+                                                            .attended = 64.0 * 65 / 2}).total_s * 1e3);
+  for (int i = 0; i < N_DEC && at > 0 && (size_t)at < sizeof comment; i++) {
+    ss_step_shape sd = {.n_tokens = k_dec[i], .n_logits = k_dec[i], .attended = k_dec[i] * 17.0};
+    const ss_step_cost cd = ss_cost_step(&pm, &hw, &sd);
+    at += snprintf(comment + at, sizeof comment - (size_t)at, ", decode%d %.3f/%.3f/%.3f",
+                   k_dec[i], pd[i].wall * 1e3, pd[i].compute * 1e3, cd.total_s * 1e3);
+  }
+  if (at > 0 && (size_t)at < sizeof comment)
+    snprintf(comment + at, sizeof comment - (size_t)at, "; allreduce %zu B %.1f us, %zu B %.1f us",
+             small * sizeof(float), t_small * 1e6, large * sizeof(float), t_large * 1e6);
   if ((rc = ss_hw_profile_save(out_path, &hw, comment))) goto fail;
   fprintf(stderr,
-          "profile: weight bandwidth %.2f GB/s, matmul %.2f GFLOP/s, attention %.3f us/position, "
-          "step overhead %.3f ms, sampling %.3f ms/row", hw.mem_bw / 1e9, hw.flops / 1e9,
+          "profile: weight bandwidth %.2f GB/s, matmul %.2f GFLOP/s, prompt token x%.2f, "
+          "roofline exponent %.2f, "
+          "attention %.3f us/position, step overhead %.3f ms, sampling %.3f ms/row",
+          hw.mem_bw / 1e9, hw.flops / 1e9, hw.prefill_token_cost, hw.roofline_exponent,
           hw.attn_s_per_pos * 1e6, hw.step_overhead_s * 1e3, hw.logit_row_s * 1e3);
   if (comm)
     fprintf(stderr, ", all-reduce %.1f us + %.2f GB/s", hw.link_lat * 1e6, hw.link_bw / 1e9);

@@ -6,6 +6,7 @@
  * up key by key. */
 #include "launcher/plan_capacity.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +55,132 @@ static void plan_model_for_rank(const ss_model *m, const ss_shard_plan *p, int r
     pm->gather_logits = p->opts.vocab_parallel;
   }
 }
+
+/* ------------------------------------------------------------------------ */
+/* A server's step log against the cost model                                 */
+
+static int cmp_dbl(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* One number of a CSV line: the field's name and the file line in errors. */
+static bool csv_num(char **at, const char *path, long line, const char *field, double lo,
+                    double hi, double *out) {
+  char *end;
+  errno = 0;
+  const double v = strtod(*at, &end);
+  if (end == *at || errno || !(v >= lo && v <= hi) || (*end != ',' && *end != '\n' && *end != 0 &&
+                                                       *end != '\r')) {
+    ss_error(SS_ERR_FORMAT, "%s line %ld: field '%s' must be a number in [%g, %g]", path, line,
+             field, lo, hi);
+    return false;
+  }
+  *at = *end == ',' ? end + 1 : end;
+  *out = v;
+  return true;
+}
+
+#define STEP_LOG_HEADER "t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s"
+
+/* Reads the log and adds "step_log" to out: measured and predicted busy time,
+ * and the predicted/measured ratio per step (all steps, decode-only steps,
+ * steps with prefill). */
+static int step_log_compare(const char *path, const ss_plan_model *pm, const ss_hw_profile *hw,
+                            json_t *out) {
+  FILE *f = fopen(path, "r");
+  if (!f) return ss_error(SS_ERR_IO, "--step-log %s: %s", path, strerror(errno));
+  char buf[512];
+  long line = 0;
+  int rc = SS_OK;
+  size_t n = 0, cap = 0, n_dec = 0, n_pre = 0;
+  double *ratio = NULL, *r_dec = NULL, *r_pre = NULL;
+  double meas = 0, pred = 0, meas_dec = 0, pred_dec = 0, meas_pre = 0, pred_pre = 0;
+  while (rc == SS_OK && fgets(buf, sizeof buf, f)) {
+    line++;
+    if (!strchr(buf, '\n') && !feof(f)) {
+      rc = ss_error(SS_ERR_FORMAT, "%s line %ld: longer than %zu bytes", path, line, sizeof buf - 2);
+      break;
+    }
+    if (line == 1) {
+      if (strncmp(buf, STEP_LOG_HEADER, strlen(STEP_LOG_HEADER)) != 0)
+        rc = ss_error(SS_ERR_FORMAT, "%s: not a step log (the first line must be '%s')", path,
+                      STEP_LOG_HEADER);
+      continue;
+    }
+    if (buf[0] == '\n' || buf[0] == 0) continue;
+    char *at = buf;
+    double t, nt, nl, ns, att, fwd, step;
+    if (!csv_num(&at, path, line, "t_s", 0, 1e9, &t) ||
+        !csv_num(&at, path, line, "n_tokens", 1, 1e7, &nt) ||
+        !csv_num(&at, path, line, "n_logits", 0, nt, &nl) ||
+        !csv_num(&at, path, line, "n_seqs", 1, nt, &ns) ||
+        !csv_num(&at, path, line, "attended", 0, 1e15, &att) ||
+        !csv_num(&at, path, line, "forward_s", 0, 1e6, &fwd) ||
+        !csv_num(&at, path, line, "step_s", 1e-9, 1e6, &step)) {
+      rc = SS_ERR_FORMAT;
+      break;
+    }
+    if (n == cap) {
+      cap = cap ? cap * 2 : 1024;
+      double *a = realloc(ratio, cap * sizeof *a), *b = a ? realloc(r_dec, cap * sizeof *b) : NULL,
+             *c = b ? realloc(r_pre, cap * sizeof *c) : NULL;
+      if (a) ratio = a;
+      if (b) r_dec = b;
+      if (c) r_pre = c;
+      if (!c) {
+        rc = ss_error(SS_ERR_NOMEM, "%s: out of memory at line %ld", path, line);
+        break;
+      }
+    }
+    const ss_step_shape sh = {.n_tokens = (int32_t)nt, .n_logits = (int32_t)nl, .attended = att};
+    const double p = ss_cost_step(pm, hw, &sh).total_s;
+    ratio[n++] = p / step;
+    meas += step;
+    pred += p;
+    if (nt == ns) {
+      r_dec[n_dec++] = p / step;
+      meas_dec += step;
+      pred_dec += p;
+    } else {
+      r_pre[n_pre++] = p / step;
+      meas_pre += step;
+      pred_pre += p;
+    }
+  }
+  if (rc == SS_OK && ferror(f)) rc = ss_error(SS_ERR_IO, "%s: read error", path);
+  if (rc == SS_OK && n == 0) rc = ss_error(SS_ERR_FORMAT, "%s: no steps", path);
+  fclose(f);
+  if (rc == SS_OK) {
+    json_t *o = json_object();
+    const struct { const char *name; double *v; size_t k; double m, p; } g[] = {
+        {"all", ratio, n, meas, pred},
+        {"decode", r_dec, n_dec, meas_dec, pred_dec},
+        {"prefill", r_pre, n_pre, meas_pre, pred_pre}};
+    for (size_t i = 0; i < 3; i++) {
+      json_t *x = json_object();
+      json_object_set_new(x, "steps", json_integer((json_int_t)g[i].k));
+      json_object_set_new(x, "measured_s", json_real(g[i].m));
+      json_object_set_new(x, "predicted_s", json_real(g[i].p));
+      if (g[i].k) {
+        qsort(g[i].v, g[i].k, sizeof *g[i].v, cmp_dbl);
+        json_object_set_new(x, "predicted_over_measured", json_real(g[i].p / g[i].m));
+        json_object_set_new(x, "p10_ratio", json_real(ss_percentile(g[i].v, (int64_t)g[i].k, 10)));
+        json_object_set_new(x, "median_ratio",
+                            json_real(ss_percentile(g[i].v, (int64_t)g[i].k, 50)));
+        json_object_set_new(x, "p90_ratio", json_real(ss_percentile(g[i].v, (int64_t)g[i].k, 90)));
+      }
+      json_object_set_new(o, g[i].name, x);
+    }
+    json_object_set_new(out, "step_log", o);
+  }
+  free(ratio);
+  free(r_dec);
+  free(r_pre);
+  return rc;
+}
+
+static double jnum_(json_t *o, const char *k) { return json_number_value(json_object_get(o, k)); }
 
 static json_t *dist_json(const ss_dist *d, const char *name, json_t *o) {
   char k[64];
@@ -129,6 +256,30 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_ca
       "decode_full_batch", "batch", B, "total", cb.total_s * 1e3, "compute", cb.compute_s * 1e3,
       "memory", cb.memory_s * 1e3, "attention", cb.attn_s * 1e3, "comm", cb.comm_s * 1e3));
 
+  if (o->step_log) {
+    if (step_log_compare(o->step_log, &pm, &hw, out))
+      return ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    if (o->calibrate) {
+      /* Total measured over total predicted busy time: the steps' own mix of
+       * decode and prefill weighs the fit. */
+      json_t *all = json_object_get(json_object_get(out, "step_log"), "all");
+      const double ratio = jnum_(all, "predicted_over_measured");
+      const double lf = (hw.load_factor > 0 ? hw.load_factor : 1.0) / ratio;
+      if (!(lf > 0 && lf <= 10))
+        return ss_cli_fail(k_cmd, "--calibrate: the step log asks for a load factor of %g, "
+                           "outside (0, 10]: is it from this model, TP and machine?", lf);
+      hw.load_factor = lf;
+      json_object_set_new(out, "calibrated_load_factor", json_real(lf));
+    }
+  }
+  if (o->save_hardware) {
+    char comment[256];
+    snprintf(comment, sizeof comment, "%s%s%s", o->hardware,
+             o->calibrate ? ", load factor calibrated on the step log " : "",
+             o->calibrate ? o->step_log : "");
+    if (ss_hw_profile_save(o->save_hardware, &hw, comment))
+      return ss_cli_fail(k_cmd, "%s", ss_error_msg());
+  }
   if (!fits) return SS_EXIT_OK;
   ss_sched_params sp = o->sched;
   double blocks = floor(kv_tokens / sp.block_size);
@@ -195,6 +346,23 @@ void ss_plan_capacity_print(json_t *o) {
     printf("  %-18s %8.3f %8.3f %8.3f %10.3f %7.3f\n", names[k], jnum(s, "total"),
            jnum(s, "compute"), jnum(s, "memory"), jnum(s, "attention"), jnum(s, "comm"));
   }
+  json_t *sl = json_object_get(o, "step_log");
+  if (sl) {
+    printf("  step log vs cost model   steps  measured s  predicted s  pred/meas  "
+           "per-step p10 / median / p90\n");
+    const char *g[] = {"all", "decode", "prefill"};
+    for (int k = 0; k < 3; k++) {
+      json_t *x = json_object_get(sl, g[k]);
+      if (!json_integer_value(json_object_get(x, "steps"))) continue;
+      printf("  %-22s %7lld %11.3f %12.3f %10.3f  %.3f / %.3f / %.3f\n", g[k],
+             (long long)json_integer_value(json_object_get(x, "steps")), jnum(x, "measured_s"),
+             jnum(x, "predicted_s"), jnum(x, "predicted_over_measured"), jnum(x, "p10_ratio"),
+             jnum(x, "median_ratio"), jnum(x, "p90_ratio"));
+    }
+  }
+  if (json_object_get(o, "calibrated_load_factor"))
+    printf("  calibrated: every step's cost x %.4f (load_factor)\n",
+           jnum(o, "calibrated_load_factor"));
   json_t *s = json_object_get(o, "simulation");
   if (s) {
     printf("  simulated: %lld requests in %.2f s: %.2f req/s, %.1f output tok/s, goodput %.2f "

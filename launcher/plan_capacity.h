@@ -18,6 +18,9 @@ typedef struct ss_plan_capacity_opts {
   ss_sim_workload w;
   bool simulate;          /* a workload was given */
   bool max_rate;          /* search the highest rate meeting the SLOs */
+  const char *step_log;   /* a server's --step-log: compare each step with the cost model */
+  bool calibrate;         /* and scale the profile's load_factor to match it */
+  const char *save_hardware; /* write the (calibrated) profile here */
 } ss_plan_capacity_opts;
 
 /* Adds the capacity figures to `out`; returns an exit status (errors printed). */

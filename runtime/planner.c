@@ -14,18 +14,29 @@
 /* ------------------------------------------------------------------------ */
 /* Cost of one step                                                           */
 
+double ss_roofline(double mem_s, double compute_s, double p) {
+  const double hi = fmax(mem_s, compute_s), lo = fmin(mem_s, compute_s);
+  if (!(p > 0) || isinf(p) || !(hi > 0)) return hi;
+  /* hi * (1 + (lo/hi)^p)^(1/p): no overflow for large p. */
+  return hi * pow(1.0 + pow(lo / hi, p), 1.0 / p);
+}
+
 ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s) {
   ss_step_cost c = {0};
   const double n = s->n_tokens;
+  /* Tokens weighted for the matmuls: sampled ones at 1, prompt ones at the
+   * profile's prefill_token_cost. */
+  const double pf = hw->prefill_token_cost > 0 ? hw->prefill_token_cost : 1.0;
+  const double n_w = s->n_logits + (n - s->n_logits) * pf;
   /* Weights read once per step: the dense part, the experts the batch touches,
    * and the LM head when some row needs logits. */
   double bytes = m->dense_bytes;
-  double params = m->dense_params * n;
+  double params = m->dense_params * n_w;
   if (m->n_experts > 0) {
     const double E = m->n_experts, k = m->top_k;
     const double touched = E * (1.0 - pow(1.0 - k / E, n));
     bytes += touched * m->expert_bytes;
-    params += k * m->expert_params * n;
+    params += k * m->expert_params * n_w;
   }
   if (s->n_logits > 0) {
     bytes += m->head_bytes;
@@ -48,7 +59,13 @@ ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const
     c.comm_s = t;
   }
   c.overhead_s = hw->step_overhead_s + s->n_logits * hw->logit_row_s;
-  c.total_s = c.overhead_s + fmax(c.memory_s, c.compute_s) + c.attn_s + c.comm_s;
+  const double lf = hw->load_factor > 0 ? hw->load_factor : 1.0;
+  c.memory_s *= lf;
+  c.compute_s *= lf;
+  c.attn_s *= lf;
+  c.overhead_s *= lf;
+  c.total_s = c.overhead_s + ss_roofline(c.memory_s, c.compute_s, hw->roofline_exponent) +
+              c.attn_s + c.comm_s;
   return c;
 }
 
@@ -301,10 +318,14 @@ typedef struct hw_field {
 
 #define F(k, req) {#k, offsetof(ss_hw_profile, k), req}
 static const hw_field k_fields[] = {
-    F(mem_bytes, true),       F(mem_bw, true),          F(flops, true),
-    F(flops_fp8, false),      F(attn_s_per_pos, false), F(step_overhead_s, false),
-    F(logit_row_s, false),    F(request_overhead_s, false), F(link_bw, false),
-    F(link_lat, false),       F(inter_bw, false),       F(inter_lat, false),
+    F(mem_bytes, true),          F(mem_bw, true),
+    F(flops, true),              F(flops_fp8, false),
+    F(roofline_exponent, false), F(attn_s_per_pos, false),
+    F(step_overhead_s, false),   F(load_factor, false),
+    F(prefill_token_cost, false),
+    F(logit_row_s, false),       F(request_overhead_s, false),
+    F(link_bw, false),           F(link_lat, false),
+    F(inter_bw, false),          F(inter_lat, false),
     F(overhead_reserve, false),
 };
 #undef F
@@ -345,6 +366,18 @@ int ss_hw_profile_load(const char *path, ss_hw_profile *hw) {
   if (hw->mem_bw <= 0 || hw->flops <= 0) {
     json_decref(o);
     return ss_error(SS_ERR_FORMAT, "%s: mem_bw and flops must be positive", path);
+  }
+  if (hw->prefill_token_cost > 10) {
+    json_decref(o);
+    return ss_error(SS_ERR_FORMAT, "%s: prefill_token_cost must be in (0, 10]", path);
+  }
+  if (hw->load_factor > 10) {
+    json_decref(o);
+    return ss_error(SS_ERR_FORMAT, "%s: load_factor must be in (0, 10]", path);
+  }
+  if (hw->roofline_exponent > 0 && hw->roofline_exponent < 1) {
+    json_decref(o);
+    return ss_error(SS_ERR_FORMAT, "%s: roofline_exponent must be 0 (max) or at least 1", path);
   }
   if (hw->overhead_reserve >= 1) {
     json_decref(o);

@@ -4,7 +4,10 @@
  *
  * Cost of a step on the slowest rank (roofline per step, then communication):
  *   t = overhead + n_logits * logit_row
- *     + max(weight bytes read / mem_bw, matmul flops / flops)
+ *     + (M^p + C^p)^(1/p),  M = weight bytes read / mem_bw, C = matmul flops / flops
+ *       (a prompt token's flops weighted by prefill_token_cost)
+ *       (p = roofline_exponent; absent or 0: max(M, C), a perfect roofline)
+ *   all but the communication terms multiplied by the profile's load_factor
  *     + attention: sum over tokens of attended positions * attn_per_pos
  *     + n_allreduce * (latency + 2(tp-1)/tp * n_tokens * payload / link_bw)
  *     + logits gather (latency + n_logits * vocab * 4 / link_bw)
@@ -32,9 +35,19 @@ typedef struct ss_hw_profile {
   double mem_bw;              /* achievable bandwidth streaming weights, bytes/s */
   double flops;               /* achievable matmul rate for the weight type, flop/s */
   double flops_fp8;           /* the same with fp8 weights (0: as flops) */
+  double roofline_exponent;   /* how weight streaming M and matmul time C combine:
+                                 (M^p + C^p)^(1/p); 1 adds them, larger p nears max(M, C);
+                                 0 = max(M, C), a perfect roofline (the default, and the
+                                 GPU presets); `profile` fits it on CPUs */
   double attn_s_per_pos;      /* attention time per attended position per token on one
                                  rank (0: KV bytes / mem_bw) */
   double step_overhead_s;     /* fixed cost of a step (launches, scheduling) */
+  double prefill_token_cost;  /* matmul cost of a prompt token (one not sampled) relative to
+                                 a decoded one (0 or absent: 1); `profile` fits it */
+  double load_factor;         /* every step's compute, memory, attention and overhead time
+                                 multiplied by this (0 or absent: 1): what a server's steps
+                                 cost under load over an idle machine's probes, fitted by
+                                 `plan --step-log FILE --calibrate` */
   double logit_row_s;         /* per sampled sequence: LM-head row handling, sampling */
   double request_overhead_s;  /* per request, client-visible: HTTP, tokenizing */
   double link_bw, link_lat;   /* between ranks of a node: bytes/s, s per collective */
@@ -70,6 +83,10 @@ typedef struct ss_step_shape {
 typedef struct ss_step_cost {
   double total_s, compute_s, memory_s, attn_s, comm_s, overhead_s;
 } ss_step_cost;
+
+/* Weight-streaming and matmul seconds combined as the profile says (see
+ * roofline_exponent). */
+double ss_roofline(double mem_s, double compute_s, double p);
 
 ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s);
 

@@ -90,6 +90,81 @@ if p:
     ck.check(p["kv_capacity_tokens"] == 1600, f"--kv-blocks 100 gives {p['kv_capacity_tokens']} tokens")
     ck.check(p["simulation"]["completed"] == 20, "closed loop completes")
 
+# How weight streaming M and matmul time C combine: (M^p + C^p)^(1/p), max for
+# p = 0, checked against the components the plan reports; a prompt token's
+# matmul cost scales with prefill_token_cost while a decode step's does not.
+base = {"name": "t", "mem_bytes": 8e9, "mem_bw": 2e10, "flops": 5e10, "attn_s_per_pos": 1e-7}
+steps = {}
+for label, extra in [("max", {}), ("p2", {"roofline_exponent": 2}),
+                     ("pf2", {"prefill_token_cost": 2})]:
+    json.dump({**base, **extra}, open(prof, "w"))
+    q = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--request-rate", "1",
+             "--num-prompts", "2", "--random-input-len", "64", "--random-output-len", "4")
+    if q:
+        steps[label] = q["step_times_ms"]
+if len(steps) == 3:
+    for k in ("prefill", "decode_batch1"):
+        s_max, s_p2 = steps["max"][k], steps["p2"][k]
+        ck.check(abs(s_max["total"] - max(s_max["memory"], s_max["compute"]) - s_max["attention"])
+                 < 1e-9 * s_max["total"] + 1e-12, f"max roofline {k}: {s_max}")
+        want = (s_p2["memory"] ** 2 + s_p2["compute"] ** 2) ** 0.5 + s_p2["attention"]
+        ck.check(abs(s_p2["total"] - want) <= 1e-9 * want, f"p = 2 roofline {k}: {s_p2}")
+    ck.check(steps["pf2"]["decode_batch1"]["compute"] == steps["max"]["decode_batch1"]["compute"],
+             "prefill_token_cost changes a decode step")
+    r = steps["pf2"]["prefill"]["compute"] / steps["max"]["prefill"]["compute"]
+    ck.check(1.5 < r < 2.0, f"prefill_token_cost 2 scales a 64-token prefill's matmuls by {r}")
+
+# A server step log against the cost model: the same steps logged as taking
+# twice as long halve the predicted/measured ratio; --calibrate on a log sets
+# the load factor so that, with the saved profile, the log is matched exactly.
+json.dump(base, open(prof, "w"))
+tmpd = os.environ.get("TMPDIR", "/tmp")
+log1, log2 = (os.path.join(tmpd, f"ss-steps{i}-{os.getpid()}.csv") for i in (1, 2))
+shapes = [(1, 1, 1, 80), (4, 4, 4, 300), (70, 3, 3, 2400), (32, 1, 1, 528)]
+for path, scale in ((log1, 1.0), (log2, 2.0)):
+    with open(path, "w") as f:
+        f.write("t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n")
+        for i, (nt, nl, ns, att) in enumerate(shapes):
+            f.write(f"{i * 0.1:.6f},{nt},{nl},{ns},{att},{0.01 * nt * scale:.6f},"
+                    f"{0.011 * nt * scale:.6f}\n")
+q1 = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--step-log", log1)
+q2 = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--step-log", log2)
+saved = os.path.join(tmpd, f"ss-cal-{os.getpid()}.json")
+q3 = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--step-log", log2,
+          "--calibrate", "--save-hardware", saved)
+if q1 and q2 and q3:
+    a1 = q1["step_log"]["all"]
+    a2 = q2["step_log"]["all"]
+    ck.check(a1["steps"] == 4 and a1["measured_s"] > 0, f"step log read: {a1}")
+    ck.check(abs(a2["predicted_over_measured"] * 2 - a1["predicted_over_measured"]) < 1e-9,
+             f"step log ratios {a1['predicted_over_measured']} vs {a2['predicted_over_measured']}")
+    ck.check(q1["step_log"]["decode"]["steps"] == 2 and q1["step_log"]["prefill"]["steps"] == 2,
+             f"decode / prefill split: {q1['step_log']}")
+    lf = q3["calibrated_load_factor"]
+    ck.check(abs(lf - 1 / a2["predicted_over_measured"]) < 1e-9, f"load factor {lf}")
+    ck.check(abs(json.load(open(saved))["load_factor"] - lf) < 1e-12, "saved profile's load factor")
+    q4 = plan("--model", args.model, "--tp", "1", "--hardware", saved, "--step-log", log2)
+    if q4:
+        r = q4["step_log"]["all"]["predicted_over_measured"]
+        ck.check(abs(r - 1) < 1e-9, f"calibrated profile predicts {r} of the log it was fitted on")
+bad_log = os.path.join(tmpd, f"ss-badlog-{os.getpid()}.csv")
+for text, needle in [("hello\n1,2\n", "not a step log"),
+                     ("t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n0,1,1,1,x,1,1\n",
+                      "line 2: field 'attended'"),
+                     ("t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n0,1,5,1,1,1,1\n",
+                      "field 'n_logits'"),
+                     ("t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n", "no steps")]:
+    open(bad_log, "w").write(text)
+    rc, out, err = ck.run(args.bin, ["plan", "--model", args.model, "--tp", "1", "--hardware", prof,
+                                     "--step-log", bad_log])
+    ck.check(rc == 1 and needle in err, f"bad step log {text!r}: {rc} {err!r}")
+rc, out, err = ck.run(args.bin, ["plan", "--model", args.model, "--tp", "1", "--hardware", prof,
+                                 "--calibrate"])
+ck.check(rc == 2 and "--step-log" in err, f"--calibrate alone: {rc} {err!r}")
+for f_ in (log1, log2, saved, bad_log):
+    if os.path.exists(f_):
+        os.unlink(f_)
+
 # Bad input: each a clear message, exit 1 or 2.
 for flags, code, needle in [
     (["--model", "configs/models/nope.json", "--tp", "8"], 1, "nope.json"),
@@ -106,7 +181,11 @@ for flags, code, needle in [
     ck.check(rc == code and needle in err, f"plan {flags}: exit {rc}, stderr {err!r}")
 bad = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ss-badprof-{os.getpid()}.json")
 for text, needle in [("{", "JSON"), ('{"mem_bw": 1}', "mem_bytes"),
-                     ('{"mem_bytes": 1, "mem_bw": -5, "flops": 1}', "mem_bw")]:
+                     ('{"mem_bytes": 1, "mem_bw": -5, "flops": 1}', "mem_bw"),
+                     ('{"mem_bytes": 1, "mem_bw": 1, "flops": 1, "roofline_exponent": 0.5}',
+                      "roofline_exponent"),
+                     ('{"mem_bytes": 1, "mem_bw": 1, "flops": 1, "load_factor": 50}',
+                      "load_factor")]:
     open(bad, "w").write(text)
     rc, out, err = ck.run(args.bin, ["plan", "--model", GROK1, "--tp", "8", "--hardware", bad])
     ck.check(rc == 1 and needle in err, f"bad profile {text!r}: {rc} {err!r}")
