@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "comm/comm.h"
+#include "runtime/clock.h"
 #include "runtime/status.h"
 
 #ifdef SS_HAVE_NCCL
@@ -141,21 +142,15 @@ static void buf_copy(const bench_opts *o, void *dst, const void *src, size_t nby
 
 /* ---- timing --------------------------------------------------------------- */
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Seconds per call for `iters` calls, the slowest rank's; < 0 on error. */
 static double time_calls(ss_comm *c, bool raw, void *buf, size_t count, ss_dtype t, int iters) {
   MPI_Barrier(MPI_COMM_WORLD);
-  double t0 = now_s();
+  double t0 = ss_now_s();
   int bad = 0;
   for (int i = 0; i < iters && !bad; i++)
     bad = raw ? raw_allreduce(buf, count, t) != MPI_SUCCESS
               : ss_comm_allreduce_sum(c, buf, count, t) != 0;
-  double dt = (now_s() - t0) / iters, worst;
+  double dt = (ss_now_s() - t0) / iters, worst;
   if (bad) {
     fprintf(stderr, "rank %d: %s\n", c->rank, raw ? "MPI_Allreduce failed" : ss_error_msg());
     dt = -1e30;

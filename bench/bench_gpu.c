@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "kernels/cuda/cuda.h"
+#include "runtime/clock.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model.h"
 #include "runtime/status.h"
@@ -30,12 +31,6 @@
       exit(1);                                                                            \
     }                                                                                     \
   } while (0)
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int cmp_d(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -197,12 +192,12 @@ int main(int argc, char **argv) {
                 .n_logits = 1, .logit_rows = &last};
   double tp[5];
   for (int i = 0; i < 6; i++) {
-    double t0 = now();
+    double t0 = ss_now_s();
     if (ss_model_forward(m, &st, &kv, &b, logits)) {
       fprintf(stderr, "%s\n", ss_error_msg());
       return 1;
     }
-    if (i >= 1) tp[i - 1] = now() - t0;
+    if (i >= 1) tp[i - 1] = ss_now_s() - t0;
   }
   const double t_pre = median(tp, 5);
   printf("{\"prefill_tokens\": %lld, \"prefill_s\": %.4f, \"prefill_tok_s\": %.0f, "
@@ -222,12 +217,12 @@ int main(int argc, char **argv) {
       }
       ss_batch d = {.n = B, .tokens = tok, .loc = {.n = B, .pos = pos, .block_table = bt},
                     .n_logits = B, .logit_rows = rows};
-      double t0 = now();
+      double t0 = ss_now_s();
       if (ss_model_forward(m, &st, &kv, &d, logits)) {
         fprintf(stderr, "%s\n", ss_error_msg());
         return 1;
       }
-      if (s >= 0) ts[s] = now() - t0;
+      if (s >= 0) ts[s] = ss_now_s() - t0;
     }
     const double t = median(ts, steps);
     /* Bytes a step must read: every weight once, and each sequence's K and V. */

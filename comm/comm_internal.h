@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include "comm/comm.h"
+#include "runtime/clock.h"
 
 /* ---- backends ---------------------------------------------------------- */
 
@@ -50,8 +51,6 @@ int ss_comm_peers_first_dead(const ss_comm_peers *p);
 /* Async-signal-safe: false once the process is gone or a zombie. */
 bool ss_comm_pid_alive(pid_t pid);
 
-/* Monotonic seconds. */
-double ss_comm_now(void);
 
 /* What an operation is, for messages: built only when something fails, so the
  * fast path pays for filling a few fields and nothing else. */

@@ -17,12 +17,6 @@
 #include "comm/comm_internal.h"
 #include "runtime/status.h"
 
-double ss_comm_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Async-signal-safe unsigned to decimal; returns the length. */
 static size_t fmt_uint(char *buf, unsigned long v) {
   char tmp[24];
@@ -89,7 +83,7 @@ int ss_comm_peers_first_dead(const ss_comm_peers *p) {
 int ss_comm_check_wait(const ss_comm *c, const ss_comm_peers *p, const ss_comm_op *op,
                        double t_start) {
   int dead = p ? ss_comm_peers_first_dead(p) : -1;
-  double waited = ss_comm_now() - t_start;
+  double waited = ss_now_s() - t_start;
   bool late = c->timeout_s > 0 && waited > c->timeout_s;
   if (dead < 0 && !late) return SS_OK;
   char what[160];

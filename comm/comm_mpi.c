@@ -89,12 +89,12 @@ int ss_mpi_wait(ss_comm *c, int n, MPI_Request *reqs, MPI_Status *st, const ss_c
     if ((rc = test_reqs(n, reqs, st, &done)) != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, op);
     if (done) return SS_OK;
   }
-  double start = ss_comm_now(), next_check = start + SS_COMM_CHECK_S;
+  double start = ss_now_s(), next_check = start + SS_COMM_CHECK_S;
   long sleep_ns = 1000;
   for (;;) {
     if ((rc = test_reqs(n, reqs, st, &done)) != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, op);
     if (done) return SS_OK;
-    double now = ss_comm_now();
+    double now = ss_now_s();
     if (now >= next_check) {
       rc = ss_comm_check_wait(c, &x->peers, op, t0);
       if (rc) return broken(c, rc);
@@ -113,7 +113,7 @@ static int wait_req(ss_comm *c, MPI_Request *req, MPI_Status *st, const ss_comm_
 }
 
 void ss_mpi_count_call(ss_comm *c, double t0) {
-  c->busy_s += ss_comm_now() - t0;
+  c->busy_s += ss_now_s() - t0;
   c->n_calls++;
 }
 
@@ -148,7 +148,7 @@ static int v_layout(ss_comm *c, const size_t *nbytes, const ss_comm_op *op, size
 }
 
 static int mpi_allgatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   mpi_ctx *x = c->ctx;
   ss_comm_op op = {.name = "allgatherv", .peer = -1, .root = -1};
   if (!nbytes) return ss_mpi_fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
@@ -173,7 +173,7 @@ static int mpi_allgatherv(ss_comm *c, const void *send, void *recv, const size_t
 }
 
 static int mpi_gatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes, int root) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   mpi_ctx *x = c->ctx;
   ss_comm_op op = {.name = "gatherv", .peer = -1, .root = root};
   if (!nbytes) return ss_mpi_fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
@@ -198,7 +198,7 @@ static int mpi_gatherv(ss_comm *c, const void *send, void *recv, const size_t *n
 /* ---- broadcast, barrier, point to point ------------------------------- */
 
 static int mpi_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   mpi_ctx *x = c->ctx;
   ss_comm_op op = {.name = "broadcast", .nbytes = nbytes, .peer = -1, .root = root};
   int rc = ss_mpi_check_usable(c, &op);
@@ -216,7 +216,7 @@ static int mpi_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
 }
 
 static int mpi_barrier(ss_comm *c) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   mpi_ctx *x = c->ctx;
   ss_comm_op op = {.name = "barrier", .peer = -1, .root = -1};
   int rc = ss_mpi_check_usable(c, &op);
@@ -247,7 +247,7 @@ static int p2p_check(ss_comm *c, const ss_comm_op *op, const void *buf, size_t n
 }
 
 static int mpi_send(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   mpi_ctx *x = c->ctx;
   ss_comm_op op = {.name = "send", .nbytes = nbytes, .peer = peer, .root = -1, .tag = tag};
   int rc = p2p_check(c, &op, buf, nbytes, peer, tag);
@@ -268,7 +268,7 @@ static int mpi_send(ss_comm *c, const void *buf, size_t nbytes, int peer, int ta
 }
 
 static int mpi_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   mpi_ctx *x = c->ctx;
   ss_comm_op op = {.name = "recv", .nbytes = nbytes, .peer = peer, .root = -1, .tag = tag};
   int rc = p2p_check(c, &op, buf, nbytes, peer, tag);
@@ -435,7 +435,7 @@ int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out) {
   MPI_Request req;
   rc = MPI_Iallgather(&me, (int)sizeof me, MPI_BYTE, all, (int)sizeof me, MPI_BYTE, x->comm, &req);
   if (rc != MPI_SUCCESS) rc = ss_mpi_fail_mpi(c, rc, &op);
-  else rc = wait_req(c, &req, NULL, &op, ss_comm_now());
+  else rc = wait_req(c, &req, NULL, &op, ss_now_s());
   if (rc) {
     free(all);
     mpi_free(c);

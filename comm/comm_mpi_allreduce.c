@@ -279,7 +279,7 @@ static int det_large(ss_comm *c, void *buf, size_t count, ss_dtype type, size_t 
 /* ---- entry ---------------------------------------------------------------- */
 
 int ss_mpi_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   ss_comm_op op = {.name = "allreduce", .count = count, .type = type, .peer = -1, .root = -1};
   size_t es;
   int rc = ss_mpi_check_usable(c, &op);

@@ -121,7 +121,7 @@ static int nccl_wait(ss_comm *c, const ss_comm_op *op, double t0) {
 
 static int nccl_wait_on(ss_comm *c, const ss_comm_op *op, double t0, cudaStream_t stream) {
   nccl_ctx *x = c->ctx;
-  double start = ss_comm_now(), next_check = start + SS_COMM_CHECK_S;
+  double start = ss_now_s(), next_check = start + SS_COMM_CHECK_S;
   long sleep_ns = 1000;
   for (;;) {
     cudaError_t e = cudaStreamQuery(stream);
@@ -137,7 +137,7 @@ static int nccl_wait_on(ss_comm *c, const ss_comm_op *op, double t0, cudaStream_
       x->nc = NULL;
       return rc;
     }
-    double now = ss_comm_now();
+    double now = ss_now_s();
     if (now >= next_check) {
       int rc = ss_comm_check_wait(c, &x->peers, op, t0);
       if (rc) {
@@ -154,14 +154,14 @@ static int nccl_wait_on(ss_comm *c, const ss_comm_op *op, double t0, cudaStream_
 }
 
 static void count_call(ss_comm *c, double t0) {
-  c->busy_s += ss_comm_now() - t0;
+  c->busy_s += ss_now_s() - t0;
   c->n_calls++;
 }
 
 /* A host-memory operation run on the bootstrap communicator, counted here. */
 #define VIA_MPI(c, call)                                                                      \
   do {                                                                                        \
-    double t0_ = ss_comm_now();                                                               \
+    double t0_ = ss_now_s();                                                               \
     int rc_ = (call);                                                                         \
     count_call((c), t0_);                                                                     \
     return rc_;                                                                               \
@@ -228,19 +228,19 @@ static int nccl_allreduce_sum_stream(ss_comm *c, void *buf, size_t count, ss_dty
 }
 
 static int nccl_wait_stream(ss_comm *c, void *stream) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   ss_comm_op op = {.name = "device step", .peer = -1, .root = -1};
   int rc = check_usable(c, &op);
   if (rc || (rc = use_device(c, &op))) return rc;
   rc = nccl_wait_on(c, &op, t0, (cudaStream_t)stream);
-  c->busy_s += ss_comm_now() - t0;
+  c->busy_s += ss_now_s() - t0;
   return rc;
 }
 
 static int nccl_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type) {
   nccl_ctx *x = c->ctx;
   if (is_host_ptr(buf)) VIA_MPI(c, ss_comm_allreduce_sum(x->boot, buf, count, type));
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   ss_comm_op op = {.name = "allreduce", .count = count, .type = type, .peer = -1, .root = -1};
   size_t es;
   int rc = check_usable(c, &op);
@@ -257,7 +257,7 @@ static int nccl_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type
 static int nccl_allgatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes) {
   nccl_ctx *x = c->ctx;
   if (is_host_ptr(recv)) VIA_MPI(c, ss_comm_allgatherv(x->boot, send, recv, nbytes));
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   ss_comm_op op = {.name = "allgatherv", .peer = -1, .root = -1};
   if (!nbytes) return fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
   size_t total = 0;
@@ -290,7 +290,7 @@ static int nccl_gatherv(ss_comm *c, const void *send, void *recv, const size_t *
    * ranks pass of the same kind (a rank sending nothing may pass NULL). */
   if (is_host_ptr(send) || (!send && is_host_ptr(recv)))
     VIA_MPI(c, ss_comm_gatherv(x->boot, send, recv, nbytes, root));
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   ss_comm_op op = {.name = "gatherv", .peer = -1, .root = root};
   if (!nbytes) return fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
   int rc = check_usable(c, &op);
@@ -333,7 +333,7 @@ static int nccl_gatherv(ss_comm *c, const void *send, void *recv, const size_t *
 static int nccl_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
   nccl_ctx *x = c->ctx;
   if (is_host_ptr(buf)) VIA_MPI(c, ss_comm_broadcast(x->boot, buf, nbytes, root));
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   ss_comm_op op = {.name = "broadcast", .nbytes = nbytes, .peer = -1, .root = root};
   int rc = check_usable(c, &op);
   if (rc || (rc = ss_comm_check_rank(c, "broadcast", "root", root)) || (rc = use_device(c, &op)))
@@ -348,7 +348,7 @@ static int nccl_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
 
 /* A barrier on the GPU streams: a one-element all-reduce, waited on. */
 static int nccl_barrier(ss_comm *c) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   nccl_ctx *x = c->ctx;
   ss_comm_op op = {.name = "barrier", .peer = -1, .root = -1};
   int rc = check_usable(c, &op);
@@ -364,7 +364,7 @@ static int p2p(ss_comm *c, bool is_send, void *buf, size_t nbytes, int peer, int
   if (is_host_ptr(buf))
     VIA_MPI(c, is_send ? ss_comm_send(x->boot, buf, nbytes, peer, tag)
                        : ss_comm_recv(x->boot, buf, nbytes, peer, tag));
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   ss_comm_op op = {.name = is_send ? "send" : "recv", .nbytes = nbytes, .peer = peer, .root = -1,
                    .tag = tag};
   int rc = check_usable(c, &op);

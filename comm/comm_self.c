@@ -8,12 +8,12 @@
 #include "runtime/status.h"
 
 static void count_call(ss_comm *c, double t0) {
-  c->busy_s += ss_comm_now() - t0;
+  c->busy_s += ss_now_s() - t0;
   c->n_calls++;
 }
 
 static int self_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   size_t es;
   int rc = ss_comm_check_type(c, type, &es);
   if (rc) return rc;
@@ -25,7 +25,7 @@ static int self_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type
 }
 
 static int self_allgatherv(ss_comm *c, const void *send, void *recv, const size_t *nbytes) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   if (!nbytes) return ss_error(SS_ERR_INVALID, "rank 0 (host %s): allgatherv: no nbytes", c->host);
   if (nbytes[0] && (!send || !recv))
     return ss_error(SS_ERR_INVALID, "rank 0 (host %s): allgatherv of %zu bytes: NULL buffer",
@@ -42,7 +42,7 @@ static int self_gatherv(ss_comm *c, const void *send, void *recv, const size_t *
 }
 
 static int self_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
-  double t0 = ss_comm_now();
+  double t0 = ss_now_s();
   int rc = ss_comm_check_rank(c, "broadcast", "root", root);
   if (rc) return rc;
   count_call(c, t0);

@@ -23,6 +23,7 @@
 #include "comm/comm.h"
 #include "launcher/cli.h"
 #include "launcher/ranks.h"
+#include "runtime/clock.h"
 #include "runtime/model.h"
 #include "runtime/planner.h"
 #include "runtime/sampler.h"
@@ -50,12 +51,6 @@ static void usage(FILE *f) {
           "  -h, --help           show this help\n");
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static int cmp_d(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -73,9 +68,9 @@ static double time_allreduce(ss_comm *c, float *buf, size_t count, int reps) {
   for (int i = 0; i < 3; i++) ss_comm_allreduce_sum(c, buf, count, SS_DTYPE_F32);
   for (int i = 0; i < reps; i++) {
     ss_comm_barrier(c);
-    double t0 = now_s();
+    double t0 = ss_now_s();
     ss_comm_allreduce_sum(c, buf, count, SS_DTYPE_F32);
-    t[i] = now_s() - t0;
+    t[i] = ss_now_s() - t0;
   }
   double m = median(t, reps);
   free(t);
@@ -100,9 +95,9 @@ static int run_probe(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, c
   if ((rc = ss_model_forward(m, st, kv, b, logits))) goto done; /* warm-up */
   if ((rc = ss_model_gather_profiles(m, p0))) goto done;
   for (int i = 0; i < reps; i++) {
-    double t0 = now_s();
+    double t0 = ss_now_s();
     if ((rc = ss_model_forward(m, st, kv, b, logits))) goto done;
-    wall[i] = now_s() - t0;
+    wall[i] = ss_now_s() - t0;
   }
   if ((rc = ss_model_gather_profiles(m, p1))) goto done;
   double cmax = 0;
@@ -268,9 +263,9 @@ int ss_cmd_profile(int argc, char **argv) {
     ss_sampler_params sp = {.temperature = 0.0f, .top_p = 1.0f, .seed = 1};
     if ((rc = ss_sampler_init(&smp, &sp, m->cfg.vocab))) goto fail;
     for (int32_t i = 0; i < m->cfg.vocab; i++) logits[i] = (float)((i * 2654435761u) % 1000) * 1e-3f;
-    double t0 = now_s();
+    double t0 = ss_now_s();
     for (int i = 0; i < 200; i++) (void)ss_sampler_sample(&smp, logits);
-    t_sample = (now_s() - t0) / 200;
+    t_sample = (ss_now_s() - t0) / 200;
     ss_sampler_free(&smp);
   }
 

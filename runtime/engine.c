@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "comm/comm.h"
+#include "runtime/clock.h"
 #include "runtime/generate.h"
 #include "runtime/scheduler.h"
 #include "runtime/status.h"
@@ -76,12 +77,6 @@ struct ss_engine {
   int n_ranks;
   double t_start;
 };
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void req_free(ereq *q) {
   if (!q) return;
@@ -291,7 +286,7 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   q->seq.max_tokens = (int32_t)total;
   q->seq.user = q;
   ss_detok_init(&q->dt, e->m->tok, false);
-  q->t_arrival = now_s();
+  q->t_arrival = ss_now_s();
 
   pthread_mutex_lock(&e->mu);
   if (e->stopping || e->state != SS_ENGINE_READY) {
@@ -346,7 +341,7 @@ void ss_engine_stop(ss_engine *e, double drain_timeout_s) {
   pthread_mutex_lock(&e->mu);
   if (!e->stopping) {
     e->stopping = true;
-    e->drain_deadline = now_s() + (drain_timeout_s > 0 ? drain_timeout_s : 0);
+    e->drain_deadline = ss_now_s() + (drain_timeout_s > 0 ? drain_timeout_s : 0);
     if (e->state == SS_ENGINE_READY) e->state = SS_ENGINE_DRAINING;
   }
   pthread_cond_signal(&e->cv);
@@ -397,7 +392,7 @@ static ss_engine_event *done_event(ereq *q, const char *reason, const char *erro
  * held by the caller), queues its DONE event and frees it. */
 static void finish_locked(ss_engine *e, ereq *q, const char *reason, const char *error, ev_list *out) {
   ss_sched_finish(&e->sched, &q->seq);
-  const double t = now_s();
+  const double t = ss_now_s();
   if (strcmp(reason, "stop") == 0) e->success_stop++;
   else if (strcmp(reason, "length") == 0) e->success_length++;
   else if (strcmp(reason, "abort") == 0) e->success_abort++;
@@ -551,18 +546,18 @@ static void step_log(ss_engine *e, double t0, const ss_sched_batch *b, double at
   if (!e->o.step_log) return;
   if (e->steps == 1) fprintf(e->o.step_log, "t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n");
   fprintf(e->o.step_log, "%.6f,%d,%d,%d,%.0f,%.6f,%.6f\n", t0 - e->t_start, b->n_tokens,
-          b->n_logits, b->n_entries, attended, t_fwd1 - t_fwd0, now_s() - t0);
+          b->n_logits, b->n_entries, attended, t_fwd1 - t_fwd0, ss_now_s() - t0);
 }
 
 int ss_engine_run(ss_engine *e) {
   int rc = SS_OK;
-  e->t_start = now_s();
+  e->t_start = ss_now_s();
   for (;;) {
     ev_list evs = {0};
     pthread_mutex_lock(&e->mu);
     intake_locked(e, &evs);
     const bool idle = !e->sched.running.head && !e->sched.waiting.head;
-    if (e->stopping && (idle || now_s() >= e->drain_deadline)) {
+    if (e->stopping && (idle || ss_now_s() >= e->drain_deadline)) {
       /* Drained, or out of time: whatever is left ends as aborted. */
       ss_sched_seq *q;
       while ((q = e->sched.running.head)) finish_locked(e, q->user, "abort", NULL, &evs);
@@ -603,7 +598,7 @@ int ss_engine_run(ss_engine *e) {
     ss_sched_batch b;
     ss_sched_step(&e->sched, &b);
     if (b.n_entries == 0) continue;
-    const double t_sched = now_s();
+    const double t_sched = ss_now_s();
     int32_t nt = 0, nl = 0;
     uint64_t prompt_tokens = 0;
     double attended = 0;
@@ -623,9 +618,9 @@ int ss_engine_run(ss_engine *e) {
     }
     ss_batch fb = {.n = nt, .tokens = e->b_tokens, .loc = {.n = nt, .pos = e->b_pos,
                    .block_table = e->b_tab}, .n_logits = nl, .logit_rows = e->b_rows};
-    const double t_fwd0 = now_s();
+    const double t_fwd0 = ss_now_s();
     rc = ss_model_forward(e->m, &e->st, &e->kv, &fb, e->logits);
-    const double t = now_s();
+    const double t = ss_now_s();
     pthread_mutex_lock(&e->mu);
     for (int32_t i = 0; i < b.n_entries; i++) {
       ereq *q = b.entries[i].seq->user;

@@ -4,15 +4,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "runtime/clock.h"
 #include "runtime/status.h"
 
 #define KV_BLOCK_SIZE 16
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 size_t ss_stop_scan(const char *text, size_t len, size_t emitted, const char *const *stop,
                     size_t n_stop, bool *found, size_t *cut) {
@@ -134,7 +129,7 @@ int ss_generate(const ss_model *m, ss_backend *be, const int32_t *prompt, int32_
   res->finish_reason = "length";
 
   /* Prefill in chunks; only the last prompt token's logits are needed. */
-  double t0 = now_ms();
+  double t0 = (ss_now_s() * 1e3);
   for (int32_t at = 0; at < n_prompt; at += chunk) {
     int32_t n = n_prompt - at < chunk ? n_prompt - at : chunk;
     for (int32_t i = 0; i < n; i++) pos[i] = at + i;
@@ -145,11 +140,11 @@ int ss_generate(const ss_model *m, ss_backend *be, const int32_t *prompt, int32_
                   .n_logits = final ? 1 : 0, .logit_rows = &last};
     if ((rc = ss_model_forward(m, &st, &kv, &b, logits))) goto done;
   }
-  res->prefill_ms = now_ms() - t0;
+  res->prefill_ms = (ss_now_s() * 1e3) - t0;
 
   ss_detok_init(&dt, m->tok, false);
   size_t emitted = 0;
-  double t1 = now_ms();
+  double t1 = (ss_now_s() * 1e3);
   for (int32_t step = 0; step < p->max_tokens; step++) {
     if (n_top > 0) ss_top_logprobs(logits, c->vocab, n_top, top_ids, top_lps);
     int32_t tok = ss_sampler_sample(&smp, logits);
@@ -193,7 +188,7 @@ int ss_generate(const ss_model *m, ss_backend *be, const int32_t *prompt, int32_
     if ((rc = ss_model_forward(m, &st, &kv, &b, logits))) goto done;
     res->n_decode_steps++;
   }
-  res->decode_ms = now_ms() - t1;
+  res->decode_ms = (ss_now_s() * 1e3) - t1;
   res->text = text.p;
   res->text_len = text.len;
   text.p = NULL;

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "comm/comm.h"
+#include "runtime/clock.h"
 #include "runtime/model_internal.h"
 #include "runtime/status.h"
 
@@ -93,12 +94,6 @@ void ss_forward_state_free(ss_forward_state *st) {
   free(st->e_w);
   free(st->lg_host);
   memset(st, 0, sizeof *st);
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static bool distributed(const ss_model *m) { return m->comm && m->comm->size > 1; }
@@ -305,13 +300,13 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
 
 static int forward_timed(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
                          const ss_batch *b, float *logits) {
-  const double t0 = now_s();
+  const double t0 = ss_now_s();
   const double c0 = m->comm ? m->comm->busy_s : 0.0;
   int rc = forward_local(m, st, kv, b, logits);
   const double comm = m->comm ? m->comm->busy_s - c0 : 0.0;
   m->prof->steps++;
   m->prof->comm_s += comm;
-  m->prof->compute_s += now_s() - t0 - comm;
+  m->prof->compute_s += ss_now_s() - t0 - comm;
   return rc;
 }
 
@@ -481,10 +476,10 @@ int ss_model_worker_loop(const ss_model *m, ss_backend *be) {
   int rc = SS_OK;
   for (;;) {
     step_header h;
-    const double t0 = now_s();
+    const double t0 = ss_now_s();
     const double c0 = m->comm->busy_s;
     rc = bcast(m, &h, sizeof h, "waiting for the next step from rank 0");
-    m->prof->idle_s += now_s() - t0;
+    m->prof->idle_s += ss_now_s() - t0;
     m->comm->busy_s = c0; /* waiting is idle time, not communication inside a step */
     if (rc) break;
     if (h.magic != STEP_MAGIC ||

@@ -11,18 +11,13 @@
 #include <unistd.h>
 
 #include "bench/loadgen/sse.h"
+#include "runtime/clock.h"
 #include "runtime/status.h"
 
 /* How much of a non-2xx reply's body we keep for the error message. */
 #define ERROR_BODY_NBYTES 4096
 /* Progress bar refresh period (seconds). */
 #define PROGRESS_PERIOD_S 0.2
-
-static double mono_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 int ss_lg_client_global_init(void) {
   CURLcode c = curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -98,7 +93,7 @@ static ss_lg_result *xfer_result(const xfer *x) { return &x->rn->results[x->inde
 
 static void on_event(void *ctx, const char *data, size_t nbytes) {
   xfer *x = ctx;
-  double now = mono_s();
+  double now = ss_now_s();
   ss_lg_chunk c;
   ss_lg_chunk_parse(data, nbytes, &c);
   switch (c.kind) {
@@ -345,9 +340,9 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
     rc = ss_error(SS_ERR_INTERNAL, "libcurl: cannot create the transfer set");
     goto done;
   }
-  rn.t0 = mono_s();
+  rn.t0 = ss_now_s();
   for (;;) {
-    double now_abs = mono_s(), now = now_abs - rn.t0;
+    double now_abs = ss_now_s(), now = now_abs - rn.t0;
     /* Send everything that is due and has a slot. */
     for (;;) {
       bool more = cfg->sched_s ? rn.count < cfg->count
@@ -362,7 +357,7 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
       double ready = due;
       if (cfg->max_concurrency && rn.last_free > ready) ready = rn.last_free;
       if ((rc = start_request(&rn, due, ready, now_abs))) goto done;
-      now_abs = mono_s();
+      now_abs = ss_now_s();
       now = now_abs - rn.t0;
     }
     bool sending_done = cfg->sched_s ? rn.count >= cfg->count
@@ -376,9 +371,9 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
       rc = ss_error(SS_ERR_INTERNAL, "libcurl: %s", curl_multi_strerror(mc));
       goto done;
     }
-    drain_done(&rn, mono_s());
+    drain_done(&rn, ss_now_s());
 
-    now_abs = mono_s();
+    now_abs = ss_now_s();
     now = now_abs - rn.t0;
     if (cfg->progress && now - rn.last_progress >= PROGRESS_PERIOD_S) {
       draw_progress(&rn, now, false);
@@ -411,7 +406,7 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
       goto done;
     }
   }
-  if (cfg->progress) draw_progress(&rn, mono_s() - rn.t0, true);
+  if (cfg->progress) draw_progress(&rn, ss_now_s() - rn.t0, true);
   out->results = rn.results;
   out->count = rn.count;
   out->duration_s = rn.last_done;

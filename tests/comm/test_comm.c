@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "comm/comm.h"
+#include "runtime/clock.h"
 #include "runtime/status.h"
 
 static int g_pass, g_fail, g_rank;
@@ -39,12 +40,6 @@ static int g_pass, g_fail, g_rank;
       fputc('\n', stderr);                                                 \
     }                                                                      \
   } while (0)
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- element types ------------------------------------------------------ */
 
@@ -348,12 +343,12 @@ static int summary(ss_comm *c) {
 static int run_loop(ss_comm *c, double seconds) {
   ss_comm_install_signal_handlers(c);
   float buf[576];
-  double t_end = now_s() + seconds;
+  double t_end = ss_now_s() + seconds;
   long iters = 0;
   /* The dead-peer test reads these to know whom to kill. */
   printf("loop: rank %d pid %ld host %s\n", c->rank, (long)getpid(), c->host);
   fflush(stdout);
-  while (now_s() < t_end) {
+  while (ss_now_s() < t_end) {
     for (int i = 0; i < 576; i++) buf[i] = 1;
     int rc = ss_comm_allreduce_sum(c, buf, 576, SS_DTYPE_F32);
     if (rc) {
@@ -374,9 +369,9 @@ static int run_skip_barrier(ss_comm *c, double timeout) {
     sleep((unsigned)(timeout + 20));
     return 0;
   }
-  double t0 = now_s();
+  double t0 = ss_now_s();
   int rc = ss_comm_barrier(c);
-  double dt = now_s() - t0;
+  double dt = ss_now_s() - t0;
   fprintf(stderr, "test_comm: barrier returned %d after %.2f s: %s\n", rc, dt, ss_error_msg());
   fflush(stderr);
   /* Only rank 0 reports; it ends the job the way the CLI would. */
