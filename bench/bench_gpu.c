@@ -21,6 +21,7 @@
 #include "runtime/clock.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model.h"
+#include "runtime/stats.h"
 #include "runtime/status.h"
 
 #define CK(call)                                                                          \
@@ -32,13 +33,9 @@
     }                                                                                     \
   } while (0)
 
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
 static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  ss_sort_doubles(v, (size_t)n);
+  return ss_percentile(v, (size_t)n, 50);
 }
 
 /* Device-to-device copy of 2 GiB, bytes read + written per second. */

@@ -27,6 +27,7 @@
 #include "runtime/model.h"
 #include "runtime/planner.h"
 #include "runtime/sampler.h"
+#include "runtime/stats.h"
 #include "runtime/status.h"
 
 static const char *k_cmd = "profile";
@@ -51,14 +52,9 @@ static void usage(FILE *f) {
           "  -h, --help           show this help\n");
 }
 
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  ss_sort_doubles(v, (size_t)n);
+  return ss_percentile(v, (size_t)n, 50);
 }
 
 /* All-reduce timing, run by every rank together: median over reps, seconds. */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "launcher/cli.h"
+#include "runtime/stats.h"
 #include "runtime/status.h"
 
 static const char *k_cmd = "plan";
@@ -58,11 +59,6 @@ static void plan_model_for_rank(const ss_model *m, const ss_shard_plan *p, int r
 
 /* ------------------------------------------------------------------------ */
 /* A server's step log against the cost model                                 */
-
-static int cmp_dbl(const void *a, const void *b) {
-  const double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
 
 /* One number of a CSV line: the field's name and the file line in errors. */
 static bool csv_num(char **at, const char *path, long line, const char *field, double lo,
@@ -163,12 +159,12 @@ static int step_log_compare(const char *path, const ss_plan_model *pm, const ss_
       json_object_set_new(x, "measured_s", json_real(g[i].m));
       json_object_set_new(x, "predicted_s", json_real(g[i].p));
       if (g[i].k) {
-        qsort(g[i].v, g[i].k, sizeof *g[i].v, cmp_dbl);
+        ss_sort_doubles(g[i].v, g[i].k);
         json_object_set_new(x, "predicted_over_measured", json_real(g[i].p / g[i].m));
-        json_object_set_new(x, "p10_ratio", json_real(ss_percentile(g[i].v, (int64_t)g[i].k, 10)));
+        json_object_set_new(x, "p10_ratio", json_real(ss_percentile(g[i].v, g[i].k, 10)));
         json_object_set_new(x, "median_ratio",
-                            json_real(ss_percentile(g[i].v, (int64_t)g[i].k, 50)));
-        json_object_set_new(x, "p90_ratio", json_real(ss_percentile(g[i].v, (int64_t)g[i].k, 90)));
+                            json_real(ss_percentile(g[i].v, g[i].k, 50)));
+        json_object_set_new(x, "p90_ratio", json_real(ss_percentile(g[i].v, g[i].k, 90)));
       }
       json_object_set_new(o, g[i].name, x);
     }

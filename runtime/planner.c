@@ -9,6 +9,7 @@
 
 #include "runtime/arrivals.h"
 #include "runtime/xrng.h"
+#include "runtime/stats.h"
 #include "runtime/status.h"
 
 /* ------------------------------------------------------------------------ */
@@ -72,31 +73,19 @@ ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const
 /* ------------------------------------------------------------------------ */
 /* Statistics                                                                 */
 
-double ss_percentile(double *v, int64_t n, double q) {
-  if (n <= 0) return 0;
-  const double pos = q / 100.0 * (double)(n - 1);
-  const int64_t lo = (int64_t)floor(pos), hi = lo + 1 < n ? lo + 1 : lo;
-  return v[lo] + (v[hi] - v[lo]) * (pos - (double)lo);
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 static ss_dist dist_of(double *v, int64_t n) {
   ss_dist d = {0};
   if (n <= 0) return d;
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  ss_sort_doubles(v, (size_t)n);
   double sum = 0, sq = 0;
   for (int64_t i = 0; i < n; i++) sum += v[i];
   d.mean = sum / (double)n;
   for (int64_t i = 0; i < n; i++) sq += (v[i] - d.mean) * (v[i] - d.mean);
   d.std = sqrt(sq / (double)n); /* numpy's default (population) */
-  d.median = ss_percentile(v, n, 50);
-  d.p90 = ss_percentile(v, n, 90);
-  d.p95 = ss_percentile(v, n, 95);
-  d.p99 = ss_percentile(v, n, 99);
+  d.median = ss_percentile(v, (size_t)n, 50);
+  d.p90 = ss_percentile(v, (size_t)n, 90);
+  d.p95 = ss_percentile(v, (size_t)n, 95);
+  d.p99 = ss_percentile(v, (size_t)n, 99);
   d.min = v[0];
   d.max = v[n - 1];
   return d;

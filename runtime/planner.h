@@ -135,7 +135,5 @@ struct ss_model;
 /* This rank's figures from a loaded model (its shard), ranks over `nodes` nodes. */
 void ss_plan_model_from_loaded(const struct ss_model *m, int nodes, ss_plan_model *p);
 
-/* Percentiles as numpy's default (linear interpolation between order statistics). */
-double ss_percentile(double *sorted, int64_t n, double q);
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/stats.h"
 #include "runtime/status.h"
 
 void ss_lg_results_free(ss_lg_result *r, size_t n) {
@@ -16,39 +17,22 @@ void ss_lg_results_free(ss_lg_result *r, size_t n) {
   }
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-double ss_lg_percentile(const double *sorted, size_t count, double p) {
-  if (count == 0) return 0;
-  double rank = p / 100.0 * (double)(count - 1);
-  size_t lo = (size_t)floor(rank);
-  if (lo >= count - 1) return sorted[count - 1];
-  double frac = rank - (double)lo;
-  /* numpy's _lerp: a + (b - a) * t, switched to b - (b - a) * (1 - t) for t >= 0.5,
-   * so the result is exact at both ends. */
-  double a = sorted[lo], b = sorted[lo + 1], d = b - a;
-  return frac >= 0.5 ? b - d * (1.0 - frac) : a + d * frac;
-}
-
 void ss_lg_dist_compute(double *v, size_t count, double scale, ss_lg_dist *out) {
   memset(out, 0, sizeof *out);
   out->count = count;
   if (count == 0) return;
   double sum = 0;
   for (size_t i = 0; i < count; i++) sum += v[i] *= scale;
-  qsort(v, count, sizeof *v, cmp_double);
+  ss_sort_doubles(v, count);
   double mean = sum / (double)count, ss = 0;
   for (size_t i = 0; i < count; i++) ss += (v[i] - mean) * (v[i] - mean);
   out->mean = mean;
   out->std = sqrt(ss / (double)count);
-  out->median = ss_lg_percentile(v, count, 50);
+  out->median = ss_percentile(v, count, 50);
   out->p50 = out->median;
-  out->p90 = ss_lg_percentile(v, count, 90);
-  out->p95 = ss_lg_percentile(v, count, 95);
-  out->p99 = ss_lg_percentile(v, count, 99);
+  out->p90 = ss_percentile(v, count, 90);
+  out->p95 = ss_percentile(v, count, 95);
+  out->p99 = ss_percentile(v, count, 99);
   out->max = v[count - 1];
 }
 

@@ -5,7 +5,8 @@
  *   ITL   every gap between consecutive text chunks (all requests pooled)
  *   E2EL  send -> last text chunk
  *   TPOT  (E2EL - TTFT) / (output tokens - 1), for requests with > 1 token
- * Only successful requests enter the latency statistics.  Percentiles use
+ * Only successful requests enter the latency statistics.  Percentiles
+ * (runtime/stats.h, shared with the planner) use
  * linear interpolation between closest ranks, numpy.percentile's default
  * (method "linear"): rank = p/100 * (n - 1).  std is the population standard
  * deviation (numpy.std, ddof = 0).  An empty set gives 0 everywhere, as
@@ -42,9 +43,6 @@ typedef struct ss_lg_dist {
   size_t count;
 } ss_lg_dist;
 
-/* The value at percentile p in [0, 100] of sorted[count] by numpy's linear
- * rule; 0 for an empty array. */
-double ss_lg_percentile(const double *sorted, size_t count, double p);
 /* Sorts values in place and fills *out; values are scaled by `scale` first
  * (1000 for seconds -> milliseconds). */
 void ss_lg_dist_compute(double *values, size_t count, double scale, ss_lg_dist *out);

@@ -13,10 +13,11 @@
 #include <unistd.h>
 
 #include "bench/loadgen/dataset.h"
-#include "runtime/arrivals.h"
 #include "bench/loadgen/sse.h"
 #include "bench/loadgen/stats.h"
+#include "runtime/arrivals.h"
 #include "runtime/gguf.h"
+#include "runtime/stats.h"
 #include "runtime/status.h"
 #include "runtime/tokenizer.h"
 
@@ -130,7 +131,7 @@ static void test_percentiles_numpy(void **state) {
   const double x[] = {15, 20, 35, 40, 50};
   const double ps[] = {0, 10, 25, 50, 90, 95, 99, 100};
   const double want[] = {15.0, 17.0, 20.0, 35.0, 46.0, 48.0, 49.6, 50.0};
-  for (int i = 0; i < 8; i++) near(ss_lg_percentile(x, 5, ps[i]), want[i]);
+  for (int i = 0; i < 8; i++) near(ss_percentile(x, 5, ps[i]), want[i]);
   double y[] = {3.1, 0.4, 9.7, 2.2, 5.5, 7.3, 1.05, 8.8, 4.4, 6.6, 0.0, 12.5};
   ss_lg_dist d;
   ss_lg_dist_compute(y, 12, 1.0, &d);
