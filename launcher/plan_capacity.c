@@ -13,10 +13,13 @@
 #include <string.h>
 
 #include "launcher/cli.h"
+#include "runtime/engine.h"
 #include "runtime/stats.h"
 #include "runtime/status.h"
 
 static const char *k_cmd = "plan";
+
+static double jnum(json_t *o, const char *k) { return json_number_value(json_object_get(o, k)); }
 
 /* Matmul parameters and bytes of rank r of plan p, for the cost model. */
 static void plan_model_for_rank(const ss_model *m, const ss_shard_plan *p, int r, int nodes,
@@ -77,8 +80,6 @@ static bool csv_num(char **at, const char *path, long line, const char *field, d
   return true;
 }
 
-#define STEP_LOG_HEADER "t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s"
-
 /* Reads the log and adds "step_log" to out: measured and predicted busy time,
  * and the predicted/measured ratio per step (all steps, decode-only steps,
  * steps with prefill). */
@@ -99,9 +100,9 @@ static int step_log_compare(const char *path, const ss_plan_model *pm, const ss_
       break;
     }
     if (line == 1) {
-      if (strncmp(buf, STEP_LOG_HEADER, strlen(STEP_LOG_HEADER)) != 0)
+      if (strncmp(buf, SS_ENGINE_STEP_LOG_HEADER, strlen(SS_ENGINE_STEP_LOG_HEADER)) != 0)
         rc = ss_error(SS_ERR_FORMAT, "%s: not a step log (the first line must be '%s')", path,
-                      STEP_LOG_HEADER);
+                      SS_ENGINE_STEP_LOG_HEADER);
       continue;
     }
     if (buf[0] == '\n' || buf[0] == 0) continue;
@@ -175,8 +176,6 @@ static int step_log_compare(const char *path, const ss_plan_model *pm, const ss_
   free(r_pre);
   return rc;
 }
-
-static double jnum_(json_t *o, const char *k) { return json_number_value(json_object_get(o, k)); }
 
 static json_t *dist_json(const ss_dist *d, const char *name, json_t *o) {
   char k[64];
@@ -259,7 +258,7 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_ca
       /* Total measured over total predicted busy time: the steps' own mix of
        * decode and prefill weighs the fit. */
       json_t *all = json_object_get(json_object_get(out, "step_log"), "all");
-      const double ratio = jnum_(all, "predicted_over_measured");
+      const double ratio = jnum(all, "predicted_over_measured");
       const double lf = (hw.load_factor > 0 ? hw.load_factor : 1.0) / ratio;
       if (!(lf > 0 && lf <= 10))
         return ss_cli_fail(k_cmd, "--calibrate: the step log asks for a load factor of %g, "
@@ -313,8 +312,6 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_ca
   }
   return SS_EXIT_OK;
 }
-
-static double jnum(json_t *o, const char *k) { return json_number_value(json_object_get(o, k)); }
 
 void ss_plan_capacity_print(json_t *o) {
   printf("\ncapacity on %s (%lld node%s):\n", json_string_value(json_object_get(o, "hardware")),

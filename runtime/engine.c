@@ -544,7 +544,7 @@ static void gather_rank_stats(ss_engine *e) {
 static void step_log(ss_engine *e, double t0, const ss_sched_batch *b, double attended,
                      double t_fwd0, double t_fwd1) {
   if (!e->o.step_log) return;
-  if (e->steps == 1) fprintf(e->o.step_log, "t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n");
+  if (e->steps == 1) fprintf(e->o.step_log, SS_ENGINE_STEP_LOG_HEADER "\n");
   fprintf(e->o.step_log, "%.6f,%d,%d,%d,%.0f,%.6f,%.6f\n", t0 - e->t_start, b->n_tokens,
           b->n_logits, b->n_entries, attended, t_fwd1 - t_fwd0, ss_now_s() - t0);
 }
@@ -604,7 +604,7 @@ int ss_engine_run(ss_engine *e) {
     double attended = 0;
     for (int32_t i = 0; i < b.n_entries; i++) {
       const ss_sched_entry *en = &b.entries[i];
-      attended += (double)en->count * en->start + (double)en->count * (en->count + 1) / 2;
+      attended += ss_sched_entry_attended(en);
       ereq *q = en->seq->user;
       for (int32_t k = 0; k < en->count; k++) {
         const int32_t p = en->start + k;

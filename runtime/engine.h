@@ -36,9 +36,12 @@ typedef struct ss_engine_opts {
   int32_t n_ctx;               /* context limit per sequence (0: the model's) */
   int32_t stats_every;         /* gather per-rank step counters every N steps, and whenever
                                   the engine goes idle (default 256) */
-  FILE *step_log;              /* when set, one CSV line per step (see ss_engine_run); the
-                                  caller opens and closes it */
+  FILE *step_log;              /* when set, one CSV line per step under the header below
+                                  (columns explained in engine.c); the caller opens and
+                                  closes it */
 } ss_engine_opts;
+
+#define SS_ENGINE_STEP_LOG_HEADER "t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s"
 
 #define SS_ENGINE_MAX_STOP 16
 #define SS_ENGINE_MAX_TOP 20

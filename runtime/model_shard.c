@@ -135,21 +135,13 @@ static int slice_cols(ss_model *m, const char *name, ss_weight *w, ss_range c) {
 }
 
 /* A replicated vector (a norm's weights): copied out of the file like the
- * slices, so the mapping stays untouched. */
+ * slices (as a one-row F32 weight), so the mapping stays untouched. */
 static int copy_vec(ss_model *m, const char *name, const float **p, int64_t n) {
-  uint64_t off;
-  const char *path = *p ? source_of(m, *p, &off) : NULL;
-  if (!path) return SS_OK;
-  float *buf = NULL;
-  if (posix_memalign((void **)&buf, 64, (size_t)n * sizeof *buf))
-    return ss_error(SS_ERR_NOMEM, "%s: cannot allocate '%s'", m->path, name);
-  int rc = ss_model_own(m, buf);
-  if (rc) return rc;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ss_error(SS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-  rc = pread_all(fd, (uint8_t *)buf, (size_t)n * sizeof *buf, off, path, name);
-  close(fd);
-  if (rc == SS_OK) *p = buf;
+  if (!*p) return SS_OK;
+  ss_weight w = {.type = SS_DTYPE_F32, .rows = 1, .cols = n,
+                 .row_nbytes = (size_t)n * sizeof(float), .data = *p};
+  int rc = read_slice(m, name, &w, (ss_range){0, 1}, (ss_range){0, n}, &w);
+  if (rc == SS_OK) *p = w.data;
   return rc;
 }
 

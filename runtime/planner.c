@@ -207,10 +207,8 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
       goto done;
     }
     ss_step_shape shape = {.n_tokens = b.n_tokens, .n_logits = b.n_logits};
-    for (int32_t i = 0; i < b.n_entries; i++) {
-      const double s0 = b.entries[i].start, c = b.entries[i].count;
-      shape.attended += c * s0 + c * (c + 1) / 2; /* positions s0..s0+c-1 attend pos+1 each */
-    }
+    for (int32_t i = 0; i < b.n_entries; i++)
+      shape.attended += ss_sched_entry_attended(&b.entries[i]);
     t += ss_cost_step(m, hw, &shape).total_s;
     steps++;
     batch_tokens += b.n_tokens;

@@ -65,6 +65,12 @@ typedef struct ss_sched_entry {
   bool logits;  /* the chunk ends at the last known token: sample after it */
 } ss_sched_entry;
 
+/* Positions the entry's tokens attend, summed: the token at position p attends
+ * positions 0..p (the attention term of the planner's step cost). */
+static inline double ss_sched_entry_attended(const ss_sched_entry *e) {
+  return (double)e->count * e->start + (double)e->count * (e->count + 1) / 2;
+}
+
 typedef struct ss_sched_batch {
   ss_sched_entry *entries;  /* [n_entries], capacity max_num_seqs */
   int32_t n_entries;
