@@ -58,6 +58,8 @@ static void usage(FILE *f) {
           "      --goodput ttft:MS tpot:MS e2el:MS   SLOs (several allowed)\n"
           "      --max-rate       also search the highest rate at which 99%% of requests\n"
           "                       meet the SLOs\n"
+          "      --per-request    with --json: each simulated request's start time, TTFT,\n"
+          "                       latency and lengths (loadgen's --save-result names)\n"
           "      --step-log FILE  a step log written by `serve --step-log`: the cost model's\n"
           "                       time for each logged step against the measured one\n"
           "      --calibrate      with --step-log: scale the profile's load_factor so the\n"
@@ -228,7 +230,7 @@ int ss_cmd_plan(int argc, char **argv) {
   bool json = false, replicate = false;
   enum { O_TP = 256, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE, O_HW, O_NODES, O_SEQS, O_TOKENS,
          O_BLOCKS, O_KVMEM, O_RATE, O_BURST, O_CONC, O_NUM, O_IN, O_OUT, O_RATIO, O_SEED,
-         O_GOODPUT, O_MAXRATE, O_STEPLOG, O_CALIB, O_SAVEHW };
+         O_GOODPUT, O_MAXRATE, O_STEPLOG, O_CALIB, O_SAVEHW, O_PERREQ };
   ss_plan_capacity_opts co = {.sched = {.max_num_seqs = 64, .max_batched_tokens = 512,
                                         .block_size = 16},
                               .w = {.burstiness = 1.0, .n_requests = 200, .input_len = 512,
@@ -254,6 +256,7 @@ int ss_cmd_plan(int argc, char **argv) {
       {"goodput", required_argument, 0, O_GOODPUT}, {"max-rate", no_argument, 0, O_MAXRATE},
       {"step-log", required_argument, 0, O_STEPLOG}, {"calibrate", no_argument, 0, O_CALIB},
       {"save-hardware", required_argument, 0, O_SAVEHW},
+      {"per-request", no_argument, 0, O_PERREQ},
       {"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
   };
   optind = 1;
@@ -341,6 +344,7 @@ int ss_cmd_plan(int argc, char **argv) {
     case O_STEPLOG: co.step_log = optarg; break;
     case O_CALIB: co.calibrate = true; break;
     case O_SAVEHW: co.save_hardware = optarg; break;
+    case O_PERREQ: co.w.per_request = true; break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);

@@ -2,10 +2,14 @@
  *
  * With the real model (at the TP and threads of the deployment being planned),
  * it times forward steps of chosen shapes and fits the cost model's figures:
- *   - attention per attended position: decode at position 1023 against 16;
+ *   - attention: per position a decoding sequence reads (decode at position
+ *     1023 against 16) and per query-key pair (a 64-token chunk at positions
+ *     192..255 against one at 0..63: the same matmuls, 12288 more pairs);
  *   - matmul rate: 256- and 64-token prefill chunks (compute-bound), attention removed;
  *   - weight-streaming bandwidth, and how much of it hides under the matmuls:
  *     decode at batch 1, 2, 4, ... 32, fitted with the matmul rate fixed;
+ *   - what that curve leaves at each probe's size: a correction table, so the
+ *     profile reproduces every probe;
  *   - per-step overhead: step wall time outside compute and collectives;
  *   - per-sampled-row cost: the sampler on a vocabulary of logits;
  *   - collectives: all-reduce latency and bandwidth at a step's payload sizes.
@@ -77,37 +81,41 @@ typedef struct probe {
   double wall, compute, comm;
 } probe;
 
-/* Times `reps` forward passes of batch b; compute = the slowest rank's. */
+/* Times `reps` forward passes of batch b: medians over the repeats of the
+ * wall time, of the slowest rank's compute and of rank 0's collectives (a
+ * repeat slowed by another process moves none of them). */
 static int run_probe(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
                      float *logits, int reps, probe *out) {
   const int tp = m->local.tp;
   ss_step_profile *p0 = calloc((size_t)tp, sizeof *p0), *p1 = calloc((size_t)tp, sizeof *p1);
-  double *wall = malloc((size_t)reps * sizeof *wall);
+  double *wall = malloc((size_t)reps * sizeof *wall), *comp = malloc((size_t)reps * sizeof *comp);
+  double *comm = malloc((size_t)reps * sizeof *comm);
   int rc = SS_OK;
-  if (!p0 || !p1 || !wall) {
+  if (!p0 || !p1 || !wall || !comp || !comm) {
     rc = ss_error(SS_ERR_NOMEM, "out of memory");
     goto done;
   }
   if ((rc = ss_model_forward(m, st, kv, b, logits))) goto done; /* warm-up */
-  if ((rc = ss_model_gather_profiles(m, p0))) goto done;
   for (int i = 0; i < reps; i++) {
+    if ((rc = ss_model_gather_profiles(m, p0))) goto done;
     double t0 = ss_now_s();
     if ((rc = ss_model_forward(m, st, kv, b, logits))) goto done;
     wall[i] = ss_now_s() - t0;
+    if ((rc = ss_model_gather_profiles(m, p1))) goto done;
+    double cmax = 0;
+    for (int r = 0; r < tp; r++) cmax = fmax(cmax, p1[r].compute_s - p0[r].compute_s);
+    comp[i] = cmax;
+    comm[i] = p1[0].comm_s - p0[0].comm_s;
   }
-  if ((rc = ss_model_gather_profiles(m, p1))) goto done;
-  double cmax = 0;
-  for (int r = 0; r < tp; r++) {
-    double cr = (p1[r].compute_s - p0[r].compute_s) / reps;
-    cmax = cr > cmax ? cr : cmax;
-  }
-  out->compute = cmax;
-  out->comm = (p1[0].comm_s - p0[0].comm_s) / reps;
+  out->compute = median(comp, reps);
+  out->comm = median(comm, reps);
   out->wall = median(wall, reps);
 done:
   free(p0);
   free(p1);
   free(wall);
+  free(comp);
+  free(comm);
   return rc;
 }
 
@@ -192,7 +200,7 @@ int ss_cmd_profile(int argc, char **argv) {
   float *logits = NULL;
   int32_t *tok = NULL, *pos = NULL, *rows = NULL, *long_tab = NULL, *short_tab = NULL;
   const int32_t **tabs = NULL;
-  probe pa, pb, pc, pc64, pd[N_DEC];
+  probe pa, pb, pc, pc64, pc64b, pd[N_DEC];
   rc = SS_OK;
   if ((rc = ss_model_kv_init(m, be, BS, LONG / BS + 2 * NSEQ, &kv)) ||
       (rc = ss_forward_state_init(&st, m, be, 256, NSEQ)))
@@ -241,6 +249,9 @@ int ss_cmd_profile(int argc, char **argv) {
     ss_batch bc64 = {.n = 64, .tokens = tok, .loc = {.n = 64, .pos = pos, .block_table = tabs},
                      .n_logits = 1, .logit_rows = &last64};
     if ((rc = run_probe(m, &st, &kv, &bc64, logits, (int)reps, &pc64))) goto fail;
+    /* C64b: the same chunk size at positions 192..255 (a prompt's last chunk). */
+    for (int32_t i = 0; i < 64; i++) pos[i] = 192 + i;
+    if ((rc = run_probe(m, &st, &kv, &bc64, logits, (int)reps, &pc64b))) goto fail;
     /* D: 1, 2, 4, ... 32 sequences decoding at position 16 (a logit row each). */
     for (int32_t s = 0; s < NSEQ; s++) pos[s] = 16, tabs[s] = short_tab + 2 * s, rows[s] = s;
     for (int i = 0; i < N_DEC; i++) {
@@ -271,10 +282,21 @@ int ss_cmd_profile(int argc, char **argv) {
   ss_hw_profile hw = {0};
   snprintf(hw.name, sizeof hw.name, "measured: %s, tp %d, %d threads per rank", path, m->local.tp,
            be->n_threads(be));
-  const double attended_a = 17, attended_b = LONG, attended_c = 256.0 * 257 / 2;
-  hw.attn_s_per_pos = fmax(0.0, (pb.compute - pa.compute) / (attended_b - attended_a));
+  /* Attention.  A decode token at position p reads p + 1 K/V positions and
+   * forms as many query-key pairs: d = per position + per pair, from B - A.
+   * The two 64-token chunks differ by 192 positions read and 12288 pairs:
+   * C64b - C64 = 192 (d - pair) + 12288 pair. */
+  const double d = fmax(0.0, (pb.compute - pa.compute) / (LONG - 17.0));
+  const double pair_c64b = 64.0 * 192 + 64.0 * 65 / 2, pair_c = 256.0 * 257 / 2;
+  const double dpair = pair_c64b - 64.0 * 65 / 2;
+  const double per_pair = (pc64b.compute - pc64.compute - 192.0 * d) / (dpair - 192.0);
+  /* A pair costs something (1e-12 s marks the figure as measured) and no more
+   * than the decode figure, which includes it. */
+  hw.attn_s_per_pair = fmin(fmax(per_pair, 1e-12), fmax(d, 1e-12));
+  hw.attn_s_per_pos = fmax(0.0, d - hw.attn_s_per_pair);
+#define ATTN(kv_read, pairs) (hw.attn_s_per_pos * (kv_read) + hw.attn_s_per_pair * (pairs))
   const double params_c = pm.dense_params * 256 + pm.head_params;
-  const double comp_c = pc.compute - hw.attn_s_per_pos * attended_c;
+  const double comp_c = pc.compute - ATTN(256.0, pair_c);
   hw.flops = 2.0 * params_c / fmax(comp_c, 1e-7);
   hw.flops_fp8 = hw.flops;
   hw.logit_row_s = t_sample;
@@ -290,19 +312,23 @@ int ss_cmd_profile(int argc, char **argv) {
    * in (0, batch 1's compute], p in {1, 1.1, ..., 4} or max (p = 0).  On CPUs
    * a prompt token costs more than a decoded one at the same batch size (its
    * activations and attention rows are larger working sets). */
-  enum { N_FIT = N_DEC + 2 };
+  enum { N_FIT = N_DEC + 3 };
   double fit_d[N_FIT], fit_q[N_FIT], fit_x[N_FIT]; /* flops of sampled / prompt tokens */
   for (int i = 0; i < N_DEC; i++) {
     fit_d[i] = 2.0 * (pm.dense_params + pm.head_params) * k_dec[i];
     fit_q[i] = 0;
-    fit_x[i] = pd[i].compute - hw.attn_s_per_pos * 17.0 * k_dec[i];
+    fit_x[i] = pd[i].compute - ATTN(17.0 * k_dec[i], 17.0 * k_dec[i]);
   }
   fit_d[N_DEC] = 2.0 * (pm.dense_params + pm.head_params);
   fit_q[N_DEC] = 2.0 * pm.dense_params * 255;
   fit_x[N_DEC] = comp_c;
   fit_d[N_DEC + 1] = fit_d[N_DEC];
   fit_q[N_DEC + 1] = 2.0 * pm.dense_params * 63;
-  fit_x[N_DEC + 1] = pc64.compute - hw.attn_s_per_pos * (64.0 * 65 / 2);
+  fit_x[N_DEC + 1] = pc64.compute - ATTN(64.0, 64.0 * 65 / 2);
+  fit_d[N_DEC + 2] = fit_d[N_DEC];
+  fit_q[N_DEC + 2] = fit_q[N_DEC + 1];
+  fit_x[N_DEC + 2] = pc64b.compute - ATTN(256.0, pair_c64b);
+#undef ATTN
   const double flops0 = hw.flops;
   double best_err = INFINITY, best_m = fit_x[0], best_p = 0, best_flops = flops0, best_pf = 1;
   const double m_hi = fmax(fit_x[0], 1e-7);
@@ -330,6 +356,26 @@ int ss_cmd_profile(int argc, char **argv) {
   hw.flops = hw.flops_fp8 = best_flops;
   hw.mem_bw = (pm.dense_bytes + pm.head_bytes) / fmax(best_m, 1e-7);
   hw.roofline_exponent = best_p;
+  /* What the fitted curve leaves: measured over modelled at each probe's size
+   * (the two 64-token chunks averaged), so the profile meets every probe. */
+  {
+    double ratio[N_FIT], tokens[N_FIT];
+    for (int i = 0; i < N_FIT; i++) {
+      const double cm = (fit_d[i] + best_pf * fit_q[i]) / best_flops;
+      ratio[i] = fit_x[i] / fmax(ss_roofline(best_m, cm, best_p), 1e-9);
+    }
+    for (int i = 0; i < N_DEC; i++) tokens[i] = k_dec[i];
+    tokens[N_DEC] = 1 + 255 * best_pf;  /* prefill256 */
+    tokens[N_DEC + 1] = 1 + 63 * best_pf; /* prefill64 and prefill64@192 */
+    int n = 0;
+    for (int i = 0; i < N_DEC; i++) hw.correction_tokens[n] = tokens[i], hw.correction_ratio[n++] = ratio[i];
+    hw.correction_tokens[n] = tokens[N_DEC + 1];
+    hw.correction_ratio[n++] = 0.5 * (ratio[N_DEC + 1] + ratio[N_DEC + 2]);
+    hw.correction_tokens[n] = tokens[N_DEC];
+    hw.correction_ratio[n++] = ratio[N_DEC];
+    for (int i = 0; i < n; i++) hw.correction_ratio[i] = fmin(fmax(hw.correction_ratio[i], 0.1), 10);
+    hw.n_correction = n;
+  }
   hw.request_overhead_s = req_ms * 1e-3;
   long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
   hw.mem_bytes = pages > 0 && psz > 0 ? (double)pages * (double)psz / m->local.tp : 0;
@@ -343,18 +389,30 @@ int ss_cmd_profile(int argc, char **argv) {
     hw.inter_lat = hw.link_lat;
   }
   /* How well the fitted model explains each probe's wall time. */
-  char comment[1024];
+  char comment[1536];
   int at = snprintf(comment, sizeof comment,
                     "probes, ms (median wall / compute of the slowest rank / model): "
-                    "batch1@1023 %.3f/%.3f, prefill256 %.3f/%.3f/%.3f, prefill64 %.3f/%.3f/%.3f",
-                    pb.wall * 1e3, pb.compute * 1e3, pc.wall * 1e3, pc.compute * 1e3,
+                    "batch1@1023 %.3f/%.3f/%.3f, prefill256 %.3f/%.3f/%.3f, "
+                    "prefill64 %.3f/%.3f/%.3f, prefill64@192 %.3f/%.3f/%.3f",
+                    pb.wall * 1e3, pb.compute * 1e3,
+                    ss_cost_step(&pm, &hw, &(ss_step_shape){.n_tokens = 1, .n_logits = 1,
+                                                            .attended = LONG,
+                                                            .kv_read = LONG}).total_s * 1e3,
+                    pc.wall * 1e3, pc.compute * 1e3,
                     ss_cost_step(&pm, &hw, &(ss_step_shape){.n_tokens = 256, .n_logits = 1,
-                                                            .attended = attended_c}).total_s * 1e3,
+                                                            .attended = pair_c,
+                                                            .kv_read = 256}).total_s * 1e3,
                     pc64.wall * 1e3, pc64.compute * 1e3,
                     ss_cost_step(&pm, &hw, &(ss_step_shape){.n_tokens = 64, .n_logits = 1,
-                                                            .attended = 64.0 * 65 / 2}).total_s * 1e3);
+                                                            .attended = 64.0 * 65 / 2,
+                                                            .kv_read = 64}).total_s * 1e3,
+                    pc64b.wall * 1e3, pc64b.compute * 1e3,
+                    ss_cost_step(&pm, &hw, &(ss_step_shape){.n_tokens = 64, .n_logits = 1,
+                                                            .attended = pair_c64b,
+                                                            .kv_read = 256}).total_s * 1e3);
   for (int i = 0; i < N_DEC && at > 0 && (size_t)at < sizeof comment; i++) {
-    ss_step_shape sd = {.n_tokens = k_dec[i], .n_logits = k_dec[i], .attended = k_dec[i] * 17.0};
+    ss_step_shape sd = {.n_tokens = k_dec[i], .n_logits = k_dec[i], .attended = k_dec[i] * 17.0,
+                        .kv_read = k_dec[i] * 17.0};
     const ss_step_cost cd = ss_cost_step(&pm, &hw, &sd);
     at += snprintf(comment + at, sizeof comment - (size_t)at, ", decode%d %.3f/%.3f/%.3f",
                    k_dec[i], pd[i].wall * 1e3, pd[i].compute * 1e3, cd.total_s * 1e3);
@@ -366,9 +424,14 @@ int ss_cmd_profile(int argc, char **argv) {
   fprintf(stderr,
           "profile: weight bandwidth %.2f GB/s, matmul %.2f GFLOP/s, prompt token x%.2f, "
           "roofline exponent %.2f, "
-          "attention %.3f us/position, step overhead %.3f ms, sampling %.3f ms/row",
+          "attention %.3f us/position read + %.3f us/pair, step overhead %.3f ms, "
+          "sampling %.3f ms/row",
           hw.mem_bw / 1e9, hw.flops / 1e9, hw.prefill_token_cost, hw.roofline_exponent,
-          hw.attn_s_per_pos * 1e6, hw.step_overhead_s * 1e3, hw.logit_row_s * 1e3);
+          hw.attn_s_per_pos * 1e6, hw.attn_s_per_pair * 1e6, hw.step_overhead_s * 1e3,
+          hw.logit_row_s * 1e3);
+  fprintf(stderr, "; measured/fitted at");
+  for (int i = 0; i < hw.n_correction; i++)
+    fprintf(stderr, " %.0f:%.3f", hw.correction_tokens[i], hw.correction_ratio[i]);
   if (comm)
     fprintf(stderr, ", all-reduce %.1f us + %.2f GB/s", hw.link_lat * 1e6, hw.link_bw / 1e9);
   fprintf(stderr, "\nprofile: %s\nprofile: written to %s\n", comment, out_path);

@@ -52,6 +52,7 @@ static void plan_model_for_rank(const ss_model *m, const ss_shard_plan *p, int r
     pm->dense_params += c->n_layer * C * c->n_expert; /* routers */
   }
   pm->kv_bytes_per_token = (double)R->kv_nbytes_per_token;
+  pm->attn_flops_per_pair = 4.0 * c->n_layer * heads * D;
   pm->weight_bytes = (double)R->bytes.total;
   if (pm->tp > 1) {
     pm->n_allreduce = p->n_allreduce_per_token;
@@ -107,12 +108,13 @@ static int step_log_compare(const char *path, const ss_plan_model *pm, const ss_
     }
     if (buf[0] == '\n' || buf[0] == 0) continue;
     char *at = buf;
-    double t, nt, nl, ns, att, fwd, step;
+    double t, nt, nl, ns, att, kvr, fwd, step;
     if (!csv_num(&at, path, line, "t_s", 0, 1e9, &t) ||
         !csv_num(&at, path, line, "n_tokens", 1, 1e7, &nt) ||
         !csv_num(&at, path, line, "n_logits", 0, nt, &nl) ||
         !csv_num(&at, path, line, "n_seqs", 1, nt, &ns) ||
         !csv_num(&at, path, line, "attended", 0, 1e15, &att) ||
+        !csv_num(&at, path, line, "kv_read", 0, att, &kvr) ||
         !csv_num(&at, path, line, "forward_s", 0, 1e6, &fwd) ||
         !csv_num(&at, path, line, "step_s", 1e-9, 1e6, &step)) {
       rc = SS_ERR_FORMAT;
@@ -130,7 +132,8 @@ static int step_log_compare(const char *path, const ss_plan_model *pm, const ss_
         break;
       }
     }
-    const ss_step_shape sh = {.n_tokens = (int32_t)nt, .n_logits = (int32_t)nl, .attended = att};
+    const ss_step_shape sh = {
+        .n_tokens = (int32_t)nt, .n_logits = (int32_t)nl, .attended = att, .kv_read = kvr};
     const double p = ss_cost_step(pm, hw, &sh).total_s;
     ratio[n++] = p / step;
     meas += step;
@@ -199,6 +202,7 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_ca
     return ss_cli_usage(k_cmd, "--tp %d needs more devices than --nodes %d x %d per node", tp,
                         nodes, hw.devices_per_node);
   const bool fp8 = p->ranks[0].bytes.total > 0 && o->weight_fp8;
+  const double flops_16 = hw.flops; /* attention's products run at the 16-bit rate */
   if (fp8 && hw.flops_fp8 > 0) hw.flops = hw.flops_fp8;
 
   /* Memory per rank, and the rank that limits the KV cache. */
@@ -235,11 +239,15 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_ca
   ss_plan_model pm0;
   plan_model_for_rank(m, p, 0, nodes, &pm0);
   if (pm0.weight_bytes > pm.weight_bytes) pm = pm0;
+  if (!(hw.attn_s_per_pair > 0) && flops_16 > 0)
+    hw.attn_s_per_pair = pm.attn_flops_per_pair / flops_16;
   const double L = o->w.input_len;
-  ss_step_shape prefill = {.n_tokens = (int32_t)L, .n_logits = 1, .attended = L * (L + 1) / 2};
-  ss_step_shape dec1 = {.n_tokens = 1, .n_logits = 1, .attended = seq_len / 2 + L / 2};
+  ss_step_shape prefill = {
+      .n_tokens = (int32_t)L, .n_logits = 1, .attended = L * (L + 1) / 2, .kv_read = L};
+  const double ctx = L + o->w.output_len / 2.0; /* a decoding sequence's mean context */
+  ss_step_shape dec1 = {.n_tokens = 1, .n_logits = 1, .attended = ctx, .kv_read = ctx};
   const int32_t B = o->sched.max_num_seqs;
-  ss_step_shape decb = {.n_tokens = B, .n_logits = B, .attended = B * (L + o->w.output_len / 2.0)};
+  ss_step_shape decb = {.n_tokens = B, .n_logits = B, .attended = B * ctx, .kv_read = B * ctx};
   const ss_step_cost cp = ss_cost_step(&pm, &hw, &prefill), c1 = ss_cost_step(&pm, &hw, &dec1),
                      cb = ss_cost_step(&pm, &hw, &decb);
   json_object_set_new(out, "step_times_ms", json_pack(
@@ -304,6 +312,24 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_ca
     json_object_set_new(s, "steps", json_integer((json_int_t)r.steps));
     json_object_set_new(s, "preemptions", json_integer((json_int_t)r.preemptions));
     json_object_set_new(s, "mean_batch_tokens", json_real(r.mean_batch_tokens));
+    if (r.req) {
+      /* Per request, in arrival order, as loadgen's --save-result names them. */
+      json_t *st = json_array(), *tt = json_array(), *lat = json_array(), *il = json_array(),
+             *ol = json_array();
+      for (int32_t i = 0; i < o->w.n_requests; i++) {
+        json_array_append_new(st, json_real(r.req[i].start));
+        json_array_append_new(tt, json_real(r.req[i].ttft));
+        json_array_append_new(lat, json_real(r.req[i].latency));
+        json_array_append_new(il, json_integer(r.req[i].input_len));
+        json_array_append_new(ol, json_integer(r.req[i].output_len));
+      }
+      json_object_set_new(s, "start_times", st);
+      json_object_set_new(s, "ttfts", tt);
+      json_object_set_new(s, "latencies", lat);
+      json_object_set_new(s, "input_lens", il);
+      json_object_set_new(s, "output_lens", ol);
+    }
+    ss_sim_result_free(&r);
     json_object_set_new(out, "simulation", s);
   }
   if (o->max_rate) {

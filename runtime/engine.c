@@ -539,14 +539,16 @@ static void gather_rank_stats(ss_engine *e) {
  *   t_s        step start, seconds since the engine started
  *   n_tokens   tokens in the forward pass; n_logits: rows sampled; n_seqs
  *   attended   sum over the step's tokens of the positions each attends
+ *   kv_read    sum over the step's sequences of the K/V positions read (the
+ *              context through the sequence's last token in the step)
  *   forward_s  the forward pass (all ranks, collectives included)
  *   step_s     the whole step: batch assembly, forward, sampling, publishing */
 static void step_log(ss_engine *e, double t0, const ss_sched_batch *b, double attended,
-                     double t_fwd0, double t_fwd1) {
+                     double kv_read, double t_fwd0, double t_fwd1) {
   if (!e->o.step_log) return;
   if (e->steps == 1) fprintf(e->o.step_log, SS_ENGINE_STEP_LOG_HEADER "\n");
-  fprintf(e->o.step_log, "%.6f,%d,%d,%d,%.0f,%.6f,%.6f\n", t0 - e->t_start, b->n_tokens,
-          b->n_logits, b->n_entries, attended, t_fwd1 - t_fwd0, ss_now_s() - t0);
+  fprintf(e->o.step_log, "%.6f,%d,%d,%d,%.0f,%.0f,%.6f,%.6f\n", t0 - e->t_start, b->n_tokens,
+          b->n_logits, b->n_entries, attended, kv_read, t_fwd1 - t_fwd0, ss_now_s() - t0);
 }
 
 int ss_engine_run(ss_engine *e) {
@@ -601,10 +603,11 @@ int ss_engine_run(ss_engine *e) {
     const double t_sched = ss_now_s();
     int32_t nt = 0, nl = 0;
     uint64_t prompt_tokens = 0;
-    double attended = 0;
+    double attended = 0, kv_read = 0;
     for (int32_t i = 0; i < b.n_entries; i++) {
       const ss_sched_entry *en = &b.entries[i];
       attended += ss_sched_entry_attended(en);
+      kv_read += ss_sched_entry_kv_read(en);
       ereq *q = en->seq->user;
       for (int32_t k = 0; k < en->count; k++) {
         const int32_t p = en->start + k;
@@ -673,7 +676,7 @@ int ss_engine_run(ss_engine *e) {
     publish_locked(e, &evs);
     pthread_mutex_unlock(&e->mu);
     if (e->notify) e->notify(e->notify_user);
-    step_log(e, t_sched, &b, attended, t_fwd0, t);
+    step_log(e, t_sched, &b, attended, kv_read, t_fwd0, t);
     if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) {
       gather_rank_stats(e);
       e->stats_dirty = false;

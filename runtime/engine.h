@@ -41,7 +41,7 @@ typedef struct ss_engine_opts {
                                   closes it */
 } ss_engine_opts;
 
-#define SS_ENGINE_STEP_LOG_HEADER "t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s"
+#define SS_ENGINE_STEP_LOG_HEADER "t_s,n_tokens,n_logits,n_seqs,attended,kv_read,forward_s,step_s"
 
 #define SS_ENGINE_MAX_STOP 16
 #define SS_ENGINE_MAX_TOP 20

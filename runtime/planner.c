@@ -22,6 +22,18 @@ double ss_roofline(double mem_s, double compute_s, double p) {
   return hi * pow(1.0 + pow(lo / hi, p), 1.0 / p);
 }
 
+double ss_hw_correction(const ss_hw_profile *hw, double tokens) {
+  const int n = hw->n_correction;
+  if (n <= 0) return 1.0;
+  const double *x = hw->correction_tokens, *y = hw->correction_ratio;
+  if (!(tokens > x[0])) return y[0];
+  if (tokens >= x[n - 1]) return y[n - 1];
+  int i = 1;
+  while (x[i] < tokens) i++;
+  const double f = log(tokens / x[i - 1]) / log(x[i] / x[i - 1]);
+  return y[i - 1] + f * (y[i] - y[i - 1]);
+}
+
 ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s) {
   ss_step_cost c = {0};
   const double n = s->n_tokens;
@@ -45,10 +57,16 @@ ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const
   }
   c.memory_s = hw->mem_bw > 0 ? bytes / hw->mem_bw : 0;
   c.compute_s = hw->flops > 0 ? 2.0 * params / hw->flops : 0;
+  /* Attention: reading each sequence's K/V (memory) plus the query-key
+   * products (compute); a decode token does both per position, a prompt chunk
+   * reads the context once and multiplies it by each of its tokens. */
   const double per_pos = hw->attn_s_per_pos > 0 ? hw->attn_s_per_pos
                          : hw->mem_bw > 0      ? m->kv_bytes_per_token / hw->mem_bw
                                                : 0;
-  c.attn_s = s->attended * per_pos;
+  const double per_pair = hw->attn_s_per_pair > 0 ? hw->attn_s_per_pair
+                          : hw->flops > 0        ? m->attn_flops_per_pair / hw->flops
+                                                 : 0;
+  c.attn_s = s->kv_read * per_pos + s->attended * per_pair;
   if (m->tp > 1) {
     const bool inter = m->nodes > 1;
     const double bw = inter ? hw->inter_bw : hw->link_bw;
@@ -65,7 +83,9 @@ ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const
   c.compute_s *= lf;
   c.attn_s *= lf;
   c.overhead_s *= lf;
-  c.total_s = c.overhead_s + ss_roofline(c.memory_s, c.compute_s, hw->roofline_exponent) +
+  c.total_s = c.overhead_s +
+              ss_roofline(c.memory_s, c.compute_s, hw->roofline_exponent) *
+                  ss_hw_correction(hw, n_w) +
               c.attn_s + c.comm_s;
   return c;
 }
@@ -140,6 +160,10 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
   double *arrivals = NULL;
   ss_xrng rng;
   ss_xrng_seed(&rng, w->seed, LENGTH_SALT);
+  if (w->per_request && !(out->req = calloc((size_t)N, sizeof *out->req))) {
+    rc = ss_error(SS_ERR_NOMEM, "simulation: out of memory for %d requests", N);
+    goto done;
+  }
   if (!rq || !ttft || !tpot || !e2e) {
     rc = ss_error(SS_ERR_NOMEM, "simulation: out of memory for %d requests", N);
     goto done;
@@ -207,8 +231,10 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
       goto done;
     }
     ss_step_shape shape = {.n_tokens = b.n_tokens, .n_logits = b.n_logits};
-    for (int32_t i = 0; i < b.n_entries; i++)
+    for (int32_t i = 0; i < b.n_entries; i++) {
       shape.attended += ss_sched_entry_attended(&b.entries[i]);
+      shape.kv_read += ss_sched_entry_kv_read(&b.entries[i]);
+    }
     t += ss_cost_step(m, hw, &shape).total_s;
     steps++;
     batch_tokens += b.n_tokens;
@@ -229,6 +255,9 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
         ttft[done_n] = f;
         e2e[done_n] = e;
         tpot[done_n] = tp;
+        if (out->req)
+          out->req[q->seq.id] = (ss_sim_request){.start = q->arrival, .ttft = f, .latency = e,
+                                                 .input_len = q->in_len, .output_len = q->out_len};
         if ((w->slo_ttft_s <= 0 || f <= w->slo_ttft_s) && (w->slo_tpot_s <= 0 || tp <= w->slo_tpot_s) &&
             (w->slo_e2e_s <= 0 || e <= w->slo_e2e_s))
           good++;
@@ -265,7 +294,13 @@ done:
   free(tpot);
   free(e2e);
   ss_sched_free(&sched);
+  if (rc) ss_sim_result_free(out);
   return rc;
+}
+
+void ss_sim_result_free(ss_sim_result *r) {
+  free(r->req);
+  r->req = NULL;
 }
 
 /* Fraction of requests meeting every SLO, from a finished simulation. */
@@ -278,6 +313,7 @@ double ss_simulate_max_rate(const ss_plan_model *m, const ss_hw_profile *hw,
                             const ss_sched_params *sp, const ss_sim_workload *w) {
   ss_sim_workload x = *w;
   x.max_concurrency = 0;
+  x.per_request = false;
   /* Capacity with everything queued at once bounds the search. */
   x.rate = 0;
   ss_sim_result r;
@@ -308,6 +344,7 @@ static const hw_field k_fields[] = {
     F(mem_bytes, true),          F(mem_bw, true),
     F(flops, true),              F(flops_fp8, false),
     F(roofline_exponent, false), F(attn_s_per_pos, false),
+    F(attn_s_per_pair, false),
     F(step_overhead_s, false),   F(load_factor, false),
     F(prefill_token_cost, false),
     F(logit_row_s, false),       F(request_overhead_s, false),
@@ -343,6 +380,31 @@ int ss_hw_profile_load(const char *path, ss_hw_profile *hw) {
       return ss_error(SS_ERR_FORMAT, "%s: field '%s' must be a number >= 0", path, k_fields[i].key);
     }
     *dst = json_number_value(v);
+  }
+  json_t *corr = json_object_get(o, "roofline_correction");
+  if (corr) {
+    const size_t n = json_is_array(corr) ? json_array_size(corr) : 0;
+    if (n < 1 || n > SS_HW_MAX_CORRECTION) {
+      json_decref(o);
+      return ss_error(SS_ERR_FORMAT, "%s: roofline_correction must be a list of 1..%d "
+                      "[tokens, ratio] pairs", path, SS_HW_MAX_CORRECTION);
+    }
+    for (size_t i = 0; i < n; i++) {
+      json_t *e = json_array_get(corr, i);
+      json_t *x = json_array_get(e, 0), *y = json_array_get(e, 1);
+      const double xv = json_is_number(x) ? json_number_value(x) : NAN;
+      const double yv = json_is_number(y) ? json_number_value(y) : NAN;
+      if (!json_is_array(e) || json_array_size(e) != 2 || !(xv >= 1 && xv <= 1e9) ||
+          !(yv >= 0.1 && yv <= 10) || (i > 0 && !(xv > hw->correction_tokens[i - 1]))) {
+        json_decref(o);
+        return ss_error(SS_ERR_FORMAT, "%s: roofline_correction entry %zu must be [tokens, ratio] "
+                        "with tokens in [1, 1e9] above the previous entry's and ratio in "
+                        "[0.1, 10]", path, i);
+      }
+      hw->correction_tokens[i] = xv;
+      hw->correction_ratio[i] = yv;
+    }
+    hw->n_correction = (int)n;
   }
   json_t *dpn = json_object_get(o, "devices_per_node");
   hw->devices_per_node = json_is_integer(dpn) ? (int)json_integer_value(dpn) : 8;
@@ -381,6 +443,13 @@ int ss_hw_profile_save(const char *path, const ss_hw_profile *hw, const char *co
   for (size_t i = 0; i < sizeof k_fields / sizeof *k_fields; i++)
     json_object_set_new(o, k_fields[i].key,
                         json_real(*(const double *)((const char *)hw + k_fields[i].offset)));
+  if (hw->n_correction > 0) {
+    json_t *corr = json_array();
+    for (int i = 0; i < hw->n_correction; i++)
+      json_array_append_new(corr, json_pack("[f,f]", hw->correction_tokens[i],
+                                            hw->correction_ratio[i]));
+    json_object_set_new(o, "roofline_correction", corr);
+  }
   json_object_set_new(o, "devices_per_node", json_integer(hw->devices_per_node));
   int rc = json_dump_file(o, path, JSON_INDENT(2));
   json_decref(o);

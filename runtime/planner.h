@@ -7,8 +7,9 @@
  *     + (M^p + C^p)^(1/p),  M = weight bytes read / mem_bw, C = matmul flops / flops
  *       (a prompt token's flops weighted by prefill_token_cost)
  *       (p = roofline_exponent; absent or 0: max(M, C), a perfect roofline)
+ *       times the profile's roofline_correction at the step's size, if any
  *   all but the communication terms multiplied by the profile's load_factor
- *     + attention: sum over tokens of attended positions * attn_per_pos
+ *     + attention: K/V positions read * attn_per_pos + query-key pairs * attn_per_pair
  *     + n_allreduce * (latency + 2(tp-1)/tp * n_tokens * payload / link_bw)
  *     + logits gather (latency + n_logits * vocab * 4 / link_bw)
  * For a mixture of experts the weight bytes are the dense part plus the
@@ -28,6 +29,8 @@
 
 #include "runtime/scheduler.h"
 
+#define SS_HW_MAX_CORRECTION 16
+
 /* A machine: presets in configs/hardware/, or measured by `shardserve profile`. */
 typedef struct ss_hw_profile {
   char name[96];
@@ -39,11 +42,24 @@ typedef struct ss_hw_profile {
                                  (M^p + C^p)^(1/p); 1 adds them, larger p nears max(M, C);
                                  0 = max(M, C), a perfect roofline (the default, and the
                                  GPU presets); `profile` fits it on CPUs */
-  double attn_s_per_pos;      /* attention time per attended position per token on one
-                                 rank (0: KV bytes / mem_bw) */
+  double attn_s_per_pos;      /* attention time per K/V position a sequence reads in a step
+                                 (decode reads its whole context once per token; a prompt
+                                 chunk reads it once for all its tokens) on one rank
+                                 (0: this rank's K/V bytes per token / mem_bw) */
+  double attn_s_per_pair;     /* attention time per query-key pair on one rank (0: the
+                                 pair's 4 x heads x head_dim flops per layer / flops);
+                                 `profile` measures both */
   double step_overhead_s;     /* fixed cost of a step (launches, scheduling) */
   double prefill_token_cost;  /* matmul cost of a prompt token (one not sampled) relative to
                                  a decoded one (0 or absent: 1); `profile` fits it */
+  /* Measured over modelled weight-and-matmul time at some step sizes (tokens,
+   * prompt tokens weighted by prefill_token_cost): `profile` writes one from
+   * its probes so each probe is met exactly; between the points the ratio is
+   * interpolated linearly in log(tokens), outside them the end value holds.
+   * JSON: "roofline_correction": [[tokens, ratio], ...], tokens increasing. */
+  int n_correction;
+  double correction_tokens[SS_HW_MAX_CORRECTION];
+  double correction_ratio[SS_HW_MAX_CORRECTION];
   double load_factor;         /* every step's compute, memory, attention and overhead time
                                  multiplied by this (0 or absent: 1): what a server's steps
                                  cost under load over an idle machine's probes, fitted by
@@ -67,6 +83,7 @@ typedef struct ss_plan_model {
   double expert_params;          /* one expert's parameters on this rank */
   double head_params;
   double kv_bytes_per_token;     /* this rank's K+V per token */
+  double attn_flops_per_pair;    /* this rank's flops per query-key pair, all layers */
   double weight_bytes;           /* all this rank holds */
   int n_allreduce;               /* per forward pass */
   double allreduce_bytes_per_token;
@@ -77,7 +94,9 @@ typedef struct ss_plan_model {
 typedef struct ss_step_shape {
   int32_t n_tokens;
   int32_t n_logits;
-  double attended;               /* sum over tokens of positions attended */
+  double attended;               /* query-key pairs: sum over tokens of positions attended */
+  double kv_read;                /* sum over the step's sequences of the K/V positions read
+                                    (the context through the sequence's last token) */
 } ss_step_shape;
 
 typedef struct ss_step_cost {
@@ -87,6 +106,9 @@ typedef struct ss_step_cost {
 /* Weight-streaming and matmul seconds combined as the profile says (see
  * roofline_exponent). */
 double ss_roofline(double mem_s, double compute_s, double p);
+/* The profile's roofline_correction at a step of `tokens` weighted tokens (1
+ * without one). */
+double ss_hw_correction(const ss_hw_profile *hw, double tokens);
 
 ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s);
 
@@ -99,7 +121,14 @@ typedef struct ss_sim_workload {
   int32_t max_concurrency; /* closed loop when > 0 (rate ignored) */
   uint64_t seed;
   double slo_ttft_s, slo_tpot_s, slo_e2e_s; /* 0: no limit */
+  bool per_request;     /* keep each request's figures (ss_sim_result.req) */
 } ss_sim_workload;
+
+/* One simulated request, as a load generator would record it (seconds). */
+typedef struct ss_sim_request {
+  double start, ttft, latency;
+  int32_t input_len, output_len;
+} ss_sim_request;
 
 typedef struct ss_dist {
   double mean, median, std, p90, p95, p99, min, max;
@@ -114,7 +143,11 @@ typedef struct ss_sim_result {
   ss_dist ttft, tpot, itl, e2e; /* seconds */
   uint64_t steps, preemptions;
   double mean_batch_tokens;
+  ss_sim_request *req;       /* [n_requests] in arrival order when the workload asked for
+                                per_request (free with ss_sim_result_free), else NULL */
 } ss_sim_result;
+
+void ss_sim_result_free(ss_sim_result *r);
 
 /* Runs the workload through the scheduler with the cost model.  Errors name the
  * field (a request that cannot fit the KV pool, bad lengths). */

@@ -45,6 +45,7 @@ void ss_plan_model_from_loaded(const ss_model *m, int nodes, ss_plan_model *p) {
   p->head_bytes = wbytes(&m->output);
   p->head_params = wparams(&m->output);
   p->kv_bytes_per_token = 2.0 * c->n_layer * m->local.n_kv_head * c->head_dim * sizeof(float);
+  p->attn_flops_per_pair = 4.0 * c->n_layer * m->local.n_head * c->head_dim;
   p->weight_bytes = (double)m->weight_nbytes;
   if (p->tp > 1) {
     p->n_allreduce = 2 * c->n_layer + (m->local.vocab_parallel ? 1 : 0);

@@ -71,6 +71,12 @@ static inline double ss_sched_entry_attended(const ss_sched_entry *e) {
   return (double)e->count * e->start + (double)e->count * (e->count + 1) / 2;
 }
 
+/* K/V positions the entry's sequence reads in the step: its context through
+ * the entry's last token, read once however many of its tokens the step holds. */
+static inline double ss_sched_entry_kv_read(const ss_sched_entry *e) {
+  return (double)e->start + e->count;
+}
+
 typedef struct ss_sched_batch {
   ss_sched_entry *entries;  /* [n_entries], capacity max_num_seqs */
   int32_t n_entries;

@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
 from harness import Checker, parse_args  # noqa: E402
@@ -114,18 +116,86 @@ if len(steps) == 3:
     r = steps["pf2"]["prefill"]["compute"] / steps["max"]["prefill"]["compute"]
     ck.check(1.5 < r < 2.0, f"prefill_token_cost 2 scales a 64-token prefill's matmuls by {r}")
 
+# Attention: K/V positions read x attn_s_per_pos + query-key pairs x
+# attn_s_per_pair.  A 64-token prompt reads 64 positions and forms 64*65/2
+# pairs; a decoding sequence at mean context L + O/2 reads and pairs as many.
+json.dump({**base, "attn_s_per_pos": 3e-6, "attn_s_per_pair": 5e-7}, open(prof, "w"))
+q = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--request-rate", "1",
+         "--num-prompts", "2", "--random-input-len", "64", "--random-output-len", "8")
+if q:
+    st = q["step_times_ms"]
+    want_p = (64 * 3e-6 + 64 * 65 / 2 * 5e-7) * 1e3
+    want_d = (64 + 4) * (3e-6 + 5e-7) * 1e3
+    ck.check(abs(st["prefill"]["attention"] - want_p) <= 1e-9 * want_p,
+             f"prefill attention {st['prefill']['attention']} ms, by hand {want_p}")
+    ck.check(abs(st["decode_batch1"]["attention"] - want_d) <= 1e-9 * want_d,
+             f"decode attention {st['decode_batch1']['attention']} ms, by hand {want_d}")
+# roofline_correction multiplies the weight-and-matmul part by a ratio taken
+# from [tokens, ratio] points, linear in log(tokens) between them: 1 token ->
+# 1.0, 4 tokens -> 2.0, so 2 tokens (a batch of two decoding) -> 1.5.
+json.dump({**base, "roofline_correction": [[1, 1.0], [4, 2.0]]}, open(prof, "w"))
+q = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--request-rate", "1",
+         "--num-prompts", "2", "--random-input-len", "64", "--random-output-len", "8",
+         "--max-num-seqs", "2")
+if q:
+    for k, want in (("decode_batch1", 1.0), ("decode_full_batch", 1.5)):
+        s = q["step_times_ms"][k]
+        got = (s["total"] - s["attention"]) / max(s["memory"], s["compute"])
+        ck.check(abs(got - want) < 1e-9, f"roofline_correction at {k}: x{got}, want x{want}")
+    s = q["step_times_ms"]["prefill"]  # 64 tokens: past the last point, its ratio holds
+    got = (s["total"] - s["attention"]) / max(s["memory"], s["compute"])
+    ck.check(abs(got - 2.0) < 1e-9, f"roofline_correction past its last point: x{got}")
+# --per-request: each simulated request, in arrival order, under loadgen's
+# names; the summary's medians are numpy's medians of these arrays.
+json.dump(base, open(prof, "w"))
+q = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--request-rate", "3",
+         "--num-prompts", "25", "--random-input-len", "40", "--random-output-len", "10",
+         "--random-range-ratio", "0.5", "--seed", "4", "--per-request")
+if q:
+    s = q["simulation"]
+    st, tt, lat = np.array(s["start_times"]), np.array(s["ttfts"]), np.array(s["latencies"])
+    il, ol = np.array(s["input_lens"]), np.array(s["output_lens"])
+    ck.check(len(st) == len(tt) == len(lat) == len(il) == len(ol) == 25, "per-request lengths")
+    ck.check(bool(np.all(np.diff(st) >= 0)) and st[0] == 0, "start times in arrival order")
+    ck.check(bool(np.all(tt <= lat)), "each TTFT within its latency")
+    ck.check(int(il.sum()) == s["total_input_tokens"] and int(ol.sum()) == s["total_output_tokens"],
+             "per-request lengths sum to the totals")
+    ck.check(bool(np.all((il >= 20) & (il <= 60) & (ol >= 5) & (ol <= 15))), "lengths in range")
+    tpot = (lat - tt) / np.maximum(ol - 1, 1)
+    ck.check(abs(np.median(tt) * 1e3 - s["median_ttft_ms"]) < 1e-6 and
+             abs(np.median(tpot[ol > 1]) * 1e3 - s["median_tpot_ms"]) < 1e-6,
+             "summary medians are the arrays' medians")
+q = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--request-rate", "3",
+         "--num-prompts", "5")
+ck.check(q is not None and "ttfts" not in q["simulation"], "no per-request arrays unless asked")
+
+# A GPU preset sets neither: reading a position costs this rank's K/V bytes per
+# token over the bandwidth, a pair 4 x heads x head_dim flops per layer at the
+# 16-bit rate even with fp8 weights.  Grok-1 on 8 ranks: 64 layers, 48/8 query
+# heads of 128 per rank.
+hw = json.load(open(H100))
+q = plan("--model", GROK1, "--tp", "8", "--dtype", "fp8", "--hardware", H100, "--request-rate", "1",
+         "--num-prompts", "2", "--random-input-len", "1024", "--random-output-len", "8")
+if q:
+    kvb = max(r["kv_bytes_per_token"] for r in q["ranks"])
+    pair_flops = 4 * 64 * (48 // 8) * 128
+    want = (1024 * kvb / hw["mem_bw"] + 1024 * 1025 / 2 * pair_flops / hw["flops"]) * 1e3
+    got = q["step_times_ms"]["prefill"]["attention"]
+    ck.check(abs(got - want) <= 1e-6 * want, f"grok-1 fp8 1024-token prefill attention {got} ms, "
+             f"by hand {want} ms")
+
 # A server step log against the cost model: the same steps logged as taking
 # twice as long halve the predicted/measured ratio; --calibrate on a log sets
 # the load factor so that, with the saved profile, the log is matched exactly.
 json.dump(base, open(prof, "w"))
 tmpd = os.environ.get("TMPDIR", "/tmp")
 log1, log2 = (os.path.join(tmpd, f"ss-steps{i}-{os.getpid()}.csv") for i in (1, 2))
-shapes = [(1, 1, 1, 80), (4, 4, 4, 300), (70, 3, 3, 2400), (32, 1, 1, 528)]
+shapes = [(1, 1, 1, 80, 80), (4, 4, 4, 300, 300), (70, 3, 3, 2400, 150), (32, 1, 1, 528, 32)]
 for path, scale in ((log1, 1.0), (log2, 2.0)):
     with open(path, "w") as f:
-        f.write("t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n")
-        for i, (nt, nl, ns, att) in enumerate(shapes):
-            f.write(f"{i * 0.1:.6f},{nt},{nl},{ns},{att},{0.01 * nt * scale:.6f},"
+        f.write("t_s,n_tokens,n_logits,n_seqs,attended,kv_read,forward_s,step_s\n")
+        for i, (nt, nl, ns, att, kvr) in enumerate(shapes):
+            f.write(f"{i * 0.1:.6f},{nt},{nl},{ns},{att},{kvr},{0.01 * nt * scale:.6f},"
                     f"{0.011 * nt * scale:.6f}\n")
 q1 = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--step-log", log1)
 q2 = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--step-log", log2)
@@ -148,12 +218,15 @@ if q1 and q2 and q3:
         r = q4["step_log"]["all"]["predicted_over_measured"]
         ck.check(abs(r - 1) < 1e-9, f"calibrated profile predicts {r} of the log it was fitted on")
 bad_log = os.path.join(tmpd, f"ss-badlog-{os.getpid()}.csv")
+HDR = "t_s,n_tokens,n_logits,n_seqs,attended,kv_read,forward_s,step_s\n"
 for text, needle in [("hello\n1,2\n", "not a step log"),
-                     ("t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n0,1,1,1,x,1,1\n",
-                      "line 2: field 'attended'"),
-                     ("t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n0,1,5,1,1,1,1\n",
-                      "field 'n_logits'"),
-                     ("t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n", "no steps")]:
+                     # the header without kv_read (an older server's log)
+                     ("t_s,n_tokens,n_logits,n_seqs,attended,forward_s,step_s\n0,1,1,1,1,1,1\n",
+                      "not a step log"),
+                     (HDR + "0,1,1,1,x,1,1,1\n", "line 2: field 'attended'"),
+                     (HDR + "0,1,5,1,1,1,1,1\n", "field 'n_logits'"),
+                     (HDR + "0,8,1,1,36,40,1,1\n", "field 'kv_read'"),
+                     (HDR, "no steps")]:
     open(bad_log, "w").write(text)
     rc, out, err = ck.run(args.bin, ["plan", "--model", args.model, "--tp", "1", "--hardware", prof,
                                      "--step-log", bad_log])
@@ -185,7 +258,13 @@ for text, needle in [("{", "JSON"), ('{"mem_bw": 1}', "mem_bytes"),
                      ('{"mem_bytes": 1, "mem_bw": 1, "flops": 1, "roofline_exponent": 0.5}',
                       "roofline_exponent"),
                      ('{"mem_bytes": 1, "mem_bw": 1, "flops": 1, "load_factor": 50}',
-                      "load_factor")]:
+                      "load_factor"),
+                     ('{"mem_bytes": 1, "mem_bw": 1, "flops": 1, "roofline_correction": 3}',
+                      "roofline_correction"),
+                     ('{"mem_bytes": 1, "mem_bw": 1, "flops": 1, '
+                      '"roofline_correction": [[4, 1], [2, 1]]}', "roofline_correction entry 1"),
+                     ('{"mem_bytes": 1, "mem_bw": 1, "flops": 1, '
+                      '"roofline_correction": [[1, 0]]}', "roofline_correction entry 0")]:
     open(bad, "w").write(text)
     rc, out, err = ck.run(args.bin, ["plan", "--model", GROK1, "--tp", "8", "--hardware", bad])
     ck.check(rc == 1 and needle in err, f"bad profile {text!r}: {rc} {err!r}")

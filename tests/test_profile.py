@@ -1,0 +1,63 @@
+"""`shardserve profile` on the default model at TP 1 and TP 2: the profile it
+writes is one `plan --hardware` reads, its figures are in range, its correction
+table rises in step size, and the fitted model meets each timed probe (the
+probe list in the profile's comment: median wall / compute / model, ms)."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "lib"))
+from harness import Checker, parse_args  # noqa: E402
+from mpi import launch_cmd, mpi_env  # noqa: E402
+
+args = parse_args()
+ck = Checker("profile")
+tmp = os.environ.get("TMPDIR", "/tmp")
+
+for tp in (1, 2):
+    out = os.path.join(tmp, f"ss-profile-tp{tp}-{os.getpid()}.json")
+    p = subprocess.run(launch_cmd(args.bin, tp, ["profile", "--model", args.model, "-t", "1",
+                                                 "--repeats", "3", "-o", out]),
+                       capture_output=True, text=True, env=mpi_env(), timeout=900)
+    if not ck.check(p.returncode == 0 and os.path.exists(out),
+                    f"tp {tp} profile failed ({p.returncode}): {p.stderr[-2000:]}"):
+        continue
+    prof = json.load(open(out))
+    for k in ("mem_bw", "flops", "attn_s_per_pair", "logit_row_s"):
+        ck.check(prof.get(k, 0) > 0, f"tp {tp}: {k} = {prof.get(k)}")
+    ck.check(prof["attn_s_per_pos"] >= 0 and 0.8 <= prof["prefill_token_cost"] <= 1.5,
+             f"tp {tp}: attention {prof['attn_s_per_pos']}, prompt token x{prof['prefill_token_cost']}")
+    ck.check(prof["devices_per_node"] == tp, f"tp {tp}: devices_per_node {prof['devices_per_node']}")
+    if tp > 1:
+        ck.check(prof["link_bw"] > 0, f"tp {tp}: all-reduce bandwidth {prof['link_bw']}")
+    corr = prof.get("roofline_correction", [])
+    toks = [c[0] for c in corr]
+    ck.check(len(corr) == 8 and toks[:6] == [1, 2, 4, 8, 16, 32] and toks == sorted(set(toks)),
+             f"tp {tp}: correction points {toks}")
+    # A fit that left any probe off by more than a factor 2 would be wrong.
+    ck.check(all(0.5 <= c[1] <= 2 for c in corr), f"tp {tp}: correction ratios {corr}")
+    probes = re.findall(r"(\w+(?:@\d+)?) ([\d.]+)/([\d.]+)/([\d.]+)", prof["_comment"])
+    names = [n for n, *_ in probes]
+    ck.check(names == ["batch1@1023", "prefill256", "prefill64", "prefill64@192", "decode1",
+                       "decode2", "decode4", "decode8", "decode16", "decode32"],
+             f"tp {tp}: probes {names}")
+    for name, wall, comp, model in probes:
+        comp, model = float(comp), float(model)
+        ck.check(comp > 0 and abs(model / comp - 1) <= 0.10,
+                 f"tp {tp}: probe {name}: model {model} ms vs compute {comp} ms")
+    rc, o, err = ck.run(args.bin, ["plan", "--model", args.model, "--tp", str(tp), "--hardware", out,
+                                   "--request-rate", "1", "--num-prompts", "5", "--json"])
+    if ck.check(rc == 0, f"tp {tp}: plan with the profile: {err[-800:]}"):
+        s = json.loads(o)
+        ck.check(s["simulation"]["completed"] == 5, f"tp {tp}: simulation {s['simulation']}")
+    os.unlink(out)
+
+# Bad flags: usage errors, exit 2.
+for flags, needle in [([], "-o"), (["-o", "x.json", "--repeats", "1"], "--repeats"),
+                      (["-o", "x.json", "--threads", "0"], "--threads")]:
+    rc, o, err = ck.run(args.bin, ["profile", "--model", args.model, *flags])
+    ck.check(rc == 2 and needle in err, f"profile {flags}: {rc} {err!r}")
+ck.finish()
