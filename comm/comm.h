@@ -84,7 +84,8 @@ typedef struct ss_comm_opts {
 /* True when the binary was built with that backend. */
 bool ss_comm_available(ss_comm_kind kind);
 
-/* Initialises MPI if needed (MPI_Init_thread, MPI_THREAD_FUNNELED) and creates
+/* Initialises MPI if needed (MPI_Init_thread, MPI_THREAD_SERIALIZED: the engine
+ * thread, not main, makes the calls, one thread at a time) and creates
  * a communicator over MPI_COMM_WORLD.  For SS_COMM_SELF under an MPI launch of
  * more than one process this fails with a message.  Eager: a broken network
  * fails here, not mid-request.  Returns SS_OK and sets *out, or an error. */
