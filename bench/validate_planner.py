@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -134,12 +135,6 @@ def per_request(d):
             for t, l, o in zip(d["ttfts"], d["latencies"], d["output_lens"])]
 
 
-def median(v):
-    v = sorted(v)
-    k = len(v)
-    return (v[(k - 1) // 2] + v[k // 2]) / 2
-
-
 # 3. Validation workloads.
 rows, step_rows, req_rows = [], [], []
 for name, rate, n_in, n_out, n, batching in WORKLOADS:
@@ -163,8 +158,9 @@ for name, rate, n_in, n_out, n, batching in WORKLOADS:
     pr, mr = per_request(pred), per_request(meas)
     r_ttft = [p[0] / m[0] for p, m in zip(pr, mr)]
     r_tpot = [p[1] / m[1] for p, m in zip(pr, mr) if m[1] > 0]
-    req_rows.append((name, len(pr), median(r_ttft), sum(abs(r - 1) <= 0.15 for r in r_ttft),
-                     median(r_tpot), sum(abs(r - 1) <= 0.15 for r in r_tpot), len(r_tpot)))
+    req_rows.append((name, len(pr), statistics.median(r_ttft),
+                     sum(abs(r - 1) <= 0.15 for r in r_ttft), statistics.median(r_tpot),
+                     sum(abs(r - 1) <= 0.15 for r in r_tpot), len(r_tpot)))
     print(f"{name}: done", file=sys.stderr, flush=True)
 
 rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

@@ -359,21 +359,19 @@ int ss_cmd_profile(int argc, char **argv) {
   /* What the fitted curve leaves: measured over modelled at each probe's size
    * (the two 64-token chunks averaged), so the profile meets every probe. */
   {
-    double ratio[N_FIT], tokens[N_FIT];
+    double ratio[N_FIT];
     for (int i = 0; i < N_FIT; i++) {
       const double cm = (fit_d[i] + best_pf * fit_q[i]) / best_flops;
-      ratio[i] = fit_x[i] / fmax(ss_roofline(best_m, cm, best_p), 1e-9);
+      ratio[i] = fmin(fmax(fit_x[i] / fmax(ss_roofline(best_m, cm, best_p), 1e-9), 0.1), 10);
     }
-    for (int i = 0; i < N_DEC; i++) tokens[i] = k_dec[i];
-    tokens[N_DEC] = 1 + 255 * best_pf;  /* prefill256 */
-    tokens[N_DEC + 1] = 1 + 63 * best_pf; /* prefill64 and prefill64@192 */
+    /* In rising step size: the decode batches, the 64-token chunks, prefill256. */
     int n = 0;
-    for (int i = 0; i < N_DEC; i++) hw.correction_tokens[n] = tokens[i], hw.correction_ratio[n++] = ratio[i];
-    hw.correction_tokens[n] = tokens[N_DEC + 1];
+    for (int i = 0; i < N_DEC; i++)
+      hw.correction_tokens[n] = k_dec[i], hw.correction_ratio[n++] = ratio[i];
+    hw.correction_tokens[n] = 1 + 63 * best_pf;
     hw.correction_ratio[n++] = 0.5 * (ratio[N_DEC + 1] + ratio[N_DEC + 2]);
-    hw.correction_tokens[n] = tokens[N_DEC];
+    hw.correction_tokens[n] = 1 + 255 * best_pf;
     hw.correction_ratio[n++] = ratio[N_DEC];
-    for (int i = 0; i < n; i++) hw.correction_ratio[i] = fmin(fmax(hw.correction_ratio[i], 0.1), 10);
     hw.n_correction = n;
   }
   hw.request_overhead_s = req_ms * 1e-3;

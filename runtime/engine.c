@@ -603,11 +603,10 @@ int ss_engine_run(ss_engine *e) {
     const double t_sched = ss_now_s();
     int32_t nt = 0, nl = 0;
     uint64_t prompt_tokens = 0;
-    double attended = 0, kv_read = 0;
+    double attended, kv_read;
+    ss_sched_batch_attention(&b, &attended, &kv_read);
     for (int32_t i = 0; i < b.n_entries; i++) {
       const ss_sched_entry *en = &b.entries[i];
-      attended += ss_sched_entry_attended(en);
-      kv_read += ss_sched_entry_kv_read(en);
       ereq *q = en->seq->user;
       for (int32_t k = 0; k < en->count; k++) {
         const int32_t p = en->start + k;

@@ -160,11 +160,8 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
   double *arrivals = NULL;
   ss_xrng rng;
   ss_xrng_seed(&rng, w->seed, LENGTH_SALT);
-  if (w->per_request && !(out->req = calloc((size_t)N, sizeof *out->req))) {
-    rc = ss_error(SS_ERR_NOMEM, "simulation: out of memory for %d requests", N);
-    goto done;
-  }
-  if (!rq || !ttft || !tpot || !e2e) {
+  if (w->per_request) out->req = calloc((size_t)N, sizeof *out->req);
+  if (!rq || !ttft || !tpot || !e2e || (w->per_request && !out->req)) {
     rc = ss_error(SS_ERR_NOMEM, "simulation: out of memory for %d requests", N);
     goto done;
   }
@@ -231,10 +228,7 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
       goto done;
     }
     ss_step_shape shape = {.n_tokens = b.n_tokens, .n_logits = b.n_logits};
-    for (int32_t i = 0; i < b.n_entries; i++) {
-      shape.attended += ss_sched_entry_attended(&b.entries[i]);
-      shape.kv_read += ss_sched_entry_kv_read(&b.entries[i]);
-    }
+    ss_sched_batch_attention(&b, &shape.attended, &shape.kv_read);
     t += ss_cost_step(m, hw, &shape).total_s;
     steps++;
     batch_tokens += b.n_tokens;

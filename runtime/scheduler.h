@@ -85,6 +85,17 @@ typedef struct ss_sched_batch {
   int32_t n_preempted;      /* preemptions made while building this batch */
 } ss_sched_batch;
 
+/* The step's attention work: query-key pairs and K/V positions read, summed
+ * over its entries (the planner's step shape; the engine's step log). */
+static inline void ss_sched_batch_attention(const ss_sched_batch *b, double *attended,
+                                            double *kv_read) {
+  *attended = *kv_read = 0;
+  for (int32_t i = 0; i < b->n_entries; i++) {
+    *attended += ss_sched_entry_attended(&b->entries[i]);
+    *kv_read += ss_sched_entry_kv_read(&b->entries[i]);
+  }
+}
+
 typedef struct ss_sched {
   ss_sched_params p;
   ss_seq_list waiting, running;
