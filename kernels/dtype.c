@@ -1,5 +1,7 @@
 #include "dtype.h"
 
+#include "quant_unpack.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -9,16 +11,16 @@ static const ss_dtype_info k_info[SS_DTYPE_COUNT_] = {
     [SS_DTYPE_F16] = {"F16", 1, 2, true},
     [SS_DTYPE_Q4_0] = {"Q4_0", 32, 18, true},
     [SS_DTYPE_Q4_1] = {"Q4_1", 32, 20, true},
-    [SS_DTYPE_Q5_0] = {"Q5_0", 32, 22, false},
-    [SS_DTYPE_Q5_1] = {"Q5_1", 32, 24, false},
+    [SS_DTYPE_Q5_0] = {"Q5_0", 32, 22, true},
+    [SS_DTYPE_Q5_1] = {"Q5_1", 32, 24, true},
     [SS_DTYPE_Q8_0] = {"Q8_0", 32, 34, true},
     [SS_DTYPE_Q8_1] = {"Q8_1", 32, 36, false},
-    [SS_DTYPE_Q2_K] = {"Q2_K", 256, 84, false},
-    [SS_DTYPE_Q3_K] = {"Q3_K", 256, 110, false},
-    [SS_DTYPE_Q4_K] = {"Q4_K", 256, 144, false},
-    [SS_DTYPE_Q5_K] = {"Q5_K", 256, 176, false},
-    [SS_DTYPE_Q6_K] = {"Q6_K", 256, 210, false},
-    [SS_DTYPE_Q8_K] = {"Q8_K", 256, 292, false},
+    [SS_DTYPE_Q2_K] = {"Q2_K", 256, 84, true},
+    [SS_DTYPE_Q3_K] = {"Q3_K", 256, 110, true},
+    [SS_DTYPE_Q4_K] = {"Q4_K", 256, 144, true},
+    [SS_DTYPE_Q5_K] = {"Q5_K", 256, 176, true},
+    [SS_DTYPE_Q6_K] = {"Q6_K", 256, 210, true},
+    [SS_DTYPE_Q8_K] = {"Q8_K", 256, 292, true},
     [SS_DTYPE_I8] = {"I8", 1, 1, false},
     [SS_DTYPE_I16] = {"I16", 1, 2, false},
     [SS_DTYPE_I32] = {"I32", 1, 4, false},
@@ -36,6 +38,17 @@ const ss_dtype_info *ss_dtype_get(uint32_t type) {
 const char *ss_dtype_name(uint32_t type) {
   const ss_dtype_info *ti = ss_dtype_get(type);
   return ti ? ti->name : "unknown";
+}
+
+bool ss_dtype_has_min(ss_dtype type) {
+  return type == SS_DTYPE_Q4_1 || type == SS_DTYPE_Q5_1 || type == SS_DTYPE_Q2_K ||
+         type == SS_DTYPE_Q4_K || type == SS_DTYPE_Q5_K;
+}
+
+int ss_dtype_min_group(ss_dtype type) { return type == SS_DTYPE_Q2_K ? 16 : 32; }
+
+void ss_unpack_block(ss_dtype type, const uint8_t *blk, int8_t *q, float *sc, float *mn) {
+  ssq_unpack(type, blk, q, sc, mn);
 }
 
 float ss_f16_to_f32(uint16_t h) {
@@ -154,6 +167,26 @@ void ss_dequantize_row(ss_dtype type, const void *src, float *dst, int64_t count
     for (int64_t i = 0; i < count / SS_QK; i++) {
       float d = ss_f16_to_f32(b[i].d);
       for (int j = 0; j < SS_QK; j++) dst[i * SS_QK + j] = d * (float)b[i].qs[j];
+    }
+    break;
+  }
+  case SS_DTYPE_Q5_0:
+  case SS_DTYPE_Q5_1:
+  case SS_DTYPE_Q2_K:
+  case SS_DTYPE_Q3_K:
+  case SS_DTYPE_Q4_K:
+  case SS_DTYPE_Q5_K:
+  case SS_DTYPE_Q6_K:
+  case SS_DTYPE_Q8_K: {
+    const ss_dtype_info *ti = ss_dtype_get(type);
+    const bool has_min = ss_dtype_has_min(type);
+    int8_t q[SS_QK_K];
+    float sc[SS_QK_K / 16], mn[SS_QK_K / 16];
+    for (int64_t i = 0; i < count / ti->block_count; i++) {
+      ss_unpack_block(type, (const uint8_t *)src + (size_t)i * ti->block_nbytes, q, sc, mn);
+      float *o = dst + i * ti->block_count;
+      for (uint32_t e = 0; e < ti->block_count; e++)
+        o[e] = has_min ? sc[e / 16] * (float)q[e] + mn[e / 16] : sc[e / 16] * (float)q[e];
     }
     break;
   }

@@ -55,6 +55,31 @@ _Static_assert(sizeof(ss_block_q4_0) == 18, "q4_0 block");
 _Static_assert(sizeof(ss_block_q4_1) == 20, "q4_1 block");
 _Static_assert(sizeof(ss_block_q8_0) == 34, "q8_0 block");
 
+/* Q5_0: d (f16), qh (32 high bits, little-endian), qs[16]; w = d*(q-16).
+ * Q5_1: d, m (f16), qh, qs[16]; w = d*q + m.  q = low nibble (elements 0-15) or
+ * high nibble (16-31) of qs, plus 16 * bit e of qh. */
+#define SS_QK_K 256
+/* K-quants: super-blocks of 256 elements (ggml's layouts, byte offsets):
+ *   Q2_K (84):  scales[16] @0, qs[64] @16, d @80, dmin @82
+ *   Q3_K (110): hmask[32] @0, qs[64] @32, scales[12] @96, d @108
+ *   Q4_K (144): d @0, dmin @2, scales[12] @4, qs[128] @16
+ *   Q5_K (176): d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48
+ *   Q6_K (210): ql[128] @0, qh[64] @128, scales[16] (int8) @192, d @208
+ *   Q8_K (292): d (f32) @0, qs[256] (int8) @4, bsums[16] (int16) @260
+ * ss_unpack_block gives each element's integer q and each 16-element group's
+ * scale and offset, so that element e of the block is sc[e/16] * q[e] + mn[e/16]
+ * (the rounding of ggml's dequantizers: one f32 product, then the offset). */
+
+/* Whether the type's elements carry an additive per-group offset (mn != 0). */
+bool ss_dtype_has_min(ss_dtype type);
+/* For those: the width of the groups over which the matmul kernels sum x
+ * (16 for Q2_K, 32 otherwise). */
+int ss_dtype_min_group(ss_dtype type);
+/* Unpacks block b of a quantized row (block_count elements): q[block_count]
+ * integers, sc[block_count/16] and mn[block_count/16] as above.  Types with a
+ * block count of 1 are not handled here. */
+void ss_unpack_block(ss_dtype type, const uint8_t *blk, int8_t *q, float *sc, float *mn);
+
 /* Scalar half/bfloat conversions (exact; used by reference paths and tables). */
 float ss_f16_to_f32(uint16_t h);
 uint16_t ss_f32_to_f16(float f);
@@ -68,6 +93,7 @@ float ss_f8e4m3_to_f32(uint8_t b);
  * quantizers do: Q8_0 d = max|x|/127, q = round(x/d); Q4_0 d = x_max/-8 where
  * x_max is the element of largest magnitude, q = min(15, (int)(x/d + 8.5));
  * Q4_1 d = (max - min)/15, m = min, q = min(15, (int)((x - m)/d + 0.5)).
+ * (K-quant files come from ggml's own quantizers, not from here.)
  * Returns false for a type it cannot write. */
 bool ss_quantize_row(ss_dtype type, const float *src, void *dst, int64_t count);
 

@@ -102,6 +102,7 @@ typedef struct ss_moe_route_params {
 typedef struct ss_backend ss_backend;
 struct ss_backend {
   const char *name;
+  const char *variant; /* the kernel variant in use (CPU: "avx512", "avx2", "neon", "portable") */
   void *ctx;
   void (*free)(ss_backend *be);
   int (*n_threads)(const ss_backend *be);
@@ -119,7 +120,9 @@ struct ss_backend {
                   float eps, float *out);
   /* y[i] = W x[i] for n rows: x is float[n][w->cols], y is float[n][w->rows]; with
    * w->row_scale, y[i][r] is the dot product times row_scale[r] (one f32 multiply
-   * after the sum).  Types: F32, F16, BF16, F8_E4M3, Q8_0, Q4_0, Q4_1. */
+   * after the sum).  Types: F32, F16, BF16, F8_E4M3, Q8_0, Q4_0, Q4_1, Q5_0,
+   * Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K (the CPU's; a device backend may
+   * take fewer and refuses the rest when weights are uploaded). */
   void (*matmul)(ss_backend *be, const ss_weight *w, const float *x, int64_t n, float *y);
   /* Rotates the first rope_dim dimensions of each head of x (float[n][n_heads*head_dim])
    * in place by angle pos * theta^(-2i/rope_dim), or pos * inv_freq[i] when given

@@ -15,31 +15,10 @@
 
 #include "kernels/cpu/cpu_internal.h"
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #define ATTN_CHUNK 64
 
-static inline float dot_f32(const float *a, const float *b, int n) {
-#if defined(__AVX512F__)
-  __m512 acc = _mm512_setzero_ps();
-  int i = 0;
-  for (; i + 16 <= n; i += 16)
-    acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-  if (i < n) {
-    __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
-  }
-  return _mm512_reduce_add_ps(acc);
-#else
-  float s = 0.0f;
-  for (int i = 0; i < n; i++) s += a[i] * b[i];
-  return s;
-#endif
-}
-
 typedef struct attn_job {
+  const ss_cpu_kernels *k;
   const ss_kv_layer *kv;
   const ss_token_loc *loc;
   const float *q;
@@ -101,7 +80,7 @@ static void chunk_worker(void *arg, int ith, int nth) {
     /* scores: each K row is read once for the whole group */
     for (int32_t i = 0; i < n; i++)
       for (int g = 0; g < G; g++) {
-        float x = dot_f32(q + g * hd, krow[i], hd) * p->scale;
+        float x = j->k->dot(q + g * hd, krow[i], hd) * p->scale;
         if (p->softcap > 0.0f) x = p->softcap * tanhf(x / p->softcap);
         if (temp != 1.0f) x *= temp;
         sc[g * ATTN_CHUNK + i] = x;
@@ -117,24 +96,8 @@ static void chunk_worker(void *arg, int ith, int nth) {
       }
       pg[0] = mx;
       pg[1] = l;
-      /* o = sum_i e[i] * V[i], 16 dimensions at a time in a register (the chunk's
-       * V rows stay in L1 across heads). */
-      float *o = pg + 2;
-#if defined(__AVX512F__)
-      for (int d = 0; d < hd; d += 16) {
-        __mmask16 mask = hd - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (hd - d)) - 1);
-        __m512 acc = _mm512_setzero_ps();
-        for (int32_t i = 0; i < n; i++)
-          acc = _mm512_fmadd_ps(_mm512_set1_ps(e[i]), _mm512_maskz_loadu_ps(mask, vrow[i] + d), acc);
-        _mm512_mask_storeu_ps(o + d, mask, acc);
-      }
-#else
-      for (int d = 0; d < hd; d++) {
-        float acc = 0.0f;
-        for (int32_t i = 0; i < n; i++) acc += e[i] * vrow[i][d];
-        o[d] = acc;
-      }
-#endif
+      /* o = sum_i e[i] * V[i] (the chunk's V rows stay in L1 across heads). */
+      j->k->wsum(e, vrow, n, hd, pg + 2);
     }
   }
 }
@@ -198,7 +161,7 @@ void ss_cpu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc 
     }
   }
   t_tc0[loc->n] = k;
-  attn_job j = {.kv = kv, .loc = loc, .q = q, .p = p, .out = out, .group = G, .q_base = p->q_head_base,
+  attn_job j = {.k = cpu->k, .kv = kv, .loc = loc, .q = q, .p = p, .out = out, .group = G, .q_base = p->q_head_base,
                 .kv_base = p->kv_head_base, .n_tc = n_tc,
                 .tc_t = tc_t, .tc_c = tc_c, .t_tc0 = t_tc0, .part = part, .work = work};
   ss_pool_run(cpu->pool, chunk_worker, &j);

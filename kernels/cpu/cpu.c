@@ -168,6 +168,11 @@ ss_backend *ss_backend_cpu_create(int n_threads) {
     ss_error(SS_ERR_NOMEM, "cpu backend: out of memory");
     return NULL;
   }
+  if (ss_cpu_isa_select(&cpu->k) != SS_OK) {
+    free(be);
+    free(cpu);
+    return NULL;
+  }
   cpu->pool = ss_pool_create(n_threads);
   if (!cpu->pool) {
     free(be);
@@ -176,6 +181,7 @@ ss_backend *ss_backend_cpu_create(int n_threads) {
   }
   *be = (ss_backend){
       .name = "cpu",
+      .variant = cpu->k->name,
       .ctx = cpu,
       .free = cpu_free,
       .n_threads = cpu_n_threads,

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/kernels.h"
 #include "runtime/status.h"
@@ -18,6 +19,7 @@ enum ss_scratch_kind {
 
 typedef struct ss_cpu {
   ss_pool *pool;
+  const ss_cpu_kernels *k; /* the kernel variant chosen at creation (isa.h) */
   void *scratch[SS_SCRATCH_COUNT_];
   size_t scratch_nbytes[SS_SCRATCH_COUNT_];
 } ss_cpu;

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the peer tools from the llama.cpp sources that the llama-cpp-python
+# 0.3.36 sdist carries (llama-bench, llama-server, llama-quantize), once, into
+# bench/.llamacpp/ (git-ignored).  Used by the benchmarks (the peer measured in
+# the same run) and by the tests that need K-quant files made by llama-quantize.
+#
+#   bench/llamacpp.sh [--variant native|avx2|noavx512]   -> prints the bin folder
+#
+# Variants: native (GGML_NATIVE=ON, the default); avx2 (AVX-512 off: the build
+# an AVX2-only machine gets, for comparisons on an AVX-512 machine).
+# Idempotent: an existing build of the variant is reused.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VERSION=0.3.36
+variant=native
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --variant) variant=$2; shift ;;
+    *) echo "llamacpp.sh: unknown option '$1' (known: --variant native|avx2)" >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$variant" in
+  native) flags=(-DGGML_NATIVE=ON) ;;
+  avx2|noavx512) flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+                        -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF) ;;
+  *) echo "llamacpp.sh: unknown variant '$variant'" >&2; exit 2 ;;
+esac
+
+base="$ROOT/bench/.llamacpp"
+src="$base/llama-cpp-python-$VERSION/vendor/llama.cpp"
+bld="$base/build-$variant"
+log() { printf '[llamacpp] %s\n' "$*" >&2; }
+
+if [ ! -f "$src/CMakeLists.txt" ]; then
+  mkdir -p "$base"
+  py="$ROOT/.venv/bin/python"
+  [ -x "$py" ] || py=python3
+  log "fetching the llama-cpp-python $VERSION sdist from PyPI"
+  "$py" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$base"
+  tar -xzf "$base/llama_cpp_python-$VERSION.tar.gz" -C "$base"
+  [ -d "$base/llama_cpp_python-$VERSION" ] && mv "$base/llama_cpp_python-$VERSION" "$base/llama-cpp-python-$VERSION"
+fi
+
+if [ ! -x "$bld/bin/llama-quantize" ] || [ ! -x "$bld/bin/llama-bench" ] || [ ! -x "$bld/bin/llama-server" ]; then
+  log "building llama-bench, llama-server, llama-quantize ($variant) into $bld (10+ minutes on 2 cores)"
+  cmake -S "$src" -B "$bld" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF "${flags[@]}" >/dev/null
+  cmake --build "$bld" -j "${JOBS:-$(nproc)}" --target llama-bench llama-server llama-quantize >/dev/null
+fi
+echo "$bld/bin"

@@ -1,0 +1,308 @@
+/* The CPU's hot kernels, written once over a 16-lane virtual vector and compiled
+ * once per instruction set.  The including file (kern_<isa>.c) defines:
+ *
+ *   v16                         16 floats
+ *   v_zero() v_set1(f) v_load(p) v_store(p, v)
+ *   v_i8(p)                     16 int8 -> float
+ *   v_f16(p) v_bf16(p) v_f8(p)  16 stored weights -> float (exact)
+ *   v_mul(a, b) v_add(a, b)     lane-wise, rounded once
+ *   v_fma(a, b, c)              lane-wise a*b + c, rounded once (fused)
+ *   v_hsum(v)                   ((v[i] + v[i+8]) then + [i+4], + [i+2], + [i+1]):
+ *                               h8[i] = v[i] + v[i+8]; h4[i] = h8[i] + h8[i+4];
+ *                               h2[i] = h4[i] + h4[i+2]; h2[0] + h2[1]
+ *   s_fma(a, b, c)              the scalar fused multiply-add
+ *   KERN_NT                     tokens per pass over a row (register budget)
+ *   KERN_TABLE, KERN_ISA, KERN_NAME
+ *
+ * The canonical computation (what makes every variant give the same bits):
+ *   - Quantized row: per block, integers q with a scale sc and offset mn per
+ *     group (kernels/quant_unpack.h).  Types whose groups are 32 wide (Q4_0,
+ *     Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q8_K): for the row's 32-element group u
+ *     (halves a, b)  s = qa*xa; s = fma(qb, xb, s); acc[u&1] = fma(set1(sc), s,
+ *     acc[u&1]);  with offsets msum[u&1] += mn * xsum32[u] (scalar).  Types with
+ *     16-wide groups (Q2_K, Q3_K, Q6_K): for group g,  acc[g&1] =
+ *     fma(set1(sc[g]), q*x, acc[g&1]);  msum[g&1] += mn[g] * xsum16[g].
+ *     Result: hsum(acc0 + acc1) + (msum0 + msum1).
+ *   - Optional: v_q4(qs, sub, &a, &b) (KERN_HAVE_Q4) turns a Q4_0/Q4_1 block's
+ *     16 bytes straight into its two halves' integers minus sub.
+ *   - Float row (F32, F16, BF16, F8_E4M3): 16-element chunk c (the last one
+ *     zero-padded) feeds accumulator c & 1: acc = fma(w, x, acc); result
+ *     hsum(acc0 + acc1).
+ *   - dot(a, b): one accumulator over 16-element chunks (last zero-padded),
+ *     acc = fma(a, b, acc); hsum.
+ *   - wsum: per output element, acc = fma(e[i], row_i[d], acc) from acc = 0 in
+ *     increasing i.
+ * Nothing here depends on how many tokens share a call or which thread runs it. */
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/cpu/isa.h"
+#include "kernels/quant_unpack.h"
+
+#define KI static inline __attribute__((always_inline))
+
+/* ---- quantized rows ------------------------------------------------------ */
+
+/* Types whose scales cover 32 elements (two 16-lane halves per scale). */
+KI int pair_type(const ss_dtype type) {
+  return type != SS_DTYPE_Q2_K && type != SS_DTYPE_Q3_K && type != SS_DTYPE_Q6_K;
+}
+
+KI void quant_nt(const ss_dtype type, const int bc, const int bnb, const int has_min,
+                 const uint8_t *row, int64_t nblk, const float *x, int64_t ldx, const float *xs,
+                 int64_t ldxs, float *y, int64_t ldy, const int NT) {
+  v16 acc0[KERN_NT], acc1[KERN_NT];
+  float m0[KERN_NT], m1[KERN_NT];
+  for (int t = 0; t < NT; t++) {
+    acc0[t] = acc1[t] = v_zero();
+    m0[t] = m1[t] = 0.0f;
+  }
+  int8_t q[SS_QK_K] __attribute__((aligned(64)));
+  float sc[SS_QK_K / 16], mn[SS_QK_K / 16];
+  const int groups = bc / 16;
+  for (int64_t b = 0; b < nblk; b++) {
+    const uint8_t *blk = row + b * bnb;
+    const int64_t e0 = b * bc;
+    if (pair_type(type)) {
+      /* Per 32 elements u: s = qa*xa; s = fma(qb, xb, s); acc[u&1] = fma(sc, s, acc). */
+      for (int g = 0; g < groups; g += 2) {
+        v16 qa, qb;
+        float scale, off;
+#ifdef KERN_HAVE_Q4
+        if (type == SS_DTYPE_Q4_0 || type == SS_DTYPE_Q4_1) {
+          const int q41 = type == SS_DTYPE_Q4_1;
+          v_q4(blk + (q41 ? 4 : 2), q41 ? 0 : 8, &qa, &qb);
+          scale = SS_UNPACK_H2F(ssq_u16(blk));
+          off = q41 ? SS_UNPACK_H2F(ssq_u16(blk + 2)) : 0.0f;
+        } else
+#endif
+        {
+          if (g == 0) ssq_unpack(type, blk, q, sc, mn);
+          qa = v_i8(q + 16 * g);
+          qb = v_i8(q + 16 * g + 16);
+          scale = sc[g];
+          off = mn[g];
+        }
+        const v16 vs = v_set1(scale);
+        const int64_t u = (e0 + 16 * g) / 32;
+        for (int t = 0; t < NT; t++) {
+          const float *xp = x + t * ldx + e0 + 16 * g;
+          v16 s = v_mul(qa, v_load(xp));
+          s = v_fma(qb, v_load(xp + 16), s);
+          if (u & 1) {
+            acc1[t] = v_fma(vs, s, acc1[t]);
+            if (has_min) m1[t] += off * xs[t * ldxs + u];
+          } else {
+            acc0[t] = v_fma(vs, s, acc0[t]);
+            if (has_min) m0[t] += off * xs[t * ldxs + u];
+          }
+        }
+      }
+    } else {
+      /* Per 16 elements g: acc[g&1] = fma(sc[g], q*x, acc). */
+      ssq_unpack(type, blk, q, sc, mn);
+      for (int g = 0; g < groups; g += 2) {
+        const v16 qa = v_i8(q + 16 * g), qb = v_i8(q + 16 * g + 16);
+        const v16 sa = v_set1(sc[g]), sb = v_set1(sc[g + 1]);
+        for (int t = 0; t < NT; t++) {
+          const float *xp = x + t * ldx + e0 + 16 * g;
+          acc0[t] = v_fma(sa, v_mul(qa, v_load(xp)), acc0[t]);
+          acc1[t] = v_fma(sb, v_mul(qb, v_load(xp + 16)), acc1[t]);
+          if (has_min) {
+            const float *xsp = xs + t * ldxs + e0 / 16 + g;
+            m0[t] += mn[g] * xsp[0];
+            m1[t] += mn[g + 1] * xsp[1];
+          }
+        }
+      }
+    }
+  }
+  for (int t = 0; t < NT; t++) y[t * ldy] = v_hsum(v_add(acc0[t], acc1[t])) + (m0[t] + m1[t]);
+}
+
+/* ---- float rows ---------------------------------------------------------- */
+
+KI v16 load_w(const ss_dtype type, const uint8_t *row, int64_t i) {
+  switch (type) {
+  case SS_DTYPE_F32: return v_load((const float *)row + i);
+  case SS_DTYPE_F16: return v_f16((const uint16_t *)row + i);
+  case SS_DTYPE_BF16: return v_bf16((const uint16_t *)row + i);
+  default: return v_f8(row + i);
+  }
+}
+
+/* The last chunk: n < 16 elements, zero-padded (into a buffer, then one load). */
+KI v16 load_w_tail(const ss_dtype type, const uint8_t *row, int64_t i, int n) {
+  union {
+    float f[16];
+    uint16_t h[16];
+    uint8_t b[16];
+  } buf;
+  memset(&buf, 0, sizeof buf);
+  const int esz = type == SS_DTYPE_F32 ? 4 : type == SS_DTYPE_F8_E4M3 ? 1 : 2;
+  memcpy(&buf, row + i * esz, (size_t)n * (size_t)esz);
+  switch (type) {
+  case SS_DTYPE_F32: return v_load(buf.f);
+  case SS_DTYPE_F16: return v_f16(buf.h);
+  case SS_DTYPE_BF16: return v_bf16(buf.h);
+  default: return v_f8(buf.b);
+  }
+}
+
+KI v16 load_x_tail(const float *x, int n) {
+  float buf[16] = {0};
+  memcpy(buf, x, (size_t)n * sizeof(float));
+  return v_load(buf);
+}
+
+KI void float_nt(const ss_dtype type, const uint8_t *row, int64_t cols, const float *x,
+                 int64_t ldx, float *y, int64_t ldy, const int NT) {
+  v16 acc0[KERN_NT], acc1[KERN_NT];
+  for (int t = 0; t < NT; t++) acc0[t] = acc1[t] = v_zero();
+  int64_t i = 0;
+  for (; i + 32 <= cols; i += 32) {
+    const v16 wa = load_w(type, row, i), wb = load_w(type, row, i + 16);
+    for (int t = 0; t < NT; t++) {
+      acc0[t] = v_fma(wa, v_load(x + t * ldx + i), acc0[t]);
+      acc1[t] = v_fma(wb, v_load(x + t * ldx + i + 16), acc1[t]);
+    }
+  }
+  if (i + 16 <= cols) {
+    const v16 wa = load_w(type, row, i);
+    for (int t = 0; t < NT; t++) acc0[t] = v_fma(wa, v_load(x + t * ldx + i), acc0[t]);
+    i += 16;
+    if (i < cols) {
+      const int n = (int)(cols - i);
+      const v16 wb = load_w_tail(type, row, i, n);
+      for (int t = 0; t < NT; t++) acc1[t] = v_fma(wb, load_x_tail(x + t * ldx + i, n), acc1[t]);
+    }
+  } else if (i < cols) {
+    const int n = (int)(cols - i);
+    const v16 wa = load_w_tail(type, row, i, n);
+    for (int t = 0; t < NT; t++) acc0[t] = v_fma(wa, load_x_tail(x + t * ldx + i, n), acc0[t]);
+  }
+  for (int t = 0; t < NT; t++) y[t * ldy] = v_hsum(v_add(acc0[t], acc1[t]));
+}
+
+/* ---- dispatch over types and token counts ---------------------------------- */
+
+/* One case per token count up to KERN_NT, each an inlined body with N fixed. */
+#if KERN_NT >= 8
+#define KERN_CASES(CALL)                                                                          \
+  case 1: CALL(1); break;                                                                         \
+  case 2: CALL(2); break;                                                                         \
+  case 3: CALL(3); break;                                                                         \
+  case 4: CALL(4); break;                                                                         \
+  case 5: CALL(5); break;                                                                         \
+  case 6: CALL(6); break;                                                                         \
+  case 7: CALL(7); break;                                                                         \
+  default: CALL(8); break;
+#elif KERN_NT >= 4
+#define KERN_CASES(CALL)                                                                          \
+  case 1: CALL(1); break;                                                                         \
+  case 2: CALL(2); break;                                                                         \
+  case 3: CALL(3); break;                                                                         \
+  default: CALL(4); break;
+#elif KERN_NT >= 2
+#define KERN_CASES(CALL)                                                                          \
+  case 1: CALL(1); break;                                                                         \
+  default: CALL(2); break;
+#else
+#define KERN_CASES(CALL)                                                                          \
+  default: CALL(1); break;
+#endif
+
+#define QCALL(N) quant_nt(qt, qbc, qbnb, qhm, row, nblk, xt, ldx, xst, ldxs, yt, ldy, N)
+#define FCALL(N) float_nt(ft, row, cols, xt, ldx, yt, ldy, N)
+
+#define KERN_Q(TYPE, BC, BNB, HM)                                                                 \
+  static void kq_##TYPE(const uint8_t *row, int64_t cols, const float *x, int64_t ldx,            \
+                        const float *xs, int64_t ldxs, float *y, int64_t ldy, int nt) {           \
+    const ss_dtype qt = SS_DTYPE_##TYPE;                                                          \
+    const int qbc = BC, qbnb = BNB, qhm = HM;                                                     \
+    const int64_t nblk = cols / (BC);                                                             \
+    for (int t0 = 0; t0 < nt; t0 += KERN_NT) {                                                    \
+      const int n = nt - t0 < KERN_NT ? nt - t0 : KERN_NT;                                        \
+      const float *xt = x + t0 * ldx;                                                             \
+      const float *xst = xs ? xs + t0 * ldxs : NULL;                                              \
+      float *yt = y + t0 * ldy;                                                                   \
+      switch (n) { KERN_CASES(QCALL) }                                                            \
+    }                                                                                             \
+  }
+
+#define KERN_F(TYPE)                                                                              \
+  static void kf_##TYPE(const uint8_t *row, int64_t cols, const float *x, int64_t ldx, float *y,  \
+                        int64_t ldy, int nt) {                                                    \
+    const ss_dtype ft = SS_DTYPE_##TYPE;                                                          \
+    for (int t0 = 0; t0 < nt; t0 += KERN_NT) {                                                    \
+      const int n = nt - t0 < KERN_NT ? nt - t0 : KERN_NT;                                        \
+      const float *xt = x + t0 * ldx;                                                             \
+      float *yt = y + t0 * ldy;                                                                   \
+      switch (n) { KERN_CASES(FCALL) }                                                            \
+    }                                                                                             \
+  }
+
+KERN_Q(Q8_0, 32, 34, 0)
+KERN_Q(Q4_0, 32, 18, 0)
+KERN_Q(Q4_1, 32, 20, 1)
+KERN_Q(Q5_0, 32, 22, 0)
+KERN_Q(Q5_1, 32, 24, 1)
+KERN_Q(Q2_K, 256, 84, 1)
+KERN_Q(Q3_K, 256, 110, 0)
+KERN_Q(Q4_K, 256, 144, 1)
+KERN_Q(Q5_K, 256, 176, 1)
+KERN_Q(Q6_K, 256, 210, 0)
+KERN_Q(Q8_K, 256, 292, 0)
+KERN_F(F32)
+KERN_F(F16)
+KERN_F(BF16)
+KERN_F(F8_E4M3)
+
+static void k_row_dot(ss_dtype type, const uint8_t *row, int64_t cols, const float *x, int64_t ldx,
+                      const float *xs, int64_t ldxs, float *y, int64_t ldy, int nt) {
+  switch (type) {
+#define QC(T)                                                                                     \
+  case SS_DTYPE_##T: kq_##T(row, cols, x, ldx, xs, ldxs, y, ldy, nt); break;
+#define FC(T)                                                                                     \
+  case SS_DTYPE_##T: kf_##T(row, cols, x, ldx, y, ldy, nt); break;
+    QC(Q8_0) QC(Q4_0) QC(Q4_1) QC(Q5_0) QC(Q5_1) QC(Q2_K) QC(Q3_K) QC(Q4_K) QC(Q5_K) QC(Q6_K)
+    QC(Q8_K) FC(F32) FC(F16) FC(BF16) FC(F8_E4M3)
+#undef QC
+#undef FC
+  default:
+    for (int t = 0; t < nt; t++) y[t * ldy] = __builtin_nanf("");
+    break;
+  }
+}
+
+/* ---- attention ----------------------------------------------------------- */
+
+static float k_dot(const float *a, const float *b, int n) {
+  v16 acc = v_zero();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) acc = v_fma(v_load(a + i), v_load(b + i), acc);
+  if (i < n) acc = v_fma(load_x_tail(a + i, n - i), load_x_tail(b + i, n - i), acc);
+  return v_hsum(acc);
+}
+
+static void k_wsum(const float *e, const float *const *rows, int n, int dim, float *out) {
+  int d = 0;
+  for (; d + 16 <= dim; d += 16) {
+    v16 acc = v_zero();
+    for (int i = 0; i < n; i++) acc = v_fma(v_set1(e[i]), v_load(rows[i] + d), acc);
+    v_store(out + d, acc);
+  }
+  for (; d < dim; d++) {
+    float acc = 0.0f;
+    for (int i = 0; i < n; i++) acc = s_fma(e[i], rows[i][d], acc);
+    out[d] = acc;
+  }
+}
+
+const ss_cpu_kernels KERN_TABLE = {
+    .isa = KERN_ISA,
+    .name = KERN_NAME,
+    .row_dot = k_row_dot,
+    .dot = k_dot,
+    .wsum = k_wsum,
+};
