@@ -203,7 +203,8 @@ struct ss_backend {
   int (*sync)(ss_backend *be, struct ss_comm *comm);
 };
 
-/* The CPU backend with n_threads threads (<= 0: one per online core).
+/* The CPU backend with n_threads threads (<= 0: the usable cores divided among
+ * the ranks on this node, ss_pool_default_threads).
  * Returns NULL on failure (message via ss_error_msg()). */
 ss_backend *ss_backend_cpu_create(int n_threads);
 

@@ -63,7 +63,8 @@ static void usage(FILE *f) {
           "\n"
           "Execution:\n"
           SS_CLI_DEVICE_HELP
-          "  -t, --threads N         CPU threads per rank (default: one per core)\n"
+          "  -t, --threads N         CPU threads per rank (default: the usable cores\n"
+          "                          divided among the ranks on this node)\n"
           "      --tp N              tensor-parallel ranks (default: the MPI job's size);\n"
           "                          start N ranks with 'shardserve launch --tp N -- generate ...'\n"
           "      --ep N              mixture-of-experts models: expert parallelism over the N\n"
@@ -462,12 +463,12 @@ int ss_cmd_generate(int argc, char **argv) {
   fprintf(stderr,
           "[stats] prompt tokens %zu, generated %d (%s), load %.0f ms, prefill %.1f tok/s "
           "(%.1f ms), decode %.1f tok/s (%d steps, %.1f ms), threads %d, tp %d, seed %" PRId64
-          ", device %s\n",
+          ", device %s%s%s\n",
           n_ids, res.n_generated, res.finish_reason, load_ms,
           res.prefill_ms > 0 ? (double)n_ids / (res.prefill_ms / 1e3) : 0.0, res.prefill_ms,
           res.decode_ms > 0 ? (double)res.n_decode_steps / (res.decode_ms / 1e3) : 0.0,
           res.n_decode_steps, res.decode_ms, be->n_threads(be), comm ? comm->size : 1, seed,
-          be->name);
+          be->name, be->variant ? ", kernels " : "", be->variant ? be->variant : "");
   exit_code = SS_EXIT_OK;
 done:
   if (workers_running) {

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "kernels/cpu/isa.h"
 #include "launcher/cli.h"
 #include "runtime/chat.h"
 #include "runtime/model.h"
@@ -18,6 +19,7 @@ static const char *k_cmd = "info";
 static void usage(FILE *f) {
   fprintf(f,
           "Usage: shardserve info [--model PATH] [--metadata] [--json] [--format-only]\n"
+          "       shardserve info --cpu\n"
           "\n"
           "Prints a model's architecture, hyper-parameters, tokenizer, and a table of its\n"
           "tensors (name, type, shape, bytes) with totals.  PATH is a GGUF file or a Hugging\n"
@@ -32,7 +34,53 @@ static void usage(FILE *f) {
           "                     vocab-only files too), not the model\n"
           "      --dump NAME    write tensor NAME dequantized to float32 (little-endian,\n"
           "                     row-major) to stdout instead of the summary\n"
+          "      --cpu          print the CPU, its features, the kernel variants this\n"
+          "                     binary has and can run here, the one chosen (the best, or\n"
+          "                     SS_CPU_ISA=avx512|avx2|neon|portable) and the weight types\n"
           "  -h, --help         show this help\n");
+}
+
+static int print_cpu(void) {
+  char model[256] = "unknown";
+  FILE *f = fopen("/proc/cpuinfo", "r");
+  if (f) {
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+      /* x86: "model name : ..."; AArch64 kernels may give only "CPU part". */
+      if (strncmp(line, "model name", 10) == 0 || strncmp(line, "Model", 5) == 0) {
+        const char *c = strchr(line, ':');
+        if (c) {
+          snprintf(model, sizeof model, "%s", c + 1 + (c[1] == ' '));
+          model[strcspn(model, "\n")] = '\0';
+          break;
+        }
+      }
+    }
+    fclose(f);
+  }
+  char feat[256];
+  ss_cpu_features(feat, sizeof feat);
+  printf("cpu:        %s\n", model);
+  printf("features:   %s\n", feat);
+  printf("variants:  ");
+  for (int i = 0; i < SS_ISA_COUNT_; i++)
+    if (ss_cpu_isa_available((ss_cpu_isa)i)) printf(" %s", ss_cpu_isa_name((ss_cpu_isa)i));
+  printf(" (available here)\n");
+  const ss_cpu_kernels *k;
+  if (ss_cpu_isa_select(&k) != SS_OK) {
+    printf("chosen:     none\n");
+    return ss_cli_fail(k_cmd, "%s", ss_error_msg());
+  }
+  const char *env = getenv("SS_CPU_ISA");
+  printf("chosen:     %s (%s)\n", k->name,
+         env && *env && strcmp(env, "auto") != 0 ? "SS_CPU_ISA" : "best available");
+  printf("types:     ");
+  for (uint32_t t = 0; t < SS_DTYPE_COUNT_; t++) {
+    const ss_dtype_info *ti = ss_dtype_get(t);
+    if (ti && ti->compute) printf(" %s", ti->name);
+  }
+  printf(" (matmul and embedding weights)\n");
+  return SS_EXIT_OK;
 }
 
 static void print_value(const ss_gguf_value *v, int depth) {
@@ -263,12 +311,14 @@ int ss_cmd_info(int argc, char **argv) {
   const char *path = SS_DEFAULT_MODEL;
   bool metadata = false, json = false, format_only = false;
   const char *dump = NULL;
+  bool cpu = false;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},
       {"metadata", no_argument, 0, 'M'},
       {"json", no_argument, 0, 'J'},
       {"format-only", no_argument, 0, 'F'},
       {"dump", required_argument, 0, 'D'},
+      {"cpu", no_argument, 0, 'C'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0},
   };
@@ -282,12 +332,14 @@ int ss_cmd_info(int argc, char **argv) {
     case 'J': json = true; break;
     case 'F': format_only = true; break;
     case 'D': dump = optarg; break;
+    case 'C': cpu = true; break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
     }
   }
   if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
+  if (cpu) return print_cpu();
 
   struct stat st;
   if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {

@@ -67,7 +67,8 @@ static void usage(FILE *f) {
           "Execution:\n"
           "      --device D            cpu or cuda (default: cuda when this build has CUDA and\n"
           "                            a GPU is present, else cpu); cuda: one GPU per rank\n"
-          "  -t, --threads N           CPU threads per rank (default: one per core)\n"
+          "  -t, --threads N           CPU threads per rank (default: the usable cores\n"
+          "                            divided among the ranks on this node)\n"
           "      --tp N                tensor-parallel ranks (default: the MPI job's size)\n"
           "      --replicate-vocab     every rank holds the whole embedding and LM head\n"
           "      --deterministic-allreduce on|off  rank-ordered sums, so a request's output\n"
@@ -125,8 +126,9 @@ static void *engine_main(void *arg) {
     ss_api_engine_exited(s->api);
     return NULL;
   }
-  fprintf(stderr, "shardserve serve: ready: model %s, tp %d, %d KV blocks of %d tokens, "
-          "context %d, listening on port %d\n", s->path, s->comm ? s->comm->size : 1,
+  fprintf(stderr, "shardserve serve: ready: model %s, tp %d, device %s%s%s, %d KV blocks of %d "
+          "tokens, context %d, listening on port %d\n", s->path, s->comm ? s->comm->size : 1,
+          s->be->name, s->be->variant ? ", kernels " : "", s->be->variant ? s->be->variant : "",
           ss_engine_n_blocks(engine), ss_engine_block_size(engine), ss_engine_n_ctx(engine),
           ss_api_port(s->api));
   ss_api_set_ready(s->api, engine, s->model, tmpl);

@@ -117,9 +117,14 @@ static int bind_weight(ss_model *m, const char *name, int64_t rows, int64_t cols
                     ", %" PRId64 "], expected [%" PRId64 ", %" PRId64 "]", g->path, name,
                     t->ne[0], t->ne[1], t->ne[2], t->ne[3], cols, rows);
   const ss_dtype_info *ti = ss_dtype_get(t->type);
-  if (!ti->compute || (ti->block_count > 1 && cols % SS_QK != 0))
+  if (!ti->compute)
     return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which has no kernel "
-                    "(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)", g->path, name, ti->name);
+                    "(supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, "
+                    "Q4_K, Q5_K, Q6_K, Q8_K)", g->path, name, ti->name);
+  if (cols % ti->block_count != 0)
+    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' (%s) has rows of %" PRId64 " elements, not a "
+                    "multiple of the type's block of %u", g->path, name, ti->name, cols,
+                    ti->block_count);
   w->type = t->type;
   w->rows = rows;
   w->cols = cols;

@@ -42,6 +42,18 @@ static bool weight_scaled(const ss_weight *w) {
   return w->row_scale != NULL || w->type == SS_DTYPE_F8_E4M3;
 }
 
+/* The device matmul's types (kernels/cuda/matmul.cu): the CPU also takes Q5_x
+ * and the K-quants. */
+static bool device_type(const ss_weight *w) {
+  switch (w->type) {
+  case SS_DTYPE_F32: case SS_DTYPE_F16: case SS_DTYPE_BF16: case SS_DTYPE_F8_E4M3:
+  case SS_DTYPE_Q8_0: case SS_DTYPE_Q4_0: case SS_DTYPE_Q4_1:
+    return true;
+  default:
+    return false;
+  }
+}
+
 static int check_supported(const ss_model *m, const ss_backend *be) {
   const ss_model_config *c = &m->cfg;
   const char *what = NULL;
@@ -61,6 +73,14 @@ static int check_supported(const ss_model *m, const ss_backend *be) {
             weight_scaled(&L->w_down);
     }
     if (fp8) what = "FP8 (row-scaled) weights";
+    bool types = device_type(&m->tok_embd) && device_type(&m->output);
+    for (int l = 0; l < c->n_layer && types; l++) {
+      const ss_layer_weights *L = &m->layers[l];
+      types = device_type(&L->wq) && device_type(&L->wk) && device_type(&L->wv) &&
+              device_type(&L->wo) && device_type(&L->w_gate) && device_type(&L->w_up) &&
+              device_type(&L->w_down);
+    }
+    if (!what && !types) what = "weights in Q5_0/Q5_1 or K-quant types";
   }
   if (!what) return SS_OK;
   return ss_error(SS_ERR_UNSUPPORTED, "--device %s: this %s model has %s, which the %s forward "

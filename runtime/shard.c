@@ -24,6 +24,8 @@ static uint64_t cols_nbytes(const ss_weight *w, ss_range c) {
 }
 
 static bool is_blocked(const ss_weight *w) { return ss_dtype_get(w->type)->block_count > 1; }
+/* Elements per quantization block of w's type (1 for plain types). */
+static int64_t block_of(const ss_weight *w) { return ss_dtype_get(w->type)->block_count; }
 
 static void bytes_add(ss_shard_bytes *b) {
   b->total = b->attn + b->mlp + b->moe + b->embd + b->head + b->norm;
@@ -33,9 +35,10 @@ static uint64_t numel(const ss_weight *w) { return (uint64_t)w->rows * (uint64_t
 
 /* Columns are split in whole blocks of the type of every matrix cut by columns. */
 static int64_t split_unit(const ss_weight *downs, int64_t count) {
+  int64_t unit = 1;
   for (int64_t i = 0; i < count; i++)
-    if (is_blocked(&downs[i])) return SS_QK;
-  return 1;
+    if (block_of(&downs[i]) > unit) unit = block_of(&downs[i]);
+  return unit;
 }
 
 /* Norm vectors per layer (2, or 4 with post-norms), plus the final one. */
@@ -63,7 +66,7 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
   int64_t unit = 1;
   if (c->dense_mlp) {
     for (int l = 0; l < L; l++)
-      if (is_blocked(&m->layers[l].w_down)) unit = SS_QK;
+      if (block_of(&m->layers[l].w_down) > unit) unit = block_of(&m->layers[l].w_down);
     if (c->ffn_dim % unit != 0 || c->ffn_dim / unit < tp)
       return ss_error(SS_ERR_RANGE, "--tp %d: the MLP width %d splits into %lld units of %lld "
                       "columns, fewer than the ranks", tp, c->ffn_dim,
@@ -72,7 +75,7 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
   int64_t eunit = 1;
   if (moe) {
     for (int l = 0; l < L; l++)
-      if (split_unit(m->layers[l].exp_down, E) > 1) eunit = SS_QK;
+      if (split_unit(m->layers[l].exp_down, E) > eunit) eunit = split_unit(m->layers[l].exp_down, E);
     if (o->expert_parallel && E < tp)
       return ss_error(SS_ERR_RANGE, "--ep %d exceeds the model's %lld experts: every rank needs "
                       "at least one expert", tp, (long long)E);
@@ -158,7 +161,7 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
     ss_shard_bytes *b = &R->bytes;
     for (int l = 0; l < L; l++) {
       const ss_layer_weights *W = &m->layers[l];
-      if (is_blocked(&W->wo) && (q_rows.begin % SS_QK || q_rows.end % SS_QK)) {
+      if (is_blocked(&W->wo) && (q_rows.begin % block_of(&W->wo) || q_rows.end % block_of(&W->wo))) {
         ss_shard_plan_free(out);
         return ss_error(SS_ERR_UNSUPPORTED, "--tp %d: rank %d's heads [%lld, %lld) cut the "
                         "quantization blocks of blk.%d.attn_output (head dim %lld)", tp, r,

@@ -156,10 +156,7 @@ static void cpu_memset(ss_backend *be, void *dst, int value, size_t nbytes) {
 }
 
 ss_backend *ss_backend_cpu_create(int n_threads) {
-  if (n_threads <= 0) {
-    long nc = sysconf(_SC_NPROCESSORS_ONLN);
-    n_threads = nc > 0 ? (int)nc : 1;
-  }
+  if (n_threads <= 0) n_threads = ss_pool_default_threads();
   ss_backend *be = calloc(1, sizeof *be);
   ss_cpu *cpu = calloc(1, sizeof *cpu);
   if (!be || !cpu) {
