@@ -8,6 +8,12 @@ cd "$(dirname "$0")/.."
 sanitize=1
 if [ "${1:-}" = "--no-sanitize" ]; then sanitize=0; shift; fi
 scripts/setup.sh
+# llama.cpp's llama-quantize makes the K-quant test files (built once into
+# ~/.cache/shardserve; 10+ minutes the first time on 2 cores).
+export SS_LLAMA_QUANTIZE="$(bench/llamacpp.sh --only-quantize)/llama-quantize"
+# The AArch64 cross compiler, qemu-user and the arm64 libraries for the test
+# that runs the AArch64 build under emulation (tests/aarch64/run.sh).
+[ "$(uname -m)" = x86_64 ] && tests/aarch64/run.sh --install
 jobs=$(nproc)
 
 echo "== release build =="
