@@ -61,6 +61,9 @@ struct ss_comm {
   int rank, size;        /* in this communicator */
   int local_rank;        /* among the ranks on this host: selects the GPU */
   int local_size;
+  /* More ranks on this host than cores they may use: waits yield the core at
+   * once instead of spinning first (set by the MPI backend). */
+  bool oversubscribed;
   bool deterministic;    /* fixed summation order in allreduce_sum */
   double timeout_s;      /* a collective that waits longer fails (<= 0: no limit) */
   char host[64];         /* this rank's host name, for messages */

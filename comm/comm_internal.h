@@ -90,9 +90,11 @@ int ss_comm_check_rank(const ss_comm *c, const char *op, const char *what, int r
 #define SS_COMM_SLEEP_MAX_NS 200000L
 #define SS_COMM_SLEEP_IDLE_NS 1000000L
 
-/* One back-off step after `waited` seconds; *sleep_ns starts at 1000. */
-static inline void ss_comm_backoff(double waited, long *sleep_ns) {
-  if (waited < SS_COMM_SPIN_S) return;
+/* One back-off step after `waited` seconds; *sleep_ns starts at 1000.  With
+ * oversubscribed cores the spin is skipped: the rank we wait for may need this
+ * very core. */
+static inline void ss_comm_backoff(double waited, long *sleep_ns, bool oversubscribed) {
+  if (waited < SS_COMM_SPIN_S && !oversubscribed) return;
   if (waited < SS_COMM_YIELD_S) {
     sched_yield();
     return;

@@ -103,7 +103,7 @@ int ss_mpi_wait(ss_comm *c, int n, MPI_Request *reqs, MPI_Status *st, const ss_c
     /* Keep calling into MPI while the wait is short: a transfer in flight only
      * advances when we do (Open MPI progresses non-blocking operations inside
      * MPI_Test), so sleeping here would slow large messages down. */
-    ss_comm_backoff(now - start, &sleep_ns);
+    ss_comm_backoff(now - start, &sleep_ns, c->oversubscribed);
   }
 }
 
@@ -411,6 +411,11 @@ int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out) {
   MPI_Comm_rank(node, &c->local_rank);
   MPI_Comm_size(node, &c->local_size);
   MPI_Comm_free(&node);
+  {
+    cpu_set_t set;
+    const int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+    c->oversubscribed = cpus > 0 && c->local_size > cpus;
+  }
 
   int n = c->size;
   x->counts = calloc((size_t)n, sizeof(int));

@@ -149,7 +149,7 @@ static int nccl_wait_on(ss_comm *c, const ss_comm_op *op, double t0, cudaStream_
       }
       next_check = now + SS_COMM_CHECK_S;
     }
-    ss_comm_backoff(now - start, &sleep_ns);
+    ss_comm_backoff(now - start, &sleep_ns, false);
   }
 }
 

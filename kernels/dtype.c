@@ -45,8 +45,6 @@ bool ss_dtype_has_min(ss_dtype type) {
          type == SS_DTYPE_Q4_K || type == SS_DTYPE_Q5_K;
 }
 
-int ss_dtype_min_group(ss_dtype type) { return type == SS_DTYPE_Q2_K ? 16 : 32; }
-
 void ss_unpack_block(ss_dtype type, const uint8_t *blk, int8_t *q, float *sc, float *mn) {
   ssq_unpack(type, blk, q, sc, mn);
 }

@@ -72,9 +72,7 @@ _Static_assert(sizeof(ss_block_q8_0) == 34, "q8_0 block");
 
 /* Whether the type's elements carry an additive per-group offset (mn != 0). */
 bool ss_dtype_has_min(ss_dtype type);
-/* For those: the width of the groups over which the matmul kernels sum x
- * (16 for Q2_K, 32 otherwise). */
-int ss_dtype_min_group(ss_dtype type);
+
 /* Unpacks block b of a quantized row (block_count elements): q[block_count]
  * integers, sc[block_count/16] and mn[block_count/16] as above.  Types with a
  * block count of 1 are not handled here. */

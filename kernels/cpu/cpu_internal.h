@@ -12,7 +12,6 @@
 /* Reusable scratch buffers, one per purpose, grown on demand.  Kernels run one
  * at a time from the engine thread, so one buffer per purpose suffices. */
 enum ss_scratch_kind {
-  SS_SCRATCH_XSUM,   /* matmul: per-token block sums of x */
   SS_SCRATCH_ATTN,   /* attention: per-thread score rows */
   SS_SCRATCH_COUNT_
 };

@@ -27,12 +27,9 @@ typedef struct ss_cpu_kernels {
   ss_cpu_isa isa;
   const char *name;
   /* y[t*ldy] = row . x[t*ldx] for t < nt (any nt >= 1): one weight row of `cols`
-   * elements in `type` against nt token rows.  xs: for types with block minimums
-   * (ss_dtype_has_min), each token's sums over consecutive groups of
-   * ss_dtype_min_group elements,
-   * token t's at xs + t*ldxs; otherwise unused. */
+   * elements in `type` against nt token rows. */
   void (*row_dot)(ss_dtype type, const uint8_t *row, int64_t cols, const float *x, int64_t ldx,
-                  const float *xs, int64_t ldxs, float *y, int64_t ldy, int nt);
+                  float *y, int64_t ldy, int nt);
   /* a . b over n floats. */
   float (*dot)(const float *a, const float *b, int n);
   /* out[d] = sum over i < n, in increasing i, of e[i] * rows[i][d], each step one

@@ -15,19 +15,14 @@
  *   KERN_TABLE, KERN_ISA, KERN_NAME
  *
  * The canonical computation (what makes every variant give the same bits):
- *   - Quantized row: per block, integers q with a scale sc and offset mn per
- *     group (kernels/quant_unpack.h).  Types whose groups are 32 wide (Q4_0,
- *     Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q8_K): for the row's 32-element group u
- *     (halves a, b)  s = qa*xa; s = fma(qb, xb, s); acc[u&1] = fma(set1(sc), s,
- *     acc[u&1]);  with offsets msum[u&1] += mn * xsum32[u] (scalar).  Types with
- *     16-wide groups (Q2_K, Q3_K, Q6_K): for group g,  acc[g&1] =
- *     fma(set1(sc[g]), q*x, acc[g&1]);  msum[g&1] += mn[g] * xsum16[g].
- *     Result: hsum(acc0 + acc1) + (msum0 + msum1).
+ *   - Every row: its weights, each rounded as the reference dequantizer
+ *     (ss_dequantize_row) rounds it (sc*q, plus mn where the type has
+ *     offsets; f16/bf16/f8/f32 exactly), in 16-element chunks (the last one
+ *     zero-padded); chunk c feeds accumulator c & 1:  acc = fma(w, x, acc);
+ *     result hsum(acc0 + acc1).  So every variant, batch size and thread count
+ *     computes the same dot product of the same f32 weights.
  *   - Optional: v_q4(qs, sub, &a, &b) (KERN_HAVE_Q4) turns a Q4_0/Q4_1 block's
  *     16 bytes straight into its two halves' integers minus sub.
- *   - Float row (F32, F16, BF16, F8_E4M3): 16-element chunk c (the last one
- *     zero-padded) feeds accumulator c & 1: acc = fma(w, x, acc); result
- *     hsum(acc0 + acc1).
  *   - dot(a, b): one accumulator over 16-element chunks (last zero-padded),
  *     acc = fma(a, b, acc); hsum.
  *   - wsum: per output element, acc = fma(e[i], row_i[d], acc) from acc = 0 in
@@ -43,81 +38,77 @@
 
 /* ---- quantized rows ------------------------------------------------------ */
 
-/* Types whose scales cover 32 elements (two 16-lane halves per scale). */
-KI int pair_type(const ss_dtype type) {
-  return type != SS_DTYPE_Q2_K && type != SS_DTYPE_Q3_K && type != SS_DTYPE_Q6_K;
+/* The 16 weights of group g (elements 16g..16g+15 of the block) as the
+ * reference dequantizer rounds them: sc*q, plus mn for types with offsets. */
+KI v16 deq16(const v16 q, const float sc, const float mn, const int has_min) {
+  const v16 w = v_mul(v_set1(sc), q);
+  return has_min ? v_add(w, v_set1(mn)) : w;
 }
 
+/* One block's weights, group pair by group pair: calls BODY with wa, wb (the
+ * 16-element groups 2k and 2k+1) and e (the row element of wa). */
+#ifndef KERN_HAVE_Q4
+KI void v_q4(const uint8_t *qs, int sub, v16 *a, v16 *b) {
+  (void)qs, (void)sub;
+  *a = *b = v_zero();
+}
+#endif
+#ifdef KERN_HAVE_Q4
+#define Q4_FAST(type) ((type) == SS_DTYPE_Q4_0 || (type) == SS_DTYPE_Q4_1)
+#else
+#define Q4_FAST(type) 0
+#endif
+#define FOR_BLOCK_GROUPS(BODY)                                                                    \
+  do {                                                                                            \
+    const uint8_t *blk_ = row + b * bnb;                                                          \
+    if (Q4_FAST(type)) {                                                                          \
+      const int q41_ = type == SS_DTYPE_Q4_1;                                                     \
+      v16 qa_, qb_;                                                                               \
+      v_q4(blk_ + (q41_ ? 4 : 2), q41_ ? 0 : 8, &qa_, &qb_);                                      \
+      const float d_ = SS_UNPACK_H2F(ssq_u16(blk_));                                              \
+      const float m_ = q41_ ? SS_UNPACK_H2F(ssq_u16(blk_ + 2)) : 0.0f;                            \
+      const v16 wa = deq16(qa_, d_, m_, q41_), wb = deq16(qb_, d_, m_, q41_);                     \
+      const int64_t e = b * bc;                                                                   \
+      BODY;                                                                                       \
+    } else {                                                                                      \
+      ssq_unpack(type, blk_, q, sc, mn);                                                          \
+      for (int g_ = 0; g_ < bc / 16; g_ += 2) {                                                   \
+        const v16 wa = deq16(v_i8(q + 16 * g_), sc[g_], mn[g_], has_min);                         \
+        const v16 wb = deq16(v_i8(q + 16 * g_ + 16), sc[g_ + 1], mn[g_ + 1], has_min);            \
+        const int64_t e = b * bc + 16 * g_;                                                       \
+        BODY;                                                                                     \
+      }                                                                                           \
+    }                                                                                             \
+  } while (0)
+
+/* NT tokens against a quantized row, dequantizing in registers. */
 KI void quant_nt(const ss_dtype type, const int bc, const int bnb, const int has_min,
-                 const uint8_t *row, int64_t nblk, const float *x, int64_t ldx, const float *xs,
-                 int64_t ldxs, float *y, int64_t ldy, const int NT) {
+                 const uint8_t *row, int64_t nblk, const float *x, int64_t ldx, float *y,
+                 int64_t ldy, const int NT) {
   v16 acc0[KERN_NT], acc1[KERN_NT];
-  float m0[KERN_NT], m1[KERN_NT];
-  for (int t = 0; t < NT; t++) {
-    acc0[t] = acc1[t] = v_zero();
-    m0[t] = m1[t] = 0.0f;
-  }
+  for (int t = 0; t < NT; t++) acc0[t] = acc1[t] = v_zero();
   int8_t q[SS_QK_K] __attribute__((aligned(64)));
   float sc[SS_QK_K / 16], mn[SS_QK_K / 16];
-  const int groups = bc / 16;
-  for (int64_t b = 0; b < nblk; b++) {
-    const uint8_t *blk = row + b * bnb;
-    const int64_t e0 = b * bc;
-    if (pair_type(type)) {
-      /* Per 32 elements u: s = qa*xa; s = fma(qb, xb, s); acc[u&1] = fma(sc, s, acc). */
-      for (int g = 0; g < groups; g += 2) {
-        v16 qa, qb;
-        float scale, off;
-#ifdef KERN_HAVE_Q4
-        if (type == SS_DTYPE_Q4_0 || type == SS_DTYPE_Q4_1) {
-          const int q41 = type == SS_DTYPE_Q4_1;
-          v_q4(blk + (q41 ? 4 : 2), q41 ? 0 : 8, &qa, &qb);
-          scale = SS_UNPACK_H2F(ssq_u16(blk));
-          off = q41 ? SS_UNPACK_H2F(ssq_u16(blk + 2)) : 0.0f;
-        } else
-#endif
-        {
-          if (g == 0) ssq_unpack(type, blk, q, sc, mn);
-          qa = v_i8(q + 16 * g);
-          qb = v_i8(q + 16 * g + 16);
-          scale = sc[g];
-          off = mn[g];
-        }
-        const v16 vs = v_set1(scale);
-        const int64_t u = (e0 + 16 * g) / 32;
-        for (int t = 0; t < NT; t++) {
-          const float *xp = x + t * ldx + e0 + 16 * g;
-          v16 s = v_mul(qa, v_load(xp));
-          s = v_fma(qb, v_load(xp + 16), s);
-          if (u & 1) {
-            acc1[t] = v_fma(vs, s, acc1[t]);
-            if (has_min) m1[t] += off * xs[t * ldxs + u];
-          } else {
-            acc0[t] = v_fma(vs, s, acc0[t]);
-            if (has_min) m0[t] += off * xs[t * ldxs + u];
-          }
-        }
+  for (int64_t b = 0; b < nblk; b++)
+    FOR_BLOCK_GROUPS({
+      for (int t = 0; t < NT; t++) {
+        acc0[t] = v_fma(wa, v_load(x + t * ldx + e), acc0[t]);
+        acc1[t] = v_fma(wb, v_load(x + t * ldx + e + 16), acc1[t]);
       }
-    } else {
-      /* Per 16 elements g: acc[g&1] = fma(sc[g], q*x, acc). */
-      ssq_unpack(type, blk, q, sc, mn);
-      for (int g = 0; g < groups; g += 2) {
-        const v16 qa = v_i8(q + 16 * g), qb = v_i8(q + 16 * g + 16);
-        const v16 sa = v_set1(sc[g]), sb = v_set1(sc[g + 1]);
-        for (int t = 0; t < NT; t++) {
-          const float *xp = x + t * ldx + e0 + 16 * g;
-          acc0[t] = v_fma(sa, v_mul(qa, v_load(xp)), acc0[t]);
-          acc1[t] = v_fma(sb, v_mul(qb, v_load(xp + 16)), acc1[t]);
-          if (has_min) {
-            const float *xsp = xs + t * ldxs + e0 / 16 + g;
-            m0[t] += mn[g] * xsp[0];
-            m1[t] += mn[g + 1] * xsp[1];
-          }
-        }
-      }
-    }
-  }
-  for (int t = 0; t < NT; t++) y[t * ldy] = v_hsum(v_add(acc0[t], acc1[t])) + (m0[t] + m1[t]);
+    });
+  for (int t = 0; t < NT; t++) y[t * ldy] = v_hsum(v_add(acc0[t], acc1[t]));
+}
+
+/* The whole row dequantized into w (cols floats), for several passes. */
+KI void quant_deq_row(const ss_dtype type, const int bc, const int bnb, const int has_min,
+                      const uint8_t *row, int64_t nblk, float *w) {
+  int8_t q[SS_QK_K] __attribute__((aligned(64)));
+  float sc[SS_QK_K / 16], mn[SS_QK_K / 16];
+  for (int64_t b = 0; b < nblk; b++)
+    FOR_BLOCK_GROUPS({
+      v_store(w + e, wa);
+      v_store(w + e + 16, wb);
+    });
 }
 
 /* ---- float rows ---------------------------------------------------------- */
@@ -212,19 +203,31 @@ KI void float_nt(const ss_dtype type, const uint8_t *row, int64_t cols, const fl
   default: CALL(1); break;
 #endif
 
-#define QCALL(N) quant_nt(qt, qbc, qbnb, qhm, row, nblk, xt, ldx, xst, ldxs, yt, ldy, N)
+#define QCALL(N) quant_nt(qt, qbc, qbnb, qhm, row, nblk, xt, ldx, yt, ldy, N)
 #define FCALL(N) float_nt(ft, row, cols, xt, ldx, yt, ldy, N)
 
+/* Several tokens: the row is dequantized once into an L1 buffer (the same
+ * values the register path makes), then each group of KERN_NT tokens runs the
+ * F32 kernel over it, which performs the same operations in the same order. */
+#define KERN_ROWBUF 8192
+static void kf_F32(const uint8_t *row, int64_t cols, const float *x, int64_t ldx, float *y,
+                   int64_t ldy, int nt);
+
 #define KERN_Q(TYPE, BC, BNB, HM)                                                                 \
-  static void kq_##TYPE(const uint8_t *row, int64_t cols, const float *x, int64_t ldx,            \
-                        const float *xs, int64_t ldxs, float *y, int64_t ldy, int nt) {           \
+  static void kq_##TYPE(const uint8_t *row, int64_t cols, const float *x, int64_t ldx, float *y,  \
+                        int64_t ldy, int nt) {                                                    \
     const ss_dtype qt = SS_DTYPE_##TYPE;                                                          \
     const int qbc = BC, qbnb = BNB, qhm = HM;                                                     \
     const int64_t nblk = cols / (BC);                                                             \
+    if (nt > KERN_NT / 2 && nt > 1 && cols <= KERN_ROWBUF) {                                      \
+      float wbuf[KERN_ROWBUF] __attribute__((aligned(64)));                                       \
+      quant_deq_row(qt, qbc, qbnb, qhm, row, nblk, wbuf);                                         \
+      kf_F32((const uint8_t *)wbuf, cols, x, ldx, y, ldy, nt);                                    \
+      return;                                                                                     \
+    }                                                                                             \
     for (int t0 = 0; t0 < nt; t0 += KERN_NT) {                                                    \
       const int n = nt - t0 < KERN_NT ? nt - t0 : KERN_NT;                                        \
       const float *xt = x + t0 * ldx;                                                             \
-      const float *xst = xs ? xs + t0 * ldxs : NULL;                                              \
       float *yt = y + t0 * ldy;                                                                   \
       switch (n) { KERN_CASES(QCALL) }                                                            \
     }                                                                                             \
@@ -259,10 +262,10 @@ KERN_F(BF16)
 KERN_F(F8_E4M3)
 
 static void k_row_dot(ss_dtype type, const uint8_t *row, int64_t cols, const float *x, int64_t ldx,
-                      const float *xs, int64_t ldxs, float *y, int64_t ldy, int nt) {
+                      float *y, int64_t ldy, int nt) {
   switch (type) {
 #define QC(T)                                                                                     \
-  case SS_DTYPE_##T: kq_##T(row, cols, x, ldx, xs, ldxs, y, ldy, nt); break;
+  case SS_DTYPE_##T: kq_##T(row, cols, x, ldx, y, ldy, nt); break;
 #define FC(T)                                                                                     \
   case SS_DTYPE_##T: kf_##T(row, cols, x, ldx, y, ldy, nt); break;
     QC(Q8_0) QC(Q4_0) QC(Q4_1) QC(Q5_0) QC(Q5_1) QC(Q2_K) QC(Q3_K) QC(Q4_K) QC(Q5_K) QC(Q6_K)

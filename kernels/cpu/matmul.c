@@ -4,10 +4,10 @@
  * kernels are the CPU variant's (isa.h, kern_impl.h).  A weight with row scales (FP8 checkpoints) has each output
  * multiplied by its row's scale after the dot product.
  *
- * Work split: threads take contiguous ranges of output rows; within a range,
- * rows are walked in tiles so a tile of weights stays in cache while every group
- * of up to NT_MAX tokens passes over it (prefill reuses each weight load NT_MAX
- * times; decode is the NT = 1 case of the same code).
+ * Work split: threads take contiguous ranges of output rows; tokens go in tiles
+ * of up to NT_MAX, and each row meets every token of a tile in one kernel call
+ * (prefill reuses each dequantized row NT_MAX times; decode is the NT = 1 case
+ * of the same code).
  *
  * Batch invariance: the value of y[t][r] comes from one fixed sequence of
  * operations on row r and token t (kern_impl.h: 16 lanes, two interleaved
@@ -22,8 +22,12 @@
 
 #include "kernels/cpu/cpu_internal.h"
 
-#define NT_MAX 8        /* tokens per kernel call */
-#define TILE_ROWS 16    /* rows per tile */
+/* Tokens per kernel call: a tile of x (NT_MAX x cols floats) stays in L2 while
+ * the thread's rows pass over it; each quantized row is dequantized once per
+ * tile (kern_impl.h). */
+#ifndef NT_MAX
+#define NT_MAX 32
+#endif
 #ifndef PREFETCH_ROWS
 #define PREFETCH_ROWS 8
 #endif
@@ -36,85 +40,42 @@
 #endif
 
 /* ------------------------------------------------------------------------ */
-/* Per-token sums of x over 16- or 32-element groups (ss_dtype_min_group), needed by types with offsets
- * (w = sc*q + mn, so a group's offset part is mn * sum(x over the group)).
- * Summed in element order, the same on every CPU. */
-
-static void group_sums(const float *x, int64_t cols, int gw, float *xs) {
-  for (int64_t g = 0; g < cols / gw; g++) {
-    float s = 0.0f;
-    for (int j = 0; j < gw; j++) s += x[g * gw + j];
-    xs[g] = s;
-  }
-}
-
-/* ------------------------------------------------------------------------ */
 /* Threaded driver                                                            */
 
 typedef struct mm_job {
   const ss_cpu_kernels *k;
   const ss_weight *w;
   const float *x;
-  const float *xs; /* [n][cols/gw] group sums, or NULL */
-  int gw;
   int64_t n;
   float *y;
 } mm_job;
 
 static void mm_worker(void *arg, int ith, int nth) {
   const mm_job *job = arg;
-  const ss_weight *w = job->w;
   const ss_cpu_kernels *k = job->k;
-  const int64_t nb = job->xs ? w->cols / job->gw : 0;
+  const ss_weight *w = job->w;
   long r_lo, r_hi;
   ss_pool_split((long)w->rows, ith, nth, &r_lo, &r_hi);
-  for (int64_t r0 = r_lo; r0 < r_hi; r0 += TILE_ROWS) {
-    int64_t r1 = r0 + TILE_ROWS < r_hi ? r0 + TILE_ROWS : r_hi;
-    for (int64_t t0 = 0; t0 < job->n; t0 += NT_MAX) {
-      int nt = (int)(job->n - t0 < NT_MAX ? job->n - t0 : NT_MAX);
-      const float *x = job->x + t0 * w->cols;
-      const float *xs = job->xs ? job->xs + t0 * nb : NULL;
-      for (int64_t r = r0; r < r1; r++) {
-        if (PREFETCH_ROWS && r + PREFETCH_ROWS < r_hi) {
-          const char *pf = (const char *)w->data + (size_t)(r + PREFETCH_ROWS) * w->row_nbytes;
-          for (size_t o = 0; o < w->row_nbytes; o += 64) __builtin_prefetch(pf + o, 0, PREFETCH_LOCALITY);
-        }
-        float *y = job->y + t0 * w->rows + r;
-        k->row_dot(w->type, (const uint8_t *)w->data + (size_t)r * w->row_nbytes, w->cols, x,
-                w->cols, xs, nb, y, w->rows, nt);
-        if (w->row_scale)
-          for (int t = 0; t < nt; t++) y[t * w->rows] *= w->row_scale[r];
+  for (int64_t t0 = 0; t0 < job->n; t0 += NT_MAX) {
+    int nt = (int)(job->n - t0 < NT_MAX ? job->n - t0 : NT_MAX);
+    const float *x = job->x + t0 * w->cols;
+    for (int64_t r = r_lo; r < r_hi; r++) {
+      if (PREFETCH_ROWS && r + PREFETCH_ROWS < r_hi) {
+        const char *pf = (const char *)w->data + (size_t)(r + PREFETCH_ROWS) * w->row_nbytes;
+        for (size_t o = 0; o < w->row_nbytes; o += 64) __builtin_prefetch(pf + o, 0, PREFETCH_LOCALITY);
       }
+      float *y = job->y + t0 * w->rows + r;
+      k->row_dot(w->type, (const uint8_t *)w->data + (size_t)r * w->row_nbytes, w->cols, x, w->cols,
+                 y, w->rows, nt);
+      if (w->row_scale)
+        for (int t = 0; t < nt; t++) y[t * w->rows] *= w->row_scale[r];
     }
   }
 }
 
-typedef struct xs_job {
-  const float *x;
-  int64_t n, cols;
-  int gw;
-  float *xs;
-} xs_job;
-
-static void xs_worker(void *arg, int ith, int nth) {
-  const xs_job *job = arg;
-  long lo, hi;
-  ss_pool_split((long)job->n, ith, nth, &lo, &hi);
-  for (long t = lo; t < hi; t++)
-    group_sums(job->x + t * job->cols, job->cols, job->gw, job->xs + t * (job->cols / job->gw));
-}
-
 void ss_cpu_matmul(ss_backend *be, const ss_weight *w, const float *x, int64_t n, float *y) {
   ss_cpu *cpu = be->ctx;
-  mm_job job = {.k = cpu->k, .w = w, .x = x, .xs = NULL, .n = n, .y = y};
-  if (ss_dtype_has_min(w->type)) {
-    job.gw = ss_dtype_min_group(w->type);
-    size_t need = (size_t)n * (size_t)(w->cols / job.gw) * sizeof(float);
-    float *xs = ss_cpu_scratch(cpu, SS_SCRATCH_XSUM, need);
-    xs_job xj = {.x = x, .n = n, .cols = w->cols, .gw = job.gw, .xs = xs};
-    ss_pool_run(cpu->pool, xs_worker, &xj);
-    job.xs = xs;
-  }
+  mm_job job = {.k = cpu->k, .w = w, .x = x, .n = n, .y = y};
   ss_pool_run(cpu->pool, mm_worker, &job);
 }
 
