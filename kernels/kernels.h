@@ -208,6 +208,13 @@ struct ss_backend {
  * Returns NULL on failure (message via ss_error_msg()). */
 ss_backend *ss_backend_cpu_create(int n_threads);
 
+/* Opt-in (--activations q8): matmuls with Q4_0, Q4_1 or Q8_0 weights quantize
+ * the activations per 32-element block to 8 bits and sum exact integer dot
+ * products (faster; not the exact path: see README "Numerics").  Still
+ * deterministic, batch-invariant and the same on every CPU variant.  Other
+ * types keep the exact path.  No effect on other backends. */
+void ss_backend_cpu_set_q8_activations(ss_backend *be, bool on);
+
 /* The CUDA backend is declared in kernels/cuda/cuda.h (builds with SS_HAVE_CUDA). */
 
 /* Single-threaded reference dot product of one weight row with x (any compute

@@ -63,6 +63,8 @@ static void usage(FILE *f) {
           "\n"
           "Execution:\n"
           SS_CLI_DEVICE_HELP
+          "      --activations A     exact (default) or q8: 8-bit activations with integer\n"
+          "                          dot products for Q4_0/Q4_1/Q8_0 weights (faster, not exact)\n"
           "  -t, --threads N         CPU threads per rank (default: the usable cores\n"
           "                          divided among the ranks on this node)\n"
           "      --tp N              tensor-parallel ranks (default: the MPI job's size);\n"
@@ -188,11 +190,12 @@ int ss_cmd_generate(int argc, char **argv) {
   size_t n_stop = 0;
   bool chat = false, json = false, have_seed = false;
   int bos_mode = -1; /* -1: model default */
+  bool act_q8 = false;
   int64_t max_tokens = 128, threads = 0, n_logprobs = 0, seed = 0, ctx = 0, top_k = 40;
   double temp = 0.8, top_p = 0.95, min_p = 0.05;
   enum { O_CHAT = 256, O_SYSTEM, O_TMPL, O_BOS, O_NOBOS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_SEED,
          O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS, O_TP, O_REPL, O_DET, O_CTO,
-         O_PROFILE, O_EP, O_DEVICE };
+         O_PROFILE, O_EP, O_DEVICE, O_ACT };
   int64_t tp = 0, ep = 0;
   double comm_timeout = 0;
   bool replicate_vocab = false, deterministic = false, profile = false;
@@ -215,6 +218,7 @@ int ss_cmd_generate(int argc, char **argv) {
       {"comm-timeout", required_argument, 0, O_CTO}, {"profile", no_argument, 0, O_PROFILE},
       {"ep", required_argument, 0, O_EP},
       {"device", required_argument, 0, O_DEVICE},
+      {"activations", required_argument, 0, O_ACT},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -284,6 +288,9 @@ int ss_cmd_generate(int argc, char **argv) {
     case O_DEVICE:
       if (!ss_cli_device_parse(k_cmd, optarg, &device)) return SS_EXIT_USAGE;
       break;
+    case O_ACT:
+      if (!ss_cli_activations_parse(k_cmd, optarg, &act_q8)) return SS_EXIT_USAGE;
+      break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -347,6 +354,7 @@ int ss_cmd_generate(int argc, char **argv) {
   bool have_res = false;
   rc = ss_cli_load_shard_ep(k_cmd, path, comm, replicate_vocab, ep > 1, &m);
   if (rc == SS_EXIT_OK) rc = ss_cli_backend_create(k_cmd, device, (int)threads, comm, &be);
+  if (rc == SS_EXIT_OK) rc = ss_cli_activations_apply(k_cmd, be, act_q8);
   if (rc == SS_EXIT_OK) rc = ss_cli_model_to_backend(k_cmd, m, be);
   if ((rc = ss_ranks_agree(k_cmd, comm, rc == SS_EXIT_OK))) {
     free(prompt);

@@ -67,6 +67,8 @@ static void usage(FILE *f) {
           "Execution:\n"
           "      --device D            cpu or cuda (default: cuda when this build has CUDA and\n"
           "                            a GPU is present, else cpu); cuda: one GPU per rank\n"
+          "      --activations A       exact (default) or q8: 8-bit activations with integer\n"
+          "                            dot products for Q4_0/Q4_1/Q8_0 weights (faster, not exact)\n"
           "  -t, --threads N           CPU threads per rank (default: the usable cores\n"
           "                            divided among the ranks on this node)\n"
           "      --tp N                tensor-parallel ranks (default: the MPI job's size)\n"
@@ -81,6 +83,7 @@ typedef struct serve_ctx {
   /* options */
   const char *path, *tmpl_name, *step_log_path;
   bool replicate_vocab;
+  bool act_q8; /* --activations q8 */
   int64_t threads;
   ss_cli_device device;
   ss_engine_opts eo;
@@ -109,6 +112,7 @@ static void *engine_main(void *arg) {
   ss_chat_template *tmpl = &s->tmpl;
   if (rc == SS_EXIT_OK)
     rc = ss_cli_backend_create(k_cmd, s->device, (int)s->threads, s->comm, &s->be);
+  if (rc == SS_EXIT_OK) rc = ss_cli_activations_apply(k_cmd, s->be, s->act_q8);
   if (rc == SS_EXIT_OK) rc = ss_cli_model_to_backend(k_cmd, s->model, s->be);
   if (rc == SS_EXIT_OK && ss_chat_template_init(tmpl, s->tmpl_name, s->model->chat_template)) {
     rc = ss_cli_fail(k_cmd, "--chat-template: %s", ss_error_msg());
@@ -206,7 +210,7 @@ int ss_cmd_serve(int argc, char **argv) {
   double comm_timeout = 0, d = 0;
   bool deterministic = true;
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
-         O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG };
+         O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -223,6 +227,7 @@ int ss_cmd_serve(int argc, char **argv) {
       {"deterministic-allreduce", required_argument, 0, O_DET},
       {"comm-timeout", required_argument, 0, O_CTO}, {"help", no_argument, 0, 'h'},
       {"device", required_argument, 0, O_DEVICE},
+      {"activations", required_argument, 0, O_ACT},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -305,6 +310,9 @@ int ss_cmd_serve(int argc, char **argv) {
     case O_SLOG: s.step_log_path = optarg; break;
     case O_DEVICE:
       if (!ss_cli_device_parse(k_cmd, optarg, &s.device)) return SS_EXIT_USAGE;
+      break;
+    case O_ACT:
+      if (!ss_cli_activations_parse(k_cmd, optarg, &s.act_q8)) return SS_EXIT_USAGE;
       break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);

@@ -60,3 +60,20 @@ int ss_cli_model_to_backend(const char *cmd, ss_model *m, ss_backend *be) {
   if (ss_model_upload(m, be)) return ss_cli_fail(cmd, "%s", ss_error_msg());
   return SS_EXIT_OK;
 }
+
+bool ss_cli_activations_parse(const char *cmd, const char *s, bool *q8) {
+  if (strcmp(s, "exact") == 0) *q8 = false;
+  else if (strcmp(s, "q8") == 0) *q8 = true;
+  else {
+    ss_cli_usage(cmd, "--activations: '%s' is not exact or q8", s);
+    return false;
+  }
+  return true;
+}
+
+int ss_cli_activations_apply(const char *cmd, ss_backend *be, bool q8) {
+  if (!q8) return SS_EXIT_OK;
+  if (be->device) return ss_cli_fail(cmd, "--activations q8 is a CPU option (--device %s)", be->name);
+  ss_backend_cpu_set_q8_activations(be, true);
+  return SS_EXIT_OK;
+}

@@ -24,6 +24,10 @@ typedef enum ss_cli_device {
 
 /* "cpu", "cuda", "auto".  On a bad value prints a usage error, returns false. */
 bool ss_cli_device_parse(const char *cmd, const char *s, ss_cli_device *out);
+/* --activations exact|q8 (q8: the CPU's opt-in 8-bit activation path). */
+bool ss_cli_activations_parse(const char *cmd, const char *s, bool *q8);
+/* Applies --activations to a created backend (q8 needs the CPU backend). */
+int ss_cli_activations_apply(const char *cmd, struct ss_backend *be, bool q8);
 /* Resolves auto, and checks cuda is possible here: returns an exit status
  * (0, or 1 with the error printed: "--device cuda: ..."). */
 int ss_cli_device_resolve(const char *cmd, ss_cli_device *dev);

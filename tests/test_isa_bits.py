@@ -1,5 +1,6 @@
 """The same bits on every CPU: each kernel variant this machine can run gives
-identical tokens and top-20 log-probabilities (compared as exact floats).
+identical tokens and top-20 log-probabilities (compared as exact floats), on
+the exact path and on the opt-in 8-bit activation path (--activations q8).
 
 For every variant `shardserve info --cpu` lists as available here (forced with
 SS_CPU_ISA), on the default model and on random models of other shapes (one with
@@ -31,7 +32,9 @@ def extra(ap):
     ap.add_argument("--write-results", default="", help="write this machine's results here")
     ap.add_argument("--variants", default="", help="comma-separated variants (default: all here)")
     ap.add_argument("--quick", action="store_true",
-                    help="the default model on one prompt, no second thread count (emulation)")
+                    help="no second thread count (under emulation)")
+    ap.add_argument("--default-prompts", type=int, default=5,
+                    help="prompts on the default model (default 5)")
 
 
 args = parse_args(extra)
@@ -59,11 +62,11 @@ def variants_here():
     return []
 
 
-def run(model, prompt, isa, threads):
+def run(model, prompt, isa, threads, extra=()):
     env = dict(os.environ, SS_CPU_ISA=isa)
     rc, out, err = ck.run(args.bin, ["generate", "--model", model, "--prompt", prompt, "--json",
                                      "--logprobs", str(TOP), "-n", str(STEPS), "--temp", "0",
-                                     "--ignore-eos", "--threads", str(threads)],
+                                     "--ignore-eos", "--threads", str(threads), *extra],
                           timeout=1200, env=env)
     if not ck.check(rc == 0, f"generate ({isa}, {threads} threads) failed on {prompt!r}: "
                              f"{err[-600:]}"):
@@ -82,7 +85,12 @@ def first_diff(a, b):
     return f"tokens {a['tokens']} vs {b['tokens']}"
 
 
-models = [("default", args.model, PROMPTS[:1] if args.quick else PROMPTS)]
+models = []
+if args.default_prompts > 0:
+    models.append(("default", args.model, PROMPTS[:args.default_prompts], ()))
+    # The opt-in 8-bit activation path is held to the same bits on every variant.
+    models.append(("default-q8act", args.model, PROMPTS[:min(2, args.default_prompts)],
+                   ("--activations", "q8")))
 vocab = os.path.join(args.data, "tokenizer", "ggml-vocab-gpt-2.gguf")
 make = os.path.join(HERE, "reference", "make_tiny_llama.py")
 # Rows of 200 (12 chunks of 16 + 8) and heads of 50: every tail path runs.
@@ -94,7 +102,7 @@ for label, shape in (("tiny-f16-odd", ["--dim", "200", "--heads", "4", "--kv-hea
     p = subprocess.run([sys.executable, make, "--out", path, "--layers", "2", "--vocab-from", vocab,
                         "--seed", "5", *shape], capture_output=True, text=True)
     if ck.check(p.returncode == 0, f"make_tiny_llama {label}: {p.stderr[-800:]}"):
-        models.append((label, path, PROMPTS[:2]))
+        models.append((label, path, PROMPTS[:2], ()))
 quant = kquant.find_quantize()
 if ck.check(quant is not None, "llama-quantize not found (scripts/test.sh builds it: "
                                "bench/llamacpp.sh)"):
@@ -106,7 +114,7 @@ if ck.check(quant is not None, "llama-quantize not found (scripts/test.sh builds
         dst = os.path.join(tmp, "tiny-q4_k_m.gguf")
         ok, msg = kquant.quantize(quant, src, dst, "Q4_K_M")
         if ck.check(ok, f"llama-quantize Q4_K_M: {msg}"):
-            models.append(("tiny-q4_k_m", dst, PROMPTS[:2]))
+            models.append(("tiny-q4_k_m", dst, PROMPTS[:2], ()))
 
 variants = args.variants.split(",") if args.variants else variants_here()
 if not args.variants:
@@ -115,11 +123,11 @@ print(f"variants: {', '.join(variants)}", flush=True)
 best = variants[-1] if variants else "portable"
 
 results = {}
-for label, model, prompts in models:
+for label, model, prompts, extra in models:
     for prompt in prompts:
         base = None
         for isa in variants:
-            r = run(model, prompt, isa, 2 if isa == "portable" else 1)
+            r = run(model, prompt, isa, 2 if isa == "portable" else 1, extra)
             if r is None:
                 continue
             key = f"{label}|{prompt}"
@@ -130,7 +138,7 @@ for label, model, prompts in models:
                                           f"{first_diff(r, base)}"):
                 continue
         if base is not None and not args.quick:
-            r = run(model, prompt, best, 2)
+            r = run(model, prompt, best, 2, extra)
             if r is not None:
                 ck.check(r == base, f"{label} {prompt!r}: {best} at 2 threads differs: "
                                     f"{first_diff(r, base)}")

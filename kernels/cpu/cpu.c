@@ -155,6 +155,10 @@ static void cpu_memset(ss_backend *be, void *dst, int value, size_t nbytes) {
   if (nbytes) memset(dst, value, nbytes);
 }
 
+void ss_backend_cpu_set_q8_activations(ss_backend *be, bool on) {
+  if (be && be->free == cpu_free) ((ss_cpu *)be->ctx)->act_q8 = on;
+}
+
 ss_backend *ss_backend_cpu_create(int n_threads) {
   if (n_threads <= 0) n_threads = ss_pool_default_threads();
   ss_backend *be = calloc(1, sizeof *be);

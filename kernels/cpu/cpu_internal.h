@@ -13,12 +13,14 @@
  * at a time from the engine thread, so one buffer per purpose suffices. */
 enum ss_scratch_kind {
   SS_SCRATCH_ATTN,   /* attention: per-thread score rows */
+  SS_SCRATCH_Q8,     /* matmul with 8-bit activations: quantized x */
   SS_SCRATCH_COUNT_
 };
 
 typedef struct ss_cpu {
   ss_pool *pool;
   const ss_cpu_kernels *k; /* the kernel variant chosen at creation (isa.h) */
+  bool act_q8;             /* --activations q8 */
   void *scratch[SS_SCRATCH_COUNT_];
   size_t scratch_nbytes[SS_SCRATCH_COUNT_];
 } ss_cpu;

@@ -30,6 +30,12 @@ typedef struct ss_cpu_kernels {
    * elements in `type` against nt token rows. */
   void (*row_dot)(ss_dtype type, const uint8_t *row, int64_t cols, const float *x, int64_t ldx,
                   float *y, int64_t ldy, int nt);
+  /* The opt-in 8-bit activation path (Q4_0, Q4_1, Q8_0 rows): token t's x as
+   * qx + t*ldq (int8), dx + t*ldq/32 (block scales), sx + t*ldq/32 (block sums
+   * of qx); kern_impl.h states the arithmetic. */
+  void (*row_dot_q8)(ss_dtype type, const uint8_t *row, int64_t cols, const int8_t *qx,
+                     const float *dx, const int32_t *sx, int64_t ldq, float *y, int64_t ldy,
+                     int nt);
   /* a . b over n floats. */
   float (*dot)(const float *a, const float *b, int n);
   /* out[d] = sum over i < n, in increasing i, of e[i] * rows[i][d], each step one

@@ -64,6 +64,10 @@ static inline void v_q4(const uint8_t *qs, int sub, v16 *a, v16 *b) {
   b->hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(w1, 4), vs));
 }
 
+/* The 8-bit activation path's row kernel (AVX2 integer instructions). */
+#define KERN_HAVE_ROWQ8 1
+#include "kernels/cpu/kern_x86_q8.h"
+
 #define KERN_NT 2
 #define KERN_TABLE ss_cpu_kernels_avx2
 #define KERN_ISA SS_ISA_AVX2

@@ -58,10 +58,23 @@ KI void v_q4(const uint8_t *qs, int sub, v16 *a, v16 *b) {
 #else
 #define Q4_FAST(type) 0
 #endif
+#ifndef KERN_HAVE_Q8
+KI void v_q8(const uint8_t *qs, v16 *a, v16 *b) {
+  *a = v_i8((const int8_t *)qs);
+  *b = v_i8((const int8_t *)qs + 16);
+}
+#endif
 #define FOR_BLOCK_GROUPS(BODY)                                                                    \
   do {                                                                                            \
     const uint8_t *blk_ = row + b * bnb;                                                          \
-    if (Q4_FAST(type)) {                                                                          \
+    if (type == SS_DTYPE_Q8_0) {                                                                  \
+      v16 qa_, qb_;                                                                               \
+      v_q8(blk_ + 2, &qa_, &qb_);                                                                 \
+      const float d_ = SS_UNPACK_H2F(ssq_u16(blk_));                                              \
+      const v16 wa = deq16(qa_, d_, 0.0f, 0), wb = deq16(qb_, d_, 0.0f, 0);                       \
+      const int64_t e = b * bc;                                                                   \
+      BODY;                                                                                       \
+    } else if (Q4_FAST(type)) {                                                                   \
       const int q41_ = type == SS_DTYPE_Q4_1;                                                     \
       v16 qa_, qb_;                                                                               \
       v_q4(blk_ + (q41_ ? 4 : 2), q41_ ? 0 : 8, &qa_, &qb_);                                      \
@@ -278,6 +291,57 @@ static void k_row_dot(ss_dtype type, const uint8_t *row, int64_t cols, const flo
   }
 }
 
+/* ---- opt-in: 8-bit activations (--activations q8) ----------------------------
+ * x is quantized per 32-element block (ss_cpu_quantize_q8: qx, its scale dx and
+ * sum sx); for Q4_0, Q4_1 and Q8_0 weights each block's integer dot product is
+ * exact, so SIMD may sum it in any order; the float part is scalar in a fixed
+ * order, the same in every variant:
+ *   v = (dw * dx) * (float)isum      (+ (mw * dx) * (float)sx for Q4_1)
+ *   acc[b & 1] += v;  y = acc0 + acc1
+ * isum: Q8_0 sum qw*qx; Q4_0 sum (n - 8)*qx; Q4_1 sum n*qx (n the nibble). */
+
+#ifndef KERN_HAVE_ROWQ8
+/* sum over 32 of n[i] * qx[i], n the 4-bit values of a Q4 block (unsigned). */
+KI int32_t idot_q4(const uint8_t *qs, const int8_t *qx) {
+  int32_t s = 0;
+  for (int j = 0; j < 16; j++) s += (qs[j] & 15) * qx[j] + (qs[j] >> 4) * qx[j + 16];
+  return s;
+}
+KI int32_t idot_q8(const int8_t *qw, const int8_t *qx) {
+  int32_t s = 0;
+  for (int j = 0; j < 32; j++) s += qw[j] * qx[j];
+  return s;
+}
+
+static void k_row_dot_q8(ss_dtype type, const uint8_t *row, int64_t cols, const int8_t *qx,
+                         const float *dx, const int32_t *sx, int64_t ldq, float *y, int64_t ldy,
+                         int nt) {
+  const int64_t nblk = cols / 32;
+  const int bnb = type == SS_DTYPE_Q8_0 ? 34 : type == SS_DTYPE_Q4_1 ? 20 : 18;
+  for (int t = 0; t < nt; t++) {
+    const int8_t *qt = qx + t * ldq;
+    const float *dt = dx + t * (ldq / 32);
+    const int32_t *st = sx + t * (ldq / 32);
+    float acc[2] = {0.0f, 0.0f};
+    for (int64_t b = 0; b < nblk; b++) {
+      const uint8_t *blk = row + b * bnb;
+      const float dw = SS_UNPACK_H2F(ssq_u16(blk));
+      float v;
+      if (type == SS_DTYPE_Q8_0) {
+        v = (dw * dt[b]) * (float)idot_q8((const int8_t *)blk + 2, qt + 32 * b);
+      } else if (type == SS_DTYPE_Q4_0) {
+        v = (dw * dt[b]) * (float)(idot_q4(blk + 2, qt + 32 * b) - 8 * st[b]);
+      } else {
+        const float mw = SS_UNPACK_H2F(ssq_u16(blk + 2));
+        v = (dw * dt[b]) * (float)idot_q4(blk + 4, qt + 32 * b) + (mw * dt[b]) * (float)st[b];
+      }
+      acc[b & 1] += v;
+    }
+    y[t * ldy] = acc[0] + acc[1];
+  }
+}
+#endif
+
 /* ---- attention ----------------------------------------------------------- */
 
 static float k_dot(const float *a, const float *b, int n) {
@@ -306,6 +370,7 @@ const ss_cpu_kernels KERN_TABLE = {
     .isa = KERN_ISA,
     .name = KERN_NAME,
     .row_dot = k_row_dot,
+    .row_dot_q8 = k_row_dot_q8,
     .dot = k_dot,
     .wsum = k_wsum,
 };

@@ -46,6 +46,10 @@ typedef struct mm_job {
   const ss_cpu_kernels *k;
   const ss_weight *w;
   const float *x;
+  /* --activations q8: x quantized (NULL on the exact path) */
+  const int8_t *qx;
+  const float *dx;
+  const int32_t *sx;
   int64_t n;
   float *y;
 } mm_job;
@@ -65,17 +69,72 @@ static void mm_worker(void *arg, int ith, int nth) {
         for (size_t o = 0; o < w->row_nbytes; o += 64) __builtin_prefetch(pf + o, 0, PREFETCH_LOCALITY);
       }
       float *y = job->y + t0 * w->rows + r;
-      k->row_dot(w->type, (const uint8_t *)w->data + (size_t)r * w->row_nbytes, w->cols, x, w->cols,
-                 y, w->rows, nt);
+      const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_nbytes;
+      if (job->qx)
+        k->row_dot_q8(w->type, row, w->cols, job->qx + t0 * w->cols, job->dx + t0 * (w->cols / 32),
+                      job->sx + t0 * (w->cols / 32), w->cols, y, w->rows, nt);
+      else
+        k->row_dot(w->type, row, w->cols, x, w->cols, y, w->rows, nt);
       if (w->row_scale)
         for (int t = 0; t < nt; t++) y[t * w->rows] *= w->row_scale[r];
     }
   }
 }
 
+/* Per 32-element block: d = max|x| / 127, q = round(x / d) (as ggml's Q8_0
+ * reference quantizer), and the block's sum of q.  Scalar, in element order:
+ * the same on every CPU. */
+static void quantize_q8(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s) {
+  for (int64_t b = 0; b < cols / 32; b++) {
+    const float *xb = x + 32 * b;
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
+    const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+    int32_t sum = 0;
+    for (int j = 0; j < 32; j++) {
+      q[32 * b + j] = (int8_t)roundf(xb[j] * id);
+      sum += q[32 * b + j];
+    }
+    d[b] = db;
+    s[b] = sum;
+  }
+}
+
+typedef struct q8_job {
+  const float *x;
+  int64_t n, cols;
+  int8_t *q;
+  float *d;
+  int32_t *s;
+} q8_job;
+
+static void q8_worker(void *arg, int ith, int nth) {
+  const q8_job *j = arg;
+  long lo, hi;
+  ss_pool_split((long)j->n, ith, nth, &lo, &hi);
+  for (long t = lo; t < hi; t++)
+    quantize_q8(j->x + t * j->cols, j->cols, j->q + t * j->cols, j->d + t * (j->cols / 32),
+                j->s + t * (j->cols / 32));
+}
+
+static bool q8_type(ss_dtype t) {
+  return t == SS_DTYPE_Q4_0 || t == SS_DTYPE_Q4_1 || t == SS_DTYPE_Q8_0;
+}
+
 void ss_cpu_matmul(ss_backend *be, const ss_weight *w, const float *x, int64_t n, float *y) {
   ss_cpu *cpu = be->ctx;
   mm_job job = {.k = cpu->k, .w = w, .x = x, .n = n, .y = y};
+  if (cpu->act_q8 && q8_type(w->type)) {
+    const size_t nb = (size_t)n * (size_t)(w->cols / 32);
+    const size_t q_bytes = ((size_t)n * (size_t)w->cols + 63) & ~(size_t)63;
+    uint8_t *mem = ss_cpu_scratch(cpu, SS_SCRATCH_Q8, q_bytes + nb * (sizeof(float) + sizeof(int32_t)));
+    q8_job qj = {.x = x, .n = n, .cols = w->cols, .q = (int8_t *)mem,
+                 .d = (float *)(mem + q_bytes), .s = (int32_t *)(mem + q_bytes + nb * sizeof(float))};
+    ss_pool_run(cpu->pool, q8_worker, &qj);
+    job.qx = qj.q;
+    job.dx = qj.d;
+    job.sx = qj.s;
+  }
   ss_pool_run(cpu->pool, mm_worker, &job);
 }
 
