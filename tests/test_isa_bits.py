@@ -126,6 +126,7 @@ results = {}
 for label, model, prompts, extra in models:
     for prompt in prompts:
         base = None
+        failed_before = len(ck.failures)
         for isa in variants:
             r = run(model, prompt, isa, 2 if isa == "portable" else 1, extra)
             if r is None:
@@ -142,7 +143,9 @@ for label, model, prompts, extra in models:
             if r is not None:
                 ck.check(r == base, f"{label} {prompt!r}: {best} at 2 threads differs: "
                                     f"{first_diff(r, base)}")
-        print(f"{label} {prompt!r}: identical across {', '.join(variants)}", flush=True)
+        same = len(ck.failures) == failed_before
+        print(f"{label} {prompt!r}: {'identical' if same else 'NOT identical'} across "
+              f"{', '.join(variants)}", flush=True)
 
 if args.write_results:
     with open(args.write_results, "w") as f:
