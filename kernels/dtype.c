@@ -45,10 +45,6 @@ bool ss_dtype_has_min(ss_dtype type) {
          type == SS_DTYPE_Q4_K || type == SS_DTYPE_Q5_K;
 }
 
-void ss_unpack_block(ss_dtype type, const uint8_t *blk, int8_t *q, float *sc, float *mn) {
-  ssq_unpack(type, blk, q, sc, mn);
-}
-
 float ss_f16_to_f32(uint16_t h) {
   uint32_t sign = (uint32_t)(h >> 15) << 31;
   uint32_t exp = (h >> 10) & 0x1f;
@@ -181,7 +177,7 @@ void ss_dequantize_row(ss_dtype type, const void *src, float *dst, int64_t count
     int8_t q[SS_QK_K];
     float sc[SS_QK_K / 16], mn[SS_QK_K / 16];
     for (int64_t i = 0; i < count / ti->block_count; i++) {
-      ss_unpack_block(type, (const uint8_t *)src + (size_t)i * ti->block_nbytes, q, sc, mn);
+      ssq_unpack(type, (const uint8_t *)src + (size_t)i * ti->block_nbytes, q, sc, mn);
       float *o = dst + i * ti->block_count;
       for (uint32_t e = 0; e < ti->block_count; e++)
         o[e] = has_min ? sc[e / 16] * (float)q[e] + mn[e / 16] : sc[e / 16] * (float)q[e];

@@ -66,17 +66,13 @@ _Static_assert(sizeof(ss_block_q8_0) == 34, "q8_0 block");
  *   Q5_K (176): d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48
  *   Q6_K (210): ql[128] @0, qh[64] @128, scales[16] (int8) @192, d @208
  *   Q8_K (292): d (f32) @0, qs[256] (int8) @4, bsums[16] (int16) @260
- * ss_unpack_block gives each element's integer q and each 16-element group's
- * scale and offset, so that element e of the block is sc[e/16] * q[e] + mn[e/16]
- * (the rounding of ggml's dequantizers: one f32 product, then the offset). */
+ * kernels/quant_unpack.h gives each element's integer q and each 16-element
+ * group's scale and offset, so that element e of the block is
+ * sc[e/16] * q[e] + mn[e/16] (the rounding of ggml's dequantizers: one f32
+ * product, then the offset). */
 
 /* Whether the type's elements carry an additive per-group offset (mn != 0). */
 bool ss_dtype_has_min(ss_dtype type);
-
-/* Unpacks block b of a quantized row (block_count elements): q[block_count]
- * integers, sc[block_count/16] and mn[block_count/16] as above.  Types with a
- * block count of 1 are not handled here. */
-void ss_unpack_block(ss_dtype type, const uint8_t *blk, int8_t *q, float *sc, float *mn);
 
 /* Scalar half/bfloat conversions (exact; used by reference paths and tables). */
 float ss_f16_to_f32(uint16_t h);

@@ -199,4 +199,19 @@ static inline __attribute__((always_inline)) void ssq_unpack(ss_dtype type, cons
   }
 }
 
+/* The 8-bit activation path (kernels/cpu/kern_impl.h): block b's float part,
+ * from the exact integer sum isum (Q8_0: sum qw*qx; Q4_0, Q4_1: sum n*qx with n
+ * the unsigned nibble), the activations' block scale dx and sum sx.  Every
+ * variant rounds exactly this way. */
+static inline int ssq_q8_block_nbytes(ss_dtype type) {
+  return type == SS_DTYPE_Q8_0 ? 34 : type == SS_DTYPE_Q4_1 ? 20 : 18;
+}
+static inline float ssq_q8_block_value(ss_dtype type, const uint8_t *blk, float dx, int32_t isum,
+                                       int32_t sx) {
+  const float dw = ssq_h(blk);
+  if (type == SS_DTYPE_Q8_0) return (dw * dx) * (float)isum;
+  if (type == SS_DTYPE_Q4_0) return (dw * dx) * (float)(isum - 8 * sx);
+  return (dw * dx) * (float)isum + (ssq_h(blk + 2) * dx) * (float)sx;
+}
+
 #endif

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(HERE, "reference"))
 import kquant  # noqa: E402
 import llama_ref  # noqa: E402
 from harness import Checker, parse_args  # noqa: E402
-from logprob_compare import compare_steps  # noqa: E402
+from logprob_compare import compare_steps, generate_steps  # noqa: E402
 
 args = parse_args()
 ck = Checker("kquant")
@@ -62,14 +62,7 @@ def check_reference(model, label, prompts):
             continue
         ids = got["prompt_tokens"] + got["tokens"]
         lp = llama_ref.log_softmax(ref.forward(ids[:-1]))
-        n_p = len(got["prompt_tokens"])
-        ref_steps, our_steps = [], []
-        for i in range(len(got["tokens"])):
-            row = lp[n_p - 1 + i]
-            order = np.argsort(-row, kind="stable")[:TOP]
-            ref_steps.append((int(order[0]), {int(t): float(row[t]) for t in order}))
-            our_steps.append((got["tokens"][i],
-                              {int(e["id"]): float(e["logprob"]) for e in got["top_logprobs"][i]}))
+        ref_steps, our_steps = generate_steps(got, lp, TOP)
         worst, n, tie, problems = compare_steps(ref_steps, our_steps, ATOL, 1e-3)
         for p in problems:
             ck.check(False, f"{label} {prompt!r}: {p}")

@@ -5,6 +5,7 @@
 #include <math.h>
 
 #define SS_UNPACK_H2F(h) _cvtsh_ss(h)
+#include "kernels/cpu/kern_x86.h"
 #include "kernels/dtype.h"
 
 typedef struct {
@@ -44,10 +45,7 @@ static inline v16 v_fma(v16 a, v16 b, v16 c) {
   return (v16){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
 }
 static inline float v_hsum(v16 a) {
-  __m256 h8 = _mm256_add_ps(a.lo, a.hi);
-  __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
-  __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+  return x86_hsum8_ps(_mm256_add_ps(a.lo, a.hi));
 }
 #define s_fma fmaf
 
@@ -66,8 +64,6 @@ static inline void v_q4(const uint8_t *qs, int sub, v16 *a, v16 *b) {
 
 /* The 8-bit activation path's row kernel (AVX2 integer instructions). */
 #define KERN_HAVE_ROWQ8 1
-#include "kernels/cpu/kern_x86_q8.h"
-
 #define KERN_NT 2
 #define KERN_TABLE ss_cpu_kernels_avx2
 #define KERN_ISA SS_ISA_AVX2

@@ -317,7 +317,7 @@ static void k_row_dot_q8(ss_dtype type, const uint8_t *row, int64_t cols, const 
                          const float *dx, const int32_t *sx, int64_t ldq, float *y, int64_t ldy,
                          int nt) {
   const int64_t nblk = cols / 32;
-  const int bnb = type == SS_DTYPE_Q8_0 ? 34 : type == SS_DTYPE_Q4_1 ? 20 : 18;
+  const int bnb = ssq_q8_block_nbytes(type);
   for (int t = 0; t < nt; t++) {
     const int8_t *qt = qx + t * ldq;
     const float *dt = dx + t * (ldq / 32);
@@ -325,17 +325,10 @@ static void k_row_dot_q8(ss_dtype type, const uint8_t *row, int64_t cols, const 
     float acc[2] = {0.0f, 0.0f};
     for (int64_t b = 0; b < nblk; b++) {
       const uint8_t *blk = row + b * bnb;
-      const float dw = SS_UNPACK_H2F(ssq_u16(blk));
-      float v;
-      if (type == SS_DTYPE_Q8_0) {
-        v = (dw * dt[b]) * (float)idot_q8((const int8_t *)blk + 2, qt + 32 * b);
-      } else if (type == SS_DTYPE_Q4_0) {
-        v = (dw * dt[b]) * (float)(idot_q4(blk + 2, qt + 32 * b) - 8 * st[b]);
-      } else {
-        const float mw = SS_UNPACK_H2F(ssq_u16(blk + 2));
-        v = (dw * dt[b]) * (float)idot_q4(blk + 4, qt + 32 * b) + (mw * dt[b]) * (float)st[b];
-      }
-      acc[b & 1] += v;
+      const int32_t isum = type == SS_DTYPE_Q8_0
+                               ? idot_q8((const int8_t *)blk + 2, qt + 32 * b)
+                               : idot_q4(blk + (type == SS_DTYPE_Q4_1 ? 4 : 2), qt + 32 * b);
+      acc[b & 1] += ssq_q8_block_value(type, blk, dt[b], isum, st[b]);
     }
     y[t * ldy] = acc[0] + acc[1];
   }

@@ -10,6 +10,7 @@ top K).  `compare_steps` checks, at every step:
     `tie` the two runs may legitimately pick different ids; comparison then
     stops at that step and the step is reported.
 """
+import numpy as np
 
 
 def top_margin(top):
@@ -44,3 +45,19 @@ def compare_steps(ref, cand, atol=1e-3, tie=1e-3):
             problems.append(f"step {i}: greedy id {cid} differs from the reference's {rid}")
             return worst, i + 1, None, problems
     return worst, n, None, problems
+
+
+def generate_steps(got, ref_logprobs, top):
+    """Steps of a `shardserve generate --json --logprobs K` result and of a
+    reference's log-probabilities over prompt + generated ids (ref_logprobs[i]
+    is the distribution after token i): returns (reference steps, our steps)
+    for compare_steps, the reference's top `top` by stable descending order."""
+    n_p = len(got["prompt_tokens"])
+    ref_steps, our_steps = [], []
+    for i in range(len(got["tokens"])):
+        row = ref_logprobs[n_p - 1 + i]
+        order = np.argsort(-row, kind="stable")[:top]
+        ref_steps.append((int(order[0]), {int(t): float(row[t]) for t in order}))
+        our_steps.append((got["tokens"][i],
+                          {int(e["id"]): float(e["logprob"]) for e in got["top_logprobs"][i]}))
+    return ref_steps, our_steps

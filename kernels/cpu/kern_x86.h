@@ -1,15 +1,23 @@
-/* The 8-bit activation path's row kernel for x86 (AVX2 instructions; included
- * by kern_avx2.c and kern_avx512.c).  Eight blocks' exact integer dot products
- * are summed in one register (horizontal adds: exact in integers), then each
- * block's float part and the accumulation run exactly as kern_impl.h's
+/* Pieces shared by the x86 variants (kern_avx2.c, kern_avx512.c; AVX2
+ * instructions): the last three levels of the canonical reduction tree, and
+ * the 8-bit activation path's row kernel.  There eight blocks' exact integer
+ * dot products are summed in one register (horizontal adds: exact in integers),
+ * then each block's float part and the accumulation run exactly as kern_impl.h's
  * portable k_row_dot_q8 states them: per block, in block order. */
-#ifndef SS_KERN_X86_Q8_H
-#define SS_KERN_X86_Q8_H
+#ifndef SS_KERN_X86_H
+#define SS_KERN_X86_H
 
 #include <immintrin.h>
 #include <stdint.h>
 
 #include "kernels/quant_unpack.h"
+
+/* h8[0..7] -> ((h8[i] + h8[i+4]) + (.. + [i+2])) + [i+1] at lane 0 (kern_impl.h). */
+static inline float x86_hsum8_ps(__m256 h8) {
+  const __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+  const __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+}
 
 /* The 32 products of block b summed to pairs of 16-bit, then 8 x 32-bit. */
 static inline __m256i x86_q8_block(ss_dtype type, const uint8_t *blk, const int8_t *qx) {
@@ -41,7 +49,7 @@ static void k_row_dot_q8(ss_dtype type, const uint8_t *row, int64_t cols, const 
                          const float *dx, const int32_t *sx, int64_t ldq, float *y, int64_t ldy,
                          int nt) {
   const int64_t nblk = cols / 32;
-  const int bnb = type == SS_DTYPE_Q8_0 ? 34 : type == SS_DTYPE_Q4_1 ? 20 : 18;
+  const int bnb = ssq_q8_block_nbytes(type);
   for (int t = 0; t < nt; t++) {
     const int8_t *qt = qx + t * ldq;
     const float *dt = dx + t * (ldq / 32);
@@ -94,17 +102,7 @@ static void k_row_dot_q8(ss_dtype type, const uint8_t *row, int64_t cols, const 
       __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
       s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
       s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-      const int32_t is = _mm_cvtsi128_si32(s);
-      const float dw = _cvtsh_ss(ssq_u16(blk));
-      float v;
-      if (type == SS_DTYPE_Q8_0) {
-        v = (dw * dt[b]) * (float)is;
-      } else if (type == SS_DTYPE_Q4_0) {
-        v = (dw * dt[b]) * (float)(is - 8 * st[b]);
-      } else {
-        const float mw = _cvtsh_ss(ssq_u16(blk + 2));
-        v = (dw * dt[b]) * (float)is + (mw * dt[b]) * (float)st[b];
-      }
+      const float v = ssq_q8_block_value(type, blk, dt[b], _mm_cvtsi128_si32(s), st[b]);
       if (b & 1)
         acc1 += v;
       else
