@@ -18,11 +18,11 @@
 #include <time.h>
 
 #include "kernels/cuda/cuda.h"
-#include "runtime/clock.h"
-#include "runtime/kv_cache.h"
-#include "runtime/model.h"
-#include "runtime/stats.h"
-#include "runtime/status.h"
+#include "runtime/base/clock.h"
+#include "runtime/model/kv_cache.h"
+#include "runtime/model/model.h"
+#include "runtime/base/stats.h"
+#include "runtime/base/status.h"
 
 #define CK(call)                                                                          \
   do {                                                                                    \

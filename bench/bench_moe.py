@@ -8,7 +8,7 @@ make_tiny_hf.py): hidden 1024, 8 layers, 16 query heads of 64, 4 KV heads,
 vocabulary (tied embedding), about 0.94 GB.
 
 Bytes read are counted by the engine: every matmul adds its weight matrix's
-bytes to a per-rank counter (runtime/model_forward.c, ss_model_count_read),
+bytes to a per-rank counter (runtime/model/model_forward.c, ss_model_count_read),
 experts separately; `generate --profile` prints them per step.  Every step
 here is one token (a 1-token prompt, then decode), so per step = per token.
 (/proc/self/io cannot see these reads: the weights are mapped and served from

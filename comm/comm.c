@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "comm/comm_internal.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 bool ss_comm_available(ss_comm_kind kind) {
   switch (kind) {

@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/dtype.h"
+#include "runtime/base/dtype.h"
 
 typedef struct ss_comm ss_comm;
 

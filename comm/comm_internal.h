@@ -11,7 +11,7 @@
 #include <sys/types.h>
 
 #include "comm/comm.h"
-#include "runtime/clock.h"
+#include "runtime/base/clock.h"
 
 /* ---- backends ---------------------------------------------------------- */
 

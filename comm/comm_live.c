@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "comm/comm_internal.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 /* Async-signal-safe unsigned to decimal; returns the length. */
 static size_t fmt_uint(char *buf, unsigned long v) {

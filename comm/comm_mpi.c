@@ -24,7 +24,7 @@
 
 #include "comm/comm_internal.h"
 #include "comm/comm_mpi_internal.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 
 /* Communicators alive in this process, and whether MPI was started by us: the

@@ -27,7 +27,7 @@
 #include <string.h>
 
 #include "comm/comm_mpi_internal.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 /* Up to this many bytes the default all-reduce uses recursive doubling, above
  * it the ring.  Measured with ss_bench_allreduce (bench/RESULTS.md): on 2 ranks

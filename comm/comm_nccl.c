@@ -31,7 +31,7 @@
 
 #include "comm/comm_internal.h"
 #include "comm/comm_nccl_kernels.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 typedef struct nccl_ctx {
   ss_comm_peers peers; /* first (comm_internal.h); a copy of boot's, owned by boot */

@@ -10,7 +10,7 @@
 
 namespace {
 
-// ss_dtype ids (kernels/dtype.h, which is C only): the GGUF type numbers.
+// ss_dtype ids (runtime/base/dtype.h, which is C only): the GGUF type numbers.
 enum { DTYPE_F32 = 0, DTYPE_F16 = 1, DTYPE_BF16 = 30 };
 
 __device__ __forceinline__ float load(const float *p, size_t i) { return p[i]; }

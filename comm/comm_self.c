@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include "comm/comm_internal.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 static void count_call(ss_comm *c, double t0) {
   c->busy_s += ss_now_s() - t0;

@@ -19,9 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dtype.h"
+#include "runtime/base/dtype.h"
 
-struct ss_comm;
 
 typedef struct ss_weight {
   ss_dtype type;
@@ -98,6 +97,20 @@ typedef struct ss_moe_route_params {
    * false (Grok-1, Grok-2): used as they come out of the softmax over all E. */
   int renormalize;
 } ss_moe_route_params;
+
+/* What a device backend needs from the communication layer, and all it sees of
+ * it: the forward pass (runtime/model) fills one from its communicator, so the
+ * kernels never include comm/ and comm never includes kernels/.
+ *   allreduce_f32: sums count floats of device memory over the ranks, queued on
+ *     `stream` behind the kernels already there (must not wait for them);
+ *   wait: waits until `stream` has drained, checking meanwhile that the peers
+ *     are alive (NULL: the backend waits on the stream itself).
+ * Both return SS_OK or an error status with a message. */
+typedef struct ss_collective {
+  void *ctx;
+  int (*allreduce_f32)(void *ctx, float *buf, int64_t count, void *stream);
+  int (*wait)(void *ctx, void *stream);
+} ss_collective;
 
 typedef struct ss_backend ss_backend;
 struct ss_backend {
@@ -194,13 +207,14 @@ struct ss_backend {
    * the KV cache's block size, step_end after its last kernel; between the two the backend may capture the
    * step as a graph and replay it when the shape repeats, so nothing between
    * them may wait on the device or depend on the host's view of device data.
-   * allreduce sums buf (backend memory) over the comm's ranks, queued in order
-   * with the kernels; sync waits until everything queued has finished (and, with
-   * a comm, keeps checking that the peers are alive).  Errors: status + message. */
+   * allreduce sums buf (backend memory) over the ranks through `coll`, queued
+   * in order with the kernels; sync waits until everything queued has finished
+   * (and, with a coll that can wait, keeps checking that the peers are alive;
+   * coll NULL: a plain wait).  Errors: status + message. */
   int (*step_begin)(ss_backend *be, const ss_token_loc *loc, int64_t n_logits, int32_t block_size);
   int (*step_end)(ss_backend *be);
-  int (*allreduce)(ss_backend *be, struct ss_comm *comm, float *buf, int64_t count);
-  int (*sync)(ss_backend *be, struct ss_comm *comm);
+  int (*allreduce)(ss_backend *be, const ss_collective *coll, float *buf, int64_t count);
+  int (*sync)(ss_backend *be, const ss_collective *coll);
 };
 
 /* The CPU backend with n_threads threads (<= 0: the usable cores divided among

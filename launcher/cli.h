@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "kernels/dtype.h"
+#include "runtime/base/dtype.h"
 
 #define SS_EXIT_OK 0
 #define SS_EXIT_FAIL 1

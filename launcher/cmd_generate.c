@@ -12,10 +12,10 @@
 #include "launcher/cli.h"
 #include "launcher/device.h"
 #include "launcher/ranks.h"
-#include "runtime/chat.h"
-#include "runtime/generate.h"
-#include "runtime/model.h"
-#include "runtime/status.h"
+#include "runtime/tokenizer/chat.h"
+#include "runtime/engine/generate.h"
+#include "runtime/model/model.h"
+#include "runtime/base/status.h"
 
 static const char *k_cmd = "generate";
 

@@ -1,5 +1,5 @@
 /* shardserve plan: how a model splits over tensor-parallel ranks.  The figures
- * come from the same code the loader slices the weights with (runtime/shard.c),
+ * come from the same code the loader slices the weights with (runtime/model/shard.c),
  * and each rank checks what it bound against them at load time.  A JSON preset
  * (configs/models/NAME.json) is planned from its shapes and --dtype alone. */
 #include <getopt.h>
@@ -12,9 +12,9 @@
 
 #include "launcher/cli.h"
 #include "launcher/plan_capacity.h"
-#include "runtime/model.h"
-#include "runtime/shard.h"
-#include "runtime/status.h"
+#include "runtime/model/model.h"
+#include "runtime/model/shard.h"
+#include "runtime/base/status.h"
 
 static const char *k_cmd = "plan";
 

@@ -27,12 +27,12 @@
 #include "comm/comm.h"
 #include "launcher/cli.h"
 #include "launcher/ranks.h"
-#include "runtime/clock.h"
-#include "runtime/model.h"
-#include "runtime/planner.h"
-#include "runtime/sampler.h"
-#include "runtime/stats.h"
-#include "runtime/status.h"
+#include "runtime/base/clock.h"
+#include "runtime/model/model.h"
+#include "runtime/planner/planner.h"
+#include "runtime/engine/sampler.h"
+#include "runtime/base/stats.h"
+#include "runtime/base/status.h"
 
 static const char *k_cmd = "profile";
 

@@ -19,11 +19,11 @@
 #include "launcher/cli.h"
 #include "launcher/device.h"
 #include "launcher/ranks.h"
-#include "runtime/api_server.h"
-#include "runtime/chat.h"
-#include "runtime/engine.h"
-#include "runtime/model.h"
-#include "runtime/status.h"
+#include "runtime/server/api_server.h"
+#include "runtime/tokenizer/chat.h"
+#include "runtime/engine/engine.h"
+#include "runtime/model/model.h"
+#include "runtime/base/status.h"
 
 static const char *k_cmd = "serve";
 

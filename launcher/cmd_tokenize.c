@@ -6,9 +6,9 @@
 #include <sys/stat.h>
 
 #include "launcher/cli.h"
-#include "runtime/gguf.h"
-#include "runtime/status.h"
-#include "runtime/tokenizer.h"
+#include "runtime/formats/gguf.h"
+#include "runtime/base/status.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 static const char *k_cmd = "tokenize";
 

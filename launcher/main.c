@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli.h"
+#include "launcher/cli.h"
 
 typedef struct command {
   const char *name;

@@ -1,7 +1,7 @@
 /* The capacity part of `shardserve plan`: with a hardware profile, whether the
  * split fits, how much KV cache is left, step times from the cost model, and a
  * simulation of a workload through the server's own scheduler (see
- * runtime/planner.h).  Field names follow the load generator's result JSON
+ * runtime/planner/planner.h).  Field names follow the load generator's result JSON
  * (mean_ttft_ms, output_throughput, ...) so predictions and measurements line
  * up key by key. */
 #include "launcher/plan_capacity.h"
@@ -13,9 +13,9 @@
 #include <string.h>
 
 #include "launcher/cli.h"
-#include "runtime/engine.h"
-#include "runtime/stats.h"
-#include "runtime/status.h"
+#include "runtime/engine/engine.h"
+#include "runtime/base/stats.h"
+#include "runtime/base/status.h"
 
 static const char *k_cmd = "plan";
 

@@ -5,9 +5,9 @@
 #include <jansson.h>
 #include <stdbool.h>
 
-#include "runtime/model.h"
-#include "runtime/planner.h"
-#include "runtime/shard.h"
+#include "runtime/model/model.h"
+#include "runtime/planner/planner.h"
+#include "runtime/model/shard.h"
 
 typedef struct ss_plan_capacity_opts {
   const char *hardware;   /* hardware profile or preset JSON */

@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/dtype.h"
-#include "runtime/gguf.h"
+#include "runtime/base/dtype.h"
+#include "runtime/formats/gguf.h"
 
 typedef enum synth_arch { SYNTH_LLAMA, SYNTH_MIXTRAL, SYNTH_GROK1 } synth_arch;
 

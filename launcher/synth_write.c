@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "launcher/synth.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 #define GGUF_ALIGN 32
 

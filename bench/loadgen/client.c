@@ -11,8 +11,8 @@
 #include <unistd.h>
 
 #include "bench/loadgen/sse.h"
-#include "runtime/clock.h"
-#include "runtime/status.h"
+#include "runtime/base/clock.h"
+#include "runtime/base/status.h"
 
 /* How much of a non-2xx reply's body we keep for the error message. */
 #define ERROR_BODY_NBYTES 4096

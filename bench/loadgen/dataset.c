@@ -8,9 +8,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "runtime/xrng.h"
-#include "runtime/status.h"
-#include "runtime/tokenizer.h"
+#include "runtime/base/xrng.h"
+#include "runtime/base/status.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 /* Salt of the dataset's random stream (the schedule uses 1). */
 #define DATASET_SALT 2

@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 /* ---- the summary table --------------------------------------------------------- */
 

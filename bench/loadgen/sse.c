@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 void ss_lg_sse_init(ss_lg_sse *s, ss_lg_sse_event_fn on_event, void *ctx) {
   memset(s, 0, sizeof *s);

@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/stats.h"
-#include "runtime/status.h"
+#include "runtime/base/stats.h"
+#include "runtime/base/status.h"
 
 void ss_lg_results_free(ss_lg_result *r, size_t n) {
   if (!r) return;

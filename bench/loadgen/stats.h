@@ -6,7 +6,7 @@
  *   E2EL  send -> last text chunk
  *   TPOT  (E2EL - TTFT) / (output tokens - 1), for requests with > 1 token
  * Only successful requests enter the latency statistics.  Percentiles
- * (runtime/stats.h, shared with the planner) use
+ * (runtime/base/stats.h, shared with the planner) use
  * linear interpolation between closest ranks, numpy.percentile's default
  * (method "linear"): rank = p/100 * (n - 1).  std is the population standard
  * deviation (numpy.std, ddof = 0).  An empty set gives 0 everywhere, as

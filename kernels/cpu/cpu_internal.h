@@ -7,7 +7,7 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/kernels.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 /* Reusable scratch buffers, one per purpose, grown on demand.  Kernels run one
  * at a time from the engine thread, so one buffer per purpose suffices. */

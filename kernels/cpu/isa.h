@@ -13,7 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "kernels/dtype.h"
+#include "runtime/base/dtype.h"
 
 typedef enum ss_cpu_isa {
   SS_ISA_PORTABLE = 0,

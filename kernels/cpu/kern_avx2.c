@@ -6,7 +6,7 @@
 
 #define SS_UNPACK_H2F(h) _cvtsh_ss(h)
 #include "kernels/cpu/kern_x86.h"
-#include "kernels/dtype.h"
+#include "runtime/base/dtype.h"
 
 typedef struct {
   __m256 lo, hi;

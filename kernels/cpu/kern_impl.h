@@ -32,7 +32,7 @@
 #include <string.h>
 
 #include "kernels/cpu/isa.h"
-#include "kernels/quant_unpack.h"
+#include "runtime/base/quant_unpack.h"
 
 #define KI static inline __attribute__((always_inline))
 

@@ -10,7 +10,7 @@ static inline float neon_h2f(uint16_t h) {
   return (float)f;
 }
 #define SS_UNPACK_H2F(h) neon_h2f(h)
-#include "kernels/dtype.h"
+#include "runtime/base/dtype.h"
 
 typedef struct {
   float32x4_t a[4];

@@ -3,7 +3,7 @@
  * variant matches bit for bit. */
 #include <math.h>
 
-#include "kernels/dtype.h"
+#include "runtime/base/dtype.h"
 
 typedef struct {
   float f[16];

@@ -10,7 +10,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#include "kernels/quant_unpack.h"
+#include "runtime/base/quant_unpack.h"
 
 /* h8[0..7] -> ((h8[i] + h8[i+4]) + (.. + [i+2])) + [i+1] at lane 0 (kern_impl.h). */
 static inline float x86_hsum8_ps(__m256 h8) {

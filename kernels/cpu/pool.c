@@ -1,4 +1,4 @@
-#include "pool.h"
+#include "kernels/cpu/pool.h"
 
 #include <linux/futex.h>
 #include <pthread.h>
@@ -9,7 +9,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 /* Spin iterations before a waiting thread sleeps (about 50-100 us on current
  * CPUs).  When the machine's cores are oversubscribed (more threads of all the

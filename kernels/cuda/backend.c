@@ -6,9 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "comm/comm.h"
 #include "kernels/cuda/cuda_ctx.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 #define BLAS_WS_NBYTES (32u << 20)
 /* Quantized weights take the cuBLAS path dequantized to bf16 this many
@@ -282,17 +281,17 @@ static void cu_matmul(ss_backend *be, const ss_weight *w, const float *x, int64_
 
 /* ---- comm and sync ------------------------------------------------------------------ */
 
-static int cu_allreduce(ss_backend *be, ss_comm *comm, float *buf, int64_t count) {
+static int cu_allreduce(ss_backend *be, const ss_collective *coll, float *buf, int64_t count) {
   ss_cuda *c = be->ctx;
-  if (replaying_sig(c, buf, comm, NULL)) return SS_OK; /* captured in the graph */
-  return ss_comm_allreduce_sum_stream(comm, buf, (size_t)count, SS_DTYPE_F32, c->stream);
+  if (replaying_sig(c, buf, coll->ctx, NULL)) return SS_OK; /* captured in the graph */
+  return coll->allreduce_f32(coll->ctx, buf, count, c->stream);
 }
 
-static int cu_sync(ss_backend *be, ss_comm *comm) {
+static int cu_sync(ss_backend *be, const ss_collective *coll) {
   ss_cuda *c = be->ctx;
   ss_cuda_enter(c);
   int rc = SS_OK;
-  if (comm && comm->ops->wait_stream) rc = ss_comm_wait_stream(comm, c->stream);
+  if (coll && coll->wait) rc = coll->wait(coll->ctx, c->stream);
   else SS_CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
   int rc2 = ss_cuda_take_err(c);
   return rc ? rc : rc2;

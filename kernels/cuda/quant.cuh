@@ -1,4 +1,4 @@
-// Device-side views of the weight types (layouts in kernels/dtype.h: ggml's
+// Device-side views of the weight types (layouts in runtime/base/dtype.h: ggml's
 // blocks of 32, f16 scales as raw bits).  Blocks are only 2-byte aligned
 // (18, 20 and 34 bytes), so they are read in 16-bit pieces.
 #ifndef SS_CUDA_QUANT_CUH
@@ -8,7 +8,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-// ss_dtype ids (kernels/dtype.h is C only): the GGUF type numbers.
+// ss_dtype ids (runtime/base/dtype.h is C only): the GGUF type numbers.
 enum {
   SS_CU_F32 = 0,
   SS_CU_F16 = 1,

@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "kernels/cuda/cuda_ctx.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 #define PIN_MIN_NBYTES (1u << 20)
 #define TILE_MAX 16 /* prefill tokens sharing one K/V load */

@@ -24,8 +24,8 @@
 #include <unistd.h>
 
 #include "comm/comm.h"
-#include "runtime/clock.h"
-#include "runtime/status.h"
+#include "runtime/base/clock.h"
+#include "runtime/base/status.h"
 
 static int g_pass, g_fail, g_rank;
 

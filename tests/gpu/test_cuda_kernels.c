@@ -18,9 +18,9 @@
 #include <string.h>
 
 #include "kernels/cuda/cuda.h"
-#include "kernels/dtype.h"
+#include "runtime/base/dtype.h"
 #include "kernels/kernels.h"
-#include "runtime/status.h"
+#include "runtime/base/status.h"
 
 #define TOL_F32 1e-6
 #define TOL_TC 1e-4

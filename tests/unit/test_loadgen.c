@@ -15,11 +15,11 @@
 #include "bench/loadgen/dataset.h"
 #include "bench/loadgen/sse.h"
 #include "bench/loadgen/stats.h"
-#include "runtime/arrivals.h"
-#include "runtime/gguf.h"
-#include "runtime/stats.h"
-#include "runtime/status.h"
-#include "runtime/tokenizer.h"
+#include "runtime/planner/arrivals.h"
+#include "runtime/formats/gguf.h"
+#include "runtime/base/stats.h"
+#include "runtime/base/status.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 /* ---- schedule ---------------------------------------------------------------------- */
 

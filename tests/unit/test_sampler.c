@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/generate.h"
-#include "runtime/sampler.h"
+#include "runtime/engine/generate.h"
+#include "runtime/engine/sampler.h"
 
 #define N_DRAWS 40000
 

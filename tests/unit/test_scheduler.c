@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/scheduler.h"
+#include "runtime/engine/scheduler.h"
 
 static ss_sched_seq *mkseq(int64_t id, int32_t prompt, int32_t max_tokens, int32_t block_size) {
   ss_sched_seq *q = calloc(1, sizeof *q);

@@ -16,10 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/clock.h"
-#include "runtime/gguf.h"
-#include "runtime/status.h"
-#include "runtime/tokenizer.h"
+#include "runtime/base/clock.h"
+#include "runtime/formats/gguf.h"
+#include "runtime/base/status.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 enum { V_GPT2, V_STARCODER, V_SPM, N_VOCABS };
 static const char *const k_names[N_VOCABS] = {"gpt-2", "starcoder", "llama-spm"};

@@ -1,0 +1,67 @@
+# cmake -DSS_ROOT=<source root> -P check_layers.cmake
+#
+# Fails (exit status 1, one line per offence) when a source file includes a
+# project header from a layer its own layer may not use (cmake/layers.cmake),
+# includes one by a path not from the source root, or includes a project
+# header that belongs to no layer.
+cmake_minimum_required(VERSION 3.20)
+if(NOT SS_ROOT)
+  message(FATAL_ERROR "check_layers.cmake: set -DSS_ROOT=<source root>")
+endif()
+include(${SS_ROOT}/cmake/layers.cmake)
+
+# Which layer holds folder d (exact folder, not its subfolders).
+foreach(layer ${SS_LAYERS})
+  foreach(d ${SS_LAYER_DIRS_${layer}})
+    set(SS_DIR_LAYER_${d} ${layer})
+  endforeach()
+endforeach()
+
+# Every layer's allowed set: itself and everything reachable through its deps.
+foreach(layer ${SS_LAYERS})
+  set(allowed ${layer})
+  set(todo ${SS_LAYER_DEPS_${layer}})
+  while(todo)
+    list(POP_FRONT todo dep)
+    if(NOT DEFINED SS_LAYER_DIRS_${dep})
+      message(FATAL_ERROR "cmake/layers.cmake: layer ${layer} names an unknown layer '${dep}'")
+    endif()
+    if(NOT dep IN_LIST allowed)
+      list(APPEND allowed ${dep})
+      list(APPEND todo ${SS_LAYER_DEPS_${dep}})
+    endif()
+  endwhile()
+  set(SS_ALLOWED_${layer} ${allowed})
+endforeach()
+
+set(n_bad 0)
+foreach(layer ${SS_LAYERS})
+  foreach(d ${SS_LAYER_DIRS_${layer}})
+    file(GLOB files ${SS_ROOT}/${d}/*.c ${SS_ROOT}/${d}/*.h ${SS_ROOT}/${d}/*.cu ${SS_ROOT}/${d}/*.cuh)
+    foreach(f ${files})
+      file(RELATIVE_PATH rel ${SS_ROOT} ${f})
+      file(STRINGS ${f} lines REGEX "^[ \t]*#[ \t]*include[ \t]*\"")
+      foreach(line ${lines})
+        string(REGEX REPLACE "^[ \t]*#[ \t]*include[ \t]*\"([^\"]*)\".*$" "\\1" inc "${line}")
+        get_filename_component(idir ${inc} DIRECTORY)
+        if(idir STREQUAL "")
+          message("${rel}: #include \"${inc}\": name project headers from the source root")
+          math(EXPR n_bad "${n_bad} + 1")
+        elseif(DEFINED SS_DIR_LAYER_${idir})
+          set(to ${SS_DIR_LAYER_${idir}})
+          if(NOT to IN_LIST SS_ALLOWED_${layer})
+            message("${rel}: #include \"${inc}\": layer '${layer}' may not use layer '${to}' "
+                    "(allowed: ${SS_ALLOWED_${layer}}; cmake/layers.cmake)")
+            math(EXPR n_bad "${n_bad} + 1")
+          endif()
+        elseif(EXISTS ${SS_ROOT}/${inc})
+          message("${rel}: #include \"${inc}\": ${idir} is in no layer (cmake/layers.cmake)")
+          math(EXPR n_bad "${n_bad} + 1")
+        endif()
+      endforeach()
+    endforeach()
+  endforeach()
+endforeach()
+if(n_bad GREATER 0)
+  message(FATAL_ERROR "${n_bad} include(s) against the layer order")
+endif()

@@ -1,0 +1,134 @@
+/* The serving engine: continuous batching over a paged KV cache.
+ *
+ * One engine thread (ss_engine_run) owns the model, the KV cache and the
+ * scheduler.  Other threads submit requests and aborts through a locked queue
+ * (never blocking on a step) and receive events — one per generated token, and
+ * a final one — through another queue; the engine calls `notify` after pushing
+ * events (the HTTP server wakes its libuv loop with uv_async_send there).
+ *
+ * Every step: take new requests and aborts, let the scheduler pick the batch
+ * (decodes first, chunked prefill, preemption by recompute when blocks run
+ * out), run one forward pass (broadcast to the other ranks under tensor
+ * parallelism), sample each sequence that reached its last known token, detect
+ * stop strings and end-of-generation, and emit events.  A request's tokens do
+ * not depend on what else is in the batch (the kernels are batch-invariant). */
+#ifndef SS_ENGINE_H
+#define SS_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "runtime/base/metrics.h"
+#include "runtime/model/model.h"
+#include "runtime/engine/sampler.h"
+
+typedef struct ss_engine ss_engine;
+
+typedef struct ss_engine_opts {
+  int32_t max_num_seqs;        /* sequences in a batch at most (default 64) */
+  int32_t max_batched_tokens;  /* tokens per step (default 512) */
+  int32_t block_size;          /* KV block size in tokens (default 16) */
+  int32_t n_blocks;            /* KV blocks (0: from kv_mem_bytes) */
+  uint64_t kv_mem_bytes;       /* KV budget when n_blocks is 0 (default 1 GiB) */
+  int32_t max_waiting;         /* queued requests at most; more are refused (default 1024) */
+  int32_t n_ctx;               /* context limit per sequence (0: the model's) */
+  int32_t stats_every;         /* gather per-rank step counters every N steps, and whenever
+                                  the engine goes idle (default 256) */
+  FILE *step_log;              /* when set, one CSV line per step under the header below
+                                  (columns explained in engine.c); the caller opens and
+                                  closes it */
+} ss_engine_opts;
+
+#define SS_ENGINE_STEP_LOG_HEADER "t_s,n_tokens,n_logits,n_seqs,attended,kv_read,forward_s,step_s"
+
+#define SS_ENGINE_MAX_STOP 16
+#define SS_ENGINE_MAX_TOP 20
+
+typedef struct ss_engine_req {
+  int32_t *prompt;             /* token ids, malloc'ed: the engine takes ownership */
+  int32_t n_prompt;
+  int32_t max_new_tokens;
+  ss_sampler_params sampling;
+  bool ignore_eos;
+  char *stop[SS_ENGINE_MAX_STOP]; /* malloc'ed strings, owned by the engine once submitted */
+  int n_stop;
+  bool logprobs;               /* report each token's logprob */
+  int32_t n_top_logprobs;      /* and this many alternatives (0..SS_ENGINE_MAX_TOP) */
+  void *user;                  /* the submitter's handle, returned in events */
+} ss_engine_req;
+
+typedef enum ss_engine_event_kind {
+  SS_ENGINE_TOKEN = 0,  /* one generated token (text may be empty: held back) */
+  SS_ENGINE_DONE,       /* the request is over; no more events for it */
+} ss_engine_event_kind;
+
+typedef struct ss_engine_event {
+  struct ss_engine_event *next;
+  ss_engine_event_kind kind;
+  int64_t id;
+  void *user;
+  /* TOKEN */
+  int32_t token;
+  char *text;                  /* newly shown text, malloc'ed (NUL-terminated) */
+  size_t text_len;
+  float logprob;
+  int32_t n_top;
+  int32_t top_ids[SS_ENGINE_MAX_TOP];
+  float top_logprobs[SS_ENGINE_MAX_TOP];
+  /* DONE (and TOKEN for the counts) */
+  const char *finish_reason;   /* "stop", "length", "abort", "error" */
+  char *error;                 /* for "error", malloc'ed */
+  int32_t n_prompt;
+  int32_t n_generated;
+} ss_engine_event;
+
+typedef void (*ss_engine_notify_fn)(void *user);
+
+/* Creates the engine for a loaded model (rank 0 under tensor parallelism).  The
+ * KV cache is allocated here; errors name the option at fault. */
+int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *o,
+                     ss_engine_notify_fn notify, void *notify_user, ss_engine **out);
+void ss_engine_free(ss_engine *e);
+
+/* The engine thread's body: returns after ss_engine_stop once drained, or on a
+ * fatal error (a lost rank), after failing every request. */
+int ss_engine_run(ss_engine *e);
+
+/* Thread-safe.  Checks the request against the context and KV pool (a message
+ * names both numbers), queues it and returns its id in *id; on success the
+ * engine owns req's buffers, on failure the caller still does.
+ * SS_ERR_RANGE: too long for the context or pool;
+ * SS_ERR_BUSY: the queue is full; after stop: SS_ERR_INVALID. */
+int ss_engine_submit(ss_engine *e, ss_engine_req *req, int64_t *id);
+/* Thread-safe: the request stops at the next step and its blocks are freed; a
+ * DONE event with finish_reason "abort" follows. */
+void ss_engine_abort(ss_engine *e, int64_t id);
+/* Thread-safe: no new requests; running ones finish, or are aborted once
+ * `drain_timeout_s` has passed (<= 0: at once). */
+void ss_engine_stop(ss_engine *e, double drain_timeout_s);
+
+/* Thread-safe: takes every pending event (oldest first); free each with
+ * ss_engine_event_free. */
+ss_engine_event *ss_engine_take_events(ss_engine *e);
+void ss_engine_event_free(ss_engine_event *ev);
+
+/* Thread-safe: the Prometheus text of the engine's metrics, appended to b. */
+void ss_engine_metrics(ss_engine *e, ss_strbuf *b);
+
+/* Thread-safe state for /health. */
+typedef enum ss_engine_state {
+  SS_ENGINE_READY = 0,
+  SS_ENGINE_DRAINING,
+  SS_ENGINE_STOPPED,
+  SS_ENGINE_FAILED,   /* a rank was lost or a step failed: nothing more can run */
+} ss_engine_state;
+ss_engine_state ss_engine_get_state(ss_engine *e);
+/* The context limit requests are checked against. */
+int32_t ss_engine_n_ctx(const ss_engine *e);
+/* KV blocks in the pool, and block size. */
+int32_t ss_engine_n_blocks(const ss_engine *e);
+int32_t ss_engine_block_size(const ss_engine *e);
+
+#endif

@@ -1,0 +1,260 @@
+/* Loading a model: the GGUF llama path (hyper-parameters and tensors from the
+ * file's metadata), dispatch to Hugging Face folders (model_hf.c), and freeing.
+ * Sharding is in model_shard.c, the forward pass in model_forward.c. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm/comm.h"
+#include "runtime/model/model_internal.h"
+#include "runtime/formats/safetensors.h"
+#include "runtime/base/status.h"
+
+const char *ss_model_family_name(ss_model_family f) {
+  switch (f) {
+  case SS_FAMILY_LLAMA: return "llama";
+  case SS_FAMILY_MIXTRAL: return "mixtral";
+  case SS_FAMILY_GROK1: return "grok-1";
+  case SS_FAMILY_GROK2: return "grok-2";
+  }
+  return "unknown";
+}
+
+/* ------------------------------------------------------------------------ */
+/* Hyper-parameters                                                           */
+
+static const char *const k_supported_arch[] = {"llama"};
+
+static int get_hparam(const ss_gguf *g, const char *arch, const char *suffix, bool required,
+                      int64_t lo, int64_t hi, int *out) {
+  char key[128];
+  snprintf(key, sizeof key, "%s.%s", arch, suffix);
+  int64_t v;
+  int rc = ss_gguf_get_int(g, key, required, lo, hi, &v);
+  if (rc == SS_OK) *out = (int)v;
+  return rc < 0 ? rc : SS_OK;
+}
+
+static int get_fparam(const ss_gguf *g, const char *arch, const char *suffix, bool required,
+                      double lo, double hi, float *out) {
+  char key[128];
+  snprintf(key, sizeof key, "%s.%s", arch, suffix);
+  double v;
+  int rc = ss_gguf_get_float(g, key, required, &v);
+  if (rc < 0) return rc;
+  if (rc == SS_OK) {
+    if (!(v >= lo && v <= hi))
+      return ss_error(SS_ERR_FORMAT, "%s: metadata key '%s' = %g is outside the allowed range "
+                      "[%g, %g]", g->path, key, v, lo, hi);
+    *out = (float)v;
+  }
+  return SS_OK;
+}
+
+static int read_config(const ss_gguf *g, ss_model_config *c) {
+  ss_gguf_str arch;
+  int rc = ss_gguf_get_str(g, "general.architecture", true, &arch);
+  if (rc) return rc;
+  bool known = false;
+  for (size_t i = 0; i < sizeof k_supported_arch / sizeof *k_supported_arch; i++)
+    if (arch.len == strlen(k_supported_arch[i]) &&
+        memcmp(arch.ptr, k_supported_arch[i], arch.len) == 0)
+      known = true;
+  if (!known)
+    return ss_error(SS_ERR_UNSUPPORTED, "%s: general.architecture = '%.*s' is not supported "
+                    "(supported: llama)", g->path, (int)(arch.len < 64 ? arch.len : 64), arch.ptr);
+  snprintf(c->arch, sizeof c->arch, "%.*s", (int)arch.len, arch.ptr);
+  const char *a = c->arch;
+  if ((rc = get_hparam(g, a, "block_count", true, 1, 4096, &c->n_layer)) ||
+      (rc = get_hparam(g, a, "embedding_length", true, 1, 1 << 20, &c->dim)) ||
+      (rc = get_hparam(g, a, "feed_forward_length", true, 1, 1 << 22, &c->ffn_dim)) ||
+      (rc = get_hparam(g, a, "attention.head_count", true, 1, 4096, &c->n_head)) ||
+      (rc = get_hparam(g, a, "context_length", true, 1, 1 << 24, &c->n_ctx_train)))
+    return rc;
+  c->n_kv_head = c->n_head;
+  if ((rc = get_hparam(g, a, "attention.head_count_kv", false, 1, c->n_head, &c->n_kv_head)))
+    return rc;
+  if (c->n_head % c->n_kv_head != 0)
+    return ss_error(SS_ERR_FORMAT, "%s: %s.attention.head_count = %d is not a multiple of "
+                    "%s.attention.head_count_kv = %d", g->path, a, c->n_head, a, c->n_kv_head);
+  if (c->dim % c->n_head != 0)
+    return ss_error(SS_ERR_FORMAT, "%s: %s.embedding_length = %d is not a multiple of "
+                    "%s.attention.head_count = %d", g->path, a, c->dim, a, c->n_head);
+  c->head_dim = c->dim / c->n_head;
+  if ((rc = get_hparam(g, a, "attention.key_length", false, 2, 4096, &c->head_dim))) return rc;
+  c->rope_dim = c->head_dim;
+  if ((rc = get_hparam(g, a, "rope.dimension_count", false, 2, c->head_dim, &c->rope_dim)))
+    return rc;
+  if (c->rope_dim % 2 != 0 || c->rope_dim > 1024)
+    return ss_error(SS_ERR_FORMAT, "%s: %s.rope.dimension_count = %d must be even and at most "
+                    "1024", g->path, a, c->rope_dim);
+  c->rope_theta = 10000.0f;
+  if ((rc = get_fparam(g, a, "rope.freq_base", false, 1.0, 1e12, &c->rope_theta))) return rc;
+  c->rms_eps = 1e-5f;
+  if ((rc = get_fparam(g, a, "attention.layer_norm_rms_epsilon", false, 1e-12, 1.0, &c->rms_eps)))
+    return rc;
+  c->rope_mode = SS_ROPE_NORM; /* GGUF llama: Q/K rows permuted for adjacent-pair rotation */
+  c->family = SS_FAMILY_LLAMA;
+  c->act = SS_ACT_SILU;
+  c->dense_mlp = true;
+  c->embd_scale = c->logit_scale = 1.0f;
+  return SS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tensors                                                                    */
+
+/* Finds `name`, checks its shape is (rows, cols) in GGUF order [cols, rows] and
+ * that our kernels handle its type, and fills w. */
+static int bind_weight(ss_model *m, const char *name, int64_t rows, int64_t cols, ss_weight *w) {
+  const ss_gguf *g = m->gguf;
+  const ss_gguf_tensor *t = ss_gguf_tensor_find(g, name);
+  if (!t) return ss_error(SS_ERR_FORMAT, "%s: missing tensor '%s'", g->path, name);
+  if (t->n_dims > 2 || t->ne[0] != cols || t->ne[1] != rows)
+    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' has shape [%" PRId64 ", %" PRId64 ", %" PRId64
+                    ", %" PRId64 "], expected [%" PRId64 ", %" PRId64 "]", g->path, name,
+                    t->ne[0], t->ne[1], t->ne[2], t->ne[3], cols, rows);
+  const ss_dtype_info *ti = ss_dtype_get(t->type);
+  if (!ti->compute)
+    return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which has no kernel "
+                    "(supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, "
+                    "Q4_K, Q5_K, Q6_K, Q8_K)", g->path, name, ti->name);
+  if (cols % ti->block_count != 0)
+    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' (%s) has rows of %" PRId64 " elements, not a "
+                    "multiple of the type's block of %u", g->path, name, ti->name, cols,
+                    ti->block_count);
+  w->type = t->type;
+  w->rows = rows;
+  w->cols = cols;
+  w->row_nbytes = (size_t)(cols / ti->block_count) * ti->block_nbytes;
+  w->data = t->data;
+  m->weight_nbytes += t->nbytes;
+  return SS_OK;
+}
+
+static int bind_norm(ss_model *m, const char *name, int64_t dim, const float **out) {
+  const ss_gguf *g = m->gguf;
+  const ss_gguf_tensor *t = ss_gguf_tensor_find(g, name);
+  if (!t) return ss_error(SS_ERR_FORMAT, "%s: missing tensor '%s'", g->path, name);
+  if (t->n_dims != 1 || t->ne[0] != dim)
+    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' has %u dims [%" PRId64 ", ...], expected [%"
+                    PRId64 "]", g->path, name, t->n_dims, t->ne[0], dim);
+  if (t->type != SS_DTYPE_F32)
+    return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, norm weights must be F32",
+                    g->path, name, ss_dtype_name(t->type));
+  *out = t->data;
+  m->weight_nbytes += t->nbytes;
+  return SS_OK;
+}
+
+static int bind_all(ss_model *m) {
+  const ss_model_config *c = &m->cfg;
+  const int64_t q_dim = (int64_t)c->n_head * c->head_dim;
+  const int64_t kv_dim = (int64_t)c->n_kv_head * c->head_dim;
+  int rc;
+  if ((rc = bind_weight(m, "token_embd.weight", c->vocab, c->dim, &m->tok_embd))) return rc;
+  if ((rc = bind_norm(m, "output_norm.weight", c->dim, &m->output_norm))) return rc;
+  if (ss_gguf_tensor_find(m->gguf, "output.weight")) {
+    if ((rc = bind_weight(m, "output.weight", c->vocab, c->dim, &m->output))) return rc;
+  } else {
+    m->cfg.tied_output = true;
+    m->output = m->tok_embd;
+  }
+  m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
+  if (!m->layers) return ss_error(SS_ERR_NOMEM, "out of memory");
+  for (int l = 0; l < c->n_layer; l++) {
+    ss_layer_weights *L = &m->layers[l];
+    char n[96];
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+    if ((rc = bind_norm(m, NAME("attn_norm.weight"), c->dim, &L->attn_norm)) ||
+        (rc = bind_weight(m, NAME("attn_q.weight"), q_dim, c->dim, &L->wq)) ||
+        (rc = bind_weight(m, NAME("attn_k.weight"), kv_dim, c->dim, &L->wk)) ||
+        (rc = bind_weight(m, NAME("attn_v.weight"), kv_dim, c->dim, &L->wv)) ||
+        (rc = bind_weight(m, NAME("attn_output.weight"), c->dim, q_dim, &L->wo)) ||
+        (rc = bind_norm(m, NAME("ffn_norm.weight"), c->dim, &L->ffn_norm)) ||
+        (rc = bind_weight(m, NAME("ffn_gate.weight"), c->ffn_dim, c->dim, &L->w_gate)) ||
+        (rc = bind_weight(m, NAME("ffn_up.weight"), c->ffn_dim, c->dim, &L->w_up)) ||
+        (rc = bind_weight(m, NAME("ffn_down.weight"), c->dim, c->ffn_dim, &L->w_down)))
+      return rc;
+#undef NAME
+  }
+  return SS_OK;
+}
+
+/* GGUF: config, tokenizer, the whole model's tensors. */
+static int load_gguf(ss_model *m, const char *path) {
+  int rc = ss_gguf_open(path, &m->gguf);
+  if (rc) return rc;
+  if ((rc = read_config(m->gguf, &m->cfg))) return rc;
+  if ((rc = ss_tokenizer_load(m->gguf, &m->tok))) return rc;
+  m->cfg.vocab = ss_tokenizer_n_vocab(m->tok);
+  char key[128];
+  int64_t v;
+  snprintf(key, sizeof key, "%s.vocab_size", m->cfg.arch);
+  rc = ss_gguf_get_int(m->gguf, key, false, 1, INT32_MAX, &v);
+  if (rc < 0) return rc;
+  if (rc == SS_OK && v != m->cfg.vocab)
+    return ss_error(SS_ERR_FORMAT, "%s: %s = %" PRId64 " but tokenizer.ggml.tokens has %d entries",
+                    path, key, v, m->cfg.vocab);
+  if ((rc = bind_all(m))) return rc;
+  ss_gguf_str tmpl;
+  if (ss_gguf_get_str(m->gguf, "tokenizer.chat_template", false, &tmpl) == SS_OK) {
+    m->chat_template = malloc(tmpl.len + 1);
+    if (!m->chat_template) return ss_error(SS_ERR_NOMEM, "out of memory");
+    memcpy(m->chat_template, tmpl.ptr, tmpl.len);
+    m->chat_template[tmpl.len] = 0;
+  }
+  return SS_OK;
+}
+
+int ss_model_load(const char *path, const ss_model_load_opts *opts, ss_model **out) {
+  *out = NULL;
+  ss_model_load_opts defaults = {0};
+  if (!opts) opts = &defaults;
+  ss_model *m = calloc(1, sizeof *m);
+  if (!m) return ss_error(SS_ERR_NOMEM, "out of memory");
+  m->path = strdup(path);
+  m->prof = calloc(1, sizeof *m->prof);
+  int rc = m->path && m->prof ? SS_OK : ss_error(SS_ERR_NOMEM, "out of memory");
+  if (rc == SS_OK) rc = ss_model_path_is_hf(path) ? ss_model_load_hf(m, path) : load_gguf(m, path);
+  if (rc == SS_OK) rc = ss_model_shard(m, opts);
+  if (rc) {
+    ss_model_free(m);
+    return rc;
+  }
+  if (opts->prefault) ss_model_prefault(m, opts);
+  *out = m;
+  return SS_OK;
+}
+
+void ss_model_free(ss_model *m) {
+  if (!m) return;
+  if (m->layers && m->cfg.n_expert > 0) {
+    /* One allocation holds every layer's three expert arrays. */
+    free(m->layers[0].exp_gate);
+  }
+  /* The device copies of the weights (ss_model_upload). */
+  for (int i = 0; i < m->n_dev_bufs; i++) m->dev_be->dealloc(m->dev_be, m->dev_bufs[i]);
+  free(m->dev_bufs);
+  free(m->layers);
+  free(m->path);
+  free(m->rope_inv_freq);
+  ss_st_close(m->st);
+  free(m->chat_template);
+  for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+  free(m->owned);
+  free(m->prof);
+  ss_shard_plan_free(&m->plan);
+  ss_tokenizer_free(m->tok);
+  ss_gguf_close(m->gguf);
+  free(m);
+}
+
+int ss_model_kv_init(const ss_model *m, ss_backend *be, int32_t block_size, int32_t n_blocks,
+                     ss_kv_cache *kv) {
+  return ss_kv_cache_init(kv, be, m->cfg.n_layer, m->local.n_kv_head, m->cfg.head_dim,
+                          block_size, n_blocks);
+}
+

@@ -1,0 +1,572 @@
+/* The forward pass over a batch on this rank's shard, and the step protocol
+ * that keeps the ranks of a tensor-parallel job running the same batches. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "comm/comm.h"
+#include "runtime/base/clock.h"
+#include "runtime/model/model_internal.h"
+#include "runtime/base/status.h"
+
+/* ------------------------------------------------------------------------ */
+/* Forward pass                                                               */
+
+int ss_forward_state_init(ss_forward_state *st, const ss_model *m, ss_backend *be,
+                          int64_t max_tokens, int64_t max_logits) {
+  memset(st, 0, sizeof *st);
+  const ss_model_config *c = &m->cfg;
+  const ss_model_local *lo = &m->local;
+  st->be = be;
+  st->max_tokens = max_tokens;
+  st->max_logits = max_logits;
+  const size_t T = (size_t)max_tokens;
+  const size_t q_dim = (size_t)lo->n_head * c->head_dim;
+  const size_t kv_dim = (size_t)lo->n_kv_head * c->head_dim;
+  const size_t wide = q_dim > (size_t)c->dim ? q_dim : (size_t)c->dim;
+  const size_t v_local = (size_t)(lo->vocab_end - lo->vocab_begin);
+  st->x = be->alloc(be, T * c->dim * sizeof(float));
+  st->xb = be->alloc(be, T * wide * sizeof(float));
+  st->xb2 = be->alloc(be, T * c->dim * sizeof(float));
+  st->q = be->alloc(be, T * q_dim * sizeof(float));
+  st->k = be->alloc(be, T * kv_dim * sizeof(float));
+  st->v = be->alloc(be, T * kv_dim * sizeof(float));
+  st->att = be->alloc(be, T * q_dim * sizeof(float));
+  st->hb = be->alloc(be, T * (size_t)(lo->ffn_dim ? lo->ffn_dim : 1) * sizeof(float));
+  st->hb2 = be->alloc(be, T * (size_t)(lo->ffn_dim ? lo->ffn_dim : 1) * sizeof(float));
+  st->xl = be->alloc(be, (size_t)(max_logits ? max_logits : 1) * c->dim * sizeof(float));
+  st->ids = malloc(T * sizeof(int32_t));
+  bool ok = st->x && st->xb && st->xb2 && st->q && st->k && st->v && st->att && st->hb &&
+            st->hb2 && st->xl && st->ids;
+  if (ok && c->n_expert > 0) {
+    const size_t E = (size_t)c->n_expert, K = (size_t)c->n_expert_used;
+    const size_t Fe = (size_t)(lo->expert_ffn_dim ? lo->expert_ffn_dim : 1);
+    st->moe = be->alloc(be, T * c->dim * sizeof(float));
+    st->rl = be->alloc(be, T * E * sizeof(float));
+    st->r_ids = malloc(T * K * sizeof(int32_t));
+    st->r_w = malloc(T * K * sizeof(float));
+    st->e_rows = malloc(T * K * sizeof(int32_t));
+    st->e_w = malloc(T * K * sizeof(float));
+    st->ex = be->alloc(be, T * c->dim * sizeof(float));
+    st->eh = be->alloc(be, T * Fe * sizeof(float));
+    st->eh2 = be->alloc(be, T * Fe * sizeof(float));
+    st->ey = be->alloc(be, T * c->dim * sizeof(float));
+    ok = st->moe && st->rl && st->r_ids && st->r_w && st->e_rows && st->e_w && st->ex && st->eh &&
+         st->eh2 && st->ey;
+  }
+  if (ok && lo->tp > 1 && lo->vocab_parallel) {
+    st->lg = be->alloc(be, (size_t)(max_logits ? max_logits : 1) * v_local * sizeof(float));
+    st->lg_all = lo->rank == 0 ? be->alloc(be, (size_t)(max_logits ? max_logits : 1) *
+                                                   (size_t)c->vocab * sizeof(float))
+                               : NULL;
+    ok = st->lg && (lo->rank != 0 || st->lg_all);
+    if (ok && be->device && lo->rank == 0) {
+      st->lg_host = malloc((size_t)(max_logits ? max_logits : 1) * (size_t)c->vocab * sizeof(float));
+      ok = st->lg_host != NULL;
+    }
+  }
+  if (ok && be->device && !(lo->tp > 1 && lo->vocab_parallel)) {
+    st->lgd = be->alloc(be, (size_t)(max_logits ? max_logits : 1) * v_local * sizeof(float));
+    ok = st->lgd != NULL;
+  }
+  if (!ok) {
+    ss_forward_state_free(st);
+    return ss_error(SS_ERR_NOMEM, "cannot allocate activations for %lld tokens",
+                    (long long)max_tokens);
+  }
+  return SS_OK;
+}
+
+void ss_forward_state_free(ss_forward_state *st) {
+  ss_backend *be = st->be;
+  if (!be) return;
+  float *bufs[] = {st->x,  st->xb, st->xb2, st->q,  st->k,  st->v,  st->att, st->hb,
+                   st->hb2, st->xl, st->lg, st->lg_all, st->moe, st->rl, st->ex, st->eh,
+                   st->eh2, st->ey, st->lgd};
+  for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+    if (bufs[i]) be->dealloc(be, bufs[i]);
+  free(st->ids);
+  free(st->r_ids);
+  free(st->r_w);
+  free(st->e_rows);
+  free(st->e_w);
+  free(st->lg_host);
+  memset(st, 0, sizeof *st);
+}
+
+static bool distributed(const ss_model *m) { return m->comm && m->comm->size > 1; }
+
+/* Counts a matmul's weight bytes for --profile and the MoE bench. */
+void ss_model_count_read(const ss_model *m, const ss_weight *w, bool expert) {
+  const uint64_t nb = ss_weight_nbytes(w);
+  m->prof->weight_nbytes_read += nb;
+  if (expert) m->prof->expert_nbytes_read += nb;
+}
+#define count_read ss_model_count_read
+
+/* Grok's output multiplier and Grok-2's final soft cap, on this rank's logits. */
+static void finish_logits(const ss_model *m, ss_backend *be, float *lg, int64_t count) {
+  if (m->cfg.logit_scale != 1.0f) be->scale(be, lg, count, m->cfg.logit_scale);
+  if (m->cfg.final_softcap > 0.0f) be->softcap(be, lg, count, m->cfg.final_softcap);
+}
+
+/* The communicator as a device backend sees it (kernels/kernels.h). */
+static int coll_allreduce_f32(void *ctx, float *buf, int64_t count, void *stream) {
+  return ss_comm_allreduce_sum_stream(ctx, buf, (size_t)count, SS_DTYPE_F32, stream);
+}
+static int coll_wait(void *ctx, void *stream) { return ss_comm_wait_stream(ctx, stream); }
+static ss_collective collective_of(ss_comm *c) {
+  ss_collective k = {c, coll_allreduce_f32, c->ops->wait_stream ? coll_wait : NULL};
+  return k;
+}
+
+/* Sums a residual update over the ranks (row-parallel output).  A device
+ * backend queues it behind its kernels (nccl), without waiting. */
+static int allreduce(const ss_model *m, ss_backend *be, float *x, int64_t count, const char *what,
+                     int layer) {
+  if (!distributed(m)) return SS_OK;
+  int rc;
+  if (be->allreduce) {
+    const ss_collective coll = collective_of(m->comm);
+    rc = be->allreduce(be, &coll, x, count);
+  } else {
+    rc = ss_comm_allreduce_sum(m->comm, x, (size_t)count, SS_DTYPE_F32);
+  }
+  if (rc) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    return ss_error(rc, "forward: %s all-reduce of layer %d: %s", what, layer, msg);
+  }
+  return SS_OK;
+}
+
+/* The step proper: every kernel and in-step all-reduce of one forward pass,
+ * from the embedding to the LM head (between step_begin and step_end).  The
+ * mixture-of-experts sub-layer groups tokens on the host, so it runs on host
+ * backends only (ss_model_upload refuses MoE models for device backends). */
+static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                        const ss_batch *b, float *logits) {
+  const ss_model_config *c = &m->cfg;
+  const ss_model_local *lo = &m->local;
+  ss_backend *be = st->be;
+  const int64_t n = b->n;
+  const ss_rope_params rq = {.n_heads = lo->n_head, .head_dim = c->head_dim,
+                             .rope_dim = c->rope_dim, .theta = c->rope_theta,
+                             .mode = c->rope_mode, .inv_freq = m->rope_inv_freq};
+  ss_rope_params rk = rq;
+  rk.n_heads = lo->n_kv_head;
+  const ss_attn_params ap = {.n_head = lo->n_head, .n_kv_head = lo->n_kv_head,
+                             .head_dim = c->head_dim,
+                             .scale = c->attn_scale > 0.0f ? c->attn_scale
+                                                           : 1.0f / sqrtf((float)c->head_dim),
+                             .softcap = c->attn_softcap, .temp_len = c->attn_temp_len,
+                             .group = c->n_head / c->n_kv_head, .q_head_base = lo->head_base,
+                             .kv_head_base = lo->kv_head_base};
+  int rc;
+
+  /* Embedding: with a vocabulary slice, tokens held elsewhere embed as zeros and
+   * the all-reduce fills them in (x + 0 + ... + 0 = x exactly). */
+  const bool vp = distributed(m) && lo->vocab_parallel;
+  const int32_t *ids = b->tokens;
+  if (vp) {
+    for (int64_t i = 0; i < n; i++)
+      st->ids[i] = b->tokens[i] >= lo->vocab_begin && b->tokens[i] < lo->vocab_end
+                       ? (int32_t)(b->tokens[i] - lo->vocab_begin) : -1;
+    ids = st->ids;
+  }
+  be->embed(be, &m->tok_embd, ids, n, st->x);
+  if (vp && (rc = allreduce(m, be, st->x, n * c->dim, "embedding", -1))) return rc;
+  if (c->embd_scale != 1.0f) be->scale(be, st->x, n * c->dim, c->embd_scale);
+
+  for (int l = 0; l < c->n_layer; l++) {
+    const ss_layer_weights *L = &m->layers[l];
+    const ss_kv_layer kvl = ss_kv_cache_layer(kv, l);
+    /* attention */
+    be->rmsnorm(be, st->x, L->attn_norm, n, c->dim, c->rms_eps, st->xb);
+    be->matmul(be, &L->wq, st->xb, n, st->q);
+    be->matmul(be, &L->wk, st->xb, n, st->k);
+    be->matmul(be, &L->wv, st->xb, n, st->v);
+    count_read(m, &L->wq, false);
+    count_read(m, &L->wk, false);
+    count_read(m, &L->wv, false);
+    be->rope(be, st->q, b->loc.pos, n, &rq);
+    be->rope(be, st->k, b->loc.pos, n, &rk);
+    be->kv_store(be, &kvl, &b->loc, st->k, st->v);
+    be->attention(be, &kvl, &b->loc, st->q, &ap, st->att);
+    be->matmul(be, &L->wo, st->att, n, st->xb2);
+    count_read(m, &L->wo, false);
+    if ((rc = allreduce(m, be, st->xb2, n * c->dim, "attention", l))) return rc;
+    if (L->post_attn_norm)
+      be->rmsnorm(be, st->xb2, L->post_attn_norm, n, c->dim, c->rms_eps, st->xb2);
+    be->add(be, st->x, st->xb2, n * c->dim);
+    /* MLP and / or mixture of experts */
+    be->rmsnorm(be, st->x, L->ffn_norm, n, c->dim, c->rms_eps, st->xb);
+    if (lo->ffn_dim > 0) {
+      be->matmul(be, &L->w_gate, st->xb, n, st->hb);
+      be->matmul(be, &L->w_up, st->xb, n, st->hb2);
+      if (c->act == SS_ACT_SILU) be->swiglu(be, st->hb, st->hb2, n * lo->ffn_dim, st->hb);
+      else be->gelu_mul(be, st->hb, st->hb2, n * lo->ffn_dim, c->act == SS_ACT_GELU_TANH, st->hb);
+      be->matmul(be, &L->w_down, st->hb, n, st->xb2);
+      count_read(m, &L->w_gate, false);
+      count_read(m, &L->w_up, false);
+      count_read(m, &L->w_down, false);
+    } else {
+      be->memset(be, st->xb2, 0, (size_t)(n * c->dim) * sizeof(float));
+    }
+    if (c->n_expert > 0) {
+      ss_moe_forward(m, L, st, n, st->xb, st->moe);
+      if (c->dense_mlp) {
+        /* Grok-2: (dense + MoE) / sqrt(2), taken on each rank's partial sums
+         * before the one all-reduce (the division distributes over the sum). */
+        be->add(be, st->xb2, st->moe, n * c->dim);
+        if (c->residual_moe) be->scale(be, st->xb2, n * c->dim, (float)M_SQRT1_2);
+      } else {
+        memcpy(st->xb2, st->moe, (size_t)(n * c->dim) * sizeof(float));
+      }
+    }
+    if ((rc = allreduce(m, be, st->xb2, n * c->dim, c->n_expert > 0 ? "MoE" : "MLP", l)))
+      return rc;
+    if (L->post_ffn_norm)
+      be->rmsnorm(be, st->xb2, L->post_ffn_norm, n, c->dim, c->rms_eps, st->xb2);
+    be->add(be, st->x, st->xb2, n * c->dim);
+  }
+  if (b->n_logits == 0) return SS_OK;
+  be->gather_rows(be, st->x, b->logit_rows, b->n_logits, c->dim, st->xl);
+  be->rmsnorm(be, st->xl, m->output_norm, b->n_logits, c->dim, c->rms_eps, st->xl);
+  /* Vocabulary-parallel: every rank its rows.  Whole LM head on every rank:
+   * rank 0 alone needs the logits.  Device backends write device memory,
+   * copied out after the step. */
+  if (vp) {
+    be->matmul(be, &m->output, st->xl, b->n_logits, st->lg);
+    count_read(m, &m->output, false);
+    finish_logits(m, be, st->lg, b->n_logits * ss_range_len(m->plan.ranks[lo->rank].vocab));
+  } else if (!distributed(m) || lo->rank == 0) {
+    float *out = be->device ? st->lgd : logits;
+    be->matmul(be, &m->output, st->xl, b->n_logits, out);
+    count_read(m, &m->output, false);
+    finish_logits(m, be, out, b->n_logits * (int64_t)c->vocab);
+  }
+  return SS_OK;
+}
+
+/* This rank's share of one forward pass (every rank runs it on the same batch):
+ * the step on the backend, then the logits to rank 0's host memory. */
+static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                         const ss_batch *b, float *logits) {
+  const ss_model_config *c = &m->cfg;
+  const ss_model_local *lo = &m->local;
+  ss_backend *be = st->be;
+  if (b->n <= 0 || b->n > st->max_tokens || b->n_logits < 0 || b->n_logits > st->max_logits)
+    return ss_error(SS_ERR_INVALID, "forward: batch of %lld tokens / %lld logit rows exceeds "
+                    "the state's %lld / %lld", (long long)b->n, (long long)b->n_logits,
+                    (long long)st->max_tokens, (long long)st->max_logits);
+  for (int64_t i = 0; i < b->n_logits; i++)
+    SS_ASSERT(b->logit_rows[i] >= 0 && b->logit_rows[i] < b->n);
+  int rc = be->step_begin ? be->step_begin(be, &b->loc, b->n_logits, kv->block_size) : SS_OK;
+  if (rc) return rc;
+  rc = forward_step(m, st, kv, b, logits);
+  /* A device step always ends (a failed one too: a graph capture must close). */
+  if (be->step_end) {
+    int rc2 = be->step_end(be);
+    if (!rc) rc = rc2;
+  }
+  if (!rc && be->sync) {
+    const ss_collective coll = distributed(m) ? collective_of(m->comm) : (ss_collective){0};
+    rc = be->sync(be, distributed(m) ? &coll : NULL);
+  }
+  if (rc || b->n_logits == 0) return rc;
+  const bool vp = distributed(m) && lo->vocab_parallel;
+  if (!vp) {
+    if (be->device && (!distributed(m) || lo->rank == 0))
+      return be->download(be, logits, st->lgd,
+                          (size_t)b->n_logits * (size_t)c->vocab * sizeof(float));
+    return SS_OK;
+  }
+  /* Vocabulary-parallel LM head: each rank's rows, gathered on rank 0. */
+  const int tp = lo->tp;
+  size_t *nbytes = malloc((size_t)tp * sizeof *nbytes);
+  if (!nbytes) return ss_error(SS_ERR_NOMEM, "out of memory");
+  size_t total = 0;
+  for (int r = 0; r < tp; r++) {
+    nbytes[r] = (size_t)b->n_logits * (size_t)ss_range_len(m->plan.ranks[r].vocab) * sizeof(float);
+    total += nbytes[r];
+  }
+  rc = ss_comm_gatherv(m->comm, st->lg, st->lg_all, nbytes, 0);
+  free(nbytes);
+  if (rc) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    return ss_error(rc, "forward: gathering the logits: %s", msg);
+  }
+  if (lo->rank != 0) return SS_OK;
+  const float *src = st->lg_all;
+  if (be->device) {
+    if ((rc = be->download(be, st->lg_host, st->lg_all, total))) return rc;
+    src = st->lg_host;
+  }
+  /* Rank-major [rank][row][V_r] to row-major [row][V]. */
+  for (int r = 0; r < tp; r++) {
+    const ss_range vr = m->plan.ranks[r].vocab;
+    const int64_t vn = ss_range_len(vr);
+    for (int64_t i = 0; i < b->n_logits; i++, src += vn)
+      memcpy(logits + i * c->vocab + vr.begin, src, (size_t)vn * sizeof(float));
+  }
+  return SS_OK;
+}
+
+static int forward_timed(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                         const ss_batch *b, float *logits) {
+  const double t0 = ss_now_s();
+  const double c0 = m->comm ? m->comm->busy_s : 0.0;
+  int rc = forward_local(m, st, kv, b, logits);
+  const double comm = m->comm ? m->comm->busy_s - c0 : 0.0;
+  m->prof->steps++;
+  m->prof->comm_s += comm;
+  m->prof->compute_s += ss_now_s() - t0 - comm;
+  return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Steps across ranks                                                         */
+
+/* Rank 0 broadcasts every step as a fixed header followed by a payload of
+ * int32s:  tokens[n], pos[n], table index of each token[n], logit_rows[n_logits],
+ * table lengths[n_tables], then the tables' block ids back to back.  Workers
+ * size their KV cache and activations from the header. */
+enum { STEP_MAGIC = 0x53535450 /* "SSTP" */, STEP_FORWARD = 1, STEP_STOP = 2, STEP_STATS = 3 };
+
+typedef struct step_header {
+  int32_t magic, kind;
+  int32_t n, n_logits, n_tables, n_table_ids;
+  int32_t kv_block_size, kv_n_blocks;
+  int64_t payload_count;
+} step_header;
+
+static int bcast(const ss_model *m, void *buf, size_t nbytes, const char *what) {
+  int rc = ss_comm_broadcast(m->comm, buf, nbytes, 0);
+  if (rc) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    return ss_error(rc, "%s: %s", what, msg);
+  }
+  return SS_OK;
+}
+
+/* Rank 0: encodes and broadcasts b.  Tokens that share a block table pointer
+ * share a table in the message. */
+static int send_step(const ss_model *m, const ss_kv_cache *kv, const ss_batch *b) {
+  const int64_t n = b->n;
+  const int32_t **tabs = malloc((size_t)n * sizeof *tabs);
+  int32_t *tab_len = malloc((size_t)n * sizeof *tab_len);
+  int32_t *tab_of = malloc((size_t)n * sizeof *tab_of);
+  int32_t *payload = NULL;
+  int rc = SS_OK;
+  if (!tabs || !tab_len || !tab_of) {
+    rc = ss_error(SS_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  int32_t n_tables = 0;
+  int64_t n_ids = 0;
+  for (int64_t t = 0; t < n; t++) {
+    const int32_t *bt = b->loc.block_table[t];
+    int32_t k = n_tables - 1;
+    while (k >= 0 && tabs[k] != bt) k--;
+    if (k < 0) {
+      k = n_tables++;
+      tabs[k] = bt;
+      tab_len[k] = 0;
+    }
+    tab_of[t] = k;
+    const int32_t need = b->loc.pos[t] / kv->block_size + 1;
+    if (need > tab_len[k]) tab_len[k] = need;
+  }
+  for (int32_t k = 0; k < n_tables; k++) n_ids += tab_len[k];
+  step_header h = {.magic = STEP_MAGIC, .kind = STEP_FORWARD, .n = (int32_t)n,
+                   .n_logits = (int32_t)b->n_logits, .n_tables = n_tables,
+                   .n_table_ids = (int32_t)n_ids, .kv_block_size = kv->block_size,
+                   .kv_n_blocks = kv->n_blocks};
+  h.payload_count = 3 * n + b->n_logits + n_tables + n_ids;
+  payload = malloc((size_t)h.payload_count * sizeof *payload);
+  if (!payload) {
+    rc = ss_error(SS_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  int32_t *p = payload;
+  memcpy(p, b->tokens, (size_t)n * sizeof *p), p += n;
+  memcpy(p, b->loc.pos, (size_t)n * sizeof *p), p += n;
+  memcpy(p, tab_of, (size_t)n * sizeof *p), p += n;
+  memcpy(p, b->logit_rows, (size_t)b->n_logits * sizeof *p), p += b->n_logits;
+  memcpy(p, tab_len, (size_t)n_tables * sizeof *p), p += n_tables;
+  for (int32_t k = 0; k < n_tables; k++) memcpy(p, tabs[k], (size_t)tab_len[k] * sizeof *p), p += tab_len[k];
+  if ((rc = bcast(m, &h, sizeof h, "sending a step to the workers"))) goto done;
+  rc = bcast(m, payload, (size_t)h.payload_count * sizeof *payload, "sending a step to the workers");
+done:
+  free(tabs);
+  free(tab_len);
+  free(tab_of);
+  free(payload);
+  return rc;
+}
+
+int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
+                     float *logits) {
+  if (distributed(m)) {
+    SS_ASSERT(m->local.rank == 0);
+    if (b->n <= 0 || b->n > st->max_tokens || b->n_logits < 0 || b->n_logits > st->max_logits)
+      return ss_error(SS_ERR_INVALID, "forward: batch of %lld tokens / %lld logit rows exceeds "
+                      "the state's %lld / %lld", (long long)b->n, (long long)b->n_logits,
+                      (long long)st->max_tokens, (long long)st->max_logits);
+    int rc = send_step(m, kv, b);
+    if (rc) return rc;
+  }
+  return forward_timed(m, st, kv, b, logits);
+}
+
+int ss_model_stop_workers(const ss_model *m) {
+  if (!distributed(m) || m->local.rank != 0) return SS_OK;
+  step_header h = {.magic = STEP_MAGIC, .kind = STEP_STOP};
+  return bcast(m, &h, sizeof h, "stopping the workers");
+}
+
+/* A worker's checks of what rank 0 sent: a corrupt message is a bug, but it
+ * must not become an out-of-bounds access on this rank. */
+static int check_step(const ss_model *m, const step_header *h, const int32_t *pl) {
+  const int32_t *tok = pl, *pos = pl + h->n, *tab_of = pl + 2 * h->n;
+  const int32_t *rows = pl + 3 * h->n, *tab_len = rows + h->n_logits, *ids = tab_len + h->n_tables;
+  int64_t sum = 0;
+  for (int32_t k = 0; k < h->n_tables; k++) {
+    if (tab_len[k] < 0) return ss_error(SS_ERR_COMM, "step: negative table length");
+    sum += tab_len[k];
+  }
+  if (sum != h->n_table_ids) return ss_error(SS_ERR_COMM, "step: table lengths disagree");
+  for (int64_t i = 0; i < sum; i++)
+    if (ids[i] < 0 || ids[i] >= h->kv_n_blocks) return ss_error(SS_ERR_COMM, "step: bad block id");
+  for (int32_t t = 0; t < h->n; t++) {
+    if (tok[t] < 0 || tok[t] >= m->cfg.vocab) return ss_error(SS_ERR_COMM, "step: bad token");
+    if (tab_of[t] < 0 || tab_of[t] >= h->n_tables) return ss_error(SS_ERR_COMM, "step: bad table");
+    if (pos[t] < 0 || pos[t] / h->kv_block_size >= tab_len[tab_of[t]])
+      return ss_error(SS_ERR_COMM, "step: position %d outside its block table", pos[t]);
+  }
+  for (int32_t i = 0; i < h->n_logits; i++)
+    if (rows[i] < 0 || rows[i] >= h->n) return ss_error(SS_ERR_COMM, "step: bad logit row");
+  return SS_OK;
+}
+
+/* Every rank sends its counters to rank 0 (all: tp entries there, else NULL). */
+static int gather_profile(const ss_model *m, ss_step_profile *all) {
+  const int tp = m->comm->size;
+  size_t *nbytes = malloc((size_t)tp * sizeof *nbytes);
+  if (!nbytes) return ss_error(SS_ERR_NOMEM, "out of memory");
+  for (int r = 0; r < tp; r++) nbytes[r] = sizeof(ss_step_profile);
+  const double c0 = m->comm->busy_s;
+  int rc = ss_comm_gatherv(m->comm, m->prof, all, nbytes, 0);
+  m->comm->busy_s = c0; /* bookkeeping, not a step's communication */
+  free(nbytes);
+  if (rc) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    return ss_error(rc, "gathering step counters: %s", msg);
+  }
+  return SS_OK;
+}
+
+int ss_model_gather_profiles(const ss_model *m, ss_step_profile *all) {
+  if (!distributed(m)) {
+    all[0] = *m->prof;
+    return SS_OK;
+  }
+  SS_ASSERT(m->local.rank == 0);
+  step_header h = {.magic = STEP_MAGIC, .kind = STEP_STATS};
+  int rc = bcast(m, &h, sizeof h, "asking the workers for their counters");
+  if (rc) return rc;
+  return gather_profile(m, all);
+}
+
+int ss_model_worker_loop(const ss_model *m, ss_backend *be) {
+  SS_ASSERT(distributed(m) && m->local.rank != 0);
+  ss_forward_state st = {0};
+  ss_kv_cache kv = {0};
+  int32_t *payload = NULL, **tabs = NULL;
+  const int32_t **btab = NULL;
+  int64_t payload_cap = 0, n_cap = 0;
+  int rc = SS_OK;
+  for (;;) {
+    step_header h;
+    const double t0 = ss_now_s();
+    const double c0 = m->comm->busy_s;
+    rc = bcast(m, &h, sizeof h, "waiting for the next step from rank 0");
+    m->prof->idle_s += ss_now_s() - t0;
+    m->comm->busy_s = c0; /* waiting is idle time, not communication inside a step */
+    if (rc) break;
+    if (h.magic != STEP_MAGIC ||
+        (h.kind != STEP_FORWARD && h.kind != STEP_STOP && h.kind != STEP_STATS)) {
+      rc = ss_error(SS_ERR_COMM, "rank %d: malformed step message from rank 0", m->local.rank);
+      break;
+    }
+    if (h.kind == STEP_STOP) break;
+    if (h.kind == STEP_STATS) {
+      if ((rc = gather_profile(m, NULL))) break;
+      continue;
+    }
+    if (h.n <= 0 || h.n_logits < 0 || h.n_logits > h.n || h.n_tables <= 0 || h.n_tables > h.n ||
+        h.n_table_ids < 0 || h.kv_block_size <= 0 || h.kv_n_blocks <= 0 ||
+        h.payload_count != 3 * (int64_t)h.n + h.n_logits + h.n_tables + h.n_table_ids) {
+      rc = ss_error(SS_ERR_COMM, "rank %d: malformed step header from rank 0", m->local.rank);
+      break;
+    }
+    if (h.payload_count > payload_cap) {
+      free(payload);
+      payload = malloc((size_t)h.payload_count * sizeof *payload);
+      payload_cap = payload ? h.payload_count : 0;
+      if (!payload) {
+        rc = ss_error(SS_ERR_NOMEM, "out of memory");
+        break;
+      }
+    }
+    if ((rc = bcast(m, payload, (size_t)h.payload_count * sizeof *payload,
+                    "receiving a step from rank 0")))
+      break;
+    if ((rc = check_step(m, &h, payload))) break;
+    /* The cache follows rank 0's geometry; activations grow to the batch. */
+    if (kv.block_size != h.kv_block_size || kv.n_blocks != h.kv_n_blocks) {
+      ss_kv_cache_free(&kv);
+      memset(&kv, 0, sizeof kv);
+      if ((rc = ss_model_kv_init(m, be, h.kv_block_size, h.kv_n_blocks, &kv))) break;
+    }
+    if (h.n > st.max_tokens || h.n_logits > st.max_logits) {
+      int64_t T = h.n > st.max_tokens ? h.n : st.max_tokens;
+      int64_t NL = h.n_logits > st.max_logits ? h.n_logits : st.max_logits;
+      ss_forward_state_free(&st);
+      if ((rc = ss_forward_state_init(&st, m, be, T, NL))) break;
+    }
+    if (h.n > n_cap) {
+      free(btab);
+      free(tabs);
+      btab = malloc((size_t)h.n * sizeof *btab);
+      tabs = malloc((size_t)h.n * sizeof *tabs);
+      n_cap = btab && tabs ? h.n : 0;
+      if (!btab || !tabs) {
+        rc = ss_error(SS_ERR_NOMEM, "out of memory");
+        break;
+      }
+    }
+    const int32_t *tok = payload, *pos = payload + h.n, *tab_of = payload + 2 * h.n;
+    const int32_t *rows = payload + 3 * h.n, *tab_len = rows + h.n_logits;
+    int32_t *ids = (int32_t *)(tab_len + h.n_tables);
+    for (int32_t k = 0; k < h.n_tables; k++) tabs[k] = ids, ids += tab_len[k];
+    for (int32_t t = 0; t < h.n; t++) btab[t] = tabs[tab_of[t]];
+    ss_batch b = {.n = h.n, .tokens = tok, .loc = {.n = h.n, .pos = pos, .block_table = btab},
+                  .n_logits = h.n_logits, .logit_rows = rows};
+    if ((rc = forward_timed(m, &st, &kv, &b, NULL))) break;
+  }
+  free(payload);
+  free(btab);
+  free(tabs);
+  ss_forward_state_free(&st);
+  if (kv.be) ss_kv_cache_free(&kv);
+  return rc;
+}
+
+ss_step_profile ss_model_profile(const ss_model *m) { return *m->prof; }

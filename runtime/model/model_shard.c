@@ -1,0 +1,326 @@
+/* Cutting a loaded model down to one rank's shard (runtime/shard.h's plan),
+ * and paging the shard in.  Serves GGUF files and safetensors folders alike:
+ * a weight's bytes are found through the mapping that holds them. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "comm/comm.h"
+#include "runtime/model/model_internal.h"
+#include "runtime/formats/safetensors.h"
+#include "runtime/base/status.h"
+
+int ss_model_own(ss_model *m, void *p) {
+  if (!p) return ss_error(SS_ERR_NOMEM, "out of memory");
+  void **owned = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *owned);
+  if (!owned) {
+    free(p);
+    return ss_error(SS_ERR_NOMEM, "out of memory");
+  }
+  m->owned = owned;
+  m->owned[m->n_owned++] = p;
+  return SS_OK;
+}
+
+uint64_t ss_weight_nbytes(const ss_weight *w) { return (uint64_t)w->rows * w->row_nbytes; }
+
+/* The file holding p and p's offset in it, or NULL when p is memory of our
+ * own (weights converted at load). */
+static const char *source_of(const ss_model *m, const void *p, uint64_t *off) {
+  const uint8_t *b = p;
+  if (m->gguf) {
+    if (b < m->gguf->map || b >= m->gguf->map + m->gguf->size) return NULL;
+    *off = (uint64_t)(b - m->gguf->map);
+    return m->gguf->path;
+  }
+  for (int i = 0; i < m->st->n_files; i++) {
+    const ss_st_file *f = &m->st->files[i];
+    if (b >= f->map && b < f->map + f->size) {
+      *off = (uint64_t)(b - f->map);
+      return f->path;
+    }
+  }
+  return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tensor-parallel slices                                                     */
+
+/* Under tensor parallelism every weight a rank keeps is read with pread into
+ * memory of its own, and the file mapping is never touched.  Reading through
+ * the mapping would look cheaper, but the kernel maps file pages in large
+ * folios (several MiB on recent kernels), so a rank touching its slices of
+ * many small tensors would map nearly the whole file; with pread each rank's
+ * resident memory is its share of the weights and nothing else. */
+
+static int pread_all(int fd, uint8_t *buf, size_t n, uint64_t at, const char *path,
+                     const char *name) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t k = pread(fd, buf + done, n - done, (off_t)(at + done));
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0)
+      return ss_error(SS_ERR_IO, "%s: reading '%s' at offset %llu: %s", path, name,
+                      (unsigned long long)(at + done),
+                      k < 0 ? strerror(errno) : "unexpected end of file");
+    done += (size_t)k;
+  }
+  return SS_OK;
+}
+
+/* Rows [r.begin, r.end) and columns [c.begin, c.end) of w, copied out of the
+ * file into memory owned by m.  Weights that are already memory of our own
+ * are sliced in place (rows) or copied (columns). */
+static int read_slice(ss_model *m, const char *name, const ss_weight *w_in, ss_range r,
+                      ss_range c, ss_weight *out) {
+  const ss_weight src = *w_in, *w = &src; /* out may be w_in */
+  const ss_dtype_info *ti = ss_dtype_get(w->type);
+  SS_ASSERT(c.begin % ti->block_count == 0 && c.end % ti->block_count == 0);
+  SS_ASSERT(r.begin >= 0 && r.end <= w->rows && c.begin >= 0 && c.end <= w->cols);
+  const size_t off_in_row = (size_t)(c.begin / ti->block_count) * ti->block_nbytes;
+  const size_t row_nbytes = (size_t)(ss_range_len(c) / ti->block_count) * ti->block_nbytes;
+  const int64_t rows = ss_range_len(r);
+  const bool whole_rows = row_nbytes == w->row_nbytes;
+  const uint8_t *first = (const uint8_t *)w->data + (size_t)r.begin * w->row_nbytes;
+  uint64_t file_off = 0;
+  const char *path = source_of(m, w->data, &file_off);
+  *out = *w;
+  out->rows = rows;
+  out->cols = ss_range_len(c);
+  out->row_nbytes = row_nbytes;
+  if (w->row_scale) out->row_scale = w->row_scale + r.begin;
+  if (!path && whole_rows) {
+    out->data = first;
+    return SS_OK;
+  }
+  uint8_t *buf = NULL;
+  const size_t total = (size_t)rows * row_nbytes;
+  if (posix_memalign((void **)&buf, 64, total ? total : 64))
+    return ss_error(SS_ERR_NOMEM, "%s: cannot allocate %zu bytes for a slice of '%s'", m->path,
+                    total, name);
+  int rc = ss_model_own(m, buf);
+  if (rc) return rc;
+  out->data = buf;
+  if (!path) {
+    for (int64_t i = 0; i < rows; i++)
+      memcpy(buf + (size_t)i * row_nbytes, first + (size_t)i * w->row_nbytes + off_in_row,
+             row_nbytes);
+    return SS_OK;
+  }
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ss_error(SS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+  const uint64_t base = file_off + (uint64_t)r.begin * w->row_nbytes;
+  if (whole_rows) {
+    rc = pread_all(fd, buf, total, base, path, name);
+  } else {
+    for (int64_t i = 0; i < rows && rc == SS_OK; i++)
+      rc = pread_all(fd, buf + (size_t)i * row_nbytes, row_nbytes,
+                     base + (uint64_t)i * w->row_nbytes + off_in_row, path, name);
+  }
+  close(fd);
+  return rc;
+}
+
+static int slice_rows(ss_model *m, const char *name, ss_weight *w, ss_range r) {
+  if (!w->data) return SS_OK;
+  return read_slice(m, name, w, r, (ss_range){0, w->cols}, w);
+}
+
+static int slice_cols(ss_model *m, const char *name, ss_weight *w, ss_range c) {
+  if (!w->data) return SS_OK;
+  return read_slice(m, name, w, (ss_range){0, w->rows}, c, w);
+}
+
+/* A replicated vector (a norm's weights): copied out of the file like the
+ * slices (as a one-row F32 weight), so the mapping stays untouched. */
+static int copy_vec(ss_model *m, const char *name, const float **p, int64_t n) {
+  if (!*p) return SS_OK;
+  ss_weight w = {.type = SS_DTYPE_F32, .rows = 1, .cols = n,
+                 .row_nbytes = (size_t)n * sizeof(float), .data = *p};
+  int rc = read_slice(m, name, &w, (ss_range){0, 1}, (ss_range){0, n}, &w);
+  if (rc == SS_OK) *p = w.data;
+  return rc;
+}
+
+/* A weight's name for messages: GGUF's, or a generic one for HF folders. */
+static const char *wname(const ss_model *m, char *buf, size_t cap, int l, const char *gguf_suffix,
+                         const char *what) {
+  if (m->gguf) snprintf(buf, cap, "blk.%d.%s", l, gguf_suffix);
+  else snprintf(buf, cap, "layer %d %s", l, what);
+  return buf;
+}
+
+/* Replaces the whole-model weights bound at load with rank `rank`'s slices of
+ * the plan, and checks the bytes bound against the plan's figures. */
+static int shard_weights(ss_model *m, int rank) {
+  const ss_model_config *c = &m->cfg;
+  const ss_shard_rank *R = &m->plan.ranks[rank];
+  const int64_t D = c->head_dim;
+  const ss_range q_rows = {R->heads.begin * D, R->heads.end * D};
+  const ss_range kv_rows = {R->kv_heads.begin * D, R->kv_heads.end * D};
+  ss_shard_bytes *b = &m->loaded;
+  memset(b, 0, sizeof *b);
+  int rc = SS_OK;
+  char n[96];
+#define NM(sfx, what) wname(m, n, sizeof n, l, sfx, what)
+  for (int l = 0; l < c->n_layer && rc == SS_OK; l++) {
+    ss_layer_weights *L = &m->layers[l];
+    if ((rc = slice_rows(m, NM("attn_q.weight", "q_proj"), &L->wq, q_rows)) ||
+        (rc = slice_rows(m, NM("attn_k.weight", "k_proj"), &L->wk, kv_rows)) ||
+        (rc = slice_rows(m, NM("attn_v.weight", "v_proj"), &L->wv, kv_rows)) ||
+        (rc = slice_cols(m, NM("attn_output.weight", "o_proj"), &L->wo, q_rows)) ||
+        (rc = copy_vec(m, NM("attn_norm.weight", "input_layernorm"), &L->attn_norm, c->dim)) ||
+        (rc = copy_vec(m, NM("ffn_norm.weight", "post_attention_layernorm"), &L->ffn_norm,
+                       c->dim)) ||
+        (rc = copy_vec(m, NM("post_attention_norm.weight", "post_attn_norm"),
+                       &L->post_attn_norm, c->dim)) ||
+        (rc = copy_vec(m, NM("post_ffw_norm.weight", "post_moe_norm"), &L->post_ffn_norm,
+                       c->dim)))
+      break;
+    b->attn += ss_weight_nbytes(&L->wq) + ss_weight_nbytes(&L->wk) + ss_weight_nbytes(&L->wv) +
+               ss_weight_nbytes(&L->wo);
+    if (c->dense_mlp) {
+      if ((rc = slice_rows(m, NM("ffn_gate.weight", "gate_proj"), &L->w_gate, R->ffn)) ||
+          (rc = slice_rows(m, NM("ffn_up.weight", "up_proj"), &L->w_up, R->ffn)) ||
+          (rc = slice_cols(m, NM("ffn_down.weight", "down_proj"), &L->w_down, R->ffn)))
+        break;
+      b->mlp += ss_weight_nbytes(&L->w_gate) + ss_weight_nbytes(&L->w_up) +
+                ss_weight_nbytes(&L->w_down);
+    }
+    if (c->n_expert > 0) {
+      if ((rc = slice_rows(m, NM("ffn_gate_inp.weight", "router"), &L->router,
+                           (ss_range){0, L->router.rows})))
+        break;
+      b->moe += ss_weight_nbytes(&L->router);
+      for (int e = 0; e < c->n_expert && rc == SS_OK; e++) {
+        if (e < R->experts.begin || e >= R->experts.end) {
+          /* Another rank's expert: never touched here. */
+          L->exp_gate[e].data = L->exp_up[e].data = L->exp_down[e].data = NULL;
+          continue;
+        }
+        snprintf(n, sizeof n, "layer %d expert %d", l, e);
+        if ((rc = slice_rows(m, n, &L->exp_gate[e], R->expert_ffn)) ||
+            (rc = slice_rows(m, n, &L->exp_up[e], R->expert_ffn)) ||
+            (rc = slice_cols(m, n, &L->exp_down[e], R->expert_ffn)))
+          break;
+        b->moe += ss_weight_nbytes(&L->exp_gate[e]) + ss_weight_nbytes(&L->exp_up[e]) +
+                  ss_weight_nbytes(&L->exp_down[e]);
+      }
+    }
+  }
+#undef NM
+  if (rc) return rc;
+  const bool tied = c->tied_output;
+  if ((rc = slice_rows(m, "token_embd.weight", &m->tok_embd, R->vocab))) return rc;
+  if (tied) m->output = m->tok_embd;
+  else if ((rc = slice_rows(m, "output.weight", &m->output, R->vocab))) return rc;
+  if ((rc = copy_vec(m, "output_norm.weight", &m->output_norm, c->dim))) return rc;
+  b->embd = ss_weight_nbytes(&m->tok_embd);
+  b->head = c->tied_output ? 0 : ss_weight_nbytes(&m->output);
+  b->norm = ss_shard_norm_nbytes(c);
+  b->total = b->attn + b->mlp + b->moe + b->embd + b->head + b->norm;
+  if (memcmp(b, &R->bytes, sizeof *b) != 0)
+    return ss_error(SS_ERR_INTERNAL, "%s: rank %d bound %llu bytes of weights but its plan says "
+                    "%llu", m->path, rank, (unsigned long long)b->total,
+                    (unsigned long long)R->bytes.total);
+  m->weight_nbytes = b->total;
+  return SS_OK;
+}
+
+static void set_local(ss_model *m, int tp, int rank) {
+  const ss_model_config *c = &m->cfg;
+  ss_model_local *lo = &m->local;
+  lo->tp = tp;
+  lo->rank = rank;
+  if (m->plan.ranks) {
+    const ss_shard_rank *R = &m->plan.ranks[rank];
+    lo->head_base = (int)R->heads.begin;
+    lo->n_head = (int)ss_range_len(R->heads);
+    lo->kv_head_base = (int)R->kv_heads.begin;
+    lo->n_kv_head = (int)ss_range_len(R->kv_heads);
+    lo->ffn_dim = (int)ss_range_len(R->ffn);
+    lo->vocab_begin = R->vocab.begin;
+    lo->vocab_end = R->vocab.end;
+    lo->vocab_parallel = m->plan.opts.vocab_parallel;
+    lo->expert_begin = (int)R->experts.begin;
+    lo->expert_end = (int)R->experts.end;
+    lo->expert_ffn_dim = (int)ss_range_len(R->expert_ffn);
+    lo->expert_parallel = m->plan.opts.expert_parallel;
+  } else {
+    lo->n_head = c->n_head;
+    lo->n_kv_head = c->n_kv_head;
+    lo->ffn_dim = c->dense_mlp ? c->ffn_dim : 0;
+    lo->vocab_end = c->vocab;
+    lo->expert_end = c->n_expert;
+    lo->expert_ffn_dim = c->expert_ffn_dim;
+  }
+}
+
+int ss_model_shard(ss_model *m, const ss_model_load_opts *opts) {
+  const int tp = opts->comm ? opts->comm->size : 1;
+  const int rank = opts->comm ? opts->comm->rank : 0;
+  m->comm = opts->comm;
+  if (opts->expert_parallel && m->cfg.n_expert == 0)
+    return ss_error(SS_ERR_RANGE, "%s: --ep needs a mixture-of-experts model; this %s model is "
+                    "dense", m->path, m->cfg.arch);
+  if (tp > 1) {
+    ss_shard_opts so = {.tp = tp, .vocab_parallel = !opts->replicate_vocab,
+                        .expert_parallel = opts->expert_parallel};
+    int rc = ss_shard_plan_make(m, &so, &m->plan);
+    if (rc) {
+      char msg[512];
+      snprintf(msg, sizeof msg, "%s", ss_error_msg());
+      return ss_error(rc, "%s: %s", m->path, msg);
+    }
+    if ((rc = shard_weights(m, rank))) return rc;
+  }
+  set_local(m, tp, rank);
+  return SS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Paging in                                                                  */
+
+/* Touches every page of this rank's weights so later timings measure compute,
+ * and reports progress (large files take a while to come in from disk). */
+static void touch(const void *p, uint64_t nbytes, uint64_t *done, uint64_t total,
+                  const ss_model_load_opts *o) {
+  const uint8_t *b = p;
+  const uint64_t step = 64ull << 20;
+  volatile uint8_t sink = 0;
+  for (uint64_t at = 0; at < nbytes;) {
+    uint64_t end = at + step < nbytes ? at + step : nbytes;
+    for (uint64_t i = at; i < end; i += 4096) sink ^= b[i];
+    if (end > at) sink ^= b[end - 1];
+    *done += end - at;
+    at = end;
+    if (o->progress) o->progress(o->progress_user, *done, total);
+  }
+  (void)sink;
+}
+
+void ss_model_prefault(const ss_model *m, const ss_model_load_opts *o) {
+  const uint64_t total = m->weight_nbytes;
+  uint64_t done = 0;
+  const ss_model_config *c = &m->cfg;
+  touch(m->tok_embd.data, ss_weight_nbytes(&m->tok_embd), &done, total, o);
+  if (!c->tied_output) touch(m->output.data, ss_weight_nbytes(&m->output), &done, total, o);
+  touch(m->output_norm, (uint64_t)c->dim * sizeof(float), &done, total, o);
+  for (int l = 0; l < c->n_layer; l++) {
+    const ss_layer_weights *L = &m->layers[l];
+    const ss_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down,
+                             &L->router};
+    for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
+      if (ws[i]->data) touch(ws[i]->data, ss_weight_nbytes(ws[i]), &done, total, o);
+    for (int e = m->local.expert_begin; e < m->local.expert_end; e++) {
+      touch(L->exp_gate[e].data, ss_weight_nbytes(&L->exp_gate[e]), &done, total, o);
+      touch(L->exp_up[e].data, ss_weight_nbytes(&L->exp_up[e]), &done, total, o);
+      touch(L->exp_down[e].data, ss_weight_nbytes(&L->exp_down[e]), &done, total, o);
+    }
+    touch(L->attn_norm, (uint64_t)c->dim * sizeof(float), &done, total, o);
+    touch(L->ffn_norm, (uint64_t)c->dim * sizeof(float), &done, total, o);
+  }
+}

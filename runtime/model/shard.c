@@ -1,0 +1,218 @@
+#include "runtime/model/shard.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/model/model.h"
+#include "runtime/base/status.h"
+
+ss_range ss_range_split(int64_t n, int parts, int index) {
+  const int64_t base = n / parts, extra = n % parts;
+  const int64_t begin = index * base + (index < extra ? index : extra);
+  return (ss_range){begin, begin + base + (index < extra ? 1 : 0)};
+}
+
+/* Bytes of rows [r.begin, r.end) of w. */
+static uint64_t rows_nbytes(const ss_weight *w, ss_range r) {
+  return (uint64_t)ss_range_len(r) * w->row_nbytes;
+}
+
+/* Bytes of columns [c.begin, c.end) of every row of w (c on block boundaries). */
+static uint64_t cols_nbytes(const ss_weight *w, ss_range c) {
+  const ss_dtype_info *ti = ss_dtype_get(w->type);
+  return (uint64_t)w->rows * (uint64_t)(ss_range_len(c) / ti->block_count) * ti->block_nbytes;
+}
+
+static bool is_blocked(const ss_weight *w) { return ss_dtype_get(w->type)->block_count > 1; }
+/* Elements per quantization block of w's type (1 for plain types). */
+static int64_t block_of(const ss_weight *w) { return ss_dtype_get(w->type)->block_count; }
+
+static void bytes_add(ss_shard_bytes *b) {
+  b->total = b->attn + b->mlp + b->moe + b->embd + b->head + b->norm;
+}
+
+static uint64_t numel(const ss_weight *w) { return (uint64_t)w->rows * (uint64_t)w->cols; }
+
+/* Columns are split in whole blocks of the type of every matrix cut by columns. */
+static int64_t split_unit(const ss_weight *downs, int64_t count) {
+  int64_t unit = 1;
+  for (int64_t i = 0; i < count; i++)
+    if (block_of(&downs[i]) > unit) unit = block_of(&downs[i]);
+  return unit;
+}
+
+/* Norm vectors per layer (2, or 4 with post-norms), plus the final one. */
+static uint64_t norm_nbytes(const ss_model_config *c) {
+  return (uint64_t)((c->post_norms ? 4 : 2) * c->n_layer + 1) * (uint64_t)c->dim * sizeof(float);
+}
+uint64_t ss_shard_norm_nbytes(const struct ss_model_config *c) { return norm_nbytes(c); }
+
+int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan *out) {
+  memset(out, 0, sizeof *out);
+  const ss_model_config *c = &m->cfg;
+  const int tp = o->tp;
+  if (tp < 1 || tp > 4096)
+    return ss_error(SS_ERR_RANGE, "tensor-parallel degree %d is outside 1..4096", tp);
+  if (tp > c->n_head)
+    return ss_error(SS_ERR_RANGE, "--tp %d exceeds the model's %d query heads: every rank needs "
+                    "at least one head", tp, c->n_head);
+  const int64_t D = c->head_dim, C = c->dim, L = c->n_layer, E = c->n_expert;
+  const int group = c->n_head / c->n_kv_head;
+  const bool moe = E > 0;
+  if (o->expert_parallel && !moe)
+    return ss_error(SS_ERR_RANGE, "--ep: the model has no experts (a dense %s model)", c->arch);
+
+  /* MLP columns: whole blocks of the down projection's type in every layer. */
+  int64_t unit = 1;
+  if (c->dense_mlp) {
+    for (int l = 0; l < L; l++)
+      if (block_of(&m->layers[l].w_down) > unit) unit = block_of(&m->layers[l].w_down);
+    if (c->ffn_dim % unit != 0 || c->ffn_dim / unit < tp)
+      return ss_error(SS_ERR_RANGE, "--tp %d: the MLP width %d splits into %lld units of %lld "
+                      "columns, fewer than the ranks", tp, c->ffn_dim,
+                      (long long)(c->ffn_dim / unit), (long long)unit);
+  }
+  int64_t eunit = 1;
+  if (moe) {
+    for (int l = 0; l < L; l++)
+      if (split_unit(m->layers[l].exp_down, E) > eunit) eunit = split_unit(m->layers[l].exp_down, E);
+    if (o->expert_parallel && E < tp)
+      return ss_error(SS_ERR_RANGE, "--ep %d exceeds the model's %lld experts: every rank needs "
+                      "at least one expert", tp, (long long)E);
+    if (!o->expert_parallel && (c->expert_ffn_dim % eunit != 0 || c->expert_ffn_dim / eunit < tp))
+      return ss_error(SS_ERR_RANGE, "--tp %d: the expert width %d splits into %lld units of %lld "
+                      "columns, fewer than the ranks", tp, c->expert_ffn_dim,
+                      (long long)(c->expert_ffn_dim / eunit), (long long)eunit);
+  }
+  if (o->vocab_parallel && c->vocab < tp)
+    return ss_error(SS_ERR_RANGE, "--tp %d exceeds the vocabulary size %d", tp, c->vocab);
+  out->opts = *o;
+  out->ffn_unit = unit;
+  out->expert_ffn_unit = eunit;
+  out->ranks = calloc((size_t)tp, sizeof *out->ranks);
+  if (!out->ranks) return ss_error(SS_ERR_NOMEM, "out of memory");
+  const ss_dtype_info *kvt = ss_dtype_get(o->kv_type);
+  const uint64_t kv_elem = kvt && kvt->block_count == 1 ? kvt->block_nbytes : sizeof(float);
+
+  /* The unsharded model, as stored. */
+  ss_shard_bytes *f = &out->file;
+  f->embd = rows_nbytes(&m->tok_embd, (ss_range){0, c->vocab});
+  f->head = c->tied_output ? 0 : rows_nbytes(&m->output, (ss_range){0, c->vocab});
+  f->norm = norm_nbytes(c);
+  out->n_params = numel(&m->tok_embd) + (c->tied_output ? 0 : numel(&m->output)) +
+                  f->norm / sizeof(float);
+  uint64_t unused_params = 0;
+  for (int l = 0; l < L; l++) {
+    const ss_layer_weights *W = &m->layers[l];
+    f->attn += rows_nbytes(&W->wq, (ss_range){0, W->wq.rows}) +
+               rows_nbytes(&W->wk, (ss_range){0, W->wk.rows}) +
+               rows_nbytes(&W->wv, (ss_range){0, W->wv.rows}) +
+               rows_nbytes(&W->wo, (ss_range){0, W->wo.rows});
+    out->n_params += numel(&W->wq) + numel(&W->wk) + numel(&W->wv) + numel(&W->wo);
+    if (c->dense_mlp) {
+      f->mlp += rows_nbytes(&W->w_gate, (ss_range){0, W->w_gate.rows}) +
+                rows_nbytes(&W->w_up, (ss_range){0, W->w_up.rows}) +
+                rows_nbytes(&W->w_down, (ss_range){0, W->w_down.rows});
+      out->n_params += numel(&W->w_gate) + numel(&W->w_up) + numel(&W->w_down);
+    }
+    if (moe) {
+      f->moe += rows_nbytes(&W->router, (ss_range){0, E});
+      out->n_params += numel(&W->router);
+      for (int64_t e = 0; e < E; e++) {
+        const uint64_t eb = rows_nbytes(&W->exp_gate[e], (ss_range){0, W->exp_gate[e].rows}) +
+                            rows_nbytes(&W->exp_up[e], (ss_range){0, W->exp_up[e].rows}) +
+                            rows_nbytes(&W->exp_down[e], (ss_range){0, W->exp_down[e].rows});
+        const uint64_t ep = numel(&W->exp_gate[e]) + numel(&W->exp_up[e]) + numel(&W->exp_down[e]);
+        f->moe += eb;
+        out->n_params += ep;
+        if (l == 0 && e == 0) out->expert_nbytes = eb;
+        if (e >= c->n_expert_used) unused_params += ep; /* experts are alike in size */
+      }
+    }
+  }
+  out->n_active_params = out->n_params - unused_params;
+  bytes_add(f);
+  out->kv_nbytes_per_token = 2ull * (uint64_t)L * (uint64_t)c->n_kv_head * (uint64_t)D * kv_elem;
+  out->n_allreduce_per_token = tp > 1 ? (int)(2 * L + (o->vocab_parallel ? 1 : 0)) : 0;
+  out->allreduce_payload_nbytes = (uint64_t)C * sizeof(float);
+  out->gather_nbytes_per_token = tp > 1 && o->vocab_parallel ? (uint64_t)c->vocab * sizeof(float) : 0;
+
+  for (int r = 0; r < tp; r++) {
+    ss_shard_rank *R = &out->ranks[r];
+    R->heads = ss_range_split(c->n_head, tp, r);
+    R->kv_heads = (ss_range){R->heads.begin / group, (R->heads.end - 1) / group + 1};
+    if (c->dense_mlp) {
+      ss_range u = ss_range_split(c->ffn_dim / unit, tp, r);
+      R->ffn = (ss_range){u.begin * unit, u.end * unit};
+    }
+    if (moe) {
+      if (o->expert_parallel) {
+        R->experts = ss_range_split(E, tp, r);
+        R->expert_ffn = (ss_range){0, c->expert_ffn_dim};
+      } else {
+        R->experts = (ss_range){0, E};
+        ss_range u = ss_range_split(c->expert_ffn_dim / eunit, tp, r);
+        R->expert_ffn = (ss_range){u.begin * eunit, u.end * eunit};
+      }
+    }
+    R->vocab = o->vocab_parallel ? ss_range_split(c->vocab, tp, r) : (ss_range){0, c->vocab};
+    const ss_range q_rows = {R->heads.begin * D, R->heads.end * D};
+    const ss_range kv_rows = {R->kv_heads.begin * D, R->kv_heads.end * D};
+    ss_shard_bytes *b = &R->bytes;
+    for (int l = 0; l < L; l++) {
+      const ss_layer_weights *W = &m->layers[l];
+      if (is_blocked(&W->wo) && (q_rows.begin % block_of(&W->wo) || q_rows.end % block_of(&W->wo))) {
+        ss_shard_plan_free(out);
+        return ss_error(SS_ERR_UNSUPPORTED, "--tp %d: rank %d's heads [%lld, %lld) cut the "
+                        "quantization blocks of blk.%d.attn_output (head dim %lld)", tp, r,
+                        (long long)R->heads.begin, (long long)R->heads.end, l, (long long)D);
+      }
+      b->attn += rows_nbytes(&W->wq, q_rows) + rows_nbytes(&W->wk, kv_rows) +
+                 rows_nbytes(&W->wv, kv_rows) + cols_nbytes(&W->wo, q_rows);
+      if (c->dense_mlp)
+        b->mlp += rows_nbytes(&W->w_gate, R->ffn) + rows_nbytes(&W->w_up, R->ffn) +
+                  cols_nbytes(&W->w_down, R->ffn);
+      if (moe) {
+        b->moe += rows_nbytes(&W->router, (ss_range){0, E});
+        for (int64_t e = R->experts.begin; e < R->experts.end; e++)
+          b->moe += rows_nbytes(&W->exp_gate[e], R->expert_ffn) +
+                    rows_nbytes(&W->exp_up[e], R->expert_ffn) +
+                    cols_nbytes(&W->exp_down[e], R->expert_ffn);
+      }
+    }
+    b->embd = rows_nbytes(&m->tok_embd, R->vocab);
+    b->head = c->tied_output ? 0 : rows_nbytes(&m->output, R->vocab);
+    b->norm = f->norm;
+    bytes_add(b);
+    /* Held by another rank too: the norms and routers everywhere but rank 0,
+     * the K/V rows of a KV head the previous rank also holds, and a
+     * replicated vocabulary. */
+    uint64_t rep = r > 0 ? b->norm : 0;
+    if (r > 0 && moe)
+      for (int l = 0; l < L; l++) rep += rows_nbytes(&m->layers[l].router, (ss_range){0, E});
+    if (r > 0 && R->kv_heads.begin < out->ranks[r - 1].kv_heads.end) {
+      const ss_range shared = {R->kv_heads.begin * D, out->ranks[r - 1].kv_heads.end * D};
+      for (int l = 0; l < L; l++)
+        rep += rows_nbytes(&m->layers[l].wk, shared) + rows_nbytes(&m->layers[l].wv, shared);
+    }
+    if (r > 0 && !o->vocab_parallel) rep += b->embd + b->head;
+    R->replicated_nbytes = rep;
+    R->kv_nbytes_per_token = 2ull * (uint64_t)L * (uint64_t)ss_range_len(R->kv_heads) *
+                             (uint64_t)D * kv_elem;
+    /* Ring all-reduce: each rank sends 2(n-1)/n of the payload. */
+    uint64_t ar = (uint64_t)out->n_allreduce_per_token * out->allreduce_payload_nbytes *
+                  2 * (uint64_t)(tp - 1) / (uint64_t)tp;
+    uint64_t gather = out->gather_nbytes_per_token == 0 ? 0
+                      : r == 0 ? (uint64_t)(c->vocab - ss_range_len(R->vocab)) * sizeof(float)
+                               : (uint64_t)ss_range_len(R->vocab) * sizeof(float);
+    R->comm_nbytes_per_token = ar + gather;
+    out->total_weight_nbytes += b->total;
+  }
+  out->replicated_nbytes = out->total_weight_nbytes - f->total;
+  return SS_OK;
+}
+
+void ss_shard_plan_free(ss_shard_plan *p) {
+  free(p->ranks);
+  memset(p, 0, sizeof *p);
+}

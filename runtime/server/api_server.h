@@ -1,0 +1,53 @@
+/* The OpenAI-compatible HTTP API on rank 0: /v1/completions,
+ * /v1/chat/completions (both streamed as Server-Sent Events on request),
+ * /v1/models, /health and /metrics.
+ *
+ * It runs on a libuv loop thread and never blocks on the engine: requests are
+ * validated and tokenized here, submitted to the engine's queue, and answered
+ * from the engine's events, which arrive through a uv_async_t.  The server can
+ * listen before the model is loaded (/health says 503 "loading" meanwhile). */
+#ifndef SS_API_SERVER_H
+#define SS_API_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "runtime/tokenizer/chat.h"
+#include "runtime/engine/engine.h"
+#include "runtime/server/http.h"
+
+typedef struct ss_api ss_api;
+
+typedef struct ss_api_opts {
+  const char *host;           /* default 127.0.0.1 */
+  int port;                   /* default 8000; 0 picks a free port */
+  const char *model_name;     /* the id in /v1/models and responses */
+  const char *api_key;        /* NULL: no authentication */
+  ss_http_limits http;
+  int32_t default_max_tokens; /* /v1/completions without max_tokens (default 16) */
+} ss_api_opts;
+
+/* Binds and listens (an error names the address); the API answers 503 until
+ * ss_api_set_ready. */
+int ss_api_create(uv_loop_t *loop, const ss_api_opts *o, ss_api **out);
+/* The bound port. */
+int ss_api_port(const ss_api *a);
+
+/* From any thread: the model is loaded and the engine runs (tmpl: the chat
+ * template requests are rendered with; copied).  After this the API serves. */
+void ss_api_set_ready(ss_api *a, ss_engine *e, const ss_model *m, const ss_chat_template *tmpl);
+/* From any thread: loading failed; /health reports it, the API answers 503. */
+void ss_api_set_failed(ss_api *a);
+/* The engine's notify callback (any thread): wakes the loop to take events. */
+void ss_api_wake(void *api);
+/* From any thread: the engine thread has returned; once its last events are
+ * answered, the server closes every handle so that uv_run returns. */
+void ss_api_engine_exited(ss_api *a);
+
+/* On the loop thread: stop accepting connections and report "draining". */
+void ss_api_begin_drain(ss_api *a);
+/* After the loop has ended. */
+void ss_api_free(ss_api *a);
+
+#endif
