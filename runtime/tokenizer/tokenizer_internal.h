@@ -1,5 +1,13 @@
-/* Private to tokenizer.c, tokenizer_bpe.c and tokenizer_spm.c: the tokenizer's
- * tables, the open-addressing hash maps over them, and the per-kind encoders. */
+/* Private to the tokenizer's files: the tokenizer's tables, the open-addressing
+ * hash maps over them, and what each file gives the others.
+ *
+ *   tokenizer.c          load, free, accessors, encode dispatch
+ *   tokenizer_hmap.c     the hash map's set-up
+ *   tokenizer_vocab.c    vocabulary, merges and ids from GGUF; lookups
+ *   tokenizer_special.c  special-token search order and partition
+ *   tokenizer_bpe.c      byte-level BPE encoder
+ *   tokenizer_spm.c      SentencePiece-style encoder
+ *   detok.c              pieces and the streaming detokenizer */
 #ifndef SS_TOKENIZER_INTERNAL_H
 #define SS_TOKENIZER_INTERNAL_H
 
@@ -46,6 +54,13 @@ static inline int32_t ss_hmap_probe(const ss_hmap *m, uint32_t h, uint32_t *pos)
     if (m->hash[p] == h) return idx;
   }
 }
+
+/* Sizes the map for n_entries (at most half full), every slot empty. */
+int ss_hmap_init(ss_hmap *m, size_t n_entries);
+void ss_hmap_free(ss_hmap *m);
+/* Stores idx with hash h in the empty slot the probe for h stopped at; pos_after
+ * is *pos as ss_hmap_probe left it on returning -1. */
+void ss_hmap_put(ss_hmap *m, uint32_t h, uint32_t pos_after, int32_t idx);
 
 /* ------------------------------------------------------------------------ */
 /* The tokenizer                                                              */
@@ -94,7 +109,7 @@ struct ss_tokenizer {
   char describe[160];
 };
 
-/* Growable output array of ids. */
+/* Growable output array of ids (ss_tok_ids_push is in tokenizer.c). */
 typedef struct ss_tok_ids {
   int32_t *p;
   size_t n, cap;
@@ -102,11 +117,49 @@ typedef struct ss_tok_ids {
 
 int ss_tok_ids_push(ss_tok_ids *v, int32_t id);
 
+/* ------------------------------------------------------------------------ */
+/* Vocabulary (tokenizer_vocab.c)                                             */
+
+/* tokenizer.ggml.tokens, token_type and scores: the token tables and tok_map. */
+int ss_tok_vocab_load(ss_tokenizer *t, const ss_gguf *g);
+/* tokenizer.ggml.merges (BPE only): merge_text, merges and merge_map. */
+int ss_tok_merges_load(ss_tokenizer *t, const ss_gguf *g);
+/* An optional token id; *id keeps its default (or -1, when the default is
+ * outside the vocabulary) when the key is absent. */
+int ss_tok_id_load(const ss_tokenizer *t, const ss_gguf *g, const char *key, int32_t *id);
+/* gpt2_char, gpt2_nbytes and byte_token, from the loaded vocabulary. */
+void ss_tok_byte_tokens_build(ss_tokenizer *t);
+
 /* Exact lookup of n bytes of token text; -1 if absent. */
 int32_t ss_tok_lookup(const ss_tokenizer *t, const char *s, size_t n);
 /* Rank of the merge (left, right); -1 if there is none. */
 int32_t ss_tok_merge_rank(const ss_tokenizer *t, const char *l, size_t ln, const char *r,
                           size_t rn);
+
+/* ------------------------------------------------------------------------ */
+/* Special tokens (tokenizer_special.c)                                       */
+
+/* A stretch of the input: raw text, or one special token found in it. */
+typedef struct ss_tok_fragment {
+  int32_t id; /* -1 for raw text */
+  size_t off, len;
+} ss_tok_fragment;
+
+typedef struct ss_tok_fragments {
+  ss_tok_fragment *p;
+  size_t n, cap;
+} ss_tok_fragments;
+
+/* Fills special and n_special from the token types. */
+int ss_tok_special_build(ss_tokenizer *t);
+/* Cuts text[0..len) into fragments, in order, into the empty *out:
+ * user-defined tokens always split out, control and unknown ones only with
+ * parse_special.  The caller frees out->p, also on an error. */
+int ss_tok_special_partition(const ss_tokenizer *t, const char *text, size_t len,
+                             bool parse_special, ss_tok_fragments *out);
+
+/* ------------------------------------------------------------------------ */
+/* Encoders (tokenizer_bpe.c, tokenizer_spm.c)                                */
 
 /* GPT-2 byte-to-unicode alphabet: the code point a byte is written as, and
  * back (-1 for a code point outside the alphabet). */
