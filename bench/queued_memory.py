@@ -4,8 +4,9 @@
 Synthesizes (or reuses) a tiny llama GGUF with a large vocabulary, serves it with
 --max-num-seqs 1, sends one long "blocker" request that occupies the only batch slot,
 then N more streaming requests that all sit in the waiting queue.  It reads VmRSS /
-VmHWM / VmData from /proc/PID/status when idle (after one warm-up request), once
-/metrics shows N waiting, and after every connection has been closed (aborted).
+VmHWM / VmData from /proc/PID/status when idle (after one warm-up request), with only the
+blocker running (the baseline for the deltas), once /metrics shows N waiting, and
+after every connection has been closed (aborted).
 
 Note: a buffer that is malloc'd but never written costs address space (VmData) but
 little RSS, so both are printed; per-request figures divide the delta by N.
@@ -62,7 +63,7 @@ def open_request(port, max_tokens, prompt="Hello there, how are you today?"):
     body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "stream": True,
                        "ignore_eos": True, "temperature": 1.0}).encode()
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
               b"Content-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n" % len(body) + body)
     return s
@@ -126,7 +127,8 @@ def main():
                 break
         if port is None:
             sys.exit(f"server did not start (exit {srv.wait()})")
-        threading.Thread(target=lambda: [log("server: " + l.rstrip()) for l in srv.stderr], daemon=True).start()
+        echo = lambda: [log("server: " + line.rstrip()) for line in srv.stderr]
+        threading.Thread(target=echo, daemon=True).start()
         deadline = time.time() + 60
         while http_get(port, "/health")[0] != 200:
             if time.time() > deadline or srv.poll() is not None:
@@ -148,6 +150,8 @@ def main():
             if time.time() > deadline:
                 sys.exit("the blocker request never started running")
             time.sleep(0.05)
+        time.sleep(0.5)
+        base = measure(srv.pid, "running(1)")  # the baseline: only the blocker
         t0 = time.time()
         for _ in range(n):
             socks.append(open_request(port, 200))
@@ -183,10 +187,11 @@ def main():
                 srv.wait()
     log(f"server exit status {srv.returncode}")
 
-    d_rss = queued["VmRSS"] - idle["VmRSS"]
-    d_data = queued["VmData"] - idle["VmData"]
+    d_rss = queued["VmRSS"] - base["VmRSS"]
+    d_data = queued["VmData"] - base["VmData"]
     per = lambda d: d / n if n else 0.0
     log(f"queued={n} vocab={a.vocab} rss_idle_mib={idle['VmRSS'] / 1024:.1f} "
+        f"rss_running_mib={base['VmRSS'] / 1024:.1f} "
         f"rss_queued_mib={queued['VmRSS'] / 1024:.1f} delta_mib={d_rss / 1024:.1f} "
         f"per_request_kib={per(d_rss):.1f} hwm_mib={queued['VmHWM'] / 1024:.1f} "
         f"vmdata_delta_mib={d_data / 1024:.1f} vmdata_per_request_kib={per(d_data):.1f}")

@@ -12,6 +12,7 @@
 #include "launcher/cli.h"
 #include "launcher/device.h"
 #include "launcher/ranks.h"
+#include "runtime/engine/executor.h"
 #include "runtime/tokenizer/chat.h"
 #include "runtime/engine/generate.h"
 #include "runtime/model/model.h"
@@ -368,7 +369,7 @@ int ss_cmd_generate(int argc, char **argv) {
     /* Ranks 1..tp-1: run rank 0's steps until it says stop. */
     free(prompt);
     exit_code = SS_EXIT_OK;
-    if (ss_model_worker_loop(m, be)) exit_code = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    if (ss_exec_worker_loop(m, be)) exit_code = ss_cli_fail(k_cmd, "%s", ss_error_msg());
     if (exit_code == SS_EXIT_OK && profile) exit_code = ss_ranks_profile(k_cmd, comm, m, 0.0);
     ss_model_free(m);
     be->free(be);
@@ -482,7 +483,7 @@ done:
   if (workers_running) {
     /* The workers wait for the next step: tell them to finish (also after a bad
      * prompt or flag), then collect the profile. */
-    if (ss_model_stop_workers(m)) {
+    if (ss_exec_stop_workers(m)) {
       ss_cli_fail(k_cmd, "%s", ss_error_msg());
       exit_code = SS_EXIT_FAIL;
     } else if (profile) {

@@ -27,9 +27,11 @@
 #include "comm/comm.h"
 #include "launcher/cli.h"
 #include "launcher/ranks.h"
+#include "runtime/engine/executor.h"
 #include "runtime/base/clock.h"
 #include "runtime/model/model.h"
 #include "runtime/planner/planner.h"
+#include "runtime/planner/profile_fit.h"
 #include "runtime/engine/sampler.h"
 #include "runtime/base/stats.h"
 #include "runtime/base/status.h"
@@ -78,15 +80,11 @@ static double time_allreduce(ss_comm *c, float *buf, size_t count, int reps) {
   return m;
 }
 
-typedef struct probe {
-  double wall, compute, comm;
-} probe;
-
 /* Times `reps` forward passes of batch b: medians over the repeats of the
  * wall time, of the slowest rank's compute and of rank 0's collectives (a
  * repeat slowed by another process moves none of them). */
 static int run_probe(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
-                     float *logits, int reps, probe *out) {
+                     float *logits, int reps, ss_probe *out) {
   const int tp = m->local.tp;
   ss_step_profile *p0 = calloc((size_t)tp, sizeof *p0), *p1 = calloc((size_t)tp, sizeof *p1);
   double *wall = malloc((size_t)reps * sizeof *wall), *comp = malloc((size_t)reps * sizeof *comp);
@@ -96,13 +94,13 @@ static int run_probe(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, c
     rc = ss_error(SS_ERR_NOMEM, "out of memory");
     goto done;
   }
-  if ((rc = ss_model_forward(m, st, kv, b, logits))) goto done; /* warm-up */
+  if ((rc = ss_exec_step(m, st, kv, b, logits))) goto done; /* warm-up */
   for (int i = 0; i < reps; i++) {
-    if ((rc = ss_model_gather_profiles(m, p0))) goto done;
+    if ((rc = ss_exec_gather_profiles(m, p0))) goto done;
     double t0 = ss_now_s();
-    if ((rc = ss_model_forward(m, st, kv, b, logits))) goto done;
+    if ((rc = ss_exec_step(m, st, kv, b, logits))) goto done;
     wall[i] = ss_now_s() - t0;
-    if ((rc = ss_model_gather_profiles(m, p1))) goto done;
+    if ((rc = ss_exec_gather_profiles(m, p1))) goto done;
     double cmax = 0;
     for (int r = 0; r < tp; r++) cmax = fmax(cmax, p1[r].compute_s - p0[r].compute_s);
     comp[i] = cmax;
@@ -118,6 +116,139 @@ done:
   free(comp);
   free(comm);
   return rc;
+}
+
+/* Rank 0: the forward-pass probes (runtime/planner/profile_fit.h), in a KV
+ * cache holding one long sequence (blocks 0..63) and SS_PROBE_NSEQ short ones
+ * (2 blocks each after it). */
+static int measure_steps(const ss_model *m, ss_backend *be, int reps, ss_probe_set *ps) {
+  const int32_t BS = SS_PROBE_BLOCK, LONG = SS_PROBE_LONG, NSEQ = SS_PROBE_NSEQ;
+  ss_kv_cache kv = {0};
+  ss_forward_state st = {0};
+  float *logits = NULL;
+  int32_t *tok = NULL, *pos = NULL, *rows = NULL, *long_tab = NULL, *short_tab = NULL;
+  const int32_t **tabs = NULL;
+  int rc = SS_OK;
+  if ((rc = ss_model_kv_init(m, be, BS, LONG / BS + 2 * NSEQ, &kv)) ||
+      (rc = ss_forward_state_init(&st, m, be, 256, NSEQ)))
+    goto done;
+  logits = malloc((size_t)NSEQ * (size_t)m->cfg.vocab * sizeof *logits);
+  tok = calloc(256, sizeof *tok);
+  pos = calloc(256, sizeof *pos);
+  rows = calloc(256, sizeof *rows);
+  long_tab = malloc((LONG / BS) * sizeof *long_tab);
+  short_tab = malloc((size_t)NSEQ * 2 * sizeof *short_tab);
+  tabs = malloc(256 * sizeof *tabs);
+  if (!logits || !tok || !pos || !rows || !long_tab || !short_tab || !tabs) {
+    rc = ss_error(SS_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  for (int32_t i = 0; i < LONG / BS; i++) long_tab[i] = i;
+  for (int32_t i = 0; i < NSEQ * 2; i++) short_tab[i] = LONG / BS + i;
+  for (int32_t i = 0; i < 256; i++) tok[i] = 100 + i; /* ordinary vocabulary ids */
+  /* Fill the long sequence's cache (prefill in 256-token chunks). */
+  for (int32_t at = 0; at < LONG; at += 256) {
+    for (int32_t i = 0; i < 256; i++) pos[i] = at + i, tabs[i] = long_tab;
+    int32_t last = 255;
+    ss_batch b = {.n = 256, .tokens = tok, .loc = {.n = 256, .pos = pos, .block_table = tabs},
+                  .n_logits = 1, .logit_rows = &last};
+    if ((rc = ss_exec_step(m, &st, &kv, &b, logits))) goto done;
+  }
+  /* Batch 1 at position 16, then at position 1023. */
+  int32_t zero = 0;
+  pos[0] = 16;
+  tabs[0] = long_tab;
+  ss_batch b = {.n = 1, .tokens = tok, .loc = {.n = 1, .pos = pos, .block_table = tabs},
+                .n_logits = 1, .logit_rows = &zero};
+  if ((rc = run_probe(m, &st, &kv, &b, logits, reps, &ps->dec16))) goto done;
+  pos[0] = LONG - 1;
+  if ((rc = run_probe(m, &st, &kv, &b, logits, reps, &ps->dec1023))) goto done;
+  /* A 256-token prefill chunk at positions 0..255, one logit row. */
+  for (int32_t i = 0; i < 256; i++) pos[i] = i, tabs[i] = long_tab;
+  int32_t last = 255;
+  ss_batch bc = {.n = 256, .tokens = tok, .loc = {.n = 256, .pos = pos, .block_table = tabs},
+                 .n_logits = 1, .logit_rows = &last};
+  if ((rc = run_probe(m, &st, &kv, &bc, logits, reps, &ps->pre256))) goto done;
+  /* A 64-token prefill chunk at positions 0..63 (the size of a typical serving
+   * step with a prompt in it), then at 192..255 (a prompt's last chunk). */
+  int32_t last64 = 63;
+  ss_batch bc64 = {.n = 64, .tokens = tok, .loc = {.n = 64, .pos = pos, .block_table = tabs},
+                   .n_logits = 1, .logit_rows = &last64};
+  if ((rc = run_probe(m, &st, &kv, &bc64, logits, reps, &ps->pre64))) goto done;
+  for (int32_t i = 0; i < 64; i++) pos[i] = 192 + i;
+  if ((rc = run_probe(m, &st, &kv, &bc64, logits, reps, &ps->pre64_192))) goto done;
+  /* 1, 2, 4, ... 32 sequences decoding at position 16 (a logit row each). */
+  for (int32_t s = 0; s < NSEQ; s++) pos[s] = 16, tabs[s] = short_tab + 2 * s, rows[s] = s;
+  for (int i = 0; i < SS_PROBE_N_DEC; i++) {
+    const int32_t n = ss_probe_decode_batch[i];
+    ss_batch bd = {.n = n, .tokens = tok, .loc = {.n = n, .pos = pos, .block_table = tabs},
+                   .n_logits = n, .logit_rows = rows};
+    if ((rc = run_probe(m, &st, &kv, &bd, logits, reps, &ps->dec[i]))) goto done;
+  }
+done:
+  free(logits);
+  free(tok);
+  free(pos);
+  free(rows);
+  free(long_tab);
+  free(short_tab);
+  free(tabs);
+  ss_forward_state_free(&st);
+  if (kv.be) ss_kv_cache_free(&kv);
+  return rc;
+}
+
+/* Sampling cost per row (rank 0, engine thread work outside the forward). */
+static int measure_sampler(const ss_model *m, double *out_s) {
+  ss_sampler smp;
+  ss_sampler_params sp = {.temperature = 0.0f, .top_p = 1.0f, .seed = 1};
+  float *logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
+  if (!logits) return ss_error(SS_ERR_NOMEM, "out of memory");
+  int rc = ss_sampler_init(&smp, &sp, m->cfg.vocab);
+  if (rc) {
+    free(logits);
+    return rc;
+  }
+  for (int32_t i = 0; i < m->cfg.vocab; i++) logits[i] = (float)((i * 2654435761u) % 1000) * 1e-3f;
+  double t0 = ss_now_s();
+  for (int i = 0; i < 200; i++) (void)ss_sampler_sample(&smp, logits);
+  *out_s = (ss_now_s() - t0) / 200;
+  ss_sampler_free(&smp);
+  free(logits);
+  return SS_OK;
+}
+
+/* Rank 0: fits the profile to the probes, saves it and says what it found. */
+static int fit_and_save(const ss_model *m, ss_backend *be, const char *path,
+                        const char *out_path, double req_ms, const ss_probe_set *ps) {
+  ss_plan_model pm;
+  ss_plan_model_from_loaded(m, 1, &pm);
+  ss_hw_profile hw = {0};
+  snprintf(hw.name, sizeof hw.name, "measured: %s, tp %d, %d threads per rank", path, m->local.tp,
+           be->n_threads(be));
+  char comment[1536];
+  ss_profile_fit(&pm, ps, &hw, comment, sizeof comment);
+  hw.request_overhead_s = req_ms * 1e-3;
+  long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+  hw.mem_bytes = pages > 0 && psz > 0 ? (double)pages * (double)psz / m->local.tp : 0;
+  hw.devices_per_node = m->local.tp;
+  int rc = ss_hw_profile_save(out_path, &hw, comment);
+  if (rc) return rc;
+  fprintf(stderr,
+          "profile: weight bandwidth %.2f GB/s, matmul %.2f GFLOP/s, prompt token x%.2f, "
+          "roofline exponent %.2f, "
+          "attention %.3f us/position read + %.3f us/pair, step overhead %.3f ms, "
+          "sampling %.3f ms/row",
+          hw.mem_bw / 1e9, hw.flops / 1e9, hw.prefill_token_cost, hw.roofline_exponent,
+          hw.attn_s_per_pos * 1e6, hw.attn_s_per_pair * 1e6, hw.step_overhead_s * 1e3,
+          hw.logit_row_s * 1e3);
+  fprintf(stderr, "; measured/fitted at");
+  for (int i = 0; i < hw.n_correction; i++)
+    fprintf(stderr, " %.0f:%.3f", hw.correction_tokens[i], hw.correction_ratio[i]);
+  if (ps->tp > 0)
+    fprintf(stderr, ", all-reduce %.1f us + %.2f GB/s", hw.link_lat * 1e6, hw.link_bw / 1e9);
+  fprintf(stderr, "\nprofile: %s\nprofile: written to %s\n", comment, out_path);
+  return SS_OK;
 }
 
 int ss_cmd_profile(int argc, char **argv) {
@@ -173,278 +304,31 @@ int ss_cmd_profile(int argc, char **argv) {
   }
   /* Collectives first, all ranks together: latency from a one-token payload,
    * bandwidth from a 256-token one. */
+  ss_probe_set ps = {0};
   const size_t small = (size_t)m->cfg.dim, large = (size_t)m->cfg.dim * 256;
-  double t_small = 0, t_large = 0;
+  ps.ar_small_bytes = small * sizeof(float);
+  ps.ar_large_bytes = large * sizeof(float);
   if (comm) {
+    ps.tp = comm->size;
     float *buf = calloc(large, sizeof *buf);
     if (buf) {
-      t_small = time_allreduce(comm, buf, small, 200);
-      t_large = time_allreduce(comm, buf, large, 40);
+      ps.ar_small_s = time_allreduce(comm, buf, small, 200);
+      ps.ar_large_s = time_allreduce(comm, buf, large, 40);
     }
     free(buf);
   }
   if (comm && comm->rank != 0) {
-    if (ss_model_worker_loop(m, be)) rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    if (ss_exec_worker_loop(m, be)) rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
     be->free(be);
     ss_model_free(m);
     ss_ranks_end(comm, rc);
     return rc;
   }
-
-  /* Rank 0: a KV cache with one long sequence (blocks 0..127) and 32 short ones
-   * (2 blocks each after it). */
-  const int32_t BS = 16, LONG = 1024, NSEQ = 32;
-  enum { N_DEC = 6 };
-  static const int32_t k_dec[N_DEC] = {1, 2, 4, 8, 16, 32};
-  ss_kv_cache kv = {0};
-  ss_forward_state st = {0};
-  float *logits = NULL;
-  int32_t *tok = NULL, *pos = NULL, *rows = NULL, *long_tab = NULL, *short_tab = NULL;
-  const int32_t **tabs = NULL;
-  probe pa, pb, pc, pc64, pc64b, pd[N_DEC];
-  rc = SS_OK;
-  if ((rc = ss_model_kv_init(m, be, BS, LONG / BS + 2 * NSEQ, &kv)) ||
-      (rc = ss_forward_state_init(&st, m, be, 256, NSEQ)))
-    goto fail;
-  logits = malloc((size_t)NSEQ * (size_t)m->cfg.vocab * sizeof *logits);
-  tok = calloc(256, sizeof *tok);
-  pos = calloc(256, sizeof *pos);
-  rows = calloc(256, sizeof *rows);
-  long_tab = malloc((LONG / BS) * sizeof *long_tab);
-  short_tab = malloc((size_t)NSEQ * 2 * sizeof *short_tab);
-  tabs = malloc(256 * sizeof *tabs);
-  if (!logits || !tok || !pos || !rows || !long_tab || !short_tab || !tabs) {
-    rc = ss_error(SS_ERR_NOMEM, "out of memory");
-    goto fail;
-  }
-  for (int32_t i = 0; i < LONG / BS; i++) long_tab[i] = i;
-  for (int32_t i = 0; i < NSEQ * 2; i++) short_tab[i] = LONG / BS + i;
-  for (int32_t i = 0; i < 256; i++) tok[i] = 100 + i; /* ordinary vocabulary ids */
-  /* Fill the long sequence's cache (prefill in 256-token chunks). */
-  for (int32_t at = 0; at < LONG; at += 256) {
-    for (int32_t i = 0; i < 256; i++) pos[i] = at + i, tabs[i] = long_tab;
-    int32_t last = 255;
-    ss_batch b = {.n = 256, .tokens = tok, .loc = {.n = 256, .pos = pos, .block_table = tabs},
-                  .n_logits = 1, .logit_rows = &last};
-    if ((rc = ss_model_forward(m, &st, &kv, &b, logits))) goto fail;
-  }
-  {
-    /* A: batch 1 at position 16; B: at position 1023. */
-    int32_t zero = 0;
-    pos[0] = 16;
-    tabs[0] = long_tab;
-    ss_batch b = {.n = 1, .tokens = tok, .loc = {.n = 1, .pos = pos, .block_table = tabs},
-                  .n_logits = 1, .logit_rows = &zero};
-    if ((rc = run_probe(m, &st, &kv, &b, logits, (int)reps, &pa))) goto fail;
-    pos[0] = LONG - 1;
-    if ((rc = run_probe(m, &st, &kv, &b, logits, (int)reps, &pb))) goto fail;
-    /* C: a 256-token prefill chunk at positions 0..255, one logit row. */
-    for (int32_t i = 0; i < 256; i++) pos[i] = i, tabs[i] = long_tab;
-    int32_t last = 255;
-    ss_batch bc = {.n = 256, .tokens = tok, .loc = {.n = 256, .pos = pos, .block_table = tabs},
-                   .n_logits = 1, .logit_rows = &last};
-    if ((rc = run_probe(m, &st, &kv, &bc, logits, (int)reps, &pc))) goto fail;
-    /* C64: a 64-token prefill chunk at positions 0..63 (the size of a typical
-     * serving step with a prompt in it). */
-    int32_t last64 = 63;
-    ss_batch bc64 = {.n = 64, .tokens = tok, .loc = {.n = 64, .pos = pos, .block_table = tabs},
-                     .n_logits = 1, .logit_rows = &last64};
-    if ((rc = run_probe(m, &st, &kv, &bc64, logits, (int)reps, &pc64))) goto fail;
-    /* C64b: the same chunk size at positions 192..255 (a prompt's last chunk). */
-    for (int32_t i = 0; i < 64; i++) pos[i] = 192 + i;
-    if ((rc = run_probe(m, &st, &kv, &bc64, logits, (int)reps, &pc64b))) goto fail;
-    /* D: 1, 2, 4, ... 32 sequences decoding at position 16 (a logit row each). */
-    for (int32_t s = 0; s < NSEQ; s++) pos[s] = 16, tabs[s] = short_tab + 2 * s, rows[s] = s;
-    for (int i = 0; i < N_DEC; i++) {
-      ss_batch bd = {.n = k_dec[i], .tokens = tok,
-                     .loc = {.n = k_dec[i], .pos = pos, .block_table = tabs},
-                     .n_logits = k_dec[i], .logit_rows = rows};
-      if ((rc = run_probe(m, &st, &kv, &bd, logits, (int)reps, &pd[i]))) goto fail;
-    }
-  }
-  if ((rc = ss_model_stop_workers(m))) goto fail;
-
-  /* Sampling cost per row (rank 0, engine thread work outside the forward). */
-  double t_sample;
-  {
-    ss_sampler smp;
-    ss_sampler_params sp = {.temperature = 0.0f, .top_p = 1.0f, .seed = 1};
-    if ((rc = ss_sampler_init(&smp, &sp, m->cfg.vocab))) goto fail;
-    for (int32_t i = 0; i < m->cfg.vocab; i++) logits[i] = (float)((i * 2654435761u) % 1000) * 1e-3f;
-    double t0 = ss_now_s();
-    for (int i = 0; i < 200; i++) (void)ss_sampler_sample(&smp, logits);
-    t_sample = (ss_now_s() - t0) / 200;
-    ss_sampler_free(&smp);
-  }
-
-  /* Fit. */
-  ss_plan_model pm;
-  ss_plan_model_from_loaded(m, 1, &pm);
-  ss_hw_profile hw = {0};
-  snprintf(hw.name, sizeof hw.name, "measured: %s, tp %d, %d threads per rank", path, m->local.tp,
-           be->n_threads(be));
-  /* Attention.  A decode token at position p reads p + 1 K/V positions and
-   * forms as many query-key pairs: d = per position + per pair, from B - A.
-   * The two 64-token chunks differ by 192 positions read and 12288 pairs:
-   * C64b - C64 = 192 (d - pair) + 12288 pair. */
-  const double d = fmax(0.0, (pb.compute - pa.compute) / (LONG - 17.0));
-  const double pair_c64b = 64.0 * 192 + 64.0 * 65 / 2, pair_c = 256.0 * 257 / 2;
-  const double dpair = pair_c64b - 64.0 * 65 / 2;
-  const double per_pair = (pc64b.compute - pc64.compute - 192.0 * d) / (dpair - 192.0);
-  /* A pair costs something (1e-12 s marks the figure as measured) and no more
-   * than the decode figure, which includes it. */
-  hw.attn_s_per_pair = fmin(fmax(per_pair, 1e-12), fmax(d, 1e-12));
-  hw.attn_s_per_pos = fmax(0.0, d - hw.attn_s_per_pair);
-#define ATTN(kv_read, pairs) (hw.attn_s_per_pos * (kv_read) + hw.attn_s_per_pair * (pairs))
-  const double params_c = pm.dense_params * 256 + pm.head_params;
-  const double comp_c = pc.compute - ATTN(256.0, pair_c);
-  hw.flops = 2.0 * params_c / fmax(comp_c, 1e-7);
-  hw.flops_fp8 = hw.flops;
-  hw.logit_row_s = t_sample;
-  /* Outside compute and collectives: the step broadcast, the logits gather's
-   * bookkeeping, the backend's thread wake-ups. */
-  hw.step_overhead_s = fmax(0.0, pa.wall - pa.compute - pa.comm);
-  /* Weight streaming M, the matmul rate and how the two combine, fitted
-   * together on the decode probes (batch 1 ... 32) and the two prefill probes:
-   * each costs (M^p + C^p)^(1/p) of compute besides its attention, C = its
-   * matmul flops / rate, a prompt token's flops weighted by the prefill token
-   * cost.  Least squares on the relative error over a grid: the rate within
-   * +-20% of the 256-token prefill's, the prefill token cost in [0.8, 1.5], M
-   * in (0, batch 1's compute], p in {1, 1.1, ..., 4} or max (p = 0).  On CPUs
-   * a prompt token costs more than a decoded one at the same batch size (its
-   * activations and attention rows are larger working sets). */
-  enum { N_FIT = N_DEC + 3 };
-  double fit_d[N_FIT], fit_q[N_FIT], fit_x[N_FIT]; /* flops of sampled / prompt tokens */
-  for (int i = 0; i < N_DEC; i++) {
-    fit_d[i] = 2.0 * (pm.dense_params + pm.head_params) * k_dec[i];
-    fit_q[i] = 0;
-    fit_x[i] = pd[i].compute - ATTN(17.0 * k_dec[i], 17.0 * k_dec[i]);
-  }
-  fit_d[N_DEC] = 2.0 * (pm.dense_params + pm.head_params);
-  fit_q[N_DEC] = 2.0 * pm.dense_params * 255;
-  fit_x[N_DEC] = comp_c;
-  fit_d[N_DEC + 1] = fit_d[N_DEC];
-  fit_q[N_DEC + 1] = 2.0 * pm.dense_params * 63;
-  fit_x[N_DEC + 1] = pc64.compute - ATTN(64.0, 64.0 * 65 / 2);
-  fit_d[N_DEC + 2] = fit_d[N_DEC];
-  fit_q[N_DEC + 2] = fit_q[N_DEC + 1];
-  fit_x[N_DEC + 2] = pc64b.compute - ATTN(256.0, pair_c64b);
-#undef ATTN
-  const double flops0 = hw.flops;
-  double best_err = INFINITY, best_m = fit_x[0], best_p = 0, best_flops = flops0, best_pf = 1;
-  const double m_hi = fmax(fit_x[0], 1e-7);
-  for (int iflo = 0; iflo <= 40; iflo++) {
-    const double flops = flops0 * (0.8 + 0.01 * iflo);
-    for (int ipf = 0; ipf <= 35; ipf++) {
-      const double pf = 0.8 + 0.02 * ipf;
-      for (int im = 1; im <= 100; im++) {
-        const double M = m_hi * im / 100.0;
-        for (int ip = 0; ip <= 31; ip++) {
-          const double p = ip == 31 ? 0 : 1.0 + 0.1 * ip;
-          double err = 0;
-          for (int i = 0; i < N_FIT; i++) {
-            const double cm = (fit_d[i] + pf * fit_q[i]) / flops;
-            const double r = (ss_roofline(M, cm, p) - fit_x[i]) / fmax(fit_x[i], 1e-9);
-            err += r * r;
-          }
-          if (err < best_err)
-            best_err = err, best_m = M, best_p = p, best_flops = flops, best_pf = pf;
-        }
-      }
-    }
-  }
-  hw.prefill_token_cost = best_pf;
-  hw.flops = hw.flops_fp8 = best_flops;
-  hw.mem_bw = (pm.dense_bytes + pm.head_bytes) / fmax(best_m, 1e-7);
-  hw.roofline_exponent = best_p;
-  /* What the fitted curve leaves: measured over modelled at each probe's size
-   * (the two 64-token chunks averaged), so the profile meets every probe. */
-  {
-    double ratio[N_FIT];
-    for (int i = 0; i < N_FIT; i++) {
-      const double cm = (fit_d[i] + best_pf * fit_q[i]) / best_flops;
-      ratio[i] = fmin(fmax(fit_x[i] / fmax(ss_roofline(best_m, cm, best_p), 1e-9), 0.1), 10);
-    }
-    /* In rising step size: the decode batches, the 64-token chunks, prefill256. */
-    int n = 0;
-    for (int i = 0; i < N_DEC; i++)
-      hw.correction_tokens[n] = k_dec[i], hw.correction_ratio[n++] = ratio[i];
-    hw.correction_tokens[n] = 1 + 63 * best_pf;
-    hw.correction_ratio[n++] = 0.5 * (ratio[N_DEC + 1] + ratio[N_DEC + 2]);
-    hw.correction_tokens[n] = 1 + 255 * best_pf;
-    hw.correction_ratio[n++] = ratio[N_DEC];
-    hw.n_correction = n;
-  }
-  hw.request_overhead_s = req_ms * 1e-3;
-  long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-  hw.mem_bytes = pages > 0 && psz > 0 ? (double)pages * (double)psz / m->local.tp : 0;
-  hw.devices_per_node = m->local.tp;
-  if (comm) {
-    const double sb = small * sizeof(float), lb = large * sizeof(float);
-    const double ring = 2.0 * (comm->size - 1) / comm->size;
-    hw.link_bw = t_large > t_small ? ring * (lb - sb) / (t_large - t_small) : 0;
-    hw.link_lat = fmax(0.0, t_small - (hw.link_bw > 0 ? ring * sb / hw.link_bw : 0));
-    hw.inter_bw = hw.link_bw;
-    hw.inter_lat = hw.link_lat;
-  }
-  /* How well the fitted model explains each probe's wall time. */
-  char comment[1536];
-  int at = snprintf(comment, sizeof comment,
-                    "probes, ms (median wall / compute of the slowest rank / model): "
-                    "batch1@1023 %.3f/%.3f/%.3f, prefill256 %.3f/%.3f/%.3f, "
-                    "prefill64 %.3f/%.3f/%.3f, prefill64@192 %.3f/%.3f/%.3f",
-                    pb.wall * 1e3, pb.compute * 1e3,
-                    ss_cost_step(&pm, &hw, &(ss_step_shape){.n_tokens = 1, .n_logits = 1,
-                                                            .attended = LONG,
-                                                            .kv_read = LONG}).total_s * 1e3,
-                    pc.wall * 1e3, pc.compute * 1e3,
-                    ss_cost_step(&pm, &hw, &(ss_step_shape){.n_tokens = 256, .n_logits = 1,
-                                                            .attended = pair_c,
-                                                            .kv_read = 256}).total_s * 1e3,
-                    pc64.wall * 1e3, pc64.compute * 1e3,
-                    ss_cost_step(&pm, &hw, &(ss_step_shape){.n_tokens = 64, .n_logits = 1,
-                                                            .attended = 64.0 * 65 / 2,
-                                                            .kv_read = 64}).total_s * 1e3,
-                    pc64b.wall * 1e3, pc64b.compute * 1e3,
-                    ss_cost_step(&pm, &hw, &(ss_step_shape){.n_tokens = 64, .n_logits = 1,
-                                                            .attended = pair_c64b,
-                                                            .kv_read = 256}).total_s * 1e3);
-  for (int i = 0; i < N_DEC && at > 0 && (size_t)at < sizeof comment; i++) {
-    ss_step_shape sd = {.n_tokens = k_dec[i], .n_logits = k_dec[i], .attended = k_dec[i] * 17.0,
-                        .kv_read = k_dec[i] * 17.0};
-    const ss_step_cost cd = ss_cost_step(&pm, &hw, &sd);
-    at += snprintf(comment + at, sizeof comment - (size_t)at, ", decode%d %.3f/%.3f/%.3f",
-                   k_dec[i], pd[i].wall * 1e3, pd[i].compute * 1e3, cd.total_s * 1e3);
-  }
-  if (at > 0 && (size_t)at < sizeof comment)
-    snprintf(comment + at, sizeof comment - (size_t)at, "; allreduce %zu B %.1f us, %zu B %.1f us",
-             small * sizeof(float), t_small * 1e6, large * sizeof(float), t_large * 1e6);
-  if ((rc = ss_hw_profile_save(out_path, &hw, comment))) goto fail;
-  fprintf(stderr,
-          "profile: weight bandwidth %.2f GB/s, matmul %.2f GFLOP/s, prompt token x%.2f, "
-          "roofline exponent %.2f, "
-          "attention %.3f us/position read + %.3f us/pair, step overhead %.3f ms, "
-          "sampling %.3f ms/row",
-          hw.mem_bw / 1e9, hw.flops / 1e9, hw.prefill_token_cost, hw.roofline_exponent,
-          hw.attn_s_per_pos * 1e6, hw.attn_s_per_pair * 1e6, hw.step_overhead_s * 1e3,
-          hw.logit_row_s * 1e3);
-  fprintf(stderr, "; measured/fitted at");
-  for (int i = 0; i < hw.n_correction; i++)
-    fprintf(stderr, " %.0f:%.3f", hw.correction_tokens[i], hw.correction_ratio[i]);
-  if (comm)
-    fprintf(stderr, ", all-reduce %.1f us + %.2f GB/s", hw.link_lat * 1e6, hw.link_bw / 1e9);
-  fprintf(stderr, "\nprofile: %s\nprofile: written to %s\n", comment, out_path);
-  rc = SS_OK;
-fail:
-  free(logits);
-  free(tok);
-  free(pos);
-  free(rows);
-  free(long_tab);
-  free(short_tab);
-  free(tabs);
-  ss_forward_state_free(&st);
-  if (kv.be) ss_kv_cache_free(&kv);
+  rc = measure_steps(m, be, (int)reps, &ps);
+  int rc_stop = ss_exec_stop_workers(m);
+  if (!rc) rc = rc_stop;
+  if (!rc) rc = measure_sampler(m, &ps.sample_s);
+  if (!rc) rc = fit_and_save(m, be, path, out_path, req_ms, &ps);
   int code = SS_EXIT_OK;
   if (rc) code = ss_cli_fail(k_cmd, "%s", ss_error_msg());
   be->free(be);

@@ -19,6 +19,7 @@
 #include "launcher/cli.h"
 #include "launcher/device.h"
 #include "launcher/ranks.h"
+#include "runtime/engine/executor.h"
 #include "runtime/server/api_server.h"
 #include "runtime/tokenizer/chat.h"
 #include "runtime/engine/engine.h"
@@ -144,7 +145,7 @@ static void *engine_main(void *arg) {
   pthread_mutex_unlock(&s->mu);
   if (stop) ss_engine_stop(s->engine, s->drain_timeout);
   s->engine_rc = ss_engine_run(s->engine);
-  if (s->engine_rc == SS_OK && ss_model_stop_workers(s->model)) {
+  if (s->engine_rc == SS_OK && ss_exec_stop_workers(s->model)) {
     ss_cli_fail(k_cmd, "%s", ss_error_msg());
     s->engine_rc = SS_ERR_COMM;
   }
@@ -355,7 +356,7 @@ int ss_cmd_serve(int argc, char **argv) {
     if (rc == SS_EXIT_OK) rc = ss_cli_backend_create(k_cmd, s.device, (int)s.threads, s.comm, &be);
     if (rc == SS_EXIT_OK) rc = ss_cli_model_to_backend(k_cmd, m, be);
     if ((rc = ss_ranks_agree(k_cmd, s.comm, rc == SS_EXIT_OK)) == SS_EXIT_OK &&
-        ss_model_worker_loop(m, be))
+        ss_exec_worker_loop(m, be))
       rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
     ss_model_free(m); /* before the backend its device weights belong to */
     if (be) be->free(be);

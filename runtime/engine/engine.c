@@ -1,3 +1,4 @@
+#include "runtime/engine/executor.h"
 #include "runtime/engine/engine.h"
 
 #include <math.h>
@@ -524,7 +525,7 @@ static void fail_all_locked(ss_engine *e, const char *msg, ev_list *out) {
 static void gather_rank_stats(ss_engine *e) {
   ss_step_profile *all = calloc((size_t)e->n_ranks, sizeof *all);
   if (!all) return;
-  if (ss_model_gather_profiles(e->m, all) == SS_OK) {
+  if (ss_exec_gather_profiles(e->m, all) == SS_OK) {
     pthread_mutex_lock(&e->mu);
     for (int r = 0; r < e->n_ranks; r++)
       e->ranks[r] = (rank_stats){.compute_s = all[r].compute_s, .comm_s = all[r].comm_s,
@@ -621,7 +622,7 @@ int ss_engine_run(ss_engine *e) {
     ss_batch fb = {.n = nt, .tokens = e->b_tokens, .loc = {.n = nt, .pos = e->b_pos,
                    .block_table = e->b_tab}, .n_logits = nl, .logit_rows = e->b_rows};
     const double t_fwd0 = ss_now_s();
-    rc = ss_model_forward(e->m, &e->st, &e->kv, &fb, e->logits);
+    rc = ss_exec_step(e->m, &e->st, &e->kv, &fb, e->logits);
     const double t = ss_now_s();
     pthread_mutex_lock(&e->mu);
     for (int32_t i = 0; i < b.n_entries; i++) {

@@ -1,3 +1,4 @@
+#include "runtime/engine/executor.h"
 #include "runtime/engine/generate.h"
 
 #include <stdlib.h>
@@ -138,7 +139,7 @@ int ss_generate(const ss_model *m, ss_backend *be, const int32_t *prompt, int32_
     ss_batch b = {.n = n, .tokens = prompt + at,
                   .loc = {.n = n, .pos = pos, .block_table = btab},
                   .n_logits = final ? 1 : 0, .logit_rows = &last};
-    if ((rc = ss_model_forward(m, &st, &kv, &b, logits))) goto done;
+    if ((rc = ss_exec_step(m, &st, &kv, &b, logits))) goto done;
   }
   res->prefill_ms = (ss_now_s() * 1e3) - t0;
 
@@ -185,7 +186,7 @@ int ss_generate(const ss_model *m, ss_backend *be, const int32_t *prompt, int32_
     int32_t p0 = n_prompt + step, zero = 0;
     ss_batch b = {.n = 1, .tokens = &tok, .loc = {.n = 1, .pos = &p0, .block_table = btab},
                   .n_logits = 1, .logit_rows = &zero};
-    if ((rc = ss_model_forward(m, &st, &kv, &b, logits))) goto done;
+    if ((rc = ss_exec_step(m, &st, &kv, &b, logits))) goto done;
     res->n_decode_steps++;
   }
   res->decode_ms = (ss_now_s() * 1e3) - t1;

@@ -220,17 +220,14 @@ typedef struct ss_batch {
   const int32_t *logit_rows;
 } ss_batch;
 
-/* On rank 0 (or alone): runs the batch, broadcasting it first to the other ranks
- * when tp > 1, and returns the logits (float[n_logits][V], whole vocabulary) on
- * rank 0.  Under tensor parallelism ranks 1..tp-1 run ss_model_worker_loop. */
+/* One forward pass of this rank's shard: the collectives inside it (the
+ * row-parallel all-reduces, the logits gather) run with the other ranks doing
+ * the same pass.  Returns the logits (float[n_logits][V], whole vocabulary) on
+ * rank 0 when `logits` is given; workers pass NULL.  Counted in the rank's
+ * step profile.  What each rank runs is decided by the engine's executor
+ * (runtime/engine/executor.h), which broadcasts each step from rank 0. */
 int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
                      float *logits);
-
-/* Ranks 1..tp-1: receive each step from rank 0, run this rank's shard of it,
- * until rank 0 calls ss_model_stop_workers (returns SS_OK) or a collective fails. */
-int ss_model_worker_loop(const ss_model *m, ss_backend *be);
-/* Rank 0: tells the workers to return from their loop.  Harmless at tp 1. */
-int ss_model_stop_workers(const ss_model *m);
 
 /* Per-rank counters of the forward passes, for --profile. */
 typedef struct ss_step_profile {
@@ -245,9 +242,6 @@ typedef struct ss_step_profile {
 } ss_step_profile;
 /* This rank's counters since load. */
 ss_step_profile ss_model_profile(const ss_model *m);
-/* Rank 0, between steps: every rank's counters (all[r], r < tp), gathered through a
- * step message the workers answer.  At tp 1, all[0] is this rank's. */
-int ss_model_gather_profiles(const ss_model *m, ss_step_profile *all);
 
 /* The cache geometry for this rank: its KV heads, with the given block count. */
 int ss_model_kv_init(const ss_model *m, ss_backend *be, int32_t block_size, int32_t n_blocks,
