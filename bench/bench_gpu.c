@@ -19,10 +19,10 @@
 
 #include "kernels/cuda/cuda.h"
 #include "runtime/base/clock.h"
-#include "runtime/model/kv_cache.h"
-#include "runtime/model/model.h"
 #include "runtime/base/stats.h"
 #include "runtime/base/status.h"
+#include "runtime/model/kv_cache.h"
+#include "runtime/model/model.h"
 
 #define CK(call)                                                                          \
   do {                                                                                    \

@@ -10,9 +10,9 @@
 
 #include "kernels/cpu/isa.h"
 #include "launcher/cli.h"
-#include "runtime/tokenizer/chat.h"
-#include "runtime/model/model.h"
 #include "runtime/base/status.h"
+#include "runtime/model/model.h"
+#include "runtime/tokenizer/chat.h"
 
 static const char *k_cmd = "info";
 

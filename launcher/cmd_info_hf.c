@@ -8,9 +8,9 @@
 #include <string.h>
 
 #include "launcher/cli.h"
-#include "runtime/model/model.h"
-#include "runtime/formats/safetensors.h"
 #include "runtime/base/status.h"
+#include "runtime/formats/safetensors.h"
+#include "runtime/model/model.h"
 
 static json_t *shape_json(const ss_st_tensor *t) {
   json_t *a = json_array();

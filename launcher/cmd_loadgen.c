@@ -15,12 +15,12 @@
 #include "bench/loadgen/client.h"
 #include "bench/loadgen/dataset.h"
 #include "bench/loadgen/report.h"
-#include "runtime/planner/arrivals.h"
 #include "bench/loadgen/stats.h"
 #include "launcher/cli.h"
 #include "launcher/loadgen_opts.h"
-#include "runtime/formats/gguf.h"
 #include "runtime/base/status.h"
+#include "runtime/formats/gguf.h"
+#include "runtime/planner/arrivals.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 static const char *k_cmd = "loadgen";

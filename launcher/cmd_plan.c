@@ -12,9 +12,9 @@
 
 #include "launcher/cli.h"
 #include "launcher/plan_capacity.h"
+#include "runtime/base/status.h"
 #include "runtime/model/model.h"
 #include "runtime/model/shard.h"
-#include "runtime/base/status.h"
 
 static const char *k_cmd = "plan";
 

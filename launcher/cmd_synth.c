@@ -23,8 +23,8 @@
 
 #include "launcher/cli.h"
 #include "launcher/synth.h"
-#include "runtime/formats/gguf.h"
 #include "runtime/base/status.h"
+#include "runtime/formats/gguf.h"
 
 static const char *k_cmd = "synth";
 

@@ -6,8 +6,8 @@
 #include <sys/stat.h>
 
 #include "launcher/cli.h"
-#include "runtime/formats/gguf.h"
 #include "runtime/base/status.h"
+#include "runtime/formats/gguf.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 static const char *k_cmd = "tokenize";

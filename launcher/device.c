@@ -6,8 +6,8 @@
 #include "comm/comm.h"
 #include "kernels/kernels.h"
 #include "launcher/cli.h"
-#include "runtime/model/model.h"
 #include "runtime/base/status.h"
+#include "runtime/model/model.h"
 #ifdef SS_HAVE_CUDA
 #include "kernels/cuda/cuda.h"
 #endif

@@ -7,8 +7,8 @@
 
 #include "comm/comm.h"
 #include "launcher/cli.h"
-#include "runtime/model/model.h"
 #include "runtime/base/status.h"
+#include "runtime/model/model.h"
 
 /* Files at least this large get a progress line while their pages come in. */
 #define PROGRESS_MIN_NBYTES (256ull << 20)

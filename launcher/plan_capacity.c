@@ -13,9 +13,9 @@
 #include <string.h>
 
 #include "launcher/cli.h"
-#include "runtime/engine/engine.h"
 #include "runtime/base/stats.h"
 #include "runtime/base/status.h"
+#include "runtime/engine/engine.h"
 
 static const char *k_cmd = "plan";
 

@@ -6,8 +6,8 @@
 #include <stdbool.h>
 
 #include "runtime/model/model.h"
-#include "runtime/planner/planner.h"
 #include "runtime/model/shard.h"
+#include "runtime/planner/planner.h"
 
 typedef struct ss_plan_capacity_opts {
   const char *hardware;   /* hardware profile or preset JSON */

@@ -11,8 +11,8 @@
 
 #include "comm/comm.h"
 #include "launcher/cli.h"
-#include "runtime/model/model.h"
 #include "runtime/base/status.h"
+#include "runtime/model/model.h"
 
 int ss_ranks_start(const char *cmd, const ss_ranks_opts *o, ss_comm **out) {
   *out = NULL;

@@ -8,8 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "runtime/base/xrng.h"
 #include "runtime/base/status.h"
+#include "runtime/base/xrng.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 /* Salt of the dataset's random stream (the schedule uses 1). */

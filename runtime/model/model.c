@@ -8,9 +8,9 @@
 #include <string.h>
 
 #include "comm/comm.h"
-#include "runtime/model/model_internal.h"
-#include "runtime/formats/safetensors.h"
 #include "runtime/base/status.h"
+#include "runtime/formats/safetensors.h"
+#include "runtime/model/model_internal.h"
 
 const char *ss_model_family_name(ss_model_family f) {
   switch (f) {

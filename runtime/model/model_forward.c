@@ -8,8 +8,8 @@
 
 #include "comm/comm.h"
 #include "runtime/base/clock.h"
-#include "runtime/model/model_internal.h"
 #include "runtime/base/status.h"
+#include "runtime/model/model_internal.h"
 
 /* ------------------------------------------------------------------------ */
 /* Forward pass                                                               */

@@ -23,9 +23,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "runtime/model/model_internal.h"
-#include "runtime/formats/safetensors.h"
 #include "runtime/base/status.h"
+#include "runtime/formats/safetensors.h"
+#include "runtime/model/model_internal.h"
 
 bool ss_model_path_is_hf(const char *path) {
   struct stat st;

@@ -9,9 +9,9 @@
 #include <unistd.h>
 
 #include "comm/comm.h"
-#include "runtime/model/model_internal.h"
-#include "runtime/formats/safetensors.h"
 #include "runtime/base/status.h"
+#include "runtime/formats/safetensors.h"
+#include "runtime/model/model_internal.h"
 
 int ss_model_own(ss_model *m, void *p) {
   if (!p) return ss_error(SS_ERR_NOMEM, "out of memory");

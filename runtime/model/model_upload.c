@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "runtime/model/model.h"
 #include "runtime/base/status.h"
+#include "runtime/model/model.h"
 
 /* Copies nbytes at *data to the device and points *data at the copy; the same
  * host pointer seen before (tied embeddings) reuses its copy. */

@@ -3,8 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/model/model.h"
 #include "runtime/base/status.h"
+#include "runtime/model/model.h"
 
 ss_range ss_range_split(int64_t n, int parts, int index) {
   const int64_t base = n / parts, extra = n % parts;

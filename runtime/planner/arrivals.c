@@ -3,8 +3,8 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "runtime/base/xrng.h"
 #include "runtime/base/status.h"
+#include "runtime/base/xrng.h"
 
 /* Salt of the schedule's random stream (the dataset uses another one). */
 #define SCHEDULE_SALT 1

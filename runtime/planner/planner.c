@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/planner/arrivals.h"
-#include "runtime/base/xrng.h"
 #include "runtime/base/stats.h"
 #include "runtime/base/status.h"
+#include "runtime/base/xrng.h"
+#include "runtime/planner/arrivals.h"
 
 /* ------------------------------------------------------------------------ */
 /* Cost of one step                                                           */

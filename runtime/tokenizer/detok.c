@@ -4,9 +4,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "runtime/base/utf8.h"
 #include "runtime/tokenizer/tokenizer.h"
 #include "runtime/tokenizer/tokenizer_internal.h"
-#include "runtime/base/utf8.h"
 
 #define SPM_SPACE "\xE2\x96\x81" /* U+2581, SentencePiece's space */
 

@@ -10,8 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "runtime/formats/gguf.h"
 #include "runtime/base/status.h"
+#include "runtime/formats/gguf.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 /* ------------------------------------------------------------------------ */

@@ -17,8 +17,8 @@
 #include <string.h>
 
 #include "runtime/base/status.h"
-#include "runtime/tokenizer/tokenizer_internal.h"
 #include "runtime/base/utf8.h"
+#include "runtime/tokenizer/tokenizer_internal.h"
 
 #define SPM_SPACE "\xE2\x96\x81" /* U+2581 */
 

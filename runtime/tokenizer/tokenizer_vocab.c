@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include "runtime/base/status.h"
-#include "runtime/tokenizer/tokenizer_internal.h"
 #include "runtime/base/utf8.h"
+#include "runtime/tokenizer/tokenizer_internal.h"
 
 /* ------------------------------------------------------------------------ */
 /* Lookups                                                                    */

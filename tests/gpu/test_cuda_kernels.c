@@ -18,8 +18,8 @@
 #include <string.h>
 
 #include "kernels/cuda/cuda.h"
-#include "runtime/base/dtype.h"
 #include "kernels/kernels.h"
+#include "runtime/base/dtype.h"
 #include "runtime/base/status.h"
 
 #define TOL_F32 1e-6

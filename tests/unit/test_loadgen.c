@@ -15,10 +15,10 @@
 #include "bench/loadgen/dataset.h"
 #include "bench/loadgen/sse.h"
 #include "bench/loadgen/stats.h"
-#include "runtime/planner/arrivals.h"
-#include "runtime/formats/gguf.h"
 #include "runtime/base/stats.h"
 #include "runtime/base/status.h"
+#include "runtime/formats/gguf.h"
+#include "runtime/planner/arrivals.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 /* ---- schedule ---------------------------------------------------------------------- */

@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #include "runtime/base/clock.h"
-#include "runtime/formats/gguf.h"
 #include "runtime/base/status.h"
+#include "runtime/formats/gguf.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 enum { V_GPT2, V_STARCODER, V_SPM, N_VOCABS };
