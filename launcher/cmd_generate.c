@@ -1,4 +1,6 @@
-/* shardserve generate: text from a prompt on one rank. */
+/* shardserve generate: text from a prompt, as one request through the serving
+ * engine (runtime/engine/generate.h); under tensor parallelism the other ranks
+ * run the steps it broadcasts. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -12,15 +14,16 @@
 #include "launcher/cli.h"
 #include "launcher/device.h"
 #include "launcher/ranks.h"
+#include "runtime/base/status.h"
+#include "runtime/engine/engine.h"
 #include "runtime/engine/executor.h"
-#include "runtime/tokenizer/chat.h"
 #include "runtime/engine/generate.h"
 #include "runtime/model/model.h"
-#include "runtime/base/status.h"
+#include "runtime/tokenizer/chat.h"
 
 static const char *k_cmd = "generate";
 
-#define MAX_STOP 16
+#define MAX_STOP SS_ENGINE_MAX_STOP
 #define MAX_PROMPT_NBYTES (64u << 20)
 
 static void usage(FILE *f) {

@@ -201,19 +201,21 @@ done:
 /* Sampling cost per row (rank 0, engine thread work outside the forward). */
 static int measure_sampler(const ss_model *m, double *out_s) {
   ss_sampler smp;
+  ss_sampler_scratch w;
   ss_sampler_params sp = {.temperature = 0.0f, .top_p = 1.0f, .seed = 1};
   float *logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
   if (!logits) return ss_error(SS_ERR_NOMEM, "out of memory");
-  int rc = ss_sampler_init(&smp, &sp, m->cfg.vocab);
+  int rc = ss_sampler_init(&smp, &sp);
+  if (rc == SS_OK) rc = ss_sampler_scratch_init(&w, m->cfg.vocab);
   if (rc) {
     free(logits);
     return rc;
   }
   for (int32_t i = 0; i < m->cfg.vocab; i++) logits[i] = (float)((i * 2654435761u) % 1000) * 1e-3f;
   double t0 = ss_now_s();
-  for (int i = 0; i < 200; i++) (void)ss_sampler_sample(&smp, logits);
+  for (int i = 0; i < 200; i++) (void)ss_sampler_sample(&smp, &w, logits);
   *out_s = (ss_now_s() - t0) / 200;
-  ss_sampler_free(&smp);
+  ss_sampler_scratch_free(&w);
   free(logits);
   return SS_OK;
 }

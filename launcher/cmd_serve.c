@@ -145,7 +145,9 @@ static void *engine_main(void *arg) {
   pthread_mutex_unlock(&s->mu);
   if (stop) ss_engine_stop(s->engine, s->drain_timeout);
   s->engine_rc = ss_engine_run(s->engine);
-  if (s->engine_rc == SS_OK && ss_exec_stop_workers(s->model)) {
+  if (s->engine_rc != SS_OK) {
+    ss_cli_fail(k_cmd, "%s", ss_error_msg());
+  } else if (ss_exec_stop_workers(s->model)) {
     ss_cli_fail(k_cmd, "%s", ss_error_msg());
     s->engine_rc = SS_ERR_COMM;
   }

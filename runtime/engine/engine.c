@@ -1,7 +1,8 @@
-#include "runtime/engine/executor.h"
+/* The engine's life cycle and its step loop: creation, the submitters' side
+ * (submit, abort, stop, events), intake of new requests, and ss_engine_run,
+ * which schedules, runs each step through the executor and publishes. */
 #include "runtime/engine/engine.h"
 
-#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,101 +11,12 @@
 
 #include "comm/comm.h"
 #include "runtime/base/clock.h"
-#include "runtime/engine/generate.h"
-#include "runtime/engine/scheduler.h"
 #include "runtime/base/status.h"
-#include "runtime/tokenizer/tokenizer.h"
-
-/* ------------------------------------------------------------------------ */
-/* State                                                                      */
-
-typedef struct ereq {
-  ss_sched_seq seq;      /* scheduler view; seq.user points back here */
-  ss_engine_req r;
-  int64_t id;
-  int32_t *tokens;       /* prompt + generated, seq.max_tokens long */
-  ss_sampler smp;
-  ss_detok dt;
-  ss_strbuf text;        /* generated text so far */
-  size_t emitted;        /* bytes of text already sent */
-  int32_t n_generated;
-  double t_arrival, t_first, t_last;
-  struct ereq *next;     /* in the incoming queue */
-} ereq;
-
-typedef struct rank_stats {
-  double compute_s, comm_s;
-  uint64_t steps;
-} rank_stats;
-
-struct ss_engine {
-  ss_model *m;
-  ss_backend *be;
-  ss_engine_opts o;
-  int32_t n_ctx;
-  ss_kv_cache kv;
-  ss_sched sched;
-  ss_forward_state st;
-  float *logits;          /* (max_num_seqs, V) */
-  int32_t *b_tokens, *b_pos, *b_rows;
-  const int32_t **b_tab;
-  uint64_t steps;
-  bool stats_dirty;       /* steps ran since the per-rank counters were gathered */
-  /* per-step scratch, max_num_seqs long */
-  struct ereq **done_q;
-  const char **done_r;
-  double *itls, *ttfts;
-
-  pthread_mutex_t mu;     /* guards everything below */
-  pthread_cond_t cv;
-  ereq *in_head, *in_tail;
-  int32_t n_in;
-  int64_t *aborts;
-  int32_t n_aborts, cap_aborts;
-  ss_engine_event *ev_head, *ev_tail;
-  int64_t next_id;
-  ss_engine_state state;
-  bool stopping;
-  double drain_deadline;
-  ss_engine_notify_fn notify;
-  void *notify_user;
-
-  /* metrics (published under mu after each step) */
-  int32_t pub_running, pub_waiting, pub_blocks_used;
-  uint64_t prompt_tokens_total, generation_tokens_total, preemptions_total;
-  uint64_t success_stop, success_length, success_abort, success_error;
-  ss_histogram h_ttft, h_itl, h_e2e, h_queue, h_prompt, h_gen;
-  rank_stats *ranks;
-  int n_ranks;
-  double t_start;
-};
-
-static void req_free(ereq *q) {
-  if (!q) return;
-  free(q->r.prompt);
-  for (int i = 0; i < q->r.n_stop; i++) free(q->r.stop[i]);
-  free(q->tokens);
-  free(q->seq.blocks);
-  ss_sampler_free(&q->smp);
-  ss_strbuf_free(&q->text);
-  free(q);
-}
-
-void ss_engine_event_free(ss_engine_event *ev) {
-  if (!ev) return;
-  free(ev->text);
-  free(ev->error);
-  free(ev);
-}
+#include "runtime/engine/engine_internal.h"
+#include "runtime/engine/executor.h"
 
 /* ------------------------------------------------------------------------ */
 /* Creation                                                                   */
-
-static const double k_latency_buckets[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25,
-                                           0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
-static const double k_token_buckets[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000,
-                                         10000, 20000, 50000, 100000};
-#define NB(a) ((int)(sizeof a / sizeof *a))
 
 int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
                      ss_engine_notify_fn notify, void *notify_user, ss_engine **out) {
@@ -153,12 +65,7 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   e->next_id = 1;
   pthread_mutex_init(&e->mu, NULL);
   pthread_cond_init(&e->cv, NULL);
-  ss_histogram_init(&e->h_ttft, k_latency_buckets, NB(k_latency_buckets));
-  ss_histogram_init(&e->h_itl, k_latency_buckets, NB(k_latency_buckets));
-  ss_histogram_init(&e->h_e2e, k_latency_buckets, NB(k_latency_buckets));
-  ss_histogram_init(&e->h_queue, k_latency_buckets, NB(k_latency_buckets));
-  ss_histogram_init(&e->h_prompt, k_token_buckets, NB(k_token_buckets));
-  ss_histogram_init(&e->h_gen, k_token_buckets, NB(k_token_buckets));
+  ss_eng_metrics_init(e);
   e->n_ranks = m->comm ? m->comm->size : 1;
   e->ranks = calloc((size_t)e->n_ranks, sizeof *e->ranks);
   ss_sched_params sp = {.max_num_seqs = o.max_num_seqs, .max_batched_tokens = o.max_batched_tokens,
@@ -171,6 +78,7 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   if ((rc = ss_sched_init(&e->sched, &sp))) goto fail;
   if ((rc = ss_model_kv_init(m, be, o.block_size, o.n_blocks, &e->kv))) goto fail;
   if ((rc = ss_forward_state_init(&e->st, m, be, o.max_batched_tokens, o.max_num_seqs))) goto fail;
+  if ((rc = ss_sampler_scratch_init(&e->scratch, c->vocab))) goto fail;
   const size_t T = (size_t)o.max_batched_tokens;
   e->logits = malloc((size_t)o.max_num_seqs * (size_t)c->vocab * sizeof *e->logits);
   e->b_tokens = malloc(T * sizeof *e->b_tokens);
@@ -200,12 +108,12 @@ void ss_engine_free(ss_engine *e) {
   for (int i = 0; i < 2; i++)
     for (ss_sched_seq *q = lists[i]; q;) {
       ss_sched_seq *n = q->next;
-      req_free(q->user);
+      ss_eng_req_free(q->user);
       q = n;
     }
   for (ereq *q = e->in_head; q;) {
     ereq *n = q->next;
-    req_free(q);
+    ss_eng_req_free(q);
     q = n;
   }
   for (ss_engine_event *ev = e->ev_head; ev;) {
@@ -215,6 +123,7 @@ void ss_engine_free(ss_engine *e) {
   }
   ss_sched_free(&e->sched);
   ss_forward_state_free(&e->st);
+  ss_sampler_scratch_free(&e->scratch);
   if (e->kv.be) ss_kv_cache_free(&e->kv);
   free(e->logits);
   free(e->b_tokens);
@@ -249,7 +158,8 @@ ss_engine_state ss_engine_get_state(ss_engine *e) {
 int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   const ss_model_config *c = &e->m->cfg;
   if (r->n_prompt < 1) return ss_error(SS_ERR_INVALID, "the prompt is empty (0 tokens)");
-  if (r->max_new_tokens < 1) return ss_error(SS_ERR_RANGE, "max_tokens must be at least 1");
+  if (r->max_new_tokens < 0)
+    return ss_error(SS_ERR_RANGE, "max_tokens = %d must be at least 0", r->max_new_tokens);
   const int64_t total = (int64_t)r->n_prompt + r->max_new_tokens;
   if (total > e->n_ctx)
     return ss_error(SS_ERR_RANGE, "the prompt (%d tokens) + max_tokens (%d) = %lld exceeds the "
@@ -264,10 +174,11 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
     if (r->prompt[i] < 0 || r->prompt[i] >= c->vocab)
       return ss_error(SS_ERR_RANGE, "prompt token %d at index %d is outside the vocabulary "
                       "(0..%d)", r->prompt[i], i, c->vocab - 1);
-  if (r->n_top_logprobs < 0 || r->n_top_logprobs > SS_ENGINE_MAX_TOP)
-    return ss_error(SS_ERR_RANGE, "top_logprobs = %d is outside 0..%d", r->n_top_logprobs,
-                    SS_ENGINE_MAX_TOP);
-  int rc = ss_sampler_params_check(&r->sampling);
+  if (r->n_top_logprobs < 0 || r->n_top_logprobs > c->vocab)
+    return ss_error(SS_ERR_RANGE, "top_logprobs = %d is outside 0..%d (the vocabulary)",
+                    r->n_top_logprobs, c->vocab);
+  ss_sampler smp;
+  int rc = ss_sampler_init(&smp, &r->sampling);
   if (rc) return rc;
 
   ereq *q = calloc(1, sizeof *q);
@@ -275,13 +186,13 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   q->tokens = malloc((size_t)total * sizeof *q->tokens);
   q->seq.cap_blocks = (int32_t)need;
   q->seq.blocks = malloc((size_t)need * sizeof *q->seq.blocks);
-  if (!q->tokens || !q->seq.blocks || ss_sampler_init(&q->smp, &r->sampling, c->vocab)) {
+  if (!q->tokens || !q->seq.blocks) {
     free(q->tokens);
     free(q->seq.blocks);
-    ss_sampler_free(&q->smp);
     free(q);
     return ss_error(SS_ERR_NOMEM, "out of memory");
   }
+  q->smp = smp;
   memcpy(q->tokens, r->prompt, (size_t)r->n_prompt * sizeof *q->tokens);
   q->seq.n_tokens = r->n_prompt;
   q->seq.max_tokens = (int32_t)total;
@@ -293,7 +204,6 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   if (e->stopping || e->state != SS_ENGINE_READY) {
     const bool failed = e->state == SS_ENGINE_FAILED;
     pthread_mutex_unlock(&e->mu);
-    ss_sampler_free(&q->smp);
     free(q->tokens);
     free(q->seq.blocks);
     free(q);
@@ -304,7 +214,6 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   if (e->n_in + e->pub_waiting >= e->o.max_waiting) {
     int32_t waiting = e->n_in + e->pub_waiting;
     pthread_mutex_unlock(&e->mu);
-    ss_sampler_free(&q->smp);
     free(q->tokens);
     free(q->seq.blocks);
     free(q);
@@ -360,54 +269,6 @@ ss_engine_event *ss_engine_take_events(ss_engine *e) {
 /* ------------------------------------------------------------------------ */
 /* The engine thread                                                          */
 
-/* Events made during a step, published together. */
-typedef struct ev_list {
-  ss_engine_event *head, *tail;
-} ev_list;
-
-static void ev_push(ev_list *l, ss_engine_event *ev) {
-  if (l->tail) l->tail->next = ev;
-  else l->head = ev;
-  l->tail = ev;
-}
-
-/* Counters of a step, applied to the metrics under the lock. */
-typedef struct step_obs {
-  uint64_t prompt_tokens, gen_tokens;
-} step_obs;
-
-static ss_engine_event *done_event(ereq *q, const char *reason, const char *error) {
-  ss_engine_event *ev = calloc(1, sizeof *ev);
-  if (!ev) return NULL;
-  ev->kind = SS_ENGINE_DONE;
-  ev->id = q->id;
-  ev->user = q->r.user;
-  ev->finish_reason = reason;
-  ev->error = error ? strdup(error) : NULL;
-  ev->n_prompt = q->r.n_prompt;
-  ev->n_generated = q->n_generated;
-  return ev;
-}
-
-/* Ends a request: removes it from the scheduler, records its metrics (lock
- * held by the caller), queues its DONE event and frees it. */
-static void finish_locked(ss_engine *e, ereq *q, const char *reason, const char *error, ev_list *out) {
-  ss_sched_finish(&e->sched, &q->seq);
-  const double t = ss_now_s();
-  if (strcmp(reason, "stop") == 0) e->success_stop++;
-  else if (strcmp(reason, "length") == 0) e->success_length++;
-  else if (strcmp(reason, "abort") == 0) e->success_abort++;
-  else e->success_error++;
-  if (strcmp(reason, "error") != 0) {
-    ss_histogram_observe(&e->h_e2e, t - q->t_arrival);
-    ss_histogram_observe(&e->h_prompt, q->r.n_prompt);
-    ss_histogram_observe(&e->h_gen, q->n_generated);
-  }
-  ss_engine_event *ev = done_event(q, reason, error);
-  if (ev) ev_push(out, ev);
-  req_free(q);
-}
-
 static ereq *find_active(ss_engine *e, int64_t id) {
   ss_sched_seq *lists[2] = {e->sched.running.head, e->sched.waiting.head};
   for (int i = 0; i < 2; i++)
@@ -424,10 +285,10 @@ static void intake_locked(ss_engine *e, ev_list *out) {
     if (ss_sched_add(&e->sched, &q->seq)) {
       /* Checked at submit: only a bug gets here. */
       q->seq.state = SS_SEQ_FINISHED;
-      ss_engine_event *ev = done_event(q, "error", ss_error_msg());
-      if (ev) ev_push(out, ev);
+      ss_engine_event *ev = ss_eng_done_event(q, "error", ss_error_msg());
+      if (ev) ss_eng_ev_push(out, ev);
       e->success_error++;
-      req_free(q);
+      ss_eng_req_free(q);
     }
     q = n;
   }
@@ -435,7 +296,7 @@ static void intake_locked(ss_engine *e, ev_list *out) {
   e->n_in = 0;
   for (int32_t i = 0; i < e->n_aborts; i++) {
     ereq *q = find_active(e, e->aborts[i]);
-    if (q) finish_locked(e, q, "abort", NULL, out);
+    if (q) ss_eng_finish_locked(e, q, "abort", NULL, out);
   }
   e->n_aborts = 0;
 }
@@ -452,106 +313,6 @@ static void publish_locked(ss_engine *e, ev_list *evs) {
   e->preemptions_total = e->sched.n_preemptions;
 }
 
-/* Samples q's next token from its logits row and decides whether it is done.
- * Returns the finish reason or NULL; appends a TOKEN event. */
-static const char *sample_one(ss_engine *e, ereq *q, const float *logits, ev_list *out,
-                              double t, double *itl) {
-  const ss_model_config *c = &e->m->cfg;
-  ss_engine_event *ev = calloc(1, sizeof *ev);
-  const int32_t tok = ss_sampler_sample(&q->smp, logits);
-  q->tokens[q->seq.n_tokens++] = tok;
-  q->n_generated++;
-  *itl = q->n_generated > 1 ? t - q->t_last : -1.0;
-  if (q->n_generated == 1) q->t_first = t;
-  q->t_last = t;
-  const bool eog = !q->r.ignore_eos && ss_tokenizer_is_eog(e->m->tok, tok);
-  const bool at_limit = q->n_generated >= q->r.max_new_tokens;
-  char piece[SS_DETOK_MIN_CAP];
-  size_t np = eog ? 0 : ss_detok_push(&q->dt, tok, piece, sizeof piece);
-  if (eog || at_limit) np += ss_detok_flush(&q->dt, piece + np, sizeof piece - np);
-  ss_strbuf_append(&q->text, piece, np);
-  if (!q->text.p) ss_strbuf_append(&q->text, "", 0);
-  bool stop_found = false;
-  size_t cut = q->text.len;
-  size_t show = ss_stop_scan(q->text.p ? q->text.p : "", q->text.len, q->emitted,
-                             (const char *const *)q->r.stop, (size_t)q->r.n_stop, &stop_found, &cut);
-  if ((eog || at_limit) && !stop_found) show = q->text.len;
-  if (ev) {
-    ev->kind = SS_ENGINE_TOKEN;
-    ev->id = q->id;
-    ev->user = q->r.user;
-    ev->token = tok;
-    ev->text_len = show - q->emitted;
-    ev->text = malloc(ev->text_len + 1);
-    if (ev->text) {
-      memcpy(ev->text, q->text.p + q->emitted, ev->text_len);
-      ev->text[ev->text_len] = 0;
-    } else {
-      ev->text_len = 0;
-    }
-    if (q->r.logprobs) {
-      ev->logprob = ss_logprob_of(logits, c->vocab, tok);
-      ev->n_top = q->r.n_top_logprobs;
-      if (ev->n_top > 0) ss_top_logprobs(logits, c->vocab, ev->n_top, ev->top_ids, ev->top_logprobs);
-    }
-    ev->n_prompt = q->r.n_prompt;
-    ev->n_generated = q->n_generated;
-    ev_push(out, ev);
-  }
-  q->emitted = show;
-  if (stop_found) return "stop";
-  if (eog) return "stop";
-  if (at_limit) return "length";
-  return NULL;
-}
-
-/* Fails every request after a fatal error (lock held). */
-static void fail_all_locked(ss_engine *e, const char *msg, ev_list *out) {
-  ss_sched_seq *q;
-  while ((q = e->sched.running.head)) finish_locked(e, q->user, "error", msg, out);
-  while ((q = e->sched.waiting.head)) finish_locked(e, q->user, "error", msg, out);
-  for (ereq *r = e->in_head; r;) {
-    ereq *n = r->next;
-    ss_engine_event *ev = done_event(r, "error", msg);
-    if (ev) ev_push(out, ev);
-    e->success_error++;
-    req_free(r);
-    r = n;
-  }
-  e->in_head = e->in_tail = NULL;
-  e->n_in = 0;
-}
-
-static void gather_rank_stats(ss_engine *e) {
-  ss_step_profile *all = calloc((size_t)e->n_ranks, sizeof *all);
-  if (!all) return;
-  if (ss_exec_gather_profiles(e->m, all) == SS_OK) {
-    pthread_mutex_lock(&e->mu);
-    for (int r = 0; r < e->n_ranks; r++)
-      e->ranks[r] = (rank_stats){.compute_s = all[r].compute_s, .comm_s = all[r].comm_s,
-                                 .steps = all[r].steps};
-    pthread_mutex_unlock(&e->mu);
-  }
-  free(all);
-}
-
-/* The step log: one CSV line per step, for calibrating and checking the
- * planner's cost model against what the engine really spends.  Columns:
- *   t_s        step start, seconds since the engine started
- *   n_tokens   tokens in the forward pass; n_logits: rows sampled; n_seqs
- *   attended   sum over the step's tokens of the positions each attends
- *   kv_read    sum over the step's sequences of the K/V positions read (the
- *              context through the sequence's last token in the step)
- *   forward_s  the forward pass (all ranks, collectives included)
- *   step_s     the whole step: batch assembly, forward, sampling, publishing */
-static void step_log(ss_engine *e, double t0, const ss_sched_batch *b, double attended,
-                     double kv_read, double t_fwd0, double t_fwd1) {
-  if (!e->o.step_log) return;
-  if (e->steps == 1) fprintf(e->o.step_log, SS_ENGINE_STEP_LOG_HEADER "\n");
-  fprintf(e->o.step_log, "%.6f,%d,%d,%d,%.0f,%.0f,%.6f,%.6f\n", t0 - e->t_start, b->n_tokens,
-          b->n_logits, b->n_entries, attended, kv_read, t_fwd1 - t_fwd0, ss_now_s() - t0);
-}
-
 int ss_engine_run(ss_engine *e) {
   int rc = SS_OK;
   e->t_start = ss_now_s();
@@ -563,8 +324,8 @@ int ss_engine_run(ss_engine *e) {
     if (e->stopping && (idle || ss_now_s() >= e->drain_deadline)) {
       /* Drained, or out of time: whatever is left ends as aborted. */
       ss_sched_seq *q;
-      while ((q = e->sched.running.head)) finish_locked(e, q->user, "abort", NULL, &evs);
-      while ((q = e->sched.waiting.head)) finish_locked(e, q->user, "abort", NULL, &evs);
+      while ((q = e->sched.running.head)) ss_eng_finish_locked(e, q->user, "abort", NULL, &evs);
+      while ((q = e->sched.waiting.head)) ss_eng_finish_locked(e, q->user, "abort", NULL, &evs);
       e->state = SS_ENGINE_STOPPED;
       publish_locked(e, &evs);
       pthread_mutex_unlock(&e->mu);
@@ -575,7 +336,7 @@ int ss_engine_run(ss_engine *e) {
       /* Going idle: refresh the per-rank counters once for /metrics. */
       pthread_mutex_unlock(&e->mu);
       e->stats_dirty = false;
-      gather_rank_stats(e);
+      ss_eng_gather_rank_stats(e);
       continue;
     }
     if (idle && !evs.head) {
@@ -627,19 +388,20 @@ int ss_engine_run(ss_engine *e) {
     pthread_mutex_lock(&e->mu);
     for (int32_t i = 0; i < b.n_entries; i++) {
       ereq *q = b.entries[i].seq->user;
-      if (q->seq.n_computed == 0 && b.entries[i].start == 0 && q->seq.n_preempted == 0)
+      if (q->seq.n_computed == 0 && b.entries[i].start == 0 && q->seq.n_preempted == 0) {
+        q->t_scheduled = t_sched;
         ss_histogram_observe(&e->h_queue, t_sched - q->t_arrival);
+      }
     }
     if (rc) {
       char msg[600];
       snprintf(msg, sizeof msg, "a forward step failed: %s", ss_error_msg());
-      fail_all_locked(e, msg, &evs);
+      ss_eng_fail_all_locked(e, msg, &evs);
       e->state = SS_ENGINE_FAILED;
       publish_locked(e, &evs);
       pthread_mutex_unlock(&e->mu);
       if (e->notify) e->notify(e->notify_user);
-      fprintf(stderr, "shardserve serve: error: %s\n", msg);
-      return rc;
+      return ss_error(rc, "%s", msg);
     }
     pthread_mutex_unlock(&e->mu);
     ss_sched_commit(&e->sched, &b);
@@ -656,9 +418,15 @@ int ss_engine_run(ss_engine *e) {
     for (int32_t i = 0; i < b.n_entries; i++) {
       if (!b.entries[i].logits) continue;
       ereq *q = b.entries[i].seq->user;
+      const float *row = e->logits + (size_t)li++ * e->m->cfg.vocab;
+      if (q->r.max_new_tokens == 0) { /* prefill only: nothing to sample */
+        q->t_first = q->t_last = t;
+        done_q[n_done] = q;
+        done_r[n_done++] = "length";
+        continue;
+      }
       double itl;
-      const char *reason = sample_one(e, q, e->logits + (size_t)li * e->m->cfg.vocab, &evs, t, &itl);
-      li++;
+      const char *reason = ss_eng_sample_seq(e, q, row, &evs, t, &itl);
       gen++;
       if (q->n_generated == 1) ttfts[n_ttft++] = t - q->t_arrival;
       else if (itl >= 0) itls[n_itl++] = itl;
@@ -668,7 +436,7 @@ int ss_engine_run(ss_engine *e) {
       }
     }
     pthread_mutex_lock(&e->mu);
-    for (int32_t i = 0; i < n_done; i++) finish_locked(e, done_q[i], done_r[i], NULL, &evs);
+    for (int32_t i = 0; i < n_done; i++) ss_eng_finish_locked(e, done_q[i], done_r[i], NULL, &evs);
     for (int32_t i = 0; i < n_ttft; i++) ss_histogram_observe(&e->h_ttft, ttfts[i]);
     for (int32_t i = 0; i < n_itl; i++) ss_histogram_observe(&e->h_itl, itls[i]);
     e->prompt_tokens_total += prompt_tokens;
@@ -676,76 +444,13 @@ int ss_engine_run(ss_engine *e) {
     publish_locked(e, &evs);
     pthread_mutex_unlock(&e->mu);
     if (e->notify) e->notify(e->notify_user);
-    step_log(e, t_sched, &b, attended, kv_read, t_fwd0, t);
+    ss_eng_step_log(e, t_sched, &b, attended, kv_read, t_fwd0, t);
     if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) {
-      gather_rank_stats(e);
+      ss_eng_gather_rank_stats(e);
       e->stats_dirty = false;
     }
   }
-  gather_rank_stats(e);
+  ss_eng_gather_rank_stats(e);
   return rc;
 }
 
-/* ------------------------------------------------------------------------ */
-/* Metrics                                                                    */
-
-void ss_engine_metrics(ss_engine *e, ss_strbuf *b) {
-  pthread_mutex_lock(&e->mu);
-#define P "shardserve:"
-  ss_metric_header(b, P "num_requests_running", "gauge", "Requests in the running batch.");
-  ss_metric_value(b, P "num_requests_running", "", e->pub_running);
-  ss_metric_header(b, P "num_requests_waiting", "gauge", "Requests waiting to be scheduled.");
-  ss_metric_value(b, P "num_requests_waiting", "", e->pub_waiting + e->n_in);
-  ss_metric_header(b, P "kv_cache_usage_perc", "gauge",
-                   "Fraction of KV-cache blocks in use (1 = full).");
-  ss_metric_value(b, P "kv_cache_usage_perc", "", (double)e->pub_blocks_used / e->o.n_blocks);
-  ss_metric_header(b, P "kv_cache_blocks_used", "gauge", "KV-cache blocks in use.");
-  ss_metric_value(b, P "kv_cache_blocks_used", "", e->pub_blocks_used);
-  ss_metric_header(b, P "kv_cache_blocks_total", "gauge", "KV-cache blocks in the pool.");
-  ss_metric_value(b, P "kv_cache_blocks_total", "", e->o.n_blocks);
-  ss_metric_header(b, P "prompt_tokens_total", "counter", "Prefill tokens processed.");
-  ss_metric_value(b, P "prompt_tokens_total", "", (double)e->prompt_tokens_total);
-  ss_metric_header(b, P "generation_tokens_total", "counter", "Tokens generated.");
-  ss_metric_value(b, P "generation_tokens_total", "", (double)e->generation_tokens_total);
-  ss_metric_header(b, P "request_success_total", "counter", "Requests finished, by reason.");
-  ss_metric_value(b, P "request_success_total", "finished_reason=\"stop\"", (double)e->success_stop);
-  ss_metric_value(b, P "request_success_total", "finished_reason=\"length\"",
-                  (double)e->success_length);
-  ss_metric_value(b, P "request_success_total", "finished_reason=\"abort\"",
-                  (double)e->success_abort);
-  ss_metric_header(b, P "request_failure_total", "counter", "Requests ended by an engine error.");
-  ss_metric_value(b, P "request_failure_total", "", (double)e->success_error);
-  ss_metric_header(b, P "num_preemptions_total", "counter",
-                   "Sequences preempted (KV blocks ran out) and later recomputed.");
-  ss_metric_value(b, P "num_preemptions_total", "", (double)e->preemptions_total);
-  ss_metric_histogram(b, P "time_to_first_token_seconds", "Arrival to first token.", &e->h_ttft);
-  ss_metric_histogram(b, P "inter_token_latency_seconds", "Time between consecutive tokens.",
-                      &e->h_itl);
-  ss_metric_histogram(b, P "e2e_request_latency_seconds", "Arrival to the last token.",
-                      &e->h_e2e);
-  ss_metric_histogram(b, P "request_queue_time_seconds", "Arrival to first scheduled.",
-                      &e->h_queue);
-  ss_metric_histogram(b, P "request_prompt_tokens", "Prompt tokens per request.", &e->h_prompt);
-  ss_metric_histogram(b, P "request_generation_tokens", "Generated tokens per request.",
-                      &e->h_gen);
-  ss_metric_header(b, P "rank_step_compute_seconds_total", "counter",
-                   "Per rank: time in forward passes outside collectives.");
-  char lab[32];
-  for (int r = 0; r < e->n_ranks; r++) {
-    snprintf(lab, sizeof lab, "rank=\"%d\"", r);
-    ss_metric_value(b, P "rank_step_compute_seconds_total", lab, e->ranks[r].compute_s);
-  }
-  ss_metric_header(b, P "rank_step_comm_seconds_total", "counter",
-                   "Per rank: time in collectives during forward passes.");
-  for (int r = 0; r < e->n_ranks; r++) {
-    snprintf(lab, sizeof lab, "rank=\"%d\"", r);
-    ss_metric_value(b, P "rank_step_comm_seconds_total", lab, e->ranks[r].comm_s);
-  }
-  ss_metric_header(b, P "rank_steps_total", "counter", "Per rank: forward passes run.");
-  for (int r = 0; r < e->n_ranks; r++) {
-    snprintf(lab, sizeof lab, "rank=\"%d\"", r);
-    ss_metric_value(b, P "rank_steps_total", lab, (double)e->ranks[r].steps);
-  }
-#undef P
-  pthread_mutex_unlock(&e->mu);
-}

@@ -11,7 +11,9 @@
  * out), run one forward pass (broadcast to the other ranks under tensor
  * parallelism), sample each sequence that reached its last known token, detect
  * stop strings and end-of-generation, and emit events.  A request's tokens do
- * not depend on what else is in the batch (the kernels are batch-invariant). */
+ * not depend on what else is in the batch (the kernels are batch-invariant).
+ * `serve` and `generate` share this engine: generate is one request in an
+ * engine sized for it (runtime/engine/generate.h). */
 #ifndef SS_ENGINE_H
 #define SS_ENGINE_H
 
@@ -21,8 +23,8 @@
 #include <stdio.h>
 
 #include "runtime/base/metrics.h"
-#include "runtime/model/model.h"
 #include "runtime/engine/sampler.h"
+#include "runtime/model/model.h"
 
 typedef struct ss_engine ss_engine;
 
@@ -44,18 +46,20 @@ typedef struct ss_engine_opts {
 #define SS_ENGINE_STEP_LOG_HEADER "t_s,n_tokens,n_logits,n_seqs,attended,kv_read,forward_s,step_s"
 
 #define SS_ENGINE_MAX_STOP 16
+/* The OpenAI API's limit on top logprobs (the server checks it); the engine
+ * itself reports up to the whole vocabulary. */
 #define SS_ENGINE_MAX_TOP 20
 
 typedef struct ss_engine_req {
   int32_t *prompt;             /* token ids, malloc'ed: the engine takes ownership */
   int32_t n_prompt;
-  int32_t max_new_tokens;
+  int32_t max_new_tokens;      /* 0: the prompt is prefilled and nothing generated ("length") */
   ss_sampler_params sampling;
   bool ignore_eos;
   char *stop[SS_ENGINE_MAX_STOP]; /* malloc'ed strings, owned by the engine once submitted */
   int n_stop;
   bool logprobs;               /* report each token's logprob */
-  int32_t n_top_logprobs;      /* and this many alternatives (0..SS_ENGINE_MAX_TOP) */
+  int32_t n_top_logprobs;      /* and this many alternatives (0..vocabulary) */
   void *user;                  /* the submitter's handle, returned in events */
 } ss_engine_req;
 
@@ -75,25 +79,34 @@ typedef struct ss_engine_event {
   size_t text_len;
   float logprob;
   int32_t n_top;
-  int32_t top_ids[SS_ENGINE_MAX_TOP];
-  float top_logprobs[SS_ENGINE_MAX_TOP];
+  int32_t *top_ids;            /* [n_top], malloc'ed (NULL when n_top is 0) */
+  float *top_logprobs;         /* [n_top], malloc'ed */
   /* DONE (and TOKEN for the counts) */
   const char *finish_reason;   /* "stop", "length", "abort", "error" */
   char *error;                 /* for "error", malloc'ed */
   int32_t n_prompt;
   int32_t n_generated;
+  /* DONE: the request's time line in seconds (0 for a phase it never reached) */
+  double queue_s;              /* arrival to its first step */
+  double prefill_s;            /* its first step's start to its first token (or, with
+                                  max_new_tokens 0, the end of its prefill) */
+  double decode_s;             /* its first token to its last */
 } ss_engine_event;
 
+/* Called on the engine thread, outside the engine's lock, after it publishes
+ * events: it may take events, abort, stop or submit, but must not block on a step. */
 typedef void (*ss_engine_notify_fn)(void *user);
 
 /* Creates the engine for a loaded model (rank 0 under tensor parallelism).  The
- * KV cache is allocated here; errors name the option at fault. */
+ * KV cache, whose blocks the scheduler alone hands out, and the one set of
+ * sampling buffers are allocated here; errors name the option at fault. */
 int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *o,
                      ss_engine_notify_fn notify, void *notify_user, ss_engine **out);
 void ss_engine_free(ss_engine *e);
 
 /* The engine thread's body: returns after ss_engine_stop once drained, or on a
- * fatal error (a lost rank), after failing every request. */
+ * fatal error (a lost rank), after failing every request, with the status and
+ * the message on this thread (ss_error_msg); it prints nothing. */
 int ss_engine_run(ss_engine *e);
 
 /* Thread-safe.  Checks the request against the context and KV pool (a message

@@ -1,6 +1,8 @@
-/* Single-sequence generation on one rank: prefill the prompt in chunks, then
- * decode token by token, sampling, detokenizing as a stream, and stopping on
- * end-of-generation tokens, stop strings or the token limit. */
+/* Offline generation: one request through the serving engine, as vLLM's LLM
+ * and its server share one engine.  ss_generate builds an engine sized for the
+ * request (one sequence, a KV pool of its prompt + max_tokens, the prompt
+ * prefilled in chunks), runs it on the calling thread and hands each token to
+ * a callback as the engine publishes it. */
 #ifndef SS_GENERATE_H
 #define SS_GENERATE_H
 
@@ -8,17 +10,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "runtime/model/model.h"
 #include "runtime/engine/sampler.h"
+#include "runtime/model/model.h"
 
 typedef struct ss_gen_params {
-  int32_t max_tokens;          /* tokens to generate at most */
+  int32_t max_tokens;          /* tokens to generate at most (0: only prefill the prompt) */
   ss_sampler_params sampling;
   bool ignore_eos;             /* keep going past end-of-generation tokens */
-  const char *const *stop;     /* stop strings (not included in the output) */
-  size_t n_stop;
-  int32_t n_top_logprobs;      /* report this many top logprobs per step (0: none) */
-  int32_t prefill_chunk;       /* prompt tokens per forward pass (0: 256) */
+  const char *const *stop;     /* stop strings (not included in the output), copied */
+  size_t n_stop;               /* at most SS_ENGINE_MAX_STOP */
+  int32_t n_top_logprobs;      /* report this many top logprobs per step (0: none; more
+                                  than the vocabulary: all of it) */
+  int32_t prefill_chunk;       /* prompt tokens per forward pass, the engine's
+                                  max_batched_tokens (0: 256) */
   int32_t n_ctx;               /* context limit (0: the model's) */
 } ss_gen_params;
 
@@ -33,7 +37,8 @@ typedef struct ss_gen_step {
   const float *top_logprobs;
 } ss_gen_step;
 
-/* Return non-zero to stop generating (reported as finish_reason "abort"). */
+/* Return non-zero to stop generating (reported as finish_reason "abort" unless
+ * this token already ended the request). */
 typedef int (*ss_gen_callback)(void *user, const ss_gen_step *step);
 
 typedef struct ss_gen_result {
@@ -43,19 +48,17 @@ typedef struct ss_gen_result {
   char *text;                  /* generated text after stop-string trimming, malloc'ed */
   size_t text_len;
   const char *finish_reason;   /* "stop", "length" or "abort" */
-  double prefill_ms;
-  double decode_ms;
-  int32_t n_decode_steps;      /* forward passes during decoding */
+  double prefill_ms;           /* the first step's start to the first token */
+  double decode_ms;            /* the first token to the last */
+  int32_t n_decode_steps;      /* forward passes after the first token */
 } ss_gen_result;
 
-int ss_generate(const ss_model *m, ss_backend *be, const int32_t *prompt, int32_t n_prompt,
+/* Runs the request on rank 0 (under tensor parallelism the workers run the
+ * steps the engine broadcasts; stopping them stays with the caller).  A bad
+ * request or option returns SS_ERR_RANGE or SS_ERR_INVALID with the engine's
+ * message; a lost rank SS_ERR_COMM. */
+int ss_generate(ss_model *m, ss_backend *be, const int32_t *prompt, int32_t n_prompt,
                 const ss_gen_params *p, ss_gen_callback cb, void *user, ss_gen_result *res);
 void ss_gen_result_free(ss_gen_result *res);
-
-/* Stop-string matching over a text stream: how many bytes of `text` (len
- * bytes, of which the first `emitted` were already shown) can be shown now, and
- * whether a stop string was found (then *cut is where the text ends). */
-size_t ss_stop_scan(const char *text, size_t len, size_t emitted, const char *const *stop,
-                    size_t n_stop, bool *found, size_t *cut);
 
 #endif

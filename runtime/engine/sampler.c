@@ -1,3 +1,6 @@
+/* Token sampling (runtime/engine/sampler.h): the seeded xoshiro256** stream,
+ * the temperature / top-k / top-p / min-p chain over a caller's scratch, and
+ * log-probabilities for reporting. */
 #include "runtime/engine/sampler.h"
 
 #include <math.h>
@@ -50,26 +53,32 @@ int ss_sampler_params_check(const ss_sampler_params *p) {
   return SS_OK;
 }
 
-int ss_sampler_init(ss_sampler *s, const ss_sampler_params *p, int32_t n_vocab) {
+int ss_sampler_init(ss_sampler *s, const ss_sampler_params *p) {
   memset(s, 0, sizeof *s);
   int rc = ss_sampler_params_check(p);
   if (rc) return rc;
   s->p = *p;
-  s->n_vocab = n_vocab;
   ss_rng_seed(&s->rng, p->seed);
-  s->prob = malloc((size_t)n_vocab * sizeof *s->prob);
-  s->idx = malloc((size_t)n_vocab * sizeof *s->idx);
-  if (!s->prob || !s->idx) {
-    ss_sampler_free(s);
-    return ss_error(SS_ERR_NOMEM, "sampler: out of memory");
+  return SS_OK;
+}
+
+int ss_sampler_scratch_init(ss_sampler_scratch *w, int32_t n_vocab) {
+  memset(w, 0, sizeof *w);
+  w->n_vocab = n_vocab;
+  w->prob = malloc((size_t)n_vocab * sizeof *w->prob);
+  w->idx = malloc((size_t)n_vocab * sizeof *w->idx);
+  if (!w->prob || !w->idx) {
+    ss_sampler_scratch_free(w);
+    return ss_error(SS_ERR_NOMEM, "sampler: out of memory for a vocabulary of %d tokens",
+                    n_vocab);
   }
   return SS_OK;
 }
 
-void ss_sampler_free(ss_sampler *s) {
-  free(s->prob);
-  free(s->idx);
-  memset(s, 0, sizeof *s);
+void ss_sampler_scratch_free(ss_sampler_scratch *w) {
+  free(w->prob);
+  free(w->idx);
+  memset(w, 0, sizeof *w);
 }
 
 int32_t ss_argmax(const float *logits, int32_t n) {
@@ -127,12 +136,12 @@ static void select_top(const float *p, int32_t *idx, int32_t n, int32_t k) {
 #undef WORSE
 }
 
-int32_t ss_sampler_sample(ss_sampler *s, const float *logits) {
-  const int32_t n = s->n_vocab;
+int32_t ss_sampler_sample(ss_sampler *s, ss_sampler_scratch *w, const float *logits) {
+  const int32_t n = w->n_vocab;
   const ss_sampler_params *p = &s->p;
   if (p->temperature <= 0.0f) return ss_argmax(logits, n);
-  float *prob = s->prob;
-  int32_t *idx = s->idx;
+  float *prob = w->prob;
+  int32_t *idx = w->idx;
   /* Unnormalised probabilities exp((l - max)/T): the largest is exactly 1. */
   float mx = logits[ss_argmax(logits, n)];
   double total = 0.0;
@@ -170,14 +179,14 @@ int32_t ss_sampler_sample(ss_sampler *s, const float *logits) {
   }
   if (p->min_p > 0.0f) {
     /* The best candidate has probability 1 (max-subtracted), so the bar is min_p. */
-    int32_t w = 0;
+    int32_t kept = 0;
     total = 0.0;
     for (int32_t i = 0; i < m; i++)
       if (prob[idx[i]] >= p->min_p) {
-        idx[w++] = idx[i];
+        idx[kept++] = idx[i];
         total += prob[idx[i]];
       }
-    m = w; /* never empty: the top token has probability 1 */
+    m = kept; /* never empty: the top token has probability 1 */
   }
   double u = ss_rng_uniform(&s->rng) * total;
   double cum = 0.0;
@@ -201,16 +210,16 @@ float ss_logprob_of(const float *logits, int32_t n, int32_t id) {
   return (float)((double)logits[id] - log_sum_exp(logits, n));
 }
 
-void ss_top_logprobs(const float *logits, int32_t n, int32_t k, int32_t *ids, float *logprobs) {
+void ss_top_logprobs(ss_sampler_scratch *w, const float *logits, int32_t k, int32_t *ids,
+                     float *logprobs) {
+  const int32_t n = w->n_vocab;
   if (k > n) k = n;
   double lse = log_sum_exp(logits, n);
-  int32_t *idx = malloc((size_t)n * sizeof *idx);
-  SS_ASSERT(idx);
+  int32_t *idx = w->idx;
   for (int32_t i = 0; i < n; i++) idx[i] = i;
   select_top(logits, idx, n, k);
   for (int32_t i = 0; i < k; i++) {
     ids[i] = idx[i];
     logprobs[i] = (float)((double)logits[idx[i]] - lse);
   }
-  free(idx);
 }

@@ -30,25 +30,37 @@ uint64_t ss_rng_next(ss_rng *r);
 /* Uniform in [0, 1) with 53 random bits. */
 double ss_rng_uniform(ss_rng *r);
 
+/* A request's sampling state: its parameters and its own RNG stream, a few
+ * dozen bytes.  The vocabulary-sized work buffers are not here but in an
+ * ss_sampler_scratch, one per thread that samples (the engine has one), so a
+ * queued request costs no vocabulary-sized memory. */
 typedef struct ss_sampler {
   ss_sampler_params p;
   ss_rng rng;
-  int32_t n_vocab;
-  /* scratch, n_vocab long */
-  float *prob;
-  int32_t *idx;
 } ss_sampler;
 
-int ss_sampler_init(ss_sampler *s, const ss_sampler_params *p, int32_t n_vocab);
-void ss_sampler_free(ss_sampler *s);
-/* Picks the next token from raw logits (not modified). */
-int32_t ss_sampler_sample(ss_sampler *s, const float *logits);
+/* Work buffers for sampling over a vocabulary of n_vocab tokens. */
+typedef struct ss_sampler_scratch {
+  int32_t n_vocab;
+  float *prob;    /* (n_vocab) */
+  int32_t *idx;   /* (n_vocab) */
+} ss_sampler_scratch;
+
+/* Checks the parameters (SS_ERR_RANGE naming the field) and seeds the stream. */
+int ss_sampler_init(ss_sampler *s, const ss_sampler_params *p);
+int ss_sampler_scratch_init(ss_sampler_scratch *w, int32_t n_vocab);
+void ss_sampler_scratch_free(ss_sampler_scratch *w);
+/* Picks the next token from raw logits (w->n_vocab of them, not modified),
+ * advancing s's stream; w is overwritten. */
+int32_t ss_sampler_sample(ss_sampler *s, ss_sampler_scratch *w, const float *logits);
 
 int32_t ss_argmax(const float *logits, int32_t n);
 
-/* The k most likely tokens under log_softmax(logits) of the raw logits, in
- * decreasing order (lower id first on ties), computed in double. */
-void ss_top_logprobs(const float *logits, int32_t n, int32_t k, int32_t *ids, float *logprobs);
+/* The k most likely tokens under log_softmax(logits) of the raw logits
+ * (w->n_vocab of them), in decreasing order (lower id first on ties), computed
+ * in double; w is overwritten. */
+void ss_top_logprobs(ss_sampler_scratch *w, const float *logits, int32_t k, int32_t *ids,
+                     float *logprobs);
 /* log_softmax(logits)[id]. */
 float ss_logprob_of(const float *logits, int32_t n, int32_t id);
 

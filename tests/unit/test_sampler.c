@@ -10,19 +10,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/engine/generate.h"
 #include "runtime/engine/sampler.h"
+#include "runtime/engine/stop.h"
 
 #define N_DRAWS 40000
 
 static void draw_freq(const ss_sampler_params *p, const float *logits, int n, double *freq) {
   ss_sampler s;
-  assert_int_equal(ss_sampler_init(&s, p, n), 0);
+  ss_sampler_scratch w;
+  assert_int_equal(ss_sampler_init(&s, p), 0);
+  assert_int_equal(ss_sampler_scratch_init(&w, n), 0);
   long count[16] = {0};
   assert_true(n <= 16);
-  for (int i = 0; i < N_DRAWS; i++) count[ss_sampler_sample(&s, logits)]++;
+  for (int i = 0; i < N_DRAWS; i++) count[ss_sampler_sample(&s, &w, logits)]++;
   for (int i = 0; i < n; i++) freq[i] = (double)count[i] / N_DRAWS;
-  ss_sampler_free(&s);
+  ss_sampler_scratch_free(&w);
 }
 
 /* Frequencies within 5 binomial standard deviations of the expected probabilities. */
@@ -41,10 +43,12 @@ static void test_greedy(void **state) {
   float l[5] = {0.1f, 3.0f, -1.0f, 3.0f, 2.9f};
   assert_int_equal(ss_argmax(l, 5), 1); /* tie: lowest id */
   ss_sampler s;
+  ss_sampler_scratch w;
   ss_sampler_params p = {.temperature = 0, .top_p = 1};
-  assert_int_equal(ss_sampler_init(&s, &p, 5), 0);
-  for (int i = 0; i < 10; i++) assert_int_equal(ss_sampler_sample(&s, l), 1);
-  ss_sampler_free(&s);
+  assert_int_equal(ss_sampler_init(&s, &p), 0);
+  assert_int_equal(ss_sampler_scratch_init(&w, 5), 0);
+  for (int i = 0; i < 10; i++) assert_int_equal(ss_sampler_sample(&s, &w, l), 1);
+  ss_sampler_scratch_free(&w);
 }
 
 static void test_seed_reproducible(void **state) {
@@ -52,20 +56,21 @@ static void test_seed_reproducible(void **state) {
   for (int i = 0; i < 50; i++) l[i] = (float)sin(i * 1.7);
   ss_sampler_params p = {.temperature = 1.0f, .top_p = 1, .seed = 42};
   ss_sampler a, b, c;
-  ss_sampler_init(&a, &p, 50);
-  ss_sampler_init(&b, &p, 50);
+  ss_sampler_scratch w; /* one scratch shared by the three streams, as in the engine */
+  ss_sampler_init(&a, &p);
+  ss_sampler_init(&b, &p);
   p.seed = 43;
-  ss_sampler_init(&c, &p, 50);
+  ss_sampler_init(&c, &p);
+  assert_int_equal(ss_sampler_scratch_init(&w, 50), 0);
   int same_c = 0;
   for (int i = 0; i < 200; i++) {
-    int32_t x = ss_sampler_sample(&a, l), y = ss_sampler_sample(&b, l), z = ss_sampler_sample(&c, l);
+    int32_t x = ss_sampler_sample(&a, &w, l), y = ss_sampler_sample(&b, &w, l);
+    int32_t z = ss_sampler_sample(&c, &w, l);
     assert_int_equal(x, y);
     same_c += x == z;
   }
   assert_true(same_c < 150); /* another seed gives another sequence */
-  ss_sampler_free(&a);
-  ss_sampler_free(&b);
-  ss_sampler_free(&c);
+  ss_sampler_scratch_free(&w);
 }
 
 static void test_temperature(void **state) {
@@ -113,17 +118,19 @@ static void test_top_p_large_vocab(void **state) {
   float *l = malloc(V * sizeof *l);
   for (int i = 0; i < V; i++) l[i] = 0.0f;
   ss_sampler s;
+  ss_sampler_scratch w;
   ss_sampler_params p = {.temperature = 1, .top_p = 0.5f, .seed = 3};
-  ss_sampler_init(&s, &p, V);
+  ss_sampler_init(&s, &p);
+  assert_int_equal(ss_sampler_scratch_init(&w, V), 0);
   int32_t maxid = 0;
   for (int i = 0; i < 5000; i++) {
-    int32_t t = ss_sampler_sample(&s, l);
+    int32_t t = ss_sampler_sample(&s, &w, l);
     if (t > maxid) maxid = t;
   }
   /* Ties are ordered by id, so the nucleus is ids [0, 1500). */
   assert_true(maxid < 1500);
   assert_true(maxid > 1400);
-  ss_sampler_free(&s);
+  ss_sampler_scratch_free(&w);
   free(l);
 }
 
@@ -151,7 +158,10 @@ static void test_top_logprobs(void **state) {
   float l[6] = {1.0f, 4.0f, 2.0f, 4.0f, -3.0f, 0.5f};
   int32_t ids[3];
   float lp[3];
-  ss_top_logprobs(l, 6, 3, ids, lp);
+  ss_sampler_scratch w;
+  assert_int_equal(ss_sampler_scratch_init(&w, 6), 0);
+  ss_top_logprobs(&w, l, 3, ids, lp);
+  ss_sampler_scratch_free(&w);
   double z = 0;
   for (int i = 0; i < 6; i++) z += exp((double)l[i]);
   assert_int_equal(ids[0], 1);

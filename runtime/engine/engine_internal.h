@@ -1,0 +1,125 @@
+/* The engine's private state, shared by its files: engine.c (life cycle,
+ * submissions, the step loop), engine_output.c (sampling a sequence, its text,
+ * events, finishing) and engine_metrics.c (Prometheus text, step log, ranks). */
+#ifndef SS_ENGINE_INTERNAL_H
+#define SS_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "runtime/base/metrics.h"
+#include "runtime/engine/engine.h"
+#include "runtime/engine/sampler.h"
+#include "runtime/engine/scheduler.h"
+#include "runtime/tokenizer/tokenizer.h"
+
+/* ------------------------------------------------------------------------ */
+/* State                                                                      */
+
+/* One request inside the engine.  Nothing here is vocabulary-sized: the
+ * sampler keeps only its parameters and RNG stream (the work buffers are the
+ * engine's), so a queued request costs its tokens and block table. */
+typedef struct ereq {
+  ss_sched_seq seq;      /* scheduler view; seq.user points back here */
+  ss_engine_req r;
+  int64_t id;
+  int32_t *tokens;       /* prompt + generated, seq.max_tokens long */
+  ss_sampler smp;
+  ss_detok dt;
+  ss_strbuf text;        /* generated text so far */
+  size_t emitted;        /* bytes of text already sent */
+  int32_t n_generated;
+  /* ss_now_s(), 0 until it happens; t_first is the first token, or the end of
+   * the prefill when nothing is to be generated */
+  double t_arrival, t_scheduled, t_first, t_last;
+  struct ereq *next;     /* in the incoming queue */
+} ereq;
+
+typedef struct rank_stats {
+  double compute_s, comm_s;
+  uint64_t steps;
+} rank_stats;
+
+/* Events made during a step, published together. */
+typedef struct ev_list {
+  ss_engine_event *head, *tail;
+} ev_list;
+
+struct ss_engine {
+  ss_model *m;
+  ss_backend *be;
+  ss_engine_opts o;
+  int32_t n_ctx;
+  ss_kv_cache kv;         /* K/V storage; the scheduler hands out its block ids */
+  ss_sched sched;
+  ss_forward_state st;
+  ss_sampler_scratch scratch; /* the engine thread's sampling buffers, (V) each */
+  float *logits;          /* (max_num_seqs, V) */
+  int32_t *b_tokens, *b_pos, *b_rows;
+  const int32_t **b_tab;
+  uint64_t steps;
+  bool stats_dirty;       /* steps ran since the per-rank counters were gathered */
+  /* per-step scratch, max_num_seqs long */
+  struct ereq **done_q;
+  const char **done_r;
+  double *itls, *ttfts;
+
+  pthread_mutex_t mu;     /* guards everything below */
+  pthread_cond_t cv;
+  ereq *in_head, *in_tail;
+  int32_t n_in;
+  int64_t *aborts;
+  int32_t n_aborts, cap_aborts;
+  ss_engine_event *ev_head, *ev_tail;
+  int64_t next_id;
+  ss_engine_state state;
+  bool stopping;
+  double drain_deadline;
+  ss_engine_notify_fn notify;
+  void *notify_user;
+
+  /* metrics (published under mu after each step) */
+  int32_t pub_running, pub_waiting, pub_blocks_used;
+  uint64_t prompt_tokens_total, generation_tokens_total, preemptions_total;
+  uint64_t success_stop, success_length, success_abort, success_error;
+  ss_histogram h_ttft, h_itl, h_e2e, h_queue, h_prompt, h_gen;
+  rank_stats *ranks;
+  int n_ranks;
+  double t_start;
+};
+
+/* ------------------------------------------------------------------------ */
+/* engine_output.c: a sequence's tokens, text and events                      */
+
+void ss_eng_req_free(ereq *q);
+void ss_eng_ev_push(ev_list *l, ss_engine_event *ev);
+/* q's DONE event (NULL when out of memory). */
+ss_engine_event *ss_eng_done_event(const ereq *q, const char *reason, const char *error);
+/* Samples q's next token from its logits row, detokenizes it, scans the stop
+ * strings and appends a TOKEN event.  Returns the finish reason or NULL; *itl
+ * is the time since q's previous token (< 0 for its first).  Engine thread,
+ * outside the lock: it uses the engine's sampling scratch. */
+const char *ss_eng_sample_seq(ss_engine *e, ereq *q, const float *logits, ev_list *out, double t,
+                              double *itl);
+/* Ends a request (lock held): removes it from the scheduler (its blocks go back
+ * to the pool), counts it, queues its DONE event and frees it. */
+void ss_eng_finish_locked(ss_engine *e, ereq *q, const char *reason, const char *error,
+                          ev_list *out);
+/* Fails every request, queued ones too, after a fatal error (lock held). */
+void ss_eng_fail_all_locked(ss_engine *e, const char *msg, ev_list *out);
+
+/* ------------------------------------------------------------------------ */
+/* engine_metrics.c                                                           */
+
+void ss_eng_metrics_init(ss_engine *e);
+/* A finished request's counters and histograms (lock held). */
+void ss_eng_metrics_finish_locked(ss_engine *e, const ereq *q, const char *reason, double t);
+/* Refreshes the per-rank counters through the executor (engine thread, between
+ * steps; takes the lock to store them). */
+void ss_eng_gather_rank_stats(ss_engine *e);
+/* One step-log line when the engine has a step log. */
+void ss_eng_step_log(ss_engine *e, double t0, const ss_sched_batch *b, double attended,
+                     double kv_read, double t_fwd0, double t_fwd1);
+
+#endif

@@ -1,0 +1,143 @@
+/* What the engine hands back for a request: its sampled tokens, their text
+ * (streamed whole characters, stop strings held back and cut), the TOKEN and
+ * DONE events, and the end of the request. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/base/clock.h"
+#include "runtime/engine/engine_internal.h"
+#include "runtime/engine/stop.h"
+
+void ss_eng_req_free(ereq *q) {
+  if (!q) return;
+  free(q->r.prompt);
+  for (int i = 0; i < q->r.n_stop; i++) free(q->r.stop[i]);
+  free(q->tokens);
+  free(q->seq.blocks);
+  ss_strbuf_free(&q->text);
+  free(q);
+}
+
+void ss_engine_event_free(ss_engine_event *ev) {
+  if (!ev) return;
+  free(ev->text);
+  free(ev->top_ids);
+  free(ev->top_logprobs);
+  free(ev->error);
+  free(ev);
+}
+
+void ss_eng_ev_push(ev_list *l, ss_engine_event *ev) {
+  if (l->tail) l->tail->next = ev;
+  else l->head = ev;
+  l->tail = ev;
+}
+
+ss_engine_event *ss_eng_done_event(const ereq *q, const char *reason, const char *error) {
+  ss_engine_event *ev = calloc(1, sizeof *ev);
+  if (!ev) return NULL;
+  ev->kind = SS_ENGINE_DONE;
+  ev->id = q->id;
+  ev->user = q->r.user;
+  ev->finish_reason = reason;
+  ev->error = error ? strdup(error) : NULL;
+  ev->n_prompt = q->r.n_prompt;
+  ev->n_generated = q->n_generated;
+  if (q->t_scheduled > 0) ev->queue_s = q->t_scheduled - q->t_arrival;
+  if (q->t_first > 0) {
+    ev->prefill_s = q->t_first - q->t_scheduled;
+    ev->decode_s = q->t_last - q->t_first;
+  }
+  return ev;
+}
+
+/* The token's logprob and its top alternatives, computed from the raw logits
+ * in the engine's scratch. */
+static void add_logprobs(ss_engine *e, const ereq *q, const float *logits, ss_engine_event *ev) {
+  const int32_t n_vocab = e->m->cfg.vocab;
+  ev->logprob = ss_logprob_of(logits, n_vocab, ev->token);
+  const int32_t k = q->r.n_top_logprobs;
+  if (k <= 0) return;
+  ev->top_ids = malloc((size_t)k * sizeof *ev->top_ids);
+  ev->top_logprobs = malloc((size_t)k * sizeof *ev->top_logprobs);
+  if (!ev->top_ids || !ev->top_logprobs) {
+    free(ev->top_ids);
+    free(ev->top_logprobs);
+    ev->top_ids = NULL;
+    ev->top_logprobs = NULL;
+    return;
+  }
+  ev->n_top = k;
+  ss_top_logprobs(&e->scratch, logits, k, ev->top_ids, ev->top_logprobs);
+}
+
+const char *ss_eng_sample_seq(ss_engine *e, ereq *q, const float *logits, ev_list *out, double t,
+                              double *itl) {
+  ss_engine_event *ev = calloc(1, sizeof *ev);
+  const int32_t tok = ss_sampler_sample(&q->smp, &e->scratch, logits);
+  q->tokens[q->seq.n_tokens++] = tok;
+  q->n_generated++;
+  *itl = q->n_generated > 1 ? t - q->t_last : -1.0;
+  if (q->n_generated == 1) q->t_first = t;
+  q->t_last = t;
+  const bool eog = !q->r.ignore_eos && ss_tokenizer_is_eog(e->m->tok, tok);
+  const bool at_limit = q->n_generated >= q->r.max_new_tokens;
+  char piece[SS_DETOK_MIN_CAP];
+  size_t np = eog ? 0 : ss_detok_push(&q->dt, tok, piece, sizeof piece);
+  if (eog || at_limit) np += ss_detok_flush(&q->dt, piece + np, sizeof piece - np);
+  ss_strbuf_append(&q->text, piece, np);
+  if (!q->text.p) ss_strbuf_append(&q->text, "", 0);
+  bool stop_found = false;
+  size_t cut = q->text.len;
+  size_t show = ss_stop_scan(q->text.p ? q->text.p : "", q->text.len, q->emitted,
+                             (const char *const *)q->r.stop, (size_t)q->r.n_stop, &stop_found, &cut);
+  if ((eog || at_limit) && !stop_found) show = q->text.len;
+  if (ev) {
+    ev->kind = SS_ENGINE_TOKEN;
+    ev->id = q->id;
+    ev->user = q->r.user;
+    ev->token = tok;
+    ev->text_len = show - q->emitted;
+    ev->text = malloc(ev->text_len + 1);
+    if (ev->text) {
+      memcpy(ev->text, q->text.p + q->emitted, ev->text_len);
+      ev->text[ev->text_len] = 0;
+    } else {
+      ev->text_len = 0;
+    }
+    if (q->r.logprobs) add_logprobs(e, q, logits, ev);
+    ev->n_prompt = q->r.n_prompt;
+    ev->n_generated = q->n_generated;
+    ss_eng_ev_push(out, ev);
+  }
+  q->emitted = show;
+  if (stop_found) return "stop";
+  if (eog) return "stop";
+  if (at_limit) return "length";
+  return NULL;
+}
+
+void ss_eng_finish_locked(ss_engine *e, ereq *q, const char *reason, const char *error,
+                          ev_list *out) {
+  ss_sched_finish(&e->sched, &q->seq);
+  ss_eng_metrics_finish_locked(e, q, reason, ss_now_s());
+  ss_engine_event *ev = ss_eng_done_event(q, reason, error);
+  if (ev) ss_eng_ev_push(out, ev);
+  ss_eng_req_free(q);
+}
+
+void ss_eng_fail_all_locked(ss_engine *e, const char *msg, ev_list *out) {
+  ss_sched_seq *q;
+  while ((q = e->sched.running.head)) ss_eng_finish_locked(e, q->user, "error", msg, out);
+  while ((q = e->sched.waiting.head)) ss_eng_finish_locked(e, q->user, "error", msg, out);
+  for (ereq *r = e->in_head; r;) {
+    ereq *n = r->next;
+    ss_engine_event *ev = ss_eng_done_event(r, "error", msg);
+    if (ev) ss_eng_ev_push(out, ev);
+    e->success_error++;
+    ss_eng_req_free(r);
+    r = n;
+  }
+  e->in_head = e->in_tail = NULL;
+  e->n_in = 0;
+}
