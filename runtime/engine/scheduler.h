@@ -99,7 +99,7 @@ static inline void ss_sched_batch_attention(const ss_sched_batch *b, double *att
 typedef struct ss_sched {
   ss_sched_params p;
   ss_seq_list waiting, running;
-  int32_t *free_ids;   /* stack of free block ids */
+  int32_t *free_ids;   /* stack of free block ids: the KV pool's one allocator */
   int32_t n_free;
   uint64_t n_preemptions;
   ss_sched_entry *entries;

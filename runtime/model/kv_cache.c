@@ -1,6 +1,7 @@
+/* The KV cache's storage (runtime/model/kv_cache.h): allocation on the
+ * backend and the per-layer view the attention kernels read. */
 #include "runtime/model/kv_cache.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/base/status.h"
@@ -10,8 +11,7 @@ uint64_t ss_kv_cache_nbytes_per_token(int n_layer, int32_t kv_dim) {
 }
 
 int ss_kv_cache_init(ss_kv_cache *c, ss_backend *be, int n_layer, int32_t n_kv_head,
-                     int32_t head_dim,
-                     int32_t block_size, int32_t n_blocks) {
+                     int32_t head_dim, int32_t block_size, int32_t n_blocks) {
   memset(c, 0, sizeof *c);
   const int64_t kv_dim = (int64_t)n_kv_head * head_dim;
   if (n_layer <= 0 || kv_dim <= 0 || block_size <= 0 || n_blocks <= 0)
@@ -31,15 +31,11 @@ int ss_kv_cache_init(ss_kv_cache *c, ss_backend *be, int n_layer, int32_t n_kv_h
   c->n_blocks = n_blocks;
   c->k = be->alloc(be, (size_t)nbytes);
   c->v = be->alloc(be, (size_t)nbytes);
-  c->free_ids = malloc((size_t)n_blocks * sizeof *c->free_ids);
-  if (!c->k || !c->v || !c->free_ids) {
+  if (!c->k || !c->v) {
     ss_kv_cache_free(c);
     return ss_error(SS_ERR_NOMEM, "kv cache: cannot allocate %.1f MiB for %d blocks of %d tokens",
                     2.0 * (double)nbytes / (1 << 20), n_blocks, block_size);
   }
-  /* Hand out low ids first (a stack popped from the end). */
-  for (int32_t i = 0; i < n_blocks; i++) c->free_ids[i] = n_blocks - 1 - i;
-  c->n_free = n_blocks;
   return SS_OK;
 }
 
@@ -48,7 +44,6 @@ void ss_kv_cache_free(ss_kv_cache *c) {
     if (c->k) c->be->dealloc(c->be, c->k);
     if (c->v) c->be->dealloc(c->be, c->v);
   }
-  free(c->free_ids);
   memset(c, 0, sizeof *c);
 }
 
@@ -60,29 +55,4 @@ ss_kv_layer ss_kv_cache_layer(const ss_kv_cache *c, int l) {
                        .block_size = c->block_size,
                        .n_kv_head = c->n_kv_head,
                        .head_dim = c->head_dim};
-}
-
-int ss_kv_seq_reserve(ss_kv_cache *c, ss_kv_seq *seq, int64_t n_tokens) {
-  int64_t need = (n_tokens + c->block_size - 1) / c->block_size;
-  if (need <= seq->n_blocks) return SS_OK;
-  int64_t extra = need - seq->n_blocks;
-  if (extra > c->n_free)
-    return ss_error(SS_ERR_RANGE, "kv cache: %lld more blocks needed for %lld tokens, %d free",
-                    (long long)extra, (long long)n_tokens, c->n_free);
-  if (need > seq->cap) {
-    int32_t cap = seq->cap ? seq->cap : 8;
-    while (cap < need) cap *= 2;
-    int32_t *nb = realloc(seq->blocks, (size_t)cap * sizeof *nb);
-    if (!nb) return ss_error(SS_ERR_NOMEM, "kv cache: out of memory for a block table");
-    seq->blocks = nb;
-    seq->cap = cap;
-  }
-  while (seq->n_blocks < need) seq->blocks[seq->n_blocks++] = c->free_ids[--c->n_free];
-  return SS_OK;
-}
-
-void ss_kv_seq_release(ss_kv_cache *c, ss_kv_seq *seq) {
-  for (int32_t i = seq->n_blocks - 1; i >= 0; i--) c->free_ids[c->n_free++] = seq->blocks[i];
-  free(seq->blocks);
-  memset(seq, 0, sizeof *seq);
 }
