@@ -27,14 +27,14 @@
 #include "comm/comm.h"
 #include "launcher/cli.h"
 #include "launcher/ranks.h"
-#include "runtime/engine/executor.h"
 #include "runtime/base/clock.h"
+#include "runtime/base/stats.h"
+#include "runtime/base/status.h"
+#include "runtime/engine/executor.h"
+#include "runtime/engine/sampler.h"
 #include "runtime/model/model.h"
 #include "runtime/planner/planner.h"
 #include "runtime/planner/profile_fit.h"
-#include "runtime/engine/sampler.h"
-#include "runtime/base/stats.h"
-#include "runtime/base/status.h"
 
 static const char *k_cmd = "profile";
 
