@@ -1,0 +1,126 @@
+/* The API server's parts as its files see each other: the server and request
+ * structs, and the functions one file of runtime/server offers the others.
+ * Not part of the public API (that is api_server.h). */
+#ifndef SS_API_INTERNAL_H
+#define SS_API_INTERNAL_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+#include <uv.h>
+
+#include "runtime/base/metrics.h"
+#include "runtime/server/api_server.h"
+
+typedef enum api_phase { PHASE_LOADING = 0, PHASE_READY, PHASE_LOAD_FAILED } api_phase;
+
+struct ss_api {
+  uv_loop_t *loop;
+  ss_http_server *http;
+  uv_async_t wake;
+  ss_api_opts o;
+  char *model_name;
+  char *api_key;
+  time_t created;
+  bool draining;
+  bool closed;
+
+  pthread_mutex_t mu;     /* guards the fields set from other threads */
+  api_phase phase;
+  ss_engine *engine;
+  const ss_model *model;
+  ss_chat_template tmpl;
+  bool engine_exited;
+
+  uint64_t n_requests, n_client_errors, n_aborted_by_client;
+};
+
+/* ------------------------------------------------------------------------ */
+/* Parsing a generation request (openai_parse.c)                             */
+
+typedef struct parse_err {
+  int status;
+  const char *param;      /* a string literal or NULL */
+  bool body;              /* the body is not a JSON object (not counted as a refused
+                             generation request in /metrics) */
+  char msg[512];
+} parse_err;
+
+typedef struct gen_fields {
+  int64_t max_tokens;
+  bool max_set;
+  ss_engine_req r;        /* r.prompt and r.stop are malloc'ed: free with ss_oai_req_free */
+  bool stream, include_usage;
+} gen_fields;
+
+/* What it takes to turn a body into an engine request; only read. */
+typedef struct gen_ctx {
+  const char *model_name; /* the served id, to check 'model' against */
+  int32_t default_max_tokens;
+  int32_t n_ctx;
+  const ss_model *m;
+  ss_chat_template tmpl;
+} gen_ctx;
+
+/* The whole of a request's preparation: JSON, fields, chat template,
+ * tokenizer, default max_tokens.  On failure e says the status, the field and
+ * the message, and g owns nothing. */
+bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, bool chat,
+                           gen_fields *g, parse_err *e);
+/* Frees the prompt and stop strings of a request that was not submitted. */
+void ss_oai_req_free(ss_engine_req *r);
+
+/* ------------------------------------------------------------------------ */
+/* One generation request (generate.c)                                        */
+
+/* One API request in flight: lives from submission to the engine's DONE event. */
+typedef struct api_req {
+  ss_api *api;
+  ss_http_conn *conn;     /* NULL once the client has gone */
+  int64_t id;
+  bool chat, stream, include_usage;
+  bool logprobs;
+  int32_t n_top;
+  char rid[48];
+  time_t created;
+  bool role_sent;
+  ss_strbuf text;         /* non-streamed: the whole text */
+  json_t *lp;             /* non-streamed logprobs: chat "content" list, or completions object */
+  size_t text_offset;
+} api_req;
+
+/* POST /v1/completions and /v1/chat/completions: parses, tokenizes, submits. */
+void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, bool chat,
+                     ss_engine *eng, const ss_model *m, const ss_chat_template *tmpl);
+/* The uv_async_t callback: takes the engine's events and answers them. */
+void ss_api_on_wake(uv_async_t *h);
+/* The HTTP layer's on_abort: the client of conn_user (an api_req) has gone. */
+void ss_api_on_client_gone(void *user, void *conn_user);
+
+/* ------------------------------------------------------------------------ */
+/* Routes (routes.c)                                                          */
+
+/* The HTTP layer's on_request. */
+void ss_api_on_request(void *user, ss_http_conn *c, const ss_http_request *req);
+/* Sends 503 and returns false when generation requests are no longer taken
+ * (draining, or the engine failed); the same answer wherever it is asked. */
+bool ss_api_check_serving(ss_api *a, ss_http_conn *c, ss_engine *eng);
+
+/* ------------------------------------------------------------------------ */
+/* Responses (openai_render.c)                                                */
+
+/* Sends o (consumed) as the JSON body. */
+void ss_oai_send_json(ss_http_conn *c, int status, json_t *o, const char *extra_headers);
+/* OpenAI's error object: {"error": {"message", "type", "param", "code"}}. */
+void ss_oai_send_error(ss_http_conn *c, int status, const char *param, const char *code,
+                       const char *extra_headers, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+/* A token of a request: streamed as a chunk, or gathered for the response. */
+void ss_oai_on_token(api_req *q, const ss_model *m, const ss_engine_event *ev);
+/* The request's end: the last chunks and [DONE], or the whole response. */
+void ss_oai_on_done(api_req *q, const ss_engine_event *ev);
+
+#endif

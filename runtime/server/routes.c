@@ -1,0 +1,134 @@
+/* Routing: which path and method go where, the API key, and the small
+ * routes (/health, /v1/models, /metrics); generation goes to generate.c. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "runtime/base/metrics.h"
+#include "runtime/server/api_internal.h"
+
+/* ------------------------------------------------------------------------ */
+/* Routing                                                                    */
+
+bool ss_api_check_serving(ss_api *a, ss_http_conn *c, ss_engine *eng) {
+  ss_engine_state st = ss_engine_get_state(eng);
+  if (!a->draining && st == SS_ENGINE_READY) return true;
+  ss_oai_send_error(c, 503, NULL, NULL, NULL, "%s",
+                    st == SS_ENGINE_FAILED
+                    ? "the engine has failed (a rank was lost); restart the server"
+                    : "the server is shutting down");
+  return false;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The small routes                                                           */
+
+static void handle_models(ss_api *a, ss_http_conn *c, int32_t n_ctx) {
+  json_t *o = json_pack("{s:s, s:[{s:s, s:s, s:I, s:s, s:i}]}", "object", "list", "data", "id",
+                        a->model_name, "object", "model", "created", (json_int_t)a->created,
+                        "owned_by", "shardserve", "max_model_len", n_ctx);
+  ss_oai_send_json(c, 200, o, "");
+}
+
+static void handle_metrics(ss_api *a, ss_http_conn *c, ss_engine *eng, api_phase phase) {
+  ss_strbuf b = {0};
+  ss_metric_header(&b, "shardserve:server_ready", "gauge",
+                   "1 when the model is loaded and requests are served.");
+  ss_metric_value(&b, "shardserve:server_ready", "",
+                  phase == PHASE_READY && !a->draining && eng &&
+                          ss_engine_get_state(eng) == SS_ENGINE_READY ? 1 : 0);
+  ss_metric_header(&b, "shardserve:http_requests_total", "counter", "HTTP requests received.");
+  ss_metric_value(&b, "shardserve:http_requests_total", "", (double)a->n_requests);
+  ss_metric_header(&b, "shardserve:request_client_error_total", "counter",
+                   "Generation requests refused as invalid (4xx).");
+  ss_metric_value(&b, "shardserve:request_client_error_total", "", (double)a->n_client_errors);
+  ss_metric_header(&b, "shardserve:request_client_disconnect_total", "counter",
+                   "Requests whose client left before the response was complete.");
+  ss_metric_value(&b, "shardserve:request_client_disconnect_total", "",
+                  (double)a->n_aborted_by_client);
+  if (eng) ss_engine_metrics(eng, &b);
+  if (b.failed) ss_oai_send_error(c, 500, NULL, NULL, NULL, "out of memory");
+  else ss_http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "", b.p, b.len);
+  ss_strbuf_free(&b);
+}
+
+static bool auth_ok(const ss_api *a, const ss_http_request *req) {
+  if (!a->api_key) return true;
+  const char *h = req->authorization;
+  if (!h || strncasecmp(h, "Bearer ", 7) != 0) return false;
+  const char *k = h + 7;
+  while (*k == ' ') k++;
+  /* Compare in time independent of where the first difference is. */
+  size_t n = strlen(k), m = strlen(a->api_key);
+  unsigned diff = (unsigned)(n ^ m);
+  for (size_t i = 0; i < n && i < m; i++) diff |= (unsigned)(k[i] ^ a->api_key[i]);
+  return diff == 0;
+}
+
+void ss_api_on_request(void *user, ss_http_conn *c, const ss_http_request *req) {
+  ss_api *a = user;
+  a->n_requests++;
+  pthread_mutex_lock(&a->mu);
+  const api_phase phase = a->phase;
+  ss_engine *eng = a->engine;
+  const ss_model *m = a->model;
+  ss_chat_template tmpl = a->tmpl;
+  pthread_mutex_unlock(&a->mu);
+  const bool get = strcmp(req->method, "GET") == 0, post = strcmp(req->method, "POST") == 0;
+  const char *p = req->path;
+
+  if (strcmp(p, "/health") == 0) {
+    if (!get) {
+      ss_oai_send_error(c, 405, NULL, NULL, "Allow: GET\r\n", "%s %s: use GET", req->method, p);
+      return;
+    }
+    const char *status = "ok";
+    int code = 200;
+    ss_engine_state st = eng ? ss_engine_get_state(eng) : SS_ENGINE_READY;
+    if (phase == PHASE_LOADING) status = "loading", code = 503;
+    else if (phase == PHASE_LOAD_FAILED || st == SS_ENGINE_FAILED) status = "failed", code = 503;
+    else if (a->draining || st != SS_ENGINE_READY) status = "draining", code = 503;
+    ss_oai_send_json(c, code, json_pack("{s:s}", "status", status), "");
+    return;
+  }
+  if (strcmp(p, "/metrics") == 0) {
+    if (!get)
+      ss_oai_send_error(c, 405, NULL, NULL, "Allow: GET\r\n", "%s %s: use GET", req->method, p);
+    else
+      handle_metrics(a, c, eng, phase);
+    return;
+  }
+  const bool is_models = strcmp(p, "/v1/models") == 0;
+  const bool is_cmpl = strcmp(p, "/v1/completions") == 0;
+  const bool is_chat = strcmp(p, "/v1/chat/completions") == 0;
+  if (!is_models && !is_cmpl && !is_chat) {
+    ss_oai_send_error(c, 404, NULL, "not_found", NULL,
+                      "no route %s %s (routes: POST /v1/completions, POST /v1/chat/completions, "
+                      "GET /v1/models, GET /health, GET /metrics)", req->method, p);
+    return;
+  }
+  if (!auth_ok(a, req)) {
+    ss_oai_send_error(c, 401, NULL, "invalid_api_key", "WWW-Authenticate: Bearer\r\n",
+                      "missing or wrong API key: send 'Authorization: Bearer <key>'");
+    return;
+  }
+  if (is_models ? !get : !post) {
+    ss_oai_send_error(c, 405, NULL, NULL, is_models ? "Allow: GET\r\n" : "Allow: POST\r\n",
+                      "%s %s: use %s", req->method, p, is_models ? "GET" : "POST");
+    return;
+  }
+  if (phase != PHASE_READY || !eng) {
+    ss_oai_send_error(c, 503, NULL, NULL, "Retry-After: 5\r\n", "%s",
+                      phase == PHASE_LOADING ? "the model is still loading"
+                                             : "the model failed to load");
+    return;
+  }
+  if (is_models) {
+    handle_models(a, c, ss_engine_n_ctx(eng));
+    return;
+  }
+  if (!ss_api_check_serving(a, c, eng)) return;
+  ss_api_generate(a, c, req, is_chat, eng, m, &tmpl);
+}
