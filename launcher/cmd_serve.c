@@ -1,10 +1,12 @@
 /* shardserve serve: the OpenAI-compatible server.
  *
- * Rank 0 runs two threads: the main thread runs the libuv loop (HTTP, parsing,
- * tokenizing, streaming), an engine thread loads the model and then runs the
- * continuous-batching engine.  Ranks 1..tp-1 load their shard and run the
- * steps rank 0 broadcasts.  SIGINT/SIGTERM to rank 0 drain: stop accepting,
- * finish in-flight requests up to --drain-timeout, stop the workers, exit 0. */
+ * Rank 0 runs the main thread's libuv loop (HTTP, routing, streaming), libuv's
+ * threadpool (parsing, chat template, tokenizing of requests, so that a long
+ * prompt never holds up the loop), and an engine thread that loads the model
+ * and then runs the continuous-batching engine.  Ranks 1..tp-1 load their
+ * shard and run the steps rank 0 broadcasts.  SIGINT/SIGTERM to rank 0 drain:
+ * stop accepting, finish in-flight requests up to --drain-timeout, stop the
+ * workers, exit 0. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -77,6 +79,8 @@ static void usage(FILE *f) {
           "      --deterministic-allreduce on|off  rank-ordered sums, so a request's output\n"
           "                            does not depend on the batch at any TP (default on)\n"
           "      --comm-timeout S      a collective waiting longer fails (default 0: none)\n"
+          "      UV_THREADPOOL_SIZE=N  (environment) threads that parse and tokenize requests\n"
+          "                            beside the HTTP loop (libuv's threadpool; default 4)\n"
           "  -h, --help                show this help\n");
 }
 

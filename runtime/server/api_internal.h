@@ -34,7 +34,10 @@ struct ss_api {
   ss_chat_template tmpl;
   bool engine_exited;
 
+  /* Loop thread only. */
   uint64_t n_requests, n_client_errors, n_aborted_by_client;
+  int64_t n_preparing;    /* requests handed to a worker and not yet back */
+  bool exit_answered;     /* the engine has exited and its last events are answered */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -55,7 +58,9 @@ typedef struct gen_fields {
   bool stream, include_usage;
 } gen_fields;
 
-/* What it takes to turn a body into an engine request; only read. */
+/* What a worker needs to turn a body into an engine request.  Everything it
+ * points to outlives the request and is only read (the tokenizer and chat
+ * template hold no mutable state). */
 typedef struct gen_ctx {
   const char *model_name; /* the served id, to check 'model' against */
   int32_t default_max_tokens;
@@ -65,8 +70,8 @@ typedef struct gen_ctx {
 } gen_ctx;
 
 /* The whole of a request's preparation: JSON, fields, chat template,
- * tokenizer, default max_tokens.  On failure e says the status, the field and
- * the message, and g owns nothing. */
+ * tokenizer, default max_tokens.  Any thread; touches nothing shared.  On
+ * failure e says the status, the field and the message, and g owns nothing. */
 bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, bool chat,
                            gen_fields *g, parse_err *e);
 /* Frees the prompt and stop strings of a request that was not submitted. */
@@ -75,10 +80,24 @@ void ss_oai_req_free(ss_engine_req *r);
 /* ------------------------------------------------------------------------ */
 /* One generation request (generate.c)                                        */
 
-/* One API request in flight: lives from submission to the engine's DONE event. */
+/* Lives from the route handler to the engine's DONE event, or, when it never
+ * reaches the engine, to the end of its preparation. */
 typedef struct api_req {
   ss_api *api;
   ss_http_conn *conn;     /* NULL once the client has gone */
+  bool submitted;         /* false while a worker prepares it (no engine id yet) */
+
+  /* Preparation on a worker thread: the inputs, then the results. */
+  uv_work_t work;
+  char *body;             /* a copy of the request body (the connection's may go) */
+  size_t body_len;
+  ss_engine *engine;
+  gen_ctx ctx;
+  bool ok;
+  gen_fields g;
+  parse_err e;
+
+  /* Once submitted: answering from the engine's events. */
   int64_t id;
   bool chat, stream, include_usage;
   bool logprobs;
@@ -91,7 +110,8 @@ typedef struct api_req {
   size_t text_offset;
 } api_req;
 
-/* POST /v1/completions and /v1/chat/completions: parses, tokenizes, submits. */
+/* POST /v1/completions and /v1/chat/completions, on the loop: hands the body
+ * to a worker; the answer follows from the loop when the worker is done. */
 void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, bool chat,
                      ss_engine *eng, const ss_model *m, const ss_chat_template *tmpl);
 /* The uv_async_t callback: takes the engine's events and answers them. */

@@ -3,6 +3,7 @@
  * Routing is in routes.c, a generation request's life in generate.c. */
 #include "runtime/server/api_server.h"
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,9 @@ int ss_api_create(uv_loop_t *loop, const ss_api_opts *o, ss_api **out) {
   a->api_key = o->api_key && *o->api_key ? strdup(o->api_key) : NULL;
   a->created = time(NULL);
   pthread_mutex_init(&a->mu, NULL);
+  /* Seed jansson's hash function once, here, before any worker parses a body
+   * (jansson would otherwise seed it on its first object, on whichever thread). */
+  json_object_seed(0);
   ss_http_callbacks cb = {.on_request = ss_api_on_request, .on_abort = ss_api_on_client_gone,
                          .user = a};
   int rc = ss_http_server_start(loop, a->o.host, a->o.port, &a->o.http, &cb, &a->http);
@@ -74,6 +78,8 @@ void ss_api_begin_drain(ss_api *a) {
 
 void ss_api_free(ss_api *a) {
   if (!a) return;
+  /* The loop ran until every preparation had come back. */
+  SS_ASSERT(a->n_preparing == 0);
   free(a->model_name);
   free(a->api_key);
   pthread_mutex_destroy(&a->mu);

@@ -2,10 +2,13 @@
  * /v1/chat/completions (both streamed as Server-Sent Events on request),
  * /v1/models, /health and /metrics.
  *
- * It runs on a libuv loop thread and never blocks on the engine: requests are
- * validated and tokenized here, submitted to the engine's queue, and answered
- * from the engine's events, which arrive through a uv_async_t.  The server can
- * listen before the model is loaded (/health says 503 "loading" meanwhile). */
+ * It runs on a libuv loop thread and never blocks on the engine: a generation
+ * request's body is parsed, rendered with the chat template and tokenized on a
+ * libuv threadpool worker (UV_THREADPOOL_SIZE threads, libuv's default 4), so
+ * a long prompt does not hold up other streams; back on the loop it is
+ * submitted to the engine's queue and answered from the engine's events, which
+ * arrive through a uv_async_t.  The server can listen before the model is
+ * loaded (/health says 503 "loading" meanwhile). */
 #ifndef SS_API_SERVER_H
 #define SS_API_SERVER_H
 

@@ -1,5 +1,6 @@
-/* A generation request's life: parsed (JSON, fields, chat template,
- * tokenizer), submitted to the engine, answered from the engine's events. */
+/* A generation request's life: prepared (JSON, fields, chat template,
+ * tokenizer) on a libuv threadpool worker so that the loop keeps streaming,
+ * then submitted on the loop and answered from the engine's events. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,14 +9,128 @@
 #include "runtime/base/status.h"
 #include "runtime/server/api_internal.h"
 
+/* Threads and lifetimes.  The loop thread makes the api_req, copies the body
+ * into it and queues prepare() with uv_queue_work; from then until prepared()
+ * runs on the loop, the worker alone writes q->ok, q->g and q->e, and the loop
+ * touches only q->conn (libuv orders the worker's writes before prepared()).
+ * The worker reads nothing shared but the model's tokenizer and the chat
+ * template, which no one writes while the server runs (the tokenizer keeps its
+ * per-call state, PCRE2 match data included, on the call's own stack and
+ * heap).  A client that leaves meanwhile only clears q->conn (and cancels the
+ * work if no worker has started it); prepared() then frees the request without
+ * answering.  prepared() also submits to the engine: ss_engine_submit is a
+ * bounded check and a copy, and submitting from the loop means no engine event
+ * can reach a request before its stream has begun.
+ *
+ * Shutdown.  A queued work request keeps uv_run from returning, so the loop,
+ * and with it the model the workers read, outlives every preparation.  When the
+ * engine has exited, the server closes (every connection, the listener, the
+ * wake-up) only once no request is being prepared, so that each gets its
+ * answer: the 503 that a request arriving after draining began gets.
+ *
+ * The threadpool is libuv's, which nothing else in the process uses; its size
+ * is UV_THREADPOOL_SIZE (libuv's default, 4; see `shardserve serve --help`).
+ * Four is plenty: preparing costs 2-13 us per token (SentencePiece on the test
+ * machine; 4,000 tokens of long words, the dearest kind, take ~50 ms), so four
+ * workers keep up with far more requests than the engine admits, and while
+ * busy they take at most four cores from the forward pass. */
+
 static void req_free(api_req *q) {
+  free(q->body);
   ss_strbuf_free(&q->text);
   json_decref(q->lp);
   free(q);
 }
 
+/* Once the engine's last events are answered (on_wake saw it exit) and no
+ * request is being prepared: closes every handle so that the loop can end. */
+static void close_when_done(ss_api *a) {
+  if (!a->exit_answered || a->closed || a->n_preparing > 0) return;
+  a->closed = true;
+  ss_http_server_close(a->http);
+  uv_close((uv_handle_t *)&a->wake, NULL);
+}
+
 /* ------------------------------------------------------------------------ */
-/* Submission                                                                 */
+/* Preparation                                                                */
+
+/* On a worker thread. */
+static void prepare(uv_work_t *w) {
+  api_req *q = w->data;
+  q->ok = ss_oai_parse_generate(&q->ctx, q->body, q->body_len, q->chat, &q->g, &q->e);
+}
+
+/* On the loop: hands the prepared request to the engine and starts the answer. */
+static void submit(api_req *q, ss_http_conn *c) {
+  gen_fields *g = &q->g;
+  q->stream = g->stream;
+  q->include_usage = g->stream && g->include_usage;
+  q->logprobs = g->r.logprobs;
+  q->n_top = g->r.n_top_logprobs;
+  q->created = time(NULL);
+  g->r.user = q;
+  int64_t id = 0;
+  int rc = ss_engine_submit(q->engine, &g->r, &id);
+  if (rc) {
+    if (rc == SS_ERR_BUSY) {
+      ss_oai_send_error(c, 429, NULL, "queue_full", "Retry-After: 1\r\n", "%s", ss_error_msg());
+    } else if (rc == SS_ERR_RANGE || rc == SS_ERR_INVALID) {
+      const char *param = strstr(ss_error_msg(), "max_tokens") ? "max_tokens"
+                          : q->chat ? "messages" : "prompt";
+      ss_oai_send_error(c, strstr(ss_error_msg(), "shutting down") ? 503 : 400, param, NULL, NULL,
+                        "%s", ss_error_msg());
+    } else {
+      ss_oai_send_error(c, 503, NULL, NULL, NULL, "%s", ss_error_msg());
+    }
+    ss_oai_req_free(&g->r);
+    req_free(q);
+    return;
+  }
+  /* The engine owns the prompt and stop strings now. */
+  q->submitted = true;
+  q->id = id;
+  snprintf(q->rid, sizeof q->rid, "%s-%lld", q->chat ? "chatcmpl" : "cmpl", (long long)id);
+  if (q->stream) ss_http_stream_begin(c, 200, "text/event-stream");
+}
+
+/* On the loop: answers a prepared request, or submits it. */
+static void answer_prepared(api_req *q, int status) {
+  ss_api *a = q->api;
+  free(q->body);
+  q->body = NULL;
+  ss_http_conn *c = q->conn; /* the server does not close while a request is prepared */
+  if (status == UV_ECANCELED || !c) {
+    /* The client has gone (counted in on_client_gone): nobody to answer. */
+    if (q->ok) ss_oai_req_free(&q->g.r);
+    req_free(q);
+    return;
+  }
+  if (!q->ok) {
+    const parse_err *e = &q->e;
+    ss_oai_send_error(c, e->status, e->param, e->status == 404 ? "model_not_found" : NULL, NULL,
+                      "%s", e->msg);
+    if (!e->body) a->n_client_errors++;
+    req_free(q);
+    return;
+  }
+  if (!ss_api_check_serving(a, c, q->engine)) {
+    ss_oai_req_free(&q->g.r);
+    req_free(q);
+    return;
+  }
+  submit(q, c);
+}
+
+/* On the loop, once the worker is done (status 0) or the work was cancelled
+ * before a worker took it (UV_ECANCELED: q->ok is false, q->g empty). */
+static void prepared(uv_work_t *w, int status) {
+  api_req *q = w->data;
+  ss_api *a = q->api;
+  a->n_preparing--;
+  answer_prepared(q, status);
+  /* The engine may have exited meanwhile: this was what the close waited for. */
+  close_when_done(a);
+}
 
 void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, bool chat,
                      ss_engine *eng, const ss_model *m, const ss_chat_template *tmpl) {
@@ -24,52 +139,35 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, boo
                       "the request has no body: a JSON object is expected");
     return;
   }
-  const gen_ctx x = {.model_name = a->model_name, .default_max_tokens = a->o.default_max_tokens,
-                     .n_ctx = ss_engine_n_ctx(eng), .m = m, .tmpl = *tmpl};
-  gen_fields g;
-  parse_err e;
-  if (!ss_oai_parse_generate(&x, req->body, req->body_len, chat, &g, &e)) {
-    ss_oai_send_error(c, e.status, e.param, e.status == 404 ? "model_not_found" : NULL, NULL,
-                      "%s", e.msg);
-    if (!e.body) a->n_client_errors++;
-    return;
-  }
   api_req *q = calloc(1, sizeof *q);
-  if (!q) {
+  char *body = malloc(req->body_len + 1);
+  if (!q || !body) {
+    free(q);
+    free(body);
     ss_oai_send_error(c, 500, NULL, NULL, NULL, "out of memory");
-    ss_oai_req_free(&g.r);
     return;
   }
+  /* The worker reads a copy: the connection, and its buffer, may be gone
+   * before the worker is done. */
+  memcpy(body, req->body, req->body_len);
+  body[req->body_len] = 0;
   q->api = a;
   q->conn = c;
   q->chat = chat;
-  q->stream = g.stream;
-  q->include_usage = g.stream && g.include_usage;
-  q->logprobs = g.r.logprobs;
-  q->n_top = g.r.n_top_logprobs;
-  q->created = time(NULL);
-  g.r.user = q;
-  int64_t id = 0;
-  int rc = ss_engine_submit(eng, &g.r, &id);
-  if (rc) {
-    if (rc == SS_ERR_BUSY) {
-      ss_oai_send_error(c, 429, NULL, "queue_full", "Retry-After: 1\r\n", "%s", ss_error_msg());
-    } else if (rc == SS_ERR_RANGE || rc == SS_ERR_INVALID) {
-      const char *param = strstr(ss_error_msg(), "max_tokens") ? "max_tokens"
-                          : chat ? "messages" : "prompt";
-      ss_oai_send_error(c, strstr(ss_error_msg(), "shutting down") ? 503 : 400, param, NULL, NULL,
-                        "%s", ss_error_msg());
-    } else {
-      ss_oai_send_error(c, 503, NULL, NULL, NULL, "%s", ss_error_msg());
-    }
-    ss_oai_req_free(&g.r);
+  q->body = body;
+  q->body_len = req->body_len;
+  q->engine = eng;
+  q->ctx = (gen_ctx){.model_name = a->model_name, .default_max_tokens = a->o.default_max_tokens,
+                     .n_ctx = ss_engine_n_ctx(eng), .m = m, .tmpl = *tmpl};
+  q->work.data = q;
+  if (uv_queue_work(a->loop, &q->work, prepare, prepared) != 0) {
     req_free(q);
+    ss_oai_send_error(c, 500, NULL, NULL, NULL, "cannot queue the request for preparation");
     return;
   }
-  q->id = id;
-  snprintf(q->rid, sizeof q->rid, "%s-%lld", chat ? "chatcmpl" : "cmpl", (long long)id);
+  a->n_preparing++;
+  /* From here a client that leaves is reported with q. */
   ss_http_conn_set_user(c, q);
-  if (q->stream) ss_http_stream_begin(c, 200, "text/event-stream");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -80,6 +178,8 @@ void ss_api_on_wake(uv_async_t *h) {
   pthread_mutex_lock(&a->mu);
   ss_engine *eng = a->engine;
   const ss_model *m = a->model;
+  /* Read before taking the events: an engine that has exited published its
+   * last events before saying so, so this call takes them all. */
   const bool exited = a->engine_exited;
   pthread_mutex_unlock(&a->mu);
   if (eng) {
@@ -96,13 +196,8 @@ void ss_api_on_wake(uv_async_t *h) {
       ev = next;
     }
   }
-  if (exited && !a->closed) {
-    /* The engine is gone and its last events are answered: close everything so
-     * the loop can end. */
-    a->closed = true;
-    ss_http_server_close(a->http);
-    uv_close((uv_handle_t *)&a->wake, NULL);
-  }
+  if (exited) a->exit_answered = true;
+  close_when_done(a);
 }
 
 /* The HTTP layer says a client left before its response was complete. */
@@ -111,6 +206,12 @@ void ss_api_on_client_gone(void *user, void *conn_user) {
   api_req *q = conn_user;
   q->conn = NULL;
   a->n_aborted_by_client++;
+  if (!q->submitted) {
+    /* Still being prepared: a worker that has not started it never will
+     * (uv_cancel fails harmlessly otherwise); prepared() frees it. */
+    uv_cancel((uv_req_t *)&q->work);
+    return;
+  }
   pthread_mutex_lock(&a->mu);
   ss_engine *eng = a->engine;
   pthread_mutex_unlock(&a->mu);
