@@ -214,8 +214,11 @@ def hang_ups(srv, bodies):
              f"hang-ups: a request whose client had gone reached the engine: {m}")
     st, body = srv.post("/v1/completions", {"prompt": "Hello", "max_tokens": 2})
     ck.check(st == 200, f"after the hang-ups: status {st} {body[:200]!r}")
+    in_engine = m.get("shardserve:num_requests_waiting", 0) + m.get(
+        "shardserve:num_requests_running", 0)
     print(f"hang-ups: {len(bodies)} clients left during preparation: {gone:.0f} disconnects, "
-          f"{aborted:.0f} engine aborts, server still answers", flush=True)
+          f"{aborted:.0f} engine aborts, {in_engine:.0f} in the engine; then a request got "
+          f"{st}", flush=True)
 
 
 def drain_during_preparation(model, body):
