@@ -1,3 +1,5 @@
+/* The HTTP/1.1 server of http.h: connections, request parsing, whole and
+ * streamed responses, all on the loop thread. */
 #include "runtime/server/http.h"
 
 #include <http_parser.h>
