@@ -78,7 +78,7 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
 void ss_oai_req_free(ss_engine_req *r);
 
 /* ------------------------------------------------------------------------ */
-/* One generation request (generate.c)                                        */
+/* One generation request (request.c)                                        */
 
 /* Lives from the route handler to the engine's DONE event, or, when it never
  * reaches the engine, to the end of its preparation. */

@@ -1,6 +1,6 @@
 /* The API server's life cycle: creating and binding it, the model becoming
  * ready (or failing), the engine's wake-ups and exit, draining, freeing.
- * Routing is in routes.c, a generation request's life in generate.c. */
+ * Routing is in routes.c, a generation request's life in request.c. */
 #include "runtime/server/api_server.h"
 
 #include <jansson.h>

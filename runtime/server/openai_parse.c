@@ -1,6 +1,6 @@
 /* An OpenAI request body into an ss_engine_req: every field checked, errors
  * naming the field and the limit, then chat template and tokenizer.  Runs on
- * a worker thread (generate.c): it reads only its arguments. */
+ * a worker thread (request.c): it reads only its arguments. */
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>

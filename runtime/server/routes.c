@@ -1,5 +1,5 @@
 /* Routing: which path and method go where, the API key, and the small
- * routes (/health, /v1/models, /metrics); generation goes to generate.c. */
+ * routes (/health, /v1/models, /metrics); generation goes to request.c. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
