@@ -21,12 +21,12 @@
 #include "launcher/cli.h"
 #include "launcher/device.h"
 #include "launcher/ranks.h"
+#include "runtime/base/status.h"
+#include "runtime/engine/engine.h"
 #include "runtime/engine/executor.h"
+#include "runtime/model/model.h"
 #include "runtime/server/api_server.h"
 #include "runtime/tokenizer/chat.h"
-#include "runtime/engine/engine.h"
-#include "runtime/model/model.h"
-#include "runtime/base/status.h"
 
 static const char *k_cmd = "serve";
 

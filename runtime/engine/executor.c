@@ -4,6 +4,8 @@
  * what they received, and run their shard of the same forward pass.  The model
  * layer only knows one rank's forward pass (ss_model_forward); this protocol
  * belongs to the engine. */
+#include "runtime/engine/executor.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +13,6 @@
 #include "comm/comm.h"
 #include "runtime/base/clock.h"
 #include "runtime/base/status.h"
-#include "runtime/engine/executor.h"
 
 static bool distributed(const ss_model *m) { return m->comm && m->comm->size > 1; }
 

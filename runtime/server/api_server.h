@@ -16,9 +16,9 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "runtime/tokenizer/chat.h"
 #include "runtime/engine/engine.h"
 #include "runtime/server/http.h"
+#include "runtime/tokenizer/chat.h"
 
 typedef struct ss_api ss_api;
 
