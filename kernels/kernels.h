@@ -207,7 +207,9 @@ struct ss_backend {
    * the KV cache's block size, step_end after its last kernel; between the two the backend may capture the
    * step as a graph and replay it when the shape repeats, so nothing between
    * them may wait on the device or depend on the host's view of device data.
-   * allreduce sums buf (backend memory) over the ranks through `coll`, queued
+   * step_end returns SS_ERR_AGAIN when none of the step's work ran (a capture
+   * failed): the caller runs the step once more, which the backend then runs
+   * eagerly.  allreduce sums buf (backend memory) over the ranks through `coll`, queued
    * in order with the kernels; sync waits until everything queued has finished
    * (and, with a coll that can wait, keeps checking that the peers are alive;
    * coll NULL: a plain wait).  Errors: status + message. */

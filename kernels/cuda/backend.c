@@ -189,22 +189,15 @@ static void cu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_l
                          .softcap = p->softcap, .tile_max = dl->tile_max, .heads_per_block = hpb,
                          .part = part,
                          .smem_nbytes = ss_cuda_attn_smem_nbytes(dl->tile_max, hpb, hd)};
-  /* Tiles in runs covering at most SS_CUDA_ATTN_MAX_TOKENS tokens (the
-   * partials buffer); tiles never straddle a run. */
-  int i = 0;
-  while (i < dl->n_tiles) {
-    const int32_t tok0 = dl->h_tiles[i].t0;
-    int j = i;
-    while (j < dl->n_tiles &&
-           dl->h_tiles[j].t0 + dl->h_tiles[j].count <= tok0 + SS_CUDA_ATTN_MAX_TOKENS)
-      j++;
-    const ss_cuda_tile *last = &dl->h_tiles[j - 1];
-    a.tiles = dl->tiles + i;
-    a.n_tiles = j - i;
-    a.tok0 = tok0;
-    a.n_tok = last->t0 + last->count - tok0;
+  /* Launches of at most SS_CUDA_ATTN_MAX_TOKENS tokens (the partials buffer),
+   * planned with the tiles (launch_plan.h). */
+  for (int i = 0; i < dl->n_runs; i++) {
+    const ss_cuda_run *r = &dl->h_runs[i];
+    a.tiles = dl->tiles + r->tile0;
+    a.n_tiles = r->n_tiles;
+    a.tok0 = r->tok0;
+    a.n_tok = r->n_tok;
     SS_CUDA_CHECK(c, ss_cuda_launch_attention(&a, c->stream));
-    i = j;
   }
 }
 
@@ -313,7 +306,10 @@ static void cu_free(ss_backend *be) {
     if (c->blas_ws) cudaFree(c->blas_ws);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->h_meta);
-    free(c->h_tiles);
+    free(c->step_plan.tiles);
+    free(c->step_plan.runs);
+    free(c->tmp_plan.tiles);
+    free(c->tmp_plan.runs);
     free(c);
   }
   free(be);

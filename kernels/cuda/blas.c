@@ -5,6 +5,8 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "kernels/cuda/cuda_ctx.h"
 
@@ -13,12 +15,51 @@ ss_cublas_api ss_cublas;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static char g_err[256];
 
+/* Tries one path; keeps the first loader error for the message. */
+static void *try_open(const char *path, char *first_err, size_t cap) {
+  void *h = dlopen(path, RTLD_NOW);
+  if (!h && !first_err[0]) snprintf(first_err, cap, "%s", dlerror());
+  return h;
+}
+
+/* cuBLAS of the CUDA major this build's runtime belongs to (mixing majors in
+ * one process is unsupported): $SS_CUBLAS when set (a path); else
+ * libcublas.so.<major> through the loader's search path; else beside the CUDA
+ * runtime library this process loaded, and in the toolkit's library folder
+ * of the build. */
 static void load(void) {
-  static const char *names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so"};
+  char name[32], err[256] = "", tried[160];
+  const int major = CUDART_VERSION / 1000;
+  snprintf(name, sizeof name, "libcublas.so.%d", major);
   void *h = NULL;
-  for (size_t i = 0; i < sizeof names / sizeof *names && !h; i++) h = dlopen(names[i], RTLD_NOW);
+  const char *env = getenv("SS_CUBLAS");
+  if (env && *env) {
+    if (!(h = try_open(env, err, sizeof err))) {
+      snprintf(g_err, sizeof g_err, "cannot load cuBLAS from SS_CUBLAS=%s: %s", env, err);
+      return;
+    }
+  }
+  if (!h) h = try_open(name, err, sizeof err);
+  Dl_info info;
+  if (!h && dladdr((void *)&cudaRuntimeGetVersion, &info) && info.dli_fname) {
+    const char *slash = strrchr(info.dli_fname, '/');
+    if (slash) {
+      char path[1024];
+      snprintf(path, sizeof path, "%.*s/%s", (int)(slash - info.dli_fname), info.dli_fname, name);
+      h = try_open(path, err, sizeof err);
+    }
+  }
+#ifdef SS_CUDA_LIBDIR
   if (!h) {
-    snprintf(g_err, sizeof g_err, "cannot load cuBLAS (libcublas.so): %s", dlerror());
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", SS_CUDA_LIBDIR, name);
+    h = try_open(path, err, sizeof err);
+  }
+#endif
+  if (!h) {
+    snprintf(tried, sizeof tried, "%s (CUDA %d, as this build's runtime)", name, major);
+    snprintf(g_err, sizeof g_err, "cannot load cuBLAS %s: %s; set SS_CUBLAS to its path", tried,
+             err);
     return;
   }
 #define SYM(field, name)                                                                      \

@@ -60,6 +60,7 @@ bool ss_backend_is_cuda(const ss_backend *be);
 /* Steps replayed from graphs and captured so far (for tests and --profile). */
 typedef struct ss_cuda_graph_stats {
   uint64_t eager, captured, replayed;
+  uint64_t capture_failed; /* captures that failed (those steps ran eagerly) */
   int cached;  /* graphs held */
 } ss_cuda_graph_stats;
 ss_cuda_graph_stats ss_cuda_graph_stats_get(const ss_backend *be);

@@ -29,11 +29,12 @@ enum ss_cuda_scratch {
 };
 
 #define SS_CUDA_MAX_GRAPHS 64
-#define SS_CUDA_KEY_LEN 6
 
 typedef struct ss_cuda_graph {
-  int64_t key[SS_CUDA_KEY_LEN];
+  ss_cuda_graph_key key;
   bool used;
+  uint64_t last_used;   /* graph_clock when last found */
+  bool failed;          /* capturing it failed: the shape runs eagerly */
   cudaGraphExec_t exec; /* NULL until captured */
   uint64_t sig;         /* the buffers its kernels were captured with */
 } ss_cuda_graph;
@@ -49,9 +50,19 @@ typedef struct ss_cuda_loc {
   int32_t *pos;       /* device */
   int32_t *bt;        /* device */
   ss_cuda_tile *tiles;/* device */
-  ss_cuda_tile *h_tiles; /* host copy (the wrapper walks them) */
+  ss_cuda_tile *h_tiles; /* host copy */
   int n_tiles, tile_max;
+  ss_cuda_run *h_runs;   /* the attention launches (host) */
+  int n_runs;
 } ss_cuda_loc;
+
+/* Host buffers a staged view's tiles and runs live in. */
+typedef struct ss_cuda_host_plan {
+  ss_cuda_tile *tiles;
+  size_t tiles_cap;
+  ss_cuda_run *runs;
+  size_t runs_cap;
+} ss_cuda_host_plan;
 
 typedef struct ss_cuda {
   int device, rank;
@@ -74,8 +85,8 @@ typedef struct ss_cuda {
   /* Host scratch to build metadata before staging. */
   int32_t *h_meta;
   size_t h_meta_cap;     /* int32 entries */
-  ss_cuda_tile *h_tiles;
-  size_t h_tiles_cap;
+  ss_cuda_host_plan step_plan; /* the step's view (c->step) */
+  ss_cuda_host_plan tmp_plan;  /* views staged for other locations */
 
   int mode;
   ss_cuda_loc step;      /* the current step's locations (valid while in a step) */
@@ -83,6 +94,7 @@ typedef struct ss_cuda {
   ss_cuda_graph *cur;
   uint64_t sig;          /* running hash of this step's buffer addresses */
   ss_cuda_graph graphs_tab[SS_CUDA_MAX_GRAPHS];
+  uint64_t graph_clock;  /* counts graph lookups (least-recently-used eviction) */
   ss_cuda_graph_stats stats;
 
   void *scr[SS_CUDA_SCR_COUNT_];

@@ -10,6 +10,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "kernels/cuda/launch_plan.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -21,17 +23,7 @@ extern "C" {
  * Neither depends on the batch, so neither does a token's result. */
 #define SS_CUDA_ATTN_CHUNK 64
 #define SS_CUDA_ATTN_SPLITS 16
-/* Tokens whose partial results are held at once (the partials buffer is
- * tokens x heads x splits x (head_dim + 2) floats; longer batches loop). */
-#define SS_CUDA_ATTN_MAX_TOKENS 256
-
-/* A run of consecutive batch tokens of one sequence at consecutive positions:
- * the unit of work of the attention kernel, which loads each K/V chunk once
- * for all its tokens (prefill) or for one token (decode). */
-typedef struct ss_cuda_tile {
-  int32_t t0;     /* first batch token */
-  int32_t count;  /* tokens */
-} ss_cuda_tile;
+/* SS_CUDA_ATTN_MAX_TOKENS and the tiles: kernels/cuda/launch_plan.h. */
 
 /* ---- launchers ----------------------------------------------------------- */
 

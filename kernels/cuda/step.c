@@ -6,9 +6,10 @@
  * call still runs on the host, but launches nothing; it only writes its
  * metadata into the pinned arena, at the same offsets as when the graph was
  * captured (same shape, same calls, same sizes), and the graph's first nodes
- * copy those bytes to the device.  Kernel launch parameters that the host
- * derived from the batch (token count, tile count, block-table width) are part
- * of the graph key, so a replay never runs a launch shaped for another batch. */
+ * copy those bytes to the device.  Only decode steps are captured: their
+ * tiles, rows and launch grouping follow from the token count, which is part
+ * of the graph key with the block-table width (launch_plan.h), so a replay
+ * never runs a launch shaped for another batch. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,7 +17,6 @@
 #include "runtime/base/status.h"
 
 #define PIN_MIN_NBYTES (1u << 20)
-#define TILE_MAX 16 /* prefill tokens sharing one K/V load */
 
 static size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
 
@@ -104,57 +104,42 @@ void *ss_cuda_stage(ss_cuda *c, const void *src, size_t nbytes) {
 
 /* ---- token locations --------------------------------------------------------- */
 
-static int32_t pow2_at_least(int64_t x) {
-  int32_t w = 1;
-  while (w < x) w *= 2;
-  return w;
+/* Grows a host buffer of `count` elements of `size` bytes (contents not kept). */
+static bool host_reserve(void **buf, size_t *cap, size_t count, size_t size) {
+  if (count <= *cap && *buf) return true;
+  free(*buf);
+  *buf = malloc((count ? count : 1) * size);
+  *cap = *buf ? count : 0;
+  return *buf != NULL;
 }
 
-/* Builds and stages loc's device view into *out. */
-static bool loc_stage(ss_cuda *c, const ss_token_loc *loc, int32_t block_size, ss_cuda_loc *out) {
+/* Builds and stages loc's device view into *out.  The step's own view keeps
+ * its host tiles and runs in buffers of its own: a view staged later in the
+ * same step (a call with other locations) must not overwrite them. */
+static bool loc_stage(ss_cuda *c, const ss_token_loc *loc, int32_t block_size, bool for_step,
+                      ss_cuda_loc *out) {
   const int64_t n = loc->n;
-  int64_t need = 1;
-  for (int64_t t = 0; t < n; t++)
-    if (loc->pos[t] / block_size + 1 > need) need = loc->pos[t] / block_size + 1;
-  const int32_t W = pow2_at_least(need);
-  const size_t meta = (size_t)n * (1 + (size_t)W);
-  if (meta > c->h_meta_cap) {
-    free(c->h_meta);
-    c->h_meta = malloc(meta * sizeof *c->h_meta);
-    c->h_meta_cap = c->h_meta ? meta : 0;
-  }
-  if ((size_t)n > c->h_tiles_cap) {
-    free(c->h_tiles);
-    c->h_tiles = malloc((size_t)n * sizeof *c->h_tiles);
-    c->h_tiles_cap = c->h_tiles ? (size_t)n : 0;
-  }
-  if (!c->h_meta || !c->h_tiles) {
+  const int32_t W = ss_cuda_plan_width(loc, block_size);
+  ss_cuda_host_plan *hp = for_step ? &c->step_plan : &c->tmp_plan;
+  if (!host_reserve((void **)&c->h_meta, &c->h_meta_cap, (size_t)n * (1 + (size_t)W),
+                    sizeof *c->h_meta) ||
+      !host_reserve((void **)&hp->tiles, &hp->tiles_cap, (size_t)n, sizeof *hp->tiles) ||
+      !host_reserve((void **)&hp->runs, &hp->runs_cap, (size_t)n, sizeof *hp->runs)) {
     ss_cuda_record(c, __FILE__, __LINE__, "malloc", "out of host memory for step metadata");
     return false;
   }
   int32_t *pos = c->h_meta, *bt = c->h_meta + n;
   memcpy(pos, loc->pos, (size_t)n * sizeof *pos);
-  memset(bt, 0, (size_t)n * W * sizeof *bt);
-  int n_tiles = 0, tile_max = 0;
-  for (int64_t t = 0; t < n; t++) {
-    memcpy(bt + t * W, loc->block_table[t], (size_t)(loc->pos[t] / block_size + 1) * sizeof *bt);
-    /* A tile grows while the tokens continue one sequence position by position. */
-    ss_cuda_tile *cur = n_tiles ? &c->h_tiles[n_tiles - 1] : NULL;
-    if (cur && cur->count < TILE_MAX && loc->block_table[t] == loc->block_table[cur->t0] &&
-        loc->pos[t] == loc->pos[cur->t0] + cur->count) {
-      cur->count++;
-    } else {
-      c->h_tiles[n_tiles++] = (ss_cuda_tile){.t0 = (int32_t)t, .count = 1};
-      cur = &c->h_tiles[n_tiles - 1];
-    }
-    if (cur->count > tile_max) tile_max = cur->count;
-  }
+  int32_t tile_max = 0;
+  const int32_t n_tiles = ss_cuda_plan_tiles(loc, hp->tiles, &tile_max);
+  ss_cuda_plan_tables(loc, block_size, hp->tiles, n_tiles, W, bt);
+  const int32_t n_runs = ss_cuda_plan_runs(hp->tiles, n_tiles, SS_CUDA_ATTN_MAX_TOKENS, hp->runs);
   *out = (ss_cuda_loc){.src = loc, .src_pos = loc->pos, .n = n, .block_size = block_size,
-                       .width = W, .h_tiles = c->h_tiles, .n_tiles = n_tiles,
-                       .tile_max = tile_max};
+                       .width = W, .h_tiles = hp->tiles, .n_tiles = n_tiles,
+                       .tile_max = tile_max, .h_runs = hp->runs, .n_runs = n_runs};
   out->pos = ss_cuda_stage(c, pos, (size_t)n * sizeof *pos);
   out->bt = ss_cuda_stage(c, bt, (size_t)n * W * sizeof *bt);
-  out->tiles = ss_cuda_stage(c, c->h_tiles, (size_t)n_tiles * sizeof *c->h_tiles);
+  out->tiles = ss_cuda_stage(c, hp->tiles, (size_t)n_tiles * sizeof *hp->tiles);
   return out->pos && out->bt && out->tiles;
 }
 
@@ -163,7 +148,7 @@ const ss_cuda_loc *ss_cuda_loc_get(ss_cuda *c, const ss_token_loc *loc, int32_t 
   if (c->step_valid && c->step.src_pos == loc->pos && c->step.n == loc->n &&
       c->step.block_size == block_size)
     return &c->step;
-  return loc_stage(c, loc, block_size, tmp) ? tmp : NULL;
+  return loc_stage(c, loc, block_size, false, tmp) ? tmp : NULL;
 }
 
 const int32_t *ss_cuda_pos_get(ss_cuda *c, const int32_t *pos, int64_t n) {
@@ -209,26 +194,36 @@ void ss_cuda_graphs_drop(ss_cuda *c) {
   c->cur = NULL;
 }
 
-static ss_cuda_graph *graph_find(ss_cuda *c, const int64_t key[SS_CUDA_KEY_LEN], bool *fresh) {
-  ss_cuda_graph *free_slot = NULL;
+/* The graph of a key, or a slot for it: a free one, else the least recently
+ * used (its graph is destroyed: that shape is captured again if it returns). */
+static ss_cuda_graph *graph_find(ss_cuda *c, const ss_cuda_graph_key *key, bool *fresh) {
+  ss_cuda_graph *free_slot = NULL, *lru = NULL;
+  c->graph_clock++;
   for (int i = 0; i < SS_CUDA_MAX_GRAPHS; i++) {
     ss_cuda_graph *g = &c->graphs_tab[i];
     if (!g->used) {
       if (!free_slot) free_slot = g;
       continue;
     }
-    if (memcmp(g->key, key, sizeof g->key) == 0) {
+    if (memcmp(&g->key, key, sizeof g->key) == 0) {
+      g->last_used = c->graph_clock;
       *fresh = false;
       return g;
     }
+    if (!lru || g->last_used < lru->last_used) lru = g;
   }
-  if (!free_slot) { /* full: start over (shapes seen long ago are recaptured) */
-    ss_cuda_graphs_drop(c);
-    free_slot = &c->graphs_tab[0];
+  if (!free_slot) {
+    if (lru->exec) {
+      cudaGraphExecDestroy(lru->exec);
+      c->stats.cached--;
+    }
+    *lru = (ss_cuda_graph){0};
+    free_slot = lru;
   }
   *fresh = true;
   free_slot->used = true;
-  memcpy(free_slot->key, key, sizeof free_slot->key);
+  free_slot->key = *key;
+  free_slot->last_used = c->graph_clock;
   return free_slot;
 }
 
@@ -246,35 +241,29 @@ int ss_cuda_step_begin(ss_backend *be, const ss_token_loc *loc, int64_t n_logits
   c->cur = NULL;
   c->sig = 0;
   c->step_valid = false;
-  /* The shape: what loc_stage derives and the kernels' launches depend on. */
-  int64_t need = 1;
-  for (int64_t t = 0; t < loc->n; t++)
-    if (loc->pos[t] / block_size + 1 > need) need = loc->pos[t] / block_size + 1;
-  int n_tiles = 0, tile_max = 0, run = 0;
-  for (int64_t t = 0; t < loc->n; t++) {
-    const bool cont = t > 0 && run < TILE_MAX && loc->block_table[t] == loc->block_table[t - 1] &&
-                      loc->pos[t] == loc->pos[t - 1] + 1;
-    run = cont ? run + 1 : 1;
-    if (!cont) n_tiles++;
-    if (run > tile_max) tile_max = run;
-  }
-  const int64_t key[SS_CUDA_KEY_LEN] = {loc->n, n_logits, n_tiles, tile_max,
-                                        pow2_at_least(need), block_size};
+  /* Decode steps only are captured (launch_plan.h: their key fixes every launch). */
+  ss_cuda_graph_key key;
+  const bool capturable = ss_cuda_plan_key(loc, n_logits, block_size, &key);
   c->mode = SS_CUDA_MODE_EAGER;
-  if (c->graphs) {
+  if (c->graphs && capturable) {
     bool fresh;
-    ss_cuda_graph *g = graph_find(c, key, &fresh);
+    ss_cuda_graph *g = graph_find(c, &key, &fresh);
     c->cur = g;
     if (g->exec) {
       c->mode = SS_CUDA_MODE_REPLAY;
-    } else if (!fresh) {
+    } else if (!fresh && !g->failed) {
       /* Second sighting of the shape: the eager run sized every buffer. */
       cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
-      if (e == cudaSuccess) c->mode = SS_CUDA_MODE_CAPTURE;
-      else ss_cuda_record(c, __FILE__, __LINE__, "cudaStreamBeginCapture", cudaGetErrorString(e));
+      if (e == cudaSuccess) {
+        c->mode = SS_CUDA_MODE_CAPTURE;
+      } else { /* this step runs eagerly; the shape is not tried again */
+        cudaGetLastError();
+        g->failed = true;
+        c->stats.capture_failed++;
+      }
     }
   }
-  c->step_valid = loc_stage(c, loc, block_size, &c->step);
+  c->step_valid = loc_stage(c, loc, block_size, true, &c->step);
   return SS_OK;
 }
 
@@ -287,38 +276,39 @@ int ss_cuda_step_end(ss_backend *be) {
   if (mode == SS_CUDA_MODE_CAPTURE) {
     cudaGraph_t graph = NULL;
     cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
-    if (e != cudaSuccess || c->err) {
-      if (e != cudaSuccess)
-        ss_cuda_record(c, __FILE__, __LINE__, "cudaStreamEndCapture", cudaGetErrorString(e));
-      if (graph) cudaGraphDestroy(graph);
-      cudaGetLastError();
-      /* The captured work never ran: this step's results are lost.  Graphs
-       * stay off from here on (SS_CUDA_GRAPHS=0 does the same from the start). */
-      c->graphs = false;
-      ss_cuda_graphs_drop(c);
-      int rc = ss_cuda_take_err(c);
-      return ss_error(rc, "%s (capturing a step as a CUDA graph; graphs are now off, set "
-                      "SS_CUDA_GRAPHS=0 to start without them)", ss_error_msg());
-    }
     cudaGraphExec_t exec = NULL;
-    e = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    if (e != cudaSuccess) {
-      ss_cuda_record(c, __FILE__, __LINE__, "cudaGraphInstantiate", cudaGetErrorString(e));
-    } else {
-      c->cur->exec = exec;
-      c->cur->sig = c->sig;
-      c->stats.captured++;
-      c->stats.cached++;
-      SS_CUDA_CHECK(c, cudaGraphLaunch(exec, c->stream));
+    if (e == cudaSuccess && !c->err) {
+      e = cudaGraphInstantiate(&exec, graph, 0);
+      if (e != cudaSuccess) exec = NULL;
     }
+    if (graph) cudaGraphDestroy(graph);
+    if (!exec) {
+      /* The captured work never ran.  This shape is not captured again, and
+       * the caller runs the step once more, eagerly (SS_ERR_AGAIN). */
+      cudaGetLastError();
+      c->cur->failed = true;
+      c->cur = NULL;
+      c->err = 0;
+      c->stats.capture_failed++;
+      return ss_error(SS_ERR_AGAIN, "cuda: capturing the step as a graph failed (%s); "
+                      "running it eagerly", e != cudaSuccess ? cudaGetErrorString(e) : c->errmsg);
+    }
+    c->cur->exec = exec;
+    c->cur->sig = c->sig;
+    c->stats.captured++;
+    c->stats.cached++;
+    SS_CUDA_CHECK(c, cudaGraphLaunch(exec, c->stream));
   } else if (mode == SS_CUDA_MODE_REPLAY) {
     if (c->sig != c->cur->sig) {
-      /* Same shape, other buffers: the kernels of this step were not run. */
-      ss_cuda_graphs_drop(c);
-      return ss_error(SS_ERR_INTERNAL, "cuda: a step of a captured shape used other buffers than "
-                      "its graph (one forward state per backend while graphs are on; "
-                      "SS_CUDA_GRAPHS=0 lifts this)");
+      /* Same shape, other buffers: nothing of this step ran.  Its graph goes;
+       * the caller runs the step again, eagerly, and a later step of the shape
+       * is captured with the buffers it uses then. */
+      cudaGraphExecDestroy(c->cur->exec);
+      *c->cur = (ss_cuda_graph){0};
+      c->stats.cached--;
+      c->cur = NULL;
+      return ss_error(SS_ERR_AGAIN, "cuda: a captured step shape came with other buffers; "
+                      "running it eagerly");
     }
     c->stats.replayed++;
     SS_CUDA_CHECK(c, cudaGraphLaunch(c->cur->exec, c->stream));

@@ -21,6 +21,8 @@ enum ss_status {
   SS_ERR_COMM = -7,        /* a peer or collective failed */
   SS_ERR_INTERNAL = -8,
   SS_ERR_BUSY = -9,        /* overloaded: try again later */
+  SS_ERR_AGAIN = -10,      /* a device step ran none of its work: run it again (it will
+                              run eagerly; kernels/kernels.h step_end) */
 };
 
 /* Records the message (printf-style) for this thread and returns `code`, so that

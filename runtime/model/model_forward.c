@@ -264,13 +264,18 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
                     (long long)st->max_tokens, (long long)st->max_logits);
   for (int64_t i = 0; i < b->n_logits; i++)
     SS_ASSERT(b->logit_rows[i] >= 0 && b->logit_rows[i] < b->n);
-  int rc = be->step_begin ? be->step_begin(be, &b->loc, b->n_logits, kv->block_size) : SS_OK;
-  if (rc) return rc;
-  rc = forward_step(m, st, kv, b, logits);
-  /* A device step always ends (a failed one too: a graph capture must close). */
-  if (be->step_end) {
-    int rc2 = be->step_end(be);
-    if (!rc) rc = rc2;
+  int rc = SS_ERR_AGAIN;
+  /* A device backend that ran none of a step (its graph capture failed) asks
+   * for it once more and runs it eagerly then. */
+  for (int attempt = 0; rc == SS_ERR_AGAIN && attempt < 2; attempt++) {
+    rc = be->step_begin ? be->step_begin(be, &b->loc, b->n_logits, kv->block_size) : SS_OK;
+    if (rc) return rc;
+    rc = forward_step(m, st, kv, b, logits);
+    /* A device step always ends (a failed one too: a graph capture must close). */
+    if (be->step_end) {
+      int rc2 = be->step_end(be);
+      if (!rc || rc2 == SS_ERR_AGAIN) rc = rc2;
+    }
   }
   if (!rc && be->sync) {
     const ss_collective coll = distributed(m) ? collective_of(m->comm) : (ss_collective){0};
