@@ -31,6 +31,7 @@
 
 #include "comm/comm_internal.h"
 #include "comm/comm_nccl_kernels.h"
+#include "runtime/base/gpu_index.h"
 #include "runtime/base/status.h"
 
 typedef struct nccl_ctx {
@@ -189,13 +190,15 @@ static int enqueue_allreduce(ss_comm *c, const ss_comm_op *op, void *buf, size_t
   } else {
     size_t need = count * es * (size_t)c->size;
     if (need > x->scratch_nbytes) {
-      /* A captured graph may still use the old buffer: keep it until the end. */
+      /* A captured graph may still use the old buffer: keep it until the end
+       * (never freed early).  The buffer at least doubles each time, so the
+       * retired list fills only past 2^32 times the first size. */
       if (x->scratch) {
-        if (x->n_retired < (int)(sizeof x->retired / sizeof *x->retired))
-          x->retired[x->n_retired++] = x->scratch;
-        else
-          cudaFree(x->scratch);
+        if (x->n_retired == (int)(sizeof x->retired / sizeof *x->retired))
+          return fail(c, SS_ERR_INTERNAL, op, "too many all-reduce scratch sizes retired");
+        x->retired[x->n_retired++] = x->scratch;
       }
+      if (need < 2 * x->scratch_nbytes) need = 2 * x->scratch_nbytes;
       x->scratch = NULL;
       x->scratch_nbytes = 0;
       CUDA_TRY(c, op, cudaMalloc(&x->scratch, need));
@@ -307,8 +310,14 @@ static int nccl_gatherv(ss_comm *c, const void *send, void *recv, const size_t *
     for (int r = 0; r < c->size; off += nbytes[r], r++) {
       if (!nbytes[r]) continue;
       if (r == root) {
-        if (send != (char *)recv + off)
-          cudaMemcpyAsync((char *)recv + off, send, nbytes[r], cudaMemcpyDeviceToDevice, x->stream);
+        if (send != (char *)recv + off) {
+          cudaError_t ce = cudaMemcpyAsync((char *)recv + off, send, nbytes[r],
+                                           cudaMemcpyDeviceToDevice, x->stream);
+          if (ce != cudaSuccess) {
+            ncclGroupEnd();
+            CUDA_TRY(c, &op, ce);
+          }
+        }
         continue;
       }
       ncclResult_t nr = ncclRecv((char *)recv + off, nbytes[r], ncclUint8, r, x->nc, x->stream);
@@ -481,14 +490,15 @@ int ss_comm_nccl_create(const ss_comm_opts *opts, ss_comm **out) {
   cudaError_t ce = cudaGetDeviceCount(&ndev);
   if (ce != cudaSuccess)
     snprintf(why, sizeof why, "no usable CUDA device: %s", cudaGetErrorString(ce));
-  else if (c->local_rank >= ndev)
+  const int dev = ss_gpu_for_rank(c->local_rank, c->local_size, ndev);
+  if (!why[0] && dev < 0)
     snprintf(why, sizeof why,
-             "local rank %d needs GPU %d, but this host has %d GPU(s): launch at most %d "
-             "ranks per host",
-             c->local_rank, c->local_rank, ndev, ndev);
-  else if ((ce = cudaSetDevice(c->local_rank)) != cudaSuccess)
-    snprintf(why, sizeof why, "cudaSetDevice(%d): %s", c->local_rank, cudaGetErrorString(ce));
-  x->device = c->local_rank;
+             "%d ranks on this host but it shows each rank %d GPU(s): launch at most %d ranks "
+             "per host, or give each rank its own GPU (CUDA_VISIBLE_DEVICES)",
+             c->local_size, ndev, ndev);
+  else if (!why[0] && (ce = cudaSetDevice(dev)) != cudaSuccess)
+    snprintf(why, sizeof why, "cudaSetDevice(%d): %s", dev, cudaGetErrorString(ce));
+  x->device = dev;
   bool any_failed;
   if ((rc = any_rank_failed(boot, why[0] != '\0', &any_failed))) goto fail;
   if (why[0]) {

@@ -6,6 +6,7 @@
 #include "comm/comm.h"
 #include "kernels/kernels.h"
 #include "launcher/cli.h"
+#include "runtime/base/gpu_index.h"
 #include "runtime/base/status.h"
 #include "runtime/model/model.h"
 #ifdef SS_HAVE_CUDA
@@ -44,7 +45,14 @@ int ss_cli_backend_create(const char *cmd, ss_cli_device dev, int threads, const
   *out = NULL;
   if (dev == SS_CLI_DEVICE_CUDA) {
 #ifdef SS_HAVE_CUDA
-    *out = ss_backend_cuda_create(comm ? comm->local_rank : 0);
+    const int gpu = ss_gpu_for_rank(comm ? comm->local_rank : 0, comm ? comm->local_size : 1,
+                                    ss_cuda_device_count());
+    if (gpu < 0)
+      return ss_cli_fail(cmd, "--device cuda: %d ranks on this host but each sees %d GPU(s): "
+                         "launch at most that many ranks per host, or give each rank its own "
+                         "GPU (CUDA_VISIBLE_DEVICES)",
+                         comm ? comm->local_size : 1, ss_cuda_device_count());
+    *out = ss_backend_cuda_create(gpu);
 #else
     return ss_cli_fail(cmd, "--device cuda: this build has no CUDA support");
 #endif
