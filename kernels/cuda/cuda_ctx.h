@@ -50,7 +50,6 @@ typedef struct ss_cuda_loc {
   int32_t *pos;       /* device */
   int32_t *bt;        /* device */
   ss_cuda_tile *tiles;/* device */
-  ss_cuda_tile *h_tiles; /* host copy */
   int n_tiles, tile_max;
   ss_cuda_run *h_runs;   /* the attention launches (host) */
   int n_runs;

@@ -135,7 +135,7 @@ static bool loc_stage(ss_cuda *c, const ss_token_loc *loc, int32_t block_size, b
   ss_cuda_plan_tables(loc, block_size, hp->tiles, n_tiles, W, bt);
   const int32_t n_runs = ss_cuda_plan_runs(hp->tiles, n_tiles, SS_CUDA_ATTN_MAX_TOKENS, hp->runs);
   *out = (ss_cuda_loc){.src = loc, .src_pos = loc->pos, .n = n, .block_size = block_size,
-                       .width = W, .h_tiles = hp->tiles, .n_tiles = n_tiles,
+                       .width = W, .n_tiles = n_tiles,
                        .tile_max = tile_max, .h_runs = hp->runs, .n_runs = n_runs};
   out->pos = ss_cuda_stage(c, pos, (size_t)n * sizeof *pos);
   out->bt = ss_cuda_stage(c, bt, (size_t)n * W * sizeof *bt);

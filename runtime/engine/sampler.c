@@ -93,47 +93,34 @@ static inline bool before(const float *p, int32_t a, int32_t b) {
   return p[a] > p[b] || (p[a] == p[b] && a < b);
 }
 
+/* Restores the heap h[0..len) below position j: the worst (by `before`) on top. */
+static void sift_down(const float *p, int32_t *h, int32_t j, int32_t len) {
+  for (;;) {
+    int32_t l = 2 * j + 1, r = l + 1, w = j;
+    if (l < len && before(p, h[w], h[l])) w = l;
+    if (r < len && before(p, h[w], h[r])) w = r;
+    if (w == j) return;
+    int32_t t = h[j]; h[j] = h[w]; h[w] = t;
+    j = w;
+  }
+}
+
 /* Moves the k best of idx[0..n) (by `before`) to idx[0..k), sorted.  A binary
  * heap of the k best so far, whose root is the worst of them. */
 static void select_top(const float *p, int32_t *idx, int32_t n, int32_t k) {
   if (k >= n) k = n;
   int32_t *h = idx; /* heap lives in idx[0..k) */
-#define WORSE(a, b) before(p, b, a)
-  for (int32_t i = k / 2 - 1; i >= 0; i--) { /* heapify the first k */
-    for (int32_t j = i;;) {
-      int32_t l = 2 * j + 1, r = l + 1, w = j;
-      if (l < k && WORSE(h[l], h[w])) w = l;
-      if (r < k && WORSE(h[r], h[w])) w = r;
-      if (w == j) break;
-      int32_t t = h[j]; h[j] = h[w]; h[w] = t;
-      j = w;
-    }
-  }
+  for (int32_t i = k / 2 - 1; i >= 0; i--) sift_down(p, h, i, k); /* heapify the first k */
   for (int32_t i = k; i < n; i++) {
     if (!before(p, idx[i], h[0])) continue;
     int32_t t = h[0]; h[0] = idx[i]; idx[i] = t;
-    for (int32_t j = 0;;) {
-      int32_t l = 2 * j + 1, r = l + 1, w = j;
-      if (l < k && WORSE(h[l], h[w])) w = l;
-      if (r < k && WORSE(h[r], h[w])) w = r;
-      if (w == j) break;
-      int32_t u = h[j]; h[j] = h[w]; h[w] = u;
-      j = w;
-    }
+    sift_down(p, h, 0, k);
   }
   /* heap sort: repeatedly move the worst to the end */
   for (int32_t end = k - 1; end > 0; end--) {
     int32_t t = h[0]; h[0] = h[end]; h[end] = t;
-    for (int32_t j = 0;;) {
-      int32_t l = 2 * j + 1, r = l + 1, w = j;
-      if (l < end && WORSE(h[l], h[w])) w = l;
-      if (r < end && WORSE(h[r], h[w])) w = r;
-      if (w == j) break;
-      int32_t u = h[j]; h[j] = h[w]; h[w] = u;
-      j = w;
-    }
+    sift_down(p, h, 0, end);
   }
-#undef WORSE
 }
 
 int32_t ss_sampler_sample(ss_sampler *s, ss_sampler_scratch *w, const float *logits) {

@@ -7,6 +7,14 @@
 
 const int ss_probe_decode_batch[SS_PROBE_N_DEC] = {1, 2, 4, 8, 16, 32};
 
+/* The fitted model's time for a step of this shape, in ms. */
+static double model_ms(const ss_plan_model *pm, const ss_hw_profile *hw, int n_tokens,
+                       int n_logits, double attended, double kv_read) {
+  const ss_step_shape sh = {.n_tokens = n_tokens, .n_logits = n_logits, .attended = attended,
+                            .kv_read = kv_read};
+  return ss_cost_step(pm, hw, &sh).total_s * 1e3;
+}
+
 void ss_profile_fit(const ss_plan_model *pm, const ss_probe_set *ps, ss_hw_profile *hw,
                     char *comment, size_t cap) {
   /* Attention.  A decode token at position p reads p + 1 K/V positions and
@@ -112,45 +120,21 @@ void ss_profile_fit(const ss_plan_model *pm, const ss_probe_set *ps, ss_hw_profi
     hw->inter_lat = hw->link_lat;
   }
   /* How well the fitted model explains each probe's wall time. */
-  int at = snprintf(
-      comment, cap,
-      "probes, ms (median wall / compute of the slowest rank / model): "
-      "batch1@1023 %.3f/%.3f/%.3f, prefill256 %.3f/%.3f/%.3f, "
-      "prefill64 %.3f/%.3f/%.3f, prefill64@192 %.3f/%.3f/%.3f",
-      ps->dec1023.wall * 1e3, ps->dec1023.compute * 1e3,
-      ss_cost_step(
-          pm, hw,
-          &(ss_step_shape){
-              .n_tokens = 1, .n_logits = 1, .attended = SS_PROBE_LONG, .kv_read = SS_PROBE_LONG})
-              .total_s *
-          1e3,
-      ps->pre256.wall * 1e3, ps->pre256.compute * 1e3,
-      ss_cost_step(
-          pm, hw,
-          &(ss_step_shape){.n_tokens = 256, .n_logits = 1, .attended = pair_c, .kv_read = 256})
-              .total_s *
-          1e3,
-      ps->pre64.wall * 1e3, ps->pre64.compute * 1e3,
-      ss_cost_step(
-          pm, hw,
-          &(ss_step_shape){.n_tokens = 64, .n_logits = 1, .attended = 64.0 * 65 / 2, .kv_read = 64})
-              .total_s *
-          1e3,
-      ps->pre64_192.wall * 1e3, ps->pre64_192.compute * 1e3,
-      ss_cost_step(
-          pm, hw,
-          &(ss_step_shape){.n_tokens = 64, .n_logits = 1, .attended = pair_c64b, .kv_read = 256})
-              .total_s *
-          1e3);
+  int at = snprintf(comment, cap,
+                    "probes, ms (median wall / compute of the slowest rank / model): "
+                    "batch1@1023 %.3f/%.3f/%.3f, prefill256 %.3f/%.3f/%.3f, "
+                    "prefill64 %.3f/%.3f/%.3f, prefill64@192 %.3f/%.3f/%.3f",
+                    ps->dec1023.wall * 1e3, ps->dec1023.compute * 1e3,
+                    model_ms(pm, hw, 1, 1, SS_PROBE_LONG, SS_PROBE_LONG), ps->pre256.wall * 1e3,
+                    ps->pre256.compute * 1e3, model_ms(pm, hw, 256, 1, pair_c, 256),
+                    ps->pre64.wall * 1e3, ps->pre64.compute * 1e3,
+                    model_ms(pm, hw, 64, 1, 64.0 * 65 / 2, 64), ps->pre64_192.wall * 1e3,
+                    ps->pre64_192.compute * 1e3, model_ms(pm, hw, 64, 1, pair_c64b, 256));
   for (int i = 0; i < SS_PROBE_N_DEC && at > 0 && (size_t)at < cap; i++) {
-    ss_step_shape sd = {.n_tokens = ss_probe_decode_batch[i],
-                        .n_logits = ss_probe_decode_batch[i],
-                        .attended = ss_probe_decode_batch[i] * 17.0,
-                        .kv_read = ss_probe_decode_batch[i] * 17.0};
-    const ss_step_cost cd = ss_cost_step(pm, hw, &sd);
-    at += snprintf(comment + at, cap - (size_t)at, ", decode%d %.3f/%.3f/%.3f",
-                   ss_probe_decode_batch[i], ps->dec[i].wall * 1e3, ps->dec[i].compute * 1e3,
-                   cd.total_s * 1e3);
+    const int nb = ss_probe_decode_batch[i];
+    at += snprintf(comment + at, cap - (size_t)at, ", decode%d %.3f/%.3f/%.3f", nb,
+                   ps->dec[i].wall * 1e3, ps->dec[i].compute * 1e3,
+                   model_ms(pm, hw, nb, nb, nb * 17.0, nb * 17.0));
   }
   if (at > 0 && (size_t)at < cap)
     snprintf(comment + at, cap - (size_t)at, "; allreduce %zu B %.1f us, %zu B %.1f us",
