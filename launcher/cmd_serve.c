@@ -102,6 +102,8 @@ typedef struct serve_ctx {
   pthread_t engine_thread;
   ss_engine *engine;
   ss_chat_template tmpl;
+  bool have_tmpl;
+  char no_tmpl_why[320];
   ss_model *model;
   ss_backend *be;
   pthread_mutex_t mu;
@@ -119,8 +121,19 @@ static void *engine_main(void *arg) {
     rc = ss_cli_backend_create(k_cmd, s->device, (int)s->threads, s->comm, &s->be);
   if (rc == SS_EXIT_OK) rc = ss_cli_activations_apply(k_cmd, s->be, s->act_q8);
   if (rc == SS_EXIT_OK) rc = ss_cli_model_to_backend(k_cmd, s->model, s->be);
-  if (rc == SS_EXIT_OK && ss_chat_template_init(tmpl, s->tmpl_name, s->model->chat_template)) {
-    rc = ss_cli_fail(k_cmd, "--chat-template: %s", ss_error_msg());
+  if (rc == SS_EXIT_OK) {
+    if (ss_chat_template_init(tmpl, s->tmpl_name, s->model->chat_template) == SS_OK) {
+      s->have_tmpl = true;
+    } else if (s->tmpl_name && strcmp(s->tmpl_name, "auto") != 0) {
+      rc = ss_cli_fail(k_cmd, "--chat-template %s: %s", s->tmpl_name, ss_error_msg());
+    } else {
+      /* A base model (no template), or one whose template cannot be used:
+       * completions are served, chat answers 400 saying why. */
+      snprintf(s->no_tmpl_why, sizeof s->no_tmpl_why, "%s",
+               s->model->chat_template ? ss_error_msg() : "the model has no chat template");
+      fprintf(stderr, "shardserve serve: warning: %s; /v1/chat/completions will answer 400 "
+              "(pass --chat-template NAME|FILE to serve chat)\n", s->no_tmpl_why);
+    }
   }
   if (rc == SS_EXIT_OK && s->step_log_path && !(s->eo.step_log = fopen(s->step_log_path, "w")))
     rc = ss_cli_fail(k_cmd, "--step-log %s: %s", s->step_log_path, strerror(errno));
@@ -140,7 +153,7 @@ static void *engine_main(void *arg) {
           s->be->name, s->be->variant ? ", kernels " : "", s->be->variant ? s->be->variant : "",
           ss_engine_n_blocks(engine), ss_engine_block_size(engine), ss_engine_n_ctx(engine),
           ss_api_port(s->api));
-  ss_api_set_ready(s->api, engine, s->model, tmpl);
+  ss_api_set_ready(s->api, engine, s->model, s->have_tmpl ? tmpl : NULL, s->no_tmpl_why);
   /* Publish the engine to the signal handler; whichever of the two comes second
    * asks it to stop, so a signal during loading is not lost. */
   pthread_mutex_lock(&s->mu);
@@ -374,7 +387,7 @@ int ss_cmd_serve(int argc, char **argv) {
   if (s.loop) uv_loop_close(s.loop);
   ss_engine_free(s.engine);
   if (s.eo.step_log) fclose(s.eo.step_log);
-  ss_chat_template_free(&s.tmpl);
+  if (s.have_tmpl) ss_chat_template_free(&s.tmpl);
   ss_model_free(s.model);
   if (s.be) s.be->free(s.be);
   ss_ranks_end(s.comm, rc);

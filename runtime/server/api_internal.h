@@ -31,7 +31,8 @@ struct ss_api {
   api_phase phase;
   ss_engine *engine;
   const ss_model *model;
-  ss_chat_template tmpl;
+  const ss_chat_template *tmpl; /* NULL: chat is refused with tmpl_why */
+  char tmpl_why[320];
   bool engine_exited;
 
   /* Loop thread only. */
@@ -66,7 +67,8 @@ typedef struct gen_ctx {
   int32_t default_max_tokens;
   int32_t n_ctx;
   const ss_model *m;
-  ss_chat_template tmpl;
+  const ss_chat_template *tmpl; /* NULL: the model has none (no_tmpl_why says why) */
+  const char *no_tmpl_why;
 } gen_ctx;
 
 /* The whole of a request's preparation: JSON, fields, chat template,
@@ -76,6 +78,33 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
                            gen_fields *g, parse_err *e);
 /* Frees the prompt and stop strings of a request that was not submitted. */
 void ss_oai_req_free(ss_engine_req *r);
+
+/* Checks o's "messages" and renders them with the chat template (ending with
+ * the assistant's opening when add_generation_prompt), then tokenizes the
+ * text exactly as a chat completion's prompt is: *ids malloc'ed.  Either out
+ * pointer may be NULL (text or ids not wanted).  Any thread. */
+bool ss_oai_render_messages(const gen_ctx *x, json_t *o, bool add_generation_prompt,
+                            char **text, int32_t **ids, size_t *n_ids, parse_err *e);
+/* The body as a JSON object (not valid JSON or not an object: e->body). */
+json_t *ss_oai_load_body(const char *body, size_t body_len, parse_err *e);
+/* 'model', when given, must be the served one. */
+bool ss_oai_check_model(const gen_ctx *x, json_t *o, parse_err *e);
+
+/* ------------------------------------------------------------------------ */
+/* Utility routes (tokenize_routes.c): POST /tokenize, /detokenize, /apply-template */
+
+typedef enum api_kind {
+  API_COMPLETION = 0,
+  API_CHAT,
+  API_TOKENIZE,
+  API_DETOKENIZE,
+  API_APPLY_TEMPLATE,
+} api_kind;
+
+/* A utility request's whole answer from its body: *out is the response
+ * object, or NULL with e set.  Any thread; reads only x. */
+bool ss_oai_utility(const gen_ctx *x, api_kind kind, const char *body, size_t body_len,
+                    json_t **out, parse_err *e);
 
 /* ------------------------------------------------------------------------ */
 /* One generation request (request.c)                                        */
@@ -94,7 +123,9 @@ typedef struct api_req {
   ss_engine *engine;
   gen_ctx ctx;
   bool ok;
-  gen_fields g;
+  api_kind kind;
+  gen_fields g;           /* generation requests */
+  json_t *result;         /* utility requests: the answer */
   parse_err e;
 
   /* Once submitted: answering from the engine's events. */
@@ -110,10 +141,11 @@ typedef struct api_req {
   size_t text_offset;
 } api_req;
 
-/* POST /v1/completions and /v1/chat/completions, on the loop: hands the body
- * to a worker; the answer follows from the loop when the worker is done. */
-void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, bool chat,
-                     ss_engine *eng, const ss_model *m, const ss_chat_template *tmpl);
+/* POST /v1/completions, /v1/chat/completions and the utility routes, on the
+ * loop, once the model is ready: hands the body to a worker; the answer follows
+ * from the loop when the worker is done. */
+void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api_kind kind,
+                     ss_engine *eng, const ss_model *m);
 /* The uv_async_t callback: takes the engine's events and answers them. */
 void ss_api_on_wake(uv_async_t *h);
 /* The HTTP layer's on_abort: the client of conn_user (an api_req) has gone. */
@@ -131,6 +163,8 @@ bool ss_api_check_serving(ss_api *a, ss_http_conn *c, ss_engine *eng);
 /* ------------------------------------------------------------------------ */
 /* Responses (openai_render.c)                                                */
 
+/* Bytes as a JSON string; invalid UTF-8 (half a character) becomes U+FFFD. */
+json_t *ss_oai_json_text(const char *p, size_t n);
 /* Sends o (consumed) as the JSON body. */
 void ss_oai_send_json(ss_http_conn *c, int status, json_t *o, const char *extra_headers);
 /* OpenAI's error object: {"error": {"message", "type", "param", "code"}}. */

@@ -5,6 +5,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -44,11 +45,14 @@ int ss_api_create(uv_loop_t *loop, const ss_api_opts *o, ss_api **out) {
 
 int ss_api_port(const ss_api *a) { return ss_http_server_port(a->http); }
 
-void ss_api_set_ready(ss_api *a, ss_engine *e, const ss_model *m, const ss_chat_template *t) {
+void ss_api_set_ready(ss_api *a, ss_engine *e, const ss_model *m, const ss_chat_template *t,
+                      const char *no_tmpl_why) {
   pthread_mutex_lock(&a->mu);
   a->engine = e;
   a->model = m;
-  a->tmpl = *t;
+  a->tmpl = t;
+  snprintf(a->tmpl_why, sizeof a->tmpl_why, "%s",
+           t ? "" : no_tmpl_why ? no_tmpl_why : "the model has no chat template");
   a->phase = PHASE_READY;
   pthread_mutex_unlock(&a->mu);
 }

@@ -1,6 +1,7 @@
 /* The OpenAI-compatible HTTP API on rank 0: /v1/completions,
  * /v1/chat/completions (both streamed as Server-Sent Events on request),
- * /v1/models, /health and /metrics.
+ * /v1/models, /health and /metrics; and the utility routes /tokenize,
+ * /detokenize (vLLM's shapes) and /apply-template (llama-server's).
  *
  * It runs on a libuv loop thread and never blocks on the engine: a generation
  * request's body is parsed, rendered with the chat template and tokenized on a
@@ -37,9 +38,12 @@ int ss_api_create(uv_loop_t *loop, const ss_api_opts *o, ss_api **out);
 /* The bound port. */
 int ss_api_port(const ss_api *a);
 
-/* From any thread: the model is loaded and the engine runs (tmpl: the chat
- * template requests are rendered with; copied).  After this the API serves. */
-void ss_api_set_ready(ss_api *a, ss_engine *e, const ss_model *m, const ss_chat_template *tmpl);
+/* From any thread: the model is loaded and the engine runs.  tmpl: the chat
+ * template requests are rendered with (it must outlive the server), or NULL
+ * when there is none: completions are served and chat requests get a 400 that
+ * says no_tmpl_why.  After this the API serves. */
+void ss_api_set_ready(ss_api *a, ss_engine *e, const ss_model *m, const ss_chat_template *tmpl,
+                      const char *no_tmpl_why);
 /* From any thread: loading failed; /health reports it, the API answers 503. */
 void ss_api_set_failed(ss_api *a);
 /* The engine's notify callback (any thread): wakes the loop to take events. */

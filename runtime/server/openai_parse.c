@@ -80,7 +80,7 @@ static bool get_bool(json_t *o, const char *key, bool *out, parse_err *e) {
 }
 
 /* The fields shared by both endpoints. */
-static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, parse_err *e) {
+bool ss_oai_check_model(const gen_ctx *x, json_t *o, parse_err *e) {
   json_t *model = json_object_get(o, "model");
   if (model && !json_is_null(model)) {
     if (!json_is_string(model))
@@ -89,6 +89,87 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
       return fail(e, 404, "model", "the model '%.200s' does not exist; this server serves '%s'",
                   json_string_value(model), x->model_name);
   }
+  return true;
+}
+
+/* Fields that would change the output and are not implemented: a 400 naming
+ * the field, never a response that ignores it.  A field at its neutral value
+ * (0 penalty, empty bias, "text" format, no tools) changes nothing and passes.
+ * Fields that never change the output (user, metadata, ...) are accepted;
+ * any other field is refused as unknown, as OpenAI's API does, so that a
+ * misspelt field is not silently dropped. */
+static bool check_fields(json_t *o, bool chat, parse_err *e) {
+  static const char *const known[] = {
+      "model", "user", "metadata", "store", "service_tier", "stream_options", "n", "best_of",
+      "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
+      "stop", "stream", "ignore_eos", "logprobs", "top_logprobs", "echo", "prompt", "messages",
+      "parallel_tool_calls", "presence_penalty", "frequency_penalty", "repetition_penalty",
+      "logit_bias", "response_format", "tools", "tool_choice", "functions", "function_call",
+      "suffix", "min_tokens", NULL};
+  const char *key;
+  json_t *v;
+  json_object_foreach(o, key, v) {
+    size_t i = 0;
+    while (known[i] && strcmp(known[i], key) != 0) i++;
+    if (!known[i])
+      return fail(e, 400, NULL, "unrecognized request field '%.64s' (a field this server does "
+                  "not know would be ignored, so it is refused; see the README's field table)",
+                  key);
+  }
+  /* Known and not implemented: refused unless neutral. */
+  static const char *const penalties[] = {"presence_penalty", "frequency_penalty", NULL};
+  for (int i = 0; penalties[i]; i++) {
+    v = json_object_get(o, penalties[i]);
+    if (v && !json_is_null(v) && !(json_is_number(v) && json_number_value(v) == 0.0))
+      return fail(e, 400, penalties[i], "'%s' is not supported yet (only 0)", penalties[i]);
+  }
+  v = json_object_get(o, "repetition_penalty");
+  if (v && !json_is_null(v) && !(json_is_number(v) && json_number_value(v) == 1.0))
+    return fail(e, 400, "repetition_penalty", "'repetition_penalty' is not supported yet "
+                "(only 1)");
+  v = json_object_get(o, "min_tokens");
+  if (v && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 0))
+    return fail(e, 400, "min_tokens", "'min_tokens' is not supported yet (only 0)");
+  v = json_object_get(o, "logit_bias");
+  if (v && !json_is_null(v) && !(json_is_object(v) && json_object_size(v) == 0))
+    return fail(e, 400, "logit_bias", "'logit_bias' is not supported yet");
+  v = json_object_get(o, "response_format");
+  if (v && !json_is_null(v)) {
+    json_t *type = json_is_object(v) ? json_object_get(v, "type") : NULL;
+    if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0)
+      return fail(e, 400, "response_format", "'response_format' other than {\"type\": \"text\"} "
+                  "(JSON mode, JSON schema) is not supported yet: the output would not be "
+                  "constrained");
+  }
+  static const char *const tool_fields[] = {"tools", "functions", NULL};
+  for (int i = 0; tool_fields[i]; i++) {
+    v = json_object_get(o, tool_fields[i]);
+    if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0))
+      return fail(e, 400, tool_fields[i], "'%s' (tool calling) is not supported yet",
+                  tool_fields[i]);
+  }
+  static const char *const choice_fields[] = {"tool_choice", "function_call", NULL};
+  for (int i = 0; choice_fields[i]; i++) {
+    v = json_object_get(o, choice_fields[i]);
+    if (v && !json_is_null(v) &&
+        !(json_is_string(v) && (strcmp(json_string_value(v), "none") == 0 ||
+                                strcmp(json_string_value(v), "auto") == 0)))
+      return fail(e, 400, choice_fields[i], "'%s' = %s is not supported without tools",
+                  choice_fields[i], json_is_string(v) ? json_string_value(v) : json_kind(v));
+  }
+  v = json_object_get(o, "suffix");
+  if (v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
+    return fail(e, 400, "suffix", "'suffix' is not supported");
+  if (chat && json_object_get(o, "prompt"))
+    return fail(e, 400, "prompt", "chat completions take 'messages', not 'prompt'");
+  if (!chat && json_object_get(o, "messages"))
+    return fail(e, 400, "messages", "completions take 'prompt', not 'messages' (use "
+                "/v1/chat/completions)");
+  return true;
+}
+
+static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, parse_err *e) {
+  if (!check_fields(o, chat, e) || !ss_oai_check_model(x, o, e)) return false;
   int64_t n = 1;
   if (!get_int(o, "n", INT32_MIN, INT32_MAX, &n, NULL, e)) return false;
   if (n != 1) return fail(e, 400, "n", "'n' = %lld is not supported: only n = 1", (long long)n);
@@ -218,36 +299,21 @@ static bool parse_prompt(json_t *o, const ss_model *m, ss_engine_req *r, parse_e
   return true;
 }
 
-static bool parse_messages(json_t *o, const ss_model *m, const ss_chat_template *t,
-                           ss_engine_req *r, parse_err *e) {
-  json_t *msgs = json_object_get(o, "messages");
-  if (!msgs || json_is_null(msgs)) return fail(e, 400, "messages", "'messages' is required");
-  if (!json_is_array(msgs)) return fail(e, 400, "messages", "'messages' must be an array");
-  size_t n = json_array_size(msgs);
-  if (n == 0) return fail(e, 400, "messages", "'messages' is empty");
-  if (n > 4096) return fail(e, 400, "messages", "'messages' has %zu entries; the limit is 4096", n);
-  ss_chat_msg *cm = calloc(n, sizeof *cm);
-  char **owned = calloc(n, sizeof *owned);
-  bool ok = cm && owned;
-  if (!ok) fail(e, 500, NULL, "out of memory");
-  for (size_t i = 0; ok && i < n; i++) {
+/* The messages as the chat template's input: each one checked, "developer"
+ * taken as "system", content parts joined.  cm[i] points into o or owned[i]. */
+static bool check_messages(json_t *msgs, ss_chat_msg *cm, char **owned, parse_err *e) {
+  const size_t n = json_array_size(msgs);
+  for (size_t i = 0; i < n; i++) {
     json_t *mm = json_array_get(msgs, i);
-    if (!json_is_object(mm)) {
-      ok = fail(e, 400, "messages", "'messages[%zu]' must be an object", i);
-      break;
-    }
+    if (!json_is_object(mm)) return fail(e, 400, "messages", "'messages[%zu]' must be an object", i);
     json_t *role = json_object_get(mm, "role");
-    if (!json_is_string(role)) {
-      ok = fail(e, 400, "messages", "'messages[%zu].role' must be a string", i);
-      break;
-    }
+    if (!json_is_string(role))
+      return fail(e, 400, "messages", "'messages[%zu].role' must be a string", i);
     const char *rs = json_string_value(role);
     if (strcmp(rs, "developer") == 0) rs = "system";
-    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant")) {
-      ok = fail(e, 400, "messages", "'messages[%zu].role' = '%.40s' is not one of system, "
-                "developer, user, assistant", i, rs);
-      break;
-    }
+    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
+      return fail(e, 400, "messages", "'messages[%zu].role' = '%.40s' is not one of system, "
+                  "developer, user, assistant", i, rs);
     json_t *content = json_object_get(mm, "content");
     if (json_is_string(content)) {
       cm[i].content = json_string_value(content);
@@ -255,39 +321,78 @@ static bool parse_messages(json_t *o, const ss_model *m, const ss_chat_template 
       /* Content parts: only text parts, concatenated. */
       ss_strbuf b = {0};
       ss_strbuf_append(&b, "", 0);
+      owned[i] = b.p;
       size_t k;
       json_t *part;
       json_array_foreach(content, k, part) {
         json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
         if (!json_is_object(part) || !json_is_string(type) ||
             strcmp(json_string_value(type), "text") != 0 || !json_is_string(text)) {
-          ok = fail(e, 400, "messages", "'messages[%zu].content[%zu]' must be a text part "
-                    "({\"type\": \"text\", \"text\": ...}); other kinds are not supported", i, k);
-          break;
+          owned[i] = b.p;
+          return fail(e, 400, "messages", "'messages[%zu].content[%zu]' must be a text part "
+                      "({\"type\": \"text\", \"text\": ...}); other kinds are not supported",
+                      i, k);
         }
         ss_strbuf_append(&b, json_string_value(text), json_string_length(text));
       }
       owned[i] = b.p;
-      cm[i].content = b.p ? b.p : "";
-      if (!ok) break;
+      if (b.failed || !b.p) return fail(e, 500, NULL, "out of memory");
+      cm[i].content = b.p;
     } else {
-      ok = fail(e, 400, "messages", "'messages[%zu].content' must be a string or a list of "
-                "text parts, not %s", i, content ? json_kind(content) : "missing");
-      break;
+      return fail(e, 400, "messages", "'messages[%zu].content' must be a string or a list of "
+                  "text parts, not %s", i, content ? json_kind(content) : "missing");
     }
     cm[i].role = rs;
   }
+  return true;
+}
+
+/* The rendered text into ids, as the model expects its prompt: the
+ * tokenizer's BOS when it adds one, special-token markers parsed.  A template
+ * that writes the BOS text itself (as many real ones do) would give it twice,
+ * so a leading BOS text is dropped when the tokenizer adds the BOS. */
+static bool tokenize_rendered(const ss_model *m, const char *text, int32_t **ids, size_t *n_ids,
+                              parse_err *e) {
+  const bool add_bos = ss_tokenizer_add_bos(m->tok);
+  const char *bos = add_bos ? ss_tokenizer_token_text(m->tok, ss_tokenizer_bos(m->tok)) : NULL;
+  size_t len = strlen(text);
+  if (bos && *bos && strncmp(text, bos, strlen(bos)) == 0) {
+    text += strlen(bos);
+    len -= strlen(bos);
+  }
+  if (ss_tokenizer_encode(m->tok, text, len, add_bos, true, ids, n_ids))
+    return fail(e, 400, "messages", "cannot tokenize the messages: %s", ss_error_msg());
+  return true;
+}
+
+bool ss_oai_render_messages(const gen_ctx *x, json_t *o, bool add_generation_prompt,
+                            char **text, int32_t **ids, size_t *n_ids, parse_err *e) {
+  if (text) *text = NULL;
+  if (ids) *ids = NULL;
+  if (n_ids) *n_ids = 0;
+  json_t *msgs = json_object_get(o, "messages");
+  if (!msgs || json_is_null(msgs)) return fail(e, 400, "messages", "'messages' is required");
+  if (!json_is_array(msgs)) return fail(e, 400, "messages", "'messages' must be an array");
+  size_t n = json_array_size(msgs);
+  if (n == 0) return fail(e, 400, "messages", "'messages' is empty");
+  if (n > 4096) return fail(e, 400, "messages", "'messages' has %zu entries; the limit is 4096", n);
+  if (!x->tmpl)
+    return fail(e, 400, "messages", "%s; chat needs a template: start the server with "
+                "--chat-template NAME|FILE (POST /v1/completions works without one)",
+                x->no_tmpl_why && *x->no_tmpl_why ? x->no_tmpl_why
+                                                  : "the model has no chat template");
+  ss_chat_msg *cm = calloc(n, sizeof *cm);
+  char **owned = calloc(n, sizeof *owned);
+  bool ok = cm && owned;
+  if (!ok) fail(e, 500, NULL, "out of memory");
+  if (ok) ok = check_messages(msgs, cm, owned, e);
   char *rendered = NULL;
-  if (ok && ss_chat_render(t, cm, n, true, &rendered))
+  if (ok && ss_chat_render(x->tmpl, cm, n, add_generation_prompt, &rendered))
     ok = fail(e, 400, "messages", "%s", ss_error_msg());
-  if (ok) {
-    size_t nt = 0;
-    int32_t *ids = NULL;
-    if (ss_tokenizer_encode(m->tok, rendered, strlen(rendered), ss_tokenizer_add_bos(m->tok), true,
-                            &ids, &nt))
-      ok = fail(e, 400, "messages", "cannot tokenize the messages: %s", ss_error_msg());
-    r->prompt = ids;
-    r->n_prompt = (int32_t)nt;
+  if (ok && ids) ok = tokenize_rendered(x->m, rendered, ids, n_ids, e);
+  if (ok && text) {
+    *text = rendered;
+    rendered = NULL;
   }
   free(rendered);
   for (size_t i = 0; owned && i < n; i++) free(owned[i]);
@@ -296,30 +401,44 @@ static bool parse_messages(json_t *o, const ss_model *m, const ss_chat_template 
   return ok;
 }
 
+static bool parse_messages(const gen_ctx *x, json_t *o, ss_engine_req *r, parse_err *e) {
+  size_t nt = 0;
+  if (!ss_oai_render_messages(x, o, true, NULL, &r->prompt, &nt, e)) return false;
+  r->n_prompt = (int32_t)nt;
+  return true;
+}
+
 /* ------------------------------------------------------------------------ */
 /* The whole body                                                             */
 
-bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, bool chat,
-                           gen_fields *g, parse_err *e) {
-  *g = (gen_fields){0};
-  *e = (parse_err){0};
+json_t *ss_oai_load_body(const char *body, size_t body_len, parse_err *e) {
   json_error_t jerr;
   json_t *o = json_loadb(body, body_len, JSON_REJECT_DUPLICATES, &jerr);
   if (!o) {
     e->body = true;
-    return fail(e, 400, NULL, "the body is not valid JSON: %s (line %d, column %d)", jerr.text,
-                jerr.line, jerr.column);
+    fail(e, 400, NULL, "the body is not valid JSON: %s (line %d, column %d)", jerr.text,
+         jerr.line, jerr.column);
+    return NULL;
   }
   if (!json_is_object(o)) {
     e->body = true;
     fail(e, 400, NULL, "the body must be a JSON object, not %s", json_kind(o));
     json_decref(o);
-    return false;
+    return NULL;
   }
+  return o;
+}
+
+bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, bool chat,
+                           gen_fields *g, parse_err *e) {
+  *g = (gen_fields){0};
+  *e = (parse_err){0};
+  json_t *o = ss_oai_load_body(body, body_len, e);
+  if (!o) return false;
   bool ok = parse_common(x, o, chat, g, e);
   if (ok && json_is_true(json_object_get(o, "echo")))
     ok = fail(e, 400, "echo", "'echo' is not supported");
-  if (ok) ok = chat ? parse_messages(o, x->m, &x->tmpl, &g->r, e) : parse_prompt(o, x->m, &g->r, e);
+  if (ok) ok = chat ? parse_messages(x, o, &g->r, e) : parse_prompt(o, x->m, &g->r, e);
   json_decref(o);
   if (ok && !g->max_set) {
     /* Defaults: OpenAI's 16 for completions; the rest of the context for chat. */

@@ -59,7 +59,7 @@ void ss_oai_send_error(ss_http_conn *c, int status, const char *param, const cha
 
 /* A token's bytes as a JSON string (invalid UTF-8, e.g. half a character,
  * becomes U+FFFD) and as a byte array. */
-static json_t *token_json_string(const char *p, size_t n) {
+json_t *ss_oai_json_text(const char *p, size_t n) {
   ss_strbuf b = {0};
   ss_strbuf_append(&b, "", 0);
   for (size_t i = 0; i < n;) {
@@ -96,11 +96,11 @@ static json_t *chat_logprob(const ss_model *m, const ss_engine_event *ev) {
   for (int32_t i = 0; i < ev->n_top; i++) {
     char tb[256];
     size_t tn = piece(m, ev->top_ids[i], tb, sizeof tb);
-    json_array_append_new(top, json_pack("{s:o, s:f, s:o}", "token", token_json_string(tb, tn),
+    json_array_append_new(top, json_pack("{s:o, s:f, s:o}", "token", ss_oai_json_text(tb, tn),
                                          "logprob", (double)ev->top_logprobs[i], "bytes",
                                          token_bytes(tb, tn)));
   }
-  return json_pack("{s:o, s:f, s:o, s:o}", "token", token_json_string(buf, n), "logprob",
+  return json_pack("{s:o, s:f, s:o, s:o}", "token", ss_oai_json_text(buf, n), "logprob",
                    (double)ev->logprob, "bytes", token_bytes(buf, n), "top_logprobs", top);
 }
 
@@ -115,13 +115,13 @@ static void completion_logprobs_add(json_t *lp, const ss_model *m, const ss_engi
                                     size_t offset) {
   char buf[256];
   size_t n = piece(m, ev->token, buf, sizeof buf);
-  json_array_append_new(json_object_get(lp, "tokens"), token_json_string(buf, n));
+  json_array_append_new(json_object_get(lp, "tokens"), ss_oai_json_text(buf, n));
   json_array_append_new(json_object_get(lp, "token_logprobs"), json_real(ev->logprob));
   json_t *top = json_object();
   for (int32_t i = 0; i < ev->n_top; i++) {
     char tb[256];
     size_t tn = piece(m, ev->top_ids[i], tb, sizeof tb);
-    json_t *k = token_json_string(tb, tn);
+    json_t *k = ss_oai_json_text(tb, tn);
     json_object_set_new(top, json_string_value(k), json_real(ev->top_logprobs[i]));
     json_decref(k);
   }

@@ -39,6 +39,7 @@ static void req_free(api_req *q) {
   free(q->body);
   ss_strbuf_free(&q->text);
   json_decref(q->lp);
+  json_decref(q->result);
   free(q);
 }
 
@@ -57,7 +58,10 @@ static void close_when_done(ss_api *a) {
 /* On a worker thread. */
 static void prepare(uv_work_t *w) {
   api_req *q = w->data;
-  q->ok = ss_oai_parse_generate(&q->ctx, q->body, q->body_len, q->chat, &q->g, &q->e);
+  if (q->kind == API_COMPLETION || q->kind == API_CHAT)
+    q->ok = ss_oai_parse_generate(&q->ctx, q->body, q->body_len, q->chat, &q->g, &q->e);
+  else
+    q->ok = ss_oai_utility(&q->ctx, q->kind, q->body, q->body_len, &q->result, &q->e);
 }
 
 /* On the loop: hands the prepared request to the engine and starts the answer. */
@@ -99,9 +103,10 @@ static void answer_prepared(api_req *q, int status) {
   free(q->body);
   q->body = NULL;
   ss_http_conn *c = q->conn; /* the server does not close while a request is prepared */
+  const bool generate = q->kind == API_COMPLETION || q->kind == API_CHAT;
   if (status == UV_ECANCELED || !c) {
     /* The client has gone (counted in on_client_gone): nobody to answer. */
-    if (q->ok) ss_oai_req_free(&q->g.r);
+    if (q->ok && generate) ss_oai_req_free(&q->g.r);
     req_free(q);
     return;
   }
@@ -109,7 +114,15 @@ static void answer_prepared(api_req *q, int status) {
     const parse_err *e = &q->e;
     ss_oai_send_error(c, e->status, e->param, e->status == 404 ? "model_not_found" : NULL, NULL,
                       "%s", e->msg);
-    if (!e->body) a->n_client_errors++;
+    if (!e->body && generate) a->n_client_errors++;
+    req_free(q);
+    return;
+  }
+  if (!generate) {
+    /* A utility request: its answer is ready. */
+    json_t *r = q->result;
+    q->result = NULL;
+    ss_oai_send_json(c, 200, r, "");
     req_free(q);
     return;
   }
@@ -132,8 +145,9 @@ static void prepared(uv_work_t *w, int status) {
   close_when_done(a);
 }
 
-void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, bool chat,
-                     ss_engine *eng, const ss_model *m, const ss_chat_template *tmpl) {
+void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api_kind kind,
+                     ss_engine *eng, const ss_model *m) {
+  const bool chat = kind == API_CHAT;
   if (req->body_len == 0) {
     ss_oai_send_error(c, 400, NULL, NULL, NULL,
                       "the request has no body: a JSON object is expected");
@@ -154,11 +168,13 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, boo
   q->api = a;
   q->conn = c;
   q->chat = chat;
+  q->kind = kind;
   q->body = body;
   q->body_len = req->body_len;
   q->engine = eng;
   q->ctx = (gen_ctx){.model_name = a->model_name, .default_max_tokens = a->o.default_max_tokens,
-                     .n_ctx = ss_engine_n_ctx(eng), .m = m, .tmpl = *tmpl};
+                     .n_ctx = ss_engine_n_ctx(eng), .m = m, .tmpl = a->tmpl,
+                     .no_tmpl_why = a->tmpl_why};
   q->work.data = q;
   if (uv_queue_work(a->loop, &q->work, prepare, prepared) != 0) {
     req_free(q);

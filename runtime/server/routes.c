@@ -74,7 +74,6 @@ void ss_api_on_request(void *user, ss_http_conn *c, const ss_http_request *req) 
   const api_phase phase = a->phase;
   ss_engine *eng = a->engine;
   const ss_model *m = a->model;
-  ss_chat_template tmpl = a->tmpl;
   pthread_mutex_unlock(&a->mu);
   const bool get = strcmp(req->method, "GET") == 0, post = strcmp(req->method, "POST") == 0;
   const char *p = req->path;
@@ -101,12 +100,20 @@ void ss_api_on_request(void *user, ss_http_conn *c, const ss_http_request *req) 
     return;
   }
   const bool is_models = strcmp(p, "/v1/models") == 0;
-  const bool is_cmpl = strcmp(p, "/v1/completions") == 0;
-  const bool is_chat = strcmp(p, "/v1/chat/completions") == 0;
-  if (!is_models && !is_cmpl && !is_chat) {
+  static const struct {
+    const char *path;
+    api_kind kind;
+  } posts[] = {{"/v1/completions", API_COMPLETION}, {"/v1/chat/completions", API_CHAT},
+               {"/tokenize", API_TOKENIZE}, {"/detokenize", API_DETOKENIZE},
+               {"/apply-template", API_APPLY_TEMPLATE}};
+  int route = -1;
+  for (int i = 0; i < (int)(sizeof posts / sizeof posts[0]); i++)
+    if (strcmp(p, posts[i].path) == 0) route = i;
+  if (!is_models && route < 0) {
     ss_oai_send_error(c, 404, NULL, "not_found", NULL,
                       "no route %s %s (routes: POST /v1/completions, POST /v1/chat/completions, "
-                      "GET /v1/models, GET /health, GET /metrics)", req->method, p);
+                      "GET /v1/models, POST /tokenize, POST /detokenize, POST /apply-template, "
+                      "GET /health, GET /metrics)", req->method, p);
     return;
   }
   if (!auth_ok(a, req)) {
@@ -129,6 +136,8 @@ void ss_api_on_request(void *user, ss_http_conn *c, const ss_http_request *req) 
     handle_models(a, c, ss_engine_n_ctx(eng));
     return;
   }
-  if (!ss_api_check_serving(a, c, eng)) return;
-  ss_api_generate(a, c, req, is_chat, eng, m, &tmpl);
+  const api_kind kind = posts[route].kind;
+  /* The utility routes need only the model; generation also a serving engine. */
+  if ((kind == API_COMPLETION || kind == API_CHAT) && !ss_api_check_serving(a, c, eng)) return;
+  ss_api_generate(a, c, req, kind, eng, m);
 }
