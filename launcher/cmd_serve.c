@@ -61,6 +61,9 @@ static void usage(FILE *f) {
           "\n"
           "Batching and memory:\n"
           "      --max-num-seqs N      sequences in a batch (default 64)\n"
+          "      --no-prefix-caching   compute every prompt in full (default: the K/V of\n"
+          "                            prompt blocks already computed is reused; outputs are\n"
+          "                            the same bits either way)\n"
           "      --max-batched-tokens N  tokens per step; long prompts are prefilled in\n"
           "                            chunks so running decodes never stall (default 512)\n"
           "      --kv-blocks N         KV-cache blocks of 16 tokens (default: from --kv-mem)\n"
@@ -232,7 +235,7 @@ int ss_cmd_serve(int argc, char **argv) {
   double comm_timeout = 0, d = 0;
   bool deterministic = true;
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
-         O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT };
+         O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -241,6 +244,7 @@ int ss_cmd_serve(int argc, char **argv) {
       {"idle-timeout", required_argument, 0, O_IDLE},
       {"drain-timeout", required_argument, 0, O_DRAIN},
       {"max-num-seqs", required_argument, 0, O_SEQS},
+      {"no-prefix-caching", no_argument, 0, O_NO_PREFIX},
       {"max-batched-tokens", required_argument, 0, O_TOKENS},
       {"step-log", required_argument, 0, O_SLOG},
       {"kv-blocks", required_argument, 0, O_BLOCKS}, {"kv-mem", required_argument, 0, O_KVMEM},
@@ -294,6 +298,9 @@ int ss_cmd_serve(int argc, char **argv) {
     case O_SEQS:
       if (!ss_cli_parse_int(k_cmd, "--max-num-seqs", optarg, 1, 4096, &v)) return SS_EXIT_USAGE;
       s.eo.max_num_seqs = (int32_t)v;
+      break;
+    case O_NO_PREFIX:
+      s.eo.no_prefix_caching = true;
       break;
     case O_TOKENS:
       if (!ss_cli_parse_int(k_cmd, "--max-batched-tokens", optarg, 1, 65536, &v))

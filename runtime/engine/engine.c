@@ -69,7 +69,8 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   e->n_ranks = m->comm ? m->comm->size : 1;
   e->ranks = calloc((size_t)e->n_ranks, sizeof *e->ranks);
   ss_sched_params sp = {.max_num_seqs = o.max_num_seqs, .max_batched_tokens = o.max_batched_tokens,
-                        .block_size = o.block_size, .n_blocks = o.n_blocks};
+                        .block_size = o.block_size, .n_blocks = o.n_blocks,
+                        .prefix_caching = !o.no_prefix_caching};
   int rc;
   if (!e->ranks) {
     rc = ss_error(SS_ERR_NOMEM, "out of memory");
@@ -197,6 +198,7 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   q->seq.n_tokens = r->n_prompt;
   q->seq.max_tokens = (int32_t)total;
   q->seq.user = q;
+  q->seq.tokens = q->tokens;
   ss_detok_init(&q->dt, e->m->tok, false);
   q->t_arrival = ss_now_s();
 
@@ -311,6 +313,9 @@ static void publish_locked(ss_engine *e, ev_list *evs) {
   e->pub_waiting = e->sched.waiting.count;
   e->pub_blocks_used = ss_sched_blocks_used(&e->sched);
   e->preemptions_total = e->sched.n_preemptions;
+  e->prefix_queried_total = e->sched.n_queried;
+  e->prefix_hit_total = e->sched.n_hit;
+  e->pub_blocks_cached = ss_sched_blocks_cached_free(&e->sched);
 }
 
 int ss_engine_run(ss_engine *e) {
@@ -388,7 +393,9 @@ int ss_engine_run(ss_engine *e) {
     pthread_mutex_lock(&e->mu);
     for (int32_t i = 0; i < b.n_entries; i++) {
       ereq *q = b.entries[i].seq->user;
-      if (q->seq.n_computed == 0 && b.entries[i].start == 0 && q->seq.n_preempted == 0) {
+      if (q->t_scheduled == 0) {
+        /* Prompt tokens found in the prefix cache count as prompt tokens too. */
+        prompt_tokens += (uint64_t)q->seq.n_cached;
         q->t_scheduled = t_sched;
         ss_histogram_observe(&e->h_queue, t_sched - q->t_arrival);
       }

@@ -38,6 +38,8 @@ typedef struct ss_engine_opts {
   int32_t n_ctx;               /* context limit per sequence (0: the model's) */
   int32_t stats_every;         /* gather per-rank step counters every N steps, and whenever
                                   the engine goes idle (default 256) */
+  bool no_prefix_caching;      /* prefix caching (reusing the K/V of computed prompt blocks,
+                                  see scheduler.h) is on unless this is set */
   FILE *step_log;              /* when set, one CSV line per step under the header below
                                   (columns explained in engine.c); the caller opens and
                                   closes it */
@@ -85,6 +87,7 @@ typedef struct ss_engine_event {
   const char *finish_reason;   /* "stop", "length", "abort", "error" */
   char *error;                 /* for "error", malloc'ed */
   int32_t n_prompt;
+  int32_t n_cached;            /* of the prompt, tokens whose K/V came from the prefix cache */
   int32_t n_generated;
   /* DONE: the request's time line in seconds (0 for a phase it never reached) */
   double queue_s;              /* arrival to its first step */

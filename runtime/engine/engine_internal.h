@@ -82,6 +82,8 @@ struct ss_engine {
   /* metrics (published under mu after each step) */
   int32_t pub_running, pub_waiting, pub_blocks_used;
   uint64_t prompt_tokens_total, generation_tokens_total, preemptions_total;
+  uint64_t prefix_queried_total, prefix_hit_total;
+  int32_t pub_blocks_cached;
   uint64_t success_stop, success_length, success_abort, success_error;
   ss_histogram h_ttft, h_itl, h_e2e, h_queue, h_prompt, h_gen;
   rank_stats *ranks;

@@ -99,6 +99,15 @@ void ss_engine_metrics(ss_engine *e, ss_strbuf *b) {
   ss_metric_header(b, P "num_preemptions_total", "counter",
                    "Sequences preempted (KV blocks ran out) and later recomputed.");
   ss_metric_value(b, P "num_preemptions_total", "", (double)e->preemptions_total);
+  ss_metric_header(b, P "prefix_cache_queries_total", "counter",
+                   "Prompt tokens looked up in the prefix cache at admission.");
+  ss_metric_value(b, P "prefix_cache_queries_total", "", (double)e->prefix_queried_total);
+  ss_metric_header(b, P "prefix_cache_hits_total", "counter",
+                   "Of those, tokens whose K/V was found in the prefix cache.");
+  ss_metric_value(b, P "prefix_cache_hits_total", "", (double)e->prefix_hit_total);
+  ss_metric_header(b, P "prefix_cache_blocks_free_cached", "gauge",
+                   "Free KV blocks that still hold cached prefix contents.");
+  ss_metric_value(b, P "prefix_cache_blocks_free_cached", "", (double)e->pub_blocks_cached);
   ss_metric_histogram(b, P "time_to_first_token_seconds", "Arrival to first token.", &e->h_ttft);
   ss_metric_histogram(b, P "inter_token_latency_seconds", "Time between consecutive tokens.",
                       &e->h_itl);

@@ -42,6 +42,7 @@ ss_engine_event *ss_eng_done_event(const ereq *q, const char *reason, const char
   ev->finish_reason = reason;
   ev->error = error ? strdup(error) : NULL;
   ev->n_prompt = q->r.n_prompt;
+  ev->n_cached = q->seq.n_cached;
   ev->n_generated = q->n_generated;
   if (q->t_scheduled > 0) ev->queue_s = q->t_scheduled - q->t_arrival;
   if (q->t_first > 0) {

@@ -36,6 +36,82 @@ static void list_push_front(ss_seq_list *l, ss_sched_seq *q) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* The prefix cache: keys, the table, the least-recently-released list        */
+
+static uint64_t mix64(uint64_t x) {
+  /* splitmix64's finaliser: every input bit reaches every output bit. */
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+static uint64_t key_hash(int32_t parent, uint32_t parent_gen, const int32_t *toks, int32_t bs) {
+  uint64_t h = mix64(((uint64_t)(uint32_t)parent << 32) ^ parent_gen ^ 0x9e3779b97f4a7c15ull);
+  for (int32_t i = 0; i < bs; i++) h = mix64(h ^ (uint32_t)toks[i]);
+  return h;
+}
+
+static bool key_equal(const ss_sched *s, int32_t id, uint64_t h, int32_t parent,
+                      uint32_t parent_gen, const int32_t *toks) {
+  const int32_t bs = s->p.block_size;
+  return s->hash[id] == h && s->parent[id] == parent && s->parent_gen[id] == parent_gen &&
+         memcmp(s->btok + (size_t)id * bs, toks, (size_t)bs * sizeof *toks) == 0;
+}
+
+static int32_t table_find(const ss_sched *s, uint64_t h, int32_t parent, uint32_t parent_gen,
+                          const int32_t *toks) {
+  for (uint32_t i = (uint32_t)h & s->table_mask;; i = (i + 1) & s->table_mask) {
+    const int32_t id = s->table[i];
+    if (id < 0) return -1;
+    if (key_equal(s, id, h, parent, parent_gen, toks)) return id;
+  }
+}
+
+static void table_insert(ss_sched *s, int32_t id) {
+  uint32_t i = (uint32_t)s->hash[id] & s->table_mask;
+  while (s->table[i] >= 0) i = (i + 1) & s->table_mask;
+  s->table[i] = id;
+}
+
+/* Linear probing's deletion by backward shift: no tombstones to pile up. */
+static void table_remove(ss_sched *s, int32_t id) {
+  uint32_t i = (uint32_t)s->hash[id] & s->table_mask;
+  while (s->table[i] != id) i = (i + 1) & s->table_mask;
+  for (uint32_t j = (i + 1) & s->table_mask;; j = (j + 1) & s->table_mask) {
+    const int32_t k = s->table[j];
+    if (k < 0) break;
+    const uint32_t home = (uint32_t)s->hash[k] & s->table_mask;
+    /* k may move to the hole at i when its home is not in (i, j]. */
+    if (((j - home) & s->table_mask) >= ((j - i) & s->table_mask)) {
+      s->table[i] = k;
+      i = j;
+    }
+  }
+  s->table[i] = -1;
+}
+
+static void lru_remove(ss_sched *s, int32_t id) {
+  const int32_t p = s->lru_prev[id], n = s->lru_next[id];
+  if (p >= 0) s->lru_next[p] = n;
+  else s->lru_head = n;
+  if (n >= 0) s->lru_prev[n] = p;
+  else s->lru_tail = p;
+  s->lru_prev[id] = s->lru_next[id] = -1;
+  s->n_lru--;
+}
+
+static void lru_push_tail(ss_sched *s, int32_t id) {
+  s->lru_prev[id] = s->lru_tail;
+  s->lru_next[id] = -1;
+  if (s->lru_tail >= 0) s->lru_next[s->lru_tail] = id;
+  else s->lru_head = id;
+  s->lru_tail = id;
+  s->n_lru++;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Blocks                                                                     */
 
 int ss_sched_init(ss_sched *s, const ss_sched_params *p) {
@@ -50,9 +126,36 @@ int ss_sched_init(ss_sched *s, const ss_sched_params *p) {
   if (p->n_blocks < 1 || p->n_blocks > 1 << 28)
     return ss_error(SS_ERR_RANGE, "the KV pool's block count %d is outside 1..2^28", p->n_blocks);
   s->p = *p;
-  s->free_ids = malloc((size_t)p->n_blocks * sizeof *s->free_ids);
+  s->lru_head = s->lru_tail = -1;
+  const size_t nb = (size_t)p->n_blocks;
+  s->free_ids = malloc(nb * sizeof *s->free_ids);
   s->entries = malloc((size_t)p->max_num_seqs * sizeof *s->entries);
-  if (!s->free_ids || !s->entries) {
+  bool ok = s->free_ids && s->entries;
+  if (ok && p->prefix_caching) {
+    /* The table at most half full: short probe runs. */
+    size_t cap = 16;
+    while (cap < 2 * nb) cap *= 2;
+    s->table_mask = (uint32_t)(cap - 1);
+    s->table = malloc(cap * sizeof *s->table);
+    s->ref = calloc(nb, sizeof *s->ref);
+    s->cached = calloc(nb, sizeof *s->cached);
+    s->hash = calloc(nb, sizeof *s->hash);
+    s->parent = calloc(nb, sizeof *s->parent);
+    s->parent_gen = calloc(nb, sizeof *s->parent_gen);
+    s->gen = calloc(nb, sizeof *s->gen);
+    s->btok = (nb * (size_t)p->block_size <= SIZE_MAX / sizeof *s->btok)
+              ? malloc(nb * (size_t)p->block_size * sizeof *s->btok) : NULL;
+    s->lru_prev = malloc(nb * sizeof *s->lru_prev);
+    s->lru_next = malloc(nb * sizeof *s->lru_next);
+    ok = s->table && s->ref && s->cached && s->hash && s->parent && s->parent_gen && s->gen &&
+         s->btok && s->lru_prev && s->lru_next;
+    if (ok) {
+      memset(s->table, 0xff, cap * sizeof *s->table);
+      memset(s->lru_prev, 0xff, nb * sizeof *s->lru_prev);
+      memset(s->lru_next, 0xff, nb * sizeof *s->lru_next);
+    }
+  }
+  if (!ok) {
     ss_sched_free(s);
     return ss_error(SS_ERR_NOMEM, "scheduler: out of memory");
   }
@@ -65,6 +168,16 @@ int ss_sched_init(ss_sched *s, const ss_sched_params *p) {
 void ss_sched_free(ss_sched *s) {
   free(s->free_ids);
   free(s->entries);
+  free(s->ref);
+  free(s->cached);
+  free(s->hash);
+  free(s->parent);
+  free(s->parent_gen);
+  free(s->gen);
+  free(s->btok);
+  free(s->lru_prev);
+  free(s->lru_next);
+  free(s->table);
   memset(s, 0, sizeof *s);
 }
 
@@ -72,18 +185,104 @@ int32_t ss_sched_blocks_for(const ss_sched *s, int64_t n_tokens) {
   return (int32_t)((n_tokens + s->p.block_size - 1) / s->p.block_size);
 }
 
+/* A free block for new contents: a never-cached one if any, else the cached
+ * one released longest ago, which loses its key. */
+static int32_t take_block(ss_sched *s) {
+  int32_t id;
+  if (s->n_free > 0) {
+    id = s->free_ids[--s->n_free];
+  } else {
+    id = s->lru_head;
+    lru_remove(s, id);
+    table_remove(s, id);
+    s->cached[id] = false;
+    s->gen[id]++;
+  }
+  if (s->ref) s->ref[id] = 1;
+  return id;
+}
+
 /* Gives q blocks for positions [0, n_tokens); false (and nothing taken) when
  * too few are free. */
 static bool reserve(ss_sched *s, ss_sched_seq *q, int32_t n_tokens) {
   const int32_t need = ss_sched_blocks_for(s, n_tokens);
   if (need <= q->n_blocks) return true;
-  if (need - q->n_blocks > s->n_free) return false;
-  while (q->n_blocks < need) q->blocks[q->n_blocks++] = s->free_ids[--s->n_free];
+  if (need - q->n_blocks > s->n_free + s->n_lru) return false;
+  while (q->n_blocks < need) q->blocks[q->n_blocks++] = take_block(s);
   return true;
 }
 
+/* Gives q's blocks back, the last first: a cached block that no one else holds
+ * joins the released list (so a chain's tail is reused before its head), any
+ * other free block the never-cached stack. */
 static void release(ss_sched *s, ss_sched_seq *q) {
-  while (q->n_blocks > 0) s->free_ids[s->n_free++] = q->blocks[--q->n_blocks];
+  while (q->n_blocks > 0) {
+    const int32_t id = q->blocks[--q->n_blocks];
+    if (s->ref && --s->ref[id] > 0) continue;
+    if (s->ref && s->cached[id]) lru_push_tail(s, id);
+    else s->free_ids[s->n_free++] = id;
+  }
+  q->n_reg = 0;
+  q->chain_id = -1;
+  q->chain_gen = 0;
+}
+
+/* Admission of a sequence with nothing computed: takes the longest chain of
+ * its full blocks found in the cache, leaving at least its last token to
+ * compute.  Returns the tokens found. */
+static int32_t take_cached_prefix(ss_sched *s, ss_sched_seq *q) {
+  q->chain_id = -1;
+  q->chain_gen = 0;
+  q->n_reg = 0;
+  if (!s->ref || !q->tokens || q->n_computed != 0 || q->n_blocks != 0) return 0;
+  const int32_t bs = s->p.block_size, max_full = (q->n_tokens - 1) / bs;
+  int32_t i = 0;
+  while (i < max_full) {
+    const int32_t *toks = q->tokens + (size_t)i * bs;
+    const int32_t id = table_find(s, key_hash(q->chain_id, q->chain_gen, toks, bs), q->chain_id,
+                                  q->chain_gen, toks);
+    if (id < 0) break;
+    if (s->ref[id]++ == 0) lru_remove(s, id);
+    q->blocks[q->n_blocks++] = id;
+    q->chain_id = id;
+    q->chain_gen = s->gen[id];
+    i++;
+  }
+  q->n_reg = i;
+  q->n_computed = i * bs;
+  return i * bs;
+}
+
+/* After a step: q's blocks that are now full of computed positions get their
+ * keys.  A block whose key is already cached (another sequence computed the
+ * same prefix meanwhile) stays uncached; the chain goes on from the cached
+ * one, so q's later blocks are still found by others. */
+static void register_full_blocks(ss_sched *s, ss_sched_seq *q) {
+  if (!s->ref || !q->tokens) return;
+  const int32_t bs = s->p.block_size, full = q->n_computed / bs;
+  while (q->n_reg < full && q->n_reg < q->n_blocks) {
+    const int32_t id = q->blocks[q->n_reg];
+    const int32_t *toks = q->tokens + (size_t)q->n_reg * bs;
+    if (!s->cached[id]) {
+      const uint64_t h = key_hash(q->chain_id, q->chain_gen, toks, bs);
+      const int32_t other = table_find(s, h, q->chain_id, q->chain_gen, toks);
+      if (other < 0) {
+        s->cached[id] = true;
+        s->hash[id] = h;
+        s->parent[id] = q->chain_id;
+        s->parent_gen[id] = q->chain_gen;
+        memcpy(s->btok + (size_t)id * bs, toks, (size_t)bs * sizeof *toks);
+        table_insert(s, id);
+        q->chain_id = id;
+      } else {
+        q->chain_id = other;
+      }
+    } else {
+      q->chain_id = id;
+    }
+    q->chain_gen = s->gen[q->chain_id];
+    q->n_reg++;
+  }
 }
 
 int ss_sched_add(ss_sched *s, ss_sched_seq *q) {
@@ -99,6 +298,10 @@ int ss_sched_add(ss_sched *s, ss_sched_seq *q) {
                     q->cap_blocks, need);
   q->n_computed = 0;
   q->n_blocks = 0;
+  q->n_cached = 0;
+  q->n_reg = 0;
+  q->chain_id = -1;
+  q->chain_gen = 0;
   q->state = SS_SEQ_WAITING;
   list_push_back(&s->waiting, q);
   return SS_OK;
@@ -193,9 +396,20 @@ void ss_sched_step(ss_sched *s, ss_sched_batch *b) {
   while (budget > 0 && s->waiting.head && s->running.count < s->p.max_num_seqs &&
          b->n_entries < s->p.max_num_seqs) {
     ss_sched_seq *q = s->waiting.head;
+    const int32_t found = take_cached_prefix(s, q);
     const int32_t need = q->n_tokens - q->n_computed;
     const int32_t count = need < budget ? need : budget;
-    if (!reserve(s, q, q->n_computed + count)) break;
+    if (!reserve(s, q, q->n_computed + count)) {
+      /* Waits with nothing held: the blocks found go back (still cached). */
+      release(s, q);
+      q->n_computed = 0;
+      break;
+    }
+    if (s->ref && q->tokens) {
+      s->n_queried += (uint64_t)q->n_tokens;
+      s->n_hit += (uint64_t)found;
+      if (!q->scheduled_once) q->n_cached = found;
+    }
     list_remove(&s->waiting, q);
     q->state = SS_SEQ_RUNNING;
     list_push_back(&s->running, q);
@@ -206,9 +420,9 @@ void ss_sched_step(ss_sched *s, ss_sched_batch *b) {
 }
 
 void ss_sched_commit(ss_sched *s, const ss_sched_batch *b) {
-  (void)s;
   for (int32_t i = 0; i < b->n_entries; i++) {
     ss_sched_seq *q = b->entries[i].seq;
     q->n_computed = b->entries[i].start + b->entries[i].count;
+    register_full_blocks(s, q);
   }
 }

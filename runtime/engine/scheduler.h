@@ -16,7 +16,19 @@
  * arrived running sequence is preempted: its blocks go back to the pool and it
  * returns to the front of the waiting queue, to be recomputed (prompt and the
  * tokens generated so far) when it is admitted again.  The oldest sequence thus
- * always progresses, and a sequence that fits the pool alone always finishes. */
+ * always progresses, and a sequence that fits the pool alone always finishes.
+ *
+ * Prefix caching (params.prefix_caching, for sequences that give their tokens):
+ * a block whose every position has its K/V computed is registered under its
+ * key, (the block before it in the sequence, that block's generation, the
+ * block's tokens), compared exactly, so no hash collision can hand out wrong
+ * K/V.  Blocks are reference counted; a block no sequence uses keeps its
+ * contents and key, and is reused least recently released first only when no
+ * never-cached block is free.  A sequence admitted with nothing computed (new,
+ * or preempted) first takes the longest chain of its full blocks found in the
+ * cache, always leaving at least its last token to compute (its logits are
+ * needed).  A block's generation grows each time it is given up for other
+ * contents, so a key naming a reused block matches nothing. */
 #ifndef SS_SCHEDULER_H
 #define SS_SCHEDULER_H
 
@@ -41,6 +53,12 @@ struct ss_sched_seq {
   ss_seq_state state;
   int32_t n_preempted;
   bool scheduled_once; /* has been in a batch (its queue time is over) */
+  const int32_t *tokens; /* the owner's tokens (prompt + generated), or NULL: never
+                            cached nor looked up (the planner's sequences) */
+  int32_t n_cached;    /* prompt tokens found in the cache at its first admission */
+  int32_t n_reg;       /* leading blocks already registered or found */
+  int32_t chain_id;    /* the block its next block's key names, -1 at the start */
+  uint32_t chain_gen;
   void *user;          /* the owner's request */
   ss_sched_seq *prev, *next; /* in the waiting or running list */
 };
@@ -50,6 +68,7 @@ typedef struct ss_sched_params {
   int32_t max_batched_tokens; /* tokens per step */
   int32_t block_size;         /* token slots per KV block */
   int32_t n_blocks;           /* blocks in the pool */
+  bool prefix_caching;        /* reuse the K/V of computed full blocks */
 } ss_sched_params;
 
 typedef struct ss_seq_list {
@@ -99,10 +118,24 @@ static inline void ss_sched_batch_attention(const ss_sched_batch *b, double *att
 typedef struct ss_sched {
   ss_sched_params p;
   ss_seq_list waiting, running;
-  int32_t *free_ids;   /* stack of free block ids: the KV pool's one allocator */
+  int32_t *free_ids;   /* stack of free never-cached block ids: with the cached
+                          free blocks below, the KV pool's one allocator */
   int32_t n_free;
   uint64_t n_preemptions;
   ss_sched_entry *entries;
+  /* Prefix cache, per block (allocated only with prefix_caching). */
+  int32_t *ref;        /* sequences holding it */
+  bool *cached;        /* registered under its key (in the table) */
+  uint64_t *hash;      /* its key's hash, when cached */
+  int32_t *parent;     /* key: the block before it, -1 for a first block */
+  uint32_t *parent_gen;
+  uint32_t *gen;       /* grows each time the block is given up for new contents */
+  int32_t *btok;       /* (n_blocks, block_size) key tokens */
+  int32_t *lru_prev, *lru_next; /* free cached blocks, least recently released first */
+  int32_t lru_head, lru_tail, n_lru;
+  int32_t *table;      /* open addressing over hash: block ids, -1 empty */
+  uint32_t table_mask;
+  uint64_t n_queried, n_hit; /* prompt tokens looked up, and found */
 } ss_sched;
 
 /* Checks the parameters (a message names the one at fault) and sets up the pool. */
@@ -129,7 +162,11 @@ void ss_sched_commit(ss_sched *s, const ss_sched_batch *b);
  * it and returns its blocks to the pool. */
 void ss_sched_finish(ss_sched *s, ss_sched_seq *q);
 
-/* Blocks in use, 0..n_blocks. */
-static inline int32_t ss_sched_blocks_used(const ss_sched *s) { return s->p.n_blocks - s->n_free; }
+/* Blocks in use by sequences, 0..n_blocks (free cached blocks are not). */
+static inline int32_t ss_sched_blocks_used(const ss_sched *s) {
+  return s->p.n_blocks - s->n_free - s->n_lru;
+}
+/* Free blocks that still hold cached contents. */
+static inline int32_t ss_sched_blocks_cached_free(const ss_sched *s) { return s->n_lru; }
 
 #endif

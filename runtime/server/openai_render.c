@@ -154,9 +154,10 @@ static json_t *chunk_base(const api_req *q) {
                    (json_int_t)q->created, "model", q->api->model_name);
 }
 
-static json_t *usage_json(int32_t n_prompt, int32_t n_gen) {
-  return json_pack("{s:i, s:i, s:i}", "prompt_tokens", n_prompt, "completion_tokens", n_gen,
-                   "total_tokens", n_prompt + n_gen);
+static json_t *usage_json(int32_t n_prompt, int32_t n_cached, int32_t n_gen) {
+  return json_pack("{s:i, s:i, s:i, s:{s:i}}", "prompt_tokens", n_prompt, "completion_tokens",
+                   n_gen, "total_tokens", n_prompt + n_gen, "prompt_tokens_details",
+                   "cached_tokens", n_cached);
 }
 
 static void stream_token(api_req *q, const ss_model *m, const ss_engine_event *ev) {
@@ -208,7 +209,7 @@ static void stream_done(api_req *q, const ss_engine_event *ev) {
     if (q->include_usage) {
       json_t *u = chunk_base(q);
       json_object_set_new(u, "choices", json_array());
-      json_object_set_new(u, "usage", usage_json(ev->n_prompt, ev->n_generated));
+      json_object_set_new(u, "usage", usage_json(ev->n_prompt, ev->n_cached, ev->n_generated));
       sse_send(c, u);
     }
   }
@@ -244,7 +245,7 @@ static void respond_done(api_req *q, const ss_engine_event *ev) {
   json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:o}", "id", q->rid, "object",
                         q->chat ? "chat.completion" : "text_completion", "created",
                         (json_int_t)q->created, "model", q->api->model_name, "choices", choice,
-                        "usage", usage_json(ev->n_prompt, ev->n_generated));
+                        "usage", usage_json(ev->n_prompt, ev->n_cached, ev->n_generated));
   ss_oai_send_json(q->conn, 200, o, "");
 }
 
