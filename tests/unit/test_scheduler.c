@@ -203,6 +203,106 @@ static void test_random_invariants(void **st) {
   ss_sched_free(&s);
 }
 
+/* Prefix caching against a shadow K/V pool: the test "computes" each scheduled
+ * position by writing, into its slot, a hash of the sequence's tokens through
+ * that position (what the K/V at that position depends on), and before every
+ * step checks that every position a sequence has computed holds its own
+ * history's hash: any block handed out with the wrong contents (wrong key,
+ * stale reuse, a partial block registered, an evicted block still found) fails.
+ * Tokens come from a 3-letter alphabet over a few shared prefixes, so equal
+ * blocks at different positions and in different contexts are common; the
+ * pool is small, so blocks are evicted and sequences preempted. */
+static uint64_t hist_mix(uint64_t h, int32_t tok) {
+  h ^= (uint64_t)tok + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  return h * 0xff51afd7ed558ccdull;
+}
+
+static void test_prefix_cache_contents(void **st) {
+  (void)st;
+  enum { N = 60, BS = 4, NB = 24 };
+  ss_sched s;
+  ss_sched_params p = {.max_num_seqs = 5, .max_batched_tokens = 16, .block_size = BS,
+                       .n_blocks = NB, .prefix_caching = true};
+  assert_int_equal(ss_sched_init(&s, &p), 0);
+  ss_sched_seq *q[N];
+  int32_t *toks[N], target[N];
+  uint64_t *hist[N]; /* hist[i][p]: hash of tokens 0..p */
+  uint64_t slot[NB * BS];
+  srand(11);
+  const int32_t prefix[3][12] = {{0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2},
+                                 {0, 1, 2, 0, 1, 2, 0, 0, 0, 0, 1, 1},
+                                 {2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0}};
+  for (int i = 0; i < N; i++) {
+    const int32_t np = 1 + rand() % 20, gen = 1 + rand() % 16;
+    target[i] = np + gen;
+    q[i] = mkseq(i, np, target[i], BS);
+    toks[i] = malloc((size_t)target[i] * sizeof *toks[i]);
+    hist[i] = malloc((size_t)target[i] * sizeof *hist[i]);
+    const int pf = rand() % 3, shared = rand() % 13;
+    for (int32_t k = 0; k < target[i]; k++)
+      toks[i][k] = k < shared && k < 12 ? prefix[pf][k] : rand() % 3;
+    uint64_t h = 1;
+    for (int32_t k = 0; k < target[i]; k++) hist[i][k] = h = hist_mix(h, toks[i][k]);
+    q[i]->tokens = toks[i];
+  }
+  int added = 0, finished = 0;
+  for (int step = 0; step < 100000 && finished < N; step++) {
+    if (added < N && rand() % 2 == 0) assert_int_equal(ss_sched_add(&s, q[added++]), 0);
+    ss_sched_batch b;
+    ss_sched_step(&s, &b);
+    /* Reference counts are the holders; held + free + free cached = the pool. */
+    int32_t holders[NB] = {0}, used = 0;
+    for (int i = 0; i < N; i++) {
+      if (q[i]->state == SS_SEQ_FINISHED) continue;
+      for (int32_t k = 0; k < q[i]->n_blocks; k++) holders[q[i]->blocks[k]]++;
+    }
+    for (int32_t k = 0; k < NB; k++) {
+      assert_int_equal(holders[k], s.ref[k]);
+      used += holders[k] > 0;
+    }
+    assert_int_equal(used, ss_sched_blocks_used(&s));
+    /* What the step reads is right: every computed position of every
+     * scheduled sequence holds its own history. */
+    for (int32_t e = 0; e < b.n_entries; e++) {
+      const ss_sched_seq *x = b.entries[e].seq;
+      const int i = (int)x->id;
+      assert_int_equal(b.entries[e].start, x->n_computed);
+      for (int32_t k = 0; k < x->n_computed; k++)
+        assert_true(slot[x->blocks[k / BS] * BS + k % BS] == hist[i][k]);
+    }
+    /* The forward pass: write the scheduled positions. */
+    for (int32_t e = 0; e < b.n_entries; e++) {
+      const ss_sched_seq *x = b.entries[e].seq;
+      for (int32_t k = b.entries[e].start; k < b.entries[e].start + b.entries[e].count; k++)
+        slot[x->blocks[k / BS] * BS + k % BS] = hist[(int)x->id][k];
+    }
+    ss_sched_commit(&s, &b);
+    for (int32_t e = 0; e < b.n_entries; e++)
+      if (b.entries[e].logits) b.entries[e].seq->n_tokens++;
+    for (int i = 0; i < N; i++)
+      if (q[i]->state == SS_SEQ_RUNNING && q[i]->n_tokens == target[i] &&
+          q[i]->n_computed == q[i]->n_tokens - 1) {
+        ss_sched_finish(&s, q[i]);
+        finished++;
+      }
+    if (added == N && s.waiting.count == 0 && s.running.count == 0) break;
+  }
+  assert_int_equal(finished, N);
+  assert_int_equal(ss_sched_blocks_used(&s), 0);
+  /* The run exercised the cache: hits, and evictions of cached blocks. */
+  assert_true(s.n_hit > 0);
+  assert_true(s.n_preemptions > 0);
+  uint32_t evictions = 0;
+  for (int32_t k = 0; k < NB; k++) evictions += s.gen[k];
+  assert_true(evictions > 0);
+  for (int i = 0; i < N; i++) {
+    freeseq(q[i]);
+    free(toks[i]);
+    free(hist[i]);
+  }
+  ss_sched_free(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_chunked_prefill_and_budget),
@@ -210,6 +310,7 @@ int main(void) {
       cmocka_unit_test(test_too_big_for_the_pool),
       cmocka_unit_test(test_preemption),
       cmocka_unit_test(test_random_invariants),
+      cmocka_unit_test(test_prefix_cache_contents),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
