@@ -81,7 +81,7 @@ const char *ss_eng_sample_seq(ss_engine *e, ereq *q, const float *logits, ev_lis
   *itl = q->n_generated > 1 ? t - q->t_last : -1.0;
   if (q->n_generated == 1) q->t_first = t;
   q->t_last = t;
-  const bool eog = !q->r.ignore_eos && ss_tokenizer_is_eog(e->m->tok, tok);
+  const bool eog = !q->r.ignore_eos && ss_model_is_eog(e->m, tok);
   const bool at_limit = q->n_generated >= q->r.max_new_tokens;
   char piece[SS_DETOK_MIN_CAP];
   size_t np = eog ? 0 : ss_detok_push(&q->dt, tok, piece, sizeof piece);

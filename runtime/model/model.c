@@ -243,6 +243,7 @@ void ss_model_free(ss_model *m) {
   free(m->rope_inv_freq);
   ss_st_close(m->st);
   free(m->chat_template);
+  free(m->stop_ids);
   for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
   free(m->owned);
   free(m->prof);
@@ -250,6 +251,12 @@ void ss_model_free(ss_model *m) {
   ss_tokenizer_free(m->tok);
   ss_gguf_close(m->gguf);
   free(m);
+}
+
+bool ss_model_is_eog(const ss_model *m, int32_t id) {
+  for (int i = 0; i < m->n_stop_ids; i++)
+    if (m->stop_ids[i] == id) return true;
+  return m->tok && ss_tokenizer_is_eog(m->tok, id);
 }
 
 int ss_model_kv_init(const ss_model *m, ss_backend *be, int32_t block_size, int32_t n_blocks,

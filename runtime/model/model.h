@@ -130,6 +130,10 @@ typedef struct ss_model {
   const float *output_norm; /* (C) */
   ss_weight output;         /* (V/tp, C); tok_embd when tied */
   char *chat_template;      /* tokenizer.chat_template, or NULL */
+  /* Hugging Face folders: every eos_token_id of generation_config.json and
+   * config.json (an int or a list), each of which ends generation. */
+  int32_t *stop_ids;        /* [n_stop_ids] */
+  int n_stop_ids;
   uint64_t weight_nbytes;   /* bytes of all tensors used (this rank's slices) */
   /* After ss_model_upload: the device copies the weights point into. */
   ss_backend *dev_be;
@@ -228,6 +232,10 @@ typedef struct ss_batch {
  * (runtime/engine/executor.h), which broadcasts each step from rank 0. */
 int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
                      float *logits);
+
+/* End of generation: the tokenizer's end-of-generation tokens and the
+ * checkpoint's listed EOS ids (ss_model.stop_ids). */
+bool ss_model_is_eog(const ss_model *m, int32_t id);
 
 /* Per-rank counters of the forward passes, for --profile. */
 typedef struct ss_step_profile {

@@ -7,14 +7,20 @@
  *   attention  self_attn.{q,k,v,o}_proj (grok also attn.*)
  *   norms      input_layernorm, post_attention_layernorm (llama, mixtral);
  *              pre_attn_norm, post_attn_norm, pre_moe_norm, post_moe_norm (grok)
+ *              as X.weight, or X.scale (hpcai-tech/grok-1's modeling_grok1.py
+ *              names its RMSNorm parameter `scale`; model.norm.scale too)
  *   dense MLP  mlp.{gate,up,down}_proj (llama; grok-2 beside the experts)
  *   experts    block_sparse_moe.gate + experts.E.{w1,w3,w2} = gate, up, down
  *              (mixtral; grok in the Mixtral-style conversions), or
  *              moe_block.gate + experts.E.{linear,linear_v,linear_1} (grok-1's
  *              published conversions)
- *   outside    model.embed_tokens, model.norm, lm_head (absent: tied)
+ *   outside    model.embed_tokens, model.norm, lm_head (absent, or
+ *              tie_word_embeddings: tied)
+ * The end-of-generation ids are every eos_token_id (an int or a list) of
+ * generation_config.json and config.json.
  * An FP8 matrix X.weight may come with X.weight_scale: one value (per tensor)
  * or one per output row (per channel). */
+#include <dirent.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
@@ -160,11 +166,22 @@ static int read_hf_config(json_t *j, const char *path, ss_model_config *c) {
     c->attn_scale = (float)get_f(&r, "attn_output_multiplier", 0.0);
     json_t *cap = json_object_get(j, "attn_logit_softcapping");
     c->attn_softcap = (float)get_f(&r, cap ? "attn_logit_softcapping" : "max_attn_value", 30.0);
-    c->router_softcap = (float)get_f(&r, "router_logit_softcapping", 0.0);
+    /* sglang's Grok1MoE caps router logits at 30 whatever the config says;
+     * Grok-1's own model.py does not cap them. */
+    c->router_softcap = (float)get_f(&r, "router_logit_softcapping",
+                                     c->family == SS_FAMILY_GROK2 ? 30.0 : 0.0);
     c->final_softcap = (float)get_f(&r, "final_logit_softcapping", 0.0);
     c->attn_temp_len = get_i(&r, "attn_temperature_len", 0, -1, 1 << 24);
     if (c->attn_temp_len == 1) c->attn_temp_len = 0; /* log2(1) = 0: undefined, treat as off */
     c->residual_moe = c->family == SS_FAMILY_GROK2 && get_b(&r, "residual_moe", true);
+    /* sglang grok.py: rope_rotate_half_dims rotates only the first head_dim/2
+     * dimensions of each head (rotate-half pairs within them). */
+    if (get_b(&r, "rope_rotate_half_dims", false)) {
+      if (c->head_dim % 4 != 0)
+        return ss_error(SS_ERR_FORMAT, "%s: rope_rotate_half_dims needs head_dim = %d to be a "
+                        "multiple of 4", path, c->head_dim);
+      c->rope_dim = c->head_dim / 2;
+    }
     const char *rt = json_string_value(json_object_get(j, "rope_type"));
     snprintf(c->rope_type, sizeof c->rope_type, "%s", rt ? rt : "");
     c->rope_factor = (float)get_f(&r, "scaling_factor", 1.0);
@@ -275,6 +292,17 @@ static int bind_vec(ss_model *m, const char *name, int64_t dim, const float **ou
 
 static bool has(const ss_model *m, const char *name) { return ss_st_find(m->st, name) != NULL; }
 
+/* An RMSNorm's weight: BASE.weight, or BASE.scale as hpcai-tech/grok-1 names it. */
+static int bind_norm(ss_model *m, const char *base, int64_t dim, const float **out) {
+  char w[192], sc[192];
+  snprintf(w, sizeof w, "%s.weight", base);
+  snprintf(sc, sizeof sc, "%s.scale", base);
+  if (!has(m, w) && has(m, sc)) return bind_vec(m, sc, dim, out);
+  if (!has(m, w))
+    return ss_error(SS_ERR_FORMAT, "%s: missing tensor '%s' (or '%s')", m->path, w, sc);
+  return bind_vec(m, w, dim, out);
+}
+
 /* One allocation for every layer's expert arrays (freed through layer 0's). */
 static int alloc_layers(ss_model *m) {
   const ss_model_config *c = &m->cfg;
@@ -310,14 +338,14 @@ static int bind_layer(ss_model *m, int l) {
       (rc = bind_mat(m, N("%s.o_proj.weight", att), C, Q, &L->wo)))
     return rc;
   if (grok) {
-    if ((rc = bind_vec(m, NAME("pre_attn_norm.weight"), C, &L->attn_norm)) ||
-        (rc = bind_vec(m, NAME("post_attn_norm.weight"), C, &L->post_attn_norm)) ||
-        (rc = bind_vec(m, NAME("pre_moe_norm.weight"), C, &L->ffn_norm)) ||
-        (rc = bind_vec(m, NAME("post_moe_norm.weight"), C, &L->post_ffn_norm)))
+    if ((rc = bind_norm(m, NAME("pre_attn_norm"), C, &L->attn_norm)) ||
+        (rc = bind_norm(m, NAME("post_attn_norm"), C, &L->post_attn_norm)) ||
+        (rc = bind_norm(m, NAME("pre_moe_norm"), C, &L->ffn_norm)) ||
+        (rc = bind_norm(m, NAME("post_moe_norm"), C, &L->post_ffn_norm)))
       return rc;
   } else {
-    if ((rc = bind_vec(m, NAME("input_layernorm.weight"), C, &L->attn_norm)) ||
-        (rc = bind_vec(m, NAME("post_attention_layernorm.weight"), C, &L->ffn_norm)))
+    if ((rc = bind_norm(m, NAME("input_layernorm"), C, &L->attn_norm)) ||
+        (rc = bind_norm(m, NAME("post_attention_layernorm"), C, &L->ffn_norm)))
       return rc;
   }
   if (c->dense_mlp) {
@@ -358,6 +386,66 @@ static int read_config_file(const char *path, ss_model_config *c) {
   return rc;
 }
 
+/* Adds the eos_token_id of `file` in dir (absent file or key: nothing) to the
+ * model's stop ids: an int or a list of ints, each in [0, vocab). */
+static int read_stop_ids(ss_model *m, const char *dir, const char *file) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", dir, file);
+  struct stat st;
+  if (stat(path, &st) != 0) return SS_OK;
+  json_error_t err;
+  json_t *j = json_load_file(path, 0, &err);
+  if (!j) return ss_error(SS_ERR_FORMAT, "%s: not valid JSON (line %d: %s)", path, err.line, err.text);
+  json_t *v = json_object_get(j, "eos_token_id");
+  int rc = SS_OK;
+  if (v && !json_is_null(v)) {
+    const size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    if (!json_is_array(v) && !json_is_integer(v))
+      rc = ss_error(SS_ERR_FORMAT, "%s: 'eos_token_id' must be an integer or a list of integers",
+                    path);
+    if (rc == SS_OK && n > 1024)
+      rc = ss_error(SS_ERR_FORMAT, "%s: 'eos_token_id' lists %zu ids (at most 1024)", path, n);
+    int32_t *ids = rc == SS_OK ? realloc(m->stop_ids, (size_t)(m->n_stop_ids + (int)n) * sizeof *ids)
+                               : NULL;
+    if (rc == SS_OK && !ids && n > 0) rc = ss_error(SS_ERR_NOMEM, "out of memory");
+    if (ids) m->stop_ids = ids;
+    for (size_t i = 0; rc == SS_OK && i < n; i++) {
+      json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+      if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+          json_integer_value(e) >= m->cfg.vocab) {
+        rc = ss_error(SS_ERR_FORMAT, "%s: 'eos_token_id' entry %zu must be an integer in [0, %d)",
+                      path, i, m->cfg.vocab);
+        break;
+      }
+      const int32_t id = (int32_t)json_integer_value(e);
+      bool seen = false;
+      for (int k = 0; k < m->n_stop_ids; k++) seen |= m->stop_ids[k] == id;
+      if (!seen) m->stop_ids[m->n_stop_ids++] = id;
+    }
+  }
+  json_decref(j);
+  return rc;
+}
+
+/* xai-org/grok-2 as released is cut for 8 ranks ahead of time (sglang loads
+ * *-TP-common.safetensors plus *-TP-NNN.safetensors per rank): the same names
+ * in several files, each holding a slice. */
+static int reject_presharded(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return SS_OK;
+  int rc = SS_OK;
+  for (struct dirent *e; rc == SS_OK && (e = readdir(d));) {
+    const size_t n = strlen(e->d_name);
+    static const char tail[] = "-TP-common.safetensors";
+    if (n >= sizeof tail - 1 && strcmp(e->d_name + n - (sizeof tail - 1), tail) == 0)
+      rc = ss_error(SS_ERR_UNSUPPORTED, "%s: '%s': checkpoints pre-sharded per tensor-parallel "
+                    "rank (*-TP-common / *-TP-NNN.safetensors) are not supported; merge them into "
+                    "whole tensors first", dir, e->d_name);
+  }
+  closedir(d);
+  return rc;
+}
+
 int ss_model_load_hf(ss_model *m, const char *dir) {
   char path[4096];
   snprintf(path, sizeof path, "%s/config.json", dir);
@@ -369,15 +457,20 @@ int ss_model_load_hf(ss_model *m, const char *dir) {
   if (rc) return rc;
   ss_model_config *c = &m->cfg;
   if ((rc = rope_freqs(c, &m->rope_inv_freq))) return rc;
-  if ((rc = ss_st_open(dir, &m->st))) return rc;
+  if ((rc = reject_presharded(dir)) || (rc = ss_st_open(dir, &m->st))) return rc;
   if ((rc = ss_tokenizer_load_hf(dir, &m->tok, &m->chat_template))) return rc;
   if (ss_tokenizer_n_vocab(m->tok) > c->vocab)
     return ss_error(SS_ERR_FORMAT, "%s: the tokenizer has %d tokens but vocab_size is %d", dir,
                     ss_tokenizer_n_vocab(m->tok), c->vocab);
-  if ((rc = bind_mat(m, "model.embed_tokens.weight", c->vocab, c->dim, &m->tok_embd)) ||
-      (rc = bind_vec(m, "model.norm.weight", c->dim, &m->output_norm)))
+  if ((rc = read_stop_ids(m, dir, "generation_config.json")) ||
+      (rc = read_stop_ids(m, dir, "config.json")))
     return rc;
-  c->tied_output = !has(m, "lm_head.weight");
+  if ((rc = bind_mat(m, "model.embed_tokens.weight", c->vocab, c->dim, &m->tok_embd)) ||
+      (rc = bind_norm(m, "model.norm", c->dim, &m->output_norm)))
+    return rc;
+  /* tie_word_embeddings (read above) ties the head even where a checkpoint
+   * also stores lm_head.weight, as transformers does. */
+  c->tied_output = c->tied_output || !has(m, "lm_head.weight");
   if (c->tied_output) m->output = m->tok_embd;
   else if ((rc = bind_mat(m, "lm_head.weight", c->vocab, c->dim, &m->output))) return rc;
   if ((rc = alloc_layers(m))) return rc;

@@ -8,11 +8,15 @@ reference model code, not from shardserve's C:
   mixtral  Mixtral of Experts (arXiv 2401.04088) / HF MixtralSparseMoeBlock:
            router softmax over 8 experts, top-2, weights renormalised to sum 1,
            expert w2(silu(w1 x) * w3 x).
-  grok-1   xai-org/grok-1 model.py: h += post_attn_norm(attn(pre_attn_norm(h)));
+  grok-1   xai-org/grok-1 model.py (and hpcai-tech/grok-1's modeling_grok1.py,
+           the Hugging Face port, whose RMSNorm parameter is named `scale`:
+           model.layers.N.pre_attn_norm.scale, ..., model.norm.scale):
+           h += post_attn_norm(attn(pre_attn_norm(h)));
            h += post_moe_norm(moe(pre_moe_norm(h))); attention logits times
            attn_output_multiplier, then max_attn_val * tanh(x / max_attn_val);
            router softmax in f32, top-2 without renormalising; expert
-           linear_1(gelu(linear x) * linear_v x) with jax.nn.gelu's tanh form;
+           linear_1(gelu(linear x) * linear_v x) with jax.nn.gelu's tanh form
+           (the port's nn.GELU() is the erf form; hidden_act "gelu" selects it);
            embeddings times embedding_multiplier_scale; logits (tied head)
            times output_multiplier_scale.
   grok-2   sglang's grok.py for xai-org/grok-2: as grok-1 plus a dense MLP
@@ -20,7 +24,10 @@ reference model code, not from shardserve's C:
            at 30 before the softmax; final logits times output_multiplier_scale
            then soft-capped at 50; attention logits of a query at position
            p > attn_temperature_len times log2(p) / log2(len); YaRN-scaled RoPE
-           frequencies (yarn / yarn_linear / yarn_log / original).
+           frequencies (yarn / yarn_linear / yarn_log / original);
+           rope_rotate_half_dims: only the first head_dim/2 dimensions rotate.
+  all      tie_word_embeddings (or no lm_head.weight): the head is the
+           embedding.
 
 Weights are read with st_io (safetensors in numpy), fp8 matrices multiplied
 by their weight_scale; everything is computed in float64.  The whole sequence
@@ -70,14 +77,20 @@ class Model:
         self.E = cfg.get("num_local_experts", cfg.get("num_experts", 0))
         self.K = cfg.get("num_experts_per_tok", 2)
         self.grok = self.family.startswith("grok")
+        # Dimensions of each head that rotate (rotate-half pairs within them).
+        self.RD = self.D // 2 if self.grok and cfg.get("rope_rotate_half_dims") else self.D
         self.inv_freq = self.rope_inv_freq()
 
     # ---- pieces ---------------------------------------------------------------
     def rmsnorm(self, x, w):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
 
+    def norm(self, base):
+        """An RMSNorm's weight: BASE.weight, or BASE.scale (hpcai-tech grok-1)."""
+        return self.W[base + ".weight"] if base + ".weight" in self.W else self.W[base + ".scale"]
+
     def rope_inv_freq(self):
-        cfg, d = self.cfg, self.D
+        cfg, d = self.cfg, self.RD
         base = cfg.get("rope_theta", 10000.0)
         extra = 1.0 / base ** (np.arange(0, d, 2) / d)
         rt = cfg.get("rope_type") if self.grok else None
@@ -99,12 +112,13 @@ class Model:
         return inter * (1 - mask) + extra * mask
 
     def rope(self, x, pos):
-        """x: (T, heads, D), rotate-half pairs (i, i + D/2)."""
-        half = self.D // 2
+        """x: (T, heads, D); the first RD dimensions rotate, rotate-half pairs
+        (i, i + RD/2); the rest pass through."""
+        half = self.RD // 2
         ang = pos[:, None] * self.inv_freq[None, :]
         c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-        a, b = x[..., :half], x[..., half:]
-        return np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
+        a, b, rest = x[..., :half], x[..., half:self.RD], x[..., self.RD:]
+        return np.concatenate([a * c - b * s, a * s + b * c, rest], axis=-1)
 
     def gelu(self, x):
         if self.cfg.get("hidden_act") == "gelu":
@@ -154,7 +168,9 @@ class Model:
         else:
             blk, names = p + "block_sparse_moe.", ("w1", "w3", "w2")
         logits = x @ W[blk + "gate.weight"].T
-        rcap = self.cfg.get("router_logit_softcapping", 0) if self.grok else 0
+        # Grok-2 (sglang's Grok1MoE): 30 when the key is absent; Grok-1: none.
+        rcap = self.cfg.get("router_logit_softcapping", 30.0 if self.family == "grok-2" else 0) \
+            if self.grok else 0
         if rcap:
             logits = rcap * np.tanh(logits / rcap)
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -180,19 +196,20 @@ class Model:
             p = f"model.layers.{l}."
             if self.grok:
                 att = p + ("attn." if p + "attn.q_proj.weight" in W else "self_attn.")
-                a = self.attention(self.rmsnorm(h, W[p + "pre_attn_norm.weight"]), att)
-                h = h + self.rmsnorm(a, W[p + "post_attn_norm.weight"])
-                x = self.rmsnorm(h, W[p + "pre_moe_norm.weight"])
+                a = self.attention(self.rmsnorm(h, self.norm(p + "pre_attn_norm")), att)
+                h = h + self.rmsnorm(a, self.norm(p + "post_attn_norm"))
+                x = self.rmsnorm(h, self.norm(p + "pre_moe_norm"))
                 f = self.moe(x, p)
                 if self.family == "grok-2":
                     f = (self.mlp(x, p + "mlp.") + f) / math.sqrt(2)
-                h = h + self.rmsnorm(f, W[p + "post_moe_norm.weight"])
+                h = h + self.rmsnorm(f, self.norm(p + "post_moe_norm"))
             else:
-                h = h + self.attention(self.rmsnorm(h, W[p + "input_layernorm.weight"]), p + "self_attn.")
-                x = self.rmsnorm(h, W[p + "post_attention_layernorm.weight"])
+                h = h + self.attention(self.rmsnorm(h, self.norm(p + "input_layernorm")), p + "self_attn.")
+                x = self.rmsnorm(h, self.norm(p + "post_attention_layernorm"))
                 h = h + (self.moe(x, p) if self.family == "mixtral" else self.mlp(x, p + "mlp."))
-        h = self.rmsnorm(h[-1], W["model.norm.weight"])
-        head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+        h = self.rmsnorm(h[-1], self.norm("model.norm"))
+        tied = cfg.get("tie_word_embeddings", self.family == "grok-1") or "lm_head.weight" not in W
+        head = W["model.embed_tokens.weight"] if tied else W["lm_head.weight"]
         z = head @ h
         if self.grok:
             z = z * cfg.get("output_multiplier_scale", 1.0)
