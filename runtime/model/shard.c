@@ -46,8 +46,12 @@ ss_col_cut ss_shard_col_cut(ss_range c, int64_t block) {
     k.mid = c;
     return k;
   }
-  int64_t a0 = (c.begin + block - 1) / block * block;
-  if (a0 > c.end) a0 = c.end;
+  const int64_t a0 = (c.begin + block - 1) / block * block;
+  if (a0 > c.end) { /* inside one block: an empty mid at its start */
+    k.mid = (ss_range){c.begin / block * block, c.begin / block * block};
+    k.lo = ss_range_len(c);
+    return k;
+  }
   int64_t a1 = c.end / block * block;
   if (a1 < a0) a1 = a0;
   k.mid = (ss_range){a0, a1};
