@@ -11,7 +11,7 @@ columns of that block as f32 (its "edge").  Checked here:
     (tests/reference/llama_ref.py on the gguf package's dequantized weights)
     within 1e-3, as the other reference tests;
 (b) the same for files made by llama.cpp's llama-quantize ($SS_LLAMA_QUANTIZE),
-    Q4_K_M and Q6_K, of a model whose 256 attention columns (16 heads of 16)
+    Q4_K_M (TP 2, 3, 4) and Q6_K (TP 3), of a model whose 256 attention columns (16 heads of 16)
     are one 256-column super-block and whose MLP is 2 of them: TP 2, 3, 4 cut
     inside super-blocks;
 (c) `shardserve plan --json` reports per rank the f32 edge bytes computed here
@@ -49,7 +49,7 @@ tmp = tempfile.mkdtemp(prefix="ss-qsplit-")
 atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 ck.check(mpi_available(), "mpirun not found (scripts/setup.sh installs Open MPI)")
 
-TOP, STEPS, ATOL = 10, 8, 1e-3
+TOP, STEPS, ATOL = 10, 6, 1e-3
 PROMPT = "Once upon a time, in a small village by the sea,"
 VOCAB = os.path.join(args.data, "tokenizer", "ggml-vocab-gpt-2.gguf")
 
@@ -202,7 +202,8 @@ if ck.check(quant is not None, "llama-quantize not found: set SS_LLAMA_QUANTIZE 
                      if t.name.endswith(("attn_output.weight", "ffn_down.weight"))}
             ck.check(types & {"Q4_K", "Q6_K"}, f"{mix}: row-parallel weights are {types}")
             print(f"tiny256-{mix}: row-parallel types {sorted(types)}", flush=True)
-            check_model(dst, f"tiny256-{mix}", (2, 3, 4), (2, 3, 4))
+            tps = (2, 3, 4) if mix == "Q4_K_M" else (3,)
+            check_model(dst, f"tiny256-{mix}", tps, tps)
 
 # (d) what cannot be split: refused with the real numbers.
 path = os.path.join(tmp, "tiny-q4_0.gguf")
