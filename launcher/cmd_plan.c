@@ -93,6 +93,7 @@ static int print_json(const ss_model *m, const ss_shard_plan *p, json_t *capacit
         "kv_bytes_per_token", (json_int_t)R->kv_nbytes_per_token,
         "comm_bytes_per_token", (json_int_t)R->comm_nbytes_per_token));
     json_t *jr = json_array_get(ranks, (size_t)r);
+    json_object_set_new(jr, "edge_bytes", json_integer((json_int_t)R->edge_nbytes));
     json_object_set_new(jr, "experts", range_json(R->experts));
     json_object_set_new(jr, "expert_ffn_columns", range_json(R->expert_ffn));
   }
@@ -110,6 +111,8 @@ static int print_json(const ss_model *m, const ss_shard_plan *p, json_t *capacit
       (json_int_t)p->allreduce_payload_nbytes, "gather_bytes_per_token",
       (json_int_t)p->gather_nbytes_per_token, "ranks", ranks);
   if (o) {
+    json_object_set_new(o, "edge_bytes", json_integer((json_int_t)p->edge_nbytes));
+    json_object_set_new(o, "straddled_block_bytes", json_integer((json_int_t)p->straddled_nbytes));
     json_object_set_new(o, "family", json_string(ss_model_family_name(c->family)));
     json_object_set_new(o, "expert_parallel", json_boolean(p->opts.expert_parallel));
     json_object_set_new(o, "ep", json_integer(p->opts.expert_parallel ? p->opts.tp : 1));
@@ -176,6 +179,16 @@ static void print_table(const ss_model *m, const ss_shard_plan *p) {
            mib(R->bytes.embd), mib(R->bytes.head), mib(R->bytes.norm), mib(R->bytes.total),
            mib(R->replicated_nbytes), R->kv_nbytes_per_token, R->comm_nbytes_per_token);
   }
+  if (p->edge_nbytes > 0) {
+    printf("\nf32 edges: the cuts of row-parallel weights (attention output, MLP/expert down) "
+           "straddle quantization blocks; each rank holds its columns of those blocks as f32:\n");
+    for (int r = 0; r < p->opts.tp; r++)
+      printf("  rank %d: %.3f MiB (%" PRIu64 " bytes) of f32 edges\n", r,
+             mib(p->ranks[r].edge_nbytes), p->ranks[r].edge_nbytes);
+    printf("  in place of %" PRIu64 " bytes of straddled quantized blocks (%+" PRId64
+           " bytes in all)\n", p->straddled_nbytes,
+           (int64_t)(p->edge_nbytes - p->straddled_nbytes));
+  }
   printf("\ntotals: weights %.2f MiB over all ranks = %.2f MiB of tensors in the file "
          "(%" PRIu64 " bytes) + %.3f MiB replicated (%" PRIu64 " bytes: norms on every rank",
          mib(p->total_weight_nbytes), mib(p->file.total), p->file.total,
@@ -185,7 +198,11 @@ static void print_table(const ss_model *m, const ss_shard_plan *p) {
     if (p->ranks[r].kv_heads.begin < p->ranks[r - 1].kv_heads.end) shared_kv = true;
   if (shared_kv) printf(", K/V rows of shared KV heads");
   if (!p->opts.vocab_parallel && p->opts.tp > 1) printf(", embedding and LM head");
-  printf(")\n");
+  printf(")");
+  if (p->edge_nbytes > 0)
+    printf(" + %" PRIu64 " bytes of f32 edges - %" PRIu64 " bytes of straddled blocks",
+           p->edge_nbytes, p->straddled_nbytes);
+  printf("\n");
   uint64_t kv_sum = 0;
   for (int r = 0; r < p->opts.tp; r++) kv_sum += p->ranks[r].kv_nbytes_per_token;
   printf("        KV cache %" PRIu64 " bytes per token for the whole model (%s), %" PRIu64

@@ -74,6 +74,15 @@ typedef struct ss_model_config {
   float rope_beta_fast, rope_beta_slow, rope_extrapolation;
 } ss_model_config;
 
+/* A row-parallel weight's columns in quantization blocks this rank's cut
+ * straddles (runtime/model/shard.h ss_col_cut), dequantized: w is F32 of
+ * (rows, lo + hi), the lo columns before the quantized part and the hi after
+ * it; w.data is NULL when the cut straddles no block. */
+typedef struct ss_weight_edge {
+  ss_weight w;
+  int64_t lo, hi;
+} ss_weight_edge;
+
 typedef struct ss_layer_weights {
   const float *attn_norm; /* (C) */
   ss_weight wq;           /* (H*D, C) */
@@ -93,6 +102,10 @@ typedef struct ss_layer_weights {
   ss_weight *exp_gate;    /* [E] (Fe/tp, C) */
   ss_weight *exp_up;      /* [E] (Fe/tp, C) */
   ss_weight *exp_down;    /* [E] (C, Fe/tp) */
+  /* The f32 edges of wo, w_down and each exp_down (exp_down_edge NULL when
+   * no expert has one). */
+  ss_weight_edge wo_edge, down_edge;
+  ss_weight_edge *exp_down_edge; /* [E] */
 } ss_layer_weights;
 
 /* This rank's part of the model under tensor parallelism (everything, at tp 1):
@@ -208,6 +221,12 @@ typedef struct ss_forward_state {
   float *lgd;    /* device backends: (max_logits, V) the LM head's output */
   float *lg_host;/* device backends, rank 0, tp > 1: lg_all copied to the host */
   int32_t *ids;  /* (T) */
+  /* Row-parallel products with f32 edges (NULL without edges): the input's
+   * columns gathered into the quantized part's and the edge's inputs. */
+  float *cut_mid;   /* (T, widest cut input) */
+  float *cut_edge;  /* (T, widest edge) */
+  float *cut_y;     /* (T, C) the edge's product */
+  int32_t *cut_idx; /* host: gather indices */
 } ss_forward_state;
 
 int ss_forward_state_init(ss_forward_state *st, const ss_model *m, ss_backend *be,

@@ -1,6 +1,7 @@
 /* The forward pass over a batch on this rank's shard, and the step protocol
  * that keeps the ranks of a tensor-parallel job running the same batches. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,31 @@ int ss_forward_state_init(ss_forward_state *st, const ss_model *m, ss_backend *b
     ok = st->moe && st->rl && st->r_ids && st->r_w && st->e_rows && st->e_w && st->ex && st->eh &&
          st->eh2 && st->ey;
   }
+  /* Row-parallel weights with f32 edges: the widest input and edge. */
+  int64_t cut_w = 0, edge_w = 0;
+  for (int l = 0; l < c->n_layer; l++) {
+    const ss_layer_weights *L = &m->layers[l];
+    if (L->wo_edge.w.data && L->wo_edge.w.cols > edge_w) edge_w = L->wo_edge.w.cols;
+    if (L->down_edge.w.data && L->down_edge.w.cols > edge_w) edge_w = L->down_edge.w.cols;
+    for (int e = 0; L->exp_down_edge && e < c->n_expert; e++)
+      if (L->exp_down_edge[e].w.data && L->exp_down_edge[e].w.cols > edge_w)
+        edge_w = L->exp_down_edge[e].w.cols;
+  }
+  if (ok && edge_w > 0) {
+    cut_w = (int64_t)q_dim;
+    if (lo->ffn_dim > cut_w) cut_w = lo->ffn_dim;
+    if (lo->expert_ffn_dim > cut_w) cut_w = lo->expert_ffn_dim;
+    if ((int64_t)T * cut_w > INT32_MAX) {
+      ss_forward_state_free(st);
+      return ss_error(SS_ERR_RANGE, "%lld tokens of %lld columns exceed the 2^31 gather indices "
+                      "of a cut row-parallel product", (long long)max_tokens, (long long)cut_w);
+    }
+    st->cut_mid = be->alloc(be, T * (size_t)cut_w * sizeof(float));
+    st->cut_edge = be->alloc(be, T * (size_t)edge_w * sizeof(float));
+    st->cut_y = be->alloc(be, T * c->dim * sizeof(float));
+    st->cut_idx = malloc(T * (size_t)cut_w * sizeof(int32_t));
+    ok = st->cut_mid && st->cut_edge && st->cut_y && st->cut_idx;
+  }
   if (ok && lo->tp > 1 && lo->vocab_parallel) {
     st->lg = be->alloc(be, (size_t)(max_logits ? max_logits : 1) * v_local * sizeof(float));
     st->lg_all = lo->rank == 0 ? be->alloc(be, (size_t)(max_logits ? max_logits : 1) *
@@ -84,7 +110,7 @@ void ss_forward_state_free(ss_forward_state *st) {
   if (!be) return;
   float *bufs[] = {st->x,  st->xb, st->xb2, st->q,  st->k,  st->v,  st->att, st->hb,
                    st->hb2, st->xl, st->lg, st->lg_all, st->moe, st->rl, st->ex, st->eh,
-                   st->eh2, st->ey, st->lgd};
+                   st->eh2, st->ey, st->lgd, st->cut_mid, st->cut_edge, st->cut_y};
   for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
     if (bufs[i]) be->dealloc(be, bufs[i]);
   free(st->ids);
@@ -93,7 +119,64 @@ void ss_forward_state_free(ss_forward_state *st) {
   free(st->e_rows);
   free(st->e_w);
   free(st->lg_host);
+  free(st->cut_idx);
   memset(st, 0, sizeof *st);
+}
+
+static int64_t gcd64(int64_t a, int64_t b) {
+  while (b) {
+    const int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+/* Gathers, from x viewed as rows of g floats (width/g per token), columns
+ * [from, from + count) of every token into out (n, count). */
+static void gather_cols(ss_backend *be, const float *x, int64_t n, int64_t width, int64_t g,
+                        int64_t from, int64_t count, int32_t *idx, float *out) {
+  const int64_t per = count / g;
+  for (int64_t t = 0; t < n; t++)
+    for (int64_t j = 0; j < per; j++) idx[t * per + j] = (int32_t)(t * (width / g) + from / g + j);
+  be->gather_rows(be, x, idx, n * per, g, out);
+}
+
+void ss_model_matmul_cut(const ss_model *m, ss_forward_state *st, const ss_weight *w,
+                         const ss_weight_edge *e, const float *x, int64_t n, float *y) {
+  ss_backend *be = st->be;
+  if (!e || !e->w.data) {
+    be->matmul(be, w, x, n, y);
+    return;
+  }
+  const int64_t lo = e->lo, hi = e->hi, mid = w->cols, width = lo + mid + hi;
+  const int64_t g = gcd64(gcd64(lo, hi), width);
+  /* The edge's input: the lo columns then the hi columns of every token. */
+  float *xe = st->cut_edge;
+  if (hi == 0) {
+    gather_cols(be, x, n, width, g, 0, lo, st->cut_idx, xe);
+  } else if (lo == 0) {
+    gather_cols(be, x, n, width, g, lo + mid, hi, st->cut_idx, xe);
+  } else {
+    /* Token t's lo chunks then its hi chunks, in one gather. */
+    const int64_t pl = lo / g, ph = hi / g, per = pl + ph;
+    for (int64_t t = 0; t < n; t++) {
+      for (int64_t j = 0; j < pl; j++) st->cut_idx[t * per + j] = (int32_t)(t * (width / g) + j);
+      for (int64_t j = 0; j < ph; j++)
+        st->cut_idx[t * per + pl + j] = (int32_t)(t * (width / g) + (lo + mid) / g + j);
+    }
+    be->gather_rows(be, x, st->cut_idx, n * per, g, xe);
+  }
+  if (mid == 0) {
+    be->matmul(be, &e->w, xe, n, y);
+    ss_model_count_read(m, &e->w, false);
+    return;
+  }
+  be->matmul(be, &e->w, xe, n, st->cut_y);
+  gather_cols(be, x, n, width, g, lo, mid, st->cut_idx, st->cut_mid);
+  be->matmul(be, w, st->cut_mid, n, y);
+  be->add(be, y, st->cut_y, n * w->rows);
+  ss_model_count_read(m, &e->w, false);
 }
 
 static bool distributed(const ss_model *m) { return m->comm && m->comm->size > 1; }
@@ -195,7 +278,7 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
     be->rope(be, st->k, b->loc.pos, n, &rk);
     be->kv_store(be, &kvl, &b->loc, st->k, st->v);
     be->attention(be, &kvl, &b->loc, st->q, &ap, st->att);
-    be->matmul(be, &L->wo, st->att, n, st->xb2);
+    ss_model_matmul_cut(m, st, &L->wo, &L->wo_edge, st->att, n, st->xb2);
     count_read(m, &L->wo, false);
     if ((rc = allreduce(m, be, st->xb2, n * c->dim, "attention", l))) return rc;
     if (L->post_attn_norm)
@@ -208,7 +291,7 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
       be->matmul(be, &L->w_up, st->xb, n, st->hb2);
       if (c->act == SS_ACT_SILU) be->swiglu(be, st->hb, st->hb2, n * lo->ffn_dim, st->hb);
       else be->gelu_mul(be, st->hb, st->hb2, n * lo->ffn_dim, c->act == SS_ACT_GELU_TANH, st->hb);
-      be->matmul(be, &L->w_down, st->hb, n, st->xb2);
+      ss_model_matmul_cut(m, st, &L->w_down, &L->down_edge, st->hb, n, st->xb2);
       count_read(m, &L->w_gate, false);
       count_read(m, &L->w_up, false);
       count_read(m, &L->w_down, false);

@@ -26,6 +26,11 @@ int ss_model_load_hf(ss_model *m, const char *dir);
 /* model_forward.c */
 /* Adds a matmul's weight bytes to the profile counters. */
 void ss_model_count_read(const ss_model *m, const ss_weight *w, bool expert);
+/* y = W x for a row-parallel weight w (its block-aligned part) with the f32
+ * edge e (NULL or no data: a plain matmul): the edge's product is added to the
+ * quantized part's, in that fixed order. */
+void ss_model_matmul_cut(const ss_model *m, ss_forward_state *st, const ss_weight *w,
+                         const ss_weight_edge *e, const float *x, int64_t n, float *y);
 
 /* moe.c */
 /* The mixture-of-experts sub-layer on xb (n rows of C, normalised input):

@@ -134,6 +134,57 @@ static int slice_cols(ss_model *m, const char *name, ss_weight *w, ss_range c) {
   return read_slice(m, name, w, (ss_range){0, w->rows}, c, w);
 }
 
+/* Columns [c.begin, c.end) of a row-parallel weight: the edge columns of the
+ * blocks the cut straddles are read (block by block, like any slice) and
+ * dequantized into *edge, then w is replaced by its block-aligned part.  The
+ * dequantized values are exactly those the whole weight's product uses. */
+static int slice_cut(ss_model *m, const char *name, ss_weight *w, ss_range c,
+                     ss_weight_edge *edge) {
+  memset(edge, 0, sizeof *edge);
+  if (!w->data) return SS_OK;
+  const int64_t B = ss_dtype_get(w->type)->block_count;
+  const ss_col_cut k = ss_shard_col_cut(c, B);
+  if (k.lo + k.hi > 0) {
+    SS_ASSERT(!w->row_scale); /* row-scaled types are not block-quantized */
+    const int64_t rows = w->rows, ecols = k.lo + k.hi;
+    float *e = NULL, *tmp = malloc((size_t)B * sizeof *tmp);
+    if (!tmp || posix_memalign((void **)&e, 64, (size_t)rows * (size_t)ecols * sizeof *e)) {
+      free(tmp);
+      return ss_error(SS_ERR_NOMEM, "%s: cannot allocate the f32 edge of '%s' (%lld x %lld)",
+                      m->path, name, (long long)rows, (long long)ecols);
+    }
+    int rc = ss_model_own(m, e);
+    if (rc) {
+      free(tmp);
+      return rc;
+    }
+    /* The straddled blocks: the one holding c.begin (columns [c.begin,
+     * mid.begin) of it) and the one holding c.end (columns [mid.end, c.end)). */
+    const int64_t first[2] = {c.begin / B * B, k.mid.end};
+    const int64_t from[2] = {c.begin, k.mid.end}, count[2] = {k.lo, k.hi};
+    for (int s = 0; s < 2 && rc == SS_OK; s++) {
+      if (count[s] == 0) continue;
+      ss_weight blk;
+      rc = read_slice(m, name, w, (ss_range){0, rows}, (ss_range){first[s], first[s] + B}, &blk);
+      if (rc) break;
+      for (int64_t i = 0; i < rows; i++) {
+        ss_dequantize_row(w->type, (const uint8_t *)blk.data + (size_t)i * blk.row_nbytes, tmp, B);
+        memcpy(e + (size_t)i * (size_t)ecols + (s ? (size_t)k.lo : 0), tmp + (from[s] - first[s]),
+               (size_t)count[s] * sizeof *tmp);
+      }
+      /* The quantized copy of the block is not kept. */
+      if (m->n_owned > 0 && m->owned[m->n_owned - 1] == blk.data) free(m->owned[--m->n_owned]);
+    }
+    free(tmp);
+    if (rc) return rc;
+    edge->w = (ss_weight){.type = SS_DTYPE_F32, .rows = rows, .cols = ecols,
+                          .row_nbytes = (size_t)ecols * sizeof(float), .data = e};
+    edge->lo = k.lo;
+    edge->hi = k.hi;
+  }
+  return slice_cols(m, name, w, k.mid);
+}
+
 /* A replicated vector (a norm's weights): copied out of the file like the
  * slices (as a one-row F32 weight), so the mapping stays untouched. */
 static int copy_vec(ss_model *m, const char *name, const float **p, int64_t n) {
@@ -151,6 +202,10 @@ static const char *wname(const ss_model *m, char *buf, size_t cap, int l, const 
   if (m->gguf) snprintf(buf, cap, "blk.%d.%s", l, gguf_suffix);
   else snprintf(buf, cap, "layer %d %s", l, what);
   return buf;
+}
+
+static uint64_t edge_nbytes(const ss_weight_edge *e) {
+  return e->w.data ? ss_weight_nbytes(&e->w) : 0;
 }
 
 /* Replaces the whole-model weights bound at load with rank `rank`'s slices of
@@ -171,7 +226,7 @@ static int shard_weights(ss_model *m, int rank) {
     if ((rc = slice_rows(m, NM("attn_q.weight", "q_proj"), &L->wq, q_rows)) ||
         (rc = slice_rows(m, NM("attn_k.weight", "k_proj"), &L->wk, kv_rows)) ||
         (rc = slice_rows(m, NM("attn_v.weight", "v_proj"), &L->wv, kv_rows)) ||
-        (rc = slice_cols(m, NM("attn_output.weight", "o_proj"), &L->wo, q_rows)) ||
+        (rc = slice_cut(m, NM("attn_output.weight", "o_proj"), &L->wo, q_rows, &L->wo_edge)) ||
         (rc = copy_vec(m, NM("attn_norm.weight", "input_layernorm"), &L->attn_norm, c->dim)) ||
         (rc = copy_vec(m, NM("ffn_norm.weight", "post_attention_layernorm"), &L->ffn_norm,
                        c->dim)) ||
@@ -181,20 +236,23 @@ static int shard_weights(ss_model *m, int rank) {
                        c->dim)))
       break;
     b->attn += ss_weight_nbytes(&L->wq) + ss_weight_nbytes(&L->wk) + ss_weight_nbytes(&L->wv) +
-               ss_weight_nbytes(&L->wo);
+               ss_weight_nbytes(&L->wo) + edge_nbytes(&L->wo_edge);
     if (c->dense_mlp) {
       if ((rc = slice_rows(m, NM("ffn_gate.weight", "gate_proj"), &L->w_gate, R->ffn)) ||
           (rc = slice_rows(m, NM("ffn_up.weight", "up_proj"), &L->w_up, R->ffn)) ||
-          (rc = slice_cols(m, NM("ffn_down.weight", "down_proj"), &L->w_down, R->ffn)))
+          (rc = slice_cut(m, NM("ffn_down.weight", "down_proj"), &L->w_down, R->ffn,
+                          &L->down_edge)))
         break;
       b->mlp += ss_weight_nbytes(&L->w_gate) + ss_weight_nbytes(&L->w_up) +
-                ss_weight_nbytes(&L->w_down);
+                ss_weight_nbytes(&L->w_down) + edge_nbytes(&L->down_edge);
     }
     if (c->n_expert > 0) {
       if ((rc = slice_rows(m, NM("ffn_gate_inp.weight", "router"), &L->router,
                            (ss_range){0, L->router.rows})))
         break;
       b->moe += ss_weight_nbytes(&L->router);
+      L->exp_down_edge = calloc((size_t)c->n_expert, sizeof *L->exp_down_edge);
+      if ((rc = ss_model_own(m, L->exp_down_edge))) break;
       for (int e = 0; e < c->n_expert && rc == SS_OK; e++) {
         if (e < R->experts.begin || e >= R->experts.end) {
           /* Another rank's expert: never touched here. */
@@ -204,10 +262,10 @@ static int shard_weights(ss_model *m, int rank) {
         snprintf(n, sizeof n, "layer %d expert %d", l, e);
         if ((rc = slice_rows(m, n, &L->exp_gate[e], R->expert_ffn)) ||
             (rc = slice_rows(m, n, &L->exp_up[e], R->expert_ffn)) ||
-            (rc = slice_cols(m, n, &L->exp_down[e], R->expert_ffn)))
+            (rc = slice_cut(m, n, &L->exp_down[e], R->expert_ffn, &L->exp_down_edge[e])))
           break;
         b->moe += ss_weight_nbytes(&L->exp_gate[e]) + ss_weight_nbytes(&L->exp_up[e]) +
-                  ss_weight_nbytes(&L->exp_down[e]);
+                  ss_weight_nbytes(&L->exp_down[e]) + edge_nbytes(&L->exp_down_edge[e]);
       }
     }
   }

@@ -93,7 +93,7 @@ int ss_model_upload(ss_model *m, ss_backend *be) {
   const ss_model_config *c = &m->cfg;
   int rc0 = check_supported(m, be);
   if (rc0) return rc0;
-  const int cap = 2 + 11 * c->n_layer + 2;
+  const int cap = 2 + 13 * c->n_layer + 2;
   m->dev_bufs = calloc((size_t)cap, sizeof *m->dev_bufs);
   const void **seen_src = calloc((size_t)cap, sizeof *seen_src);
   void **seen_dst = calloc((size_t)cap, sizeof *seen_dst);
@@ -118,6 +118,8 @@ int ss_model_upload(ss_model *m, ss_backend *be) {
            (rc = UP_W(L->wo, "attn_output")) || (rc = UP_N(L->ffn_norm, "ffn_norm")) ||
            (rc = UP_W(L->w_gate, "ffn_gate")) || (rc = UP_W(L->w_up, "ffn_up")) ||
            (rc = UP_W(L->w_down, "ffn_down")) ||
+           (L->wo_edge.w.data && (rc = UP_W(L->wo_edge.w, "attn_output f32 edge"))) ||
+           (L->down_edge.w.data && (rc = UP_W(L->down_edge.w, "ffn_down f32 edge"))) ||
            (L->post_attn_norm && (rc = UP_N(L->post_attn_norm, "post_attention_norm"))) ||
            (L->post_ffn_norm && (rc = UP_N(L->post_ffn_norm, "post_ffw_norm"))));
   }

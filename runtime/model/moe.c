@@ -55,7 +55,8 @@ void ss_moe_forward(const ss_model *m, const ss_layer_weights *L, ss_forward_sta
     be->matmul(be, &L->exp_up[e], st->ex, cnt, st->eh2);
     if (c->act == SS_ACT_SILU) be->swiglu(be, st->eh, st->eh2, cnt * F, st->eh);
     else be->gelu_mul(be, st->eh, st->eh2, cnt * F, c->act == SS_ACT_GELU_TANH, st->eh);
-    be->matmul(be, &L->exp_down[e], st->eh, cnt, st->ey);
+    ss_model_matmul_cut(m, st, &L->exp_down[e], L->exp_down_edge ? &L->exp_down_edge[e] : NULL,
+                        st->eh, cnt, st->ey);
     be->scatter_add_rows(be, out, st->ey, st->e_rows, st->e_w, cnt, C);
     ss_model_count_read(m, &L->exp_gate[e], true);
     ss_model_count_read(m, &L->exp_up[e], true);

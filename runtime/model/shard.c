@@ -23,7 +23,6 @@ static uint64_t cols_nbytes(const ss_weight *w, ss_range c) {
   return (uint64_t)w->rows * (uint64_t)(ss_range_len(c) / ti->block_count) * ti->block_nbytes;
 }
 
-static bool is_blocked(const ss_weight *w) { return ss_dtype_get(w->type)->block_count > 1; }
 /* Elements per quantization block of w's type (1 for plain types). */
 static int64_t block_of(const ss_weight *w) { return ss_dtype_get(w->type)->block_count; }
 
@@ -39,6 +38,51 @@ static int64_t split_unit(const ss_weight *downs, int64_t count) {
   for (int64_t i = 0; i < count; i++)
     if (block_of(&downs[i]) > unit) unit = block_of(&downs[i]);
   return unit;
+}
+
+ss_col_cut ss_shard_col_cut(ss_range c, int64_t block) {
+  ss_col_cut k = {{c.begin, c.begin}, 0, 0};
+  if (block <= 1) {
+    k.mid = c;
+    return k;
+  }
+  const int64_t a0 = (c.begin + block - 1) / block * block;
+  if (a0 > c.end) { /* inside one block: an empty mid at its start */
+    k.mid = (ss_range){c.begin / block * block, c.begin / block * block};
+    k.lo = ss_range_len(c);
+    return k;
+  }
+  int64_t a1 = c.end / block * block;
+  if (a1 < a0) a1 = a0;
+  k.mid = (ss_range){a0, a1};
+  k.lo = a0 - c.begin;
+  k.hi = c.end - a1;
+  return k;
+}
+
+/* Bytes rank holds of w cut at columns c: the aligned part as stored, the
+ * straddled columns as f32 (added to *edge too). */
+static uint64_t cut_nbytes(const ss_weight *w, ss_range c, uint64_t *edge) {
+  const ss_col_cut k = ss_shard_col_cut(c, block_of(w));
+  const uint64_t e = (uint64_t)w->rows * (uint64_t)(k.lo + k.hi) * sizeof(float);
+  *edge += e;
+  return cols_nbytes(w, k.mid) + e;
+}
+
+/* The split unit of a width of n MLP (n_exp == 0: the dense down projections)
+ * or expert columns (the n_exp experts' downs) of every layer on tp ranks:
+ * the largest block when there are at least tp whole ones, else 32 when the
+ * width has at least tp groups of 32, else 1 (see ss_shard_plan_make). */
+static int64_t mlp_unit(const ss_layer_weights *layers, int64_t n_layer, int64_t n_exp, int64_t n,
+                        int tp) {
+  int64_t unit = 1;
+  for (int64_t l = 0; l < n_layer; l++) {
+    const int64_t u = n_exp ? split_unit(layers[l].exp_down, n_exp) : block_of(&layers[l].w_down);
+    if (u > unit) unit = u;
+  }
+  if (n % unit == 0 && n / unit >= tp) return unit;
+  if (n % 32 == 0 && n / 32 >= tp) return 32;
+  return 1;
 }
 
 /* Norm vectors per layer (2, or 4 with post-norms), plus the final one. */
@@ -62,27 +106,28 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
   if (o->expert_parallel && !moe)
     return ss_error(SS_ERR_RANGE, "--ep: the model has no experts (a dense %s model)", c->arch);
 
-  /* MLP columns: whole blocks of the down projection's type in every layer. */
-  int64_t unit = 1;
-  if (c->dense_mlp) {
-    for (int l = 0; l < L; l++)
-      if (block_of(&m->layers[l].w_down) > unit) unit = block_of(&m->layers[l].w_down);
-    if (c->ffn_dim % unit != 0 || c->ffn_dim / unit < tp)
-      return ss_error(SS_ERR_RANGE, "--tp %d: the MLP width %d splits into %lld units of %lld "
-                      "columns, fewer than the ranks", tp, c->ffn_dim,
-                      (long long)(c->ffn_dim / unit), (long long)unit);
-  }
+  /* MLP columns.  With at least as many whole blocks of the down projection's
+   * type as ranks, the split is in whole blocks: no rank holds an f32 edge,
+   * the down projection runs entirely on the quantized kernels, and the ranks'
+   * widths differ by at most one block (a few percent of a real model's MLP).
+   * Otherwise (fewer blocks than ranks: 512 columns of 256-column K-quant
+   * blocks on 3 ranks) the columns are split evenly, in groups of 32 where
+   * that leaves one per rank, and the straddled blocks become f32 edges.  So
+   * straddling complements the rounding: it makes every degree possible, and
+   * the rounding keeps the common case free of edges. */
+  const int64_t unit = c->dense_mlp ? mlp_unit(m->layers, L, 0, c->ffn_dim, tp) : 1;
+  if (c->dense_mlp && c->ffn_dim < tp)
+    return ss_error(SS_ERR_RANGE, "--tp %d exceeds the MLP width of %d columns: every rank needs "
+                    "at least one", tp, c->ffn_dim);
   int64_t eunit = 1;
   if (moe) {
-    for (int l = 0; l < L; l++)
-      if (split_unit(m->layers[l].exp_down, E) > eunit) eunit = split_unit(m->layers[l].exp_down, E);
+    eunit = mlp_unit(m->layers, L, E, c->expert_ffn_dim, tp);
     if (o->expert_parallel && E < tp)
       return ss_error(SS_ERR_RANGE, "--ep %d exceeds the model's %lld experts: every rank needs "
                       "at least one expert", tp, (long long)E);
-    if (!o->expert_parallel && (c->expert_ffn_dim % eunit != 0 || c->expert_ffn_dim / eunit < tp))
-      return ss_error(SS_ERR_RANGE, "--tp %d: the expert width %d splits into %lld units of %lld "
-                      "columns, fewer than the ranks", tp, c->expert_ffn_dim,
-                      (long long)(c->expert_ffn_dim / eunit), (long long)eunit);
+    if (!o->expert_parallel && c->expert_ffn_dim < tp)
+      return ss_error(SS_ERR_RANGE, "--tp %d exceeds the expert width of %d columns: every rank "
+                      "needs at least one", tp, c->expert_ffn_dim);
   }
   if (o->vocab_parallel && c->vocab < tp)
     return ss_error(SS_ERR_RANGE, "--tp %d exceeds the vocabulary size %d", tp, c->vocab);
@@ -161,23 +206,17 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
     ss_shard_bytes *b = &R->bytes;
     for (int l = 0; l < L; l++) {
       const ss_layer_weights *W = &m->layers[l];
-      if (is_blocked(&W->wo) && (q_rows.begin % block_of(&W->wo) || q_rows.end % block_of(&W->wo))) {
-        ss_shard_plan_free(out);
-        return ss_error(SS_ERR_UNSUPPORTED, "--tp %d: rank %d's heads [%lld, %lld) cut the "
-                        "quantization blocks of blk.%d.attn_output (head dim %lld)", tp, r,
-                        (long long)R->heads.begin, (long long)R->heads.end, l, (long long)D);
-      }
       b->attn += rows_nbytes(&W->wq, q_rows) + rows_nbytes(&W->wk, kv_rows) +
-                 rows_nbytes(&W->wv, kv_rows) + cols_nbytes(&W->wo, q_rows);
+                 rows_nbytes(&W->wv, kv_rows) + cut_nbytes(&W->wo, q_rows, &R->edge_nbytes);
       if (c->dense_mlp)
         b->mlp += rows_nbytes(&W->w_gate, R->ffn) + rows_nbytes(&W->w_up, R->ffn) +
-                  cols_nbytes(&W->w_down, R->ffn);
+                  cut_nbytes(&W->w_down, R->ffn, &R->edge_nbytes);
       if (moe) {
         b->moe += rows_nbytes(&W->router, (ss_range){0, E});
         for (int64_t e = R->experts.begin; e < R->experts.end; e++)
           b->moe += rows_nbytes(&W->exp_gate[e], R->expert_ffn) +
                     rows_nbytes(&W->exp_up[e], R->expert_ffn) +
-                    cols_nbytes(&W->exp_down[e], R->expert_ffn);
+                    cut_nbytes(&W->exp_down[e], R->expert_ffn, &R->edge_nbytes);
       }
     }
     b->embd = rows_nbytes(&m->tok_embd, R->vocab);
@@ -207,8 +246,13 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
                                : (uint64_t)ss_range_len(R->vocab) * sizeof(float);
     R->comm_nbytes_per_token = ar + gather;
     out->total_weight_nbytes += b->total;
+    out->edge_nbytes += R->edge_nbytes;
   }
-  out->replicated_nbytes = out->total_weight_nbytes - f->total;
+  for (int r = 0; r < tp; r++) out->replicated_nbytes += out->ranks[r].replicated_nbytes;
+  /* Every byte of the file is held by one rank, or replicated, or (a
+   * straddled block) by none, its columns held as f32 edges instead. */
+  out->straddled_nbytes = f->total + out->replicated_nbytes + out->edge_nbytes -
+                          out->total_weight_nbytes;
   return SS_OK;
 }
 

@@ -14,8 +14,16 @@
  * Units are split into contiguous ranges whose sizes differ by at most one
  * (9 heads on 2 ranks: 5 + 4).  A rank holds every KV head one of its query
  * heads reads, so a KV head is replicated where ranks' query heads share it.
- * MLP columns are split in whole quantization blocks (32 columns) when the
- * down projection is block-quantized, since each of its rows is cut there.
+ * A row-parallel weight (attention output, MLP and expert down) is cut along
+ * its input columns, inside every row.  Where the cut falls inside a
+ * quantization block, each rank keeps its columns of that straddled block
+ * dequantized to f32 (its "edge", exact) and the rest of its columns as the
+ * whole quantized blocks they are (ss_col_cut); the product is the quantized
+ * part's plus the edge's.  Column-parallel weights, the vocabulary and whole
+ * experts are cut between rows, never inside a block.
+ * MLP columns are split in whole quantization blocks of the down projection's
+ * type when there are at least as many blocks as ranks (no edges; see
+ * ss_shard_plan_make for why), otherwise evenly with edges.
  *
  * Mixture-of-experts layers take one of two layouts:
  *   - TP inside every expert (the default; what Grok-1's reference does): each
@@ -46,6 +54,18 @@ static inline int64_t ss_range_len(ss_range r) { return r.end - r.begin; }
  * ranges have one unit more than the others. */
 ss_range ss_range_split(int64_t n, int parts, int index);
 
+/* A cut [c.begin, c.end) of a row-parallel weight's columns in blocks of
+ * `block` columns: mid is the block-aligned part held quantized; the lo
+ * columns before it and the hi columns after it lie in blocks the cut
+ * straddles and are held as f32.  lo, hi < block; mid may be empty (a cut
+ * inside one block: everything in lo). */
+typedef struct ss_col_cut {
+  ss_range mid;
+  int64_t lo, hi;
+} ss_col_cut;
+
+ss_col_cut ss_shard_col_cut(ss_range c, int64_t block);
+
 typedef struct ss_shard_opts {
   int tp;               /* tensor-parallel degree, >= 1 */
   bool vocab_parallel;  /* split embedding and LM head by vocab rows (else replicate) */
@@ -74,6 +94,9 @@ typedef struct ss_shard_rank {
   ss_range expert_ffn; /* hidden columns held of each of them */
   ss_shard_bytes bytes;
   uint64_t replicated_nbytes;   /* of bytes.total: also held by another rank */
+  /* Of bytes.total: the f32 edges of straddled quantization blocks (held in
+   * place of the quantized bytes of those blocks, which no rank holds). */
+  uint64_t edge_nbytes;
   uint64_t kv_nbytes_per_token; /* this rank's K+V, all layers, in opts.kv_type */
   /* Sent + received by this rank per generated token (ring all-reduce
    * estimate: 2(n-1)/n of the payload per all-reduce, plus the logits gather). */
@@ -88,7 +111,12 @@ typedef struct ss_shard_plan {
   ss_shard_rank *ranks;         /* [opts.tp] */
   ss_shard_bytes file;          /* the unsharded model's tensors, as stored */
   uint64_t total_weight_nbytes; /* sum over ranks */
-  uint64_t replicated_nbytes;   /* total_weight_nbytes - file.total */
+  uint64_t replicated_nbytes;   /* sum of the ranks' replicated_nbytes */
+  uint64_t edge_nbytes;         /* sum of the ranks' edge_nbytes */
+  /* Quantized bytes of the straddled blocks, which no rank holds (their
+   * columns are in the edges): total_weight_nbytes = file.total +
+   * replicated_nbytes + edge_nbytes - straddled_nbytes. */
+  uint64_t straddled_nbytes;
   uint64_t kv_nbytes_per_token; /* the whole (unsharded) model's K+V per token */
   /* Parameters (elements) of the unsharded model, the tied embedding once; and
    * those one token's forward pass uses: all but the E - k experts per layer a
@@ -104,7 +132,7 @@ typedef struct ss_shard_plan {
 
 /* Plans `m` (a model loaded whole, tp = 1) for opts.  Fails with a message
  * naming the limit when the degree cannot be used (more ranks than heads, MLP
- * blocks or vocabulary rows; a head slice that cuts a quantization block). */
+ * or expert columns, experts or vocabulary rows). */
 int ss_shard_plan_make(const struct ss_model *m, const ss_shard_opts *opts, ss_shard_plan *out);
 void ss_shard_plan_free(ss_shard_plan *p);
 
