@@ -19,7 +19,15 @@
  * memory while its activations live on the GPU, and one communicator serves
  * both.  allreduce_sum_stream is the in-step path: it orders NCCL's stream
  * after the caller's with events and returns without waiting, so a decode step
- * (kernels and all-reduces) can be captured as one CUDA graph. */
+ * (kernels and all-reduces) can be captured as one CUDA graph.
+ *
+ * Ordering of the blocking operations on device memory: their buffers are
+ * written by kernels on the callers' streams, which run apart from this
+ * communicator's.  Every stream handed to a stream op (allreduce_sum_stream,
+ * wait_stream) is remembered, and a blocking operation first makes this
+ * communicator's stream wait for the work queued so far on each of them and
+ * on the legacy default stream (an event each), so it never reads a buffer
+ * a kernel is still writing, whether or not the caller waited first. */
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +53,11 @@ typedef struct nccl_ctx {
   size_t scratch_nbytes;
   float *one; /* device: the barrier's one-element all-reduce */
   cudaEvent_t ev_in, ev_out; /* caller's stream -> ours -> caller's (stream ops) */
+  /* The streams device buffers are written on (the callers' compute streams,
+   * as handed to the stream ops): blocking operations on device memory are
+   * queued after the work on each of them, and on the legacy default stream. */
+  cudaStream_t callers[8];
+  int n_callers;
   /* Scratch outgrown while CUDA graphs may still point at it: freed at the end. */
   void *retired[32];
   int n_retired;
@@ -103,6 +116,47 @@ static int use_device(ss_comm *c, const ss_comm_op *op) {
 
 /* True for memory the host can read directly (pageable or pinned): such
  * buffers travel over MPI. */
+/* Remembers a caller's stream (once). */
+static int note_caller(ss_comm *c, const ss_comm_op *op, cudaStream_t s) {
+  nccl_ctx *x = c->ctx;
+  if (!s || s == x->stream) return SS_OK;
+  for (int i = 0; i < x->n_callers; i++)
+    if (x->callers[i] == s) return SS_OK;
+  if (x->n_callers == (int)(sizeof x->callers / sizeof *x->callers))
+    return fail(c, SS_ERR_INTERNAL, op, "more than 8 caller streams");
+  x->callers[x->n_callers++] = s;
+  return SS_OK;
+}
+
+/* Queues this communicator's stream after the work on every caller's stream
+ * (before a blocking operation on device memory).  A stream being captured
+ * into a graph cannot be waited for: that is a caller's error. */
+static int order_after_callers(ss_comm *c, const ss_comm_op *op) {
+  nccl_ctx *x = c->ctx;
+  for (int i = -1; i < x->n_callers; i++) {
+    cudaStream_t s = i < 0 ? cudaStreamLegacy : x->callers[i];
+    if (i >= 0) {
+      enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+      cudaError_t e = cudaStreamIsCapturing(s, &cs);
+      if (e != cudaSuccess)
+        return fail_lib(c, op, __FILE__, __LINE__, "cudaStreamIsCapturing", cudaGetErrorString(e),
+                        NULL);
+      if (cs != cudaStreamCaptureStatusNone)
+        return fail(c, SS_ERR_INTERNAL, op, "a blocking collective while a caller's stream is "
+                    "being captured into a graph (use allreduce_sum_stream)");
+    }
+    CUDA_TRY(c, op, cudaEventRecord(x->ev_in, s));
+    CUDA_TRY(c, op, cudaStreamWaitEvent(x->stream, x->ev_in, 0));
+  }
+  return SS_OK;
+}
+
+/* use_device, then the ordering after the callers' streams. */
+static int use_device_ordered(ss_comm *c, const ss_comm_op *op) {
+  int rc = use_device(c, op);
+  return rc ? rc : order_after_callers(c, op);
+}
+
 static bool is_host_ptr(const void *p) {
   if (!p) return false;
   struct cudaPointerAttributes a;
@@ -221,6 +275,7 @@ static int nccl_allreduce_sum_stream(ss_comm *c, void *buf, size_t count, ss_dty
   if (count == 0) return SS_OK;
   if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   cudaStream_t s = (cudaStream_t)stream;
+  if ((rc = note_caller(c, &op, s))) return rc;
   CUDA_TRY(c, &op, cudaEventRecord(x->ev_in, s));
   CUDA_TRY(c, &op, cudaStreamWaitEvent(x->stream, x->ev_in, 0));
   if ((rc = enqueue_allreduce(c, &op, buf, count, type, es))) return rc;
@@ -234,7 +289,8 @@ static int nccl_wait_stream(ss_comm *c, void *stream) {
   double t0 = ss_now_s();
   ss_comm_op op = {.name = "device step", .peer = -1, .root = -1};
   int rc = check_usable(c, &op);
-  if (rc || (rc = use_device(c, &op))) return rc;
+  if (rc || (rc = use_device(c, &op)) || (rc = note_caller(c, &op, (cudaStream_t)stream)))
+    return rc;
   rc = nccl_wait_on(c, &op, t0, (cudaStream_t)stream);
   c->busy_s += ss_now_s() - t0;
   return rc;
@@ -247,7 +303,8 @@ static int nccl_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type
   ss_comm_op op = {.name = "allreduce", .count = count, .type = type, .peer = -1, .root = -1};
   size_t es;
   int rc = check_usable(c, &op);
-  if (rc || (rc = ss_comm_check_type(c, type, &es)) || (rc = use_device(c, &op))) return rc;
+  if (rc || (rc = ss_comm_check_type(c, type, &es)) || (rc = use_device_ordered(c, &op)))
+    return rc;
   if (count == 0) return SS_OK;
   if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   if ((rc = enqueue_allreduce(c, &op, buf, count, type, es))) return rc;
@@ -267,7 +324,7 @@ static int nccl_allgatherv(ss_comm *c, const void *send, void *recv, const size_
   for (int r = 0; r < c->size; r++) total += nbytes[r];
   op.nbytes = total;
   int rc = check_usable(c, &op);
-  if (rc || (rc = use_device(c, &op))) return rc;
+  if (rc || (rc = use_device_ordered(c, &op))) return rc;
   if ((total && !recv) || (nbytes[c->rank] && !send))
     return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   NCCL_TRY(c, &op, ncclGroupStart());
@@ -297,7 +354,8 @@ static int nccl_gatherv(ss_comm *c, const void *send, void *recv, const size_t *
   ss_comm_op op = {.name = "gatherv", .peer = -1, .root = root};
   if (!nbytes) return fail(c, SS_ERR_INVALID, &op, "nbytes is NULL");
   int rc = check_usable(c, &op);
-  if (rc || (rc = ss_comm_check_rank(c, "gatherv", "root", root)) || (rc = use_device(c, &op)))
+  if (rc || (rc = ss_comm_check_rank(c, "gatherv", "root", root)) ||
+      (rc = use_device_ordered(c, &op)))
     return rc;
   size_t total = 0;
   for (int r = 0; r < c->size; r++) total += nbytes[r];
@@ -345,7 +403,8 @@ static int nccl_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
   double t0 = ss_now_s();
   ss_comm_op op = {.name = "broadcast", .nbytes = nbytes, .peer = -1, .root = root};
   int rc = check_usable(c, &op);
-  if (rc || (rc = ss_comm_check_rank(c, "broadcast", "root", root)) || (rc = use_device(c, &op)))
+  if (rc || (rc = ss_comm_check_rank(c, "broadcast", "root", root)) ||
+      (rc = use_device_ordered(c, &op)))
     return rc;
   if (nbytes == 0) return SS_OK;
   if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
@@ -361,7 +420,7 @@ static int nccl_barrier(ss_comm *c) {
   nccl_ctx *x = c->ctx;
   ss_comm_op op = {.name = "barrier", .peer = -1, .root = -1};
   int rc = check_usable(c, &op);
-  if (rc || (rc = use_device(c, &op))) return rc;
+  if (rc || (rc = use_device_ordered(c, &op))) return rc;
   NCCL_TRY(c, &op, ncclAllReduce(x->one, x->one, 1, ncclFloat32, ncclSum, x->nc, x->stream));
   rc = nccl_wait(c, &op, t0);
   count_call(c, t0);
@@ -377,7 +436,8 @@ static int p2p(ss_comm *c, bool is_send, void *buf, size_t nbytes, int peer, int
   ss_comm_op op = {.name = is_send ? "send" : "recv", .nbytes = nbytes, .peer = peer, .root = -1,
                    .tag = tag};
   int rc = check_usable(c, &op);
-  if (rc || (rc = ss_comm_check_rank(c, op.name, "peer", peer)) || (rc = use_device(c, &op)))
+  if (rc || (rc = ss_comm_check_rank(c, op.name, "peer", peer)) ||
+      (rc = use_device_ordered(c, &op)))
     return rc;
   if (peer == c->rank) return fail(c, SS_ERR_INVALID, &op, "peer is this rank");
   if (nbytes == 0) return SS_OK; /* both sides skip: nothing to match */

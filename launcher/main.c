@@ -4,6 +4,24 @@
 
 #include "launcher/cli.h"
 
+#ifdef SS_NO_SERVER
+/* A build without libuv, http_parser and libcurl (CMake's SS_SERVER). */
+static int no_server(const char *cmd) {
+  fprintf(stderr, "shardserve %s: error: built without the server (this build found no libuv, "
+          "http_parser or libcurl, or was configured with -DSS_SERVER=OFF); rebuild with them "
+          "to use '%s'\n", cmd, cmd);
+  return SS_EXIT_FAIL;
+}
+int ss_cmd_serve(int argc, char **argv) {
+  (void)argc, (void)argv;
+  return no_server("serve");
+}
+int ss_cmd_loadgen(int argc, char **argv) {
+  (void)argc, (void)argv;
+  return no_server("loadgen");
+}
+#endif
+
 typedef struct command {
   const char *name;
   int (*run)(int argc, char **argv);

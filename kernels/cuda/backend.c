@@ -87,7 +87,7 @@ static int cu_copy(ss_backend *be, void *dst, const void *src, size_t nbytes, bo
     SS_CUDA_CHECK(c, cudaMemcpyAsync(dst, src, nbytes,
                                      up ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost,
                                      c->stream));
-    SS_CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+    ss_cuda_wait(c, up ? "upload" : "download");
   }
   return ss_cuda_take_err(c);
 }
@@ -285,7 +285,7 @@ static int cu_sync(ss_backend *be, const ss_collective *coll) {
   ss_cuda_enter(c);
   int rc = SS_OK;
   if (coll && coll->wait) rc = coll->wait(coll->ctx, c->stream);
-  else SS_CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+  else ss_cuda_wait(c, "sync");
   int rc2 = ss_cuda_take_err(c);
   return rc ? rc : rc2;
 }
@@ -297,7 +297,14 @@ static void cu_free(ss_backend *be) {
   ss_cuda *c = be->ctx;
   if (c) {
     ss_cuda_enter(c);
-    if (c->stream) cudaStreamSynchronize(c->stream);
+    /* A stream that never drains (a hung collective) leaves its buffers
+     * allocated: freeing them would block on it. */
+    if (c->stream && !ss_cuda_wait(c, "free: waiting for the stream")) {
+      ss_cuda_take_err(c);
+      free(c);
+      free(be);
+      return;
+    }
     ss_cuda_graphs_drop(c);
     ss_cuda_staging_free(c);
     for (int i = 0; i < SS_CUDA_SCR_COUNT_; i++)
@@ -353,7 +360,7 @@ int ss_cuda_topk(ss_backend *be, const float *logits, int64_t n, int64_t vocab, 
   if (vals)
     SS_CUDA_CHECK(c, cudaMemcpyAsync(vals, d_vals, nb * sizeof *vals, cudaMemcpyDeviceToHost,
                                      c->stream));
-  SS_CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+  ss_cuda_wait(c, "top-k");
   return ss_cuda_take_err(c);
 }
 
@@ -423,6 +430,14 @@ ss_backend *ss_backend_cuda_create_opts(const ss_cuda_opts *o) {
   }
   c->device = o->device;
   c->rank = env_rank();
+  const char *tmo = getenv("SS_GPU_STEP_TIMEOUT_S");
+  if (ss_cuda_parse_timeout(tmo, &c->step_timeout_s) != 0) {
+    free(c);
+    free(be);
+    ss_error(SS_ERR_INVALID, "cuda backend: SS_GPU_STEP_TIMEOUT_S = '%s': must be seconds in "
+             "[0, 1e6] (0: no limit)", tmo);
+    return NULL;
+  }
   memcpy(c->host, host, sizeof c->host);
   c->graphs = o->graphs;
   c->invariant = o->batch_invariant;

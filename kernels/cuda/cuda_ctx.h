@@ -99,6 +99,11 @@ typedef struct ss_cuda {
   void *scr[SS_CUDA_SCR_COUNT_];
   size_t scr_nbytes[SS_CUDA_SCR_COUNT_];
 
+  /* How long a wait for the stream may take (SS_GPU_STEP_TIMEOUT_S; 0: no
+   * limit), and the steps begun so far (named when a wait times out). */
+  double step_timeout_s;
+  uint64_t n_steps;
+
   /* First error since the last step_end/sync (kernel slots return nothing). */
   int err;
   char errmsg[512];
@@ -153,6 +158,11 @@ static inline void ss_cuda_sig(ss_cuda *c, const void *a, const void *b, const v
 
 /* Makes this backend's GPU current on the calling thread (cheap when it is). */
 void ss_cuda_enter(ss_cuda *c);
+
+/* Waits for everything queued on the stream, polling with the step deadline
+ * instead of blocking: false after an error or a timeout (recorded, naming
+ * the rank and the step).  `what` names the wait in the message. */
+bool ss_cuda_wait(ss_cuda *c, const char *what);
 
 /* Stages nbytes of host memory; returns its device address (NULL after an
  * error, recorded). */

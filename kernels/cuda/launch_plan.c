@@ -2,7 +2,10 @@
  * built on every machine so the unit tests run without a GPU. */
 #include "kernels/cuda/launch_plan.h"
 
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels/kernels.h"
 
@@ -76,4 +79,45 @@ bool ss_cuda_plan_key(const ss_token_loc *loc, int64_t n_logits, int32_t block_s
   *key = (ss_cuda_graph_key){{loc->n, n_logits, ss_cuda_plan_width(loc, block_size), block_size,
                               decode ? n_runs : -1}};
   return decode;
+}
+
+/* ---- waiting with a deadline ------------------------------------------------------ */
+
+int ss_cuda_parse_timeout(const char *value, double *out_s) {
+  if (!value || !*value) {
+    *out_s = SS_CUDA_STEP_TIMEOUT_DEFAULT_S;
+    return 0;
+  }
+  char *end = NULL;
+  const double v = strtod(value, &end);
+  if (end == value) return -1;
+  while (*end == ' ' || *end == '\t') end++;
+  if (*end || !isfinite(v) || v < 0.0 || v > 1e6) return -1;
+  *out_s = v;
+  return 0;
+}
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int ss_cuda_poll_wait(ss_cuda_query_fn query, void *arg, double timeout_s, double *waited_s) {
+  const double start = mono_s();
+  long sleep_ns = 1000;
+  int rc;
+  for (;;) {
+    rc = query(arg);
+    if (rc != 1) break;
+    if (timeout_s > 0.0 && mono_s() - start >= timeout_s) {
+      rc = SS_CUDA_WAIT_TIMEOUT;
+      break;
+    }
+    struct timespec ts = {0, sleep_ns};
+    nanosleep(&ts, NULL);
+    if (sleep_ns < 1000000) sleep_ns *= 2;
+  }
+  if (waited_s) *waited_s = mono_s() - start;
+  return rc;
 }

@@ -74,6 +74,30 @@ typedef struct ss_cuda_graph_key {
 bool ss_cuda_plan_key(const struct ss_token_loc *loc, int64_t n_logits, int32_t block_size,
                       ss_cuda_graph_key *key);
 
+/* ---- waiting for the device with a deadline ---------------------------------
+ * A plain stream synchronize blocks forever on a kernel that never finishes
+ * (an NCCL collective waiting on a lost peer).  The backend polls instead. */
+
+/* Seconds a step may wait for the GPU before it fails, unless
+ * SS_GPU_STEP_TIMEOUT_S says otherwise; 0 there means no limit. */
+#define SS_CUDA_STEP_TIMEOUT_DEFAULT_S 600.0
+
+/* Parses SS_GPU_STEP_TIMEOUT_S's value (NULL or empty: the default) into
+ * *out_s (0: no limit).  Returns 0, or -1 for anything but a finite number of
+ * seconds in [0, 1e6]. */
+int ss_cuda_parse_timeout(const char *value, double *out_s);
+
+/* One poll: 0 when the work is done, 1 while it is still running, any other
+ * value an error (returned as is by ss_cuda_poll_wait). */
+typedef int (*ss_cuda_query_fn)(void *arg);
+
+/* Polls query until it reports done, an error, or timeout_s seconds have gone
+ * by (timeout_s <= 0: no limit), sleeping between polls (from 1 us, doubling
+ * to 1 ms).  Returns 0 (done), SS_CUDA_WAIT_TIMEOUT, or query's error;
+ * *waited_s (may be NULL) gets the seconds spent. */
+#define SS_CUDA_WAIT_TIMEOUT 1000
+int ss_cuda_poll_wait(ss_cuda_query_fn query, void *arg, double timeout_s, double *waited_s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -10,6 +10,7 @@
  * tiles, rows and launch grouping follow from the token count, which is part
  * of the graph key with the block-table width (launch_plan.h), so a replay
  * never runs a launch shaped for another batch. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,40 @@
 #define PIN_MIN_NBYTES (1u << 20)
 
 static size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
+
+/* ---- waiting ------------------------------------------------------------- */
+
+typedef struct stream_poll {
+  cudaStream_t stream;
+  cudaError_t err;
+} stream_poll;
+
+static int stream_query(void *arg) {
+  stream_poll *p = arg;
+  p->err = cudaStreamQuery(p->stream);
+  if (p->err == cudaSuccess) return 0;
+  return p->err == cudaErrorNotReady ? 1 : -1;
+}
+
+bool ss_cuda_wait(ss_cuda *c, const char *what) {
+  if (c->err) return false;
+  double waited = 0.0;
+  stream_poll p = {c->stream, cudaSuccess};
+  int rc = ss_cuda_poll_wait(stream_query, &p, c->step_timeout_s, &waited);
+  if (rc == 0) return true;
+  char msg[256];
+  if (rc == SS_CUDA_WAIT_TIMEOUT) {
+    cudaGetLastError();
+    snprintf(msg, sizeof msg, "step %llu: the GPU stream has not finished after %.1f s "
+             "(SS_GPU_STEP_TIMEOUT_S = %g; a collective may be waiting for a lost peer)",
+             (unsigned long long)c->n_steps, waited, c->step_timeout_s);
+  } else {
+    snprintf(msg, sizeof msg, "step %llu: %s", (unsigned long long)c->n_steps,
+             cudaGetErrorString(p.err));
+  }
+  ss_cuda_record(c, __FILE__, __LINE__, what, msg);
+  return false;
+}
 
 /* ---- staging ------------------------------------------------------------- */
 
@@ -70,7 +105,7 @@ static bool pin_reserve(ss_cuda *c, size_t nbytes) {
   size_t cap = c->pin_cap ? c->pin_cap : PIN_MIN_NBYTES;
   while (cap < 2 * (nbytes + 64)) cap *= 2;
   if (c->mode == SS_CUDA_MODE_NONE) {
-    SS_CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+    if (!ss_cuda_wait(c, "waiting for the stream (staging arena)")) return false;
     if (c->pin && nbytes + 64 <= c->pin_cap) {
       c->pin_off = 0;
       return true;
@@ -167,7 +202,7 @@ void *ss_cuda_scratch(ss_cuda *c, int kind, size_t nbytes) {
   /* Graphs captured earlier point at the old buffer. */
   ss_cuda_graphs_drop(c);
   if (c->scr[kind]) {
-    SS_CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+    if (!ss_cuda_wait(c, "waiting for the stream (scratch growth)")) return NULL;
     cudaFree(c->scr[kind]);
   }
   c->scr[kind] = NULL;
@@ -234,8 +269,12 @@ int ss_cuda_step_begin(ss_backend *be, const ss_token_loc *loc, int64_t n_logits
   if (c->mode != SS_CUDA_MODE_NONE)
     return ss_error(SS_ERR_INTERNAL, "cuda: step_begin inside a step");
   /* Between steps: everything of the last one has run (rank 0 copied its logits
-   * out; workers waited in sync), so the arena can be reused from the start. */
-  SS_CUDA_CHECK(c, cudaStreamSynchronize(c->stream));
+   * out; workers waited in sync), so the arena can be reused from the start.
+   * The wait polls with a deadline: a step whose kernels never finish (a
+   * collective waiting for a lost peer) fails here, naming the rank and the
+   * step, instead of blocking the engine forever. */
+  c->n_steps++;
+  if (!ss_cuda_wait(c, "step_begin: waiting for the previous step")) return ss_cuda_take_err(c);
   retired_free(c);
   c->pin_off = 0;
   c->cur = NULL;

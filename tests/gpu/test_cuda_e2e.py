@@ -5,6 +5,9 @@ activations to bf16 for tensor-core GEMMs at prefill).  Also: CUDA graphs on
 and off give identical results, and with two GPUs (and MPI) tensor parallelism
 2 on GPUs matches one GPU.
 
+SS_E2E_ARCH=grok-1 runs the same comparison on a Grok-1-shaped MoE model
+(experts, tied head, soft caps) with bf16 weights (bench/gpu_verify.sh).
+
 Skips (exit 77) with the reason only when no GPU is present; a probe that
 fails any other way (a crash, a missing cuBLAS, a capture error) is a failure.
 """
@@ -27,6 +30,14 @@ SHAPE = ["--dim", "512", "--layers", "4", "--heads", "8", "--kv-heads", "2", "--
          "--vocab", "2048", "--ctx", "1024", "--seed", "3"]
 PROMPT = ",".join(str((i * 37) % 2000 + 3) for i in range(40))  # 40 tokens: prefill > 8
 TOL = {"f32": 1e-4, "bf16": 1e-2, "q8_0": 1e-2, "q4_1": 1e-2}
+ARCH = os.environ.get("SS_E2E_ARCH", "llama")
+if ARCH == "grok-1":
+    SHAPE = ["--arch", "grok-1", "--dim", "256", "--layers", "2", "--heads", "8", "--kv-heads", "2",
+             "--ffn", "512", "--vocab", "2048", "--experts", "4", "--experts-used", "2",
+             "--ctx", "1024", "--seed", "5"]
+    TOL = {"f32": 1e-4, "bf16": 1e-2}
+elif ARCH != "llama":
+    sys.exit(f"SS_E2E_ARCH={ARCH}: must be llama or grok-1")
 
 
 def gen(model, device, extra=(), env=None, launch=None):
@@ -69,6 +80,17 @@ if verdict == "skip":
 if not ck.check(verdict == "run", reason):
     shutil.rmtree(tmp, ignore_errors=True)
     ck.finish()
+
+if ARCH != "llama":
+    # The CPU path is the reference: a model it cannot load is not compared.
+    model = os.path.join(tmp, "moe_check.gguf")
+    rc, _, err = ck.run(args.bin, ["synth", *SHAPE, "--dtype", "bf16", "-o", model])
+    rc_c, _, err_c = gen(model, "cpu") if rc == 0 else (rc, None, err)
+    if rc_c != 0 and ("not supported" in err_c or
+                      "missing tensor" in err_c):
+        print(f"SKIPPED: the CPU reference cannot run {ARCH}: {err_c[-200:]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        sys.exit(77)
 
 for dtype, tol in TOL.items():
     model = os.path.join(tmp, f"m_{dtype}.gguf")

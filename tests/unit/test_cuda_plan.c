@@ -246,11 +246,68 @@ static void test_gpu_for_rank(void **state) {
   assert_int_equal(ss_gpu_for_rank(0, 1, 0), -1);
 }
 
+/* The step deadline (SS_GPU_STEP_TIMEOUT_S): the default when unset, seconds
+ * otherwise, anything else refused. */
+static void test_timeout_parse(void **state) {
+  (void)state;
+  double v = -1.0;
+  assert_int_equal(ss_cuda_parse_timeout(NULL, &v), 0);
+  assert_true(v == SS_CUDA_STEP_TIMEOUT_DEFAULT_S);
+  assert_int_equal(ss_cuda_parse_timeout("", &v), 0);
+  assert_true(v == SS_CUDA_STEP_TIMEOUT_DEFAULT_S);
+  assert_int_equal(ss_cuda_parse_timeout("2.5", &v), 0);
+  assert_true(v == 2.5);
+  assert_int_equal(ss_cuda_parse_timeout("0", &v), 0);
+  assert_true(v == 0.0);
+  const char *bad[] = {"abc", "-1", "5s", "nan", "inf", "1e7", " "};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    v = 7.0;
+    assert_int_equal(ss_cuda_parse_timeout(bad[i], &v), -1);
+    assert_true(v == 7.0);
+  }
+}
+
+/* A fake stream: done after `left` polls (never when negative), or an error. */
+typedef struct fake_stream {
+  int left, polls, fail_at;
+} fake_stream;
+
+static int fake_query(void *arg) {
+  fake_stream *f = arg;
+  f->polls++;
+  if (f->fail_at && f->polls == f->fail_at) return -1;
+  if (f->left < 0) return 1;
+  if (f->left == 0) return 0;
+  f->left--;
+  return 1;
+}
+
+/* The poll returns when the work finishes, fails past the deadline on work
+ * that never finishes (instead of blocking), and passes errors through. */
+static void test_poll_wait(void **state) {
+  (void)state;
+  fake_stream f = {.left = 5};
+  double waited = -1.0;
+  assert_int_equal(ss_cuda_poll_wait(fake_query, &f, 10.0, &waited), 0);
+  assert_int_equal(f.polls, 6);
+  assert_true(waited >= 0.0 && waited < 5.0);
+
+  fake_stream hung = {.left = -1};
+  assert_int_equal(ss_cuda_poll_wait(fake_query, &hung, 0.05, &waited), SS_CUDA_WAIT_TIMEOUT);
+  assert_true(waited >= 0.05 && waited < 5.0);
+  assert_true(hung.polls > 1);
+
+  fake_stream broken = {.left = -1, .fail_at = 3};
+  assert_int_equal(ss_cuda_poll_wait(fake_query, &broken, 0.0, NULL), -1);
+  assert_int_equal(broken.polls, 3);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_unaligned_chunk),     cmocka_unit_test(test_mixed_batch),
       cmocka_unit_test(test_runs_of_long_batches), cmocka_unit_test(test_prefill_not_captured),
       cmocka_unit_test(test_keys_fix_launches),   cmocka_unit_test(test_gpu_for_rank),
+      cmocka_unit_test(test_timeout_parse),       cmocka_unit_test(test_poll_wait),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
