@@ -19,9 +19,9 @@
 
 #include "runtime/tokenizer/tokenizer.h"
 
-/* The most pre-tokenizer regexes one `tokenizer.ggml.pre` applies (llama.cpp's
- * "default" BPE list has 4). */
-#define SS_TOK_MAX_REGEX 4
+/* The most pre-tokenizer regexes one `tokenizer.ggml.pre` applies (DeepSeek
+ * LLM's list has 6). */
+#define SS_TOK_MAX_REGEX 6
 
 /* ------------------------------------------------------------------------ */
 /* Open-addressing hash map (linear probing) from a key to an int32 index.   */
