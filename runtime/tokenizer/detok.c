@@ -54,7 +54,7 @@ size_t ss_tokenizer_piece(const ss_tokenizer *t, int32_t id, bool special, char 
     }
     break;
   case SS_TOKTYPE_NORMAL:
-    if (t->kind == SS_TOK_SPM) {
+    if (t->kind == SS_TOK_SPM || t->raw_bpe) {
       for (size_t i = 0; i < len;) {
         if (len - i >= 3 && memcmp(text + i, SPM_SPACE, 3) == 0) {
           sink_put(&s, " ", 1);

@@ -30,11 +30,14 @@ int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out) {
   if ((rc = ss_gguf_get_str(g, "tokenizer.ggml.model", true, &model))) goto fail;
   if (model.len == 4 && memcmp(model.ptr, "gpt2", 4) == 0) {
     t->kind = SS_TOK_BPE;
+  } else if (model.len == 6 && memcmp(model.ptr, "gemma4", 6) == 0) {
+    t->kind = SS_TOK_BPE;
+    t->raw_bpe = true;
   } else if (model.len == 5 && memcmp(model.ptr, "llama", 5) == 0) {
     t->kind = SS_TOK_SPM;
   } else {
     rc = ss_error(SS_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model = '%.*s' is not supported "
-                  "(supported: gpt2, llama)", g->path, (int)(model.len > 64 ? 64 : model.len),
+                  "(supported: gpt2, gemma4, llama)", g->path, (int)(model.len > 64 ? 64 : model.len),
                   model.ptr);
     goto fail;
   }
@@ -46,8 +49,14 @@ int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out) {
     ss_gguf_str pre;
     rc = ss_gguf_get_str(g, "tokenizer.ggml.pre", false, &pre);
     if (rc < 0) goto fail;
-    if ((rc = ss_tok_bpe_init(t, g->path, rc == SS_OK ? pre.ptr : NULL, rc == SS_OK ? pre.len : 0,
-                              &add_bos_default)))
+    const bool has_pre = rc == SS_OK;
+    if (t->raw_bpe) {
+      /* llama.cpp sets the pre-tokenizer of this model itself. */
+      pre.ptr = "gemma4";
+      pre.len = 6;
+    }
+    if ((rc = ss_tok_bpe_init(t, g->path, has_pre || t->raw_bpe ? pre.ptr : NULL,
+                              has_pre || t->raw_bpe ? pre.len : 0, &add_bos_default)))
       goto fail;
     t->bos = t->eos = t->unk = -1;
     t->add_space_prefix = false;
@@ -69,6 +78,7 @@ int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out) {
     goto fail;
   t->add_bos = add_bos_default;
   if ((rc = ss_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", false, &t->add_bos)) < 0) goto fail;
+  if (t->raw_bpe) t->add_bos = true; /* llama.cpp overrides a false one for Gemma 4 */
   if ((rc = ss_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", false, &t->add_space_prefix)) <
       0)
     goto fail;

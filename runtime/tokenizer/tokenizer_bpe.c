@@ -84,6 +84,7 @@ static const pre_tokenizer k_pre[] = {
     {"dbrx|smaug-bpe", {RE_LLAMA3}, false, false},
     {"qwen2|deepseek-r1-qwen|stablelm2", {RE_QWEN2}, false, false},
     {"qwen35", {RE_QWEN35}, false, false},
+    {"gemma4", {"[^\\n]+|[\\n]+"}, false, true}, /* pieces only cut at newlines */
     {"falcon",
      {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}, false, false},
     {"deepseek-llm",
@@ -375,7 +376,9 @@ static int add_bigram(const ss_tokenizer *t, bpe_scratch *s, int32_t left, int32
 static int bpe_word(const ss_tokenizer *t, bpe_scratch *s, size_t wn, ss_tok_ids *out) {
   const char *w = s->word;
   int rc;
-  if (t->ignore_merges) {
+  bool newlines = t->raw_bpe && wn > 0;
+  for (size_t i = 0; i < wn && newlines; i++) newlines = w[i] == '\n';
+  if (t->ignore_merges || newlines) {
     int32_t id = ss_tok_lookup(t, w, wn);
     if (id >= 0) return ss_tok_ids_push(out, id);
   }
@@ -421,7 +424,14 @@ static int bpe_word(const ss_tokenizer *t, bpe_scratch *s, size_t wn, ss_tok_ids
     }
     /* Not in the vocabulary (a merge whose result is missing): one token per
      * GPT-2 character, i.e. per byte; characters without a token are dropped,
-     * as llama.cpp drops them. */
+     * as llama.cpp drops them.  Raw BPE: a <0xNN> token per byte. */
+    if (t->raw_bpe) {
+      for (uint32_t k = 0; k < sy->n; k++) {
+        int32_t bid = t->byte_token[(uint8_t)w[sy->off + k]];
+        if (bid >= 0 && (rc = ss_tok_ids_push(out, bid))) return rc;
+      }
+      continue;
+    }
     for (uint32_t off = 0; off < sy->n;) {
       int n = ss_utf8_seq_nbytes((const uint8_t *)w + sy->off + off, sy->n - off);
       if (n <= 0) n = 1;
@@ -439,6 +449,26 @@ static int bpe_word(const ss_tokenizer *t, bpe_scratch *s, size_t wn, ss_tok_ids
 int ss_tok_bpe_encode(const ss_tokenizer *t, const char *text, size_t len, ss_tok_ids *out) {
   if (len == 0) return SS_OK;
   int rc = SS_OK;
+  char *escaped = NULL; /* raw BPE: the text with spaces as U+2581 */
+  if (t->raw_bpe) {
+    size_t n_spaces = 0;
+    for (size_t i = 0; i < len; i++) n_spaces += text[i] == ' ';
+    if (n_spaces) {
+      if (!(escaped = malloc(len + 2 * n_spaces)))
+        return ss_error(SS_ERR_NOMEM, "tokenizer: out of memory");
+      size_t j = 0;
+      for (size_t i = 0; i < len; i++) {
+        if (text[i] == ' ') {
+          memcpy(escaped + j, "\xE2\x96\x81", 3);
+          j += 3;
+        } else {
+          escaped[j++] = text[i];
+        }
+      }
+      text = escaped;
+      len = j;
+    }
+  }
   char *clean = NULL;        /* text with invalid bytes replaced by U+FFFD */
   uint8_t *invalid = NULL;   /* (len) 1 where a byte is not part of valid UTF-8 */
   const char *subject = text;
@@ -522,9 +552,17 @@ int ss_tok_bpe_encode(const ss_tokenizer *t, const char *text, size_t len, ss_to
       if (invalid && invalid[k] && t->byte_token[byte] < 0) {
         for (int r = 0; r < SS_UTF8_REPLACEMENT_NBYTES; r++) {
           uint8_t rb = (uint8_t)SS_UTF8_REPLACEMENT[r];
+          if (t->raw_bpe) {
+            s.word[wn++] = (char)rb;
+            continue;
+          }
           memcpy(s.word + wn, t->gpt2_char[rb], t->gpt2_nbytes[rb]);
           wn += t->gpt2_nbytes[rb];
         }
+        continue;
+      }
+      if (t->raw_bpe) {
+        s.word[wn++] = (char)byte;
         continue;
       }
       memcpy(s.word + wn, t->gpt2_char[byte], t->gpt2_nbytes[byte]);
@@ -542,5 +580,6 @@ done:
   free(s.heap);
   free(clean);
   free(invalid);
+  free(escaped);
   return rc;
 }

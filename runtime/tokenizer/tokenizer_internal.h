@@ -98,9 +98,13 @@ struct ss_tokenizer {
   pcre2_code *regex[SS_TOK_MAX_REGEX];
   int n_regex;
   bool ignore_merges;     /* a whole pre-token found in the vocab is one token */
+  /* Gemma 4's BPE (tokenizer.ggml.model = "gemma4"): merges over the raw UTF-8
+   * text with every space written as U+2581, <0xNN> byte tokens, no GPT-2
+   * alphabet; a piece of newlines only is one token when the vocabulary has it. */
+  bool raw_bpe;
 
-  /* Byte fallback: BPE, the token of each byte's GPT-2 character; SPM,
-   * <0xNN>, else the one-byte token, else -1. */
+  /* Byte fallback: BPE, the token of each byte's GPT-2 character; SPM and
+   * raw_bpe, <0xNN>, else the one-byte token, else -1. */
   int32_t byte_token[256];
 
   int32_t bos, eos, eot, unk, pad; /* -1 where absent */
