@@ -396,8 +396,8 @@ def expect_fail(label, g, needles):
 expect_fail("missing tokens", crafted(tokens=None), ["tokenizer.ggml.tokens"])
 expect_fail("missing merges", crafted(merges=None), ["tokenizer.ggml.merges"])
 expect_fail("missing model", crafted(model=None), ["tokenizer.ggml.model"])
-expect_fail("unknown model", crafted(model=(gc.STR, "bert")),
-            ["tokenizer.ggml.model", "bert", "gpt2", "llama"])
+expect_fail("unknown model", crafted(model=(gc.STR, "no-such-model")),
+            ["tokenizer.ggml.model", "no-such-model", "gpt2", "llama", "bert", "gemma4"])
 expect_fail("unknown pre", crafted(pre=(gc.STR, "no-such-pre")),
             ["tokenizer.ggml.pre", "no-such-pre", "supported", "smollm", "llama3"])
 expect_fail("bos out of range", crafted(bos_token_id=(gc.U32, 99999)),

@@ -33,11 +33,13 @@ int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out) {
   } else if (model.len == 6 && memcmp(model.ptr, "gemma4", 6) == 0) {
     t->kind = SS_TOK_BPE;
     t->raw_bpe = true;
+  } else if (model.len == 4 && memcmp(model.ptr, "bert", 4) == 0) {
+    t->kind = SS_TOK_WPM;
   } else if (model.len == 5 && memcmp(model.ptr, "llama", 5) == 0) {
     t->kind = SS_TOK_SPM;
   } else {
     rc = ss_error(SS_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model = '%.*s' is not supported "
-                  "(supported: gpt2, gemma4, llama)", g->path, (int)(model.len > 64 ? 64 : model.len),
+                  "(supported: gpt2, gemma4, llama, bert)", g->path, (int)(model.len > 64 ? 64 : model.len),
                   model.ptr);
     goto fail;
   }
@@ -60,6 +62,25 @@ int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out) {
       goto fail;
     t->bos = t->eos = t->unk = -1;
     t->add_space_prefix = false;
+  } else if (t->kind == SS_TOK_WPM) {
+    /* tokenizer.ggml.pre names the model (bert-bge, ...); WordPiece has one
+     * way to split. */
+    snprintf(t->describe, sizeof t->describe, "WordPiece (bert)");
+    add_bos_default = true;
+    t->bos = 101; /* llama.cpp's defaults: [CLS], [UNK] */
+    t->eos = -1;
+    t->unk = 100;
+    t->add_space_prefix = false;
+    t->wpm_lowercase = true;
+    if ((rc = ss_gguf_get_bool(g, "tokenizer.ggml.normalizer.lowercase", false,
+                               &t->wpm_lowercase)) < 0)
+      goto fail;
+    t->wpm_strip_accents = t->wpm_lowercase;
+    if ((rc = ss_gguf_get_bool(g, "tokenizer.ggml.normalizer.strip_accents", false,
+                               &t->wpm_strip_accents)) < 0)
+      goto fail;
+    for (int32_t i = 0; i < t->n_vocab; i++)
+      if (t->text_len[i] > t->max_token_len) t->max_token_len = t->text_len[i];
   } else {
     /* tokenizer.ggml.pre does not apply to SentencePiece. */
     snprintf(t->describe, sizeof t->describe, "SentencePiece-style (llama)");
@@ -187,6 +208,8 @@ int ss_tokenizer_encode(const ss_tokenizer *t, const char *text, size_t len, boo
     }
     if (t->kind == SS_TOK_SPM)
       rc = ss_tok_spm_encode(t, text + f->off, f->len, t->add_space_prefix && prev_special, &v);
+    else if (t->kind == SS_TOK_WPM)
+      rc = ss_tok_wpm_encode(t, text + f->off, f->len, &v);
     else
       rc = ss_tok_bpe_encode(t, text + f->off, f->len, &v);
     prev_special = false;

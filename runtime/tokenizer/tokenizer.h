@@ -1,12 +1,14 @@
 /* Tokenizers built from GGUF metadata (tokenizer.ggml.*).
  *
- * Two kinds:
+ * Three kinds:
  *   - byte-level BPE (tokenizer.ggml.model = "gpt2"): a pre-tokenizer regex split
  *     chosen by tokenizer.ggml.pre (gpt2, starcoder/smollm, llama3, ...) run with
  *     PCRE2 in Unicode mode, then rank-ordered merges over the GPT-2 byte-to-unicode
  *     alphabet;
  *   - SentencePiece-style (tokenizer.ggml.model = "llama"): score-ordered bigram
- *     merges over UTF-8 characters with "▁" for spaces and <0xNN> byte fallback.
+ *     merges over UTF-8 characters with "▁" for spaces and <0xNN> byte fallback;
+ *   - WordPiece (tokenizer.ggml.model = "bert"): BERT's normalizer (lowercase,
+ *     accents stripped) and word split, then greedy longest-prefix pieces.
  *
  * Special tokens (control and user-defined) are recognised in the text only when
  * asked to (parse_special), except user-defined ones, which are always matched. */
@@ -24,6 +26,7 @@ typedef struct ss_tokenizer ss_tokenizer;
 typedef enum ss_tok_kind {
   SS_TOK_BPE, /* byte-level BPE (GPT-2 style) */
   SS_TOK_SPM, /* SentencePiece-style */
+  SS_TOK_WPM, /* WordPiece (BERT) */
 } ss_tok_kind;
 
 /* GGUF token types (tokenizer.ggml.token_type). */

@@ -7,6 +7,7 @@
  *   tokenizer_special.c  special-token search order and partition
  *   tokenizer_bpe.c      byte-level BPE encoder
  *   tokenizer_spm.c      SentencePiece-style encoder
+ *   tokenizer_wpm.c      WordPiece encoder
  *   detok.c              pieces and the streaming detokenizer */
 #ifndef SS_TOKENIZER_INTERNAL_H
 #define SS_TOKENIZER_INTERNAL_H
@@ -103,6 +104,10 @@ struct ss_tokenizer {
    * alphabet; a piece of newlines only is one token when the vocabulary has it. */
   bool raw_bpe;
 
+  /* WordPiece: BERT normalizer options, the longest token text in bytes. */
+  bool wpm_lowercase, wpm_strip_accents;
+  uint32_t max_token_len;
+
   /* Byte fallback: BPE, the token of each byte's GPT-2 character; SPM and
    * raw_bpe, <0xNN>, else the one-byte token, else -1. */
   int32_t byte_token[256];
@@ -181,5 +186,6 @@ void ss_tok_bpe_free(ss_tokenizer *t);
 int ss_tok_bpe_encode(const ss_tokenizer *t, const char *text, size_t len, ss_tok_ids *out);
 int ss_tok_spm_encode(const ss_tokenizer *t, const char *text, size_t len, bool space_prefix,
                       ss_tok_ids *out);
+int ss_tok_wpm_encode(const ss_tokenizer *t, const char *text, size_t len, ss_tok_ids *out);
 
 #endif
