@@ -33,6 +33,9 @@ int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out) {
   } else if (model.len == 6 && memcmp(model.ptr, "gemma4", 6) == 0) {
     t->kind = SS_TOK_BPE;
     t->raw_bpe = true;
+  } else if (model.len == 8 && memcmp(model.ptr, "tiktoken", 8) == 0) {
+    t->kind = SS_TOK_BPE;
+    t->tiktoken = true;
   } else if (model.len == 4 && memcmp(model.ptr, "bert", 4) == 0) {
     t->kind = SS_TOK_WPM;
   } else if (model.len == 5 && memcmp(model.ptr, "llama", 5) == 0) {
@@ -46,7 +49,21 @@ int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out) {
   if ((rc = ss_tok_vocab_load(t, g))) goto fail;
 
   bool add_bos_default;
-  if (t->kind == SS_TOK_BPE) {
+  if (t->tiktoken) {
+    ss_gguf_str pat;
+    if ((rc = ss_gguf_get_str(g, "tokenizer.tiktoken.pat_str", true, &pat))) goto fail;
+    char *p = strndup(pat.ptr, pat.len);
+    if (!p) {
+      rc = ss_error(SS_ERR_NOMEM, "tokenizer: out of memory");
+      goto fail;
+    }
+    rc = ss_tok_tiktoken_init(t, g->path, p);
+    free(p);
+    if (rc) goto fail;
+    add_bos_default = false;
+    t->bos = t->eos = t->unk = -1;
+    t->add_space_prefix = false;
+  } else if (t->kind == SS_TOK_BPE) {
     if ((rc = ss_tok_merges_load(t, g))) goto fail;
     ss_gguf_str pre;
     rc = ss_gguf_get_str(g, "tokenizer.ggml.pre", false, &pre);

@@ -171,6 +171,46 @@ static bool expand_whitespace(const char *re, char *out, size_t cap) {
   return true;
 }
 
+/* Compiles one split pattern (ours, or a file's when path is set) into the
+ * next regex slot. */
+static int compile_regex(ss_tokenizer *t, const char *src, const char *path) {
+  int err;
+  PCRE2_SIZE err_off;
+  char re[8192];
+  if (t->n_regex >= SS_TOK_MAX_REGEX)
+    return ss_error(SS_ERR_INTERNAL, "tokenizer: more than %d split patterns", SS_TOK_MAX_REGEX);
+  if (!expand_whitespace(src, re, sizeof re))
+    return path ? ss_error(SS_ERR_FORMAT, "%s: pat_str is too long (at most %zu bytes)", path,
+                           sizeof re / 4)
+                : ss_error(SS_ERR_INTERNAL, "pre-tokenizer regex %d is too long", t->n_regex);
+  /* $ is the end of the piece only (DeepSeek's "\s+$"), as in std::regex. */
+  pcre2_code *code =
+      pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED,
+                    PCRE2_UTF | PCRE2_UCP | PCRE2_DOLLAR_ENDONLY, &err, &err_off, NULL);
+  if (!code) {
+    PCRE2_UCHAR msg[256];
+    pcre2_get_error_message(err, msg, sizeof msg);
+    if (path)
+      return ss_error(SS_ERR_FORMAT, "%s: pat_str does not compile at offset %zu: %s", path,
+                      (size_t)err_off, (const char *)msg);
+    return ss_error(SS_ERR_INTERNAL, "pre-tokenizer regex %d does not compile at %zu: %s",
+                    t->n_regex, (size_t)err_off, (const char *)msg);
+  }
+  /* JIT is an optimisation only: without it pcre2_match interprets. */
+  (void)pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
+  t->regex[t->n_regex++] = code;
+  return SS_OK;
+}
+
+int ss_tok_tiktoken_init(ss_tokenizer *t, const char *path, const char *pattern) {
+  int rc = compile_regex(t, pattern, path);
+  if (rc) return rc;
+  t->tiktoken = true;
+  t->ignore_merges = true; /* a piece that is a token is that token */
+  snprintf(t->describe, sizeof t->describe, "byte-level BPE (tiktoken ranks)");
+  return SS_OK;
+}
+
 int ss_tok_bpe_init(ss_tokenizer *t, const char *path, const char *pre, size_t pre_len,
                     bool *add_bos_default) {
   const pre_tokenizer *p = NULL;
@@ -204,24 +244,8 @@ int ss_tok_bpe_init(ss_tokenizer *t, const char *path, const char *pre, size_t p
   }
 
   for (int i = 0; i < SS_TOK_MAX_REGEX && p->regex[i]; i++) {
-    int err;
-    PCRE2_SIZE err_off;
-    char re[4096];
-    if (!expand_whitespace(p->regex[i], re, sizeof re))
-      return ss_error(SS_ERR_INTERNAL, "pre-tokenizer regex %d is too long", i);
-    /* $ is the end of the piece only (DeepSeek's "\s+$"), as in std::regex. */
-    pcre2_code *code =
-        pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED,
-                      PCRE2_UTF | PCRE2_UCP | PCRE2_DOLLAR_ENDONLY, &err, &err_off, NULL);
-    if (!code) {
-      PCRE2_UCHAR msg[256];
-      pcre2_get_error_message(err, msg, sizeof msg);
-      return ss_error(SS_ERR_INTERNAL, "pre-tokenizer regex %d does not compile at %zu: %s", i,
-                      (size_t)err_off, (const char *)msg);
-    }
-    /* JIT is an optimisation only: without it pcre2_match interprets. */
-    (void)pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
-    t->regex[t->n_regex++] = code;
+    int rc = compile_regex(t, p->regex[i], NULL);
+    if (rc) return rc;
   }
   t->ignore_merges = p->ignore_merges;
   *add_bos_default = p->add_bos;
@@ -264,7 +288,7 @@ static int spans_push(spans *v, size_t a, size_t b) {
 
 /* Splits s (valid UTF-8, inside text) by one regex into matches and gaps. */
 static int split_span(const pcre2_code *code, pcre2_match_data *md, const char *text, span s,
-                      spans *out) {
+                      bool keep_gaps, spans *out) {
   const PCRE2_SPTR subject = (PCRE2_SPTR)(text + s.a);
   const size_t len = s.b - s.a;
   size_t prev = 0, off = 0;
@@ -293,11 +317,11 @@ static int split_span(const pcre2_code *code, pcre2_match_data *md, const char *
       off = ms + (size_t)(n > 0 ? n : 1);
       continue;
     }
-    if (ms > prev && (rc = spans_push(out, s.a + prev, s.a + ms))) return rc;
+    if (keep_gaps && ms > prev && (rc = spans_push(out, s.a + prev, s.a + ms))) return rc;
     if ((rc = spans_push(out, s.a + ms, s.a + me))) return rc;
     prev = off = me;
   }
-  if (prev < len && (rc = spans_push(out, s.a + prev, s.b))) return rc;
+  if (keep_gaps && prev < len && (rc = spans_push(out, s.a + prev, s.b))) return rc;
   return SS_OK;
 }
 
@@ -367,7 +391,14 @@ static bigram heap_pop(bpe_scratch *s) {
 static int add_bigram(const ss_tokenizer *t, bpe_scratch *s, int32_t left, int32_t right) {
   if (left < 0 || right < 0) return SS_OK;
   const symbol *l = &s->sym[left], *r = &s->sym[right];
-  int32_t rank = ss_tok_merge_rank(t, s->word + l->off, l->n, s->word + r->off, r->n);
+  int32_t rank;
+  if (t->tiktoken) {
+    /* tiktoken: the rank of the merged bytes, i.e. their token's id. */
+    rank = ss_tok_lookup(t, s->word + l->off, l->n + r->n);
+    if (rank >= 0 && t->type[rank] != SS_TOKTYPE_NORMAL) rank = -1;
+  } else {
+    rank = ss_tok_merge_rank(t, s->word + l->off, l->n, s->word + r->off, r->n);
+  }
   if (rank < 0) return SS_OK;
   return heap_push(s, (bigram){rank, left, right, l->n + r->n});
 }
@@ -380,7 +411,8 @@ static int bpe_word(const ss_tokenizer *t, bpe_scratch *s, size_t wn, ss_tok_ids
   for (size_t i = 0; i < wn && newlines; i++) newlines = w[i] == '\n';
   if (t->ignore_merges || newlines) {
     int32_t id = ss_tok_lookup(t, w, wn);
-    if (id >= 0) return ss_tok_ids_push(out, id);
+    if (id >= 0 && !(t->tiktoken && t->type[id] != SS_TOKTYPE_NORMAL))
+      return ss_tok_ids_push(out, id);
   }
   if (s->sym_cap < wn) {
     symbol *p = realloc(s->sym, wn * sizeof *p);
@@ -509,7 +541,7 @@ int ss_tok_bpe_encode(const ss_tokenizer *t, const char *text, size_t len, ss_to
   for (int r = 0; r < t->n_regex; r++) {
     next.n = 0;
     for (size_t i = 0; i < cur.n; i++)
-      if ((rc = split_span(t->regex[r], md, subject, cur.p[i], &next))) goto done;
+      if ((rc = split_span(t->regex[r], md, subject, cur.p[i], !t->tiktoken, &next))) goto done;
     spans tmp = cur;
     cur = next;
     next = tmp;

@@ -103,6 +103,10 @@ struct ss_tokenizer {
    * text with every space written as U+2581, <0xNN> byte tokens, no GPT-2
    * alphabet; a piece of newlines only is one token when the vocabulary has it. */
   bool raw_bpe;
+  /* tiktoken ranks (tokenizer.ggml.model = "tiktoken", from a tokenizer.tok.json):
+   * no merge list; a pair merges by the rank of its merged bytes, which is
+   * that token's id; text the split pattern leaves unmatched is dropped. */
+  bool tiktoken;
 
   /* WordPiece: BERT normalizer options, the longest token text in bytes. */
   bool wpm_lowercase, wpm_strip_accents;
@@ -181,6 +185,8 @@ int ss_gpt2_cp_to_byte(uint32_t cp);
 int ss_tok_bpe_init(ss_tokenizer *t, const char *path, const char *pre, size_t pre_len,
                     bool *add_bos_default);
 void ss_tok_bpe_free(ss_tokenizer *t);
+/* tiktoken set-up: the file's split pattern (path names it in errors). */
+int ss_tok_tiktoken_init(ss_tokenizer *t, const char *path, const char *pattern);
 
 /* Appends the tokens of one stretch of raw text (no special tokens in it). */
 int ss_tok_bpe_encode(const ss_tokenizer *t, const char *text, size_t len, ss_tok_ids *out);
