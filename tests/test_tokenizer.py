@@ -7,9 +7,10 @@ exactly: the three vocabularies in tests/data/tokenizer/ and every
 ggml-vocab-*.gguf with an .inp/.out pair in llama.cpp's models/ folder (found
 through SS_LLAMACPP_SRC, by default the copy bench/llamacpp.sh fetches).  The
 vocabularies there without test vectors must load and round-trip, or be
-refused with a message naming the unsupported tokenizer.  Round trips are checked with a decoder written here from
-the vocabulary the `gguf` package reads (GPT-2 byte alphabet, SentencePiece's
-"▁" and <0xNN>), independent of the C detokenizer.
+refused with a message naming the unsupported tokenizer.  Round trips are
+checked with a decoder written here from the vocabulary as read from the file
+(tests/lib/gguf_meta.py; GPT-2 byte alphabet, SentencePiece's "▁" and <0xNN>),
+independent of the C detokenizer.
 """
 import atexit
 import os

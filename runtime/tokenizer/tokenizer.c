@@ -42,8 +42,8 @@ int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out) {
     t->kind = SS_TOK_SPM;
   } else {
     rc = ss_error(SS_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model = '%.*s' is not supported "
-                  "(supported: gpt2, gemma4, llama, bert)", g->path, (int)(model.len > 64 ? 64 : model.len),
-                  model.ptr);
+                  "(supported: gpt2, gemma4, llama, bert)", g->path,
+                  (int)(model.len > 64 ? 64 : model.len), model.ptr);
     goto fail;
   }
   if ((rc = ss_tok_vocab_load(t, g))) goto fail;

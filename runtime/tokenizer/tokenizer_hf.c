@@ -510,7 +510,8 @@ static int load_tok_json(meta *m, const char *path) {
     }
   }
   ss_gguf_value *tokens = meta_strings(m, "tokenizer.ggml.tokens", (uint64_t)n);
-  int32_t *types = tokens ? meta_raw(m, "tokenizer.ggml.token_type", SS_GGUF_INT32, (uint64_t)n) : NULL;
+  int32_t *types =
+      tokens ? meta_raw(m, "tokenizer.ggml.token_type", SS_GGUF_INT32, (uint64_t)n) : NULL;
   if (!types) {
     rc = ss_error(SS_ERR_NOMEM, "out of memory");
     goto done;
