@@ -44,13 +44,14 @@ done
 # ---- --pack-deps: what the bare machine lacks, copied from this one ---------
 if [ -n "$pack" ]; then
   mkdir -p "$pack/include" "$pack/lib"
-  for h in jansson.h jansson_config.h pcre2.h cmocka.h; do
+  for h in jansson.h jansson_config.h pcre2.h cmocka.h unicase.h unictype.h uninorm.h unitypes.h \
+           unistring; do
     f=$(echo | cc -xc -E -v - 2>&1 >/dev/null | sed -n 's/^ \(\/.*include.*\)$/\1/p' |
-        while read -r d; do [ -f "$d/$h" ] && echo "$d/$h" && break; done)
+        while read -r d; do [ -e "$d/$h" ] && echo "$d/$h" && break; done)
     [ -n "$f" ] || { echo "gpu_verify: $h not found here" >&2; exit 3; }
-    cp -L "$f" "$pack/include/"
+    cp -rL "$f" "$pack/include/"
   done
-  for l in libjansson.a libpcre2-8.a libcmocka.so.0; do
+  for l in libjansson.a libpcre2-8.a libunistring.a libcmocka.so.0; do
     f=$(cc -print-file-name="$l")
     [ -f "$f" ] || { echo "gpu_verify: $l not found here" >&2; exit 3; }
     cp -L "$f" "$pack/lib/"

@@ -14,7 +14,7 @@ static const char *k_cmd = "tokenize";
 
 static void usage(FILE *f) {
   fprintf(f,
-          "Usage: shardserve tokenize [--model FILE] [--bos] [--special] < TEXT\n"
+          "Usage: shardserve tokenize [--model FILE] [--bos] [--special] [--split SEP] < TEXT\n"
           "\n"
           "Reads all of stdin as bytes (UTF-8 text; invalid bytes are tokenized as single\n"
           "bytes) and prints the token ids, space-separated, on one line.  Only the\n"
@@ -26,6 +26,9 @@ static void usage(FILE *f) {
           "      --bos          put the BOS token first (not added unless asked for)\n"
           "      --special      recognise special tokens written in the text, such as\n"
           "                     <|im_start|> (user-defined tokens are always recognised)\n"
+          "      --split SEP    cut stdin at every occurrence of SEP and tokenize each part\n"
+          "                     on its own, one line of ids per part (the tokenizer is\n"
+          "                     loaded once)\n"
           "  -h, --help         show this help\n");
 }
 
@@ -68,11 +71,13 @@ static int print_ids(const int32_t *ids, size_t n) {
 
 int ss_cmd_tokenize(int argc, char **argv) {
   const char *path = SS_DEFAULT_MODEL;
+  const char *split = NULL;
   bool bos = false, special = false;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},
       {"bos", no_argument, 0, 'B'},
       {"special", no_argument, 0, 'S'},
+      {"split", required_argument, 0, 'P'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0},
   };
@@ -84,12 +89,14 @@ int ss_cmd_tokenize(int argc, char **argv) {
     case 'm': path = optarg; break;
     case 'B': bos = true; break;
     case 'S': special = true; break;
+    case 'P': split = optarg; break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
     }
   }
   if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
+  if (split && !split[0]) return ss_cli_usage(k_cmd, "--split needs a non-empty separator");
 
   ss_gguf *g = NULL;
   ss_tokenizer *tok = NULL;
@@ -108,13 +115,22 @@ int ss_cmd_tokenize(int argc, char **argv) {
     ss_cli_fail(k_cmd, "cannot read stdin");
     goto done;
   }
-  if (ss_tokenizer_encode(tok, text, len, bos, special, &ids, &n_ids)) {
-    ss_cli_fail(k_cmd, "%s", ss_error_msg());
-    goto done;
-  }
-  if (print_ids(ids, n_ids)) {
-    ss_cli_fail(k_cmd, "cannot write to stdout");
-    goto done;
+  const size_t sep_len = split ? strlen(split) : 0;
+  for (size_t off = 0;;) {
+    const char *end = split ? memmem(text + off, len - off, split, sep_len) : NULL;
+    size_t part = end ? (size_t)(end - (text + off)) : len - off;
+    free(ids);
+    ids = NULL;
+    if (ss_tokenizer_encode(tok, text + off, part, bos, special, &ids, &n_ids)) {
+      ss_cli_fail(k_cmd, "%s", ss_error_msg());
+      goto done;
+    }
+    if (print_ids(ids, n_ids)) {
+      ss_cli_fail(k_cmd, "cannot write to stdout");
+      goto done;
+    }
+    if (!end) break;
+    off += part + sep_len;
   }
   rc = SS_EXIT_OK;
 done:

@@ -2,10 +2,15 @@
 edges a user would hit: BOS, empty input, NUL bytes and invalid UTF-8, special
 tokens, bad vocabulary files, bad flags.
 
-The expected ids in tests/data/tokenizer/*.out come from llama.cpp; every case
-must match exactly.  Round trips are checked with a decoder written here from
-the vocabulary the `gguf` package reads (GPT-2 byte alphabet, SentencePiece's
-"▁" and <0xNN>), independent of the C detokenizer.
+The expected ids in the *.out files come from llama.cpp; every case must match
+exactly: the three vocabularies in tests/data/tokenizer/ and every
+ggml-vocab-*.gguf with an .inp/.out pair in llama.cpp's models/ folder (found
+through SS_LLAMACPP_SRC, by default the copy bench/llamacpp.sh fetches).  The
+vocabularies there without test vectors must load and round-trip, or be
+refused with a message naming the unsupported tokenizer.  Round trips are
+checked with a decoder written here from the vocabulary as read from the file
+(tests/lib/gguf_meta.py; GPT-2 byte alphabet, SentencePiece's "▁" and <0xNN>),
+independent of the C detokenizer.
 """
 import atexit
 import os
@@ -13,10 +18,10 @@ import shutil
 import sys
 import tempfile
 
-import gguf
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "lib"))
 import gguf_craft as gc  # noqa: E402
+from gguf_meta import gguf_metadata  # noqa: E402
 from harness import Checker, parse_args  # noqa: E402
 
 args = parse_args()
@@ -26,10 +31,32 @@ atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 SEP = b"\n__ggml_vocab_test__\n"
 VOCABS = ["gpt-2", "starcoder", "llama-spm"]
 alpha_of = gc.byte_alphabet()
+LLAMACPP = os.environ.get("SS_LLAMACPP_SRC") or os.path.expanduser(
+    "~/.cache/shardserve/llamacpp/llama-cpp-python-0.3.36/vendor/llama.cpp")
+LLAMACPP_MODELS = os.path.join(LLAMACPP, "models")
 
 
 def vocab_path(name):
     return os.path.join(args.data, "tokenizer", f"ggml-vocab-{name}.gguf")
+
+
+def llamacpp_vocab(name):
+    return os.path.join(LLAMACPP_MODELS, f"ggml-vocab-{name}.gguf")
+
+
+# Every llama.cpp vocabulary with test vectors, and those without.
+if not os.path.isdir(LLAMACPP_MODELS):
+    ck.check(False, f"llama.cpp sources not found at {LLAMACPP} (set SS_LLAMACPP_SRC, or run "
+             "bench/llamacpp.sh to fetch them): the vocabulary tests cannot run")
+    LC_VECTORS, LC_OTHERS = [], []
+else:
+    _all = sorted(f[len("ggml-vocab-"):-len(".gguf")] for f in os.listdir(LLAMACPP_MODELS)
+                  if f.startswith("ggml-vocab-") and f.endswith(".gguf"))
+    LC_VECTORS = [n for n in _all if os.path.exists(llamacpp_vocab(n) + ".inp")
+                  and os.path.exists(llamacpp_vocab(n) + ".out")]
+    LC_OTHERS = [n for n in _all if n not in LC_VECTORS]
+    ck.check(len(LC_VECTORS) >= 15, f"only {len(LC_VECTORS)} vocabularies with test vectors in "
+             f"{LLAMACPP_MODELS}: {LC_VECTORS}")
 
 
 def tokenize(model, data, flags=()):
@@ -45,23 +72,29 @@ def tokenize(model, data, flags=()):
 
 
 class Vocab:
-    """The vocabulary as the gguf package reads it, and a decoder over it."""
+    """The vocabulary as read from the file here, and a decoder over it."""
 
     def __init__(self, path):
-        r = gguf.GGUFReader(path)
-        self.tokens = [str(t) for t in r.fields["tokenizer.ggml.tokens"].contents()]
-        self.types = list(r.fields["tokenizer.ggml.token_type"].contents())
-        self.model = str(r.fields["tokenizer.ggml.model"].contents())
-        f = r.fields.get("tokenizer.ggml.bos_token_id")
-        self.bos = int(f.contents()) if f else None
+        m = gguf_metadata(path)
+        self.tokens = m["tokenizer.ggml.tokens"]
+        self.types = m["tokenizer.ggml.token_type"]
+        self.model = m["tokenizer.ggml.model"]
+        self.space_prefix = m.get("tokenizer.ggml.add_space_prefix", self.model == "llama")
+        self.bos = m.get("tokenizer.ggml.bos_token_id")
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         self.unbyte = {c: b for b, c in gc.byte_alphabet().items()}
-        self.byte_ok = [self.model == "llama" or alpha_of[b] in self.ids for b in range(256)]
+        spm_bytes = self.model in ("llama", "gemma4")  # <0xNN> byte tokens, "\u2581" spaces
+        self.spm = spm_bytes
+        self.byte_ok = [(f"<0x{b:02X}>" in self.ids) if spm_bytes else alpha_of[b] in self.ids
+                        for b in range(256)]
 
     def expected_back(self, data):
         """What decoding the ids of `data` must give: `data`, except that a byte
         outside valid UTF-8 for which the vocabulary has no token comes back as
-        U+FFFD (llama.cpp turns every such byte into U+FFFD)."""
+        U+FFFD (llama.cpp turns every such byte into U+FFFD).  Byte-level BPE
+        vocabularies also drop a byte they have no token for, and give back the
+        GPT-2 character of a byte whose token is user-defined (DeepSeek's are),
+        as llama.cpp does."""
         out, i = bytearray(), 0
         while i < len(data):
             for k in (1, 2, 3, 4):
@@ -73,12 +106,19 @@ class Vocab:
             else:
                 k = 0
             if k:
-                out += data[i:i + k]
+                chunk = data[i:i + k]
                 i += k
             else:
-                out += bytes([data[i]]) if self.byte_ok[data[i]] else "\ufffd".encode()
+                chunk = bytes([data[i]]) if self.byte_ok[data[i]] else "\ufffd".encode()
                 i += 1
+            out += chunk if self.spm else b"".join(self.bpe_byte_back(x) for x in chunk)
         return bytes(out)
+
+    def bpe_byte_back(self, b):
+        tid = self.ids.get(alpha_of[b])
+        if tid is None:
+            return b""
+        return alpha_of[b].encode("utf-8") if self.types[tid] == 4 else bytes([b])
 
     def decode(self, ids):
         out = bytearray()
@@ -86,14 +126,16 @@ class Vocab:
             text, ty = self.tokens[i], self.types[i]
             if ty == 3:  # control tokens render as nothing
                 continue
-            if self.model == "llama":
+            if self.spm:
                 if ty == 6:
                     out.append(int(text[3:5], 16))
                 else:
                     out += text.replace("\u2581", " ").encode("utf-8")
+            elif ty == 4:  # user-defined tokens render as their text
+                out += text.encode("utf-8")
             else:
                 out += bytes(self.unbyte[c] for c in text)
-        if self.model == "llama" and out.startswith(b" "):
+        if self.spm and self.space_prefix and out.startswith(b" "):
             del out[0]  # the space the tokenizer put in front
         return bytes(out)
 
@@ -101,31 +143,75 @@ class Vocab:
 # ---------------------------------------------------------------------------
 # llama.cpp's test vectors, exact, plus an independent round trip.
 
+def tokenize_parts(model, parts):
+    """Each part tokenized on its own by one process (--split); a list of id
+    lists, or None with the error."""
+    rc, out, err = ck.run(args.bin, ["tokenize", "--model", model, "--split", SEP.decode()],
+                          stdin=SEP.join(parts))
+    if rc != 0:
+        return None, f"exit {rc}: {err.strip()}"
+    lines = out.decode().split("\n")
+    if len(lines) != len(parts) + 1 or lines[-1] != "":
+        return None, f"{len(lines) - 1} lines of output for {len(parts)} parts"
+    return [[int(x) for x in line.split()] for line in lines[:-1]], ""
+
+
 vocabs = {}
-for name in VOCABS:
-    path = vocab_path(name)
+# The text WordPiece (BERT) gives back is lowercased and without accents: its
+# ids are checked against llama.cpp's, not for a round trip.
+NO_ROUND_TRIP = {"bert"}
+for name, path in [(n, vocab_path(n)) for n in VOCABS] + [
+        ("llama.cpp " + n, llamacpp_vocab(n)) for n in LC_VECTORS]:
     v = vocabs[name] = Vocab(path)
     with open(path + ".inp", "rb") as f:
         inputs = f.read().split(SEP)
-    if not ck.check(inputs and inputs[-1] == b"", f"{name}: .inp does not end with the separator"):
-        continue
-    inputs = inputs[:-1]
+    if inputs and inputs[-1] == b"":
+        inputs = inputs[:-1]  # the separator after the last case (not in every file)
     with open(path + ".out", "rb") as f:
         expected = f.read().decode("utf-8").split("\n")
+    if not ck.check(len(expected) >= len(inputs), f"{name}: .out has fewer lines than cases"):
+        continue
+    results, err = tokenize_parts(path, inputs)
+    if not ck.check(results is not None, f"{name}: {err}"):
+        continue
     exact = 0
     for i, text in enumerate(inputs):
         want = [int(x) for x in expected[i].split()]
-        rc, got, _, err = tokenize(path, text)
-        if ck.check(rc == 0 and got == want,
-                    f"{name}: case {i} {text.decode('utf-8')!r}\n  expected {want}\n  got      "
-                    f"{got if rc == 0 else 'exit %s: %s' % (rc, err.strip())}"):
+        got = results[i]
+        if ck.check(got == want, f"{name}: case {i} {text.decode('utf-8')!r}\n  expected "
+                    f"{want}\n  got      {got}"):
             exact += 1
-        if rc == 0 and got is not None:
+        if v.model not in NO_ROUND_TRIP:
             back = v.decode(got)
             ck.check(back == text, f"{name}: case {i} does not round-trip: {text!r} -> {got} -> "
                      f"{back!r}")
     print(f"{name}: {exact}/{len(inputs)} exact", flush=True)
     ck.check(exact == len(inputs), f"{name}: {len(inputs) - exact} vectors differ")
+
+# The llama.cpp vocabularies without test vectors: the .inp texts of gpt-2 must
+# round-trip through them, or the tokenizer must be refused by name.
+with open(vocab_path("gpt-2") + ".inp", "rb") as f:
+    sample = f.read().split(SEP)[:-1]
+UNSUPPORTED = {"t5": "tokenizer.ggml.model = 't5' is not supported"}
+for n in LC_OTHERS:
+    path = llamacpp_vocab(n)
+    v = Vocab(path)
+    results, err = tokenize_parts(path, sample)
+    if v.model in UNSUPPORTED:
+        ck.check(results is None and UNSUPPORTED[v.model] in err,
+                 f"llama.cpp {n}: expected a refusal naming '{v.model}', got {err or results}")
+        print(f"llama.cpp {n}: refused ({v.model})", flush=True)
+        continue
+    if not ck.check(results is not None, f"llama.cpp {n}: {err}"):
+        continue
+    ok = 0
+    for text, ids in zip(sample, results):
+        back = v.decode(ids)
+        want = v.expected_back(text)
+        if ck.check(all(0 <= i < len(v.tokens) for i in ids) and back == want,
+                    f"llama.cpp {n}: {text!r} -> {ids} -> {back!r}"):
+            ok += 1
+    print(f"llama.cpp {n}: {ok}/{len(sample)} round trips", flush=True)
 
 # ---------------------------------------------------------------------------
 # BOS, empty input, bytes that are not text.
@@ -171,6 +257,23 @@ for name in VOCABS:
         ck.check(all(0 <= i < len(v.tokens) for i in ids), f"{name}: {data!r}: id out of range")
         back = v.decode(ids)
         want = v.expected_back(data)
+        ck.check(back == want, f"{name}: {data!r} -> {ids} -> {back!r}, expected {want!r}")
+
+# The same through the vocabularies with new pre-tokenizers and encoders, one
+# process each (BERT's normalizer changes the text: ids in range only).
+for n in ("gemma-4", "deepseek-llm", "deepseek-coder", "falcon", "qwen35", "bert-bge"):
+    name = "llama.cpp " + n
+    if name not in vocabs:
+        continue
+    v = vocabs[name]
+    results, err = tokenize_parts(llamacpp_vocab(n), odd_inputs)
+    if not ck.check(results is not None, f"{name}: odd inputs: {err}"):
+        continue
+    for data, ids in zip(odd_inputs, results):
+        ck.check(all(0 <= i < len(v.tokens) for i in ids), f"{name}: {data!r}: id out of range")
+        if v.model in NO_ROUND_TRIP:
+            continue
+        back, want = v.decode(ids), v.expected_back(data)
         ck.check(back == want, f"{name}: {data!r} -> {ids} -> {back!r}, expected {want!r}")
 
 # A long input (every id on one line, nothing lost).
@@ -277,8 +380,8 @@ def expect_fail(label, g, needles):
 expect_fail("missing tokens", crafted(tokens=None), ["tokenizer.ggml.tokens"])
 expect_fail("missing merges", crafted(merges=None), ["tokenizer.ggml.merges"])
 expect_fail("missing model", crafted(model=None), ["tokenizer.ggml.model"])
-expect_fail("unknown model", crafted(model=(gc.STR, "bert")),
-            ["tokenizer.ggml.model", "bert", "gpt2", "llama"])
+expect_fail("unknown model", crafted(model=(gc.STR, "no-such-model")),
+            ["tokenizer.ggml.model", "no-such-model", "gpt2", "llama", "bert", "gemma4"])
 expect_fail("unknown pre", crafted(pre=(gc.STR, "no-such-pre")),
             ["tokenizer.ggml.pre", "no-such-pre", "supported", "smollm", "llama3"])
 expect_fail("bos out of range", crafted(bos_token_id=(gc.U32, 99999)),
@@ -305,6 +408,14 @@ ck.check(rc == 0 and all(f in help_text for f in ("--model", "--bos", "--special
          f"tokenize --help: exit {rc}, {help_text!r}")
 rc, out, err = ck.run(args.bin, ["tokenize", "--bogus"], stdin=b"x")
 ck.check(rc == 2 and "--bogus" in err, f"tokenize --bogus: exit {rc} {err!r}")
+rc, out, err = ck.run(args.bin, ["tokenize", "--model", gpt2, "--split", ""], stdin=b"x")
+ck.check(rc == 2 and "--split" in err, f"tokenize --split '': exit {rc} {err!r}")
+rc, out, err = ck.run(args.bin, ["tokenize", "--model", gpt2, "--split", "|"], stdin=b"Hello|"
+                      b"|world")
+_, hello, _, _ = tokenize(gpt2, b"Hello")
+_, world, _, _ = tokenize(gpt2, b"world")
+ck.check(rc == 0 and out.decode() == " ".join(map(str, hello)) + "\n\n" +
+         " ".join(map(str, world)) + "\n", f"tokenize --split '|': exit {rc} {out!r} {err!r}")
 rc, out, err = ck.run(args.bin, ["tokenize", "--model"], stdin=b"x")
 ck.check(rc == 2, f"tokenize --model without a value: exit {rc} {err!r}")
 rc, out, err = ck.run(args.bin, ["tokenize", "--model", gpt2, "extra"], stdin=b"x")

@@ -54,7 +54,7 @@ size_t ss_tokenizer_piece(const ss_tokenizer *t, int32_t id, bool special, char 
     }
     break;
   case SS_TOKTYPE_NORMAL:
-    if (t->kind == SS_TOK_SPM) {
+    if (t->kind == SS_TOK_SPM || t->kind == SS_TOK_WPM || t->raw_bpe) {
       for (size_t i = 0; i < len;) {
         if (len - i >= 3 && memcmp(text + i, SPM_SPACE, 3) == 0) {
           sink_put(&s, " ", 1);
@@ -146,7 +146,8 @@ size_t ss_detok_push(ss_detok *d, int32_t id, char *out, size_t cap) {
   if (n > sizeof piece) n = sizeof piece; /* a pathological token is cut short */
   const char *p = piece;
   if (d->at_start && n > 0) {
-    if (d->tok->kind == SS_TOK_SPM && d->tok->add_space_prefix && p[0] == ' ') {
+    if (((d->tok->kind == SS_TOK_SPM && d->tok->add_space_prefix) ||
+         d->tok->kind == SS_TOK_WPM) && p[0] == ' ') {
       p++;
       n--;
     }

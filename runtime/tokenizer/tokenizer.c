@@ -30,27 +30,74 @@ int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out) {
   if ((rc = ss_gguf_get_str(g, "tokenizer.ggml.model", true, &model))) goto fail;
   if (model.len == 4 && memcmp(model.ptr, "gpt2", 4) == 0) {
     t->kind = SS_TOK_BPE;
+  } else if (model.len == 6 && memcmp(model.ptr, "gemma4", 6) == 0) {
+    t->kind = SS_TOK_BPE;
+    t->raw_bpe = true;
+  } else if (model.len == 8 && memcmp(model.ptr, "tiktoken", 8) == 0) {
+    t->kind = SS_TOK_BPE;
+    t->tiktoken = true;
+  } else if (model.len == 4 && memcmp(model.ptr, "bert", 4) == 0) {
+    t->kind = SS_TOK_WPM;
   } else if (model.len == 5 && memcmp(model.ptr, "llama", 5) == 0) {
     t->kind = SS_TOK_SPM;
   } else {
     rc = ss_error(SS_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model = '%.*s' is not supported "
-                  "(supported: gpt2, llama)", g->path, (int)(model.len > 64 ? 64 : model.len),
-                  model.ptr);
+                  "(supported: gpt2, gemma4, llama, bert)", g->path,
+                  (int)(model.len > 64 ? 64 : model.len), model.ptr);
     goto fail;
   }
   if ((rc = ss_tok_vocab_load(t, g))) goto fail;
 
   bool add_bos_default;
-  if (t->kind == SS_TOK_BPE) {
+  if (t->tiktoken) {
+    ss_gguf_str pat;
+    if ((rc = ss_gguf_get_str(g, "tokenizer.tiktoken.pat_str", true, &pat))) goto fail;
+    char *p = strndup(pat.ptr, pat.len);
+    if (!p) {
+      rc = ss_error(SS_ERR_NOMEM, "tokenizer: out of memory");
+      goto fail;
+    }
+    rc = ss_tok_tiktoken_init(t, g->path, p);
+    free(p);
+    if (rc) goto fail;
+    add_bos_default = false;
+    t->bos = t->eos = t->unk = -1;
+    t->add_space_prefix = false;
+  } else if (t->kind == SS_TOK_BPE) {
     if ((rc = ss_tok_merges_load(t, g))) goto fail;
     ss_gguf_str pre;
     rc = ss_gguf_get_str(g, "tokenizer.ggml.pre", false, &pre);
     if (rc < 0) goto fail;
-    if ((rc = ss_tok_bpe_init(t, g->path, rc == SS_OK ? pre.ptr : NULL, rc == SS_OK ? pre.len : 0,
-                              &add_bos_default)))
+    const bool has_pre = rc == SS_OK;
+    if (t->raw_bpe) {
+      /* llama.cpp sets the pre-tokenizer of this model itself. */
+      pre.ptr = "gemma4";
+      pre.len = 6;
+    }
+    if ((rc = ss_tok_bpe_init(t, g->path, has_pre || t->raw_bpe ? pre.ptr : NULL,
+                              has_pre || t->raw_bpe ? pre.len : 0, &add_bos_default)))
       goto fail;
     t->bos = t->eos = t->unk = -1;
     t->add_space_prefix = false;
+  } else if (t->kind == SS_TOK_WPM) {
+    /* tokenizer.ggml.pre names the model (bert-bge, ...); WordPiece has one
+     * way to split. */
+    snprintf(t->describe, sizeof t->describe, "WordPiece (bert)");
+    add_bos_default = true;
+    t->bos = 101; /* llama.cpp's defaults: [CLS], [UNK] */
+    t->eos = -1;
+    t->unk = 100;
+    t->add_space_prefix = false;
+    t->wpm_lowercase = true;
+    if ((rc = ss_gguf_get_bool(g, "tokenizer.ggml.normalizer.lowercase", false,
+                               &t->wpm_lowercase)) < 0)
+      goto fail;
+    t->wpm_strip_accents = t->wpm_lowercase;
+    if ((rc = ss_gguf_get_bool(g, "tokenizer.ggml.normalizer.strip_accents", false,
+                               &t->wpm_strip_accents)) < 0)
+      goto fail;
+    for (int32_t i = 0; i < t->n_vocab; i++)
+      if (t->text_len[i] > t->max_token_len) t->max_token_len = t->text_len[i];
   } else {
     /* tokenizer.ggml.pre does not apply to SentencePiece. */
     snprintf(t->describe, sizeof t->describe, "SentencePiece-style (llama)");
@@ -69,6 +116,7 @@ int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out) {
     goto fail;
   t->add_bos = add_bos_default;
   if ((rc = ss_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", false, &t->add_bos)) < 0) goto fail;
+  if (t->raw_bpe) t->add_bos = true; /* llama.cpp overrides a false one for Gemma 4 */
   if ((rc = ss_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", false, &t->add_space_prefix)) <
       0)
     goto fail;
@@ -177,6 +225,8 @@ int ss_tokenizer_encode(const ss_tokenizer *t, const char *text, size_t len, boo
     }
     if (t->kind == SS_TOK_SPM)
       rc = ss_tok_spm_encode(t, text + f->off, f->len, t->add_space_prefix && prev_special, &v);
+    else if (t->kind == SS_TOK_WPM)
+      rc = ss_tok_wpm_encode(t, text + f->off, f->len, &v);
     else
       rc = ss_tok_bpe_encode(t, text + f->off, f->len, &v);
     prev_special = false;

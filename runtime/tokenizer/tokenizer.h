@@ -1,12 +1,16 @@
 /* Tokenizers built from GGUF metadata (tokenizer.ggml.*).
  *
- * Two kinds:
+ * Three kinds:
  *   - byte-level BPE (tokenizer.ggml.model = "gpt2"): a pre-tokenizer regex split
- *     chosen by tokenizer.ggml.pre (gpt2, starcoder/smollm, llama3, ...) run with
- *     PCRE2 in Unicode mode, then rank-ordered merges over the GPT-2 byte-to-unicode
- *     alphabet;
+ *     chosen by tokenizer.ggml.pre (gpt2, starcoder/smollm, llama3, qwen2, qwen35,
+ *     falcon, deepseek-llm, deepseek-coder, ...) run with PCRE2 in Unicode mode,
+ *     then rank-ordered merges over the GPT-2 byte-to-unicode alphabet; Gemma 4's
+ *     variant ("gemma4") merges raw UTF-8 with U+2581 for spaces, and tiktoken's
+ *     (tokenizer.tok.json) merges by the rank of the merged bytes;
  *   - SentencePiece-style (tokenizer.ggml.model = "llama"): score-ordered bigram
- *     merges over UTF-8 characters with "▁" for spaces and <0xNN> byte fallback.
+ *     merges over UTF-8 characters with "▁" for spaces and <0xNN> byte fallback;
+ *   - WordPiece (tokenizer.ggml.model = "bert"): BERT's normalizer (lowercase,
+ *     accents stripped) and word split, then greedy longest-prefix pieces.
  *
  * Special tokens (control and user-defined) are recognised in the text only when
  * asked to (parse_special), except user-defined ones, which are always matched. */
@@ -24,6 +28,7 @@ typedef struct ss_tokenizer ss_tokenizer;
 typedef enum ss_tok_kind {
   SS_TOK_BPE, /* byte-level BPE (GPT-2 style) */
   SS_TOK_SPM, /* SentencePiece-style */
+  SS_TOK_WPM, /* WordPiece (BERT) */
 } ss_tok_kind;
 
 /* GGUF token types (tokenizer.ggml.token_type). */
@@ -43,8 +48,9 @@ typedef enum ss_tok_type {
 int ss_tokenizer_load(const ss_gguf *g, ss_tokenizer **out);
 void ss_tokenizer_free(ss_tokenizer *t);
 /* The same from a Hugging Face model folder: tokenizer.model (SentencePiece
- * protobuf; preferred when present) or tokenizer.json (byte-level BPE with a
- * ByteLevel, Digits+ByteLevel or Llama-3 pre-tokenizer), with BOS/EOS and
+ * protobuf; preferred when present), tokenizer.json (byte-level BPE with a
+ * ByteLevel, Digits+ByteLevel or Llama-3 pre-tokenizer) or, failing both,
+ * tokenizer.tok.json (tiktoken ranks and split pattern, Grok-2), with BOS/EOS and
  * add_bos_token from tokenizer_config.json / config.json.  *chat_template
  * (may be NULL) receives a malloc'ed copy of tokenizer_config.json's
  * chat_template, or NULL. */

@@ -39,6 +39,34 @@
   "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|" \
   "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
+/* Qwen3.5: as Qwen2, with combining marks (\p{M}) kept inside words. */
+#define RE_QWEN35                                                                     \
+  "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|" \
+  "\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+/* DeepSeek LLM's letters: an explicit list of cased-letter ranges (from its
+ * tokenizer.json), not \p{L}. */
+#define DS_LETTERS \
+  "A-Za-z\\x{B5}\\x{C0}-\\x{D6}\\x{D8}-\\x{F6}\\x{F8}-\\x{1BA}\\x{1BC}-\\x{1BF}" \
+  "\\x{1C4}-\\x{293}\\x{295}-\\x{2AF}\\x{370}-\\x{373}\\x{376}\\x{377}\\x{37B}-\\x{37D}" \
+  "\\x{37F}\\x{386}\\x{388}-\\x{38A}\\x{38C}\\x{38E}-\\x{3A1}\\x{3A3}-\\x{3F5}" \
+  "\\x{3F7}-\\x{481}\\x{48A}-\\x{52F}\\x{531}-\\x{556}\\x{10A0}-\\x{10C5}" \
+  "\\x{13A0}-\\x{13F5}\\x{13F8}-\\x{13FD}\\x{1C90}-\\x{1CBA}\\x{1CBD}-\\x{1CBF}" \
+  "\\x{1D00}-\\x{1D2B}\\x{1D6B}-\\x{1D77}\\x{1D79}-\\x{1D9A}\\x{1E00}-\\x{1F15}" \
+  "\\x{1F18}-\\x{1F1D}\\x{1F20}-\\x{1F45}\\x{1F48}-\\x{1F4D}\\x{1F50}-\\x{1F57}" \
+  "\\x{1F59}\\x{1F5B}\\x{1F5D}\\x{1F5F}-\\x{1F7D}\\x{1F80}-\\x{1FB4}\\x{1FB6}-\\x{1FBC}" \
+  "\\x{1FBE}\\x{1FC2}-\\x{1FC4}\\x{1FC6}-\\x{1FCC}\\x{1FD0}-\\x{1FD3}" \
+  "\\x{1FD6}-\\x{1FDB}\\x{1FE0}-\\x{1FEC}\\x{1FF2}-\\x{1FF4}\\x{1FF6}-\\x{1FFC}" \
+  "\\x{2102}\\x{2107}\\x{210A}-\\x{2113}\\x{2115}\\x{2119}-\\x{211D}\\x{2124}\\x{2126}" \
+  "\\x{2128}\\x{212A}-\\x{212D}\\x{212F}-\\x{2134}\\x{2139}\\x{213C}-\\x{213F}" \
+  "\\x{2145}-\\x{2149}\\x{214E}\\x{2183}\\x{2184}\\x{2C00}-\\x{2C7B}\\x{2C7E}-\\x{2CE4}" \
+  "\\x{2CEB}-\\x{2CEE}\\x{2CF2}\\x{2CF3}\\x{A640}-\\x{A66D}\\x{A680}-\\x{A69B}" \
+  "\\x{A722}-\\x{A76F}\\x{A771}-\\x{A787}\\x{A78B}-\\x{A78E}\\x{AB70}-\\x{ABBF}" \
+  "\\x{FB00}-\\x{FB06}\\x{FB13}-\\x{FB17}\\x{FF21}-\\x{FF3A}\\x{FF41}-\\x{FF5A}" \
+  "\\x{10400}-\\x{1044F}\\x{104B0}-\\x{104D3}\\x{104D8}-\\x{104FB}\\x{10C80}-\\x{10CB2}" \
+  "\\x{10CC0}-\\x{10CF2}\\x{118A0}-\\x{118DF}\\x{1E900}-\\x{1E943}"
+/* CJK ideographs, the blocks U+0800-U+4E00 and Hangul, as DeepSeek splits them. */
+#define DS_CJK "[\\x{4E00}-\\x{9FA5}\\x{800}-\\x{4E00}\\x{AC00}-\\x{D7FF}]+"
+
 typedef struct pre_tokenizer {
   const char *names;       /* accepted tokenizer.ggml.pre values, '|'-separated */
   const char *regex[SS_TOK_MAX_REGEX];
@@ -55,6 +83,18 @@ static const pre_tokenizer k_pre[] = {
     {"llama3|llama-bpe|llama-v3", {RE_LLAMA3}, true, true},
     {"dbrx|smaug-bpe", {RE_LLAMA3}, false, false},
     {"qwen2|deepseek-r1-qwen|stablelm2", {RE_QWEN2}, false, false},
+    {"qwen35", {RE_QWEN35}, false, false},
+    {"gemma4", {"[^\\n]+|[\\n]+"}, false, true}, /* pieces only cut at newlines */
+    {"falcon",
+     {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}, false, false},
+    {"deepseek-llm",
+     {"[\\r\\n]", "\\s?[" DS_LETTERS "]+",
+      "\\s?[!-/:-~\\x{FF01}-\\x{FF0F}\\x{FF1A}-\\x{FF5E}\\x{2018}-\\x{201F}"
+      "\\x{3000}-\\x{3002}]+",
+      "\\s+$", DS_CJK, "\\p{N}+"},
+     false, false},
+    {"deepseek-coder", {"[\\r\\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", DS_CJK, "\\p{N}"}, false,
+     false},
 };
 #define N_PRE (sizeof k_pre / sizeof k_pre[0])
 
@@ -131,6 +171,46 @@ static bool expand_whitespace(const char *re, char *out, size_t cap) {
   return true;
 }
 
+/* Compiles one split pattern (ours, or a file's when path is set) into the
+ * next regex slot. */
+static int compile_regex(ss_tokenizer *t, const char *src, const char *path) {
+  int err;
+  PCRE2_SIZE err_off;
+  char re[8192];
+  if (t->n_regex >= SS_TOK_MAX_REGEX)
+    return ss_error(SS_ERR_INTERNAL, "tokenizer: more than %d split patterns", SS_TOK_MAX_REGEX);
+  if (!expand_whitespace(src, re, sizeof re))
+    return path ? ss_error(SS_ERR_FORMAT, "%s: pat_str is too long (at most %zu bytes)", path,
+                           sizeof re / 4)
+                : ss_error(SS_ERR_INTERNAL, "pre-tokenizer regex %d is too long", t->n_regex);
+  /* $ is the end of the piece only (DeepSeek's "\s+$"), as in std::regex. */
+  pcre2_code *code =
+      pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED,
+                    PCRE2_UTF | PCRE2_UCP | PCRE2_DOLLAR_ENDONLY, &err, &err_off, NULL);
+  if (!code) {
+    PCRE2_UCHAR msg[256];
+    pcre2_get_error_message(err, msg, sizeof msg);
+    if (path)
+      return ss_error(SS_ERR_FORMAT, "%s: pat_str does not compile at offset %zu: %s", path,
+                      (size_t)err_off, (const char *)msg);
+    return ss_error(SS_ERR_INTERNAL, "pre-tokenizer regex %d does not compile at %zu: %s",
+                    t->n_regex, (size_t)err_off, (const char *)msg);
+  }
+  /* JIT is an optimisation only: without it pcre2_match interprets. */
+  (void)pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
+  t->regex[t->n_regex++] = code;
+  return SS_OK;
+}
+
+int ss_tok_tiktoken_init(ss_tokenizer *t, const char *path, const char *pattern) {
+  int rc = compile_regex(t, pattern, path);
+  if (rc) return rc;
+  t->tiktoken = true;
+  t->ignore_merges = true; /* a piece that is a token is that token */
+  snprintf(t->describe, sizeof t->describe, "byte-level BPE (tiktoken ranks)");
+  return SS_OK;
+}
+
 int ss_tok_bpe_init(ss_tokenizer *t, const char *path, const char *pre, size_t pre_len,
                     bool *add_bos_default) {
   const pre_tokenizer *p = NULL;
@@ -164,22 +244,8 @@ int ss_tok_bpe_init(ss_tokenizer *t, const char *path, const char *pre, size_t p
   }
 
   for (int i = 0; i < SS_TOK_MAX_REGEX && p->regex[i]; i++) {
-    int err;
-    PCRE2_SIZE err_off;
-    char re[1024];
-    if (!expand_whitespace(p->regex[i], re, sizeof re))
-      return ss_error(SS_ERR_INTERNAL, "pre-tokenizer regex %d is too long", i);
-    pcre2_code *code = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED,
-                                     PCRE2_UTF | PCRE2_UCP, &err, &err_off, NULL);
-    if (!code) {
-      PCRE2_UCHAR msg[256];
-      pcre2_get_error_message(err, msg, sizeof msg);
-      return ss_error(SS_ERR_INTERNAL, "pre-tokenizer regex %d does not compile at %zu: %s", i,
-                      (size_t)err_off, (const char *)msg);
-    }
-    /* JIT is an optimisation only: without it pcre2_match interprets. */
-    (void)pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
-    t->regex[t->n_regex++] = code;
+    int rc = compile_regex(t, p->regex[i], NULL);
+    if (rc) return rc;
   }
   t->ignore_merges = p->ignore_merges;
   *add_bos_default = p->add_bos;
@@ -222,7 +288,7 @@ static int spans_push(spans *v, size_t a, size_t b) {
 
 /* Splits s (valid UTF-8, inside text) by one regex into matches and gaps. */
 static int split_span(const pcre2_code *code, pcre2_match_data *md, const char *text, span s,
-                      spans *out) {
+                      bool keep_gaps, spans *out) {
   const PCRE2_SPTR subject = (PCRE2_SPTR)(text + s.a);
   const size_t len = s.b - s.a;
   size_t prev = 0, off = 0;
@@ -251,11 +317,11 @@ static int split_span(const pcre2_code *code, pcre2_match_data *md, const char *
       off = ms + (size_t)(n > 0 ? n : 1);
       continue;
     }
-    if (ms > prev && (rc = spans_push(out, s.a + prev, s.a + ms))) return rc;
+    if (keep_gaps && ms > prev && (rc = spans_push(out, s.a + prev, s.a + ms))) return rc;
     if ((rc = spans_push(out, s.a + ms, s.a + me))) return rc;
     prev = off = me;
   }
-  if (prev < len && (rc = spans_push(out, s.a + prev, s.b))) return rc;
+  if (keep_gaps && prev < len && (rc = spans_push(out, s.a + prev, s.b))) return rc;
   return SS_OK;
 }
 
@@ -325,7 +391,14 @@ static bigram heap_pop(bpe_scratch *s) {
 static int add_bigram(const ss_tokenizer *t, bpe_scratch *s, int32_t left, int32_t right) {
   if (left < 0 || right < 0) return SS_OK;
   const symbol *l = &s->sym[left], *r = &s->sym[right];
-  int32_t rank = ss_tok_merge_rank(t, s->word + l->off, l->n, s->word + r->off, r->n);
+  int32_t rank;
+  if (t->tiktoken) {
+    /* tiktoken: the rank of the merged bytes, i.e. their token's id. */
+    rank = ss_tok_lookup(t, s->word + l->off, l->n + r->n);
+    if (rank >= 0 && t->type[rank] != SS_TOKTYPE_NORMAL) rank = -1;
+  } else {
+    rank = ss_tok_merge_rank(t, s->word + l->off, l->n, s->word + r->off, r->n);
+  }
   if (rank < 0) return SS_OK;
   return heap_push(s, (bigram){rank, left, right, l->n + r->n});
 }
@@ -334,9 +407,12 @@ static int add_bigram(const ss_tokenizer *t, bpe_scratch *s, int32_t left, int32
 static int bpe_word(const ss_tokenizer *t, bpe_scratch *s, size_t wn, ss_tok_ids *out) {
   const char *w = s->word;
   int rc;
-  if (t->ignore_merges) {
+  bool newlines = t->raw_bpe && wn > 0;
+  for (size_t i = 0; i < wn && newlines; i++) newlines = w[i] == '\n';
+  if (t->ignore_merges || newlines) {
     int32_t id = ss_tok_lookup(t, w, wn);
-    if (id >= 0) return ss_tok_ids_push(out, id);
+    if (id >= 0 && !(t->tiktoken && t->type[id] != SS_TOKTYPE_NORMAL))
+      return ss_tok_ids_push(out, id);
   }
   if (s->sym_cap < wn) {
     symbol *p = realloc(s->sym, wn * sizeof *p);
@@ -380,7 +456,14 @@ static int bpe_word(const ss_tokenizer *t, bpe_scratch *s, size_t wn, ss_tok_ids
     }
     /* Not in the vocabulary (a merge whose result is missing): one token per
      * GPT-2 character, i.e. per byte; characters without a token are dropped,
-     * as llama.cpp drops them. */
+     * as llama.cpp drops them.  Raw BPE: a <0xNN> token per byte. */
+    if (t->raw_bpe) {
+      for (uint32_t k = 0; k < sy->n; k++) {
+        int32_t bid = t->byte_token[(uint8_t)w[sy->off + k]];
+        if (bid >= 0 && (rc = ss_tok_ids_push(out, bid))) return rc;
+      }
+      continue;
+    }
     for (uint32_t off = 0; off < sy->n;) {
       int n = ss_utf8_seq_nbytes((const uint8_t *)w + sy->off + off, sy->n - off);
       if (n <= 0) n = 1;
@@ -398,6 +481,26 @@ static int bpe_word(const ss_tokenizer *t, bpe_scratch *s, size_t wn, ss_tok_ids
 int ss_tok_bpe_encode(const ss_tokenizer *t, const char *text, size_t len, ss_tok_ids *out) {
   if (len == 0) return SS_OK;
   int rc = SS_OK;
+  char *escaped = NULL; /* raw BPE: the text with spaces as U+2581 */
+  if (t->raw_bpe) {
+    size_t n_spaces = 0;
+    for (size_t i = 0; i < len; i++) n_spaces += text[i] == ' ';
+    if (n_spaces) {
+      if (!(escaped = malloc(len + 2 * n_spaces)))
+        return ss_error(SS_ERR_NOMEM, "tokenizer: out of memory");
+      size_t j = 0;
+      for (size_t i = 0; i < len; i++) {
+        if (text[i] == ' ') {
+          memcpy(escaped + j, "\xE2\x96\x81", 3);
+          j += 3;
+        } else {
+          escaped[j++] = text[i];
+        }
+      }
+      text = escaped;
+      len = j;
+    }
+  }
   char *clean = NULL;        /* text with invalid bytes replaced by U+FFFD */
   uint8_t *invalid = NULL;   /* (len) 1 where a byte is not part of valid UTF-8 */
   const char *subject = text;
@@ -438,7 +541,7 @@ int ss_tok_bpe_encode(const ss_tokenizer *t, const char *text, size_t len, ss_to
   for (int r = 0; r < t->n_regex; r++) {
     next.n = 0;
     for (size_t i = 0; i < cur.n; i++)
-      if ((rc = split_span(t->regex[r], md, subject, cur.p[i], &next))) goto done;
+      if ((rc = split_span(t->regex[r], md, subject, cur.p[i], !t->tiktoken, &next))) goto done;
     spans tmp = cur;
     cur = next;
     next = tmp;
@@ -481,9 +584,17 @@ int ss_tok_bpe_encode(const ss_tokenizer *t, const char *text, size_t len, ss_to
       if (invalid && invalid[k] && t->byte_token[byte] < 0) {
         for (int r = 0; r < SS_UTF8_REPLACEMENT_NBYTES; r++) {
           uint8_t rb = (uint8_t)SS_UTF8_REPLACEMENT[r];
+          if (t->raw_bpe) {
+            s.word[wn++] = (char)rb;
+            continue;
+          }
           memcpy(s.word + wn, t->gpt2_char[rb], t->gpt2_nbytes[rb]);
           wn += t->gpt2_nbytes[rb];
         }
+        continue;
+      }
+      if (t->raw_bpe) {
+        s.word[wn++] = (char)byte;
         continue;
       }
       memcpy(s.word + wn, t->gpt2_char[byte], t->gpt2_nbytes[byte]);
@@ -501,5 +612,6 @@ done:
   free(s.heap);
   free(clean);
   free(invalid);
+  free(escaped);
   return rc;
 }

@@ -1,5 +1,6 @@
 /* Tokenizers from a Hugging Face model folder: tokenizer.json (byte-level
- * BPE) or tokenizer.model (SentencePiece's protobuf).  Both are translated
+ * BPE), tokenizer.model (SentencePiece's protobuf) or tokenizer.tok.json
+ * (tiktoken ranks, as Grok-2 ships them).  Each is translated
  * into the tokenizer.ggml.* metadata the GGUF path reads, held in a GGUF
  * structure built in memory, so the one tokenizer core (tokenizer.c and its
  * encoders, checked against llama.cpp) serves both formats. */
@@ -11,8 +12,10 @@
 #include <sys/stat.h>
 
 #include "runtime/base/status.h"
+#include "runtime/base/utf8.h"
 #include "runtime/formats/gguf.h"
 #include "runtime/tokenizer/tokenizer.h"
+#include "runtime/tokenizer/tokenizer_internal.h"
 
 /* ------------------------------------------------------------------------ */
 /* A metadata-only GGUF built in memory                                       */
@@ -437,6 +440,137 @@ static int load_tokenizer_model(meta *m, const char *path) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* tokenizer.tok.json (tiktoken ranks)                                        */
+
+/* The split of word_split "V1": Llama 3's with digits one by one. */
+static const char k_tiktoken_v1_regex[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+"
+    "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+/* One entry of regular_tokens / special_tokens: {"bytes": [0-255, ...],
+ * "token": id}.  *bytes is malloc'ed (n bytes, NUL after them). */
+static int tok_entry(const char *path, const char *list, size_t i, json_t *e, uint8_t **bytes,
+                     size_t *n, int64_t *id) {
+  json_t *b = json_object_get(e, "bytes"), *t = json_object_get(e, "token");
+  if (!json_is_array(b) || json_array_size(b) == 0 || !json_is_integer(t) ||
+      json_integer_value(t) < 0 || json_integer_value(t) >= INT32_MAX)
+    return ss_error(SS_ERR_FORMAT, "%s: %s[%zu] needs a non-empty 'bytes' list and a 'token' id "
+                    "(0 to %d)", path, list, i, INT32_MAX - 1);
+  *n = json_array_size(b);
+  *id = json_integer_value(t);
+  if (!(*bytes = malloc(*n + 1))) return ss_error(SS_ERR_NOMEM, "out of memory");
+  for (size_t k = 0; k < *n; k++) {
+    json_t *x = json_array_get(b, k);
+    if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > 255) {
+      free(*bytes);
+      return ss_error(SS_ERR_FORMAT, "%s: %s[%zu].bytes[%zu] is not a byte (0 to 255)", path,
+                      list, i, k);
+    }
+    (*bytes)[k] = (uint8_t)json_integer_value(x);
+  }
+  (*bytes)[*n] = 0;
+  return SS_OK;
+}
+
+static int load_tok_json(meta *m, const char *path) {
+  json_error_t err;
+  json_t *root = json_load_file(path, 0, &err);
+  if (!root)
+    return ss_error(SS_ERR_FORMAT, "%s: not valid JSON (line %d: %s)", path, err.line, err.text);
+  int rc = SS_OK;
+  json_t *regular = json_object_get(root, "regular_tokens");
+  json_t *special = json_object_get(root, "special_tokens");
+  const char *split = json_string_value(json_object_get(root, "word_split"));
+  const char *pat = json_string_value(json_object_get(root, "pat_str"));
+  static const char *const lists[2] = {"regular_tokens", "special_tokens"};
+  json_t *arrays[2] = {regular, special};
+  if (!json_is_array(regular) || json_array_size(regular) == 0 ||
+      (special && !json_is_array(special))) {
+    rc = ss_error(SS_ERR_FORMAT, "%s: needs a non-empty 'regular_tokens' list (and "
+                  "'special_tokens' a list)", path);
+    goto done;
+  }
+  if (!pat) {
+    if (split && strcmp(split, "V1") == 0) {
+      pat = k_tiktoken_v1_regex;
+    } else {
+      rc = ss_error(SS_ERR_UNSUPPORTED, "%s: word_split '%.32s' is not supported (supported: V1; "
+                    "or a pat_str)", path, split ? split : "(missing)");
+      goto done;
+    }
+  }
+  int64_t n = 0;
+  for (int l = 0; l < 2; l++) {
+    size_t i;
+    json_t *e;
+    json_array_foreach(arrays[l], i, e) {
+      json_t *t = json_object_get(e, "token");
+      if (json_is_integer(t) && json_integer_value(t) >= n && json_integer_value(t) < INT32_MAX)
+        n = json_integer_value(t) + 1;
+    }
+  }
+  ss_gguf_value *tokens = meta_strings(m, "tokenizer.ggml.tokens", (uint64_t)n);
+  int32_t *types =
+      tokens ? meta_raw(m, "tokenizer.ggml.token_type", SS_GGUF_INT32, (uint64_t)n) : NULL;
+  if (!types) {
+    rc = ss_error(SS_ERR_NOMEM, "out of memory");
+    goto done;
+  }
+  for (int l = 0; l < 2 && rc == SS_OK; l++) {
+    size_t i;
+    json_t *e;
+    json_array_foreach(arrays[l], i, e) {
+      uint8_t *bytes = NULL;
+      size_t nb = 0;
+      int64_t id = 0;
+      if ((rc = tok_entry(path, lists[l], i, e, &bytes, &nb, &id))) break;
+      if (tokens->arr.items[id].str.ptr) {
+        free(bytes);
+        rc = ss_error(SS_ERR_FORMAT, "%s: %s[%zu]: token id %" PRId64 " appears twice", path,
+                      lists[l], i, id);
+        break;
+      }
+      char *text = NULL;
+      size_t tn = nb;
+      if (l == 0) {
+        /* Regular tokens are stored in the GPT-2 byte alphabet, as a
+         * tokenizer.json vocabulary is (at most 2 UTF-8 bytes per byte). */
+        text = nb <= SIZE_MAX / 2 - 1 ? malloc(2 * nb + 1) : NULL;
+        tn = 0;
+        for (size_t k = 0; text && k < nb; k++)
+          tn += (size_t)ss_utf8_encode(ss_gpt2_byte_to_cp(bytes[k]), text + tn);
+        if (text) text[tn] = 0;
+        free(bytes);
+      } else {
+        text = (char *)bytes;
+      }
+      if (!own(m, text)) {
+        rc = ss_error(SS_ERR_NOMEM, "out of memory");
+        break;
+      }
+      tokens->arr.items[id].str = (ss_gguf_str){text, tn};
+      types[id] = l == 0 ? SS_TOKTYPE_NORMAL : SS_TOKTYPE_CONTROL;
+    }
+  }
+  for (int64_t id = 0; id < n && rc == SS_OK; id++)
+    if (!tokens->arr.items[id].str.ptr) {
+      char *c = own(m, malloc(32));
+      if (!c) {
+        rc = ss_error(SS_ERR_NOMEM, "out of memory");
+        break;
+      }
+      snprintf(c, 32, "[PAD%" PRId64 "]", id);
+      tokens->arr.items[id].str = (ss_gguf_str){c, strlen(c)};
+      types[id] = SS_TOKTYPE_UNUSED;
+    }
+  if (rc == SS_OK && !(rc = meta_str(m, "tokenizer.ggml.model", "tiktoken")))
+    rc = meta_str(m, "tokenizer.tiktoken.pat_str", pat);
+done:
+  json_decref(root);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------ */
 
 static bool exists(const char *path) {
   struct stat st;
@@ -499,9 +633,10 @@ int ss_tokenizer_load_hf(const char *dir, ss_tokenizer **out, char **chat_templa
   *out = NULL;
   if (chat_template) *chat_template = NULL;
   meta m = {0};
-  char json_path[4096], spm_path[4096];
+  char json_path[4096], spm_path[4096], tok_path[4096];
   snprintf(json_path, sizeof json_path, "%s/tokenizer.json", dir);
   snprintf(spm_path, sizeof spm_path, "%s/tokenizer.model", dir);
+  snprintf(tok_path, sizeof tok_path, "%s/tokenizer.tok.json", dir);
   int rc;
   /* SentencePiece models (Mixtral, Grok-1) often ship both; the protobuf is the
    * original and the one our SentencePiece encoder follows. */
@@ -511,8 +646,11 @@ int ss_tokenizer_load_hf(const char *dir, ss_tokenizer **out, char **chat_templa
   } else if (exists(json_path)) {
     m.g.path = strdup(json_path);
     rc = load_tokenizer_json(&m, json_path);
+  } else if (exists(tok_path)) {
+    m.g.path = strdup(tok_path);
+    rc = load_tok_json(&m, tok_path);
   } else {
-    rc = ss_error(SS_ERR_IO, "%s: no tokenizer.json or tokenizer.model", dir);
+    rc = ss_error(SS_ERR_IO, "%s: no tokenizer.json, tokenizer.model or tokenizer.tok.json", dir);
   }
   if (rc == SS_OK) {
     const ss_gguf_value *tokens = ss_gguf_get(&m.g, "tokenizer.ggml.tokens");

@@ -7,6 +7,7 @@
  *   tokenizer_special.c  special-token search order and partition
  *   tokenizer_bpe.c      byte-level BPE encoder
  *   tokenizer_spm.c      SentencePiece-style encoder
+ *   tokenizer_wpm.c      WordPiece encoder
  *   detok.c              pieces and the streaming detokenizer */
 #ifndef SS_TOKENIZER_INTERNAL_H
 #define SS_TOKENIZER_INTERNAL_H
@@ -19,9 +20,9 @@
 
 #include "runtime/tokenizer/tokenizer.h"
 
-/* The most pre-tokenizer regexes one `tokenizer.ggml.pre` applies (llama.cpp's
- * "default" BPE list has 4). */
-#define SS_TOK_MAX_REGEX 4
+/* The most pre-tokenizer regexes one `tokenizer.ggml.pre` applies (DeepSeek
+ * LLM's list has 6). */
+#define SS_TOK_MAX_REGEX 6
 
 /* ------------------------------------------------------------------------ */
 /* Open-addressing hash map (linear probing) from a key to an int32 index.   */
@@ -98,9 +99,21 @@ struct ss_tokenizer {
   pcre2_code *regex[SS_TOK_MAX_REGEX];
   int n_regex;
   bool ignore_merges;     /* a whole pre-token found in the vocab is one token */
+  /* Gemma 4's BPE (tokenizer.ggml.model = "gemma4"): merges over the raw UTF-8
+   * text with every space written as U+2581, <0xNN> byte tokens, no GPT-2
+   * alphabet; a piece of newlines only is one token when the vocabulary has it. */
+  bool raw_bpe;
+  /* tiktoken ranks (tokenizer.ggml.model = "tiktoken", from a tokenizer.tok.json):
+   * no merge list; a pair merges by the rank of its merged bytes, which is
+   * that token's id; text the split pattern leaves unmatched is dropped. */
+  bool tiktoken;
 
-  /* Byte fallback: BPE, the token of each byte's GPT-2 character; SPM,
-   * <0xNN>, else the one-byte token, else -1. */
+  /* WordPiece: BERT normalizer options, the longest token text in bytes. */
+  bool wpm_lowercase, wpm_strip_accents;
+  uint32_t max_token_len;
+
+  /* Byte fallback: BPE, the token of each byte's GPT-2 character; SPM and
+   * raw_bpe, <0xNN>, else the one-byte token, else -1. */
   int32_t byte_token[256];
 
   int32_t bos, eos, eot, unk, pad; /* -1 where absent */
@@ -172,10 +185,13 @@ int ss_gpt2_cp_to_byte(uint32_t cp);
 int ss_tok_bpe_init(ss_tokenizer *t, const char *path, const char *pre, size_t pre_len,
                     bool *add_bos_default);
 void ss_tok_bpe_free(ss_tokenizer *t);
+/* tiktoken set-up: the file's split pattern (path names it in errors). */
+int ss_tok_tiktoken_init(ss_tokenizer *t, const char *path, const char *pattern);
 
 /* Appends the tokens of one stretch of raw text (no special tokens in it). */
 int ss_tok_bpe_encode(const ss_tokenizer *t, const char *text, size_t len, ss_tok_ids *out);
 int ss_tok_spm_encode(const ss_tokenizer *t, const char *text, size_t len, bool space_prefix,
                       ss_tok_ids *out);
+int ss_tok_wpm_encode(const ss_tokenizer *t, const char *text, size_t len, ss_tok_ids *out);
 
 #endif

@@ -205,7 +205,7 @@ void ss_tok_byte_tokens_build(ss_tokenizer *t) {
     int n = ss_utf8_encode(ss_gpt2_byte_to_cp((uint8_t)b), c);
     memcpy(t->gpt2_char[b], c, (size_t)n); /* at most U+0143: 2 bytes */
     t->gpt2_nbytes[b] = (uint8_t)n;
-    if (t->kind == SS_TOK_BPE) {
+    if (t->kind == SS_TOK_BPE && !t->raw_bpe) {
       t->byte_token[b] = ss_tok_lookup(t, c, (size_t)n);
     } else {
       char hex[8];

@@ -1,7 +1,8 @@
 /* Tokenizer: vocabulary lookups, the streaming detokenizer (characters split
  * across tokens, invalid sequences, SPM's leading space, small buffers),
  * encode/decode round trips over llama.cpp's test inputs, load errors on
- * crafted GGUF files, and the time to tokenize a 2,000-token prompt.
+ * crafted GGUF files, the time to tokenize a 2,000-token prompt, and a tiny
+ * tiktoken tokenizer.tok.json folder.
  *
  * The vocabularies are tests/data/tokenizer/ggml-vocab-*.gguf, found through
  * the SS_TESTDATA environment variable. */
@@ -439,10 +440,10 @@ static void test_load_errors(void **state) {
   assert_non_null(strstr(msg, "tokenizer.ggml.tokens"));
 
   b = (gguf_buf){.n = 0};
-  kv_str(&b, "tokenizer.ggml.model", "bert");
+  kv_str(&b, "tokenizer.ggml.model", "t5");
   kv_strs(&b, "tokenizer.ggml.tokens", k_tiny_tokens, 3);
   assert_int_equal(load_crafted(&b, msg, sizeof msg), SS_ERR_UNSUPPORTED);
-  assert_non_null(strstr(msg, "tokenizer.ggml.model = 'bert'"));
+  assert_non_null(strstr(msg, "tokenizer.ggml.model = 't5'"));
 
   b = (gguf_buf){.n = 0};
   kv_str(&b, "tokenizer.ggml.model", "gpt2");
@@ -522,6 +523,55 @@ static void test_speed(void **state) {
   free(text);
 }
 
+/* A tiktoken tokenizer.tok.json written here: the 256 bytes (id = byte), "ab"
+ * 256, "cd" 257, "abcd" 258, and <|eos|> 300 after a gap.  tiktoken merges a
+ * pair by the rank of the merged bytes, so "ab" + "cd" forms "abcd" without a
+ * merge list. */
+static void test_tiktoken_folder(void **state) {
+  char dir[] = "/tmp/ss-tiktoken-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char path[256];
+  snprintf(path, sizeof path, "%s/tokenizer.tok.json", dir);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fprintf(f, "{\"regular_tokens\": [");
+  for (int b = 0; b < 256; b++) fprintf(f, "{\"bytes\": [%d], \"token\": %d}, ", b, b);
+  fprintf(f, "{\"bytes\": [97, 98], \"token\": 256}, {\"bytes\": [99, 100], \"token\": 257}, "
+             "{\"bytes\": [97, 98, 99, 100], \"token\": 258}], ");
+  fprintf(f, "\"special_tokens\": [{\"bytes\": [60, 124, 101, 111, 115, 124, 62], \"token\": 300}], "
+             "\"word_split\": \"V1\"}");
+  fclose(f);
+  ss_tokenizer *t;
+  int rc = ss_tokenizer_load_hf(dir, &t, NULL);
+  unlink(path);
+  rmdir(dir);
+  assert_int_equal(rc, 0);
+  assert_int_equal(ss_tokenizer_n_vocab(t), 301);
+  assert_non_null(strstr(ss_tokenizer_describe(t), "tiktoken"));
+  assert_int_equal(ss_tokenizer_token_type(t, 280), SS_TOKTYPE_UNUSED);
+
+  static const char text[] = "abcdx abcx<|eos|>";
+  int32_t *ids;
+  size_t n;
+  assert_int_equal(ss_tokenizer_encode(t, text, strlen(text), false, true, &ids, &n), 0);
+  /* "abcdx" -> ab, cd -> abcd, x; " abcx" -> ' ', ab, c, x; then <|eos|>. */
+  static const int32_t want[] = {258, 'x', ' ', 256, 'c', 'x', 300};
+  assert_int_equal(n, sizeof want / sizeof want[0]);
+  assert_memory_equal(ids, want, sizeof want);
+
+  char out[SS_DETOK_MIN_CAP * 8];
+  for (int special = 0; special < 2; special++) {
+    ss_detok d;
+    ss_detok_init(&d, t, special);
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) len += ss_detok_push(&d, ids[i], out + len, sizeof out - len);
+    len += ss_detok_flush(&d, out + len, sizeof out - len);
+    assert_string_equal(out, special ? "abcdx abcx<|eos|>" : "abcdx abcx");
+  }
+  free(ids);
+  ss_tokenizer_free(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_vocab_lookups),
@@ -534,6 +584,7 @@ int main(void) {
       cmocka_unit_test(test_encode_edges),
       cmocka_unit_test(test_load_errors),
       cmocka_unit_test(test_speed),
+      cmocka_unit_test(test_tiktoken_folder),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
