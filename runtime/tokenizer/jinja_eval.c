@@ -213,10 +213,16 @@ static jv arith(jctx *c, const jnode *at, const char *op, jv x, jv y) {
     jfail(c, at, SS_ERR_RANGE, "integer overflow in '%s' (64-bit integers)", op);
   }
   if (!strcmp(op, "+") && x.t == JV_STR && y.t == JV_STR) {
+    /* Markup + str escapes the str (jinja2's Markup.__add__ / __radd__) */
+    bool safe = x.safe || y.safe;
+    if (x.safe && !y.safe) y = jinja_html_escape(c, y);
+    if (y.safe && !x.safe) x = jinja_html_escape(c, x);
     jbuf b = {.c = c};
     jb_add(&b, x.s->p, x.s->len);
     jb_add(&b, y.s->p, y.s->len);
-    return jb_value(&b);
+    jv r = jb_value(&b);
+    r.safe = safe;
+    return r;
   }
   if (!strcmp(op, "+") && x.t == JV_LIST && y.t == JV_LIST && x.l->tuple == y.l->tuple) {
     jv r = jv_list(c, x.l->n + y.l->n);

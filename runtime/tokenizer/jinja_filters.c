@@ -251,8 +251,10 @@ static jargs shift_args(const jargs *a, size_t k) {
 }
 
 static jv do_select(jctx *c, const jnode *at, jv v, const jargs *a, bool attr, bool keep) {
-  jlist *items = jinja_iter(c, at, v);
+  /* jinja2 yields nothing for a falsy input (none included) */
+  jlist *items = jv_truthy(v) ? jinja_iter(c, at, v) : jv_list(c, 0).l;
   jv r = jv_list(c, 0);
+  r.l->gen = true;
   jv attr_name = jv_none();
   size_t k = 0;
   if (attr) {
@@ -278,8 +280,9 @@ static jv do_select(jctx *c, const jnode *at, jv v, const jargs *a, bool attr, b
 }
 
 static jv do_map(jctx *c, const jnode *at, jv v, const jargs *a) {
-  jlist *items = jinja_iter(c, at, v);
+  jlist *items = jv_truthy(v) ? jinja_iter(c, at, v) : jv_list(c, 0).l;
   jv r = jv_list(c, items->n);
+  r.l->gen = true;
   const jv *attr = jarg(a, SIZE_MAX, "attribute");
   if (attr) {
     const jv *dflt = jarg(a, SIZE_MAX, "default");
@@ -345,6 +348,7 @@ static jv to_number(jctx *c, const jnode *at, jv v, bool want_int, jv dflt) {
 }
 
 jv jinja_filter_apply(jctx *c, const jnode *at, const char *name, jv v, const jargs *a) {
+  if (!jinja_filter_known(name)) jfail(c, at, SS_ERR_UNSUPPORTED, "unsupported construct: filter '%s'", name);
   if (!strcmp(name, "default") || !strcmp(name, "d")) {
     jv dflt = jarg_or(a, 0, "default_value", jv_str(c, ""));
     bool boolean = jv_truthy(jarg_or(a, 1, "boolean", jv_bool(false)));
@@ -356,12 +360,19 @@ jv jinja_filter_apply(jctx *c, const jnode *at, const char *name, jv v, const ja
     switch (v.t) {
     case JV_UNDEF: return jv_int(0);
     case JV_STR: return jv_int((int64_t)utf8_count(v.s->p, v.s->len));
-    case JV_LIST: return jv_int((int64_t)v.l->n);
+    case JV_LIST:
+      if (v.l->gen) jfail(c, at, SS_ERR_INVALID, "object of type 'generator' has no len()");
+      return jv_int((int64_t)v.l->n);
     case JV_DICT: return jv_int((int64_t)v.d->n);
     default: jfail(c, at, SS_ERR_INVALID, "object of type '%s' has no len()", jv_type_name(v));
     }
   }
-  if (!strcmp(name, "safe") || !strcmp(name, "string")) return jv_to_str(c, v);
+  if (!strcmp(name, "string")) return jv_to_str(c, v);
+  if (!strcmp(name, "safe")) {
+    jv r = jv_to_str(c, v);
+    r.safe = true;
+    return r;
+  }
   if (!strcmp(name, "items")) {
     if (v.t == JV_UNDEF) return jv_list(c, 0);
     if (v.t != JV_DICT) jfail(c, at, SS_ERR_INVALID, "items: can only get item pairs from a mapping");
@@ -382,6 +393,8 @@ jv jinja_filter_apply(jctx *c, const jnode *at, const char *name, jv v, const ja
     return r;
   }
   if (!strcmp(name, "first") || !strcmp(name, "last")) {
+    if (name[0] == 'l' && v.t == JV_LIST && v.l->gen)
+      jfail(c, at, SS_ERR_INVALID, "last: 'generator' object is not reversible");
     jlist *it = jinja_iter(c, at, v);
     if (!it->n) return jv_undef(name);
     return it->v[name[0] == 'f' ? 0 : it->n - 1];
@@ -421,6 +434,7 @@ jv jinja_filter_apply(jctx *c, const jnode *at, const char *name, jv v, const ja
     const jv *attr = jarg(a, 1, "attribute");
     jlist *it = jinja_iter(c, at, v);
     jv r = jv_list(c, 0), seen = jv_list(c, 0);
+    r.l->gen = true;
     for (size_t i = 0; i < it->n; i++) {
       jv k = fold(c, attr ? attr_path(c, at, it->v[i], *attr) : it->v[i], cs);
       bool dup = false;
@@ -517,20 +531,7 @@ jv jinja_filter_apply(jctx *c, const jnode *at, const char *name, jv v, const ja
     return do_replace(c, s, old, new_, cnt.t == JV_NONE ? -1 : as_int(c, at, cnt, "replace count"));
   }
   if (!strcmp(name, "indent")) return do_indent(c, at, s, a);
-  if (!strcmp(name, "escape") || !strcmp(name, "e")) {
-    jbuf b = {.c = c};
-    jb_add(&b, "", 0);
-    for (size_t i = 0; i < s.s->len; i++) {
-      char ch = s.s->p[i];
-      if (ch == '&') jb_adds(&b, "&amp;");
-      else if (ch == '<') jb_adds(&b, "&lt;");
-      else if (ch == '>') jb_adds(&b, "&gt;");
-      else if (ch == '"') jb_adds(&b, "&#34;");
-      else if (ch == '\'') jb_adds(&b, "&#39;");
-      else jb_add(&b, &ch, 1);
-    }
-    return jb_value(&b);
-  }
+  if (!strcmp(name, "escape") || !strcmp(name, "e")) return v.t == JV_STR && v.safe ? v : jinja_html_escape(c, s);
   if (!strcmp(name, "wordcount")) {
     int64_t k = 0;
     bool in = false;
@@ -545,7 +546,27 @@ jv jinja_filter_apply(jctx *c, const jnode *at, const char *name, jv v, const ja
   jfail(c, at, SS_ERR_UNSUPPORTED, "unsupported construct: filter '%s'", name);
 }
 
+jv jinja_html_escape(jctx *c, jv s) {
+  {
+    jbuf b = {.c = c};
+    jb_add(&b, "", 0);
+    for (size_t i = 0; i < s.s->len; i++) {
+      char ch = s.s->p[i];
+      if (ch == '&') jb_adds(&b, "&amp;");
+      else if (ch == '<') jb_adds(&b, "&lt;");
+      else if (ch == '>') jb_adds(&b, "&gt;");
+      else if (ch == '"') jb_adds(&b, "&#34;");
+      else if (ch == '\'') jb_adds(&b, "&#39;");
+      else jb_add(&b, &ch, 1);
+    }
+    jv r = jb_value(&b);
+    r.safe = true;
+    return r;
+  }
+}
+
 bool jinja_test_apply(jctx *c, const jnode *at, const char *name, jv v, const jargs *a) {
+  if (!jinja_test_known(name)) jfail(c, at, SS_ERR_UNSUPPORTED, "unsupported construct: test '%s'", name);
   const jv *arg = jarg(a, 0, NULL);
   if (!strcmp(name, "defined")) return v.t != JV_UNDEF;
   if (!strcmp(name, "undefined")) return v.t == JV_UNDEF;

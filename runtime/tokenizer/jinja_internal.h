@@ -46,9 +46,10 @@ typedef struct jv {
     jfunc *fn;
   };
   const char *undef_name; /* JV_UNDEF: what was looked up (for messages), may be NULL */
+  bool safe;              /* JV_STR: markup (|safe, |escape): '+' escapes the other side */
 } jv;
 
-struct jlist { size_t n, cap; jv *v; bool tuple; };
+struct jlist { size_t n, cap; jv *v; bool tuple; bool gen; /* a generator (map, select, ...) */ };
 struct jdict { size_t n, cap; jv *k, *v; bool ns; /* a namespace(): attributes assignable */ };
 
 typedef struct jctx jctx;
@@ -195,6 +196,7 @@ struct json_t;
 jv jv_from_json(jctx *c, const struct json_t *j);
 size_t utf8_count(const char *s, size_t n);
 
+jv jinja_html_escape(jctx *c, jv s);
 /* filters, tests, methods, globals (jinja_filters.c, jinja_methods.c) */
 bool jinja_filter_known(const char *name);
 bool jinja_test_known(const char *name);

@@ -364,6 +364,7 @@ jv jinja_getattr(jctx *c, const jnode *at, jv obj, const char *name) {
 
 jv jinja_getitem(jctx *c, const jnode *at, jv obj, jv key) {
   if (obj.t == JV_UNDEF) undefined_fail(c, at, obj);
+  if (obj.t == JV_LIST && obj.l->gen) jfail(c, at, SS_ERR_INVALID, "'generator' object is not subscriptable");
   if (obj.t == JV_DICT && !obj.d->ns) {
     jv *v = jd_get(obj.d, key);
     if (v) return *v;

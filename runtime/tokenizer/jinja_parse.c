@@ -20,6 +20,12 @@ typedef struct parser {
   size_t errlen;
   int code;
   jmp_buf jb;
+  /* Unknown filters and tests: jinja2 reports them when compiling, except
+   * inside an if statement or a conditional expression (then when run). */
+  int in_if;
+  const jtok *unknown[64];
+  bool deferred[64];
+  size_t n_unknown;
 } parser;
 
 static _Noreturn void pfail(parser *P, const jtok *t, int code, const char *fmt, ...)
@@ -108,6 +114,13 @@ static void sl_push(parser *P, slist *l, const char *x) {
 
 static jnode *parse_expr(parser *P, bool with_cond);
 static jnode *parse_unary(parser *P, bool with_filter);
+
+static void note_unknown(parser *P, const jtok *t) {
+  if (P->in_if) return;
+  if (P->n_unknown == 64) pfail(P, t, SS_ERR_UNSUPPORTED, "unsupported construct: '%s'", t->s);
+  P->unknown[P->n_unknown] = t;
+  P->deferred[P->n_unknown++] = false;
+}
 
 static void enter(parser *P) {
   if (++P->depth > MAX_NEST)
@@ -301,8 +314,7 @@ static bool starts_primary(const jtok *t) {
 
 static jnode *parse_filter(parser *P, jnode *operand) {
   const jtok *nm = expect_kind(P, JT_NAME, "a filter name");
-  if (!jinja_filter_known(nm->s))
-    pfail(P, nm, SS_ERR_UNSUPPORTED, "unsupported construct: filter '%s'", nm->s);
+  if (!jinja_filter_known(nm->s)) note_unknown(P, nm);
   jnode *f = mk(P, JN_FILTER, nm);
   f->a = operand;
   f->s = nm->s;
@@ -321,7 +333,7 @@ static jnode *parse_filters_tests(parser *P, jnode *n) {
       const char *tn = nm->kind == JT_NAME ? nm->s : nm->kind == JT_OP ? nm->s : NULL;
       if (!tn) pfail(P, nm, SS_ERR_FORMAT, "expected a test name after 'is'");
       if (!strcmp(tn, "none")) tn = "none";
-      if (!jinja_test_known(tn)) pfail(P, nm, SS_ERR_UNSUPPORTED, "unsupported construct: test '%s'", tn);
+      if (!jinja_test_known(tn)) note_unknown(P, nm);
       jnode *x = mk(P, JN_TEST, nm);
       x->a = n, x->s = tn, x->neg = neg;
       if (is_op(peek(P), "(")) {
@@ -460,13 +472,18 @@ static jnode *parse_or(parser *P) {
 
 static jnode *parse_expr(parser *P, bool with_cond) {
   enter(P);
+  size_t mark = P->n_unknown;
   jnode *n = parse_or(P);
+  if (with_cond && is_name(peek(P), "if"))
+    for (size_t i = mark; i < P->n_unknown; i++) P->deferred[i] = true;
   while (with_cond && is_name(peek(P), "if")) {
     const jtok *t = next(P);
     jnode *x = mk(P, JN_COND, t);
     x->a = n;
+    P->in_if++;
     x->b = parse_or(P);
     if (accept_name(P, "else")) x->c = parse_expr(P, true);
+    P->in_if--;
     n = x;
   }
   P->depth--;
@@ -531,6 +548,7 @@ static jnode *parse_for(parser *P, const jtok *at) {
 
 static jnode *parse_if(parser *P, const jtok *at) {
   jnode *n = mk(P, JN_IF, at);
+  P->in_if++;
   n->a = parse_tuple(P, true);
   end_tag(P);
   static const char *const ends[] = {"endif", "elif", "else", NULL};
@@ -541,6 +559,7 @@ static jnode *parse_if(parser *P, const jtok *at) {
     jnode *e = parse_if(P, &P->t[P->i - 1]);
     n->list2 = ja_alloc(P->a, sizeof(jnode *));
     n->list2[0] = e, n->n2 = 1;
+    P->in_if--;
     return n; /* the nested if consumed endif */
   }
   if (!strcmp(which, "else")) {
@@ -550,6 +569,7 @@ static jnode *parse_if(parser *P, const jtok *at) {
     n->list2 = eb->list, n->n2 = eb->n;
   }
   end_tag(P);
+  P->in_if--;
   return n;
 }
 
@@ -750,5 +770,10 @@ jnode *jinja_parse(jarena *a, const jtok *toks, size_t count, char *err, size_t 
     return NULL;
   }
   const char *which = NULL;
-  return parse_body(&P, NULL, &which);
+  jnode *root = parse_body(&P, NULL, &which);
+  for (size_t i = 0; i < P.n_unknown; i++)
+    if (!P.deferred[i])
+      pfail(&P, P.unknown[i], SS_ERR_UNSUPPORTED, "unsupported construct: filter or test '%s'",
+            P.unknown[i]->s);
+  return root;
 }

@@ -150,7 +150,7 @@ bool jv_truthy(jv v) {
   case JV_INT: return v.i != 0;
   case JV_FLOAT: return v.f != 0.0;
   case JV_STR: return v.s->len != 0;
-  case JV_LIST: return v.l->n != 0;
+  case JV_LIST: return v.l->gen || v.l->n != 0;
   case JV_DICT: return v.d->n != 0;
   case JV_FUNC: return true;
   }
@@ -327,6 +327,8 @@ static void write_str_repr(jbuf *b, const jstr *s) {
 }
 
 void jv_write_repr(jbuf *b, jv v) {
+  if (v.t == JV_LIST && v.l->gen)
+    jfail(b->c, NULL, SS_ERR_UNSUPPORTED, "unsupported construct: printing a generator (add '| list')");
   switch (v.t) {
   case JV_STR: write_str_repr(b, v.s); return;
   case JV_LIST: {
@@ -444,6 +446,7 @@ void jv_write_json(jctx *c, const jnode *at, jbuf *b, jv v, bool ensure_ascii, i
     return;
   case JV_STR: json_str_out(b, v.s, ensure_ascii); return;
   case JV_LIST:
+    if (v.l->gen) break;
     if (!v.l->n) return jb_adds(b, "[]");
     jb_adds(b, "[");
     for (size_t i = 0; i < v.l->n; i++) {
@@ -493,7 +496,8 @@ void jv_write_json(jctx *c, const jnode *at, jbuf *b, jv v, bool ensure_ascii, i
   }
   default: break;
   }
-  jfail(c, at, SS_ERR_INVALID, "tojson: Object of type %s is not JSON serializable", jv_type_name(v));
+  jfail(c, at, SS_ERR_INVALID, "tojson: Object of type %s is not JSON serializable",
+        v.t == JV_LIST && v.l->gen ? "generator" : jv_type_name(v));
 }
 
 /* ---- from jansson ---- */
