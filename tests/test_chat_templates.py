@@ -312,6 +312,35 @@ def check_models(ck, binary, model):
     ck.check(rc == 1 and "neither a built-in" in err, f"unreadable template file: rc {rc} {err}")
 
 
+def check_hf_folder(ck, binary, tmp):
+    """tokenizer_config.json's list form ("default"), and chat_template.jinja first."""
+    d = os.path.join(tmp, "hf")
+    os.makedirs(d, exist_ok=True)
+    tok = {"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "<s>": 2, "</s>": 3},
+                                       "merges": []},
+           "added_tokens": [{"id": 2, "content": "<s>", "special": True},
+                            {"id": 3, "content": "</s>", "special": True}],
+           "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                             "use_regex": True},
+           "normalizer": None, "decoder": {"type": "ByteLevel"}}
+    with open(os.path.join(d, "tokenizer.json"), "w") as f:
+        json.dump(tok, f)
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "chat_template": [
+            {"name": "default", "template": "D{{ bos_token }}{{ messages[0].content }}{{ eos_token }}"},
+            {"name": "tool_use", "template": "T"}]}, f)
+    jt = os.path.join(d, "chat_template.jinja")
+    if os.path.exists(jt):
+        os.remove(jt)
+    data = json.dumps({"messages": [{"role": "user", "content": "a"}]}).encode()
+    rc, out, err = ck.run(binary, ["template", "--model", d], stdin=data)
+    ck.check(rc == 0 and out == b"D<s>a</s>", f"list-form chat_template picks 'default': {out!r} {err}")
+    with open(jt, "w") as f:
+        f.write("F{{ messages | length }}\n")
+    rc, out, err = ck.run(binary, ["template", "--model", d], stdin=data)
+    ck.check(rc == 0 and out == b"F1", f"chat_template.jinja takes precedence: {out!r} {err}")
+
+
 def main():
     args = parse_args()
     ck = Checker("chat_templates")
@@ -325,6 +354,7 @@ def main():
     os.makedirs(tmp, exist_ok=True)
     check_units(ck, args.bin, tmp)
     check_limits(ck, args.bin, tmp)
+    check_hf_folder(ck, args.bin, tmp)
     if args.model and os.path.exists(args.model):
         check_models(ck, args.bin, args.model)
     check_templates(ck, args.bin, tdir)
