@@ -163,7 +163,8 @@ static jv arith(jctx *c, const jnode *at, const char *op, jv x, jv y) {
   }
   if (is_numv(x) && is_numv(y)) {
     bool ints = x.t != JV_FLOAT && y.t != JV_FLOAT;
-    int64_t a = x.t == JV_INT ? x.i : x.b, b = y.t == JV_INT ? y.i : y.b, r;
+    int64_t a = x.t == JV_INT ? x.i : x.t == JV_BOOL ? x.b : 0;
+    int64_t b = y.t == JV_INT ? y.i : y.t == JV_BOOL ? y.b : 0, r;
     double fa = fnum(x), fb = fnum(y);
     switch (op[0]) {
     case '+':
