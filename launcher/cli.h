@@ -35,6 +35,7 @@ int ss_cmd_info(int argc, char **argv);
 /* info for a Hugging Face folder (cmd_info_hf.c). */
 int ss_cli_info_hf(const char *cmd, const char *dir, bool json);
 int ss_cmd_tokenize(int argc, char **argv);
+int ss_cmd_template(int argc, char **argv);
 int ss_cmd_generate(int argc, char **argv);
 int ss_cmd_plan(int argc, char **argv);
 int ss_cmd_launch(int argc, char **argv);

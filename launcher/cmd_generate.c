@@ -393,7 +393,8 @@ int ss_cmd_generate(int argc, char **argv) {
     }
   } else if (chat) {
     ss_chat_template ct;
-    if (ss_chat_template_init(&ct, tmpl_name, m->chat_template)) {
+    if (ss_chat_template_init(&ct, tmpl_name, m->chat_template) ||
+        ss_chat_template_set_tokenizer(&ct, m->tok)) {
       ss_cli_fail(k_cmd, "%s", ss_error_msg());
       goto done;
     }

@@ -396,11 +396,10 @@ int ss_cmd_info(int argc, char **argv) {
          ss_tokenizer_add_bos(m->tok) ? "yes" : "no");
   ss_chat_template ct;
   if (ss_chat_template_init(&ct, NULL, m->chat_template) == SS_OK) {
-    printf("chat template: %s%s\n", ss_chat_kind_name(ct.kind),
-           ct.default_system ? " (with a default system message)" : "");
+    printf("chat template: the model's own (%zu bytes of Jinja)\n", strlen(ct.source));
     ss_chat_template_free(&ct);
   } else {
-    printf("chat template: %s\n", m->chat_template ? "not recognised" : "none");
+    printf("chat template: %s\n", m->chat_template ? ss_error_msg() : "none");
   }
 
   if (metadata) print_metadata(g);

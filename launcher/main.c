@@ -36,6 +36,7 @@ static const command k_commands[] = {
     {"serve", ss_cmd_serve, "serve the model behind an OpenAI-compatible HTTP API"},
     {"info", ss_cmd_info, "print a model's architecture, tokenizer and tensor table"},
     {"tokenize", ss_cmd_tokenize, "print the token ids of UTF-8 text read from stdin"},
+    {"template", ss_cmd_template, "render a chat template over JSON messages read from stdin"},
     {"loadgen", ss_cmd_loadgen, "load-test an OpenAI-compatible server: latency, throughput, goodput"},
     {"synth", ss_cmd_synth, "write a random-weight model of any shape (GGUF or safetensors)"},
 };

@@ -25,6 +25,7 @@ const char *ss_status_name(int code) {
   case SS_ERR_RANGE: return "out of range";
   case SS_ERR_COMM: return "communication error";
   case SS_ERR_BUSY: return "busy";
+  case SS_ERR_NOT_FOUND: return "not found";
   default: return "internal error";
   }
 }

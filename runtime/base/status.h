@@ -23,6 +23,7 @@ enum ss_status {
   SS_ERR_BUSY = -9,        /* overloaded: try again later */
   SS_ERR_AGAIN = -10,      /* a device step ran none of its work: run it again (it will
                               run eagerly; kernels/kernels.h step_end) */
+  SS_ERR_NOT_FOUND = -11,  /* something asked for does not exist (e.g. a model's chat template) */
 };
 
 /* Records the message (printf-style) for this thread and returns `code`, so that

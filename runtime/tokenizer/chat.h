@@ -1,26 +1,28 @@
 /* Chat templates: turning a list of messages into the prompt text a model was
- * trained on.  We do not run Jinja; we recognise the template families that
- * matter and render them in C:
- *   chatml  <|im_start|>ROLE\nCONTENT<|im_end|>\n ... (SmolLM2, Qwen, ...), with
- *           the default system message some templates insert when none is given;
+ * trained on, by rendering the model's own Jinja template (tokenizer.
+ * chat_template) with the Jinja interpreter in jinja.h, as Hugging Face
+ * transformers renders it.  Built-in templates (Jinja sources written here):
+ *   chatml  <|im_start|>ROLE\nCONTENT<|im_end|>\n ... (SmolLM2, Qwen, ...);
  *   llama3  <|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|> ...
- * A model's tokenizer.chat_template is matched by its marker tokens; a name can
- * also be given explicitly.  An unrecognised template is an error, never a
- * silent fallback. */
+ * A template is never guessed: an unsupported construct is an error naming
+ * its line and column. */
 #ifndef SS_CHAT_H
 #define SS_CHAT_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
-typedef enum ss_chat_kind {
-  SS_CHAT_CHATML,
-  SS_CHAT_LLAMA3,
-} ss_chat_kind;
+#include <jansson.h>
+
+#include "runtime/tokenizer/jinja.h"
+
+struct ss_tokenizer;
 
 typedef struct ss_chat_template {
-  ss_chat_kind kind;
-  char *default_system; /* inserted when the first message is not "system"; may be NULL */
+  char *name;      /* "chatml", "llama3", "model" (the model's own) or the file read */
+  char *source;    /* the Jinja source */
+  ss_jinja *jinja;
+  char *bos_token, *eos_token; /* the globals bos_token / eos_token ("" until set) */
 } ss_chat_template;
 
 typedef struct ss_chat_msg {
@@ -28,18 +30,32 @@ typedef struct ss_chat_msg {
   const char *content;
 } ss_chat_msg;
 
-/* Chooses the template: `name` ("chatml", "llama3", or "auto"/NULL to detect
- * from `jinja`, the model's tokenizer.chat_template which may be NULL).
- * Errors (unknown name, no or unrecognised template) name the choices. */
+/* Chooses and compiles the template: `name` NULL or "auto" is the model's own
+ * (`jinja`, its tokenizer.chat_template, may be NULL); "chatml" or "llama3" a
+ * built-in one; any other name is read as a file holding a Jinja template.
+ * Fails with SS_ERR_NOT_FOUND ("the model has no chat template; pass
+ * --chat-template NAME|FILE") when the model's own is asked for and there is
+ * none, so that a server can still serve completions and refuse chat; with
+ * SS_ERR_IO for an unreadable file; with the compiler's error otherwise. */
 int ss_chat_template_init(ss_chat_template *t, const char *name, const char *jinja);
 void ss_chat_template_free(ss_chat_template *t);
-const char *ss_chat_kind_name(ss_chat_kind k);
+/* Sets the bos_token / eos_token strings templates see (NULL: ""). */
+int ss_chat_template_set_tokens(ss_chat_template *t, const char *bos, const char *eos);
+/* The same, from a tokenizer's BOS and EOS tokens. */
+int ss_chat_template_set_tokenizer(ss_chat_template *t, const struct ss_tokenizer *tok);
 
-/* Renders the messages, ending with the assistant turn's opening when
- * add_generation_prompt.  *out is malloc'ed (caller frees).  The text contains
- * special-token markers, so tokenize it with parse_special.  Whether a BOS
- * goes first is the tokenizer's add_bos setting; llama3's <|begin_of_text|> is
- * that BOS and is not written here. */
+/* Renders OpenAI-shaped messages (content a string or a list of parts,
+ * tool_calls, role "tool" with tool_call_id and name), as transformers does:
+ * the globals are messages, tools (NULL: none), documents (none),
+ * add_generation_prompt, bos_token, eos_token, and the members of `extra`
+ * (may be NULL; e.g. enable_thinking), which may override any of them.
+ * *out is malloc'ed (caller frees).  The text contains special-token markers,
+ * so tokenize it with parse_special.  A template that writes bos_token itself
+ * starts the text with it: do not add a second BOS when tokenizing. */
+int ss_chat_render_json(const ss_chat_template *t, const json_t *messages, const json_t *tools,
+                        const json_t *extra, bool add_generation_prompt, char **out);
+
+/* Renders plain role/content messages (ss_chat_render_json underneath). */
 int ss_chat_render(const ss_chat_template *t, const ss_chat_msg *msgs, size_t n,
                    bool add_generation_prompt, char **out);
 

@@ -579,6 +579,55 @@ static bool exists(const char *path) {
 
 /* Token ids from tokenizer_config.json / config.json: bos/eos given as text
  * ("bos_token": "<s>" or {"content": "<s>"}) or as ids. */
+/* The chat template, as transformers finds it: a chat_template.jinja file in
+ * the folder first, else tokenizer_config.json's chat_template, a string or a
+ * list of {"name", "template"} ("default" is the template; "tool_use", when
+ * present, is kept as tokenizer.chat_template.tool_use, GGUF's name). */
+static int hf_chat_template(meta *m, const char *dir, json_t *tc) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+  if (exists(path)) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return ss_error(SS_ERR_IO, "%s: cannot open", path);
+    int64_t size = -1;
+    if (fseeko(f, 0, SEEK_END) == 0) size = (int64_t)ftello(f);
+    const int64_t max = 16 << 20;
+    if (size < 0 || size > max || fseeko(f, 0, SEEK_SET) != 0) {
+      fclose(f);
+      return ss_error(SS_ERR_FORMAT, "%s: size %lld is unreadable or over %lld bytes", path,
+                      (long long)size, (long long)max);
+    }
+    char *buf = malloc((size_t)size + 1);
+    size_t got = buf ? fread(buf, 1, (size_t)size, f) : 0;
+    fclose(f);
+    if (!buf || got != (size_t)size) {
+      free(buf);
+      return ss_error(buf ? SS_ERR_IO : SS_ERR_NOMEM, "%s: cannot read %lld bytes", path, (long long)size);
+    }
+    buf[size] = 0;
+    int rc = meta_str(m, "tokenizer.chat_template", buf);
+    free(buf);
+    return rc;
+  }
+  json_t *tmpl = json_object_get(tc, "chat_template");
+  if (json_is_string(tmpl)) return meta_str(m, "tokenizer.chat_template", json_string_value(tmpl));
+  if (!json_is_array(tmpl)) return SS_OK;
+  size_t i;
+  json_t *e;
+  int rc = SS_OK;
+  json_array_foreach(tmpl, i, e) {
+    const char *name = json_string_value(json_object_get(e, "name"));
+    const char *src = json_string_value(json_object_get(e, "template"));
+    if (!name || !src)
+      return ss_error(SS_ERR_FORMAT, "%s/tokenizer_config.json: chat_template[%zu] needs string "
+                      "\"name\" and \"template\"", dir, i);
+    if (rc == SS_OK && strcmp(name, "default") == 0) rc = meta_str(m, "tokenizer.chat_template", src);
+    if (rc == SS_OK && strcmp(name, "tool_use") == 0)
+      rc = meta_str(m, "tokenizer.chat_template.tool_use", src);
+  }
+  return rc;
+}
+
 static int add_special_ids(meta *m, const char *dir, const ss_gguf_value *tokens) {
   char path[4096];
   snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
@@ -621,9 +670,7 @@ static int add_special_ids(meta *m, const char *dir, const ss_gguf_value *tokens
   }
   json_t *ab = json_object_get(tc, "add_bos_token");
   if (rc == SS_OK && json_is_boolean(ab)) rc = meta_bool(m, "tokenizer.ggml.add_bos_token", json_is_true(ab));
-  json_t *tmpl = json_object_get(tc, "chat_template");
-  if (rc == SS_OK && json_is_string(tmpl))
-    rc = meta_str(m, "tokenizer.chat_template", json_string_value(tmpl));
+  if (rc == SS_OK) rc = hf_chat_template(m, dir, tc);
   json_decref(tc);
   json_decref(cfg);
   return rc;
