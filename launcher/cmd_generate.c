@@ -43,7 +43,8 @@ static void usage(FILE *f) {
           "      --chat              wrap the prompt as a user message in the model's chat\n"
           "                          template and answer as the assistant\n"
           "      --system TEXT       system message for --chat\n"
-          "      --chat-template N   auto (default: from the model), chatml, llama3\n"
+          "      --chat-template N   auto (default: the model's own), chatml, llama3, or a\n"
+          "                          Jinja file\n"
           "      --bos / --no-bos    force adding BOS or not (default: the model's setting)\n"
           "\n"
           "Generation:\n"
@@ -409,7 +410,7 @@ int ss_cmd_generate(int argc, char **argv) {
       ss_cli_fail(k_cmd, "%s", ss_error_msg());
       goto done;
     }
-    rc = ss_tokenizer_encode(m->tok, rendered, strlen(rendered), add_bos, true, &ids, &n_ids);
+    rc = ss_chat_tokenize(m->tok, rendered, add_bos, &ids, &n_ids);
     free(rendered);
   } else {
     rc = ss_tokenizer_encode(m->tok, prompt, prompt_len, add_bos, false, &ids, &n_ids);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "comm/comm.h"
@@ -46,7 +47,8 @@ static void usage(FILE *f) {
           "  -m, --model FILE          GGUF model (default: " SS_DEFAULT_MODEL ")\n"
           "      --served-model-name N the model id clients send (default: the file name\n"
           "                            without .gguf)\n"
-          "      --chat-template T     auto (from the model), chatml, llama3; checked at start\n"
+          "      --chat-template T     auto (the model's own Jinja template), chatml, llama3,\n"
+          "                            or a Jinja file; checked at start\n"
           "      --ctx N               context limit per request (default: the model's)\n"
           "\n"
           "Network:\n"
@@ -129,6 +131,8 @@ static void *engine_main(void *arg) {
   if (rc == SS_EXIT_OK) {
     if (ss_chat_template_init(tmpl, s->tmpl_name, s->model->chat_template) == SS_OK) {
       s->have_tmpl = true;
+      if (ss_chat_template_set_tokenizer(tmpl, s->model->tok))
+        rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
     } else if (s->tmpl_name && strcmp(s->tmpl_name, "auto") != 0) {
       rc = ss_cli_fail(k_cmd, "--chat-template %s: %s", s->tmpl_name, ss_error_msg());
     } else {
@@ -267,9 +271,10 @@ int ss_cmd_serve(int argc, char **argv) {
       name = optarg;
       break;
     case O_TMPL:
-      if (strcmp(optarg, "auto") && strcmp(optarg, "chatml") && strcmp(optarg, "llama3"))
-        return ss_cli_usage(k_cmd, "unknown chat template '%s' (known: auto, chatml, llama3)",
-                            optarg);
+      if (strcmp(optarg, "auto") && strcmp(optarg, "chatml") && strcmp(optarg, "llama3") &&
+          access(optarg, R_OK) != 0)
+        return ss_cli_usage(k_cmd, "--chat-template '%s' is neither a built-in template (auto, "
+                            "chatml, llama3) nor a readable Jinja file", optarg);
       s.tmpl_name = optarg;
       break;
     case O_CTX:

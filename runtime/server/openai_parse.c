@@ -299,68 +299,105 @@ static bool parse_prompt(json_t *o, const ss_model *m, ss_engine_req *r, parse_e
   return true;
 }
 
-/* The messages as the chat template's input: each one checked, "developer"
- * taken as "system", content parts joined.  cm[i] points into o or owned[i]. */
-static bool check_messages(json_t *msgs, ss_chat_msg *cm, char **owned, parse_err *e) {
+/* The messages as the chat template's input, OpenAI-shaped: each one checked,
+ * "developer" taken as "system", content parts joined into one string (only
+ * text parts), and the fields templates read passed on (tool_calls of an
+ * assistant turn, tool_call_id and name of a tool result).  *out is a new
+ * array. */
+static bool check_messages(json_t *msgs, json_t **out, parse_err *e) {
   const size_t n = json_array_size(msgs);
+  json_t *arr = json_array();
+  if (!arr) return fail(e, 500, NULL, "out of memory");
   for (size_t i = 0; i < n; i++) {
     json_t *mm = json_array_get(msgs, i);
-    if (!json_is_object(mm)) return fail(e, 400, "messages", "'messages[%zu]' must be an object", i);
+    bool ok = true;
+    if (!json_is_object(mm)) {
+      ok = fail(e, 400, "messages", "'messages[%zu]' must be an object", i);
+      goto next;
+    }
     json_t *role = json_object_get(mm, "role");
-    if (!json_is_string(role))
-      return fail(e, 400, "messages", "'messages[%zu].role' must be a string", i);
+    if (!json_is_string(role)) {
+      ok = fail(e, 400, "messages", "'messages[%zu].role' must be a string", i);
+      goto next;
+    }
     const char *rs = json_string_value(role);
     if (strcmp(rs, "developer") == 0) rs = "system";
-    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
-      return fail(e, 400, "messages", "'messages[%zu].role' = '%.40s' is not one of system, "
-                  "developer, user, assistant", i, rs);
-    json_t *content = json_object_get(mm, "content");
+    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") &&
+        strcmp(rs, "tool")) {
+      ok = fail(e, 400, "messages", "'messages[%zu].role' = '%.40s' is not one of system, "
+                "developer, user, assistant, tool", i, rs);
+      goto next;
+    }
+    json_t *content = json_object_get(mm, "content"), *calls = json_object_get(mm, "tool_calls");
+    ss_strbuf b = {0};
+    ss_strbuf_append(&b, "", 0);
     if (json_is_string(content)) {
-      cm[i].content = json_string_value(content);
+      ss_strbuf_append(&b, json_string_value(content), json_string_length(content));
     } else if (json_is_array(content)) {
-      /* Content parts: only text parts, concatenated. */
-      ss_strbuf b = {0};
-      ss_strbuf_append(&b, "", 0);
-      owned[i] = b.p;
       size_t k;
       json_t *part;
       json_array_foreach(content, k, part) {
         json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
         if (!json_is_object(part) || !json_is_string(type) ||
             strcmp(json_string_value(type), "text") != 0 || !json_is_string(text)) {
-          owned[i] = b.p;
-          return fail(e, 400, "messages", "'messages[%zu].content[%zu]' must be a text part "
-                      "({\"type\": \"text\", \"text\": ...}); other kinds are not supported",
-                      i, k);
+          ok = fail(e, 400, "messages", "'messages[%zu].content[%zu]' must be a text part "
+                    "({\"type\": \"text\", \"text\": ...}); other kinds are not supported", i, k);
+          break;
         }
         ss_strbuf_append(&b, json_string_value(text), json_string_length(text));
       }
-      owned[i] = b.p;
-      if (b.failed || !b.p) return fail(e, 500, NULL, "out of memory");
-      cm[i].content = b.p;
-    } else {
-      return fail(e, 400, "messages", "'messages[%zu].content' must be a string or a list of "
-                  "text parts, not %s", i, content ? json_kind(content) : "missing");
+    } else if (!((!content || json_is_null(content)) && strcmp(rs, "assistant") == 0 &&
+                 json_is_array(calls))) {
+      /* Only an assistant turn that calls tools may go without content. */
+      ok = fail(e, 400, "messages", "'messages[%zu].content' must be a string or a list of "
+                "text parts, not %s", i, content ? json_kind(content) : "missing");
     }
-    cm[i].role = rs;
+    json_t *o = NULL;
+    if (ok && b.failed) ok = fail(e, 500, NULL, "out of memory");
+    if (ok) {
+      o = json_object();
+      json_t *c = json_stringn(b.p, b.len);
+      if (!c) {
+        ok = fail(e, 400, "messages", "'messages[%zu].content' is not valid UTF-8", i);
+      } else {
+        json_object_set_new(o, "role", json_string(rs));
+        json_object_set_new(o, "content", c);
+      }
+    }
+    ss_strbuf_free(&b);
+    if (ok && calls && !json_is_null(calls)) {
+      if (!json_is_array(calls) || strcmp(rs, "assistant") != 0)
+        ok = fail(e, 400, "messages", "'messages[%zu].tool_calls' must be a list, on an "
+                  "assistant message", i);
+      else
+        json_object_set(o, "tool_calls", calls);
+    }
+    static const char *const passed[] = {"tool_call_id", "name", NULL};
+    for (int f = 0; ok && passed[f]; f++) {
+      json_t *v = json_object_get(mm, passed[f]);
+      if (!v || json_is_null(v)) continue;
+      if (!json_is_string(v))
+        ok = fail(e, 400, "messages", "'messages[%zu].%s' must be a string", i, passed[f]);
+      else
+        json_object_set(o, passed[f], v);
+    }
+    if (ok) json_array_append_new(arr, o);
+    else json_decref(o);
+  next:
+    if (!ok) {
+      json_decref(arr);
+      return false;
+    }
   }
+  *out = arr;
   return true;
 }
 
-/* The rendered text into ids, as the model expects its prompt: the
- * tokenizer's BOS when it adds one, special-token markers parsed.  A template
- * that writes the BOS text itself (as many real ones do) would give it twice,
- * so a leading BOS text is dropped when the tokenizer adds the BOS. */
+/* The rendered text into ids, as the model expects its prompt (the
+ * tokenizer's BOS when it adds one: ss_chat_tokenize). */
 static bool tokenize_rendered(const ss_model *m, const char *text, int32_t **ids, size_t *n_ids,
                               parse_err *e) {
-  const bool add_bos = ss_tokenizer_add_bos(m->tok);
-  const char *bos = add_bos ? ss_tokenizer_token_text(m->tok, ss_tokenizer_bos(m->tok)) : NULL;
-  size_t len = strlen(text);
-  if (bos && *bos && strncmp(text, bos, strlen(bos)) == 0) {
-    text += strlen(bos);
-    len -= strlen(bos);
-  }
-  if (ss_tokenizer_encode(m->tok, text, len, add_bos, true, ids, n_ids))
+  if (ss_chat_tokenize(m->tok, text, ss_tokenizer_add_bos(m->tok), ids, n_ids))
     return fail(e, 400, "messages", "cannot tokenize the messages: %s", ss_error_msg());
   return true;
 }
@@ -381,23 +418,19 @@ bool ss_oai_render_messages(const gen_ctx *x, json_t *o, bool add_generation_pro
                 "--chat-template NAME|FILE (POST /v1/completions works without one)",
                 x->no_tmpl_why && *x->no_tmpl_why ? x->no_tmpl_why
                                                   : "the model has no chat template");
-  ss_chat_msg *cm = calloc(n, sizeof *cm);
-  char **owned = calloc(n, sizeof *owned);
-  bool ok = cm && owned;
-  if (!ok) fail(e, 500, NULL, "out of memory");
-  if (ok) ok = check_messages(msgs, cm, owned, e);
+  json_t *norm = NULL;
+  if (!check_messages(msgs, &norm, e)) return false;
   char *rendered = NULL;
-  if (ok && ss_chat_render(x->tmpl, cm, n, add_generation_prompt, &rendered))
-    ok = fail(e, 400, "messages", "%s", ss_error_msg());
+  bool ok = true;
+  if (ss_chat_render_json(x->tmpl, norm, NULL, NULL, add_generation_prompt, &rendered))
+    ok = fail(e, 400, "messages", "the chat template: %s", ss_error_msg());
+  json_decref(norm);
   if (ok && ids) ok = tokenize_rendered(x->m, rendered, ids, n_ids, e);
   if (ok && text) {
     *text = rendered;
     rendered = NULL;
   }
   free(rendered);
-  for (size_t i = 0; owned && i < n; i++) free(owned[i]);
-  free(owned);
-  free(cm);
   return ok;
 }
 

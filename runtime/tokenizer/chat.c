@@ -157,3 +157,14 @@ int ss_chat_render(const ss_chat_template *t, const ss_chat_msg *msgs, size_t n,
   json_decref(arr);
   return rc;
 }
+
+int ss_chat_tokenize(const ss_tokenizer *tok, const char *text, bool add_bos, int32_t **ids,
+                     size_t *n_ids) {
+  const char *bos = add_bos ? ss_tokenizer_token_text(tok, ss_tokenizer_bos(tok)) : NULL;
+  size_t len = strlen(text);
+  if (bos && *bos && strncmp(text, bos, strlen(bos)) == 0) {
+    text += strlen(bos);
+    len -= strlen(bos);
+  }
+  return ss_tokenizer_encode(tok, text, len, add_bos, true, ids, n_ids);
+}

@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
@@ -54,6 +55,13 @@ int ss_chat_template_set_tokenizer(ss_chat_template *t, const struct ss_tokenize
  * starts the text with it: do not add a second BOS when tokenizing. */
 int ss_chat_render_json(const ss_chat_template *t, const json_t *messages, const json_t *tools,
                         const json_t *extra, bool add_generation_prompt, char **out);
+
+/* Tokenizes a rendered prompt as the model expects it: special-token markers
+ * parsed, the tokenizer's BOS first when add_bos.  A template that writes the
+ * BOS text itself (many do) would then give it twice, so a leading BOS text
+ * is dropped when add_bos.  *ids malloc'ed. */
+int ss_chat_tokenize(const struct ss_tokenizer *tok, const char *text, bool add_bos,
+                     int32_t **ids, size_t *n_ids);
 
 /* Renders plain role/content messages (ss_chat_render_json underneath). */
 int ss_chat_render(const ss_chat_template *t, const ss_chat_msg *msgs, size_t n,
