@@ -69,7 +69,10 @@ static void usage(FILE *f) {
           "      --max-batched-tokens N  tokens per step; long prompts are prefilled in\n"
           "                            chunks so running decodes never stall (default 512)\n"
           "      --kv-blocks N         KV-cache blocks of 16 tokens (default: from --kv-mem)\n"
-          "      --kv-mem SIZE         KV-cache memory per rank, e.g. 512M, 2G (default 1G)\n"
+          "      --kv-mem SIZE         KV-cache memory per rank, e.g. 512M, 2G (default: 40%% of\n"
+          "                            the available memory over the ranks, at most what\n"
+          "                            --max-num-seqs whole contexts need; a pool smaller\n"
+          "                            than one context shortens the context, said at start)\n"
           "      --max-waiting N       queued requests before 429 + Retry-After (default 1024)\n"
           "      --step-log FILE       write one CSV line per engine step (batch shape, forward\n"
           "                            and step seconds), e.g. to check `plan`'s cost model\n"
@@ -157,6 +160,11 @@ static void *engine_main(void *arg) {
     ss_api_engine_exited(s->api);
     return NULL;
   }
+  if (ss_engine_n_ctx(engine) < s->model->cfg.n_ctx_train && s->eo.n_ctx == 0)
+    fprintf(stderr, "shardserve serve: note: the KV pool holds %lld tokens, less than the model's "
+            "context of %d: requests get a context of %d (a larger --kv-mem or --kv-blocks "
+            "raises it)\n", (long long)ss_engine_n_blocks(engine) * ss_engine_block_size(engine),
+            s->model->cfg.n_ctx_train, ss_engine_n_ctx(engine));
   fprintf(stderr, "shardserve serve: ready: model %s, tp %d, device %s%s%s, %d KV blocks of %d "
           "tokens, context %d, listening on port %d\n", s->path, s->comm ? s->comm->size : 1,
           s->be->name, s->be->variant ? ", kernels " : "", s->be->variant ? s->be->variant : "",

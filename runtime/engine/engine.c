@@ -18,6 +18,32 @@
 /* ------------------------------------------------------------------------ */
 /* Creation                                                                   */
 
+/* The host's available memory (MemAvailable), or 0 when it cannot be read. */
+static uint64_t mem_available_bytes(void) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  unsigned long long kib = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+  fclose(f);
+  return (uint64_t)kib * 1024;
+}
+
+/* The default KV pool when neither --kv-blocks nor --kv-mem is given: 40% of
+ * the host's available memory shared by the job's ranks (all of them assumed
+ * on this host; give --kv-mem on a multi-host job), at most what max_num_seqs
+ * sequences of the whole context need, and 1 GiB when the available memory
+ * cannot be read. */
+static uint64_t default_kv_bytes(uint64_t per_block, int32_t blocks_per_seq, int32_t max_num_seqs,
+                                 int n_ranks) {
+  const uint64_t avail = mem_available_bytes();
+  uint64_t budget = avail ? (uint64_t)((double)avail * 0.4) / (uint64_t)(n_ranks > 0 ? n_ranks : 1)
+                          : 1ull << 30;
+  const uint64_t most = per_block * (uint64_t)blocks_per_seq * (uint64_t)max_num_seqs;
+  return budget < most ? budget : most;
+}
+
 int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
                      ss_engine_notify_fn notify, void *notify_user, ss_engine **out) {
   *out = NULL;
@@ -26,7 +52,6 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   if (o.max_batched_tokens == 0) o.max_batched_tokens = 512;
   if (o.block_size == 0) o.block_size = 16;
   if (o.max_waiting == 0) o.max_waiting = 1024;
-  if (o.kv_mem_bytes == 0) o.kv_mem_bytes = 1ull << 30;
   if (o.stats_every == 0) o.stats_every = 256;
   if (o.max_num_seqs < 1 || o.max_num_seqs > 4096)
     return ss_error(SS_ERR_RANGE, "--max-num-seqs %d is outside 1..4096", o.max_num_seqs);
@@ -36,7 +61,7 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   if (o.block_size < 1 || o.block_size > 1024)
     return ss_error(SS_ERR_RANGE, "KV block size %d is outside 1..1024", o.block_size);
   const ss_model_config *c = &m->cfg;
-  const int32_t n_ctx = o.n_ctx > 0 ? o.n_ctx : c->n_ctx_train;
+  int32_t n_ctx = o.n_ctx > 0 ? o.n_ctx : c->n_ctx_train;
   if (o.n_ctx < 0 || n_ctx > c->n_ctx_train)
     return ss_error(SS_ERR_RANGE, "--ctx %d is outside 1..%d (the model's context length)",
                     o.n_ctx, c->n_ctx_train);
@@ -44,6 +69,9 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
     const uint64_t per_block = ss_kv_cache_nbytes_per_token(c->n_layer, m->local.n_kv_head *
                                                                             c->head_dim) *
                                (uint64_t)o.block_size;
+    if (o.kv_mem_bytes == 0)
+      o.kv_mem_bytes = default_kv_bytes(per_block, (n_ctx + o.block_size - 1) / o.block_size,
+                                        o.max_num_seqs, m->comm ? m->comm->size : 1);
     uint64_t nb = o.kv_mem_bytes / per_block;
     if (nb < 1)
       return ss_error(SS_ERR_RANGE, "--kv-mem %llu bytes holds no KV block (one block of %d "
@@ -53,6 +81,18 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   }
   if (o.n_blocks < 1 || o.n_blocks > 1 << 24)
     return ss_error(SS_ERR_RANGE, "--kv-blocks %d is outside 1..16777216", o.n_blocks);
+  /* A pool that cannot hold one sequence of the whole context: the context
+   * becomes what it holds (said at start through ss_engine_n_ctx), so that
+   * every request that fits the context fits the pool, instead of requests
+   * refused later.  An explicit --ctx larger than the pool is an error. */
+  const int64_t pool_tokens = (int64_t)o.n_blocks * o.block_size;
+  if (pool_tokens < n_ctx) {
+    if (o.n_ctx > 0)
+      return ss_error(SS_ERR_RANGE, "--ctx %d is more than the KV pool holds (%d blocks of %d "
+                      "tokens = %lld tokens): give a larger --kv-mem or --kv-blocks, or a "
+                      "smaller --ctx", o.n_ctx, o.n_blocks, o.block_size, (long long)pool_tokens);
+    n_ctx = (int32_t)pool_tokens;
+  }
 
   ss_engine *e = calloc(1, sizeof *e);
   if (!e) return ss_error(SS_ERR_NOMEM, "out of memory");

@@ -33,9 +33,12 @@ typedef struct ss_engine_opts {
   int32_t max_batched_tokens;  /* tokens per step (default 512) */
   int32_t block_size;          /* KV block size in tokens (default 16) */
   int32_t n_blocks;            /* KV blocks (0: from kv_mem_bytes) */
-  uint64_t kv_mem_bytes;       /* KV budget when n_blocks is 0 (default 1 GiB) */
+  uint64_t kv_mem_bytes;       /* KV budget per rank when n_blocks is 0 (default: 40% of the
+                                  host's available memory over the ranks, at most what
+                                  max_num_seqs whole contexts need) */
   int32_t max_waiting;         /* queued requests at most; more are refused (default 1024) */
-  int32_t n_ctx;               /* context limit per sequence (0: the model's) */
+  int32_t n_ctx;               /* context limit per sequence (0: the model's, or what the KV
+                                  pool holds when that is less: ss_engine_n_ctx says) */
   int32_t stats_every;         /* gather per-rank step counters every N steps, and whenever
                                   the engine goes idle (default 256) */
   bool no_prefix_caching;      /* prefix caching (reusing the K/V of computed prompt blocks,
