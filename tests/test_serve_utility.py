@@ -17,6 +17,7 @@ Independent expectations:
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -165,6 +166,52 @@ try:
              f"chat's prompt is the ids /tokenize gives: {code} {body}")
 finally:
     ck.check(srv.stop() == 0, "the chatml server exits 0 on SIGTERM")
+
+# A real template from llama.cpp's corpus given as a file: a conversation with
+# an assistant tool call and the tool's result renders as jinja2 renders it.
+LLAMACPP = os.environ.get("SS_LLAMACPP_SRC", os.path.expanduser(
+    "~/.cache/shardserve/llamacpp/llama-cpp-python-0.3.36/vendor/llama.cpp"))
+qwen = os.path.join(LLAMACPP, "models", "templates", "Qwen-Qwen2.5-7B-Instruct.jinja")
+if ck.check(os.path.exists(qwen), f"{qwen} is missing (bench/llamacpp.sh fetches it)"):
+    TOOL_CONVO = [
+        {"role": "developer", "content": "You check the weather."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather in "},
+                                     {"type": "text", "text": "Oslo?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\": 3}"},
+    ]
+    # What the server hands the template: developer as system, parts joined,
+    # a missing content as "".
+    as_template_sees = [
+        {"role": "system", "content": "You check the weather."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": TOOL_CONVO[2]["tool_calls"]},
+        {"role": "tool", "content": "{\"temp_c\": 3}", "tool_call_id": "call_1"},
+    ]
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
+    env.globals["raise_exception"] = lambda m: (_ for _ in ()).throw(
+        jinja2.exceptions.TemplateError(m))
+    want = env.from_string(open(qwen).read()).render(
+        messages=as_template_sees, add_generation_prompt=True, bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>")
+    srv = Server(args.bin, base, extra=["--chat-template", qwen])
+    try:
+        code, body = post_json(srv, "/apply-template", {"messages": TOOL_CONVO})
+        ck.check(code == 200 and body["prompt"] == want,
+                 f"a tool call and its result render as jinja2 renders them: {code}\n got  "
+                 f"{body}\n want {want!r}")
+        code, body = post_json(srv, "/apply-template", {"messages": [{"role": "tool",
+                                                                      "content": 5}]})
+        ck.check(code == 400 and err_param(body) == "messages",
+                 f"a tool message whose content is a number: {code} {body}")
+    finally:
+        ck.check(srv.stop() == 0, "the file-template server exits 0")
+p = subprocess.run([args.bin, "serve", "--model", base, "--port", "0", "--chat-template",
+                    os.path.join(tmp, "missing.jinja")], capture_output=True, timeout=60)
+ck.check(p.returncode != 0 and b"--chat-template" in p.stderr,
+         f"a --chat-template file that is missing: rc {p.returncode} {p.stderr[-300:]!r}")
 
 # ---------------------------------------------------------------------------
 # The default model: its own template, rendered by jinja2; the fields policy
