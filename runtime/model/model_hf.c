@@ -19,8 +19,13 @@
  * The end-of-generation ids are every eos_token_id (an int or a list) of
  * generation_config.json and config.json.
  * An FP8 matrix X.weight may come with X.weight_scale: one value (per tensor)
- * or one per output row (per channel). */
-#include <dirent.h>
+ * or one per output row (per channel).
+ * A folder cut per rank ahead of time (xai-org/grok-2: *-TP-common plus
+ * *-TP-NNN.safetensors) is read as whole tensors: each matrix whose pieces are
+ * in the rank files is joined along the dimension their shapes say (rows for
+ * q/k/v, gate/up, experts' w1/w3, embedding and head; columns for o_proj,
+ * down_proj and experts' w2), and the sharder reads each rank's slice of that
+ * from the pieces it overlaps, whatever our degree. */
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
@@ -230,6 +235,8 @@ static int rope_freqs(const ss_model_config *c, float **out) {
 /* Tensors                                                                    */
 
 static int bind_mat(ss_model *m, const char *name, int64_t rows, int64_t cols, ss_weight *w) {
+  int rc = ss_st_join(m->st, name, 2, (const int64_t[]){rows, cols});
+  if (rc) return rc;
   const ss_st_tensor *t = ss_st_find(m->st, name);
   if (!t) return ss_error(SS_ERR_FORMAT, "%s: missing tensor '%s'", m->path, name);
   if (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols)
@@ -249,6 +256,9 @@ static int bind_mat(ss_model *m, const char *name, int64_t rows, int64_t cols, s
   if (len > 7 && strcmp(name + len - 7, ".weight") == 0 && len < sizeof sname - 8) {
     snprintf(sname, sizeof sname, "%s_scale", name);
     const ss_st_tensor *s = ss_st_find(m->st, sname);
+    if (s && s->n_pieces > 0)
+      return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s' is cut per rank; scales are read "
+                      "whole (from the common file)", m->path, sname);
     if (s) {
       const int64_t ns = ss_st_numel(s);
       if ((ns != 1 && ns != rows) ||
@@ -257,7 +267,7 @@ static int bind_mat(ss_model *m, const char *name, int64_t rows, int64_t cols, s
                         "values (per tensor or per output channel), not %" PRId64 " of %s",
                         m->path, sname, rows, ns, s->dtype_name);
       float *sc = malloc((size_t)rows * sizeof *sc), one[1];
-      int rc = ss_model_own(m, sc);
+      rc = ss_model_own(m, sc);
       if (rc) return rc;
       if (ns == 1) {
         ss_dequantize_row(s->type, s->data, one, 1);
@@ -275,6 +285,9 @@ static int bind_mat(ss_model *m, const char *name, int64_t rows, int64_t cols, s
 static int bind_vec(ss_model *m, const char *name, int64_t dim, const float **out) {
   const ss_st_tensor *t = ss_st_find(m->st, name);
   if (!t) return ss_error(SS_ERR_FORMAT, "%s: missing tensor '%s'", m->path, name);
+  if (t->n_pieces > 0)
+    return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s' is cut per rank; vectors are read whole "
+                    "(from the common file)", m->path, name);
   if (t->n_dims != 1 || t->shape[0] != dim)
     return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' has %d dims [%" PRId64 "...], expected [%"
                     PRId64 "]", m->path, name, t->n_dims, t->n_dims ? t->shape[0] : 0, dim);
@@ -427,25 +440,6 @@ static int read_stop_ids(ss_model *m, const char *dir, const char *file) {
   return rc;
 }
 
-/* xai-org/grok-2 as released is cut for 8 ranks ahead of time (sglang loads
- * *-TP-common.safetensors plus *-TP-NNN.safetensors per rank): the same names
- * in several files, each holding a slice. */
-static int reject_presharded(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d) return SS_OK;
-  int rc = SS_OK;
-  for (struct dirent *e; rc == SS_OK && (e = readdir(d));) {
-    const size_t n = strlen(e->d_name);
-    static const char tail[] = "-TP-common.safetensors";
-    if (n >= sizeof tail - 1 && strcmp(e->d_name + n - (sizeof tail - 1), tail) == 0)
-      rc = ss_error(SS_ERR_UNSUPPORTED, "%s: '%s': checkpoints pre-sharded per tensor-parallel "
-                    "rank (*-TP-common / *-TP-NNN.safetensors) are not supported; merge them into "
-                    "whole tensors first", dir, e->d_name);
-  }
-  closedir(d);
-  return rc;
-}
-
 int ss_model_load_hf(ss_model *m, const char *dir) {
   char path[4096];
   snprintf(path, sizeof path, "%s/config.json", dir);
@@ -457,7 +451,7 @@ int ss_model_load_hf(ss_model *m, const char *dir) {
   if (rc) return rc;
   ss_model_config *c = &m->cfg;
   if ((rc = rope_freqs(c, &m->rope_inv_freq))) return rc;
-  if ((rc = reject_presharded(dir)) || (rc = ss_st_open(dir, &m->st))) return rc;
+  if ((rc = ss_st_open(dir, &m->st))) return rc;
   if ((rc = ss_tokenizer_load_hf(dir, &m->tok, &m->chat_template))) return rc;
   if (ss_tokenizer_n_vocab(m->tok) > c->vocab)
     return ss_error(SS_ERR_FORMAT, "%s: the tokenizer has %d tokens but vocab_size is %d", dir,

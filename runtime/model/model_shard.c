@@ -92,6 +92,24 @@ static int read_slice(ss_model *m, const char *name, const ss_weight *w_in, ss_r
   out->cols = ss_range_len(c);
   out->row_nbytes = row_nbytes;
   if (w->row_scale) out->row_scale = w->row_scale + r.begin;
+  /* A tensor joined from pieces cut per rank: read from the pieces. */
+  const ss_st_tensor *joined = !path && m->st ? ss_st_containing(m->st, w->data) : NULL;
+  if (joined) {
+    const uint64_t at = (uint64_t)((const uint8_t *)w->data - (const uint8_t *)joined->data);
+    SS_ASSERT(at % w->row_nbytes == 0 && off_in_row % joined->elem_nbytes == 0);
+    const int64_t row0 = (int64_t)(at / w->row_nbytes);
+    const int64_t col0 = (int64_t)(off_in_row / joined->elem_nbytes);
+    uint8_t *buf = NULL;
+    const size_t total = (size_t)rows * row_nbytes;
+    if (posix_memalign((void **)&buf, 64, total ? total : 64))
+      return ss_error(SS_ERR_NOMEM, "%s: cannot allocate %zu bytes for a slice of '%s'", m->path,
+                      total, name);
+    int rc = ss_model_own(m, buf);
+    if (rc) return rc;
+    out->data = buf;
+    return ss_st_read(m->st, joined, row0 + r.begin, row0 + r.begin + rows, col0,
+                      col0 + ss_range_len(c), buf);
+  }
   if (!path && whole_rows) {
     out->data = first;
     return SS_OK;
@@ -288,6 +306,33 @@ static int shard_weights(ss_model *m, int rank) {
   return SS_OK;
 }
 
+/* Without tensor parallelism nothing is sliced, but a tensor joined from
+ * pieces cut per rank has no bytes of its own: each is read whole. */
+static int gather_joined(ss_model *m) {
+  if (!m->st || m->st->n_ranks == 0) return SS_OK;
+  const ss_model_config *c = &m->cfg;
+#define WHOLE(w, nm) \
+  (ss_st_containing(m->st, (w)->data) ? slice_rows(m, nm, (w), (ss_range){0, (w)->rows}) : SS_OK)
+  int rc = WHOLE(&m->tok_embd, "model.embed_tokens.weight");
+  if (rc == SS_OK && !c->tied_output) rc = WHOLE(&m->output, "lm_head.weight");
+  if (c->tied_output) m->output = m->tok_embd;
+  char n[96];
+  for (int l = 0; l < c->n_layer && rc == SS_OK; l++) {
+    ss_layer_weights *L = &m->layers[l];
+    snprintf(n, sizeof n, "layer %d", l);
+    ss_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down,
+                       &L->router};
+    for (size_t i = 0; i < sizeof ws / sizeof *ws && rc == SS_OK; i++) rc = WHOLE(ws[i], n);
+    for (int e = 0; e < c->n_expert && rc == SS_OK; e++) {
+      snprintf(n, sizeof n, "layer %d expert %d", l, e);
+      if ((rc = WHOLE(&L->exp_gate[e], n)) || (rc = WHOLE(&L->exp_up[e], n))) break;
+      rc = WHOLE(&L->exp_down[e], n);
+    }
+  }
+#undef WHOLE
+  return rc;
+}
+
 static void set_local(ss_model *m, int tp, int rank) {
   const ss_model_config *c = &m->cfg;
   ss_model_local *lo = &m->local;
@@ -334,6 +379,9 @@ int ss_model_shard(ss_model *m, const ss_model_load_opts *opts) {
       return ss_error(rc, "%s: %s", m->path, msg);
     }
     if ((rc = shard_weights(m, rank))) return rc;
+  } else {
+    int rc = gather_joined(m);
+    if (rc) return rc;
   }
   set_local(m, tp, rank);
   return SS_OK;
