@@ -72,6 +72,10 @@ int ss_lg_summarize(const ss_lg_result *r, size_t n, double duration_s, const ss
     out->completed++;
     out->total_input += q->input_tokens;
     out->total_output += q->output_tokens;
+    if (q->cached_tokens >= 0) {
+      out->total_cached += q->cached_tokens;
+      out->cached_reported++;
+    }
     if (q->output_from_usage) out->output_from_usage++;
     else out->output_from_chunks++;
     ttft[n_ok] = q->ttft_s;
