@@ -86,7 +86,7 @@ int ss_lg_summarize(const ss_lg_result *r, size_t n, double duration_s, const ss
       tp = (q->e2e_s - q->ttft_s) / (double)(q->output_tokens - 1);
       tpot[n_tpot++] = tp;
     }
-    memcpy(itl + k_itl, q->itls_s, q->itl_count * sizeof *itl);
+    if (q->itl_count) memcpy(itl + k_itl, q->itls_s, q->itl_count * sizeof *itl);
     k_itl += q->itl_count;
     ev[n_ev++] = (event){q->send_s, +1};
     ev[n_ev++] = (event){q->send_s + q->e2e_s, -1};
