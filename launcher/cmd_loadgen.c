@@ -102,6 +102,20 @@ typedef struct ctx {
   const char *url, *base_url, *model;
 } ctx;
 
+/* The server's prefix-cache counters now; false (with a warning) when /metrics
+ * cannot be read. */
+static bool read_cache_counters(const ctx *c, ss_lg_cache_counters *out) {
+  char *text = NULL;
+  int status = 0;
+  if (ss_lg_fetch_metrics(c->base_url, c->o->api_key, CONNECT_TIMEOUT_S, &text, &status)) {
+    fprintf(stderr, "shardserve loadgen: warning: no prefix-cache figures: %s\n", ss_error_msg());
+    return false;
+  }
+  ss_lg_parse_cache_counters(text, out);
+  free(text);
+  return true;
+}
+
 /* One run at `rate`; fills *sum.  Returns SS_EXIT_OK or SS_EXIT_FAIL. */
 static int run_once(const ctx *c, double rate, const char *label, const char *save_path,
                     ss_lg_summary *sum) {
@@ -109,11 +123,17 @@ static int run_once(const ctx *c, double rate, const char *label, const char *sa
   double *sched = NULL;
   size_t count = 0;
   bool closed = isinf(rate) && o->ramp == SS_RAMP_NONE;
-  if (!(closed && o->duration_s > 0)) {
+  if (c->ds->arrivals_s) { /* a trace: its own timestamps */
+    if (!(sched = malloc(c->ds->count * sizeof *sched))) return ss_cli_fail(k_cmd, "out of memory");
+    memcpy(sched, c->ds->arrivals_s, c->ds->count * sizeof *sched);
+    count = c->ds->count;
+  } else if (!(closed && o->duration_s > 0)) {
     ss_arrivals_params sp = {
         .rate = rate, .burstiness = o->burstiness, .ramp = o->ramp,
         .ramp_start_rps = o->ramp_start, .ramp_end_rps = o->ramp_end,
-        .count = o->duration_s > 0 ? 0 : (size_t)o->num_prompts,
+        .count = o->duration_s > 0 ? 0
+                 : strcmp(o->dataset, "prefix_repetition") == 0 ? c->ds->count
+                 : (size_t)o->num_prompts,
         .duration_s = o->duration_s, .seed = o->seed,
     };
     if (ss_arrivals_build(&sp, &sched, &count))
@@ -130,8 +150,18 @@ static int run_once(const ctx *c, double rate, const char *label, const char *sa
       .max_concurrency = o->max_concurrency, .request_timeout_s = o->request_timeout_s,
       .connect_timeout_s = CONNECT_TIMEOUT_S, .progress = o->progress, .progress_label = label,
   };
+  ss_lg_cache_counters before, after, delta = {0};
+  bool have_cache = read_cache_counters(c, &before);
   ss_lg_run run;
   int rc = ss_lg_client_run(&cc, &run);
+  if (!rc && have_cache && read_cache_counters(c, &after)) {
+    delta.found = before.found && after.found;
+    delta.family = after.family;
+    delta.queries = after.queries - before.queries;
+    delta.hits = after.hits - before.hits;
+  } else {
+    have_cache = false;
+  }
   free(sched);
   if (rc) return ss_cli_fail(k_cmd, "%s", ss_error_msg());
   bool has_slo = o->slo.ttft_ms >= 0 || o->slo.tpot_ms >= 0 || o->slo.e2el_ms >= 0;
@@ -149,7 +179,7 @@ static int run_once(const ctx *c, double rate, const char *label, const char *sa
       .ramp = o->ramp == SS_RAMP_LINEAR ? "linear"
               : o->ramp == SS_RAMP_EXPONENTIAL ? "exponential" : NULL,
       .ramp_start_rps = o->ramp_start, .ramp_end_rps = o->ramp_end,
-      .slo = has_slo ? &o->slo : NULL, .seed = o->seed,
+      .slo = has_slo ? &o->slo : NULL, .seed = o->seed, .cache = have_cache ? &delta : NULL,
   };
   ss_lg_report_print(stdout, &info, sum, &run);
   fflush(stdout);
@@ -180,7 +210,20 @@ static int load_dataset(const ss_loadgen_opts *o, const ss_tokenizer *tok, ss_lg
       .vocab_size = (int32_t)o->vocab_size, .tok = tok,
   };
   int rc;
+  ss_lg_prefix_params pp = {
+      .num_prefixes = (size_t)o->num_prefixes, .count = (size_t)o->num_prompts,
+      .prefix_len = o->prefix_len, .suffix_len = o->suffix_len,
+      .output_len = o->prefix_output_len, .seed = o->seed, .ids = ids,
+      .vocab_size = (int32_t)o->vocab_size, .tok = tok,
+  };
+  ss_lg_trace_params tp = {
+      .block_size = o->trace_block_size, .time_scale = o->trace_time_scale,
+      .max_count = o->num_prompts_set ? (size_t)o->num_prompts : 0, .seed = o->seed,
+      .ids = ids, .vocab_size = (int32_t)o->vocab_size, .tok = tok,
+  };
   if (strcmp(o->dataset, "random") == 0) rc = ss_lg_dataset_random(&rp, ds);
+  else if (strcmp(o->dataset, "prefix_repetition") == 0) rc = ss_lg_dataset_prefix_repetition(&pp, ds);
+  else if (strcmp(o->dataset, "trace") == 0) rc = ss_lg_dataset_trace(o->dataset_path, &tp, ds);
   else if (strcmp(o->dataset, "fixed") == 0) rc = ss_lg_dataset_fixed(o->prompt, &rp, ds);
   else if (strcmp(o->dataset, "jsonl") == 0) rc = ss_lg_dataset_jsonl(o->dataset_path, tok, ds);
   else rc = ss_lg_dataset_sharegpt(o->dataset_path, (size_t)o->num_prompts, o->seed,

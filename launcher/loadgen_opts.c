@@ -52,8 +52,9 @@ void ss_loadgen_usage(FILE *f) {
 "  --plot-format F           png (default) or svg; the plot is drawn by gnuplot\n"
 "\n"
 "Workload:\n"
-"  --dataset-name D          random (default), fixed, jsonl or sharegpt\n"
-"  --dataset-path FILE       the jsonl or sharegpt file\n"
+"  --dataset-name D          random (default), fixed, jsonl, sharegpt, prefix_repetition\n"
+"                            or trace\n"
+"  --dataset-path FILE       the jsonl, sharegpt or trace file\n"
 "                            jsonl: one {\"prompt\": \"text\" or [ids], \"output_len\": N} per line\n"
 "                            sharegpt: [{\"conversations\": [{\"from\": \"human\", \"value\": ...},\n"
 "                            {\"from\": \"gpt\", \"value\": ...}]}, ...]\n"
@@ -72,6 +73,18 @@ void ss_loadgen_usage(FILE *f) {
 "                            of --random-input-len tokens, the same for every request)\n"
 "  --sharegpt-output-len N   output length for every sharegpt prompt (default: the reply's\n"
 "                            length: tokens with --tokenizer-model, else bytes / 4)\n"
+"  --prefix-repetition-prefix-len P, --prefix-repetition-suffix-len S,\n"
+"  --prefix-repetition-num-prefixes N, --prefix-repetition-output-len K\n"
+"                            prefix_repetition: N distinct prefixes of P tokens (default\n"
+"                            256), each shared by --num-prompts / N requests that each add\n"
+"                            a unique suffix of S tokens (default 256) and ask for K tokens\n"
+"                            (default 128); N defaults to 10; the order interleaves the\n"
+"                            prefixes (seeded by --seed)\n"
+"  --trace-time-scale X      trace: a Mooncake JSONL trace ({\"timestamp\": ms,\n"
+"                            \"input_length\": N, \"output_length\": K, \"hash_ids\": [...]}),\n"
+"                            replayed at its timestamps times X (default 1; 0 = all at\n"
+"                            once); equal hash ids get identical blocks of text\n"
+"  --trace-block-size B      tokens per hash id (default 512, as Mooncake's traces)\n"
 "  --temperature T           sampling temperature sent (default 0)\n"
 "  --no-ignore-eos           do not send \"ignore_eos\": true (needed by servers that reject\n"
 "                            it; outputs may then end before max_tokens)\n"
@@ -161,7 +174,7 @@ enum {
   O_DURATION, O_RAMP, O_RAMP_START, O_RAMP_END, O_SEED, O_SWEEP, O_SWEEP_OUT, O_PLOT_FMT,
   O_DATASET, O_DATASET_PATH, O_IN_LEN, O_OUT_LEN, O_RANGE, O_PROMPT_FMT, O_VOCAB, O_TOKMODEL,
   O_PROMPT, O_SHAREGPT_OUT, O_TEMP, O_NO_EOS, O_NO_USAGE, O_EXTRA, O_GOODPUT, O_SAVE, O_LABEL,
-  O_NO_PROGRESS,
+  O_NO_PROGRESS, O_PR_PREFIX, O_PR_SUFFIX, O_PR_NUM, O_PR_OUT, O_TRACE_SCALE, O_TRACE_BLOCK,
 };
 
 /* Returns -1 on success, else the exit status. */
@@ -171,7 +184,9 @@ int ss_loadgen_parse(int argc, char **argv, ss_loadgen_opts *o) {
       .burstiness = 1.0, .num_prompts = 1000, .sweep_output = "loadgen-sweep",
       .plot_format = "png", .dataset = "random", .input_len = 1024, .output_len = 128,
       .prompt_format = -1, .ignore_eos = true, .stream_usage = true,
-      .progress = isatty(2), .slo = {-1, -1, -1},
+      .progress = isatty(2), .slo = {-1, -1, -1}, .prefix_len = 256, .suffix_len = 256,
+      .num_prefixes = 10, .prefix_output_len = 128, .trace_time_scale = 1.0,
+      .trace_block_size = 512,
   };
   static const struct option lo[] = {
       {"url", required_argument, 0, O_URL}, {"base-url", required_argument, 0, O_URL},
@@ -204,6 +219,12 @@ int ss_loadgen_parse(int argc, char **argv, ss_loadgen_opts *o) {
       {"extra-body", required_argument, 0, O_EXTRA}, {"goodput", required_argument, 0, O_GOODPUT},
       {"save-result", required_argument, 0, O_SAVE}, {"label", required_argument, 0, O_LABEL},
       {"no-progress", no_argument, 0, O_NO_PROGRESS},
+      {"prefix-repetition-prefix-len", required_argument, 0, O_PR_PREFIX},
+      {"prefix-repetition-suffix-len", required_argument, 0, O_PR_SUFFIX},
+      {"prefix-repetition-num-prefixes", required_argument, 0, O_PR_NUM},
+      {"prefix-repetition-output-len", required_argument, 0, O_PR_OUT},
+      {"trace-time-scale", required_argument, 0, O_TRACE_SCALE},
+      {"trace-block-size", required_argument, 0, O_TRACE_BLOCK},
       {"disable-tqdm", no_argument, 0, O_NO_PROGRESS}, {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0},
   };
@@ -265,9 +286,10 @@ int ss_loadgen_parse(int argc, char **argv, ss_loadgen_opts *o) {
       break;
     case O_DATASET:
       if (strcmp(optarg, "random") && strcmp(optarg, "fixed") && strcmp(optarg, "jsonl") &&
-          strcmp(optarg, "sharegpt"))
-        return ss_cli_usage(k_cmd, "invalid --dataset-name '%s': expected random, fixed, jsonl "
-                            "or sharegpt", optarg);
+          strcmp(optarg, "sharegpt") && strcmp(optarg, "prefix_repetition") &&
+          strcmp(optarg, "trace"))
+        return ss_cli_usage(k_cmd, "invalid --dataset-name '%s': expected random, fixed, jsonl, "
+                            "sharegpt, prefix_repetition or trace", optarg);
       o->dataset = optarg;
       break;
     case O_DATASET_PATH: o->dataset_path = optarg; break;
@@ -314,6 +336,35 @@ int ss_loadgen_parse(int argc, char **argv, ss_loadgen_opts *o) {
     case O_SAVE: o->save_result = optarg; break;
     case O_LABEL: o->label = optarg; break;
     case O_NO_PROGRESS: o->progress = false; break;
+    case O_PR_PREFIX:
+      if (!ss_cli_parse_int(k_cmd, "--prefix-repetition-prefix-len", optarg, 1, SS_LG_MAX_LEN / 2,
+                            &o->prefix_len))
+        return SS_EXIT_USAGE;
+      break;
+    case O_PR_SUFFIX:
+      if (!ss_cli_parse_int(k_cmd, "--prefix-repetition-suffix-len", optarg, 1, SS_LG_MAX_LEN / 2,
+                            &o->suffix_len))
+        return SS_EXIT_USAGE;
+      break;
+    case O_PR_NUM:
+      if (!ss_cli_parse_int(k_cmd, "--prefix-repetition-num-prefixes", optarg, 1,
+                            SS_LG_MAX_PREFIXES, &o->num_prefixes))
+        return SS_EXIT_USAGE;
+      break;
+    case O_PR_OUT:
+      if (!ss_cli_parse_int(k_cmd, "--prefix-repetition-output-len", optarg, 1, SS_LG_MAX_LEN,
+                            &o->prefix_output_len))
+        return SS_EXIT_USAGE;
+      break;
+    case O_TRACE_SCALE:
+      if (!ss_cli_parse_float(k_cmd, "--trace-time-scale", optarg, 0, 1e6, &o->trace_time_scale))
+        return SS_EXIT_USAGE;
+      break;
+    case O_TRACE_BLOCK:
+      if (!ss_cli_parse_int(k_cmd, "--trace-block-size", optarg, 1, SS_LG_MAX_BLOCK,
+                            &o->trace_block_size))
+        return SS_EXIT_USAGE;
+      break;
     case 'h': ss_loadgen_usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -331,11 +382,20 @@ int ss_loadgen_parse(int argc, char **argv, ss_loadgen_opts *o) {
                         "messages are text)");
   if (o->prompt_format == 1 && !o->vocab_size && !o->tokenizer_model)
     return ss_cli_usage(k_cmd, "--prompt-format ids needs --vocab-size or --tokenizer-model");
-  bool file_ds = strcmp(o->dataset, "jsonl") == 0 || strcmp(o->dataset, "sharegpt") == 0;
+  bool trace = strcmp(o->dataset, "trace") == 0;
+  bool file_ds = strcmp(o->dataset, "jsonl") == 0 || strcmp(o->dataset, "sharegpt") == 0 || trace;
   if (file_ds && !o->dataset_path)
     return ss_cli_usage(k_cmd, "--dataset-name %s needs --dataset-path FILE", o->dataset);
   if (!file_ds && o->dataset_path)
-    return ss_cli_usage(k_cmd, "--dataset-path is for the jsonl and sharegpt datasets");
+    return ss_cli_usage(k_cmd, "--dataset-path is for the jsonl, sharegpt and trace datasets");
+  if (trace && (isfinite(o->rate) || o->sweep_count || o->ramp != SS_RAMP_NONE || o->duration_s > 0))
+    return ss_cli_usage(k_cmd, "--dataset-name trace sends at the trace's timestamps: it takes "
+                        "no --request-rate, --sweep-rates, --ramp-up-strategy or --duration "
+                        "(use --trace-time-scale)");
+  if (strcmp(o->dataset, "prefix_repetition") == 0 && o->num_prompts < o->num_prefixes)
+    return ss_cli_usage(k_cmd, "--num-prompts %lld is below --prefix-repetition-num-prefixes "
+                        "%lld: every prefix needs at least one request",
+                        (long long)o->num_prompts, (long long)o->num_prefixes);
   if (o->ramp != SS_RAMP_NONE && !(o->ramp_start > 0 && o->ramp_end > 0))
     return ss_cli_usage(k_cmd, "--ramp-up-strategy needs --ramp-up-start-rps and --ramp-up-end-rps");
   if (o->ramp != SS_RAMP_NONE && (isfinite(o->rate) || o->sweep_count))

@@ -28,6 +28,9 @@ typedef struct ss_loadgen_opts {
   const char *dataset, *dataset_path, *prompt, *tokenizer_model, *extra_body, *save_result;
   int64_t input_len, output_len, vocab_size, sharegpt_output_len;
   double range_ratio, temperature;
+  int64_t prefix_len, suffix_len, num_prefixes, prefix_output_len; /* prefix_repetition */
+  double trace_time_scale;
+  int64_t trace_block_size;
   int prompt_format; /* -1 auto, 0 text, 1 ids */
   bool ignore_eos, stream_usage, progress;
   ss_lg_slo slo;

@@ -58,7 +58,7 @@ typedef struct xfer {
   long status;          /* 0 until the headers are in */
   ss_lg_sse sse;
   bool got_done, has_usage;
-  int64_t usage_prompt, usage_completion;
+  int64_t usage_prompt, usage_completion, usage_cached;
   char stream_error[256];
   char *body;           /* start of a non-2xx body */
   size_t body_nbytes;
@@ -113,6 +113,7 @@ static void on_event(void *ctx, const char *data, size_t nbytes) {
       x->has_usage = true;
       if (c.prompt_tokens >= 0) x->usage_prompt = c.prompt_tokens;
       if (c.completion_tokens >= 0) x->usage_completion = c.completion_tokens;
+      if (c.cached_tokens >= 0) x->usage_cached = c.cached_tokens;
     }
     break;
   case SS_LG_CHUNK_OTHER: break;
@@ -154,6 +155,7 @@ static void xfer_finish(xfer *x, CURLcode code, double now) {
     r->input_tokens = x->usage_prompt;
     r->input_from_usage = true;
   }
+  r->cached_tokens = x->has_usage ? x->usage_cached : -1;
   r->output_tokens = (int64_t)r->chunk_count;
   if (x->has_usage && x->usage_completion >= 0) {
     r->output_tokens = x->usage_completion;
@@ -257,7 +259,7 @@ static int start_request(runner *rn, double sched, double ready, double now_abs)
   x->t_last = now_abs;
   x->status = 0;
   x->got_done = x->has_usage = false;
-  x->usage_prompt = x->usage_completion = -1;
+  x->usage_prompt = x->usage_completion = x->usage_cached = -1;
   x->stream_error[0] = x->errbuf[0] = '\0';
   x->body_nbytes = 0;
   const char *body = c->bodies[r->prompt_index];
@@ -455,6 +457,106 @@ static size_t on_mem(char *p, size_t size, size_t nmemb, void *ud) {
   m->n += n;
   m->p[m->n] = '\0';
   return n;
+}
+
+/* GET url into m; *status the HTTP status (0 if none). */
+static int http_get(const char *url, const char *api_key, double timeout_s, membuf *m,
+                    long *status) {
+  char auth[1024], errbuf[CURL_ERROR_SIZE] = "";
+  CURL *e = curl_easy_init();
+  if (!e) return ss_error(SS_ERR_INTERNAL, "libcurl: cannot create a transfer");
+  struct curl_slist *h = NULL;
+  if (api_key && *api_key) {
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", api_key);
+    h = curl_slist_append(h, auth);
+  }
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_mem);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, m);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout_s * 1e3));
+  CURLcode c = curl_easy_perform(e);
+  *status = 0;
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, status);
+  curl_easy_cleanup(e);
+  curl_slist_free_all(h);
+  if (c != CURLE_OK)
+    return ss_error(SS_ERR_COMM, "cannot reach %s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(c));
+  if (*status < 200 || *status >= 300) {
+    char msg[256];
+    ss_lg_error_body_message(m->p, m->n, msg, sizeof msg);
+    return ss_error(SS_ERR_COMM, "GET %s: HTTP %ld: %s", url, *status, msg);
+  }
+  return SS_OK;
+}
+
+int ss_lg_fetch_metrics(const char *base_url, const char *api_key, double timeout_s,
+                        char **body, int *http_status) {
+  *body = NULL;
+  *http_status = 0;
+  char url[2048];
+  if ((size_t)snprintf(url, sizeof url, "%s/metrics", base_url) >= sizeof url)
+    return ss_error(SS_ERR_INVALID, "the URL is too long");
+  membuf m = {0};
+  long status = 0;
+  int rc = http_get(url, api_key, timeout_s, &m, &status);
+  *http_status = (int)status;
+  if (!rc) {
+    char *s = malloc(m.n + 1);
+    if (!s) {
+      rc = ss_error(SS_ERR_NOMEM, "out of memory");
+    } else {
+      if (m.n) memcpy(s, m.p, m.n);
+      s[m.n] = '\0';
+      *body = s;
+    }
+  }
+  free(m.p);
+  return rc;
+}
+
+/* The sum over label sets of the samples named exactly `name`; *seen counts them. */
+static double metric_sum(const char *text, const char *name, int *seen) {
+  size_t n = strlen(name);
+  double sum = 0;
+  *seen = 0;
+  for (const char *line = text; line && *line;) {
+    const char *eol = strchr(line, '\n');
+    if (strncmp(line, name, n) == 0 && (line[n] == ' ' || line[n] == '{')) {
+      const char *v = line + n;
+      if (*v == '{') {
+        const char *close = strchr(v, '}');
+        v = close && (!eol || close < eol) ? close + 1 : NULL;
+      }
+      char *end;
+      double x = v ? strtod(v, &end) : NAN;
+      if (v && end != v && isfinite(x)) {
+        sum += x;
+        (*seen)++;
+      }
+    }
+    line = eol ? eol + 1 : NULL;
+  }
+  return sum;
+}
+
+void ss_lg_parse_cache_counters(const char *text, ss_lg_cache_counters *out) {
+  static const char *const names[][3] = {
+      {"shardserve", "shardserve:prefix_cache_queries_total", "shardserve:prefix_cache_hits_total"},
+      {"vllm", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"},
+      {"vllm", "vllm:prefix_cache_queries", "vllm:prefix_cache_hits"},
+  };
+  memset(out, 0, sizeof *out);
+  for (size_t k = 0; k < sizeof names / sizeof names[0] && text; k++) {
+    int sq, sh;
+    double q = metric_sum(text, names[k][1], &sq), h = metric_sum(text, names[k][2], &sh);
+    if (sq && sh) {
+      *out = (ss_lg_cache_counters){.found = true, .family = names[k][0], .queries = q, .hits = h};
+      return;
+    }
+  }
 }
 
 int ss_lg_fetch_first_model(const char *base_url, const char *api_key, double timeout_s,

@@ -53,4 +53,20 @@ void ss_lg_run_free(ss_lg_run *r);
 int ss_lg_fetch_first_model(const char *base_url, const char *api_key, double timeout_s,
                             char **model_id, int *http_status);
 
+/* GET base_url + "/metrics" (Prometheus text) into *body (malloc'ed, NUL-
+ * terminated).  Errors as ss_lg_fetch_first_model. */
+int ss_lg_fetch_metrics(const char *base_url, const char *api_key, double timeout_s,
+                        char **body, int *http_status);
+
+/* The prefix cache's counters in a Prometheus text exposition: queries and
+ * hits in tokens, summed over label sets.  shardserve:prefix_cache_queries_total
+ * / _hits_total, else vLLM's vllm:prefix_cache_queries(_total) /
+ * vllm:prefix_cache_hits(_total).  *found is false when neither pair is there. */
+typedef struct ss_lg_cache_counters {
+  bool found;
+  const char *family; /* "shardserve" or "vllm" */
+  double queries, hits;
+} ss_lg_cache_counters;
+void ss_lg_parse_cache_counters(const char *text, ss_lg_cache_counters *out);
+
 #endif

@@ -40,6 +40,8 @@ void ss_lg_dataset_free(ss_lg_dataset *d) {
     free(d->items[i].ids);
   }
   free(d->items);
+  free(d->arrivals_s);
+  d->arrivals_s = NULL;
   d->items = NULL;
   d->count = 0;
 }
@@ -456,6 +458,307 @@ int ss_lg_dataset_sharegpt(const char *path, size_t count, uint64_t seed, int64_
   }
   free(keep);
   json_decref(root);
+  if (rc) ss_lg_dataset_free(out);
+  return rc;
+}
+
+/* ---- shared prefixes: prefix_repetition and traces ------------------------------ */
+
+/* n ids drawn like a random prompt's. */
+static void fill_ids(const pools *pl, int32_t vocab, ss_xrng *rng, int64_t n, int32_t *dst) {
+  for (int64_t k = 0; k < n; k++)
+    dst[k] = pl->normal_count ? pl->normal[ss_xrng_range(rng, 0, (int64_t)pl->normal_count - 1)]
+                              : (int32_t)ss_xrng_range(rng, 0, vocab - 1);
+}
+
+/* a + " " + b (either may be empty), malloc'ed. */
+static char *join_text(const char *a, const char *b) {
+  size_t na = strlen(a), nb = strlen(b);
+  char *s = malloc(na + nb + 2);
+  if (!s) return NULL;
+  memcpy(s, a, na);
+  size_t n = na;
+  if (na && nb) s[n++] = ' ';
+  memcpy(s + n, b, nb);
+  s[n + nb] = '\0';
+  return s;
+}
+
+/* A text piece of about len tokens: exactly len under tok when it can be. */
+static int piece_text(const ss_tokenizer *tok, const pools *pl, ss_xrng *rng, int64_t len,
+                      char **out) {
+  *out = NULL;
+  if (!tok) {
+    if (!(*out = make_text(pl, rng, len))) return ss_error(SS_ERR_NOMEM, "dataset: out of memory");
+    return SS_OK;
+  }
+  ss_lg_prompt q = {0};
+  int rc = make_counted_text(tok, pl, rng, len, &q);
+  *out = q.text;
+  return rc;
+}
+
+static int check_len(const char *what, int64_t v, int64_t lo) {
+  if (v < lo || v > SS_LG_MAX_LEN)
+    return ss_error(SS_ERR_RANGE, "%s %lld is outside [%lld, %lld]", what, (long long)v,
+                    (long long)lo, (long long)SS_LG_MAX_LEN);
+  return SS_OK;
+}
+
+int ss_lg_dataset_prefix_repetition(const ss_lg_prefix_params *p, ss_lg_dataset *out) {
+  memset(out, 0, sizeof *out);
+  int rc;
+  if ((rc = check_len("prefix length", p->prefix_len, 1)) ||
+      (rc = check_len("suffix length", p->suffix_len, 1)) ||
+      (rc = check_len("output length", p->output_len, 1)))
+    return rc;
+  if (p->prefix_len + p->suffix_len > SS_LG_MAX_LEN)
+    return ss_error(SS_ERR_RANGE, "prefix + suffix length %lld is above %lld",
+                    (long long)(p->prefix_len + p->suffix_len), (long long)SS_LG_MAX_LEN);
+  if (p->num_prefixes < 1 || p->num_prefixes > SS_LG_MAX_PREFIXES)
+    return ss_error(SS_ERR_RANGE, "number of prefixes %zu is outside [1, %d]", p->num_prefixes,
+                    SS_LG_MAX_PREFIXES);
+  if (p->count < p->num_prefixes)
+    return ss_error(SS_ERR_RANGE, "%zu requests cannot share %zu prefixes: need at least one "
+                    "request per prefix", p->count, p->num_prefixes);
+  if (p->ids && !p->tok && p->vocab_size < 2)
+    return ss_error(SS_ERR_INVALID, "token-id prompts need a vocabulary size (>= 2) or a tokenizer");
+  size_t per = p->count / p->num_prefixes, total = per * p->num_prefixes;
+  pools pl;
+  if ((rc = pools_build(p->tok, &pl))) return rc;
+  if ((rc = alloc_items(out, total))) {
+    pools_free(&pl);
+    return rc;
+  }
+  ss_xrng rng;
+  ss_xrng_seed(&rng, p->seed, DATASET_SALT);
+  int32_t *pre = NULL;
+  char *pre_text = NULL;
+  for (size_t g = 0; g < p->num_prefixes && !rc; g++) {
+    size_t first = g * per;
+    if (p->ids) {
+      free(pre);
+      if (!(pre = malloc((size_t)p->prefix_len * sizeof *pre))) {
+        rc = ss_error(SS_ERR_NOMEM, "dataset: out of memory for a prefix");
+        break;
+      }
+      fill_ids(&pl, p->vocab_size, &rng, p->prefix_len, pre);
+    } else {
+      free(pre_text);
+      if ((rc = piece_text(p->tok, &pl, &rng, p->prefix_len, &pre_text))) break;
+    }
+    for (size_t k = 0; k < per && !rc; k++) {
+      ss_lg_prompt *q = &out->items[first + k];
+      out->count = first + k + 1;
+      q->group = (int64_t)g;
+      q->output_len = p->output_len;
+      if (p->ids) {
+        size_t n = (size_t)(p->prefix_len + p->suffix_len);
+        if (!(q->ids = malloc(n * sizeof *q->ids))) {
+          rc = ss_error(SS_ERR_NOMEM, "dataset: out of memory for a prompt");
+          break;
+        }
+        memcpy(q->ids, pre, (size_t)p->prefix_len * sizeof *pre);
+        /* Draw again while the suffix equals an earlier one of the group. */
+        for (int tries = 0; tries < 64; tries++) {
+          fill_ids(&pl, p->vocab_size, &rng, p->suffix_len, q->ids + p->prefix_len);
+          bool dup = false;
+          for (size_t j = first; j < first + k && !dup; j++)
+            dup = memcmp(out->items[j].ids + p->prefix_len, q->ids + p->prefix_len,
+                         (size_t)p->suffix_len * sizeof *q->ids) == 0;
+          if (!dup) break;
+        }
+        q->id_count = n;
+        q->prefix_size = (size_t)p->prefix_len;
+        q->input_len = (int64_t)n;
+        q->input_exact = true;
+      } else {
+        char *suf = NULL;
+        for (int tries = 0; tries < 64 && !rc; tries++) {
+          free(suf);
+          if ((rc = piece_text(p->tok, &pl, &rng, p->suffix_len, &suf))) break;
+          bool dup = false;
+          size_t np = strlen(pre_text) + 1;
+          for (size_t j = first; j < first + k && !dup; j++)
+            dup = strcmp(out->items[j].text + np, suf) == 0;
+          if (!dup) break;
+        }
+        if (!rc && !(q->text = join_text(pre_text, suf)))
+          rc = ss_error(SS_ERR_NOMEM, "dataset: out of memory for a prompt");
+        free(suf);
+        if (rc) break;
+        q->prefix_size = strlen(pre_text);
+        if (p->tok) {
+          q->input_exact = true;
+          rc = count_tokens(p->tok, q->text, &q->input_len);
+        } else {
+          q->input_len = p->prefix_len + p->suffix_len;
+        }
+      }
+    }
+  }
+  free(pre);
+  free(pre_text);
+  pools_free(&pl);
+  /* A seeded shuffle interleaves the prefixes. */
+  for (size_t i = out->count; i > 1 && !rc; i--) {
+    size_t j = (size_t)ss_xrng_range(&rng, 0, (int64_t)i - 1);
+    ss_lg_prompt t = out->items[i - 1];
+    out->items[i - 1] = out->items[j];
+    out->items[j] = t;
+  }
+  if (rc) ss_lg_dataset_free(out);
+  return rc;
+}
+
+/* The content of hash id h: the same for every h wherever it is used. */
+static void block_rng(uint64_t seed, int64_t h, ss_xrng *rng) {
+  ss_xrng_seed(rng, seed ^ ((uint64_t)h * 0x9E3779B97F4A7C15ull), DATASET_SALT + 1);
+}
+
+static int trace_prompt(const ss_lg_trace_params *p, const pools *pl, ss_xrng *rng,
+                        const int64_t *hash, size_t n_hash, int64_t in_len, ss_lg_prompt *q) {
+  int64_t bs = p->block_size;
+  if (p->ids) {
+    if (!(q->ids = malloc((size_t)in_len * sizeof *q->ids)))
+      return ss_error(SS_ERR_NOMEM, "dataset: out of memory for a prompt");
+    int64_t at = 0;
+    for (size_t b = 0; b < n_hash && at < in_len; b++) {
+      int64_t take = in_len - at < bs ? in_len - at : bs;
+      ss_xrng br;
+      block_rng(p->seed, hash[b], &br);
+      fill_ids(pl, p->vocab_size, &br, take, q->ids + at);
+      at += take;
+    }
+    fill_ids(pl, p->vocab_size, rng, in_len - at, q->ids + at); /* past the hash ids: unique */
+    q->id_count = (size_t)in_len;
+    q->input_len = in_len;
+    q->input_exact = true;
+    return SS_OK;
+  }
+  char *text = strdup("");
+  int64_t at = 0;
+  for (size_t b = 0; text && at < in_len; b++) {
+    int64_t take = in_len - at < bs ? in_len - at : bs;
+    ss_xrng br;
+    if (b < n_hash) block_rng(p->seed, hash[b], &br);
+    char *piece = make_text(pl, b < n_hash ? &br : rng, take), *t = NULL;
+    if (piece) t = join_text(text, piece);
+    free(piece);
+    free(text);
+    text = t;
+    at += take;
+  }
+  if (!text) return ss_error(SS_ERR_NOMEM, "dataset: out of memory for a prompt");
+  q->text = text;
+  q->input_len = in_len;
+  if (p->tok) {
+    q->input_exact = true;
+    return count_tokens(p->tok, text, &q->input_len);
+  }
+  return SS_OK;
+}
+
+static int trace_line(const char *path, size_t lineno, json_t *o, const ss_lg_trace_params *p,
+                      const pools *pl, ss_xrng *rng, ss_lg_prompt *q, double *ts_ms) {
+  if (!json_is_object(o))
+    return ss_error(SS_ERR_FORMAT, "%s:%zu: expected a JSON object per line", path, lineno);
+  json_t *ts = json_object_get(o, "timestamp"), *il = json_object_get(o, "input_length");
+  json_t *ol = json_object_get(o, "output_length"), *hs = json_object_get(o, "hash_ids");
+  if (!json_is_number(ts) || !isfinite(json_number_value(ts)) || json_number_value(ts) < 0 ||
+      json_number_value(ts) > 1e12)
+    return ss_error(SS_ERR_FORMAT, "%s:%zu: \"timestamp\" must be a number of milliseconds in "
+                    "[0, 1e12]", path, lineno);
+  *ts_ms = json_number_value(ts);
+  if (!json_is_integer(il) || json_integer_value(il) < 1 || json_integer_value(il) > SS_LG_MAX_LEN)
+    return ss_error(SS_ERR_FORMAT, "%s:%zu: \"input_length\" must be an integer in [1, %lld]",
+                    path, lineno, (long long)SS_LG_MAX_LEN);
+  if (!json_is_integer(ol) || json_integer_value(ol) < 1 || json_integer_value(ol) > SS_LG_MAX_LEN)
+    return ss_error(SS_ERR_FORMAT, "%s:%zu: \"output_length\" must be an integer in [1, %lld]",
+                    path, lineno, (long long)SS_LG_MAX_LEN);
+  if (hs && !json_is_array(hs))
+    return ss_error(SS_ERR_FORMAT, "%s:%zu: \"hash_ids\" must be an array of integers", path,
+                    lineno);
+  int64_t in_len = json_integer_value(il);
+  q->output_len = json_integer_value(ol);
+  size_t n_hash = hs ? json_array_size(hs) : 0;
+  /* Only the blocks input_length reaches are used. */
+  int64_t reach = (in_len + p->block_size - 1) / p->block_size;
+  if ((int64_t)n_hash > reach) n_hash = (size_t)reach;
+  int64_t *hash = malloc((n_hash + 1) * sizeof *hash);
+  if (!hash) return ss_error(SS_ERR_NOMEM, "dataset: out of memory");
+  for (size_t k = 0; k < n_hash; k++) {
+    json_t *v = json_array_get(hs, k);
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+      free(hash);
+      return ss_error(SS_ERR_FORMAT, "%s:%zu: \"hash_ids\"[%zu] is not an integer >= 0", path,
+                      lineno, k);
+    }
+    hash[k] = json_integer_value(v);
+  }
+  int rc = trace_prompt(p, pl, rng, hash, n_hash, in_len, q);
+  free(hash);
+  return rc;
+}
+
+int ss_lg_dataset_trace(const char *path, const ss_lg_trace_params *p, ss_lg_dataset *out) {
+  memset(out, 0, sizeof *out);
+  if (p->block_size < 1 || p->block_size > SS_LG_MAX_BLOCK)
+    return ss_error(SS_ERR_RANGE, "trace block size %lld is outside [1, %d]",
+                    (long long)p->block_size, SS_LG_MAX_BLOCK);
+  if (!(p->time_scale >= 0 && p->time_scale <= 1e6))
+    return ss_error(SS_ERR_RANGE, "trace time scale %g is outside [0, 1e6]", p->time_scale);
+  if (p->ids && !p->tok && p->vocab_size < 1)
+    return ss_error(SS_ERR_INVALID, "token-id prompts need a vocabulary size or a tokenizer");
+  char *buf;
+  size_t nbytes;
+  int rc = read_file(path, &buf, &nbytes);
+  if (rc) return rc;
+  size_t lines = 1;
+  for (size_t i = 0; i < nbytes; i++) lines += buf[i] == '\n';
+  if (p->max_count && lines > p->max_count) lines = p->max_count;
+  pools pl;
+  if ((rc = pools_build(p->tok, &pl))) {
+    free(buf);
+    return rc;
+  }
+  rc = alloc_items(out, lines);
+  if (!rc && !(out->arrivals_s = calloc(lines, sizeof *out->arrivals_s)))
+    rc = ss_error(SS_ERR_NOMEM, "dataset: out of memory");
+  ss_xrng rng;
+  ss_xrng_seed(&rng, p->seed, DATASET_SALT);
+  size_t lineno = 0;
+  double t0 = 0, prev = 0;
+  for (char *s = buf; s < buf + nbytes && !rc && out->count < lines;) {
+    char *e = memchr(s, '\n', (size_t)(buf + nbytes - s));
+    if (!e) e = buf + nbytes;
+    lineno++;
+    char *t = s;
+    while (t < e && (*t == ' ' || *t == '\t' || *t == '\r')) t++;
+    if (t < e) {
+      json_error_t jerr;
+      json_t *o = json_loadb(s, (size_t)(e - s), 0, &jerr);
+      double ts = 0;
+      if (!o) {
+        rc = ss_error(SS_ERR_FORMAT, "%s:%zu: invalid JSON at column %d: %s", path, lineno,
+                      jerr.column, jerr.text);
+      } else {
+        rc = trace_line(path, lineno, o, p, &pl, &rng, &out->items[out->count], &ts);
+        json_decref(o);
+        if (!rc && out->count == 0) t0 = prev = ts;
+        if (!rc && ts < prev)
+          rc = ss_error(SS_ERR_FORMAT, "%s:%zu: \"timestamp\" %g is before the previous line's "
+                        "%g (a trace is in time order)", path, lineno, ts, prev);
+        if (!rc) out->arrivals_s[out->count] = (ts - t0) / 1000.0 * p->time_scale;
+        prev = ts;
+        out->count++;
+      }
+    }
+    s = e + 1;
+  }
+  free(buf);
+  pools_free(&pl);
+  if (!rc && out->count == 0) rc = ss_error(SS_ERR_FORMAT, "%s: no requests (every line is blank)", path);
   if (rc) ss_lg_dataset_free(out);
   return rc;
 }

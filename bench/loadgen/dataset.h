@@ -8,6 +8,15 @@
  *   fixed     one prompt, sent by every request
  *   jsonl     one JSON object per line: {"prompt": "text" | [ids], "output_len": N}
  *             ("max_tokens" is accepted for "output_len")
+ *   prefix_repetition  (vLLM's) N prefixes of P tokens, each shared by M
+ *             requests that each add a unique suffix of S tokens, in a seeded
+ *             order interleaving the prefixes
+ *   trace     a Mooncake-format JSONL trace: {"timestamp": ms, "input_length":
+ *             N, "output_length": K, "hash_ids": [...]}; hash id h names a block
+ *             of block_size (512) tokens of content, the same for every h
+ *             wherever it appears, so requests whose hash ids share a prefix
+ *             share that prefix's text; the last block holds the remainder of
+ *             input_length.  Requests arrive at the trace's timestamps
  *   sharegpt  ShareGPT JSON: [{"conversations": [{"from": "human", "value": ...},
  *             {"from": "gpt", "value": ...}, ...]}, ...]; the first turn is the
  *             prompt and the second turn's length the output length
@@ -31,11 +40,14 @@ typedef struct ss_lg_prompt {
   int64_t input_len;  /* expected prompt tokens (exact when input_exact) */
   bool input_exact;
   int64_t output_len; /* tokens to ask for (max_tokens) */
+  int64_t group;      /* prefix_repetition: which prefix (else 0) */
+  size_t prefix_size; /* prefix_repetition: bytes of text (or ids) of the shared prefix */
 } ss_lg_prompt;
 
 typedef struct ss_lg_dataset {
   ss_lg_prompt *items; /* (count) */
   size_t count;
+  double *arrivals_s;  /* (count) trace: send times from the first request, else NULL */
 } ss_lg_dataset;
 
 void ss_lg_dataset_free(ss_lg_dataset *d);
@@ -69,5 +81,38 @@ int ss_lg_dataset_jsonl(const char *path, const struct ss_tokenizer *tok, ss_lg_
  * reply's token count with tok, or its bytes / 4. */
 int ss_lg_dataset_sharegpt(const char *path, size_t count, uint64_t seed, int64_t output_len,
                            const struct ss_tokenizer *tok, ss_lg_dataset *out);
+
+/* The largest prefix_repetition / trace figures. */
+#define SS_LG_MAX_PREFIXES 100000
+#define SS_LG_MAX_BLOCK 65536
+
+typedef struct ss_lg_prefix_params {
+  size_t num_prefixes;  /* distinct prefixes, >= 1 */
+  size_t count;         /* requests in all; count / num_prefixes per prefix (>= 1) */
+  int64_t prefix_len, suffix_len, output_len;
+  uint64_t seed;
+  bool ids;
+  int32_t vocab_size;
+  const struct ss_tokenizer *tok;
+} ss_lg_prefix_params;
+
+/* count / num_prefixes * num_prefixes entries; entry i has group = its prefix.
+ * Prefix text or ids are identical (byte for byte) across a group and its
+ * first prefix_size bytes (ids); the suffixes in a group are distinct. */
+int ss_lg_dataset_prefix_repetition(const ss_lg_prefix_params *p, ss_lg_dataset *out);
+
+typedef struct ss_lg_trace_params {
+  int64_t block_size;   /* tokens per hash id (Mooncake: 512) */
+  double time_scale;    /* arrival times are timestamp / 1000 * time_scale seconds */
+  size_t max_count;     /* 0 = every line */
+  uint64_t seed;        /* the content of the blocks */
+  bool ids;
+  int32_t vocab_size;
+  const struct ss_tokenizer *tok;
+} ss_lg_trace_params;
+
+/* Parses a Mooncake trace; errors name FILE:LINE and the field.  Fills
+ * out->arrivals_s (timestamps relative to the earliest, times time_scale). */
+int ss_lg_dataset_trace(const char *path, const ss_lg_trace_params *p, ss_lg_dataset *out);
 
 #endif

@@ -115,6 +115,26 @@ void ss_lg_report_print(FILE *f, const ss_lg_report_info *info, const ss_lg_summ
   row_z(f, "Peak concurrent requests:", s->max_concurrent);
   snprintf(v, sizeof v, "usage %zu, chunks %zu", s->output_from_usage, s->output_from_chunks);
   row_s(f, "Output tokens counted from:", v);
+  if (info->cache || s->cached_reported) {
+    header(f, "Prefix cache", '-');
+    if (info->cache && info->cache->found) {
+      row_s(f, "Server metrics:", info->cache->family);
+      row_i(f, "Prefix cache queries (tokens):", (int64_t)info->cache->queries);
+      row_i(f, "Prefix cache hits (tokens):", (int64_t)info->cache->hits);
+      if (info->cache->queries > 0)
+        row_f(f, "Prefix cache hit rate (%):", 100.0 * info->cache->hits / info->cache->queries);
+      else if (info->cache->hits == 0)
+        row_f(f, "Prefix cache hit rate (%):", 0.0); /* nothing looked up (caching off): no hits */
+      else
+        row_s(f, "Prefix cache hit rate (%):", "n/a");
+    } else if (info->cache) {
+      row_s(f, "Server metrics:", "no prefix-cache counters");
+    }
+    row_i(f, "Cached prompt tokens (usage):", s->total_cached);
+    row_z(f, "Requests reporting cached tokens:", s->cached_reported);
+    if (s->total_input > 0)
+      row_f(f, "Cached share of input tokens (%):", 100.0 * (double)s->total_cached / (double)s->total_input);
+  }
   dist_rows(f, "Time to First Token", "TTFT", &s->ttft_ms);
   dist_rows(f, "Time per Output Token (excl. 1st token)", "TPOT", &s->tpot_ms);
   dist_rows(f, "Inter-token Latency", "ITL", &s->itl_ms);
@@ -195,6 +215,18 @@ static json_t *build(const ss_lg_report_info *info, const ss_lg_summary *s,
   }
   bad |= set(o, "output_throughput", json_real(s->output_throughput));
   bad |= set(o, "total_token_throughput", json_real(s->total_token_throughput));
+  bad |= set(o, "total_cached_tokens", json_integer(s->total_cached));
+  bad |= set(o, "cached_tokens_reported", json_integer((json_int_t)s->cached_reported));
+  if (info->cache && info->cache->found) {
+    bad |= set(o, "prefix_cache_metrics", json_string(info->cache->family));
+    bad |= set(o, "prefix_cache_queries", json_integer((json_int_t)info->cache->queries));
+    bad |= set(o, "prefix_cache_hits", json_integer((json_int_t)info->cache->hits));
+    bad |= set(o, "prefix_cache_hit_rate",
+               info->cache->queries > 0 ? json_real(info->cache->hits / info->cache->queries)
+               : info->cache->hits == 0 ? json_real(0) : json_null());
+  } else {
+    bad |= set(o, "prefix_cache_hit_rate", json_null());
+  }
   bad |= set(o, "max_concurrent_requests", json_integer((json_int_t)s->max_concurrent));
   bad |= put_dist(o, "ttft", &s->ttft_ms);
   bad |= put_dist(o, "tpot", &s->tpot_ms);

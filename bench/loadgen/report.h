@@ -22,6 +22,9 @@ typedef struct ss_lg_report_info {
   double ramp_start_rps, ramp_end_rps;
   const ss_lg_slo *slo;      /* NULL when --goodput is not given */
   uint64_t seed;
+  /* The server's prefix-cache counters over the run (after - before /metrics);
+   * NULL when they were not read. */
+  const ss_lg_cache_counters *cache;
 } ss_lg_report_info;
 
 /* The readable summary (vLLM's layout plus the generator's send lag and the

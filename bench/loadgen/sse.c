@@ -111,7 +111,7 @@ static void error_message(json_t *err, char *buf, size_t cap) {
 
 void ss_lg_chunk_parse(const char *data, size_t nbytes, ss_lg_chunk *out) {
   memset(out, 0, sizeof *out);
-  out->prompt_tokens = out->completion_tokens = -1;
+  out->prompt_tokens = out->completion_tokens = out->cached_tokens = -1;
   /* Whitespace around [DONE] is tolerated. */
   size_t a = 0, b = nbytes;
   while (a < b && (data[a] == ' ' || data[a] == '\t')) a++;
@@ -149,6 +149,8 @@ void ss_lg_chunk_parse(const char *data, size_t nbytes, ss_lg_chunk *out) {
     json_t *p = json_object_get(usage, "prompt_tokens"), *c = json_object_get(usage, "completion_tokens");
     if (json_is_integer(p)) out->prompt_tokens = json_integer_value(p);
     if (json_is_integer(c)) out->completion_tokens = json_integer_value(c);
+    json_t *k = json_object_get(json_object_get(usage, "prompt_tokens_details"), "cached_tokens");
+    if (json_is_integer(k) && json_integer_value(k) >= 0) out->cached_tokens = json_integer_value(k);
   }
   out->kind = out->text_nbytes || out->has_usage ? SS_LG_CHUNK_DATA : SS_LG_CHUNK_OTHER;
   json_decref(root);

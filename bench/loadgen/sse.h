@@ -49,6 +49,7 @@ typedef struct ss_lg_chunk {
   bool has_usage;         /* a non-null "usage" object */
   int64_t prompt_tokens;  /* -1 if usage lacks it */
   int64_t completion_tokens;
+  int64_t cached_tokens;  /* usage.prompt_tokens_details.cached_tokens, -1 if absent */
   char error[256];        /* for SS_LG_CHUNK_ERROR */
 } ss_lg_chunk;
 

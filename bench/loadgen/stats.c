@@ -72,6 +72,10 @@ int ss_lg_summarize(const ss_lg_result *r, size_t n, double duration_s, const ss
     out->completed++;
     out->total_input += q->input_tokens;
     out->total_output += q->output_tokens;
+    if (q->cached_tokens >= 0) {
+      out->total_cached += q->cached_tokens;
+      out->cached_reported++;
+    }
     if (q->output_from_usage) out->output_from_usage++;
     else out->output_from_chunks++;
     ttft[n_ok] = q->ttft_s;
@@ -82,7 +86,7 @@ int ss_lg_summarize(const ss_lg_result *r, size_t n, double duration_s, const ss
       tp = (q->e2e_s - q->ttft_s) / (double)(q->output_tokens - 1);
       tpot[n_tpot++] = tp;
     }
-    memcpy(itl + k_itl, q->itls_s, q->itl_count * sizeof *itl);
+    if (q->itl_count) memcpy(itl + k_itl, q->itls_s, q->itl_count * sizeof *itl);
     k_itl += q->itl_count;
     ev[n_ev++] = (event){q->send_s, +1};
     ev[n_ev++] = (event){q->send_s + q->e2e_s, -1};

@@ -29,6 +29,7 @@ typedef struct ss_lg_result {
   size_t chunk_count;     /* text chunks received */
   int64_t input_tokens;   /* from usage, else the dataset's figure */
   int64_t output_tokens;  /* from usage, else chunk_count */
+  int64_t cached_tokens;  /* usage.prompt_tokens_details.cached_tokens, -1 if not reported */
   bool input_from_usage, output_from_usage;
   int http_status;        /* 0 if no response */
   char *error;            /* NULL on success; malloc'ed message otherwise */
@@ -64,6 +65,8 @@ typedef struct ss_lg_summary {
   ss_lg_dist send_lag_ms; /* send - ready over all requests: the generator's own lag */
   size_t output_from_usage, output_from_chunks; /* how output tokens were counted */
   size_t max_concurrent;  /* peak requests in flight (successful ones, as vLLM) */
+  int64_t total_cached;   /* sum of usage cached_tokens over successful requests */
+  size_t cached_reported; /* successful requests whose usage carried cached_tokens */
 } ss_lg_summary;
 
 /* Summarises n results over a run of duration_s seconds; slo may be NULL. */

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench/loadgen/client.h"
 #include "bench/loadgen/dataset.h"
 #include "bench/loadgen/sse.h"
 #include "bench/loadgen/stats.h"
@@ -234,6 +235,11 @@ static void test_chunk_parse(void **state) {
   ss_lg_chunk_parse(usage, strlen(usage), &c);
   assert_int_equal(c.kind, SS_LG_CHUNK_DATA);
   assert_true(c.has_usage && c.prompt_tokens == 12 && c.completion_tokens == 34);
+  assert_int_equal(c.cached_tokens, -1);
+  const char *cached = "{\"choices\":[],\"usage\":{\"prompt_tokens\":40,\"completion_tokens\":2,"
+                       "\"prompt_tokens_details\":{\"cached_tokens\":32}}}";
+  ss_lg_chunk_parse(cached, strlen(cached), &c);
+  assert_true(c.has_usage && c.prompt_tokens == 40 && c.cached_tokens == 32);
   const char *nullusage = "{\"choices\":[{\"text\":\"x\"}],\"usage\":null}";
   ss_lg_chunk_parse(nullusage, strlen(nullusage), &c);
   assert_false(c.has_usage);
@@ -416,6 +422,184 @@ static void test_random_tokenizer(void **state) {
   ss_gguf_close(g);
 }
 
+/* ---- prefix-cache workloads --------------------------------------------------------------- */
+
+static ss_tokenizer *load_gpt2(ss_gguf **g) {
+  const char *dir = getenv("SS_TESTDATA");
+  char path[512];
+  snprintf(path, sizeof path, "%s/tokenizer/ggml-vocab-gpt-2.gguf", dir ? dir : "tests/data");
+  ss_tokenizer *tok;
+  assert_int_equal(ss_gguf_open(path, g), 0);
+  assert_int_equal(ss_tokenizer_load(*g, &tok), 0);
+  return tok;
+}
+
+static int64_t n_tokens(const ss_tokenizer *tok, const char *t) {
+  int32_t *ids;
+  size_t n;
+  assert_int_equal(ss_tokenizer_encode(tok, t, strlen(t), false, false, &ids, &n), 0);
+  free(ids);
+  return (int64_t)n;
+}
+
+/* Requests of one group share their first prefix_size bytes (ids) and differ after. */
+static void check_groups(const ss_lg_dataset *d, size_t groups, size_t per, size_t unit) {
+  assert_int_equal(d->count, groups * per);
+  size_t *seen = calloc(groups, sizeof *seen);
+  bool interleaved = false;
+  for (size_t i = 0; i < d->count; i++) {
+    const ss_lg_prompt *a = &d->items[i];
+    assert_true(a->group >= 0 && (size_t)a->group < groups);
+    seen[a->group]++;
+    if (i && d->items[i - 1].group != a->group) interleaved = true;
+    const char *pa = a->ids ? (const char *)a->ids : a->text;
+    size_t na = a->ids ? a->id_count * unit : strlen(a->text);
+    for (size_t j = 0; j < i; j++) {
+      const ss_lg_prompt *b = &d->items[j];
+      const char *pb = b->ids ? (const char *)b->ids : b->text;
+      size_t nb = b->ids ? b->id_count * unit : strlen(b->text);
+      if (a->group == b->group) {
+        assert_int_equal(a->prefix_size, b->prefix_size);
+        assert_memory_equal(pa, pb, a->prefix_size * (a->ids ? unit : 1));
+        assert_false(na == nb && memcmp(pa, pb, na) == 0); /* distinct suffixes */
+      } else {
+        assert_false(memcmp(pa, pb, 16) == 0); /* different prefixes differ at once */
+      }
+    }
+  }
+  for (size_t g = 0; g < groups; g++) assert_int_equal(seen[g], per);
+  assert_true(interleaved);
+  free(seen);
+}
+
+static void test_prefix_repetition(void **state) {
+  ss_lg_prefix_params p = {.num_prefixes = 4, .count = 22, .prefix_len = 40, .suffix_len = 6,
+                           .output_len = 3, .seed = 9, .ids = true, .vocab_size = 50000};
+  ss_lg_dataset d, e;
+  assert_int_equal(ss_lg_dataset_prefix_repetition(&p, &d), 0);
+  check_groups(&d, 4, 5, sizeof(int32_t)); /* 22 / 4 = 5 per prefix */
+  for (size_t i = 0; i < d.count; i++) {
+    assert_int_equal(d.items[i].id_count, 46);
+    assert_int_equal(d.items[i].prefix_size, 40);
+    assert_int_equal(d.items[i].output_len, 3);
+  }
+  assert_int_equal(ss_lg_dataset_prefix_repetition(&p, &e), 0); /* seeded: the same again */
+  for (size_t i = 0; i < d.count; i++)
+    assert_memory_equal(d.items[i].ids, e.items[i].ids, 46 * sizeof(int32_t));
+  ss_lg_dataset_free(&e);
+  p.seed = 10;
+  assert_int_equal(ss_lg_dataset_prefix_repetition(&p, &e), 0);
+  assert_false(memcmp(d.items[0].ids, e.items[0].ids, 46 * sizeof(int32_t)) == 0);
+  ss_lg_dataset_free(&e);
+  ss_lg_dataset_free(&d);
+
+  /* Text counted by a tokenizer: prefix and suffix of about the stated lengths. */
+  ss_gguf *g;
+  ss_tokenizer *tok = load_gpt2(&g);
+  p = (ss_lg_prefix_params){.num_prefixes = 3, .count = 12, .prefix_len = 100, .suffix_len = 10,
+                            .output_len = 2, .seed = 1, .tok = tok};
+  assert_int_equal(ss_lg_dataset_prefix_repetition(&p, &d), 0);
+  check_groups(&d, 3, 4, 1);
+  for (size_t i = 0; i < d.count; i++) {
+    char *pre = strndup(d.items[i].text, d.items[i].prefix_size);
+    assert_int_equal(n_tokens(tok, pre), 100);
+    assert_int_equal(n_tokens(tok, d.items[i].text), d.items[i].input_len);
+    assert_true(d.items[i].input_len >= 108 && d.items[i].input_len <= 112);
+    free(pre);
+  }
+  ss_lg_dataset_free(&d);
+  ss_tokenizer_free(tok);
+  ss_gguf_close(g);
+
+  p = (ss_lg_prefix_params){.num_prefixes = 5, .count = 4, .prefix_len = 8, .suffix_len = 1,
+                            .output_len = 1, .ids = true, .vocab_size = 100};
+  assert_int_equal(ss_lg_dataset_prefix_repetition(&p, &d), SS_ERR_RANGE);
+  assert_non_null(strstr(ss_error_msg(), "5 prefixes"));
+  p.count = 10;
+  p.prefix_len = 0;
+  assert_int_equal(ss_lg_dataset_prefix_repetition(&p, &d), SS_ERR_RANGE);
+  assert_non_null(strstr(ss_error_msg(), "prefix length 0"));
+}
+
+static void test_trace(void **state) {
+  char *path = write_tmp(
+      "{\"timestamp\": 1000, \"input_length\": 20, \"output_length\": 4, \"hash_ids\": [5, 6, 7]}\n"
+      "{\"timestamp\": 1500, \"input_length\": 16, \"output_length\": 1, \"hash_ids\": [5, 6]}\n"
+      "\n{\"timestamp\": 1500, \"input_length\": 30, \"output_length\": 2, \"hash_ids\": [9, 6]}\n"
+      "{\"timestamp\": 4000, \"input_length\": 12, \"output_length\": 2, \"hash_ids\": [5]}\n");
+  ss_lg_trace_params p = {.block_size = 8, .time_scale = 0.5, .seed = 2, .ids = true,
+                          .vocab_size = 32000};
+  ss_lg_dataset d;
+  assert_int_equal(ss_lg_dataset_trace(path, &p, &d), 0);
+  assert_int_equal(d.count, 4);
+  const double want_t[] = {0, 0.25, 0.25, 1.5};
+  const int64_t want_len[] = {20, 16, 30, 12}, want_out[] = {4, 1, 2, 2};
+  for (size_t i = 0; i < 4; i++) {
+    assert_true(fabs(d.arrivals_s[i] - want_t[i]) < 1e-12);
+    assert_int_equal(d.items[i].id_count, want_len[i]);
+    assert_int_equal(d.items[i].output_len, want_out[i]);
+  }
+  size_t b = 8 * sizeof(int32_t);
+  int32_t **ids = (int32_t *[]){d.items[0].ids, d.items[1].ids, d.items[2].ids, d.items[3].ids};
+  assert_memory_equal(ids[0], ids[1], 2 * b);         /* [5, 6] */
+  assert_memory_equal(ids[0] + 8, ids[2] + 8, b);     /* 6 in the second place */
+  assert_memory_equal(ids[0], ids[3], b);             /* 5 */
+  assert_false(memcmp(ids[0] + 16, ids[3] + 8, 4 * 4) == 0); /* 7 vs unique padding */
+  assert_false(memcmp(ids[0], ids[2], b) == 0);       /* 5 vs 9 */
+  assert_false(memcmp(ids[0] + 8, ids[0], b) == 0);   /* 6 vs 5 */
+  assert_false(memcmp(ids[2] + 16, ids[0] + 16, 4 * 4) == 0); /* past the hash ids: unique */
+  ss_lg_dataset_free(&d);
+  /* Text: equal ids give identical text blocks. */
+  p.ids = false;
+  assert_int_equal(ss_lg_dataset_trace(path, &p, &d), 0);
+  size_t n1 = strlen(d.items[1].text);
+  assert_int_equal(strncmp(d.items[0].text, d.items[1].text, n1), 0);
+  assert_true(d.items[0].text[n1] == ' ');
+  assert_false(strncmp(d.items[0].text, d.items[2].text, 8) == 0);
+  ss_lg_dataset_free(&d);
+  unlink(path);
+  free(path);
+
+  path = write_tmp("{\"timestamp\": 10, \"input_length\": 5, \"output_length\": 1}\n"
+                   "{\"timestamp\": 5, \"input_length\": 5, \"output_length\": 1}\n");
+  assert_int_equal(ss_lg_dataset_trace(path, &p, &d), SS_ERR_FORMAT);
+  assert_non_null(strstr(ss_error_msg(), ":2: \"timestamp\""));
+  unlink(path);
+  free(path);
+  path = write_tmp("{\"timestamp\": 0, \"input_length\": 16, \"output_length\": 1, "
+                   "\"hash_ids\": [1, -2]}\n");
+  assert_int_equal(ss_lg_dataset_trace(path, &p, &d), SS_ERR_FORMAT);
+  assert_non_null(strstr(ss_error_msg(), "\"hash_ids\"[1]"));
+  unlink(path);
+  free(path);
+  path = write_tmp("{\"timestamp\": 0, \"output_length\": 1}\n");
+  assert_int_equal(ss_lg_dataset_trace(path, &p, &d), SS_ERR_FORMAT);
+  assert_non_null(strstr(ss_error_msg(), "\"input_length\""));
+  p.block_size = 0;
+  assert_int_equal(ss_lg_dataset_trace(path, &p, &d), SS_ERR_RANGE);
+  assert_non_null(strstr(ss_error_msg(), "block size 0"));
+  unlink(path);
+  free(path);
+}
+
+static void test_cache_counters(void **state) {
+  ss_lg_cache_counters c;
+  ss_lg_parse_cache_counters("# HELP x\n# TYPE shardserve:prefix_cache_queries_total counter\n"
+                             "shardserve:prefix_cache_queries_total 480\n"
+                             "shardserve:prefix_cache_hits_total_other 7\n"
+                             "shardserve:prefix_cache_hits_total 320\n", &c);
+  assert_true(c.found && strcmp(c.family, "shardserve") == 0);
+  assert_true(c.queries == 480 && c.hits == 320);
+  ss_lg_parse_cache_counters("vllm:prefix_cache_queries_total{engine=\"0\",model_name=\"m\"} 100.0\n"
+                             "vllm:prefix_cache_queries_total{engine=\"1\",model_name=\"m\"} 50.0\n"
+                             "vllm:prefix_cache_hits_total{engine=\"0\",model_name=\"m\"} 30.0\n"
+                             "vllm:prefix_cache_hits_created{engine=\"0\"} 1.7e9\n", &c);
+  assert_true(c.found && strcmp(c.family, "vllm") == 0);
+  assert_true(c.queries == 150 && c.hits == 30);
+  ss_lg_parse_cache_counters("shardserve:requests_total 3\n", &c);
+  assert_false(c.found);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_schedule_gamma),
@@ -430,6 +614,9 @@ int main(void) {
       cmocka_unit_test(test_sharegpt),
       cmocka_unit_test(test_random_ids),
       cmocka_unit_test(test_random_tokenizer),
+      cmocka_unit_test(test_prefix_repetition),
+      cmocka_unit_test(test_trace),
+      cmocka_unit_test(test_cache_counters),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
