@@ -6,12 +6,13 @@
 # rate: the median and the spread (min..max) over the repeats.
 # Usage: bench/prefix_cache.sh [BUILD_DIR [MODEL]]
 #   env: REPEATS (3), PREFIXES (8), PREFIX_LEN (1000), PER_PREFIX (16),
-#        SUFFIX_LEN (32), OUTPUT_LEN (8), CONCURRENCY (8)
+#        SUFFIX_LEN (32), OUTPUT_LEN (8), CONCURRENCY (8), THREADS (the server's, 2),
+#        PYTHON (.venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
 model=${2:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
-py=${PYTHON:-/work/main/.venv/bin/python}
+py=${PYTHON:-.venv/bin/python}
 [ -x "$build/shardserve" ] || { echo "prefix_cache.sh: no $build/shardserve (build first)" >&2; exit 1; }
 [ -f "$model" ] || { echo "prefix_cache.sh: no model $model" >&2; exit 1; }
 exec "$py" - "$build/shardserve" "$model" <<'PY'
@@ -25,7 +26,8 @@ repeats, prefixes, per = env("REPEATS", 3), env("PREFIXES", 8), env("PER_PREFIX"
 tmp = tempfile.mkdtemp(prefix="ss-prefix-bench-")
 rows = []
 for caching in (True, False):
-    srv = Server(binary, model, extra=[] if caching else ["--no-prefix-caching"])
+    extra = ["--threads", os.environ.get("THREADS", "2")]
+    srv = Server(binary, model, extra=extra + ([] if caching else ["--no-prefix-caching"]))
     runs = []
     try:
         for k in range(repeats):
