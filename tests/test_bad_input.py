@@ -214,7 +214,7 @@ expect("--ctx smaller than the prompt", ["generate", *m, "-p", "hello world", "-
 expect("unknown chat template", ["generate", *m, "-p", "x", "--chat", "--chat-template", "vicuna9"], 1,
        "vicuna9")
 expect("chat on a model without a template", ["generate", *m, "-p", "x", "--chat"], 1,
-       "chat_template")
+       "no chat template; pass --chat-template")
 expect("serve step log in a missing folder",
        ["serve", *m, "--chat-template", "chatml", "--port", "0", "--step-log", os.path.join(tmp, "no", "steps.csv")], 1,
        "--step-log", "steps.csv")

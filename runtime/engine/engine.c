@@ -86,7 +86,7 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
    * every request that fits the context fits the pool, instead of requests
    * refused later.  An explicit --ctx larger than the pool is an error. */
   const int64_t pool_tokens = (int64_t)o.n_blocks * o.block_size;
-  if (pool_tokens < n_ctx) {
+  if (pool_tokens < n_ctx && !o.fixed_ctx) {
     if (o.n_ctx > 0)
       return ss_error(SS_ERR_RANGE, "--ctx %d is more than the KV pool holds (%d blocks of %d "
                       "tokens = %lld tokens): give a larger --kv-mem or --kv-blocks, or a "

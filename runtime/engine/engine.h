@@ -41,6 +41,8 @@ typedef struct ss_engine_opts {
                                   pool holds when that is less: ss_engine_n_ctx says) */
   int32_t stats_every;         /* gather per-rank step counters every N steps, and whenever
                                   the engine goes idle (default 256) */
+  bool fixed_ctx;              /* the context is n_ctx (or the model's) whatever the pool
+                                  holds: the caller sized the pool for its own requests */
   bool no_prefix_caching;      /* prefix caching (reusing the K/V of computed prompt blocks,
                                   see scheduler.h) is on unless this is set */
   FILE *step_log;              /* when set, one CSV line per step under the header below
