@@ -18,7 +18,7 @@ bld=${4:-$root/build-aarch64}
 log() { printf '[aarch64] %s\n' "$*" >&2; }
 
 arm_pkgs=(libpcre2-dev:arm64 libjansson-dev:arm64 libuv1-dev:arm64 libcurl4-openssl-dev:arm64
-  libhttp-parser2.9:arm64 libc6:arm64)
+  libhttp-parser2.9:arm64 libunistring-dev:arm64 libc6:arm64)
 host_pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 missing=()
 for p in "${host_pkgs[@]}" "${arm_pkgs[@]}"; do
@@ -42,8 +42,8 @@ log "building in $bld"
 PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig \
   cmake -S "$root" -B "$bld" -DCMAKE_BUILD_TYPE=Release -DCMAKE_TOOLCHAIN_FILE="$here/toolchain.cmake" \
   -DSS_CUDA=OFF -DSS_BUILD_TESTS=OFF -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON \
-  -DHTTP_PARSER_INCLUDE_DIR="$sysroot/usr/include" \
-  -DHTTP_PARSER_LIBRARY="$sysroot/usr/lib/aarch64-linux-gnu/libhttp_parser.a" >/dev/null
+  -DSS_INC_SS_DEP_HTTP_PARSER="$sysroot/usr/include" \
+  -DSS_LIB_SS_DEP_HTTP_PARSER="$sysroot/usr/lib/aarch64-linux-gnu/libhttp_parser.a" >/dev/null
 PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig \
   cmake --build "$bld" -j "$(nproc)" --target shardserve >/dev/null
 file "$bld/shardserve" | grep -q aarch64 || { echo "not an AArch64 binary: $bld/shardserve" >&2; exit 1; }
