@@ -85,6 +85,9 @@ void ss_oai_req_free(ss_engine_req *r);
  * pointer may be NULL (text or ids not wanted).  Any thread. */
 bool ss_oai_render_messages(const gen_ctx *x, json_t *o, bool add_generation_prompt,
                             char **text, int32_t **ids, size_t *n_ids, parse_err *e);
+/* Sets e (status, the field, the message) and returns false. */
+bool ss_oai_fail(parse_err *e, int status, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* The body as a JSON object (not valid JSON or not an object: e->body). */
 json_t *ss_oai_load_body(const char *body, size_t body_len, parse_err *e);
 /* 'model', when given, must be the served one. */

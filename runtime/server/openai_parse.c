@@ -16,9 +16,7 @@
 /* ------------------------------------------------------------------------ */
 /* Fields                                                                     */
 
-static bool fail(parse_err *e, int status, const char *param, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static bool fail(parse_err *e, int status, const char *param, const char *fmt, ...) {
+bool ss_oai_fail(parse_err *e, int status, const char *param, const char *fmt, ...) {
   e->status = status;
   e->param = param;
   va_list ap;
@@ -47,10 +45,10 @@ static bool get_number(json_t *o, const char *key, double lo, double hi, double 
   json_t *v = json_object_get(o, key);
   if (!v || json_is_null(v)) return true;
   if (!json_is_number(v))
-    return fail(e, 400, key, "'%s' must be a number, not %s", key, json_kind(v));
+    return ss_oai_fail(e, 400, key, "'%s' must be a number, not %s", key, json_kind(v));
   double x = json_number_value(v);
   if (!isfinite(x) || x < lo || x > hi)
-    return fail(e, 400, key, "'%s' = %g is outside [%g, %g]", key, x, lo, hi);
+    return ss_oai_fail(e, 400, key, "'%s' = %g is outside [%g, %g]", key, x, lo, hi);
   *out = x;
   return true;
 }
@@ -60,11 +58,11 @@ static bool get_int(json_t *o, const char *key, int64_t lo, int64_t hi, int64_t 
   json_t *v = json_object_get(o, key);
   if (!v || json_is_null(v)) return true;
   if (!json_is_integer(v))
-    return fail(e, 400, key, "'%s' must be an integer, not %s", key, json_kind(v));
+    return ss_oai_fail(e, 400, key, "'%s' must be an integer, not %s", key, json_kind(v));
   json_int_t x = json_integer_value(v);
   if (x < lo || x > hi)
-    return fail(e, 400, key, "'%s' = %lld is outside [%lld, %lld]", key, (long long)x,
-                (long long)lo, (long long)hi);
+    return ss_oai_fail(e, 400, key, "'%s' = %lld is outside [%lld, %lld]", key, (long long)x,
+                       (long long)lo, (long long)hi);
   *out = x;
   if (set) *set = true;
   return true;
@@ -74,7 +72,7 @@ static bool get_bool(json_t *o, const char *key, bool *out, parse_err *e) {
   json_t *v = json_object_get(o, key);
   if (!v || json_is_null(v)) return true;
   if (!json_is_boolean(v))
-    return fail(e, 400, key, "'%s' must be a boolean, not %s", key, json_kind(v));
+    return ss_oai_fail(e, 400, key, "'%s' must be a boolean, not %s", key, json_kind(v));
   *out = json_is_true(v);
   return true;
 }
@@ -84,10 +82,11 @@ bool ss_oai_check_model(const gen_ctx *x, json_t *o, parse_err *e) {
   json_t *model = json_object_get(o, "model");
   if (model && !json_is_null(model)) {
     if (!json_is_string(model))
-      return fail(e, 400, "model", "'model' must be a string, not %s", json_kind(model));
+      return ss_oai_fail(e, 400, "model", "'model' must be a string, not %s", json_kind(model));
     if (strcmp(json_string_value(model), x->model_name) != 0)
-      return fail(e, 404, "model", "the model '%.200s' does not exist; this server serves '%s'",
-                  json_string_value(model), x->model_name);
+      return ss_oai_fail(e, 404, "model",
+                         "the model '%.200s' does not exist; this server serves '%s'",
+                         json_string_value(model), x->model_name);
   }
   return true;
 }
@@ -112,41 +111,45 @@ static bool check_fields(json_t *o, bool chat, parse_err *e) {
     size_t i = 0;
     while (known[i] && strcmp(known[i], key) != 0) i++;
     if (!known[i])
-      return fail(e, 400, NULL, "unrecognized request field '%.64s' (a field this server does "
-                  "not know would be ignored, so it is refused; see the README's field table)",
-                  key);
+      return ss_oai_fail(
+          e, 400, NULL,
+          "unrecognized request field '%.64s' (a field this server does "
+          "not know would be ignored, so it is refused; see the README's field table)",
+          key);
   }
   /* Known and not implemented: refused unless neutral. */
   static const char *const penalties[] = {"presence_penalty", "frequency_penalty", NULL};
   for (int i = 0; penalties[i]; i++) {
     v = json_object_get(o, penalties[i]);
     if (v && !json_is_null(v) && !(json_is_number(v) && json_number_value(v) == 0.0))
-      return fail(e, 400, penalties[i], "'%s' is not supported yet (only 0)", penalties[i]);
+      return ss_oai_fail(e, 400, penalties[i], "'%s' is not supported yet (only 0)", penalties[i]);
   }
   v = json_object_get(o, "repetition_penalty");
   if (v && !json_is_null(v) && !(json_is_number(v) && json_number_value(v) == 1.0))
-    return fail(e, 400, "repetition_penalty", "'repetition_penalty' is not supported yet "
-                "(only 1)");
+    return ss_oai_fail(e, 400, "repetition_penalty",
+                       "'repetition_penalty' is not supported yet "
+                       "(only 1)");
   v = json_object_get(o, "min_tokens");
   if (v && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 0))
-    return fail(e, 400, "min_tokens", "'min_tokens' is not supported yet (only 0)");
+    return ss_oai_fail(e, 400, "min_tokens", "'min_tokens' is not supported yet (only 0)");
   v = json_object_get(o, "logit_bias");
   if (v && !json_is_null(v) && !(json_is_object(v) && json_object_size(v) == 0))
-    return fail(e, 400, "logit_bias", "'logit_bias' is not supported yet");
+    return ss_oai_fail(e, 400, "logit_bias", "'logit_bias' is not supported yet");
   v = json_object_get(o, "response_format");
   if (v && !json_is_null(v)) {
     json_t *type = json_is_object(v) ? json_object_get(v, "type") : NULL;
     if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0)
-      return fail(e, 400, "response_format", "'response_format' other than {\"type\": \"text\"} "
-                  "(JSON mode, JSON schema) is not supported yet: the output would not be "
-                  "constrained");
+      return ss_oai_fail(e, 400, "response_format",
+                         "'response_format' other than {\"type\": \"text\"} "
+                         "(JSON mode, JSON schema) is not supported yet: the output would not be "
+                         "constrained");
   }
   static const char *const tool_fields[] = {"tools", "functions", NULL};
   for (int i = 0; tool_fields[i]; i++) {
     v = json_object_get(o, tool_fields[i]);
     if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0))
-      return fail(e, 400, tool_fields[i], "'%s' (tool calling) is not supported yet",
-                  tool_fields[i]);
+      return ss_oai_fail(e, 400, tool_fields[i], "'%s' (tool calling) is not supported yet",
+                         tool_fields[i]);
   }
   static const char *const choice_fields[] = {"tool_choice", "function_call", NULL};
   for (int i = 0; choice_fields[i]; i++) {
@@ -154,17 +157,18 @@ static bool check_fields(json_t *o, bool chat, parse_err *e) {
     if (v && !json_is_null(v) &&
         !(json_is_string(v) && (strcmp(json_string_value(v), "none") == 0 ||
                                 strcmp(json_string_value(v), "auto") == 0)))
-      return fail(e, 400, choice_fields[i], "'%s' = %s is not supported without tools",
-                  choice_fields[i], json_is_string(v) ? json_string_value(v) : json_kind(v));
+      return ss_oai_fail(e, 400, choice_fields[i], "'%s' = %s is not supported without tools",
+                         choice_fields[i], json_is_string(v) ? json_string_value(v) : json_kind(v));
   }
   v = json_object_get(o, "suffix");
   if (v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
-    return fail(e, 400, "suffix", "'suffix' is not supported");
+    return ss_oai_fail(e, 400, "suffix", "'suffix' is not supported");
   if (chat && json_object_get(o, "prompt"))
-    return fail(e, 400, "prompt", "chat completions take 'messages', not 'prompt'");
+    return ss_oai_fail(e, 400, "prompt", "chat completions take 'messages', not 'prompt'");
   if (!chat && json_object_get(o, "messages"))
-    return fail(e, 400, "messages", "completions take 'prompt', not 'messages' (use "
-                "/v1/chat/completions)");
+    return ss_oai_fail(e, 400, "messages",
+                       "completions take 'prompt', not 'messages' (use "
+                       "/v1/chat/completions)");
   return true;
 }
 
@@ -172,18 +176,19 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
   if (!check_fields(o, chat, e) || !ss_oai_check_model(x, o, e)) return false;
   int64_t n = 1;
   if (!get_int(o, "n", INT32_MIN, INT32_MAX, &n, NULL, e)) return false;
-  if (n != 1) return fail(e, 400, "n", "'n' = %lld is not supported: only n = 1", (long long)n);
+  if (n != 1)
+    return ss_oai_fail(e, 400, "n", "'n' = %lld is not supported: only n = 1", (long long)n);
   json_t *bo = json_object_get(o, "best_of");
   if (bo && json_is_integer(bo) && json_integer_value(bo) != 1)
-    return fail(e, 400, "best_of", "'best_of' must be 1");
-  if (!get_int(o, "max_tokens", INT32_MIN, INT32_MAX, &g->max_tokens, &g->max_set, e))
-    return false;
+    return ss_oai_fail(e, 400, "best_of", "'best_of' must be 1");
+  if (!get_int(o, "max_tokens", INT32_MIN, INT32_MAX, &g->max_tokens, &g->max_set, e)) return false;
   if (!get_int(o, "max_completion_tokens", INT32_MIN, INT32_MAX, &g->max_tokens, &g->max_set, e))
     return false;
   if (g->max_set && g->max_tokens < 1)
-    return fail(e, 400, json_object_get(o, "max_completion_tokens") ? "max_completion_tokens"
-                                                                    : "max_tokens",
-                "'max_tokens' = %lld must be at least 1", (long long)g->max_tokens);
+    return ss_oai_fail(
+        e, 400,
+        json_object_get(o, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens",
+        "'max_tokens' = %lld must be at least 1", (long long)g->max_tokens);
   double temp = 1.0, top_p = 1.0, min_p = 0.0;
   int64_t top_k = 0, seed = 0;
   bool seed_set = false;
@@ -193,33 +198,34 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
       !get_int(o, "top_k", -1, INT32_MAX, &top_k, NULL, e) ||
       !get_int(o, "seed", INT64_MIN, INT64_MAX, &seed, &seed_set, e))
     return false;
-  if (top_p <= 0.0) return fail(e, 400, "top_p", "'top_p' must be greater than 0");
-  g->r.sampling = (ss_sampler_params){.temperature = (float)temp,
-                                      .top_k = (int32_t)(top_k < 0 ? 0 : top_k),
-                                      .top_p = (float)top_p, .min_p = (float)min_p,
-                                      .seed = seed_set ? (uint64_t)seed
-                                                       : ((uint64_t)time(NULL) * 2654435761u) ^
-                                                             (uint64_t)clock()};
+  if (top_p <= 0.0) return ss_oai_fail(e, 400, "top_p", "'top_p' must be greater than 0");
+  g->r.sampling = (ss_sampler_params){
+      .temperature = (float)temp,
+      .top_k = (int32_t)(top_k < 0 ? 0 : top_k),
+      .top_p = (float)top_p,
+      .min_p = (float)min_p,
+      .seed = seed_set ? (uint64_t)seed : ((uint64_t)time(NULL) * 2654435761u) ^ (uint64_t)clock()};
   /* stop: a string or an array of up to 16 non-empty strings */
   json_t *stop = json_object_get(o, "stop");
   if (stop && !json_is_null(stop)) {
     if (json_is_string(stop)) {
-      if (json_string_length(stop) == 0) return fail(e, 400, "stop", "'stop' must not be empty");
+      if (json_string_length(stop) == 0)
+        return ss_oai_fail(e, 400, "stop", "'stop' must not be empty");
       g->r.stop[g->r.n_stop++] = strdup(json_string_value(stop));
     } else if (json_is_array(stop)) {
       if (json_array_size(stop) > SS_ENGINE_MAX_STOP)
-        return fail(e, 400, "stop", "'stop' has %zu strings; the limit is %d",
-                    json_array_size(stop), SS_ENGINE_MAX_STOP);
+        return ss_oai_fail(e, 400, "stop", "'stop' has %zu strings; the limit is %d",
+                           json_array_size(stop), SS_ENGINE_MAX_STOP);
       size_t i;
       json_t *s;
       json_array_foreach(stop, i, s) {
         if (!json_is_string(s) || json_string_length(s) == 0)
-          return fail(e, 400, "stop", "'stop[%zu]' must be a non-empty string", i);
+          return ss_oai_fail(e, 400, "stop", "'stop[%zu]' must be a non-empty string", i);
         g->r.stop[g->r.n_stop++] = strdup(json_string_value(s));
       }
     } else {
-      return fail(e, 400, "stop", "'stop' must be a string or an array of strings, not %s",
-                  json_kind(stop));
+      return ss_oai_fail(e, 400, "stop", "'stop' must be a string or an array of strings, not %s",
+                         json_kind(stop));
     }
   }
   if (!get_bool(o, "stream", &g->stream, e) || !get_bool(o, "ignore_eos", &g->r.ignore_eos, e))
@@ -227,7 +233,7 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
   json_t *so = json_object_get(o, "stream_options");
   if (so && !json_is_null(so)) {
     if (!json_is_object(so))
-      return fail(e, 400, "stream_options", "'stream_options' must be an object");
+      return ss_oai_fail(e, 400, "stream_options", "'stream_options' must be an object");
     if (!get_bool(so, "include_usage", &g->include_usage, e)) return false;
   }
   /* logprobs: chat takes a boolean plus top_logprobs; completions an integer. */
@@ -238,7 +244,7 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
     bool top_set = false;
     if (!get_int(o, "top_logprobs", 0, SS_ENGINE_MAX_TOP, &top, &top_set, e)) return false;
     if (top_set && top > 0 && !g->r.logprobs)
-      return fail(e, 400, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+      return ss_oai_fail(e, 400, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
     g->r.n_top_logprobs = (int32_t)top;
   } else if (lp && !json_is_null(lp)) {
     int64_t k = 0;
@@ -261,7 +267,7 @@ void ss_oai_req_free(ss_engine_req *r) {
  * one string / one list of ids. */
 static bool parse_prompt(json_t *o, const ss_model *m, ss_engine_req *r, parse_err *e) {
   json_t *p = json_object_get(o, "prompt");
-  if (!p || json_is_null(p)) return fail(e, 400, "prompt", "'prompt' is required");
+  if (!p || json_is_null(p)) return ss_oai_fail(e, 400, "prompt", "'prompt' is required");
   if (json_is_array(p) && json_array_size(p) == 1 &&
       (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
     p = json_array_get(p, 0);
@@ -270,32 +276,35 @@ static bool parse_prompt(json_t *o, const ss_model *m, ss_engine_req *r, parse_e
     int32_t *ids = NULL;
     if (ss_tokenizer_encode(m->tok, json_string_value(p), json_string_length(p),
                             ss_tokenizer_add_bos(m->tok), false, &ids, &n))
-      return fail(e, 400, "prompt", "cannot tokenize the prompt: %s", ss_error_msg());
+      return ss_oai_fail(e, 400, "prompt", "cannot tokenize the prompt: %s", ss_error_msg());
     r->prompt = ids;
     r->n_prompt = (int32_t)n;
   } else if (json_is_array(p)) {
     size_t n = json_array_size(p);
-    if (n == 0) return fail(e, 400, "prompt", "'prompt' is an empty list");
+    if (n == 0) return ss_oai_fail(e, 400, "prompt", "'prompt' is an empty list");
     if (json_is_string(json_array_get(p, 0)))
-      return fail(e, 400, "prompt", "'prompt' has %zu strings: only one prompt per request "
-                  "(n = 1)", n);
-    if (n > (size_t)INT32_MAX / 2) return fail(e, 400, "prompt", "'prompt' is too long");
+      return ss_oai_fail(e, 400, "prompt",
+                         "'prompt' has %zu strings: only one prompt per request "
+                         "(n = 1)",
+                         n);
+    if (n > (size_t)INT32_MAX / 2) return ss_oai_fail(e, 400, "prompt", "'prompt' is too long");
     r->prompt = malloc(n * sizeof *r->prompt);
-    if (!r->prompt) return fail(e, 500, NULL, "out of memory");
+    if (!r->prompt) return ss_oai_fail(e, 500, NULL, "out of memory");
     r->n_prompt = (int32_t)n;
     for (size_t i = 0; i < n; i++) {
       json_t *v = json_array_get(p, i);
       if (!json_is_integer(v) || json_integer_value(v) < 0 ||
           json_integer_value(v) >= m->cfg.vocab)
-        return fail(e, 400, "prompt", "'prompt[%zu]' must be a token id in [0, %d]", i,
-                    m->cfg.vocab - 1);
+        return ss_oai_fail(e, 400, "prompt", "'prompt[%zu]' must be a token id in [0, %d]", i,
+                           m->cfg.vocab - 1);
       r->prompt[i] = (int32_t)json_integer_value(v);
     }
   } else {
-    return fail(e, 400, "prompt", "'prompt' must be a string or a list of token ids, not %s",
-                json_kind(p));
+    return ss_oai_fail(e, 400, "prompt", "'prompt' must be a string or a list of token ids, not %s",
+                       json_kind(p));
   }
-  if (r->n_prompt == 0) return fail(e, 400, "prompt", "the prompt is empty: it gives no tokens");
+  if (r->n_prompt == 0)
+    return ss_oai_fail(e, 400, "prompt", "the prompt is empty: it gives no tokens");
   return true;
 }
 
@@ -307,25 +316,27 @@ static bool parse_prompt(json_t *o, const ss_model *m, ss_engine_req *r, parse_e
 static bool check_messages(json_t *msgs, json_t **out, parse_err *e) {
   const size_t n = json_array_size(msgs);
   json_t *arr = json_array();
-  if (!arr) return fail(e, 500, NULL, "out of memory");
+  if (!arr) return ss_oai_fail(e, 500, NULL, "out of memory");
   for (size_t i = 0; i < n; i++) {
     json_t *mm = json_array_get(msgs, i);
     bool ok = true;
     if (!json_is_object(mm)) {
-      ok = fail(e, 400, "messages", "'messages[%zu]' must be an object", i);
+      ok = ss_oai_fail(e, 400, "messages", "'messages[%zu]' must be an object", i);
       goto next;
     }
     json_t *role = json_object_get(mm, "role");
     if (!json_is_string(role)) {
-      ok = fail(e, 400, "messages", "'messages[%zu].role' must be a string", i);
+      ok = ss_oai_fail(e, 400, "messages", "'messages[%zu].role' must be a string", i);
       goto next;
     }
     const char *rs = json_string_value(role);
     if (strcmp(rs, "developer") == 0) rs = "system";
     if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") &&
         strcmp(rs, "tool")) {
-      ok = fail(e, 400, "messages", "'messages[%zu].role' = '%.40s' is not one of system, "
-                "developer, user, assistant, tool", i, rs);
+      ok = ss_oai_fail(e, 400, "messages",
+                       "'messages[%zu].role' = '%.40s' is not one of system, "
+                       "developer, user, assistant, tool",
+                       i, rs);
       goto next;
     }
     json_t *content = json_object_get(mm, "content"), *calls = json_object_get(mm, "tool_calls");
@@ -340,8 +351,10 @@ static bool check_messages(json_t *msgs, json_t **out, parse_err *e) {
         json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
         if (!json_is_object(part) || !json_is_string(type) ||
             strcmp(json_string_value(type), "text") != 0 || !json_is_string(text)) {
-          ok = fail(e, 400, "messages", "'messages[%zu].content[%zu]' must be a text part "
-                    "({\"type\": \"text\", \"text\": ...}); other kinds are not supported", i, k);
+          ok = ss_oai_fail(e, 400, "messages",
+                           "'messages[%zu].content[%zu]' must be a text part "
+                           "({\"type\": \"text\", \"text\": ...}); other kinds are not supported",
+                           i, k);
           break;
         }
         ss_strbuf_append(&b, json_string_value(text), json_string_length(text));
@@ -349,16 +362,18 @@ static bool check_messages(json_t *msgs, json_t **out, parse_err *e) {
     } else if (!((!content || json_is_null(content)) && strcmp(rs, "assistant") == 0 &&
                  json_is_array(calls))) {
       /* Only an assistant turn that calls tools may go without content. */
-      ok = fail(e, 400, "messages", "'messages[%zu].content' must be a string or a list of "
-                "text parts, not %s", i, content ? json_kind(content) : "missing");
+      ok = ss_oai_fail(e, 400, "messages",
+                       "'messages[%zu].content' must be a string or a list of "
+                       "text parts, not %s",
+                       i, content ? json_kind(content) : "missing");
     }
     json_t *o = NULL;
-    if (ok && b.failed) ok = fail(e, 500, NULL, "out of memory");
+    if (ok && b.failed) ok = ss_oai_fail(e, 500, NULL, "out of memory");
     if (ok) {
       o = json_object();
       json_t *c = json_stringn(b.p, b.len);
       if (!c) {
-        ok = fail(e, 400, "messages", "'messages[%zu].content' is not valid UTF-8", i);
+        ok = ss_oai_fail(e, 400, "messages", "'messages[%zu].content' is not valid UTF-8", i);
       } else {
         json_object_set_new(o, "role", json_string(rs));
         json_object_set_new(o, "content", c);
@@ -367,8 +382,10 @@ static bool check_messages(json_t *msgs, json_t **out, parse_err *e) {
     ss_strbuf_free(&b);
     if (ok && calls && !json_is_null(calls)) {
       if (!json_is_array(calls) || strcmp(rs, "assistant") != 0)
-        ok = fail(e, 400, "messages", "'messages[%zu].tool_calls' must be a list, on an "
-                  "assistant message", i);
+        ok = ss_oai_fail(e, 400, "messages",
+                         "'messages[%zu].tool_calls' must be a list, on an "
+                         "assistant message",
+                         i);
       else
         json_object_set(o, "tool_calls", calls);
     }
@@ -377,7 +394,7 @@ static bool check_messages(json_t *msgs, json_t **out, parse_err *e) {
       json_t *v = json_object_get(mm, passed[f]);
       if (!v || json_is_null(v)) continue;
       if (!json_is_string(v))
-        ok = fail(e, 400, "messages", "'messages[%zu].%s' must be a string", i, passed[f]);
+        ok = ss_oai_fail(e, 400, "messages", "'messages[%zu].%s' must be a string", i, passed[f]);
       else
         json_object_set(o, passed[f], v);
     }
@@ -398,7 +415,7 @@ static bool check_messages(json_t *msgs, json_t **out, parse_err *e) {
 static bool tokenize_rendered(const ss_model *m, const char *text, int32_t **ids, size_t *n_ids,
                               parse_err *e) {
   if (ss_chat_tokenize(m->tok, text, ss_tokenizer_add_bos(m->tok), ids, n_ids))
-    return fail(e, 400, "messages", "cannot tokenize the messages: %s", ss_error_msg());
+    return ss_oai_fail(e, 400, "messages", "cannot tokenize the messages: %s", ss_error_msg());
   return true;
 }
 
@@ -408,22 +425,24 @@ bool ss_oai_render_messages(const gen_ctx *x, json_t *o, bool add_generation_pro
   if (ids) *ids = NULL;
   if (n_ids) *n_ids = 0;
   json_t *msgs = json_object_get(o, "messages");
-  if (!msgs || json_is_null(msgs)) return fail(e, 400, "messages", "'messages' is required");
-  if (!json_is_array(msgs)) return fail(e, 400, "messages", "'messages' must be an array");
+  if (!msgs || json_is_null(msgs)) return ss_oai_fail(e, 400, "messages", "'messages' is required");
+  if (!json_is_array(msgs)) return ss_oai_fail(e, 400, "messages", "'messages' must be an array");
   size_t n = json_array_size(msgs);
-  if (n == 0) return fail(e, 400, "messages", "'messages' is empty");
-  if (n > 4096) return fail(e, 400, "messages", "'messages' has %zu entries; the limit is 4096", n);
+  if (n == 0) return ss_oai_fail(e, 400, "messages", "'messages' is empty");
+  if (n > 4096)
+    return ss_oai_fail(e, 400, "messages", "'messages' has %zu entries; the limit is 4096", n);
   if (!x->tmpl)
-    return fail(e, 400, "messages", "%s; chat needs a template: start the server with "
-                "--chat-template NAME|FILE (POST /v1/completions works without one)",
-                x->no_tmpl_why && *x->no_tmpl_why ? x->no_tmpl_why
-                                                  : "the model has no chat template");
+    return ss_oai_fail(
+        e, 400, "messages",
+        "%s; chat needs a template: start the server with "
+        "--chat-template NAME|FILE (POST /v1/completions works without one)",
+        x->no_tmpl_why && *x->no_tmpl_why ? x->no_tmpl_why : "the model has no chat template");
   json_t *norm = NULL;
   if (!check_messages(msgs, &norm, e)) return false;
   char *rendered = NULL;
   bool ok = true;
   if (ss_chat_render_json(x->tmpl, norm, NULL, NULL, add_generation_prompt, &rendered))
-    ok = fail(e, 400, "messages", "the chat template: %s", ss_error_msg());
+    ok = ss_oai_fail(e, 400, "messages", "the chat template: %s", ss_error_msg());
   json_decref(norm);
   if (ok && ids) ok = tokenize_rendered(x->m, rendered, ids, n_ids, e);
   if (ok && text) {
@@ -449,13 +468,13 @@ json_t *ss_oai_load_body(const char *body, size_t body_len, parse_err *e) {
   json_t *o = json_loadb(body, body_len, JSON_REJECT_DUPLICATES, &jerr);
   if (!o) {
     e->body = true;
-    fail(e, 400, NULL, "the body is not valid JSON: %s (line %d, column %d)", jerr.text,
-         jerr.line, jerr.column);
+    ss_oai_fail(e, 400, NULL, "the body is not valid JSON: %s (line %d, column %d)", jerr.text,
+                jerr.line, jerr.column);
     return NULL;
   }
   if (!json_is_object(o)) {
     e->body = true;
-    fail(e, 400, NULL, "the body must be a JSON object, not %s", json_kind(o));
+    ss_oai_fail(e, 400, NULL, "the body must be a JSON object, not %s", json_kind(o));
     json_decref(o);
     return NULL;
   }
@@ -470,7 +489,7 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
   if (!o) return false;
   bool ok = parse_common(x, o, chat, g, e);
   if (ok && json_is_true(json_object_get(o, "echo")))
-    ok = fail(e, 400, "echo", "'echo' is not supported");
+    ok = ss_oai_fail(e, 400, "echo", "'echo' is not supported");
   if (ok) ok = chat ? parse_messages(x, o, &g->r, e) : parse_prompt(o, x->m, &g->r, e);
   json_decref(o);
   if (ok && !g->max_set) {
@@ -478,8 +497,10 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
     int64_t room = (int64_t)x->n_ctx - g->r.n_prompt;
     g->max_tokens = chat ? room : (x->default_max_tokens < room ? x->default_max_tokens : room);
     if (g->max_tokens < 1)
-      ok = fail(e, 400, chat ? "messages" : "prompt", "the prompt (%d tokens) leaves no room in "
-                "the context length (%d)", g->r.n_prompt, x->n_ctx);
+      ok = ss_oai_fail(e, 400, chat ? "messages" : "prompt",
+                       "the prompt (%d tokens) leaves no room in "
+                       "the context length (%d)",
+                       g->r.n_prompt, x->n_ctx);
   }
   if (!ok) {
     ss_oai_req_free(&g->r);

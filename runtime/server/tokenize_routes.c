@@ -18,17 +18,6 @@
 #include "runtime/server/api_internal.h"
 #include "runtime/tokenizer/tokenizer.h"
 
-static bool fail(parse_err *e, int status, const char *param, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static bool fail(parse_err *e, int status, const char *param, const char *fmt, ...) {
-  e->status = status;
-  e->param = param;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(e->msg, sizeof e->msg, fmt, ap);
-  va_end(ap);
-  return false;
-}
 
 /* Every field of o must be one of `known` (NULL-terminated). */
 static bool only_fields(json_t *o, const char *route, const char *const *known, parse_err *e) {
@@ -41,7 +30,8 @@ static bool only_fields(json_t *o, const char *route, const char *const *known, 
       char list[256] = "";
       for (size_t k = 0; known[k]; k++)
         snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", known[k]);
-      return fail(e, 400, NULL, "%s: unrecognized field '%.64s' (fields: %s)", route, key, list);
+      return ss_oai_fail(e, 400, NULL, "%s: unrecognized field '%.64s' (fields: %s)", route, key,
+                         list);
     }
   }
   return true;
@@ -51,7 +41,7 @@ static bool opt_bool(json_t *o, const char *key, bool dflt, bool *out, parse_err
   json_t *v = json_object_get(o, key);
   *out = dflt;
   if (!v || json_is_null(v)) return true;
-  if (!json_is_boolean(v)) return fail(e, 400, key, "'%s' must be a boolean", key);
+  if (!json_is_boolean(v)) return ss_oai_fail(e, 400, key, "'%s' must be a boolean", key);
   *out = json_is_true(v);
   return true;
 }
@@ -68,22 +58,23 @@ static bool do_tokenize(const gen_ctx *x, json_t *o, json_t **out, parse_err *e)
   if (!only_fields(o, "/tokenize", known, e) || !ss_oai_check_model(x, o, e)) return false;
   json_t *prompt = json_object_get(o, "prompt"), *msgs = json_object_get(o, "messages");
   if (!prompt == !msgs)
-    return fail(e, 400, prompt ? "messages" : "prompt",
-                "/tokenize takes exactly one of 'prompt' (a string) and 'messages'");
+    return ss_oai_fail(e, 400, prompt ? "messages" : "prompt",
+                       "/tokenize takes exactly one of 'prompt' (a string) and 'messages'");
   bool add_special, add_gen, strs;
   if (!opt_bool(o, "add_special_tokens", true, &add_special, e) ||
       !opt_bool(o, "add_generation_prompt", true, &add_gen, e) ||
       !opt_bool(o, "return_token_strs", false, &strs, e))
     return false;
   if (prompt && json_object_get(o, "add_generation_prompt"))
-    return fail(e, 400, "add_generation_prompt", "'add_generation_prompt' goes with 'messages'");
+    return ss_oai_fail(e, 400, "add_generation_prompt",
+                       "'add_generation_prompt' goes with 'messages'");
   int32_t *ids = NULL;
   size_t n = 0;
   if (prompt) {
-    if (!json_is_string(prompt)) return fail(e, 400, "prompt", "'prompt' must be a string");
+    if (!json_is_string(prompt)) return ss_oai_fail(e, 400, "prompt", "'prompt' must be a string");
     if (ss_tokenizer_encode(x->m->tok, json_string_value(prompt), json_string_length(prompt),
                             add_special && ss_tokenizer_add_bos(x->m->tok), false, &ids, &n))
-      return fail(e, 400, "prompt", "cannot tokenize the prompt: %s", ss_error_msg());
+      return ss_oai_fail(e, 400, "prompt", "cannot tokenize the prompt: %s", ss_error_msg());
   } else {
     if (json_object_get(o, "add_special_tokens") && !add_special) {
       /* The rendered text alone, no BOS added by the tokenizer. */
@@ -91,7 +82,8 @@ static bool do_tokenize(const gen_ctx *x, json_t *o, json_t **out, parse_err *e)
       if (!ss_oai_render_messages(x, o, add_gen, &text, NULL, NULL, e)) return false;
       int rc = ss_tokenizer_encode(x->m->tok, text, strlen(text), false, true, &ids, &n);
       free(text);
-      if (rc) return fail(e, 400, "messages", "cannot tokenize the messages: %s", ss_error_msg());
+      if (rc)
+        return ss_oai_fail(e, 400, "messages", "cannot tokenize the messages: %s", ss_error_msg());
     } else if (!ss_oai_render_messages(x, o, add_gen, NULL, &ids, &n, e)) {
       return false;
     }
@@ -107,7 +99,7 @@ static bool do_tokenize(const gen_ctx *x, json_t *o, json_t **out, parse_err *e)
   free(ids);
   *out = json_pack("{s:I, s:i, s:o*, s:o*}", "count", (json_int_t)n, "max_model_len", x->n_ctx,
                    "tokens", toks, "token_strs", ts);
-  if (!*out || !toks || !ts) return fail(e, 500, NULL, "out of memory");
+  if (!*out || !toks || !ts) return ss_oai_fail(e, 500, NULL, "out of memory");
   return true;
 }
 
@@ -115,7 +107,8 @@ static bool do_detokenize(const gen_ctx *x, json_t *o, json_t **out, parse_err *
   static const char *const known[] = {"model", "tokens", NULL};
   if (!only_fields(o, "/detokenize", known, e) || !ss_oai_check_model(x, o, e)) return false;
   json_t *toks = json_object_get(o, "tokens");
-  if (!json_is_array(toks)) return fail(e, 400, "tokens", "'tokens' must be a list of token ids");
+  if (!json_is_array(toks))
+    return ss_oai_fail(e, 400, "tokens", "'tokens' must be a list of token ids");
   const int32_t nv = ss_tokenizer_n_vocab(x->m->tok);
   ss_strbuf b = {0};
   ss_strbuf_append(&b, "", 0);
@@ -128,7 +121,8 @@ static bool do_detokenize(const gen_ctx *x, json_t *o, json_t **out, parse_err *
   json_array_foreach(toks, i, v) {
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= nv) {
       ss_strbuf_free(&b);
-      return fail(e, 400, "tokens", "'tokens[%zu]' must be a token id in [0, %d]", i, nv - 1);
+      return ss_oai_fail(e, 400, "tokens", "'tokens[%zu]' must be a token id in [0, %d]", i,
+                         nv - 1);
     }
     size_t k = ss_detok_push(&d, (int32_t)json_integer_value(v), buf, sizeof buf);
     ss_strbuf_append(&b, buf, k);
@@ -137,7 +131,7 @@ static bool do_detokenize(const gen_ctx *x, json_t *o, json_t **out, parse_err *
   ss_strbuf_append(&b, buf, k);
   *out = b.failed ? NULL : json_pack("{s:o*}", "prompt", ss_oai_json_text(b.p, b.len));
   ss_strbuf_free(&b);
-  if (!*out) return fail(e, 500, NULL, "out of memory");
+  if (!*out) return ss_oai_fail(e, 500, NULL, "out of memory");
   return true;
 }
 
@@ -150,7 +144,7 @@ static bool do_apply_template(const gen_ctx *x, json_t *o, json_t **out, parse_e
   if (!ss_oai_render_messages(x, o, add_gen, &text, NULL, NULL, e)) return false;
   *out = json_pack("{s:o*}", "prompt", ss_oai_json_text(text, strlen(text)));
   free(text);
-  if (!*out) return fail(e, 500, NULL, "out of memory");
+  if (!*out) return ss_oai_fail(e, 500, NULL, "out of memory");
   return true;
 }
 
