@@ -347,6 +347,28 @@ static int jsonl_item(const char *path, size_t lineno, json_t *o, const ss_token
                   path, lineno);
 }
 
+/* The next non-blank line of a JSON Lines buffer [*s, end), parsed: *o is the
+ * line's value (NULL past the last line); *s and *lineno advance.  A line
+ * that is not JSON is an error naming the file, the line and the column. */
+static int jsonl_next(const char *path, char **s, char *end, size_t *lineno, json_t **o) {
+  *o = NULL;
+  while (*s < end) {
+    char *e = memchr(*s, '\n', (size_t)(end - *s));
+    if (!e) e = end;
+    char *line = *s, *t = line;
+    *s = e < end ? e + 1 : end;
+    ++*lineno;
+    while (t < e && (*t == ' ' || *t == '\t' || *t == '\r')) t++;
+    if (t == e) continue;
+    json_error_t jerr;
+    if (!(*o = json_loadb(line, (size_t)(e - line), 0, &jerr)))
+      return ss_error(SS_ERR_FORMAT, "%s:%zu: invalid JSON at column %d: %s", path, *lineno,
+                      jerr.column, jerr.text);
+    return SS_OK;
+  }
+  return SS_OK;
+}
+
 int ss_lg_dataset_jsonl(const char *path, const ss_tokenizer *tok, ss_lg_dataset *out) {
   memset(out, 0, sizeof *out);
   char *buf;
@@ -360,25 +382,11 @@ int ss_lg_dataset_jsonl(const char *path, const ss_tokenizer *tok, ss_lg_dataset
     return rc;
   }
   size_t lineno = 0;
-  for (char *s = buf; s < buf + nbytes && !rc;) {
-    char *e = memchr(s, '\n', (size_t)(buf + nbytes - s));
-    if (!e) e = buf + nbytes;
-    lineno++;
-    char *t = s;
-    while (t < e && (*t == ' ' || *t == '\t' || *t == '\r')) t++;
-    if (t < e) {
-      json_error_t jerr;
-      json_t *o = json_loadb(s, (size_t)(e - s), 0, &jerr);
-      if (!o) {
-        rc = ss_error(SS_ERR_FORMAT, "%s:%zu: invalid JSON at column %d: %s", path, lineno,
-                      jerr.column, jerr.text);
-      } else {
-        rc = jsonl_item(path, lineno, o, tok, &out->items[out->count]);
-        out->count++;
-        json_decref(o);
-      }
-    }
-    s = e + 1;
+  json_t *o;
+  for (char *s = buf; !rc && !(rc = jsonl_next(path, &s, buf + nbytes, &lineno, &o)) && o;) {
+    rc = jsonl_item(path, lineno, o, tok, &out->items[out->count]);
+    out->count++;
+    json_decref(o);
   }
   free(buf);
   if (!rc && out->count == 0) rc = ss_error(SS_ERR_FORMAT, "%s: no prompts (every line is blank)", path);
@@ -729,32 +737,19 @@ int ss_lg_dataset_trace(const char *path, const ss_lg_trace_params *p, ss_lg_dat
   ss_xrng_seed(&rng, p->seed, DATASET_SALT);
   size_t lineno = 0;
   double t0 = 0, prev = 0;
-  for (char *s = buf; s < buf + nbytes && !rc && out->count < lines;) {
-    char *e = memchr(s, '\n', (size_t)(buf + nbytes - s));
-    if (!e) e = buf + nbytes;
-    lineno++;
-    char *t = s;
-    while (t < e && (*t == ' ' || *t == '\t' || *t == '\r')) t++;
-    if (t < e) {
-      json_error_t jerr;
-      json_t *o = json_loadb(s, (size_t)(e - s), 0, &jerr);
-      double ts = 0;
-      if (!o) {
-        rc = ss_error(SS_ERR_FORMAT, "%s:%zu: invalid JSON at column %d: %s", path, lineno,
-                      jerr.column, jerr.text);
-      } else {
-        rc = trace_line(path, lineno, o, p, &pl, &rng, &out->items[out->count], &ts);
-        json_decref(o);
-        if (!rc && out->count == 0) t0 = prev = ts;
-        if (!rc && ts < prev)
-          rc = ss_error(SS_ERR_FORMAT, "%s:%zu: \"timestamp\" %g is before the previous line's "
-                        "%g (a trace is in time order)", path, lineno, ts, prev);
-        if (!rc) out->arrivals_s[out->count] = (ts - t0) / 1000.0 * p->time_scale;
-        prev = ts;
-        out->count++;
-      }
-    }
-    s = e + 1;
+  json_t *o;
+  for (char *s = buf; !rc && out->count < lines &&
+                      !(rc = jsonl_next(path, &s, buf + nbytes, &lineno, &o)) && o;) {
+    double ts = 0;
+    rc = trace_line(path, lineno, o, p, &pl, &rng, &out->items[out->count], &ts);
+    json_decref(o);
+    if (!rc && out->count == 0) t0 = prev = ts;
+    if (!rc && ts < prev)
+      rc = ss_error(SS_ERR_FORMAT, "%s:%zu: \"timestamp\" %g is before the previous line's "
+                    "%g (a trace is in time order)", path, lineno, ts, prev);
+    if (!rc) out->arrivals_s[out->count] = (ts - t0) / 1000.0 * p->time_scale;
+    prev = ts;
+    out->count++;
   }
   free(buf);
   pools_free(&pl);
