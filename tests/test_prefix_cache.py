@@ -155,6 +155,9 @@ checks(args.model, 1)
 # Under the sanitizers the TP 2 run is left to the release build.
 if os.environ.get("SS_SANITIZED") != "1":
     checks(tiny, 2)
+else:
+    print("sanitizer build (SS_SANITIZED=1): TP 2 skipped here; the release build runs it",
+          flush=True)
 
 # Eviction, on the tiny model: a pool of 24 blocks (384 tokens) holds one
 # prompt (~200 tokens) and a bit; the prompts alternate between the two

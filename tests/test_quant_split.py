@@ -184,6 +184,9 @@ def check_model(path, label, tps, must_straddle):
 # Under the sanitizers every code path runs at fewer degrees; the release
 # build runs them all.
 QUICK = os.environ.get("SS_SANITIZED") == "1"
+if QUICK:
+    print("sanitizer build (SS_SANITIZED=1): one TP degree per file; the release build runs "
+          "TP 2, 3 and 4", flush=True)
 
 # (a) gguf-package quantizers: Q4_0 and Q8_0, head dim 16.
 for dtype, seed in (("q4_0", 3), ("q8_0", 4)):
