@@ -76,6 +76,12 @@ typedef struct gen_ctx {
  * failure e says the status, the field and the message, and g owns nothing. */
 bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, bool chat,
                            gen_fields *g, parse_err *e);
+/* Constrains g's output to the JSON Schema `schema` (response_format
+ * json_schema, a required or named tool call): on success g's request carries
+ * the compiled constraint; otherwise e names `param` and says why.  Any thread
+ * (constrain.c). */
+bool ss_oai_constrain_schema(const gen_ctx *x, gen_fields *g, json_t *schema, const char *param,
+                             parse_err *e);
 /* Frees the prompt and stop strings of a request that was not submitted. */
 void ss_oai_req_free(ss_engine_req *r);
 
