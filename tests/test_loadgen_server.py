@@ -32,7 +32,12 @@ def hist(m, name):
     return m.get(f"shardserve:{name}_sum", 0.0), m.get(f"shardserve:{name}_count", 0.0)
 
 
-for tp in (1, 2):
+degrees = (1, 2)
+if os.environ.get("SS_SANITIZED") == "1":
+    degrees = (2,)
+    print("sanitizer build (SS_SANITIZED=1): TP 2 only; the release build runs TP 1 and 2",
+          flush=True)
+for tp in degrees:
     step_log = os.path.join(tmp, f"steps-tp{tp}.csv")
     srv = Server(args.bin, args.model, tp=tp, extra=["--step-log", step_log] if tp == 1 else [])
     try:

@@ -18,7 +18,12 @@ args = parse_args()
 ck = Checker("profile")
 tmp = os.environ.get("TMPDIR", "/tmp")
 
-for tp in (1, 2):
+degrees = (1, 2)
+if os.environ.get("SS_SANITIZED") == "1":
+    degrees = (2,)
+    print("sanitizer build (SS_SANITIZED=1): TP 2 only (its probes run every TP 1 code path "
+          "too); the release build profiles TP 1 and 2", flush=True)
+for tp in degrees:
     out = os.path.join(tmp, f"ss-profile-tp{tp}-{os.getpid()}.json")
     p = subprocess.run(launch_cmd(args.bin, tp, ["profile", "--model", args.model, "-t", "1",
                                                  "--repeats", "3", "-o", out]),

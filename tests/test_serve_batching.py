@@ -103,12 +103,18 @@ def alone(srv, prompt, n):
     return out[0]
 
 
+# 4 streams per prompt (64 at once); the sanitizer build sends 2 per prompt.
+REPS = 2 if os.environ.get("SS_SANITIZED") == "1" else 4
+if REPS != 4:
+    print("sanitizer build (SS_SANITIZED=1): 32 concurrent streams instead of 64", flush=True)
+
+
 def concurrency(tp):
     srv = Server(args.bin, args.model, tp=tp, extra=["--max-num-seqs", "64"])
     try:
         lens = {p: 8 + 4 * (i % 4) for i, p in enumerate(PROMPTS)}
         base = {p: alone(srv, p, lens[p]) for p in PROMPTS}
-        jobs = [(p, lens[p]) for p in PROMPTS for _ in range(4)]
+        jobs = [(p, lens[p]) for p in PROMPTS for _ in range(REPS)]
         t0 = time.time()
         out = run_concurrent(srv, jobs)
         dt = time.time() - t0
