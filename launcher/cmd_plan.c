@@ -62,6 +62,9 @@ static void usage(FILE *f) {
           "                       latency and lengths (loadgen's --save-result names)\n"
           "      --step-log FILE  a step log written by `serve --step-log`: the cost model's\n"
           "                       time for each logged step against the measured one\n"
+          "      --step-cost T:L:A:K  the cost model's time for one step of T tokens, L\n"
+          "                       sampled rows, A query-key pairs and K K/V positions read\n"
+          "                       (repeatable; \"step_costs_ms\" in --json)\n"
           "      --calibrate      with --step-log: scale the profile's load_factor so the\n"
           "                       logged steps' total time is matched (then simulate)\n"
           "      --save-hardware FILE  write the profile in use (calibrated) to FILE\n");
@@ -241,13 +244,34 @@ static bool parse_slo(const char *arg, ss_sim_workload *w) {
   return true;
 }
 
+/* --step-cost TOKENS:LOGITS:ATTENDED:KV_READ, one step shape to price. */
+static bool parse_step_cost(const char *s, ss_plan_capacity_opts *co) {
+  if (co->n_steps >= SS_PLAN_MAX_STEP_COSTS) {
+    ss_cli_usage(k_cmd, "--step-cost: at most %d shapes", SS_PLAN_MAX_STEP_COSTS);
+    return false;
+  }
+  long long t = 0, l = 0;
+  double a = 0, kv = 0;
+  int used = 0;
+  if (sscanf(s, "%lld:%lld:%lf:%lf%n", &t, &l, &a, &kv, &used) != 4 || s[used] != '\0' ||
+      t < 1 || t > (1 << 24) || l < 0 || l > t || !(a >= 0 && a <= 1e15) ||
+      !(kv >= 0 && kv <= 1e15)) {
+    ss_cli_usage(k_cmd, "--step-cost '%s': want TOKENS:LOGITS:ATTENDED:KV_READ (1 <= tokens <= "
+                 "2^24, 0 <= logits <= tokens, pairs and positions >= 0)", s);
+    return false;
+  }
+  co->steps[co->n_steps++] = (ss_step_shape){.n_tokens = (int32_t)t, .n_logits = (int32_t)l,
+                                             .attended = a, .kv_read = kv};
+  return true;
+}
+
 int ss_cmd_plan(int argc, char **argv) {
   const char *path = SS_DEFAULT_MODEL, *dtype_name = NULL, *kv_name = NULL;
   int64_t tp = 0, ep = 0;
   bool json = false, replicate = false;
   enum { O_TP = 256, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE, O_HW, O_NODES, O_SEQS, O_TOKENS,
          O_BLOCKS, O_KVMEM, O_RATE, O_BURST, O_CONC, O_NUM, O_IN, O_OUT, O_RATIO, O_SEED,
-         O_GOODPUT, O_MAXRATE, O_STEPLOG, O_CALIB, O_SAVEHW, O_PERREQ };
+         O_GOODPUT, O_MAXRATE, O_STEPLOG, O_CALIB, O_SAVEHW, O_PERREQ, O_STEPCOST };
   ss_plan_capacity_opts co = {.sched = {.max_num_seqs = 64, .max_batched_tokens = 512,
                                         .block_size = 16},
                               .w = {.burstiness = 1.0, .n_requests = 200, .input_len = 512,
@@ -274,6 +298,7 @@ int ss_cmd_plan(int argc, char **argv) {
       {"step-log", required_argument, 0, O_STEPLOG}, {"calibrate", no_argument, 0, O_CALIB},
       {"save-hardware", required_argument, 0, O_SAVEHW},
       {"per-request", no_argument, 0, O_PERREQ},
+      {"step-cost", required_argument, 0, O_STEPCOST},
       {"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
   };
   optind = 1;
@@ -362,6 +387,9 @@ int ss_cmd_plan(int argc, char **argv) {
     case O_CALIB: co.calibrate = true; break;
     case O_SAVEHW: co.save_hardware = optarg; break;
     case O_PERREQ: co.w.per_request = true; break;
+    case O_STEPCOST:
+      if (!parse_step_cost(optarg, &co)) return SS_EXIT_USAGE;
+      break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -374,7 +402,7 @@ int ss_cmd_plan(int argc, char **argv) {
   if (tp == 0) return ss_cli_usage(k_cmd, "--tp N is required");
   if (co.calibrate && !co.step_log)
     return ss_cli_usage(k_cmd, "--calibrate needs --step-log FILE (written by `serve --step-log`)");
-  if ((workload || co.max_rate || co.step_log || co.save_hardware) && !co.hardware)
+  if ((workload || co.max_rate || co.step_log || co.save_hardware || co.n_steps) && !co.hardware)
     return ss_cli_usage(k_cmd, "a workload needs --hardware FILE (a preset in configs/hardware/ "
                         "or a profile written by `shardserve profile`)");
   if (kv_blocks && kv_mem > 0) return ss_cli_usage(k_cmd, "give --kv-blocks or --kv-mem, not both");

@@ -185,6 +185,26 @@ static int measure_steps(const ss_model *m, ss_backend *be, int reps, ss_probe_s
                    .n_logits = n, .logit_rows = rows};
     if ((rc = run_probe(m, &st, &kv, &bd, logits, reps, &ps->dec[i]))) goto done;
   }
+  /* The held-out probes (not fitted): other decode batches at position 16 and
+   * prefill chunks of other lengths and positions. */
+  for (int i = 0; i < SS_PROBE_N_HELD; i++) {
+    ss_held_probe *h = &ps->held[i];
+    *h = ss_probe_held_shapes[i];
+    ss_batch bh;
+    if (h->n_seqs > 0) {
+      for (int32_t s = 0; s < h->n_seqs; s++) pos[s] = 16, tabs[s] = short_tab + 2 * s, rows[s] = s;
+      bh = (ss_batch){.n = h->n_seqs, .tokens = tok,
+                      .loc = {.n = h->n_seqs, .pos = pos, .block_table = tabs},
+                      .n_logits = h->n_seqs, .logit_rows = rows};
+    } else {
+      for (int32_t j = 0; j < h->chunk; j++) pos[j] = h->start + j, tabs[j] = long_tab;
+      rows[0] = h->chunk - 1;
+      bh = (ss_batch){.n = h->chunk, .tokens = tok,
+                      .loc = {.n = h->chunk, .pos = pos, .block_table = tabs},
+                      .n_logits = 1, .logit_rows = rows};
+    }
+    if ((rc = run_probe(m, &st, &kv, &bh, logits, reps, &h->p))) goto done;
+  }
 done:
   free(logits);
   free(tok);
@@ -228,7 +248,7 @@ static int fit_and_save(const ss_model *m, ss_backend *be, const char *path,
   ss_hw_profile hw = {0};
   snprintf(hw.name, sizeof hw.name, "measured: %s, tp %d, %d threads per rank", path, m->local.tp,
            be->n_threads(be));
-  char comment[1536];
+  char comment[2048];
   ss_profile_fit(&pm, ps, &hw, comment, sizeof comment);
   hw.request_overhead_s = req_ms * 1e-3;
   long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);

@@ -250,6 +250,20 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_ca
   ss_step_shape decb = {.n_tokens = B, .n_logits = B, .attended = B * ctx, .kv_read = B * ctx};
   const ss_step_cost cp = ss_cost_step(&pm, &hw, &prefill), c1 = ss_cost_step(&pm, &hw, &dec1),
                      cb = ss_cost_step(&pm, &hw, &decb);
+  if (o->n_steps > 0) {
+    json_t *sc = json_array();
+    for (int i = 0; i < o->n_steps; i++) {
+      const ss_step_shape *s = &o->steps[i];
+      const ss_step_cost k = ss_cost_step(&pm, &hw, s);
+      json_array_append_new(
+          sc, json_pack("{s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "n_tokens", (int)s->n_tokens,
+                        "n_logits", (int)s->n_logits, "attended", s->attended, "kv_read",
+                        s->kv_read, "total", k.total_s * 1e3, "compute", k.compute_s * 1e3,
+                        "memory", k.memory_s * 1e3, "attention", k.attn_s * 1e3, "comm",
+                        k.comm_s * 1e3, "overhead", k.overhead_s * 1e3));
+    }
+    json_object_set_new(out, "step_costs_ms", sc);
+  }
   json_object_set_new(out, "step_times_ms", json_pack(
       "{s:{s:f,s:f,s:f,s:f,s:f}, s:{s:f,s:f,s:f,s:f,s:f}, s:{s:i,s:f,s:f,s:f,s:f,s:f}}",
       "prefill", "total", cp.total_s * 1e3, "compute", cp.compute_s * 1e3, "memory",

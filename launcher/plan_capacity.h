@@ -9,6 +9,8 @@
 #include "runtime/model/shard.h"
 #include "runtime/planner/planner.h"
 
+#define SS_PLAN_MAX_STEP_COSTS 32
+
 typedef struct ss_plan_capacity_opts {
   const char *hardware;   /* hardware profile or preset JSON */
   int nodes;              /* 0: as many as tp needs */
@@ -21,6 +23,8 @@ typedef struct ss_plan_capacity_opts {
   const char *step_log;   /* a server's --step-log: compare each step with the cost model */
   bool calibrate;         /* and scale the profile's load_factor to match it */
   const char *save_hardware; /* write the (calibrated) profile here */
+  int n_steps;            /* --step-cost: price these step shapes ("step_costs_ms") */
+  ss_step_shape steps[SS_PLAN_MAX_STEP_COSTS];
 } ss_plan_capacity_opts;
 
 /* Adds the capacity figures to `out`; returns an exit status (errors printed). */

@@ -1,8 +1,16 @@
 """`shardserve profile` on the default model at TP 1 and TP 2: the profile it
 writes is one `plan --hardware` reads, its figures are in range, its correction
-table rises in step size, and the fitted model, read back through `plan`'s
-cost function, meets each probe it was fitted on within 10% (the probe list in
-the profile's comment: median wall / compute / model, ms)."""
+table rises in step size, the fitted model meets each probe it was fitted on
+within 10% (the probe list in the profile's comment: median wall / compute /
+model, ms), and -- the check that can fail -- it predicts the probes it was NOT
+fitted on (decode batches 3, 12, 24; prefill chunks of 128 tokens at 0 and of 32
+at 224, measured in the same run and left out of the fit): `plan --step-cost`
+prices each held-out shape from the profile, and the prediction must be within
+HELD_TOL of the measured wall time.  HELD_TOL was set before the first run:
+20%, Vidur's near-saturation error (12.6%) plus room for this test sharing the
+machine with another test in the suite.  The same check is then run on a
+deliberately broken profile (weight bandwidth and matmul rate halved) and must
+fail there."""
 import json
 import os
 import re
@@ -14,9 +22,44 @@ sys.path.insert(0, os.path.join(HERE, "lib"))
 from harness import Checker, parse_args  # noqa: E402
 from mpi import launch_cmd, mpi_env  # noqa: E402
 
+HELD_TOL = 0.20
+
 args = parse_args()
 ck = Checker("profile")
 tmp = os.environ.get("TMPDIR", "/tmp")
+
+def shape(name):
+    """The held-out probe's step as the cost model sees it: decode N = N sequences
+    at position 16 (17 positions read each); prefill L@S = L tokens at S.. (one
+    sampled row)."""
+    m = re.fullmatch(r"decode(\d+)", name)
+    if m:
+        n = int(m.group(1))
+        return f"{n}:{n}:{17 * n}:{17 * n}"
+    m = re.fullmatch(r"prefill(\d+)(?:@(\d+))?", name)
+    L, S = int(m.group(1)), int(m.group(2) or 0)
+    return f"{L}:1:{L * S + L * (L + 1) // 2}:{S + L}"
+
+
+def held_out_misses(profile, tp, held, quiet=False):
+    cmd = ["plan", "--model", args.model, "--tp", str(tp), "--hardware", profile, "--json"]
+    for name, *_ in held:
+        cmd += ["--step-cost", shape(name)]
+    rc, o, err = ck.run(args.bin, cmd)
+    if not ck.check(rc == 0, f"tp {tp}: plan --step-cost: {err[-800:]}"):
+        return None
+    costs = json.loads(o)["step_costs_ms"]
+    misses = []
+    for (name, wall, _comp), c in zip(held, costs):
+        wall = float(wall)
+        err_rel = c["total"] / wall - 1
+        if not quiet:
+            print(f"tp {tp}: held-out {name}: measured {wall:.3f} ms, predicted {c['total']:.3f} ms "
+                  f"({err_rel:+.1%})", flush=True)
+        if abs(err_rel) > HELD_TOL:
+            misses.append(f"{name} measured {wall:.3f} predicted {c['total']:.3f} ms")
+    return misses
+
 
 degrees = (1, 2)
 if os.environ.get("SS_SANITIZED") == "1":
@@ -26,7 +69,7 @@ if os.environ.get("SS_SANITIZED") == "1":
 for tp in degrees:
     out = os.path.join(tmp, f"ss-profile-tp{tp}-{os.getpid()}.json")
     p = subprocess.run(launch_cmd(args.bin, tp, ["profile", "--model", args.model, "-t", "1",
-                                                 "--repeats", "3", "-o", out]),
+                                                 "--repeats", "5", "-o", out]),
                        capture_output=True, text=True, env=mpi_env(), timeout=900)
     if not ck.check(p.returncode == 0 and os.path.exists(out),
                     f"tp {tp} profile failed ({p.returncode}): {p.stderr[-2000:]}"):
@@ -34,8 +77,7 @@ for tp in degrees:
     prof = json.load(open(out))
     for k in ("mem_bw", "flops", "attn_s_per_pair", "logit_row_s"):
         ck.check(prof.get(k, 0) > 0, f"tp {tp}: {k} = {prof.get(k)}")
-    ck.check(prof["attn_s_per_pos"] >= 0 and 0.8 <= prof["prefill_token_cost"] <= 1.5,
-             f"tp {tp}: attention {prof['attn_s_per_pos']}, prompt token x{prof['prefill_token_cost']}")
+    ck.check(prof["attn_s_per_pos"] >= 0, f"tp {tp}: attention {prof['attn_s_per_pos']}")
     ck.check(prof["devices_per_node"] == tp, f"tp {tp}: devices_per_node {prof['devices_per_node']}")
     if tp > 1:
         ck.check(prof["link_bw"] > 0, f"tp {tp}: all-reduce bandwidth {prof['link_bw']}")
@@ -64,6 +106,24 @@ for tp in degrees:
     if ck.check(rc == 0, f"tp {tp}: plan with the profile: {err[-800:]}"):
         s = json.loads(o)
         ck.check(s["simulation"]["completed"] == 5, f"tp {tp}: simulation {s['simulation']}")
+    held = re.findall(r"(decode\d+|prefill\d+(?:@\d+)?) ([\d.]+)/([\d.]+)(?=[,;]|$)",
+                      prof["_comment"].split("held out", 1)[-1])
+    ck.check([n for n, *_ in held] == ["decode3", "decode12", "decode24", "prefill128",
+                                        "prefill32@224"], f"tp {tp}: held-out probes {held}")
+    misses = held_out_misses(out, tp, held)
+    if misses is not None:
+        ck.check(not misses, f"tp {tp}: held-out probes off by more than {HELD_TOL:.0%}: {misses}")
+    # The same check on a fit that is wrong must fail.
+    broken = out + ".broken.json"
+    bad = dict(prof, mem_bw=prof["mem_bw"] * 0.5, flops=prof["flops"] * 0.5,
+               flops_fp8=prof.get("flops_fp8", prof["flops"]) * 0.5)
+    with open(broken, "w") as f:
+        json.dump(bad, f)
+    misses = held_out_misses(broken, tp, held, quiet=True)
+    if misses is not None:
+        ck.check(len(misses) >= 4, f"tp {tp}: a profile with half the bandwidth and matmul rate "
+                 f"passed the held-out check ({len(misses)} of {len(held)} probes off)")
+    os.unlink(broken)
     os.unlink(out)
 
 # Bad flags: usage errors, exit 2.

@@ -6,6 +6,22 @@
 #include "runtime/planner/profile_fit.h"
 
 const int ss_probe_decode_batch[SS_PROBE_N_DEC] = {1, 2, 4, 8, 16, 32};
+const ss_held_probe ss_probe_held_shapes[SS_PROBE_N_HELD] = {
+    {.name = "decode3", .n_seqs = 3},
+    {.name = "decode12", .n_seqs = 12},
+    {.name = "decode24", .n_seqs = 24},
+    {.name = "prefill128", .chunk = 128, .start = 0},
+    {.name = "prefill32@224", .chunk = 32, .start = 224},
+};
+
+ss_step_shape ss_held_probe_shape(const ss_held_probe *h) {
+  if (h->n_seqs > 0) /* each sequence's token at position 16 reads 17 positions */
+    return (ss_step_shape){.n_tokens = h->n_seqs, .n_logits = h->n_seqs,
+                           .attended = 17.0 * h->n_seqs, .kv_read = 17.0 * h->n_seqs};
+  const double L = h->chunk, S = h->start;
+  return (ss_step_shape){.n_tokens = h->chunk, .n_logits = 1,
+                         .attended = L * S + L * (L + 1) / 2, .kv_read = S + L};
+}
 
 /* The fitted model's time for a step of this shape, in ms. */
 static double model_ms(const ss_plan_model *pm, const ss_hw_profile *hw, int n_tokens,
@@ -136,6 +152,12 @@ void ss_profile_fit(const ss_plan_model *pm, const ss_probe_set *ps, ss_hw_profi
                    ps->dec[i].wall * 1e3, ps->dec[i].compute * 1e3,
                    model_ms(pm, hw, nb, nb, nb * 17.0, nb * 17.0));
   }
+  if (at > 0 && (size_t)at < cap)
+    at += snprintf(comment + at, cap - (size_t)at,
+                   "; held out (not fitted), ms (median wall / compute of the slowest rank):");
+  for (int i = 0; i < SS_PROBE_N_HELD && at > 0 && (size_t)at < cap; i++)
+    at += snprintf(comment + at, cap - (size_t)at, "%s %s %.3f/%.3f", i ? "," : "",
+                   ps->held[i].name, ps->held[i].p.wall * 1e3, ps->held[i].p.compute * 1e3);
   if (at > 0 && (size_t)at < cap)
     snprintf(comment + at, cap - (size_t)at, "; allreduce %zu B %.1f us, %zu B %.1f us",
              ps->ar_small_bytes, ps->ar_small_s * 1e6, ps->ar_large_bytes, ps->ar_large_s * 1e6);

@@ -24,6 +24,18 @@ typedef struct ss_probe {
   double wall, compute, comm;
 } ss_probe;
 
+/* Probes measured beside the fitted ones and never given to the fit: how well
+ * the profile predicts step sizes it has not seen (decode batches between the
+ * fitted ones, prefill chunks of other lengths and positions). */
+#define SS_PROBE_N_HELD 5
+typedef struct ss_held_probe {
+  char name[24];        /* e.g. "decode12", "prefill32@224" */
+  int32_t n_seqs;       /* decode: sequences at position 16; prefill: 0 */
+  int32_t chunk, start; /* prefill: a chunk of `chunk` tokens at positions start.. */
+  ss_probe p;
+} ss_held_probe;
+extern const ss_held_probe ss_probe_held_shapes[SS_PROBE_N_HELD];
+
 typedef struct ss_probe_set {
   ss_probe dec16;     /* batch 1 at position 16 */
   ss_probe dec1023;   /* batch 1 at position 1023 */
@@ -36,7 +48,11 @@ typedef struct ss_probe_set {
   size_t ar_small_bytes, ar_large_bytes;
   double ar_small_s, ar_large_s;
   int tp;             /* ranks of the communicator that timed them (0: none, no link figures) */
+  ss_held_probe held[SS_PROBE_N_HELD]; /* ss_probe_held_shapes, measured; not fitted */
 } ss_probe_set;
+
+/* The step shape of a held-out probe, as the cost model prices it. */
+ss_step_shape ss_held_probe_shape(const ss_held_probe *h);
 
 /* Fits hw's compute, memory, attention, overhead and collective figures to the
  * probes (other fields of hw are left as they are), and writes into comment
