@@ -1,33 +1,33 @@
-"""Planner validation on this machine: predicted vs measured.
+"""Planner validation on this machine: predicted vs measured, where planners fail.
 
-1. `shardserve profile` calibrates the cost model on an idle machine (at the TP
-   and threads given): probes of decode and prefill steps.
+1. `shardserve profile` measures the cost model's figures (decode and prefill
+   probes) on this machine, at the TP and threads given.
 2. A calibration load test (its own workload, not one of those validated) runs
    the server with --step-log; `plan --step-log ... --calibrate` scales the
-   profile so the cost model matches what those steps took under serving load
-   (the load generator and the HTTP thread share the machine) and saves it.
-3. For each validation workload (they differ in rate and lengths) the server is
-   started with the same batching and KV pool, `shardserve loadgen` measures it,
-   and `shardserve plan --hardware CALIBRATED` predicts it by simulating the
-   same workload through the server's scheduler.  Both use the same seed, so
-   the simulated requests arrive at the very times the load generator sends
-   them.
-4. Prints output tok/s, median TTFT and median TPOT, predicted / measured, and
-   whether each is within 15%; beside each, how far the predicted figure moves
-   when every step costs 3% more or less (its sensitivity to the cost model:
-   near capacity queueing amplifies step errors).  Then per workload how the
-   cost model's step times compare with that run's own step log, and request
-   by request (the simulation and the load test share arrival times) how the
-   predicted TTFT and TPOT of each request compare with what it measured.
+   profile to the steps' time under serving load and saves it.
+3. Capacity: one saturating run of the validation shape (every request sent at
+   once) measures the server's request throughput C; `plan` predicts it from the
+   same workload.  The load levels are fixed multiples of the MEASURED C, set
+   here before any run: 0.7, 0.9, 1.0 and 1.2 x C (Poisson), 0.7 x C with
+   bursty arrivals (gamma shape 0.5), and a closed loop (max concurrency 8).
+4. For each: the load test against a fresh server and `plan` with the same
+   seed (the same arrival times and lengths).  Latency figures (p50 / p90 TTFT,
+   p50 / p90 TPOT, p50 E2E; percentiles computed here from the per-request
+   arrays of both) are tabulated apart from throughput, with how far each
+   predicted figure moves when every step costs 3% more or less; preemptions
+   predicted vs counted by the server (/metrics).
+5. Max rate at an SLO: `plan --max-rate` against a bisection of load tests
+   (the highest rate whose requests meet the SLO at >= 99%, as the planner
+   defines it), 5 rounds between 0.25 x C and 2 x C.
 
 Usage: python bench/validate_planner.py [--bin build/shardserve] [--model M]
-           [--tp 1] [--threads 1] [--seed 1]
+           [--tp 1] [--threads 1] [--seed 1] [--in 64] [--out-len 64] [--n 48]
+           [--slo-ttft-ms T --slo-tpot-ms P] [--skip-max-rate]
 """
 import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 
@@ -40,151 +40,187 @@ ap.add_argument("--bin", default="build/shardserve")
 ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
 ap.add_argument("--tp", type=int, default=1)
 # One thread per rank by default: on a 2-core machine the load generator needs
-# the other core, and a spinning 2-thread pool that shares its cores with the
-# client measures the contention rather than the server.
+# the other core.
 ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--seed", type=int, default=1)
+ap.add_argument("--in", dest="n_in", type=int, default=64, help="prompt tokens per request")
+ap.add_argument("--out-len", type=int, default=64, help="output tokens per request")
+ap.add_argument("--n", type=int, default=48, help="requests per load test")
+ap.add_argument("--kv-mem", default="1G")
+ap.add_argument("--max-num-seqs", type=int, default=16)
+ap.add_argument("--slo-ttft-ms", type=float, default=0, help="0: 4 x the capacity run's p50 TTFT")
+ap.add_argument("--slo-tpot-ms", type=float, default=0, help="0: 2 x the capacity run's p50 TPOT")
+ap.add_argument("--skip-max-rate", action="store_true")
 ap.add_argument("--out", default="bench/out")
 a = ap.parse_args()
 os.makedirs(a.out, exist_ok=True)
-
-KV = "1G"
-# (name, request rate, input len, output len, requests, server batching flags).
-# Each is below the server's capacity on this machine (the planner says 35-90%
-# busy): past it, queues grow for as long as the run lasts and median latencies
-# measure the run's length more than the deployment.  Long prompts are
-# prefilled in 64-token chunks.  A request whose decoding overlaps another's
-# prefill has its TPOT raised by that whole prefill (~1.4 s over 31 gaps
-# here), so per-request TPOTs cluster by how many prefills they overlap; the
-# rate is low enough that most overlap none and the median sits inside a
-# cluster.  (At 0.25 req/s about half overlap, the median falls between two
-# clusters, and one request finishing 10 ms sooner or later moved it by 17%.)
-CALIBRATION = ("calibration", 1.5, 48, 48, 40, [])
-WORKLOADS = [
-    ("light decode", 0.5, 64, 64, 40, []),
-    ("busy decode", 1.0, 64, 64, 40, []),
-    ("short chat", 2.0, 32, 32, 80, []),
-    ("long prompts", 0.15, 256, 32, 30, ["--max-batched-tokens", "64"]),
-]
+BATCHING = ["--max-num-seqs", str(a.max_num_seqs)]
+LEVELS = [("0.7x", 0.7, 1.0, 0), ("0.9x", 0.9, 1.0, 0), ("1.0x", 1.0, 1.0, 0),
+          ("1.2x", 1.2, 1.0, 0), ("0.7x bursty", 0.7, 0.5, 0), ("closed loop 8", 0, 1.0, 8)]
+TAG = f"tp{a.tp}-t{a.threads}-{os.path.basename(a.model).split('.')[0]}"
 
 
-def common_flags(rate, n_in, n_out, n):
-    return ["--request-rate", str(rate), "--num-prompts", str(n), "--random-input-len", str(n_in),
-            "--random-output-len", str(n_out), "--seed", str(a.seed)]
+def flags(rate, burst, conc, n_in, n_out, n):
+    f = ["--num-prompts", str(n), "--random-input-len", str(n_in), "--random-output-len",
+         str(n_out), "--seed", str(a.seed), "--burstiness", str(burst)]
+    f += ["--max-concurrency", str(conc)] if conc else ["--request-rate", str(rate) if rate else "inf"]
+    return f
 
 
-def load_test(name, rate, n_in, n_out, n, batching):
-    """Runs the workload against a fresh server; returns (loadgen result, step log path)."""
-    tag = name.replace(" ", "_")
-    steps = os.path.join(a.out, f"steps-{tag}.csv")
-    srv = Server(a.bin, a.model, tp=a.tp, extra=["--threads", str(a.threads), "--kv-mem", KV,
-                                                 "--step-log", steps, *batching])
+def load_test(tag, wl, step_log=None):
+    """A fresh server, one loadgen run; (result JSON, preemptions counted by the server)."""
+    extra = ["--threads", str(a.threads), "--kv-mem", a.kv_mem, *BATCHING]
+    if step_log:
+        extra += ["--step-log", step_log]
+    srv = Server(a.bin, a.model, tp=a.tp, extra=extra)
     try:
-        res = os.path.join(a.out, f"loadgen-{tag}.json")
-        p = subprocess.run([a.bin, "loadgen", "--url", srv.url, *common_flags(rate, n_in, n_out, n),
-                            "--tokenizer-model", a.model, "--save-result", res, "--no-progress"],
-                           capture_output=True, text=True, timeout=1800)
+        before = srv.metrics().get("shardserve:num_preemptions_total", 0)
+        res = os.path.join(a.out, f"loadgen-{TAG}-{tag}.json")
+        p = subprocess.run([a.bin, "loadgen", "--url", srv.url, *wl, "--tokenizer-model", a.model,
+                            "--save-result", res, "--no-progress"],
+                           capture_output=True, text=True, timeout=3600)
         if p.returncode != 0:
             sys.exit(f"loadgen failed:\n{p.stderr[-2000:]}")
+        pre = srv.metrics().get("shardserve:num_preemptions_total", 0) - before
         meas = json.load(open(res))
     finally:
         srv.stop()  # flushes the step log
-    return meas, steps
+    return meas, int(pre)
 
 
 def plan(hw, extra):
     p = subprocess.run([a.bin, "plan", "--model", a.model, "--tp", str(a.tp), "--hardware", hw,
-                        "--kv-mem", KV, *extra, "--json"], capture_output=True, text=True,
-                       timeout=600)
+                        "--kv-mem", a.kv_mem, *BATCHING, *extra, "--json"], capture_output=True,
+                       text=True, timeout=1800)
     if p.returncode != 0:
         sys.exit(f"plan failed:\n{p.stderr[-2000:]}")
     return json.loads(p.stdout)
 
 
-# 1. Idle-machine probes.
-profile = os.path.join(a.out, f"profile-tp{a.tp}-t{a.threads}.json")
+def pct(xs, q):
+    """Linear-interpolated percentile (numpy's default), computed here for both sides."""
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * q / 100
+    i = int(k)
+    return xs[i] if i + 1 >= len(xs) else xs[i] + (xs[i + 1] - xs[i]) * (k - i)
+
+
+def latency(d):
+    """Latency figures in ms from per-request arrays (loadgen --save-result names)."""
+    ttft = [t * 1e3 for t in d["ttfts"]]
+    tpot = [(l - t) * 1e3 / (o - 1) for t, l, o in zip(d["ttfts"], d["latencies"], d["output_lens"])
+            if o > 1]
+    e2e = [l * 1e3 for l in d["latencies"]]
+    return {"p50 TTFT ms": pct(ttft, 50), "p90 TTFT ms": pct(ttft, 90), "p50 TPOT ms": pct(tpot, 50),
+            "p90 TPOT ms": pct(tpot, 90), "p50 E2E ms": pct(e2e, 50)}
+
+
+# 1. Probes.
+profile = os.path.join(a.out, f"profile-{TAG}.json")
 p = subprocess.run(launch_cmd(a.bin, a.tp, ["profile", "--model", a.model, "-t", str(a.threads),
                                             "-o", profile]),
-                   capture_output=True, text=True, env=mpi_env(), timeout=900)
+                   capture_output=True, text=True, env=mpi_env(), timeout=1800)
 if p.returncode != 0:
     sys.exit(f"profile failed:\n{p.stderr[-3000:]}")
-print("\n".join(l for l in p.stderr.splitlines() if l.startswith("profile:"))[:2000], file=sys.stderr)
 
-# 2. Calibration under serving load.
-name, rate, n_in, n_out, n, batching = CALIBRATION
-_, steps = load_test(*CALIBRATION)
-calibrated = os.path.join(a.out, f"profile-tp{a.tp}-t{a.threads}-calibrated.json")
-cal = plan(profile, ["--step-log", steps, "--calibrate", "--save-hardware", calibrated, *batching])
+# 2. Calibration under serving load (its own workload: 48 in, 48 out, 1.5 req/s).
+steps = os.path.join(a.out, f"steps-{TAG}-calibration.csv")
+load_test("calibration", flags(1.5, 1.0, 0, 48, 48, 40), steps)
+calibrated = os.path.join(a.out, f"profile-{TAG}-calibrated.json")
+cal = plan(profile, ["--step-log", steps, "--calibrate", "--save-hardware", calibrated])
 lf = cal["calibrated_load_factor"]
-print(f"calibration ({rate} req/s, {n_in} in, {n_out} out): the idle probes predict "
-      f"{cal['step_log']['all']['predicted_over_measured']:.3f} of the logged step time; "
-      f"load factor {lf:.4f}", file=sys.stderr, flush=True)
-
-# Copies of the calibrated profile with every step 3% cheaper / dearer.
+print(f"calibration: load factor {lf:.4f}", file=sys.stderr, flush=True)
 scaled = {}
 for f in (0.97, 1.03):
     prof = json.load(open(calibrated))
     prof["load_factor"] = prof.get("load_factor", 1.0) * f
-    scaled[f] = os.path.join(a.out, f"profile-tp{a.tp}-t{a.threads}-calibrated-x{f}.json")
+    scaled[f] = os.path.join(a.out, f"profile-{TAG}-calibrated-x{f}.json")
     json.dump(prof, open(scaled[f], "w"), indent=2)
 
+# 3. Capacity: every request at once.
+sat = flags(0, 1.0, 0, a.n_in, a.out_len, a.n)
+meas_c, pre_c = load_test("capacity", sat)
+pred_c = plan(calibrated, [*sat, "--per-request"])["simulation"]
+C = meas_c["request_throughput"]
+lat_c = latency(meas_c)
+print(f"capacity: measured {C:.3f} req/s, predicted {pred_c['request_throughput']:.3f} req/s",
+      file=sys.stderr, flush=True)
 
-def per_request(d):
-    """(TTFT s, TPOT s) of each request, in arrival order (loadgen's and plan's arrays)."""
-    return [(t, (l - t) / (o - 1) if o > 1 else 0.0)
-            for t, l, o in zip(d["ttfts"], d["latencies"], d["output_lens"])]
-
-
-# 3. Validation workloads.
-rows, step_rows, req_rows = [], [], []
-for name, rate, n_in, n_out, n, batching in WORKLOADS:
-    meas, steps = load_test(name, rate, n_in, n_out, n, batching)
-    flags = [*common_flags(rate, n_in, n_out, n), *batching]
-    res = plan(calibrated, [*flags, "--step-log", steps, "--per-request"])
-    pred = res["simulation"]
-    moved = [plan(scaled[f], flags)["simulation"] for f in (0.97, 1.03)]
-    sl = res["step_log"]["all"]
-    step_rows.append((name, sl["steps"], sl["measured_s"], sl["predicted_over_measured"],
-                      sl["median_ratio"]))
-    for key, label in (("output_throughput", "output tok/s"), ("median_ttft_ms", "p50 TTFT ms"),
-                       ("median_tpot_ms", "p50 TPOT ms")):
-        m, q = meas[key], pred[key]
-        sens = max(abs(x[key] / q - 1) for x in moved) if q else float("inf")
-        rows.append((name, rate, n_in, n_out, label, q, m, q / m if m else float("inf"), sens))
-    # Request by request: the same arrival times, so request i is the same
-    # request in both (lengths are drawn alike; checked).
+# 4. The load levels.
+lat_rows, thr_rows, pre_rows = [], [], []
+for name, mult, burst, conc in LEVELS:
+    wl = flags(round(mult * C, 4), burst, conc, a.n_in, a.out_len, a.n)
+    meas, pre_m = load_test(name.replace(" ", "_"), wl)
+    pred = plan(calibrated, [*wl, "--per-request"])["simulation"]
+    moved = [plan(scaled[f], [*wl, "--per-request"])["simulation"] for f in (0.97, 1.03)]
     if pred["input_lens"] != meas["input_lens"] or pred["output_lens"] != meas["output_lens"]:
         sys.exit(f"{name}: the simulated requests' lengths differ from the load test's")
-    pr, mr = per_request(pred), per_request(meas)
-    r_ttft = [p[0] / m[0] for p, m in zip(pr, mr)]
-    r_tpot = [p[1] / m[1] for p, m in zip(pr, mr) if m[1] > 0]
-    req_rows.append((name, len(pr), statistics.median(r_ttft),
-                     sum(abs(r - 1) <= 0.15 for r in r_ttft), statistics.median(r_tpot),
-                     sum(abs(r - 1) <= 0.15 for r in r_tpot), len(r_tpot)))
+    lm, lp, lmv = latency(meas), latency(pred), [latency(x) for x in moved]
+    for k in lm:
+        sens = max(abs(x[k] / lp[k] - 1) for x in lmv) if lp[k] else float("inf")
+        lat_rows.append((name, k, lp[k], lm[k], sens))
+    for k, label in (("output_throughput", "output tok/s"), ("request_throughput", "req/s")):
+        thr_rows.append((name, label, pred[k], meas[k]))
+    pre_rows.append((name, pred.get("preemptions", 0), pre_m))
     print(f"{name}: done", file=sys.stderr, flush=True)
+
+# 5. Max rate at an SLO.
+max_rows = []
+if not a.skip_max_rate:
+    # Unless given, the SLO is a fixed multiple of the 0.7x run's measured p50s
+    # (4 x TTFT, 2 x TPOT), set here before the search runs.
+    base = next(r for r in lat_rows if r[0] == "0.7x" and r[1] == "p50 TTFT ms")[3]
+    base_tpot = next(r for r in lat_rows if r[0] == "0.7x" and r[1] == "p50 TPOT ms")[3]
+    slo_ttft = a.slo_ttft_ms or round(4 * base, 1)
+    slo_tpot = a.slo_tpot_ms or round(2 * base_tpot, 1)
+    goodput = ["--goodput", f"ttft:{slo_ttft}", f"tpot:{slo_tpot}"]
+    wl = flags(C, 1.0, 0, a.n_in, a.out_len, a.n)
+    predicted = plan(calibrated, [*wl, *goodput, "--max-rate"])["max_rate_meeting_slo"]
+    lo, hi = 0.25 * C, 2.0 * C
+    for i in range(5):
+        mid = (lo + hi) / 2
+        meas, _ = load_test(f"maxrate{i}", [*flags(round(mid, 4), 1.0, 0, a.n_in, a.out_len, a.n),
+                                            *goodput])
+        ok = meas["completed"] > 0 and meas["request_goodput"] >= 0.99 * meas["request_throughput"]
+        lo, hi = (mid, hi) if ok else (lo, mid)
+        print(f"max-rate search: {mid:.3f} req/s {'meets' if ok else 'misses'} the SLO",
+              file=sys.stderr, flush=True)
+    max_rows.append((slo_ttft, slo_tpot, predicted, lo, hi))
 
 rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
            platform.processor())
-print(f"machine: {cpu}, {os.cpu_count()} cores; commit {rev}; tp {a.tp}, {a.threads} threads per "
-      f"rank; KV pool {KV}; seed {a.seed}; calibrated load factor {lf:.4f}")
-print("| workload | rate req/s | in | out | metric | predicted | measured | predicted/measured | "
+print(f"machine: {cpu}, {os.cpu_count()} cores; commit {rev}; model {os.path.basename(a.model)}; "
+      f"tp {a.tp}, {a.threads} threads per rank; KV pool {a.kv_mem}; max-num-seqs "
+      f"{a.max_num_seqs}; {a.n} requests of {a.n_in} in / {a.out_len} out; seed {a.seed}; "
+      f"calibrated load factor {lf:.4f}")
+print(f"capacity (all requests at once): measured {C:.3f} req/s, predicted "
+      f"{pred_c['request_throughput']:.3f} req/s ({pred_c['request_throughput'] / C:.3f})\n")
+print("| load | latency figure | predicted | measured | predicted/measured | within 10% | "
       "within 15% | moves with steps +-3% |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-ok = 0
-for name, rate, n_in, n_out, label, q, m, r, sens in rows:
-    good = abs(r - 1) <= 0.15
-    ok += good
-    print(f"| {name} | {rate:g} | {n_in} | {n_out} | {label} | {q:.2f} | {m:.2f} | {r:.3f} | "
-          f"{'yes' if good else 'no'} | {sens * 100:.1f}% |")
-print(f"\n{ok} of {len(rows)} figures within 15%\n")
-print("| workload | steps | busy s (measured) | step time predicted/measured | per-step median ratio |")
+print("|---|---|---|---|---|---|---|---|")
+w10 = w15 = 0
+for name, k, q, m, sens in lat_rows:
+    r = q / m if m else float("inf")
+    w10 += abs(r - 1) <= 0.10
+    w15 += abs(r - 1) <= 0.15
+    print(f"| {name} | {k} | {q:.1f} | {m:.1f} | {r:.3f} | {'yes' if abs(r - 1) <= 0.10 else 'no'} | "
+          f"{'yes' if abs(r - 1) <= 0.15 else 'no'} | {sens * 100:.1f}% |")
+print(f"\nlatency figures alone: {w10} of {len(lat_rows)} within 10%, {w15} of {len(lat_rows)} "
+      f"within 15%\n")
+print("| load | throughput | predicted | measured | predicted/measured |")
 print("|---|---|---|---|---|")
-for name, k, busy, r, med in step_rows:
-    print(f"| {name} | {k} | {busy:.2f} | {r:.3f} | {med:.3f} |")
-print()
-print("| workload | requests | TTFT predicted/measured, median over requests | requests within 15% | "
-      "TPOT predicted/measured, median over requests | requests within 15% |")
-print("|---|---|---|---|---|---|")
-for name, k, mt, nt, mp, np_, kp in req_rows:
-    print(f"| {name} | {k} | {mt:.3f} | {nt} of {k} | {mp:.3f} | {np_} of {kp} |")
+for name, k, q, m in thr_rows:
+    print(f"| {name} | {k} | {q:.3f} | {m:.3f} | {q / m if m else float('inf'):.3f} |")
+print("\n| load | preemptions predicted | preemptions measured |")
+print("|---|---|---|")
+for name, q, m in pre_rows:
+    print(f"| {name} | {q} | {m} |")
+for slo_ttft, slo_tpot, predicted, lo, hi in max_rows:
+    mid = (lo + hi) / 2
+    print(f"\nmax rate at TTFT <= {slo_ttft} ms and TPOT <= {slo_tpot} ms (99% of requests): "
+          f"predicted {predicted:.3f} req/s, load-test bisection [{lo:.3f}, {hi:.3f}] req/s; "
+          f"predicted / bisection midpoint {predicted / mid:.3f} "
+          f"({'within' if abs(predicted / mid - 1) <= 0.10 else 'NOT within'} 10%)")
