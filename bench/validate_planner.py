@@ -15,7 +15,8 @@
    p50 / p90 TPOT, p50 E2E; percentiles computed here from the per-request
    arrays of both) are tabulated apart from throughput, with how far each
    predicted figure moves when every step costs 3% more or less; preemptions
-   predicted vs counted by the server (/metrics).
+   predicted vs counted by the server (/metrics), with one level on a KV pool
+   too small for the batch (40 blocks) so that the scheduler preempts.
 5. Max rate at an SLO: `plan --max-rate` against a bisection of load tests
    (the highest rate whose requests meet the SLO at >= 99%, as the planner
    defines it), 5 rounds between 0.25 x C and 2 x C.
@@ -55,8 +56,12 @@ ap.add_argument("--out", default="bench/out")
 a = ap.parse_args()
 os.makedirs(a.out, exist_ok=True)
 BATCHING = ["--max-num-seqs", str(a.max_num_seqs)]
-LEVELS = [("0.7x", 0.7, 1.0, 0), ("0.9x", 0.9, 1.0, 0), ("1.0x", 1.0, 1.0, 0),
-          ("1.2x", 1.2, 1.0, 0), ("0.7x bursty", 0.7, 0.5, 0), ("closed loop 8", 0, 1.0, 8)]
+# (name, x capacity, burstiness, max concurrency, KV blocks (0: --kv-mem)).  The
+# last level gives the pool 40 blocks of 16 tokens (5 sequences at full
+# length for --max-num-seqs 16), so the scheduler preempts.
+LEVELS = [("0.7x", 0.7, 1.0, 0, 0), ("0.9x", 0.9, 1.0, 0, 0), ("1.0x", 1.0, 1.0, 0, 0),
+          ("1.2x", 1.2, 1.0, 0, 0), ("0.7x bursty", 0.7, 0.5, 0, 0),
+          ("closed loop 8", 0, 1.0, 8, 0), ("1.0x, 40 KV blocks", 1.0, 1.0, 0, 40)]
 TAG = f"tp{a.tp}-t{a.threads}-{os.path.basename(a.model).split('.')[0]}"
 
 
@@ -67,9 +72,13 @@ def flags(rate, burst, conc, n_in, n_out, n):
     return f
 
 
-def load_test(tag, wl, step_log=None):
+def kv_flags(blocks):
+    return ["--kv-blocks", str(blocks)] if blocks else ["--kv-mem", a.kv_mem]
+
+
+def load_test(tag, wl, step_log=None, blocks=0):
     """A fresh server, one loadgen run; (result JSON, preemptions counted by the server)."""
-    extra = ["--threads", str(a.threads), "--kv-mem", a.kv_mem, *BATCHING]
+    extra = ["--threads", str(a.threads), *kv_flags(blocks), *BATCHING]
     if step_log:
         extra += ["--step-log", step_log]
     srv = Server(a.bin, a.model, tp=a.tp, extra=extra)
@@ -88,9 +97,9 @@ def load_test(tag, wl, step_log=None):
     return meas, int(pre)
 
 
-def plan(hw, extra):
+def plan(hw, extra, blocks=0):
     p = subprocess.run([a.bin, "plan", "--model", a.model, "--tp", str(a.tp), "--hardware", hw,
-                        "--kv-mem", a.kv_mem, *BATCHING, *extra, "--json"], capture_output=True,
+                        *kv_flags(blocks), *BATCHING, *extra, "--json"], capture_output=True,
                        text=True, timeout=1800)
     if p.returncode != 0:
         sys.exit(f"plan failed:\n{p.stderr[-2000:]}")
@@ -150,11 +159,11 @@ print(f"capacity: measured {C:.3f} req/s, predicted {pred_c['request_throughput'
 
 # 4. The load levels.
 lat_rows, thr_rows, pre_rows = [], [], []
-for name, mult, burst, conc in LEVELS:
+for name, mult, burst, conc, blocks in LEVELS:
     wl = flags(round(mult * C, 4), burst, conc, a.n_in, a.out_len, a.n)
-    meas, pre_m = load_test(name.replace(" ", "_"), wl)
-    pred = plan(calibrated, [*wl, "--per-request"])["simulation"]
-    moved = [plan(scaled[f], [*wl, "--per-request"])["simulation"] for f in (0.97, 1.03)]
+    meas, pre_m = load_test(name.replace(" ", "_").replace(",", ""), wl, blocks=blocks)
+    pred = plan(calibrated, [*wl, "--per-request"], blocks)["simulation"]
+    moved = [plan(scaled[f], [*wl, "--per-request"], blocks)["simulation"] for f in (0.97, 1.03)]
     if pred["input_lens"] != meas["input_lens"] or pred["output_lens"] != meas["output_lens"]:
         sys.exit(f"{name}: the simulated requests' lengths differ from the load test's")
     lm, lp, lmv = latency(meas), latency(pred), [latency(x) for x in moved]
