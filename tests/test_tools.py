@@ -408,11 +408,15 @@ srv, client, model = run_model("mistral [TOOL_CALLS]", mistral_gguf, [], [WEATHE
 stop("mistral", srv)
 
 # The default model: bad tools are refused there too, before any generation.
-srv = Server(args.bin, args.model)
-try:
-    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
-    check_bad_requests(client, client.models.list().data[0].id)
-finally:
-    stop("default model", srv)
+if os.environ.get("SS_SANITIZED") != "1":
+    srv = Server(args.bin, args.model)
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        check_bad_requests(client, client.models.list().data[0].id)
+    finally:
+        stop("default model", srv)
+else:
+    print("sanitizer build (SS_SANITIZED=1): the default model's refusals skipped (the same "
+          "checks ran on the synthetic model above); the release build runs them", flush=True)
 
 ck.finish()

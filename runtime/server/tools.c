@@ -304,7 +304,8 @@ static bool fallback_messages(const tool_set *ts, json_t *msgs, parse_err *e) {
         json_t *args = call_arguments(json_object_get(f, "arguments"));
         if (m.len) ss_strbuf_append(&m, "\n", 1);
         ss_strbuf_printf(&m, "%s\n{\"name\": ", k_hermes_open);
-        append_json(&m, name ? name : json_string(""));
+        if (json_is_string(name)) append_json(&m, name);
+        else ss_strbuf_append(&m, "\"\"", 2);
         ss_strbuf_printf(&m, ", \"arguments\": ");
         append_json(&m, args);
         ss_strbuf_printf(&m, "}\n%s", k_hermes_close);
