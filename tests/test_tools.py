@@ -361,6 +361,28 @@ try:
 finally:
     stop("hermes", srv)
 
+# Text that starts like a call and is none (its JSON is cut): all of it is the
+# content, whole and streamed (where it was held back, then released).
+bad_chain = ["\n", "See <tool", "_call>{\"name\": \"get_weather\", \"arguments\": {\"city\"",
+             " and more."]
+bad_gguf = os.path.join(tmp, "badcall.gguf")
+chain_model(bad_gguf, qwen_src, qwen_specials[:3] + [(t, USER) for t in bad_chain[1:]], bad_chain)
+srv = Server(args.bin, bad_gguf)
+try:
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+    req = dict(model=client.models.list().data[0].id, messages=ASK, tools=TOOLS, max_tokens=64,
+               temperature=0)
+    r = client.chat.completions.create(**req)
+    text = "".join(bad_chain[1:])
+    ch = r.choices[0]
+    ck.check(ch.message.tool_calls is None and ch.message.content == text and
+             ch.finish_reason == "stop", f"a malformed call stays content: {ch}")
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       client.chat.completions.create(stream=True, **req) if c.choices)
+    ck.check(streamed == text, f"a malformed call streamed: {streamed!r}, want {text!r}")
+finally:
+    stop("malformed call", srv)
+
 # A template that does not read tools: the README's preamble (a system
 # message listing the tools as JSON, and the <tool_call> format), the same
 # Hermes output read back.
