@@ -410,7 +410,9 @@ llama_specials = [("<|eot_id|>", CTRL), ("<|begin_of_text|>", CTRL), ("<|start_h
     [(t, USER) for t in llama_chain[1:]]
 llama_gguf = os.path.join(tmp, "llama.gguf")
 chain_model(llama_gguf, llama_src, llama_specials, llama_chain)
-srv, client, model = run_model("llama3 JSON", llama_gguf, [], [WEATHER], None)
+# The model's BOS and EOS are both its first added token.
+llama_ref = jinja_render(llama_src, ASK, TOOLS, "<|eot_id|>", "<|eot_id|>")
+srv, client, model = run_model("llama3 JSON", llama_gguf, [], [WEATHER], None, llama_ref)
 stop("llama3", srv)
 
 # Mistral Nemo: [TOOL_CALLS] (a control token) and a JSON list of calls.
@@ -426,7 +428,9 @@ mistral_specials = [("</s>", CTRL), ("<s>", CTRL), ("[INST]", CTRL), ("[/INST]",
 mistral_gguf = os.path.join(tmp, "mistral.gguf")
 chain_model(mistral_gguf, mistral_src, mistral_specials, mistral_chain)
 ID_RE = MISTRAL_ID
-srv, client, model = run_model("mistral [TOOL_CALLS]", mistral_gguf, [], [WEATHER, TIME], None)
+mistral_ref = jinja_render(mistral_src, ASK, TOOLS, "</s>", "</s>")
+srv, client, model = run_model("mistral [TOOL_CALLS]", mistral_gguf, [], [WEATHER, TIME], None,
+                               mistral_ref)
 stop("mistral", srv)
 
 # The default model: bad tools are refused there too, before any generation.
