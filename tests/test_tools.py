@@ -354,6 +354,14 @@ srv, client, model = run_model("hermes (Qwen2.5)", qwen_gguf, [], [WEATHER, TIME
                                "Let me check.", qwen_ref)
 try:
     check_bad_requests(client, model)
+    # /tokenize with tools: the prompt the chat request gets (its usage counts it).
+    code, body = srv.post("/tokenize", {"messages": ASK, "tools": TOOLS})
+    r = client.chat.completions.create(model=model, messages=ASK, tools=TOOLS, max_tokens=1)
+    ck.check(code == 200 and json.loads(body)["count"] == r.usage.prompt_tokens,
+             f"/tokenize with tools counts the chat prompt: {code} {body[:200]} vs {r.usage}")
+    code, body = srv.post("/tokenize", {"prompt": "hi", "tools": TOOLS})
+    ck.check(code == 400 and json.loads(body)["error"]["param"] == "tools",
+             f"/tokenize with a prompt and tools: {code} {body}")
     check_choice_constrained("tool_choice required", client, model, "required",
                              {"get_weather", "get_time"})
     check_choice_constrained("tool_choice named", client, model,

@@ -69,6 +69,8 @@ static bool do_tokenize(const gen_ctx *x, json_t *o, json_t **out, parse_err *e)
   if (prompt && json_object_get(o, "add_generation_prompt"))
     return ss_oai_fail(e, 400, "add_generation_prompt",
                        "'add_generation_prompt' goes with 'messages'");
+  if (prompt && json_object_get(o, "tools"))
+    return ss_oai_fail(e, 400, "tools", "'tools' goes with 'messages'");
   int32_t *ids = NULL;
   size_t n = 0;
   if (prompt) {
