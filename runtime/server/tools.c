@@ -58,7 +58,8 @@ static bool check_schema(const json_t *s, const char *where, int depth, parse_er
     return ss_oai_fail(e, 400, "tools", "'%s' nests deeper than %d levels", where,
                        SCHEMA_DEPTH_MAX);
   if (json_is_boolean(s)) return true;
-  if (!json_is_object(s)) return ss_oai_fail(e, 400, "tools", "'%s' must be a JSON Schema object", where);
+  if (!json_is_object(s))
+    return ss_oai_fail(e, 400, "tools", "'%s' must be a JSON Schema object", where);
   char sub[384];
   json_t *t = json_object_get(s, "type");
   if (t) {
@@ -240,7 +241,8 @@ tool_format ss_oai_tools_format(const ss_chat_template *t) {
   if (!ss_oai_tools_in_template(t)) return TOOL_FMT_HERMES; /* the preamble's format */
   if (strstr(t->source, k_mistral_tag)) return TOOL_FMT_MISTRAL;
   if (strstr(t->source, k_hermes_open)) return TOOL_FMT_HERMES;
-  if (strstr(t->source, k_python_tag) || strstr(t->source, "\"parameters\"")) return TOOL_FMT_LLAMA3;
+  if (strstr(t->source, k_python_tag) || strstr(t->source, "\"parameters\""))
+    return TOOL_FMT_LLAMA3;
   return TOOL_FMT_HERMES;
 }
 
