@@ -262,7 +262,7 @@ try:
     refused = [("response_format", {"type": "json_object"}),
                ("response_format", {"type": "json_schema", "json_schema": {"name": "x",
                                                                             "schema": {}}}),
-               ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+               ("tools", [{"type": "function", "function": {"name": "f g"}}]),  # a bad name
                ("tool_choice", "required"), ("presence_penalty", 0.5),
                ("frequency_penalty", -1), ("repetition_penalty", 1.2), ("logit_bias", {"50": 5}),
                ("min_tokens", 3), ("functions", [{"name": "f"}])]

@@ -52,11 +52,27 @@ typedef struct parse_err {
   char msg[512];
 } parse_err;
 
+/* How a chat request's output is read for tool calls (tools.c). */
+typedef enum tool_format {
+  TOOL_FMT_HERMES = 0, /* <tool_call>{"name", "arguments"}</tool_call> blocks */
+  TOOL_FMT_LLAMA3,     /* the whole output {"name", "parameters"} */
+  TOOL_FMT_MISTRAL,    /* [TOOL_CALLS][{"name", "arguments"}, ...] */
+  TOOL_FMT_JSON,       /* constrained: the whole output one {"name", "arguments"} */
+} tool_format;
+
+typedef struct tool_out {
+  bool on;                /* tools were offered (tool_choice not "none") */
+  tool_format format;
+  bool parallel;          /* parallel_tool_calls: false keeps the first call only */
+  bool mistral_ids;       /* ids as Mistral's templates take them back (9 alphanumerics) */
+} tool_out;
+
 typedef struct gen_fields {
   int64_t max_tokens;
   bool max_set;
   ss_engine_req r;        /* r.prompt and r.stop are malloc'ed: free with ss_oai_req_free */
   bool stream, include_usage;
+  tool_out tools;
 } gen_fields;
 
 /* What a worker needs to turn a body into an engine request.  Everything it
@@ -98,6 +114,43 @@ bool ss_oai_fail(parse_err *e, int status, const char *param, const char *fmt, .
 json_t *ss_oai_load_body(const char *body, size_t body_len, parse_err *e);
 /* 'model', when given, must be the served one. */
 bool ss_oai_check_model(const gen_ctx *x, json_t *o, parse_err *e);
+
+/* ------------------------------------------------------------------------ */
+/* Tool calling (tools.c)                                                     */
+
+typedef enum tool_choice {
+  TOOL_CHOICE_NONE = 0,
+  TOOL_CHOICE_AUTO,
+  TOOL_CHOICE_REQUIRED,
+  TOOL_CHOICE_NAMED,
+} tool_choice;
+
+typedef struct tool_set {
+  json_t *tools;          /* o's checked "tools" (borrowed); NULL: none, or tool_choice "none" */
+  tool_choice choice;
+  const char *named;      /* the named function (in tools) */
+  bool parallel;
+} tool_set;
+
+/* Checks o's tools, tool_choice and parallel_tool_calls (e names the field). */
+bool ss_oai_tools_parse(json_t *o, tool_set *ts, parse_err *e);
+/* Whether the template reads `tools`, and the output format its text implies. */
+bool ss_oai_tools_in_template(const ss_chat_template *t);
+tool_format ss_oai_tools_format(const ss_chat_template *t);
+/* Puts ts's tools before the model: *tmpl_tools, the list for the template's
+ * `tools`, when it reads them; otherwise msgs (the checked messages, edited in
+ * place) gets the system preamble and earlier calls and results as text. */
+bool ss_oai_tools_prepare(const gen_ctx *x, const tool_set *ts, json_t *msgs, json_t **tmpl_tools,
+                          parse_err *e);
+/* tool_choice required or named: constrains g's output to the call's JSON
+ * (ss_oai_constrain_schema); then g->tools.format is TOOL_FMT_JSON. */
+bool ss_oai_tools_constrain(const gen_ctx *x, const tool_set *ts, gen_fields *g, parse_err *e);
+/* The calls in an output, as OpenAI's tool_calls list (new), or NULL when it
+ * holds none; *content_len is then the length of the text before them. */
+json_t *ss_oai_tools_extract(const tool_out *t, const char *text, size_t n, size_t *content_len);
+/* Streaming: how much of the text so far may go out as content (never less
+ * than sent); the rest may be the beginning of a call. */
+size_t ss_oai_tools_releasable(const tool_out *t, const char *text, size_t n, size_t sent);
 
 /* ------------------------------------------------------------------------ */
 /* Utility routes (tokenize_routes.c): POST /tokenize, /detokenize, /apply-template */
@@ -148,6 +201,8 @@ typedef struct api_req {
   ss_strbuf text;         /* non-streamed: the whole text */
   json_t *lp;             /* non-streamed logprobs: chat "content" list, or completions object */
   size_t text_offset;
+  tool_out tools;         /* chat: the output is read for tool calls */
+  size_t sent;            /* streamed with tools: bytes of text sent as content */
 } api_req;
 
 /* POST /v1/completions, /v1/chat/completions and the utility routes, on the

@@ -144,21 +144,28 @@ static bool check_fields(json_t *o, bool chat, parse_err *e) {
                          "(JSON mode, JSON schema) is not supported yet: the output would not be "
                          "constrained");
   }
-  static const char *const tool_fields[] = {"tools", "functions", NULL};
-  for (int i = 0; tool_fields[i]; i++) {
-    v = json_object_get(o, tool_fields[i]);
+  /* The deprecated form of tools; 'tools' and 'tool_choice' are read by tools.c. */
+  v = json_object_get(o, "functions");
+  if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0))
+    return ss_oai_fail(e, 400, "functions",
+                       "'functions' (the deprecated form of tools) is not supported: use 'tools'");
+  v = json_object_get(o, "function_call");
+  if (v && !json_is_null(v) &&
+      !(json_is_string(v) && (strcmp(json_string_value(v), "none") == 0 ||
+                              strcmp(json_string_value(v), "auto") == 0)))
+    return ss_oai_fail(e, 400, "function_call",
+                       "'function_call' (the deprecated form of tool_choice) is not supported: "
+                       "use 'tool_choice'");
+  if (!chat) {
+    /* Completions have no tool calls: only the neutral values pass. */
+    v = json_object_get(o, "tools");
     if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0))
-      return ss_oai_fail(e, 400, tool_fields[i], "'%s' (tool calling) is not supported yet",
-                         tool_fields[i]);
-  }
-  static const char *const choice_fields[] = {"tool_choice", "function_call", NULL};
-  for (int i = 0; choice_fields[i]; i++) {
-    v = json_object_get(o, choice_fields[i]);
+      return ss_oai_fail(e, 400, "tools", "'tools' is for /v1/chat/completions");
+    v = json_object_get(o, "tool_choice");
     if (v && !json_is_null(v) &&
         !(json_is_string(v) && (strcmp(json_string_value(v), "none") == 0 ||
                                 strcmp(json_string_value(v), "auto") == 0)))
-      return ss_oai_fail(e, 400, choice_fields[i], "'%s' = %s is not supported without tools",
-                         choice_fields[i], json_is_string(v) ? json_string_value(v) : json_kind(v));
+      return ss_oai_fail(e, 400, "tool_choice", "'tool_choice' is for /v1/chat/completions");
   }
   v = json_object_get(o, "suffix");
   if (v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
@@ -437,11 +444,13 @@ bool ss_oai_render_messages(const gen_ctx *x, json_t *o, bool add_generation_pro
         "%s; chat needs a template: start the server with "
         "--chat-template NAME|FILE (POST /v1/completions works without one)",
         x->no_tmpl_why && *x->no_tmpl_why ? x->no_tmpl_why : "the model has no chat template");
-  json_t *norm = NULL;
+  tool_set ts;
+  if (!ss_oai_tools_parse(o, &ts, e)) return false;
+  json_t *norm = NULL, *tmpl_tools = NULL;
   if (!check_messages(msgs, &norm, e)) return false;
   char *rendered = NULL;
-  bool ok = true;
-  if (ss_chat_render_json(x->tmpl, norm, NULL, NULL, add_generation_prompt, &rendered))
+  bool ok = ss_oai_tools_prepare(x, &ts, norm, &tmpl_tools, e);
+  if (ok && ss_chat_render_json(x->tmpl, norm, tmpl_tools, NULL, add_generation_prompt, &rendered))
     ok = ss_oai_fail(e, 400, "messages", "the chat template: %s", ss_error_msg());
   json_decref(norm);
   if (ok && ids) ok = tokenize_rendered(x->m, rendered, ids, n_ids, e);
@@ -453,11 +462,23 @@ bool ss_oai_render_messages(const gen_ctx *x, json_t *o, bool add_generation_pro
   return ok;
 }
 
-static bool parse_messages(const gen_ctx *x, json_t *o, ss_engine_req *r, parse_err *e) {
+static bool parse_messages(const gen_ctx *x, json_t *o, gen_fields *g, parse_err *e) {
   size_t nt = 0;
-  if (!ss_oai_render_messages(x, o, true, NULL, &r->prompt, &nt, e)) return false;
-  r->n_prompt = (int32_t)nt;
-  return true;
+  if (!ss_oai_render_messages(x, o, true, NULL, &g->r.prompt, &nt, e)) return false;
+  g->r.n_prompt = (int32_t)nt;
+  /* Tool calls: how the output is read, and the constraint of a required or
+   * named call. */
+  tool_set ts;
+  if (!ss_oai_tools_parse(o, &ts, e)) return false;
+  if (!ts.tools) return true;
+  const tool_format fmt = ss_oai_tools_format(x->tmpl);
+  g->tools = (tool_out){.on = true, .format = fmt, .parallel = ts.parallel,
+                        .mistral_ids = fmt == TOOL_FMT_MISTRAL};
+  if (g->stream && g->r.logprobs)
+    return ss_oai_fail(e, 400, "logprobs",
+                       "'logprobs' with 'tools' is not supported when streaming (the text of a "
+                       "call is held back until it is read)");
+  return ss_oai_tools_constrain(x, &ts, g, e);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -490,7 +511,7 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
   bool ok = parse_common(x, o, chat, g, e);
   if (ok && json_is_true(json_object_get(o, "echo")))
     ok = ss_oai_fail(e, 400, "echo", "'echo' is not supported");
-  if (ok) ok = chat ? parse_messages(x, o, &g->r, e) : parse_prompt(o, x->m, &g->r, e);
+  if (ok) ok = chat ? parse_messages(x, o, g, e) : parse_prompt(o, x->m, &g->r, e);
   json_decref(o);
   if (ok && !g->max_set) {
     /* Defaults: OpenAI's 16 for completions; the rest of the context for chat. */

@@ -160,7 +160,62 @@ static json_t *usage_json(int32_t n_prompt, int32_t n_cached, int32_t n_gen) {
                    "cached_tokens", n_cached);
 }
 
+/* One chat chunk with this delta (consumed), the role on the first. */
+static void stream_delta(api_req *q, json_t *delta, const char *finish_reason) {
+  if (!q->role_sent) {
+    json_object_set_new(delta, "role", json_string("assistant"));
+    q->role_sent = true;
+  }
+  json_t *o = chunk_base(q);
+  json_t *choice = json_pack("{s:i, s:o, s:n, s:s?}", "index", 0, "delta", delta, "logprobs",
+                             "finish_reason", finish_reason);
+  json_object_set_new(o, "choices", json_pack("[o]", choice));
+  if (q->include_usage) json_object_set_new(o, "usage", json_null());
+  sse_send(q->conn, o);
+}
+
+static void stream_content(api_req *q, size_t from, size_t to) {
+  if (to <= from) return;
+  json_t *t = json_stringn(q->text.p + from, to - from);
+  stream_delta(q, json_pack("{s:o}", "content", t ? t : json_string("")), NULL);
+}
+
+/* Tool calls as OpenAI streams them: per call, a chunk with its index, id,
+ * type and name (arguments ""), then the arguments in pieces. */
+static void stream_calls(api_req *q, json_t *calls) {
+  enum { PIECE = 16 };
+  size_t i;
+  json_t *c;
+  json_array_foreach(calls, i, c) {
+    json_t *f = json_object_get(c, "function");
+    json_t *head = json_pack("{s:I, s:O, s:s, s:{s:O, s:s}}", "index", (json_int_t)i, "id",
+                             json_object_get(c, "id"), "type", "function", "function", "name",
+                             json_object_get(f, "name"), "arguments", "");
+    stream_delta(q, json_pack("{s:n, s:[o]}", "content", "tool_calls", head), NULL);
+    const char *a = json_string_value(json_object_get(f, "arguments"));
+    size_t n = strlen(a);
+    for (size_t k = 0; k < n;) {
+      size_t len = n - k < PIECE ? n - k : PIECE;
+      /* Never half a UTF-8 character in a piece. */
+      while (k + len < n && ((unsigned char)a[k + len] & 0xC0) == 0x80) len++;
+      json_t *piece = json_pack("{s:I, s:{s:s%}}", "index", (json_int_t)i, "function",
+                                "arguments", a + k, len);
+      stream_delta(q, json_pack("{s:[o]}", "tool_calls", piece), NULL);
+      k += len;
+    }
+  }
+}
+
 static void stream_token(api_req *q, const ss_model *m, const ss_engine_event *ev) {
+  if (q->chat && q->tools.on) {
+    /* Text goes out as far as it cannot be the beginning of a call. */
+    ss_strbuf_append(&q->text, ev->text ? ev->text : "", ev->text_len);
+    if (q->text.failed) return;
+    size_t r = ss_oai_tools_releasable(&q->tools, q->text.p, q->text.len, q->sent);
+    stream_content(q, q->sent, r);
+    q->sent = r;
+    return;
+  }
   json_t *o = chunk_base(q);
   json_t *choice;
   json_t *text = json_stringn(ev->text ? ev->text : "", ev->text_len);
@@ -197,6 +252,22 @@ static void stream_done(api_req *q, const ss_engine_event *ev) {
                             ev->error ? ev->error : "engine error", "type", "server_error",
                             "param", "code");
     sse_send(c, err);
+  } else if (q->chat && q->tools.on) {
+    size_t clen = 0;
+    json_t *calls =
+        q->text.failed ? NULL : ss_oai_tools_extract(&q->tools, q->text.p, q->text.len, &clen);
+    stream_content(q, q->sent, clen);
+    if (calls) stream_calls(q, calls);
+    json_decref(calls);
+    const char *fr = calls && strcmp(ev->finish_reason, "stop") == 0 ? "tool_calls"
+                                                                     : ev->finish_reason;
+    stream_delta(q, json_object(), fr);
+    if (q->include_usage) {
+      json_t *u = chunk_base(q);
+      json_object_set_new(u, "choices", json_array());
+      json_object_set_new(u, "usage", usage_json(ev->n_prompt, ev->n_cached, ev->n_generated));
+      sse_send(c, u);
+    }
   } else {
     json_t *o = chunk_base(q);
     json_t *choice = q->chat ? json_pack("{s:i, s:{}, s:n, s:s}", "index", 0, "delta", "logprobs",
@@ -230,12 +301,24 @@ static void respond_done(api_req *q, const ss_engine_event *ev) {
   json_t *text = json_stringn(q->text.p ? q->text.p : "", q->text.len);
   if (!text) text = json_string("");
   json_t *choice;
+  size_t clen = 0;
+  json_t *calls = q->chat && !q->text.failed
+                      ? ss_oai_tools_extract(&q->tools, q->text.p, q->text.len, &clen)
+                      : NULL;
   if (q->chat) {
     json_t *lp = q->lp ? json_pack("{s:o}", "content", q->lp) : json_null();
     q->lp = NULL;
+    const char *fr = ev->finish_reason;
+    if (calls) {
+      /* The text before the calls is the content; none is null. */
+      json_decref(text);
+      text = clen ? json_stringn(q->text.p, clen) : json_null();
+      if (!text) text = json_string("");
+      if (strcmp(fr, "stop") == 0) fr = "tool_calls";
+    }
     choice = json_pack("{s:i, s:{s:s, s:o}, s:o, s:s}", "index", 0, "message", "role",
-                       "assistant", "content", text, "logprobs", lp, "finish_reason",
-                       ev->finish_reason);
+                       "assistant", "content", text, "logprobs", lp, "finish_reason", fr);
+    if (calls) json_object_set_new(json_object_get(choice, "message"), "tool_calls", calls);
   } else {
     json_t *lp = q->lp ? q->lp : json_null();
     q->lp = NULL;

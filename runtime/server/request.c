@@ -71,6 +71,7 @@ static void submit(api_req *q, ss_http_conn *c) {
   q->include_usage = g->stream && g->include_usage;
   q->logprobs = g->r.logprobs;
   q->n_top = g->r.n_top_logprobs;
+  q->tools = g->tools;
   q->created = time(NULL);
   g->r.user = q;
   int64_t id = 0;

@@ -3,7 +3,7 @@
  *                         "add_generation_prompt": true} -> {"count", "max_model_len",
  *                         "tokens", "token_strs"}
  *   POST /detokenize      {"tokens": [...]} -> {"prompt": "..."}
- *   POST /apply-template  llama-server's: {"messages": [...]} -> {"prompt": "..."}
+ *   POST /apply-template  llama-server's: {"messages": [...], "tools": [...]} -> {"prompt": "..."}
  * /tokenize gives exactly the ids the matching generation request would be
  * given: a prompt as /v1/completions tokenizes it (special-token text is
  * plain text there), messages as /v1/chat/completions renders and tokenizes
@@ -54,7 +54,8 @@ static json_t *ids_json(const int32_t *ids, size_t n) {
 
 static bool do_tokenize(const gen_ctx *x, json_t *o, json_t **out, parse_err *e) {
   static const char *const known[] = {"model", "prompt", "messages", "add_special_tokens",
-                                      "add_generation_prompt", "return_token_strs", NULL};
+                                      "add_generation_prompt", "return_token_strs", "tools",
+                                      "tool_choice", "parallel_tool_calls", NULL};
   if (!only_fields(o, "/tokenize", known, e) || !ss_oai_check_model(x, o, e)) return false;
   json_t *prompt = json_object_get(o, "prompt"), *msgs = json_object_get(o, "messages");
   if (!prompt == !msgs)
@@ -68,6 +69,8 @@ static bool do_tokenize(const gen_ctx *x, json_t *o, json_t **out, parse_err *e)
   if (prompt && json_object_get(o, "add_generation_prompt"))
     return ss_oai_fail(e, 400, "add_generation_prompt",
                        "'add_generation_prompt' goes with 'messages'");
+  if (prompt && json_object_get(o, "tools"))
+    return ss_oai_fail(e, 400, "tools", "'tools' goes with 'messages'");
   int32_t *ids = NULL;
   size_t n = 0;
   if (prompt) {
@@ -136,7 +139,9 @@ static bool do_detokenize(const gen_ctx *x, json_t *o, json_t **out, parse_err *
 }
 
 static bool do_apply_template(const gen_ctx *x, json_t *o, json_t **out, parse_err *e) {
-  static const char *const known[] = {"model", "messages", "add_generation_prompt", NULL};
+  static const char *const known[] = {"model",       "messages",           "add_generation_prompt",
+                                      "tools",       "tool_choice",        "parallel_tool_calls",
+                                      NULL};
   if (!only_fields(o, "/apply-template", known, e) || !ss_oai_check_model(x, o, e)) return false;
   bool add_gen;
   if (!opt_bool(o, "add_generation_prompt", true, &add_gen, e)) return false;
