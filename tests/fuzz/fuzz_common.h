@@ -6,6 +6,7 @@
 #ifndef SS_FUZZ_COMMON_H
 #define SS_FUZZ_COMMON_H
 
+#include <dirent.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,14 +32,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
     }                                                                                  \
   } while (0)
 
-/* A folder of our own under /dev/shm (or /tmp), made once per process. */
-static inline const char *fuzz_scratch_dir(void) {
-  static char dir[64];
-  if (!dir[0]) {
-    snprintf(dir, sizeof dir, "%s/ss-fuzz-XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    FUZZ_CHECK(mkdtemp(dir) != NULL);
+static char g_fuzz_scratch[64];
+
+/* Removes the scratch folder and the files in it (it holds no subfolders). */
+static inline void fuzz_scratch_remove(void) {
+  DIR *d = opendir(g_fuzz_scratch);
+  if (!d) return;
+  for (struct dirent *e; (e = readdir(d));) {
+    if (e->d_name[0] == '.') continue;
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", g_fuzz_scratch, e->d_name);
+    unlink(path);
   }
-  return dir;
+  closedir(d);
+  rmdir(g_fuzz_scratch);
+}
+
+/* A folder of our own under /dev/shm (or /tmp), made once per process and
+ * removed when it exits normally. */
+static inline const char *fuzz_scratch_dir(void) {
+  if (!g_fuzz_scratch[0]) {
+    snprintf(g_fuzz_scratch, sizeof g_fuzz_scratch, "%s/ss-fuzz-XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+    FUZZ_CHECK(mkdtemp(g_fuzz_scratch) != NULL);
+    atexit(fuzz_scratch_remove);
+  }
+  return g_fuzz_scratch;
 }
 
 static inline void fuzz_write_file(const char *path, const void *data, size_t size) {
