@@ -83,6 +83,14 @@ static int print_cpu(void) {
   return SS_EXIT_OK;
 }
 
+/* Element i of an array of integers or bools (floats are read with
+ * ss_gguf_arr_float), which cannot fail. */
+static int64_t arr_int(const ss_gguf_value *v, uint64_t i) {
+  int64_t x = 0;
+  (void)ss_gguf_arr_int(NULL, "", v, i, &x);
+  return x;
+}
+
 static void print_value(const ss_gguf_value *v, int depth) {
   switch (v->type) {
   case SS_GGUF_UINT8: case SS_GGUF_UINT16: case SS_GGUF_UINT32: case SS_GGUF_UINT64:
@@ -121,7 +129,7 @@ static void print_value(const ss_gguf_value *v, int depth) {
         if (e.type == SS_GGUF_FLOAT32 || e.type == SS_GGUF_FLOAT64)
           printf("%g", ss_gguf_arr_float(v, i));
         else
-          printf("%" PRId64, ss_gguf_arr_int(v, i));
+          printf("%" PRId64, arr_int(v, i));
       }
     }
     if (v->arr.count > n) printf(", ...");
@@ -212,11 +220,11 @@ static json_t *value_json(const ss_gguf_value *v) {
         if (e.type == SS_GGUF_FLOAT32 || e.type == SS_GGUF_FLOAT64)
           json_array_append_new(a, real_json(ss_gguf_arr_float(v, i)));
         else if (e.type == SS_GGUF_BOOL)
-          json_array_append_new(a, json_boolean(ss_gguf_arr_int(v, i)));
-        else if (e.type == SS_GGUF_UINT64 && (uint64_t)ss_gguf_arr_int(v, i) > (uint64_t)INT64_MAX)
-          json_array_append_new(a, json_sprintf("%" PRIu64, (uint64_t)ss_gguf_arr_int(v, i)));
+          json_array_append_new(a, json_boolean(arr_int(v, i)));
+        else if (e.type == SS_GGUF_UINT64 && (uint64_t)arr_int(v, i) > (uint64_t)INT64_MAX)
+          json_array_append_new(a, json_sprintf("%" PRIu64, (uint64_t)arr_int(v, i)));
         else
-          json_array_append_new(a, json_integer((json_int_t)ss_gguf_arr_int(v, i)));
+          json_array_append_new(a, json_integer((json_int_t)arr_int(v, i)));
       }
     }
     return a;

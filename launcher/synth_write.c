@@ -110,10 +110,11 @@ int synth_vocab_from_gguf(const ss_gguf *g, synth_vocab *v) {
   for (int64_t i = 0; i < v->n; i++) {
     v->tok[i] = tok->arr.items[i].str.ptr;
     v->tok_len[i] = tok->arr.items[i].str.len;
-    v->type[i] = types && types->type == SS_GGUF_ARRAY && (uint64_t)i < types->arr.count &&
-                         types->arr.elem_type == SS_GGUF_INT32
-                     ? (int32_t)ss_gguf_arr_int(types, (uint64_t)i)
-                     : 1;
+    int64_t ty = 1;
+    if (types && types->type == SS_GGUF_ARRAY && (uint64_t)i < types->arr.count &&
+        types->arr.elem_type == SS_GGUF_INT32)
+      (void)ss_gguf_arr_int(g, "tokenizer.ggml.token_type", types, (uint64_t)i, &ty); /* int32: never fails */
+    v->type[i] = (int32_t)ty;
   }
   for (int64_t i = 0; i < v->n_merges; i++) {
     v->merge[i] = mer->arr.items[i].str.ptr;

@@ -20,7 +20,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # ---- 1. Debian packages ------------------------------------------------------
 DEB_PACKAGES=(build-essential cmake pkg-config python3-venv
   libopenmpi-dev openmpi-bin libuv1-dev libhttp-parser-dev libjansson-dev
-  libpcre2-dev libunistring-dev libcmocka-dev gnuplot-nox curl libcurl4-openssl-dev)
+  libpcre2-dev libunistring-dev libcmocka-dev gnuplot-nox curl libcurl4-openssl-dev
+  clang libclang-rt-dev) # clang and its runtimes: the libFuzzer targets (tests/fuzz/run.sh)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

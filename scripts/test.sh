@@ -20,6 +20,11 @@ echo "== release build =="
 scripts/build.sh build >/dev/null
 (cd build && ctest --output-on-failure -j "$jobs" --timeout 1800 "$@")
 
+# Every fuzz target for a short fixed time (clang, ASan + UBSan, one core each,
+# its own build folder): a crash fails here with the input printed.
+echo "== fuzz targets (15 s each) =="
+SS_FUZZ_BUILD=build-fuzz tests/fuzz/run.sh 15
+
 if [ "$sanitize" -eq 1 ]; then
   echo "== ASan + UBSan build =="
   scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSS_SANITIZE=ON >/dev/null

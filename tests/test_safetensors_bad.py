@@ -130,6 +130,8 @@ expect("index naming a tensor its shard lacks", {"model-00001-of-00001.safetenso
                                                  "ghost.weight": "model-00001-of-00001.safetensors"}})
 expect("index with a path outside the folder", {}, "not a file name in the folder",
        index={"weight_map": {emb: "../model.safetensors"}})
+expect("index with an empty weight_map", {"model-00001-of-00001.safetensors": good},
+       "weight_map names no tensors", index={"weight_map": {}})
 expect("index not JSON", {}, "model.safetensors.index.json", "not valid JSON",
        index="{\"weight_map\": ")
 expect("no weights at all", {}, "no model.safetensors")

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -176,15 +177,24 @@ static int read_value(cursor *c, ss_gguf_type type, ss_gguf_value *v, int depth,
   return SS_OK;
 }
 
-int64_t ss_gguf_arr_int(const ss_gguf_value *arr, uint64_t i) {
+int ss_gguf_arr_int(const ss_gguf *g, const char *key, const ss_gguf_value *arr, uint64_t i,
+                    int64_t *out) {
   ss_gguf_value v = {.type = arr->arr.elem_type};
   decode_scalar(&v, arr->arr.raw + i * ss_gguf_type_nbytes(v.type));
   switch (v.type) {
   case SS_GGUF_UINT8: case SS_GGUF_UINT16: case SS_GGUF_UINT32: case SS_GGUF_UINT64:
-    return (int64_t)v.u64;
-  case SS_GGUF_BOOL: return v.b;
-  case SS_GGUF_FLOAT32: case SS_GGUF_FLOAT64: return (int64_t)v.f64;
-  default: return v.i64;
+    *out = (int64_t)v.u64;
+    return SS_OK;
+  case SS_GGUF_BOOL: *out = v.b; return SS_OK;
+  case SS_GGUF_FLOAT32: case SS_GGUF_FLOAT64:
+    /* A double outside [-2^63, 2^63) (or NaN) has no int64 value: converting
+     * it is undefined behaviour, so it is refused. */
+    if (!(v.f64 >= -0x1p63 && v.f64 < 0x1p63))
+      return ss_error(SS_ERR_FORMAT, "%s: metadata key '%s': element %" PRIu64 " = %g is outside "
+                      "the int64 range", g ? g->path : "gguf", key, i, v.f64);
+    *out = (int64_t)v.f64;
+    return SS_OK;
+  default: *out = v.i64; return SS_OK;
   }
 }
 
@@ -220,7 +230,7 @@ void ss_gguf_close(ss_gguf *g) {
   free(g->kv);
   for (uint64_t i = 0; i < g->n_tensors; i++) free(g->tensors[i].name);
   free(g->tensors);
-  if (g->map && g->size) munmap((void *)g->map, g->size);
+  if (g->mapped && g->size) munmap((void *)g->map, g->size);
   free(g->path);
   free(g);
 }
@@ -272,6 +282,31 @@ static int parse_tensor_info(ss_gguf *g, cursor *c, uint64_t idx) {
   return SS_OK;
 }
 
+static int cmp_name(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Fails naming the first repeated name among `count` records of `stride`
+ * bytes whose char * name sits at `name_off`.  Sorting a copy of the names
+ * keeps this O(n log n): a file may hold hundreds of thousands of keys. */
+static int check_unique(const ss_gguf *g, const void *records, uint64_t count, size_t stride,
+                        size_t name_off, const char *what) {
+  if (count < 2) return SS_OK;
+  const char **names = malloc(count * sizeof *names);
+  if (!names) return ss_error(SS_ERR_NOMEM, "%s: out of memory checking %ss", g->path, what);
+  const uint8_t *base = records;
+  for (uint64_t i = 0; i < count; i++) memcpy(&names[i], base + i * stride + name_off, sizeof *names);
+  qsort(names, count, sizeof *names, cmp_name);
+  int rc = SS_OK;
+  for (uint64_t i = 1; i < count; i++)
+    if (strcmp(names[i - 1], names[i]) == 0) {
+      rc = ss_error(SS_ERR_FORMAT, "%s: duplicate %s '%s'", g->path, what, names[i]);
+      break;
+    }
+  free(names);
+  return rc;
+}
+
 static int parse(ss_gguf *g) {
   cursor c = {.path = g->path, .base = g->map, .size = g->size, .pos = 0};
   char magic[4];
@@ -317,9 +352,6 @@ static int parse(ss_gguf *g) {
       return ss_error(SS_ERR_FORMAT, "%s: metadata key '%s': unknown value type %u", g->path,
                       kv->key, type);
     if ((rc = read_value(&c, (ss_gguf_type)type, &kv->value, 0, kv->key))) return rc;
-    for (uint64_t j = 0; j < i; j++)
-      if (strcmp(g->kv[j].key, kv->key) == 0)
-        return ss_error(SS_ERR_FORMAT, "%s: duplicate metadata key '%s'", g->path, kv->key);
     if (strcmp(kv->key, "general.alignment") == 0) {
       if (type != SS_GGUF_UINT32)
         return ss_error(SS_ERR_FORMAT, "%s: general.alignment has type %s, expected uint32",
@@ -331,6 +363,9 @@ static int parse(ss_gguf *g) {
       g->alignment = a;
     }
   }
+
+  if ((rc = check_unique(g, g->kv, g->n_kv, sizeof *g->kv, offsetof(ss_gguf_kv, key), "metadata key")))
+    return rc;
 
   if (n_tensors > cur_left(&c) / 33)
     return ss_error(SS_ERR_FORMAT, "%s: tensor_count = %" PRIu64 " cannot fit in the %" PRIu64
@@ -363,10 +398,30 @@ static int parse(ss_gguf *g) {
                       ") lies past the end of the data section (%" PRIu64 " bytes)",
                       g->path, t->name, t->offset, t->offset + t->nbytes, data_size);
     t->data = g->map + g->data_offset + t->offset;
-    for (uint64_t j = 0; j < i; j++)
-      if (strcmp(g->tensors[j].name, t->name) == 0)
-        return ss_error(SS_ERR_FORMAT, "%s: duplicate tensor name '%s'", g->path, t->name);
   }
+  return check_unique(g, g->tensors, n_tensors, sizeof *g->tensors, offsetof(ss_gguf_tensor, name),
+                      "tensor name");
+}
+
+int ss_gguf_open_memory(const void *data, uint64_t size, const char *name, ss_gguf **out) {
+  *out = NULL;
+  ss_gguf *g = calloc(1, sizeof *g);
+  if (!g || !(g->path = strdup(name))) {
+    free(g);
+    return ss_error(SS_ERR_NOMEM, "%s: out of memory", name);
+  }
+  if (size == 0) {
+    ss_gguf_close(g);
+    return ss_error(SS_ERR_FORMAT, "%s: empty buffer: not a GGUF file", name);
+  }
+  g->map = data;
+  g->size = size;
+  int rc = parse(g);
+  if (rc) {
+    ss_gguf_close(g);
+    return rc;
+  }
+  *out = g;
   return SS_OK;
 }
 
@@ -404,6 +459,7 @@ int ss_gguf_open(const char *path, ss_gguf **out) {
     return ss_error(SS_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
   }
   g->map = m;
+  g->mapped = true;
   int rc = parse(g);
   if (rc) {
     ss_gguf_close(g);

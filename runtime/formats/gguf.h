@@ -83,11 +83,15 @@ typedef struct ss_gguf {
   ss_gguf_tensor *tensors;
   uint64_t alignment;
   uint64_t data_offset; /* absolute offset of the tensor data section */
+  bool mapped;          /* map is our mapping of the file (not a caller's buffer) */
 } ss_gguf;
 
 /* Opens and validates `path`.  On failure returns a negative status, sets the
  * error message and leaves *out NULL. */
 int ss_gguf_open(const char *path, ss_gguf **out);
+/* The same from `size` bytes at `data`, which must outlive the result
+ * (nothing is copied); `name` stands for the path in messages. */
+int ss_gguf_open_memory(const void *data, uint64_t size, const char *name, ss_gguf **out);
 void ss_gguf_close(ss_gguf *g);
 
 const char *ss_gguf_type_name(ss_gguf_type t);
@@ -108,8 +112,12 @@ int ss_gguf_get_str(const ss_gguf *g, const char *key, bool required, ss_gguf_st
 int ss_gguf_get_arr(const ss_gguf *g, const char *key, bool required, ss_gguf_type elem_type,
                     const ss_gguf_value **out);
 
-/* Element i of a fixed-size numeric array, widened (caller checks i < count). */
-int64_t ss_gguf_arr_int(const ss_gguf_value *arr, uint64_t i);
+/* Element i of a fixed-size numeric array, widened (caller checks i < count):
+ * uint64 keeps its bits, a float is truncated toward zero.  A float outside
+ * the int64 range (or NaN) is SS_ERR_FORMAT naming the key (g may be NULL). */
+int ss_gguf_arr_int(const ss_gguf *g, const char *key, const ss_gguf_value *arr, uint64_t i,
+                    int64_t *out);
+/* Element i of a fixed-size numeric array as a double. */
 double ss_gguf_arr_float(const ss_gguf_value *arr, uint64_t i);
 
 /* Size in bytes of one element of a fixed-size type, 0 for STRING/ARRAY. */

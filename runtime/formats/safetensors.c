@@ -259,6 +259,10 @@ static int open_index(ss_st_set *s, const char *dir, const char *index_path) {
       if ((rc = add_file(s, path))) goto done;
     }
   }
+  if (json_object_size(wm) == 0) {
+    rc = ss_error(SS_ERR_FORMAT, "%s: weight_map names no tensors", index_path);
+    goto done;
+  }
   qsort(s->tensors, (size_t)s->n_tensors, sizeof *s->tensors, cmp_tensor);
   json_object_foreach(wm, name, v) {
     const ss_st_tensor *t = ss_st_find(s, name);

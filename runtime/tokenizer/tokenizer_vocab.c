@@ -115,7 +115,8 @@ int ss_tok_vocab_load(ss_tokenizer *t, const ss_gguf *g) {
     t->text_len[i] = len;
     off += len + 1;
 
-    int64_t ty = types ? ss_gguf_arr_int(types, i) : SS_TOKTYPE_NORMAL;
+    int64_t ty = SS_TOKTYPE_NORMAL;
+    if (types && (rc = ss_gguf_arr_int(g, "tokenizer.ggml.token_type", types, i, &ty))) return rc;
     t->type[i] = ty >= SS_TOKTYPE_UNDEFINED && ty <= SS_TOKTYPE_BYTE ? (uint8_t)ty
                                                                       : SS_TOKTYPE_UNDEFINED;
     t->score[i] = scores ? (float)ss_gguf_arr_float(scores, i) : 0.0f;

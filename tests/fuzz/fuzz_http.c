@@ -1,0 +1,94 @@
+/* The HTTP layer (ss_http on libuv and http_parser) as a client sees it: each
+ * input is sent over a fresh loopback connection to a server started once,
+ * with a small body limit (1 KiB) so that the 413 paths are reached; the
+ * client then half-closes and reads until the server closes.  Requests for a
+ * path starting "/s" are answered as a chunked stream, the others whole.  A
+ * connection the server never closes (a hang) is a finding. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "runtime/server/http.h"
+#include "tests/fuzz/fuzz_common.h"
+
+static uv_loop_t g_loop;
+static ss_http_server *g_srv;
+static int g_port;
+
+static void on_request(void *user, ss_http_conn *c, const ss_http_request *req) {
+  FUZZ_CHECK(req->method && req->path && req->body && req->body[req->body_len] == 0);
+  FUZZ_CHECK(req->body_len <= 1024);
+  char msg[96];
+  int n = snprintf(msg, sizeof msg, "{\"path_len\":%zu,\"body_len\":%zu}", strlen(req->path),
+                   req->body_len);
+  if (req->path[0] == '/' && req->path[1] == 's') {
+    ss_http_stream_begin(c, 200, "text/event-stream");
+    ss_http_stream_write(c, msg, (size_t)n);
+    ss_http_stream_write(c, req->body, req->body_len);
+    ss_http_stream_end(c);
+  } else {
+    ss_http_respond(c, 200, "application/json", "X-Test: 1\r\n", msg, (size_t)n);
+  }
+}
+
+static void on_abort(void *user, void *conn_user) { (void)user, (void)conn_user; }
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+  FUZZ_CHECK(uv_loop_init(&g_loop) == 0);
+  ss_http_limits lim = {.max_body_nbytes = 1024, .idle_timeout_s = 5, .max_connections = 64};
+  ss_http_callbacks cb = {.on_request = on_request, .on_abort = on_abort};
+  if (ss_http_server_start(&g_loop, "127.0.0.1", 0, &lim, &cb, &g_srv)) {
+    fprintf(stderr, "fuzz_http: %s\n", ss_error_msg());
+    abort();
+  }
+  g_port = ss_http_server_port(g_srv);
+  return 0;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (!g_srv) LLVMFuzzerInitialize(NULL, NULL);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  FUZZ_CHECK(fd >= 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_port)};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  FUZZ_CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+  FUZZ_CHECK(fcntl(fd, F_SETFL, O_NONBLOCK) == 0);
+  size_t sent = 0;
+  bool eof = false, shut = false;
+  const double deadline = now_s() + 5.0;
+  char buf[65536];
+  while (!eof) {
+    FUZZ_CHECK(now_s() < deadline); /* the server neither answered nor closed */
+    if (sent < size) {
+      ssize_t k = send(fd, data + sent, size - sent, MSG_NOSIGNAL);
+      if (k > 0) sent += (size_t)k;
+      else if (k < 0 && errno != EAGAIN) sent = size; /* the server closed early */
+    }
+    if (sent == size && !shut) {
+      shutdown(fd, SHUT_WR);
+      shut = true;
+    }
+    for (;;) {
+      ssize_t k = recv(fd, buf, sizeof buf, 0);
+      if (k > 0) continue;
+      if (k == 0 || errno != EAGAIN) eof = true;
+      break;
+    }
+    /* Blocks until the server has something to do: the client's bytes, a
+     * write finishing, or at worst its idle timer. */
+    if (!eof) uv_run(&g_loop, sent < size ? UV_RUN_NOWAIT : UV_RUN_ONCE);
+  }
+  close(fd);
+  /* Let the server finish closing its side. */
+  for (int i = 0; i < 4; i++) uv_run(&g_loop, UV_RUN_NOWAIT);
+  return 0;
+}
