@@ -18,18 +18,26 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import numpy as np
-from gguf import GGUFReader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
 sys.path.insert(0, os.path.join(HERE, "reference"))
+from gguf_meta import gguf_metadata  # noqa: E402
 from harness import Checker, parse_args  # noqa: E402
 from server import Server  # noqa: E402
 import llama_ref  # noqa: E402
 
 args = parse_args()
+T0 = time.monotonic()
+
+
+def mark(what):
+    print(f"{time.monotonic() - T0:6.1f} s  {what}", flush=True)
+
+
 ck = Checker("sampling fields")
 SANITIZED = os.environ.get("SS_SANITIZED") == "1"
 # Penalised log-probabilities are compared in float32 as the server computes
@@ -41,15 +49,13 @@ RAW_ATOL = 2e-3
 
 
 # --------------------------------------------------------------------------
-# The vocabulary, read from the GGUF with the gguf package: each token's text
+# The vocabulary, read from the GGUF's metadata (tests/lib/gguf_meta.py, the
+# published layout): each token's text
 # as the completions API shows it, and back.
 
 def vocab_texts(path):
-    r = GGUFReader(path)
-    f = r.fields["tokenizer.ggml.tokens"]
-    toks = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
-    tf = r.fields["tokenizer.ggml.token_type"]
-    types = [int(tf.parts[i][0]) for i in tf.data]
+    meta = gguf_metadata(path)
+    toks, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
     u2b = llama_ref._gpt2_unicode_to_byte()
     out = []
     for s, t in zip(toks, types):
@@ -65,6 +71,7 @@ def vocab_texts(path):
 
 
 texts = vocab_texts(args.model)
+mark("vocabulary read")
 text_id = {}
 for i, t in enumerate(texts):
     if t is not None:
@@ -99,17 +106,33 @@ try:
     GREEDY = {"prompt": PROMPT, "temperature": 0, "logprobs": 20, "ignore_eos": True}
 
     # ---------------------------------------------------------------- raw
+    mark("raw")
     base = complete(srv, {**GREEDY, "max_tokens": 16})
     base_ids = ids_of([s[0] for s in steps(base)], "greedy") if base else None
 
     # --------------------------------------------- frequency and presence
-    FREQ, PRES = 1.5, 0.5
-    pen = complete(srv, {**GREEDY, "max_tokens": 16, "frequency_penalty": FREQ,
-                         "presence_penalty": PRES})
-    pen_ids = ids_of([s[0] for s in steps(pen)], "penalised") if pen else None
-    if base_ids and pen_ids:
-        ck.check(pen_ids != base_ids, "frequency/presence: no effect on the greedy output "
+    mark("frequency and presence")
+    # Strong penalties; on a prompt whose greedy output repeats one word, a
+    # small frequency penalty that takes effect only once a token's count has
+    # grown (so the count itself is exercised); a negative one that makes the
+    # output repeat.
+    code, b = srv.post("/tokenize", {"prompt": "Hi"})
+    HI = json.loads(b)["tokens"]
+    base_hi = complete(srv, {**GREEDY, "prompt": HI, "max_tokens": 16})
+    base_hi_ids = ids_of([s[0] for s in steps(base_hi)], "greedy 'Hi'") if base_hi else None
+    for prompt, FREQ, PRES, plain in ((PROMPT, 1.5, 0.5, base_ids), (HI, 0.4, 0.0, base_hi_ids),
+                                      (PROMPT, -0.6, 0.0, base_ids)):
+        tag = f"frequency {FREQ} presence {PRES}"
+        pen = complete(srv, {**GREEDY, "prompt": prompt, "max_tokens": 16,
+                             "frequency_penalty": FREQ, "presence_penalty": PRES})
+        pen_ids = ids_of([s[0] for s in steps(pen)], tag) if pen else None
+        if not (plain and pen_ids):
+            continue
+        ck.check(pen_ids != plain, f"{tag}: no effect on the greedy output "
                  f"({pen['choices'][0]['text']!r}): the check below could not fail")
+        if prompt is HI:
+            ck.check(pen_ids[0] == plain[0], f"{tag}: the first token changed: nothing was "
+                     "counted yet")
         counts = {}
         for k, (tok, lp, top) in enumerate(steps(pen)):
             def penalised(t, v):
@@ -117,15 +140,22 @@ try:
                 return np.float32(v) - np.float32(FREQ * c + PRES * (c > 0))
             best = max(penalised(t, v) for t, v in top.items())
             mine = penalised(tok, lp)
-            ck.check(mine >= best - ATOL, f"frequency/presence step {k}: chose {tok!r} "
+            ck.check(mine >= best - ATOL, f"{tag} step {k}: chose {tok!r} "
                      f"({mine:.5f} penalised), the top 20 has {best:.5f}")
-            if tok not in top:  # a token outside the top 20 cannot beat the 20th unpenalised
-                ck.check(best <= min(top.values()) + ATOL, f"step {k}: {tok!r} from outside")
+            if tok not in top and FREQ >= 0:
+                # Only lowered: a token outside the top 20 cannot beat the 20th.
+                ck.check(best <= min(top.values()) + ATOL, f"{tag} step {k}: {tok!r} from "
+                         "outside the top 20")
             counts[pen_ids[k]] = counts.get(pen_ids[k], 0) + 1
+        if FREQ < 0:
+            ck.check(max(pen_ids.count(i) for i in pen_ids) > 2,
+                     f"{tag}: no token repeats: {pen['choices'][0]['text']!r}")
+        if prompt is HI or FREQ < 0:
+            continue
         # The reported logprobs are the model's: a request without penalties on
         # the same prefix reports the same top 20.
         for k in (0, 5, 11):
-            r = complete(srv, {**GREEDY, "prompt": PROMPT + pen_ids[:k], "max_tokens": 1})
+            r = complete(srv, {**GREEDY, "prompt": prompt + pen_ids[:k], "max_tokens": 1})
             if not r:
                 continue
             got, want = steps(pen)[k][2], steps(r)[0][2]
@@ -134,6 +164,7 @@ try:
                      f"logprobs at step {k} are not the raw ones: {got} vs {want}")
 
     # --------------------------------------------------------- logit_bias
+    mark("logit_bias")
     if base_ids:
         top0 = sorted(steps(base)[0][2].items(), key=lambda kv: -kv[1])
         second = text_id[top0[1][0]]
@@ -151,6 +182,7 @@ try:
             ck.check(steps(r)[0][1] < top0[-1][1], f"logit_bias: reported {steps(r)[0][1]}")
 
     # ---------------------------------------------------------- bad_words
+    mark("bad_words")
     if base_ids:
         r = complete(srv, {**GREEDY, "max_tokens": 3, "bad_words": [texts[base_ids[0]]]})
         if r:
@@ -171,6 +203,7 @@ try:
             ck.check(False, f"{word!r} does not tokenize as the greedy output's first two tokens")
 
     # ------------------------------------------------------ stop_token_ids
+    mark("stop_token_ids")
     if base_ids:
         j = 5
         j = base_ids.index(base_ids[j])  # its first occurrence
@@ -187,6 +220,7 @@ try:
                          f"usage {r['usage']}; wanted {want!r} after {j + 1} tokens")
 
     # ---------------------------------------------------------- min_tokens
+    mark("min_tokens")
     CHAT = {"messages": [{"role": "user", "content": "Reply with one word: yes or no?"}],
             "temperature": 0, "max_tokens": 24, "logprobs": True, "top_logprobs": 20}
     code, b = srv.post("/v1/chat/completions", CHAT)
@@ -214,7 +248,8 @@ try:
     complete(srv, {**GREEDY, "max_tokens": 4, "min_tokens": 5}, 400)
 
     # --------------------------------------- seeds, alone and in a batch
-    SAMPLED = {"prompt": PROMPT, "temperature": 0.9, "max_tokens": 12, "ignore_eos": True,
+    mark("seeds, alone and in a batch")
+    SAMPLED = {"prompt": PROMPT, "temperature": 0.9, "max_tokens": 8, "ignore_eos": True,
                "frequency_penalty": 0.7, "presence_penalty": 0.3, "repetition_penalty": 1.3,
                "logit_bias": {str(text_id[" Paris"]): -5}, "min_tokens": 4}
     n_batch = 4 if SANITIZED else 8
@@ -243,6 +278,7 @@ try:
     ck.check(batch == alone, f"in a batch of {n_batch}: {batch} != alone {alone}")
 
     # ------------------------------------------------------ out of range
+    mark("out of range")
     V = len(texts)
     bad = [("presence_penalty", 2.5), ("presence_penalty", "x"), ("frequency_penalty", -2.01),
            ("repetition_penalty", 0), ("repetition_penalty", -1.0),
@@ -272,20 +308,26 @@ ck.check(rc == 0, f"server exit status {rc}")
 # logits (Hugging Face's rule: a seen token's logit divided by the penalty
 # when positive, multiplied by it otherwise; seen = in the prompt or output).
 
+mark("repetition_penalty")
 tmp = tempfile.mkdtemp(prefix="ss-sampling-")
 tiny = os.path.join(tmp, "tiny.gguf")
 p = subprocess.run([sys.executable, os.path.join(HERE, "reference", "make_tiny_llama.py"),
                     "--out", tiny, "--dim", "64", "--layers", "2", "--heads", "4", "--ffn", "128",
-                    "--vocab", "2000", "--seed", "5"], capture_output=True, text=True)
+                    "--vocab", "300", "--seed", "5", "--vocab-from",
+                    os.path.join(args.data, "tokenizer", "ggml-vocab-llama-spm.gguf")], capture_output=True, text=True)
 if ck.check(p.returncode == 0, f"make_tiny_llama: {p.stderr[-800:]}"):
     ref = llama_ref.load(tiny)
-    prompt = [400, 401, 402, 403, 402, 405]
+    prompt = [100, 101, 102, 103, 102, 105]
     N = 10
+    # A bias of -30 on every token makes every logit negative, where the rule's
+    # other branch (multiply) applies; without it the positive branch does.
+    V_TINY = 300
+    SHIFT = {str(i): -30 for i in range(V_TINY)}
 
-    def ref_greedy(penalty):
+    def ref_greedy(penalty, shift):
         ids = list(prompt)
         for _ in range(N):
-            logits = ref.forward(ids)[-1].copy()
+            logits = ref.forward(ids)[-1].copy() + (-30.0 if shift else 0.0)
             seen = np.unique(ids)
             logits[seen] = np.where(logits[seen] > 0, logits[seen] / penalty,
                                     logits[seen] * penalty)
@@ -294,24 +336,31 @@ if ck.check(p.returncode == 0, f"make_tiny_llama: {p.stderr[-800:]}"):
 
     srv = Server(args.bin, tiny)
     try:
-        for penalty in (1.0, 1.8, 0.6):
-            want = ref_greedy(penalty)
-            r = complete(srv, {"prompt": prompt, "max_tokens": N, "temperature": 0,
-                               "ignore_eos": True, "repetition_penalty": penalty})
-            if r:
-                want_text = ref.decode(want)
-                ck.check(r["choices"][0]["text"] == want_text,
-                         f"repetition_penalty {penalty}: {r['choices'][0]['text']!r} != "
-                         f"reference {want_text!r} ({want})")
-            if penalty == 1.0:
-                plain = want
-            else:
-                ck.check(want != plain, f"repetition_penalty {penalty} changes nothing on the "
-                         "tiny model: the check could not fail")
+        plain = {}
+        for shift in (False, True):
+            for penalty in (1.0, 1.8, 3.0):
+                want = ref_greedy(penalty, shift)
+                body = {"prompt": prompt, "max_tokens": N, "temperature": 0, "ignore_eos": True,
+                        "repetition_penalty": penalty}
+                if shift:
+                    body["logit_bias"] = SHIFT
+                r = complete(srv, body)
+                tag = f"repetition_penalty {penalty}{' under a bias of -30' if shift else ''}"
+                if r:
+                    want_text = ref.decode(want)
+                    ck.check(r["choices"][0]["text"] == want_text,
+                             f"{tag}: {r['choices'][0]['text']!r} != reference {want_text!r} "
+                             f"({want})")
+                if penalty == 1.0:
+                    plain[shift] = want
+                else:
+                    ck.check(want != plain[shift], f"{tag} changes nothing on the tiny model: "
+                             "the check could not fail")
     finally:
         rc = srv.stop()
     ck.check(rc == 0, f"tiny server exit status {rc}")
     os.remove(tiny)
 os.rmdir(tmp)
 
+mark("done")
 ck.finish()
