@@ -64,8 +64,9 @@ uint64_t ss_rng_next(ss_rng *r);
 /* Uniform in [0, 1) with 53 random bits. */
 double ss_rng_uniform(ss_rng *r);
 
-/* A request's sampling state: its parameters and its own RNG stream, a few
- * dozen bytes.  The vocabulary-sized work buffers are not here but in an
+/* A request's sampling state: its parameters, its own RNG stream and its
+ * copies of the parameters' arrays (bias, stop ids, bad words: at most a few
+ * KiB).  The vocabulary-sized work buffers are not here but in an
  * ss_sampler_scratch, one per thread that samples (the engine has one), so a
  * queued request costs no vocabulary-sized memory. */
 typedef struct ss_sampler {
