@@ -120,6 +120,14 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   if ((rc = ss_model_kv_init(m, be, o.block_size, o.n_blocks, &e->kv))) goto fail;
   if ((rc = ss_forward_state_init(&e->st, m, be, o.max_batched_tokens, o.max_num_seqs))) goto fail;
   if ((rc = ss_sampler_scratch_init(&e->scratch, c->vocab))) goto fail;
+  for (int32_t t = 0; t < c->vocab; t++) e->n_eog += ss_model_is_eog(m, t);
+  e->eog = malloc((e->n_eog > 0 ? (size_t)e->n_eog : 1) * sizeof *e->eog);
+  if (!e->eog) {
+    rc = ss_error(SS_ERR_NOMEM, "out of memory");
+    goto fail;
+  }
+  for (int32_t t = 0, k = 0; t < c->vocab && k < e->n_eog; t++)
+    if (ss_model_is_eog(m, t)) e->eog[k++] = t;
   const size_t T = (size_t)o.max_batched_tokens;
   e->logits = malloc((size_t)o.max_num_seqs * (size_t)c->vocab * sizeof *e->logits);
   e->b_tokens = malloc(T * sizeof *e->b_tokens);
@@ -165,6 +173,7 @@ void ss_engine_free(ss_engine *e) {
   ss_sched_free(&e->sched);
   ss_forward_state_free(&e->st);
   ss_sampler_scratch_free(&e->scratch);
+  free(e->eog);
   if (e->kv.be) ss_kv_cache_free(&e->kv);
   free(e->logits);
   free(e->b_tokens);
@@ -218,16 +227,21 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   if (r->n_top_logprobs < 0 || r->n_top_logprobs > c->vocab)
     return ss_error(SS_ERR_RANGE, "top_logprobs = %d is outside 0..%d (the vocabulary)",
                     r->n_top_logprobs, c->vocab);
-  ss_sampler smp;
-  int rc = ss_sampler_init(&smp, &r->sampling);
+  int rc = ss_sampler_params_check_ids(&r->sampling, c->vocab);
   if (rc) return rc;
+  ss_sampler smp;
+  if ((rc = ss_sampler_init(&smp, &r->sampling))) return rc;
 
   ereq *q = calloc(1, sizeof *q);
-  if (!q) return ss_error(SS_ERR_NOMEM, "out of memory");
+  if (!q) {
+    ss_sampler_free(&smp);
+    return ss_error(SS_ERR_NOMEM, "out of memory");
+  }
   q->tokens = malloc((size_t)total * sizeof *q->tokens);
   q->seq.cap_blocks = (int32_t)need;
   q->seq.blocks = malloc((size_t)need * sizeof *q->seq.blocks);
   if (!q->tokens || !q->seq.blocks) {
+    ss_sampler_free(&smp);
     free(q->tokens);
     free(q->seq.blocks);
     free(q);
@@ -246,6 +260,7 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   if (e->stopping || e->state != SS_ENGINE_READY) {
     const bool failed = e->state == SS_ENGINE_FAILED;
     pthread_mutex_unlock(&e->mu);
+    ss_sampler_free(&q->smp);
     free(q->tokens);
     free(q->seq.blocks);
     free(q);
@@ -256,13 +271,14 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   if (e->n_in + e->pub_waiting >= e->o.max_waiting) {
     int32_t waiting = e->n_in + e->pub_waiting;
     pthread_mutex_unlock(&e->mu);
+    ss_sampler_free(&q->smp);
     free(q->tokens);
     free(q->seq.blocks);
     free(q);
     return ss_error(SS_ERR_BUSY, "the queue is full (%d requests waiting, limit %d)", waiting,
                     e->o.max_waiting);
   }
-  q->r = *r; /* ownership of prompt and stop strings moves here */
+  q->r = *r; /* ownership of prompt, stop strings and sampling arrays moves here */
   q->id = q->seq.id = e->next_id++;
   *id = q->id;
   if (e->in_tail) e->in_tail->next = q;

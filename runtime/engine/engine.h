@@ -61,7 +61,7 @@ typedef struct ss_engine_req {
   int32_t *prompt;             /* token ids, malloc'ed: the engine takes ownership */
   int32_t n_prompt;
   int32_t max_new_tokens;      /* 0: the prompt is prefilled and nothing generated ("length") */
-  ss_sampler_params sampling;
+  ss_sampler_params sampling; /* its arrays malloc'ed, owned by the engine once submitted */
   bool ignore_eos;
   char *stop[SS_ENGINE_MAX_STOP]; /* malloc'ed strings, owned by the engine once submitted */
   int n_stop;
@@ -123,6 +123,9 @@ int ss_engine_run(ss_engine *e);
  * SS_ERR_RANGE: too long for the context or pool;
  * SS_ERR_BUSY: the queue is full; after stop: SS_ERR_INVALID. */
 int ss_engine_submit(ss_engine *e, ss_engine_req *req, int64_t *id);
+/* Frees the malloc'ed arrays of a request's sampling parameters (logit_bias,
+ * stop_token_ids, bad_words), for a submitter whose request was refused. */
+void ss_engine_req_sampling_free(ss_sampler_params *p);
 /* Thread-safe: the request stops at the next step and its blocks are freed; a
  * DONE event with finish_reason "abort" follows. */
 void ss_engine_abort(ss_engine *e, int64_t id);

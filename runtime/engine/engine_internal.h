@@ -55,6 +55,8 @@ struct ss_engine {
   ss_sched sched;
   ss_forward_state st;
   ss_sampler_scratch scratch; /* the engine thread's sampling buffers, (V) each */
+  int32_t *eog;           /* [n_eog]: the tokens that end generation, masked before min_tokens */
+  int32_t n_eog;
   float *logits;          /* (max_num_seqs, V) */
   int32_t *b_tokens, *b_pos, *b_rows;
   const int32_t **b_tab;

@@ -12,6 +12,8 @@ void ss_eng_req_free(ereq *q) {
   if (!q) return;
   free(q->r.prompt);
   for (int i = 0; i < q->r.n_stop; i++) free(q->r.stop[i]);
+  ss_engine_req_sampling_free(&q->r.sampling);
+  ss_sampler_free(&q->smp);
   free(q->tokens);
   free(q->seq.blocks);
   ss_strbuf_free(&q->text);
@@ -75,13 +77,21 @@ static void add_logprobs(ss_engine *e, const ereq *q, const float *logits, ss_en
 const char *ss_eng_sample_seq(ss_engine *e, ereq *q, const float *logits, ev_list *out, double t,
                               double *itl) {
   ss_engine_event *ev = calloc(1, sizeof *ev);
-  const int32_t tok = ss_sampler_sample(&q->smp, &e->scratch, logits);
+  /* The request's own logits (bias, penalties, masks), then the draw; the
+   * logprobs reported are those of the model's logits. */
+  const ss_sampler_seq sq = {.tokens = q->tokens, .n_prompt = q->r.n_prompt,
+                             .n_generated = q->n_generated,
+                             .eog = q->r.ignore_eos ? NULL : e->eog,
+                             .n_eog = q->r.ignore_eos ? 0 : e->n_eog};
+  const float *l = ss_sampler_process(&q->smp, &e->scratch, logits, &sq);
+  const int32_t tok = ss_sampler_sample(&q->smp, &e->scratch, l);
   q->tokens[q->seq.n_tokens++] = tok;
   q->n_generated++;
   *itl = q->n_generated > 1 ? t - q->t_last : -1.0;
   if (q->n_generated == 1) q->t_first = t;
   q->t_last = t;
-  const bool eog = !q->r.ignore_eos && ss_model_is_eog(e->m, tok);
+  const bool eog = (!q->r.ignore_eos && ss_model_is_eog(e->m, tok)) ||
+                   ss_sampler_is_stop_id(&q->smp, tok);
   const bool at_limit = q->n_generated >= q->r.max_new_tokens;
   char piece[SS_DETOK_MIN_CAP];
   size_t np = eog ? 0 : ss_detok_push(&q->dt, tok, piece, sizeof piece);
@@ -141,4 +151,16 @@ void ss_eng_fail_all_locked(ss_engine *e, const char *msg, ev_list *out) {
   }
   e->in_head = e->in_tail = NULL;
   e->n_in = 0;
+}
+
+void ss_engine_req_sampling_free(ss_sampler_params *p) {
+  /* The arrays are const to the sampler, which only reads them; they were
+   * malloc'ed by the submitter. */
+  free((void *)p->bias);
+  free((void *)p->stop_ids);
+  free((void *)p->bad);
+  p->bias = NULL;
+  p->stop_ids = NULL;
+  p->bad = NULL;
+  p->n_bias = p->n_stop_ids = p->n_bad_ids = 0;
 }

@@ -93,7 +93,7 @@ bool ss_oai_check_model(const gen_ctx *x, json_t *o, parse_err *e) {
 
 /* Fields that would change the output and are not implemented: a 400 naming
  * the field, never a response that ignores it.  A field at its neutral value
- * (0 penalty, empty bias, "text" format, no tools) changes nothing and passes.
+ * ("text" format, no tools) changes nothing and passes.
  * Fields that never change the output (user, metadata, ...) are accepted;
  * any other field is refused as unknown, as OpenAI's API does, so that a
  * misspelt field is not silently dropped. */
@@ -104,7 +104,7 @@ static bool check_fields(json_t *o, bool chat, parse_err *e) {
       "stop", "stream", "ignore_eos", "logprobs", "top_logprobs", "echo", "prompt", "messages",
       "parallel_tool_calls", "presence_penalty", "frequency_penalty", "repetition_penalty",
       "logit_bias", "response_format", "tools", "tool_choice", "functions", "function_call",
-      "suffix", "min_tokens", NULL};
+      "suffix", "min_tokens", "stop_token_ids", "bad_words", NULL};
   const char *key;
   json_t *v;
   json_object_foreach(o, key, v) {
@@ -118,23 +118,6 @@ static bool check_fields(json_t *o, bool chat, parse_err *e) {
           key);
   }
   /* Known and not implemented: refused unless neutral. */
-  static const char *const penalties[] = {"presence_penalty", "frequency_penalty", NULL};
-  for (int i = 0; penalties[i]; i++) {
-    v = json_object_get(o, penalties[i]);
-    if (v && !json_is_null(v) && !(json_is_number(v) && json_number_value(v) == 0.0))
-      return ss_oai_fail(e, 400, penalties[i], "'%s' is not supported yet (only 0)", penalties[i]);
-  }
-  v = json_object_get(o, "repetition_penalty");
-  if (v && !json_is_null(v) && !(json_is_number(v) && json_number_value(v) == 1.0))
-    return ss_oai_fail(e, 400, "repetition_penalty",
-                       "'repetition_penalty' is not supported yet "
-                       "(only 1)");
-  v = json_object_get(o, "min_tokens");
-  if (v && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 0))
-    return ss_oai_fail(e, 400, "min_tokens", "'min_tokens' is not supported yet (only 0)");
-  v = json_object_get(o, "logit_bias");
-  if (v && !json_is_null(v) && !(json_is_object(v) && json_object_size(v) == 0))
-    return ss_oai_fail(e, 400, "logit_bias", "'logit_bias' is not supported yet");
   v = json_object_get(o, "response_format");
   if (v && !json_is_null(v)) {
     json_t *type = json_is_object(v) ? json_object_get(v, "type") : NULL;
@@ -179,6 +162,126 @@ static bool check_fields(json_t *o, bool chat, parse_err *e) {
   return true;
 }
 
+/* The request's own logit processors (runtime/engine/sampler.h): penalties,
+ * logit_bias, min_tokens, stop_token_ids, bad_words.  The arrays are
+ * malloc'ed into g->r.sampling (ss_oai_req_free frees them). */
+static bool parse_processors(const gen_ctx *x, json_t *o, gen_fields *g, parse_err *e) {
+  ss_sampler_params *sp = &g->r.sampling;
+  const int32_t n_vocab = x->m->cfg.vocab;
+  double presence = 0.0, frequency = 0.0, repetition = 1.0;
+  if (!get_number(o, "presence_penalty", -2.0, 2.0, &presence, e) ||
+      !get_number(o, "frequency_penalty", -2.0, 2.0, &frequency, e) ||
+      !get_number(o, "repetition_penalty", 0.0, 1e6, &repetition, e))
+    return false;
+  if (repetition <= 0.0)
+    return ss_oai_fail(e, 400, "repetition_penalty",
+                       "'repetition_penalty' = %g must be greater than 0 (1 disables it)",
+                       repetition);
+  sp->presence_penalty = (float)presence;
+  sp->frequency_penalty = (float)frequency;
+  sp->repetition_penalty = (float)repetition;
+  int64_t min_tokens = 0;
+  if (!get_int(o, "min_tokens", 0, INT32_MAX, &min_tokens, NULL, e)) return false;
+  sp->min_tokens = (int32_t)min_tokens;
+
+  /* logit_bias: {"token id": bias in [-100, 100]}, as OpenAI. */
+  json_t *v = json_object_get(o, "logit_bias");
+  if (v && !json_is_null(v)) {
+    if (!json_is_object(v))
+      return ss_oai_fail(e, 400, "logit_bias",
+                         "'logit_bias' must be an object mapping token ids to biases, not %s",
+                         json_kind(v));
+    size_t n = json_object_size(v);
+    if (n > SS_SAMPLER_MAX_BIAS)
+      return ss_oai_fail(e, 400, "logit_bias", "'logit_bias' has %zu entries; the limit is %d", n,
+                         SS_SAMPLER_MAX_BIAS);
+    ss_logit_bias *bias = malloc((n > 0 ? n : 1) * sizeof *bias);
+    if (!bias) return ss_oai_fail(e, 500, NULL, "out of memory");
+    sp->bias = bias;
+    const char *key;
+    json_t *b;
+    json_object_foreach(v, key, b) {
+      /* A decimal id without sign or leading zeros, so that two keys never
+       * name one token. */
+      size_t len = strlen(key);
+      bool digits = len > 0 && len <= 10 && !(len > 1 && key[0] == '0');
+      for (size_t i = 0; digits && i < len; i++) digits = key[i] >= '0' && key[i] <= '9';
+      long long id = digits ? strtoll(key, NULL, 10) : -1;
+      if (id < 0 || id >= n_vocab)
+        return ss_oai_fail(e, 400, "logit_bias",
+                           "'logit_bias' key '%.40s' must be a token id in [0, %d]", key,
+                           n_vocab - 1);
+      if (!json_is_number(b) || !isfinite(json_number_value(b)) ||
+          json_number_value(b) < -100.0 || json_number_value(b) > 100.0)
+        return ss_oai_fail(e, 400, "logit_bias",
+                           "'logit_bias[\"%s\"]' must be a number in [-100, 100]", key);
+      bias[sp->n_bias++] = (ss_logit_bias){.id = (int32_t)id, .bias = (float)json_number_value(b)};
+    }
+  }
+
+  /* stop_token_ids: a list of token ids that end generation. */
+  v = json_object_get(o, "stop_token_ids");
+  if (v && !json_is_null(v)) {
+    if (!json_is_array(v))
+      return ss_oai_fail(e, 400, "stop_token_ids", "'stop_token_ids' must be a list of token ids, "
+                         "not %s", json_kind(v));
+    size_t n = json_array_size(v);
+    if (n > SS_SAMPLER_MAX_STOP_IDS)
+      return ss_oai_fail(e, 400, "stop_token_ids", "'stop_token_ids' has %zu ids; the limit is %d",
+                         n, SS_SAMPLER_MAX_STOP_IDS);
+    int32_t *ids = malloc((n > 0 ? n : 1) * sizeof *ids);
+    if (!ids) return ss_oai_fail(e, 500, NULL, "out of memory");
+    sp->stop_ids = ids;
+    size_t i;
+    json_t *t;
+    json_array_foreach(v, i, t) {
+      if (!json_is_integer(t) || json_integer_value(t) < 0 || json_integer_value(t) >= n_vocab)
+        return ss_oai_fail(e, 400, "stop_token_ids",
+                           "'stop_token_ids[%zu]' must be a token id in [0, %d]", i, n_vocab - 1);
+      ids[sp->n_stop_ids++] = (int32_t)json_integer_value(t);
+    }
+  }
+
+  /* bad_words (vLLM): strings whose token sequences are never completed.  Each
+   * is tokenized as given, without BOS. */
+  v = json_object_get(o, "bad_words");
+  if (v && !json_is_null(v)) {
+    if (!json_is_array(v))
+      return ss_oai_fail(e, 400, "bad_words", "'bad_words' must be a list of strings, not %s",
+                         json_kind(v));
+    size_t n = json_array_size(v);
+    if (n > SS_SAMPLER_MAX_BAD_WORDS)
+      return ss_oai_fail(e, 400, "bad_words", "'bad_words' has %zu words; the limit is %d", n,
+                         SS_SAMPLER_MAX_BAD_WORDS);
+    int32_t *bad = malloc((n * (1 + SS_SAMPLER_MAX_BAD_LEN) + 1) * sizeof *bad);
+    if (!bad) return ss_oai_fail(e, 500, NULL, "out of memory");
+    sp->bad = bad;
+    size_t i;
+    json_t *w;
+    json_array_foreach(v, i, w) {
+      if (!json_is_string(w) || json_string_length(w) == 0)
+        return ss_oai_fail(e, 400, "bad_words", "'bad_words[%zu]' must be a non-empty string", i);
+      int32_t *ids = NULL;
+      size_t nt = 0;
+      if (ss_tokenizer_encode(x->m->tok, json_string_value(w), json_string_length(w), false,
+                              false, &ids, &nt))
+        return ss_oai_fail(e, 400, "bad_words", "cannot tokenize 'bad_words[%zu]': %s", i,
+                           ss_error_msg());
+      if (nt < 1 || nt > SS_SAMPLER_MAX_BAD_LEN) {
+        free(ids);
+        return ss_oai_fail(e, 400, "bad_words",
+                           "'bad_words[%zu]' is %zu tokens; the limit is %d", i, nt,
+                           SS_SAMPLER_MAX_BAD_LEN);
+      }
+      bad[sp->n_bad_ids++] = (int32_t)nt;
+      memcpy(bad + sp->n_bad_ids, ids, nt * sizeof *ids);
+      sp->n_bad_ids += (int32_t)nt;
+      free(ids);
+    }
+  }
+  return true;
+}
+
 static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, parse_err *e) {
   if (!check_fields(o, chat, e) || !ss_oai_check_model(x, o, e)) return false;
   int64_t n = 1;
@@ -212,6 +315,7 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
       .top_p = (float)top_p,
       .min_p = (float)min_p,
       .seed = seed_set ? (uint64_t)seed : ((uint64_t)time(NULL) * 2654435761u) ^ (uint64_t)clock()};
+  if (!parse_processors(x, o, g, e)) return false;
   /* stop: a string or an array of up to 16 non-empty strings */
   json_t *stop = json_object_get(o, "stop");
   if (stop && !json_is_null(stop)) {
@@ -268,6 +372,7 @@ void ss_oai_req_free(ss_engine_req *r) {
   r->n_prompt = 0;
   for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
   r->n_stop = 0;
+  ss_engine_req_sampling_free(&r->sampling);
 }
 
 /* The prompt of /v1/completions: a string, a list of token ids, or a list of
@@ -523,6 +628,9 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
                        "the context length (%d)",
                        g->r.n_prompt, x->n_ctx);
   }
+  if (ok && g->r.sampling.min_tokens > g->max_tokens)
+    ok = ss_oai_fail(e, 400, "min_tokens", "'min_tokens' = %d is more than 'max_tokens' = %lld",
+                     g->r.sampling.min_tokens, (long long)g->max_tokens);
   if (!ok) {
     ss_oai_req_free(&g->r);
     return false;

@@ -1,6 +1,7 @@
 /* Sampler: greedy, seeded reproducibility, and the distributions that
  * temperature, top-k, top-p and min-p must produce (frequencies over many draws
- * against probabilities computed here in double); stop-string scanning. */
+ * against probabilities computed here in double); the request's logit
+ * processors against the formulas written out here; stop-string scanning. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -194,6 +195,74 @@ static void test_stop_scan(void **state) {
   assert_int_equal(ss_stop_scan("abc", 3, 0, NULL, 0, &found, &cut), 3);
 }
 
+/* The logit processors on a six-token vocabulary: each result written out from
+ * the formulas (bias added; repetition over prompt and output, divide when
+ * positive, multiply otherwise; frequency * count + presence over the output;
+ * masks). */
+static void test_process(void **state) {
+  const float l[6] = {1.0f, -2.0f, 0.5f, 3.0f, -0.5f, 2.0f};
+  const int32_t toks[5] = {0, 1, 3, 3, 4}; /* prompt {0, 1}, generated {3, 3, 4} */
+  const ss_logit_bias bias[2] = {{2, 1.5f}, {4, -1.0f}};
+  const int32_t stop_ids[1] = {1};
+  const int32_t eog[1] = {5};
+  const int32_t bad[5] = {2, 4, 2, 1, 0}; /* [4, 2] and [0] */
+  ss_sampler_params p = {.top_p = 1, .repetition_penalty = 1.5f, .frequency_penalty = 0.4f,
+                         .presence_penalty = 0.25f, .min_tokens = 4, .bias = bias, .n_bias = 2,
+                         .stop_ids = stop_ids, .n_stop_ids = 1, .bad = bad, .n_bad_ids = 5};
+  ss_sampler s;
+  ss_sampler_scratch w;
+  assert_int_equal(ss_sampler_init(&s, &p), 0);
+  assert_int_equal(ss_sampler_scratch_init(&w, 6), 0);
+  ss_sampler_seq q = {.tokens = toks, .n_prompt = 2, .n_generated = 3, .eog = eog, .n_eog = 1};
+  const float *out = ss_sampler_process(&s, &w, l, &q);
+  assert_ptr_equal(out, w.logit);
+  assert_true(isinf(out[0]) && out[0] < 0);          /* bad word [0] */
+  assert_true(isinf(out[1]) && out[1] < 0);          /* stop id before min_tokens */
+  assert_true(isinf(out[2]) && out[2] < 0);          /* [4, 2] after a 4 */
+  assert_float_equal(out[3], 3.0 / 1.5 - (0.4 * 2 + 0.25), 1e-6);
+  assert_float_equal(out[4], (-0.5 - 1.0) * 1.5 - (0.4 * 1 + 0.25), 1e-6);
+  assert_true(isinf(out[5]) && out[5] < 0);          /* end of generation before min_tokens */
+  for (int i = 0; i < 6; i++) assert_int_equal(w.count[i], 0);
+
+  /* min_tokens reached and the output no longer ending in 4: only the
+   * one-token bad word stays masked. */
+  const int32_t toks2[6] = {0, 1, 3, 3, 4, 3};
+  q = (ss_sampler_seq){.tokens = toks2, .n_prompt = 2, .n_generated = 4, .eog = eog, .n_eog = 1};
+  out = ss_sampler_process(&s, &w, l, &q);
+  assert_true(isinf(out[0]));
+  assert_float_equal(out[1], -2.0 * 1.5, 1e-6);
+  assert_float_equal(out[2], 0.5 + 1.5, 1e-6);
+  assert_float_equal(out[3], 3.0 / 1.5 - (0.4 * 3 + 0.25), 1e-6);
+  assert_float_equal(out[5], 2.0, 1e-6);
+  assert_true(ss_sampler_is_stop_id(&s, 1));
+  assert_false(ss_sampler_is_stop_id(&s, 5));
+  ss_sampler_free(&s);
+
+  /* Nothing to do: the logits themselves. */
+  ss_sampler_params plain = {.top_p = 1, .repetition_penalty = 1.0f};
+  assert_int_equal(ss_sampler_init(&s, &plain), 0);
+  assert_ptr_equal(ss_sampler_process(&s, &w, l, &q), l);
+  ss_sampler_free(&s);
+  ss_sampler_scratch_free(&w);
+}
+
+static void test_process_check(void **state) {
+  const ss_logit_bias bias[1] = {{6, 1.0f}};
+  const int32_t bad[2] = {3, 1}; /* a length beyond the array */
+  ss_sampler_params p = {.top_p = 1, .presence_penalty = 2.5f};
+  assert_int_not_equal(ss_sampler_params_check(&p), 0);
+  p = (ss_sampler_params){.top_p = 1, .repetition_penalty = -1.0f};
+  assert_int_not_equal(ss_sampler_params_check(&p), 0);
+  p = (ss_sampler_params){.top_p = 1, .min_tokens = -1};
+  assert_int_not_equal(ss_sampler_params_check(&p), 0);
+  p = (ss_sampler_params){.top_p = 1, .bad = bad, .n_bad_ids = 2};
+  assert_int_not_equal(ss_sampler_params_check(&p), 0);
+  p = (ss_sampler_params){.top_p = 1, .bias = bias, .n_bias = 1};
+  assert_int_equal(ss_sampler_params_check(&p), 0);
+  assert_int_not_equal(ss_sampler_params_check_ids(&p, 6), 0);
+  assert_int_equal(ss_sampler_params_check_ids(&p, 7), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_greedy),       cmocka_unit_test(test_seed_reproducible),
@@ -201,6 +270,7 @@ int main(void) {
       cmocka_unit_test(test_top_p),        cmocka_unit_test(test_top_p_large_vocab),
       cmocka_unit_test(test_min_p),        cmocka_unit_test(test_params_check),
       cmocka_unit_test(test_top_logprobs), cmocka_unit_test(test_stop_scan),
+      cmocka_unit_test(test_process),      cmocka_unit_test(test_process_check),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
