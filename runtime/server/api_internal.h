@@ -37,6 +37,8 @@ struct ss_api {
 
   /* Loop thread only. */
   uint64_t n_requests, n_client_errors, n_aborted_by_client;
+  uint64_t n_queue_full;  /* 429s */
+  uint64_t n_bad_media;   /* 415s */
   int64_t n_preparing;    /* requests handed to a worker and not yet back */
   bool exit_answered;     /* the engine has exited and its last events are answered */
 };
@@ -66,10 +68,19 @@ typedef struct gen_ctx {
   const char *model_name; /* the served id, to check 'model' against */
   int32_t default_max_tokens;
   int32_t n_ctx;
+  size_t max_prompt_nbytes; /* 0: SS_OAI_PROMPT_NBYTES_PER_TOKEN per context token */
   const ss_model *m;
   const ss_chat_template *tmpl; /* NULL: the model has none (no_tmpl_why says why) */
   const char *no_tmpl_why;
 } gen_ctx;
+
+/* Request limits: stop strings, and the prompt's text before it is tokenized
+ * (16 bytes per context token is ~4x what text costs in any common
+ * tokenizer, so no prompt that fits the context is refused by it). */
+#define SS_OAI_MAX_STOP_NBYTES 1024
+#define SS_OAI_MAX_STOP_TOTAL_NBYTES 4096
+#define SS_OAI_PROMPT_NBYTES_PER_TOKEN 16
+size_t ss_oai_max_prompt_nbytes(const gen_ctx *x);
 
 /* The whole of a request's preparation: JSON, fields, chat template,
  * tokenizer, default max_tokens.  Any thread; touches nothing shared.  On

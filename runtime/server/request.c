@@ -77,8 +77,10 @@ static void submit(api_req *q, ss_http_conn *c) {
   int rc = ss_engine_submit(q->engine, &g->r, &id);
   if (rc) {
     if (rc == SS_ERR_BUSY) {
+      q->api->n_queue_full++;
       ss_oai_send_error(c, 429, NULL, "queue_full", "Retry-After: 1\r\n", "%s", ss_error_msg());
     } else if (rc == SS_ERR_RANGE || rc == SS_ERR_INVALID) {
+      if (!strstr(ss_error_msg(), "shutting down")) q->api->n_client_errors++;
       const char *param = strstr(ss_error_msg(), "max_tokens") ? "max_tokens"
                           : q->chat ? "messages" : "prompt";
       ss_oai_send_error(c, strstr(ss_error_msg(), "shutting down") ? 503 : 400, param, NULL, NULL,
@@ -114,7 +116,9 @@ static void answer_prepared(api_req *q, int status) {
     const parse_err *e = &q->e;
     ss_oai_send_error(c, e->status, e->param, e->status == 404 ? "model_not_found" : NULL, NULL,
                       "%s", e->msg);
-    if (!e->body && generate) a->n_client_errors++;
+    /* Every refused generation request counts, a body that is not a JSON
+     * object included. */
+    if (generate && e->status >= 400 && e->status < 500) a->n_client_errors++;
     req_free(q);
     return;
   }
@@ -149,6 +153,7 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api
                      ss_engine *eng, const ss_model *m) {
   const bool chat = kind == API_CHAT;
   if (req->body_len == 0) {
+    if (kind == API_COMPLETION || kind == API_CHAT) a->n_client_errors++;
     ss_oai_send_error(c, 400, NULL, NULL, NULL,
                       "the request has no body: a JSON object is expected");
     return;
@@ -173,7 +178,8 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api
   q->body_len = req->body_len;
   q->engine = eng;
   q->ctx = (gen_ctx){.model_name = a->model_name, .default_max_tokens = a->o.default_max_tokens,
-                     .n_ctx = ss_engine_n_ctx(eng), .m = m, .tmpl = a->tmpl,
+                     .n_ctx = ss_engine_n_ctx(eng), .max_prompt_nbytes = a->o.max_prompt_nbytes,
+                     .m = m, .tmpl = a->tmpl,
                      .no_tmpl_why = a->tmpl_why};
   q->work.data = q;
   if (uv_queue_work(a->loop, &q->work, prepare, prepared) != 0) {
