@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -131,11 +132,22 @@ def check_latency(what, lat):
              f"(idle server: {BASE:.3f} s)")
 
 
-def metric(name):
-    return srv.metrics().get(f"shardserve:{name}", 0.0)
+def metric(name, tries=20):
+    """A value from /metrics; a 503 (the buffer cap held by an attack) is retried."""
+    for _ in range(tries):
+        code, body = srv.get("/metrics")
+        if code == 200:
+            for line in body.decode().splitlines():
+                if line.startswith(f"shardserve:{name} "):
+                    return float(line.split()[-1])
+            return 0.0
+        time.sleep(0.05)
+    return float("nan")  # fails every comparison
 
 
-srv = Server(args.bin, args.model, extra=LIMITS)
+tmp = tempfile.TemporaryDirectory()
+ACCESS_LOG = os.path.join(tmp.name, "access.log")
+srv = Server(args.bin, args.model, extra=LIMITS + ["--access-log", ACCESS_LOG])
 try:
     probe_once()  # warm up
     BASE = latency("idle baseline")
@@ -239,7 +251,9 @@ try:
     buffered_peak = 0
     while any(th.is_alive() for th in threads):
         rss_peak = max(rss_peak, rss_kib())
-        buffered_peak = max(buffered_peak, metric("http_buffered_bytes"))
+        v = metric("http_buffered_bytes", tries=1)
+        if v == v:  # not NaN: /metrics answered
+            buffered_peak = max(buffered_peak, v)
         time.sleep(0.1)
     codes = [r[0] if r else None for r in results]
     n503 = sum(1 for r in results if r and r[0] == 503 and "Retry-After" in r[1])
@@ -364,6 +378,26 @@ try:
     ck.check(code == 417, f"Expect: something: {code}")
     code, _ = srv.get("/health")
     ck.check(code == 200, f"/health at the end: {code}")
+
+    # --- The access log: one line per request, no prompt text --------------
+    n_before = len(open(ACCESS_LOG).read().splitlines())
+    code, _ = post(CMPL, {"prompt": "canary7781 zebra", "max_tokens": 3, "temperature": 0,
+                          "ignore_eos": True})
+    ck.check(code == 200, f"canary request: {code}")
+    time.sleep(0.2)
+    lines = open(ACCESS_LOG).read().splitlines()
+    new = lines[n_before:]
+    ck.check(len(new) == 1, f"{len(new)} access log lines for one request: {new!r}")
+    fields = dict(f.split("=", 1) for f in new[-1].split()[2:] if "=" in f) if new else {}
+    ck.check(fields.get("route") == CMPL and fields.get("status") == "200" and
+             fields.get("completion_tokens") == "3" and fields.get("prompt_tokens", "-") != "-"
+             and len(fields.get("id", "")) == 16 and
+             all(fields.get(k, "-") != "-" for k in ("queue_ms", "ttft_ms", "total_ms")),
+             f"access log line: {new[-1] if new else None!r}")
+    ck.check("canary7781" not in open(ACCESS_LOG).read(), "prompt text in the access log")
+    ids = [ln.split()[2] for ln in lines if ln.startswith("shardserve access: id=")]
+    ck.check(len(ids) == len(set(ids)) and len(ids) == len(lines),
+             f"access log ids repeat or lines malformed ({len(ids)} ids, {len(lines)} lines)")
 finally:
     rc = srv.stop()
     ck.check(rc == 0, f"exit {rc}")

@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <time.h>
 #include <uv.h>
@@ -24,6 +25,8 @@ struct ss_api {
   char *model_name;
   char *api_key;
   time_t created;
+  FILE *access_log;       /* NULL: off */
+  bool access_log_owned;  /* a file the server opened */
   bool draining;
   bool closed;
 
@@ -155,6 +158,7 @@ typedef struct api_req {
   int32_t n_top;
   char rid[48];
   time_t created;
+  uint64_t t_arrive, t_submit; /* uv_hrtime: the route handler, the engine's queue */
   bool role_sent;
   ss_strbuf text;         /* non-streamed: the whole text */
   json_t *lp;             /* non-streamed logprobs: chat "content" list, or completions object */

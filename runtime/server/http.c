@@ -4,6 +4,7 @@
 
 #include <http_parser.h>
 #include <stdio.h>
+#include <sys/random.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,6 +85,10 @@ struct ss_http_conn {
   ss_strbuf pending; /* bytes received while busy, parsed after the response */
   bool processing;
   void *user;
+  /* the access log's line for the request being answered */
+  ss_http_log log;
+  uint64_t t_dispatch;  /* uv_hrtime at dispatch */
+  bool dispatched;
 };
 
 typedef struct write_req {
@@ -95,6 +100,48 @@ typedef struct write_req {
 
 static void conn_close(ss_http_conn *c);
 static void process_input(ss_http_conn *c);
+
+/* ------------------------------------------------------------------------ */
+/* The access log                                                             */
+
+/* Request ids: xorshift64* from a random seed; ids need to be unlikely to
+ * repeat, not secret. */
+static uint64_t next_request_id(void) {
+  static uint64_t state;
+  if (!state) {
+    if (getrandom(&state, sizeof state, 0) != (ssize_t)sizeof state) state = uv_hrtime();
+    state |= 1;
+  }
+  state ^= state >> 12;
+  state ^= state << 25;
+  state ^= state >> 27;
+  return state * 0x2545F4914F6CDD1DULL;
+}
+
+/* The request's end: its line goes to the owner's log. */
+static void log_request(ss_http_conn *c, int status) {
+  ss_http_server *s = c->srv;
+  if (!s->cb.on_log) return;
+  ss_http_log l = c->log;
+  if (!c->dispatched) {
+    l.id = next_request_id();
+    l.method = l.path = "-";
+    l.prompt_tokens = l.completion_tokens = -1;
+    l.queue_ms = l.ttft_ms = -1;
+  }
+  l.status = status;
+  l.total_ms = c->dispatched ? (double)(uv_hrtime() - c->t_dispatch) / 1e6 : 0;
+  s->cb.on_log(s->cb.user, &l);
+  c->dispatched = false;
+}
+
+void ss_http_conn_set_log(ss_http_conn *c, int32_t prompt_tokens, int32_t completion_tokens,
+                          double queue_ms, double ttft_ms) {
+  c->log.prompt_tokens = prompt_tokens;
+  c->log.completion_tokens = completion_tokens;
+  c->log.queue_ms = queue_ms;
+  c->log.ttft_ms = ttft_ms;
+}
 
 const char *ss_http_reason(int status) {
   switch (status) {
@@ -176,6 +223,7 @@ static void conn_close(ss_http_conn *c) {
   if (c->counted) s->n_conns--;
   else s->n_lingering--;
   c->counted = false;
+  if (c->busy) log_request(c, 0);
   if (c->busy && c->user && s->cb.on_abort) s->cb.on_abort(s->cb.user, c->user);
   c->user = NULL;
   c->busy = false;
@@ -338,7 +386,8 @@ static void conn_write(ss_http_conn *c, const char *head, size_t head_len, const
 }
 
 /* The response is complete: the next pipelined request may go. */
-static void response_done(ss_http_conn *c) {
+static void response_done(ss_http_conn *c, int status) {
+  log_request(c, status);
   c->busy = false;
   c->streaming = false;
   c->user = NULL;
@@ -371,7 +420,7 @@ void ss_http_respond(ss_http_conn *c, int status, const char *content_type,
                    c->keep_alive ? "keep-alive" : "close", extra_headers ? extra_headers : "");
   if (n < 0 || (size_t)n >= sizeof head) n = 0;
   conn_write(c, head, (size_t)n, body, len, NULL, 0);
-  response_done(c);
+  response_done(c, status);
 }
 
 void ss_http_stream_begin(ss_http_conn *c, int status, const char *content_type) {
@@ -383,6 +432,7 @@ void ss_http_stream_begin(ss_http_conn *c, int status, const char *content_type)
                    status, ss_http_reason(status), content_type,
                    c->keep_alive ? "keep-alive" : "close");
   c->streaming = true;
+  c->log.status = status;
   conn_write(c, head, (size_t)n, NULL, 0, NULL, 0);
 }
 
@@ -396,7 +446,7 @@ void ss_http_stream_write(ss_http_conn *c, const char *data, size_t len) {
 void ss_http_stream_end(ss_http_conn *c) {
   if (c->closing || !c->streaming) return;
   conn_write(c, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
-  response_done(c);
+  response_done(c, c->log.status);
 }
 
 /* A response decided by the server itself (bad request line, too large, a
@@ -557,6 +607,11 @@ static void dispatch(ss_http_conn *c) {
                          .path = url, .authorization = c->auth, .content_type = c->ctype,
                          .body = c->body.p ? c->body.p : "", .body_len = c->body.len};
   c->busy = true;
+  c->dispatched = true;
+  c->t_dispatch = uv_hrtime();
+  c->log = (ss_http_log){.id = next_request_id(), .method = req.method, .path = url,
+                         .prompt_tokens = -1, .completion_tokens = -1, .queue_ms = -1,
+                         .ttft_ms = -1};
   arm_timer(c, TIMER_NONE);
   s->cb.on_request(s->cb.user, c, &req);
 }

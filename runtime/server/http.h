@@ -38,12 +38,25 @@ typedef struct ss_http_request {
   size_t body_len;
 } ss_http_request;
 
+/* One answered (or abandoned) request, for the access log. */
+typedef struct ss_http_log {
+  uint64_t id;               /* random, per request */
+  const char *method, *path; /* "-" when the request line never arrived whole */
+  int status;                /* 0: the client left before the response was complete */
+  double total_ms;           /* from the whole request to the end of its response */
+  /* set by the owner with ss_http_conn_set_log; -1 when not set */
+  int32_t prompt_tokens, completion_tokens;
+  double queue_ms, ttft_ms;
+} ss_http_log;
+
 typedef struct ss_http_callbacks {
   /* A complete request: answer now or later with ss_http_respond / stream. */
   void (*on_request)(void *user, ss_http_conn *c, const ss_http_request *req);
   /* The client left (or the server closed) before the response was complete;
    * `conn_user` is what the owner attached with ss_http_conn_set_user. */
   void (*on_abort)(void *user, void *conn_user);
+  /* Optional: every request's end, answered or not. */
+  void (*on_log)(void *user, const ss_http_log *l);
   void *user;
 } ss_http_callbacks;
 
@@ -83,6 +96,9 @@ int ss_http_server_port(const ss_http_server *s);
 ss_http_stats ss_http_server_stats(const ss_http_server *s);
 
 void ss_http_conn_set_user(ss_http_conn *c, void *user);
+/* What the access log says of the request being answered, beyond HTTP. */
+void ss_http_conn_set_log(ss_http_conn *c, int32_t prompt_tokens, int32_t completion_tokens,
+                          double queue_ms, double ttft_ms);
 /* Bytes written and not yet taken by the client's socket. */
 size_t ss_http_conn_queued_nbytes(const ss_http_conn *c);
 /* True while the queued output is over the high-water mark. */

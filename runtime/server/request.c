@@ -72,6 +72,7 @@ static void submit(api_req *q, ss_http_conn *c) {
   q->logprobs = g->r.logprobs;
   q->n_top = g->r.n_top_logprobs;
   q->created = time(NULL);
+  q->t_submit = uv_hrtime();
   g->r.user = q;
   int64_t id = 0;
   int rc = ss_engine_submit(q->engine, &g->r, &id);
@@ -172,6 +173,7 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api
   body[req->body_len] = 0;
   q->api = a;
   q->conn = c;
+  q->t_arrive = uv_hrtime();
   q->chat = chat;
   q->kind = kind;
   q->body = body;
@@ -210,8 +212,18 @@ void ss_api_on_wake(uv_async_t *h) {
       ss_engine_event *next = ev->next;
       api_req *q = ev->user;
       if (q->conn) {
-        if (ev->kind == SS_ENGINE_TOKEN) ss_oai_on_token(q, m, ev);
-        else ss_oai_on_done(q, ev);
+        if (ev->kind == SS_ENGINE_TOKEN) {
+          ss_oai_on_token(q, m, ev);
+        } else {
+          /* The access log's queue and time to first token count the
+           * preparation (on a worker) as well as the engine's queue. */
+          const double prep_ms = (double)(q->t_submit - q->t_arrive) / 1e6;
+          ss_http_conn_set_log(q->conn, ev->n_prompt, ev->n_generated,
+                               prep_ms + ev->queue_s * 1e3,
+                               ev->n_generated > 0
+                                   ? prep_ms + (ev->queue_s + ev->prefill_s) * 1e3 : -1);
+          ss_oai_on_done(q, ev);
+        }
       }
       if (ev->kind == SS_ENGINE_DONE) req_free(q);
       ss_engine_event_free(ev);
