@@ -72,6 +72,7 @@ typedef struct gen_ctx {
   int32_t default_max_tokens;
   int32_t n_ctx;
   size_t max_prompt_nbytes; /* 0: SS_OAI_PROMPT_NBYTES_PER_TOKEN per context token */
+  bool parse_special_in_content; /* false: message content is plain text */
   const ss_model *m;
   const ss_chat_template *tmpl; /* NULL: the model has none (no_tmpl_why says why) */
   const char *no_tmpl_why;
@@ -84,6 +85,12 @@ typedef struct gen_ctx {
 #define SS_OAI_MAX_STOP_TOTAL_NBYTES 4096
 #define SS_OAI_PROMPT_NBYTES_PER_TOKEN 16
 size_t ss_oai_max_prompt_nbytes(const gen_ctx *x);
+/* The rendered messages into ids with every message's content as plain text
+ * and the template's markup special (plain_content.c; norm: the checked
+ * messages the text was rendered from).  Any thread. */
+bool ss_oai_tokenize_plain_content(const gen_ctx *x, const json_t *norm,
+                                   bool add_generation_prompt, const char *rendered,
+                                   int32_t **ids, size_t *n_ids, parse_err *e);
 
 /* The whole of a request's preparation: JSON, fields, chat template,
  * tokenizer, default max_tokens.  Any thread; touches nothing shared.  On

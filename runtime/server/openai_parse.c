@@ -491,11 +491,15 @@ bool ss_oai_render_messages(const gen_ctx *x, json_t *o, bool add_generation_pro
   bool ok = true;
   if (ss_chat_render_json(x->tmpl, norm, NULL, NULL, add_generation_prompt, &rendered))
     ok = ss_oai_fail(e, 400, "messages", "the chat template: %s", ss_error_msg());
-  json_decref(norm);
   if (ok && strlen(rendered) > limit)
     ok = ss_oai_fail(e, 400, "messages", "the rendered messages have %zu bytes; the limit is %zu "
                      "(--max-prompt-bytes)", strlen(rendered), limit);
-  if (ok && ids) ok = tokenize_rendered(x->m, rendered, ids, n_ids, e);
+  if (ok && ids)
+    ok = x->parse_special_in_content
+             ? tokenize_rendered(x->m, rendered, ids, n_ids, e)
+             : ss_oai_tokenize_plain_content(x, norm, add_generation_prompt, rendered, ids,
+                                             n_ids, e);
+  json_decref(norm);
   if (ok && text) {
     *text = rendered;
     rendered = NULL;

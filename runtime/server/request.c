@@ -181,6 +181,7 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api
   q->engine = eng;
   q->ctx = (gen_ctx){.model_name = a->model_name, .default_max_tokens = a->o.default_max_tokens,
                      .n_ctx = ss_engine_n_ctx(eng), .max_prompt_nbytes = a->o.max_prompt_nbytes,
+                     .parse_special_in_content = a->o.parse_special_in_content,
                      .m = m, .tmpl = a->tmpl,
                      .no_tmpl_why = a->tmpl_why};
   q->work.data = q;
