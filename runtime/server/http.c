@@ -244,7 +244,7 @@ static void on_timer(uv_timer_t *t) {
   switch (mode) {
   case TIMER_HEADER:
   case TIMER_BODY:
-    if (c->busy) return;
+    if (c->busy || c->close_after || c->lingering) return; /* already answered */
     if (mode == TIMER_HEADER) c->srv->stats.header_timeouts++;
     else c->srv->stats.body_timeouts++;
     snprintf(msg, sizeof msg, "the request %s did not arrive within %g s (--%s-timeout)",
@@ -461,6 +461,7 @@ static void respond_and_close(ss_http_conn *c, int status, const char *extra_hea
                    status == 503 || status == 408 ? "server_error" : "invalid_request_error");
   if (n < 0 || (size_t)n >= sizeof body) n = 0;
   if (status != 503 && status != 408) c->srv->stats.bad_requests++;
+  arm_timer(c, TIMER_NONE); /* no deadline answers a second time */
   c->busy = true;
   c->keep_alive = false;
   c->linger_after = true;
