@@ -37,7 +37,8 @@ SANITIZED = os.environ.get("SS_SANITIZED") == "1"
 REPS = 3 if SANITIZED else 5
 if SANITIZED:
     print(f"sanitizer build (SS_SANITIZED=1): {REPS} latency samples instead of 5, "
-          "fewer attacking sockets", flush=True)
+          "fewer attacking sockets, no VmRSS bounds (ASan's quarantine holds freed memory)",
+          flush=True)
 MIB = 1 << 20
 CMPL, CHAT = "/v1/completions", "/v1/chat/completions"
 JSON = {"Content-Type": "application/json"}
@@ -267,8 +268,11 @@ try:
     unlimited = n_big * part / MIB
     print(f"buffer cap: {n503} x 503, buffered peak {buffered_peak / MIB:.1f} MiB, VmRSS +"
           f"{grew:.1f} MiB (unlimited: >= {unlimited:.0f} MiB)", flush=True)
-    ck.check(grew < unlimited / 2, f"VmRSS grew {grew:.1f} MiB under {n_big} partial bodies "
-             f"(unlimited they would hold >= {unlimited:.0f} MiB)")
+    # Under ASan freed memory sits in its quarantine, so RSS says nothing there;
+    # the buffered-bytes gauge above is checked in both builds.
+    if not SANITIZED:
+        ck.check(grew < unlimited / 2, f"VmRSS grew {grew:.1f} MiB under {n_big} partial "
+                 f"bodies (unlimited they would hold >= {unlimited:.0f} MiB)")
     for s in big:
         s.close()
     check_latency("after big bodies", latency("after big bodies"))
@@ -292,7 +296,8 @@ try:
     ck.check(metric("http_write_timeouts_total") >= 1,
              "the non-reading client was not disconnected after --write-timeout")
     rss = rss_kib()
-    ck.check((rss - RSS0) / 1024 < 64, f"VmRSS grew {(rss - RSS0) / 1024:.0f} MiB")
+    if not SANITIZED:
+        ck.check((rss - RSS0) / 1024 < 64, f"VmRSS grew {(rss - RSS0) / 1024:.0f} MiB")
     s.close()
     check_latency("beside a non-reading client", lat)
     print(f"non-reading client: {served:.0f} of {n_pipe} pipelined requests answered, then "
