@@ -74,8 +74,10 @@ static void usage(FILE *f) {
           "      --max-prompt-bytes N  prompt or messages text larger than N bytes is refused\n"
           "                            (400) before tokenizing (default: 16 per context token)\n"
           "      --parse-special-in-content on|off  chat message content may spell control\n"
-          "                            tokens such as <|im_end|> (on) or is plain text (off,\n"
-          "                            the default); the template's own markup is always special\n"
+          "                            tokens such as <|im_end|> (on, the default, as\n"
+          "                            transformers, vLLM and llama.cpp tokenize) or is plain\n"
+          "                            text (off: use it when clients are not trusted); the\n"
+          "                            template's own markup is always special\n"
           "      --access-log off|stderr|FILE  one line per request: id, route, status, tokens,\n"
           "                            queue/TTFT/total ms, no prompt text (default stderr)\n"
           "      --drain-timeout S     on SIGINT/SIGTERM, finish in-flight requests for up to\n"
@@ -261,7 +263,7 @@ static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
 
 int ss_cmd_serve(int argc, char **argv) {
   serve_ctx s = {.path = SS_DEFAULT_MODEL, .drain_timeout = 30};
-  ss_api_opts ao = {.host = "127.0.0.1", .port = 8000};
+  ss_api_opts ao = {.host = "127.0.0.1", .port = 8000, .parse_special_in_content = true};
   const char *name = NULL;
   int64_t tp = 0, v = 0;
   double comm_timeout = 0, d = 0;

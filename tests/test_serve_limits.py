@@ -149,7 +149,8 @@ def metric(name, tries=20):
 
 tmp = tempfile.TemporaryDirectory()
 ACCESS_LOG = os.path.join(tmp.name, "access.log")
-srv = Server(args.bin, args.model, extra=LIMITS + ["--access-log", ACCESS_LOG])
+srv = Server(args.bin, args.model, extra=LIMITS + ["--access-log", ACCESS_LOG,
+                                                  "--parse-special-in-content", "off"])
 try:
     probe_once()  # warm up
     BASE = latency("idle baseline")
@@ -385,7 +386,8 @@ try:
     code, _ = srv.get("/health")
     ck.check(code == 200, f"/health at the end: {code}")
 
-    # --- Chat content is plain text by default -----------------------------
+    # --- Chat content is plain text with --parse-special-in-content off ------
+    # (the default, on, is checked by test_serve_utility)
     import gguf  # noqa: E402  (the independent reader of the model's vocabulary)
     vocab = gguf.GGUFReader(args.model).fields["tokenizer.ggml.tokens"]
     words = [bytes(vocab.parts[i]).decode() for i in vocab.data]

@@ -31,7 +31,7 @@ typedef struct ss_api_opts {
   ss_http_limits http;
   int32_t default_max_tokens; /* /v1/completions without max_tokens (default 16) */
   size_t max_prompt_nbytes;   /* prompt/messages text; 0: 16 bytes per context token */
-  bool parse_special_in_content; /* chat content may spell control tokens (default off) */
+  bool parse_special_in_content; /* chat content may spell control tokens; false: plain text */
   const char *access_log;     /* NULL or "stderr", "off", or a file to append to */
 } ss_api_opts;
 
