@@ -65,7 +65,6 @@ struct ss_http_conn {
   char *auth, *ctype, *expect;
   int reject_status; /* refuse the request (413, 417, 505) once parsing pauses */
   char reject_msg[160];
-  bool headers_done;
   /* the bare-LF check over the request line and headers */
   size_t scan_off;
   bool scan_cr;
@@ -192,7 +191,6 @@ static void conn_reset_request(ss_http_conn *c) {
   c->auth = c->ctype = c->expect = NULL;
   c->reject_status = 0;
   c->reject_msg[0] = 0;
-  c->headers_done = false;
   c->request_ready = false;
   conn_account(c);
 }
@@ -532,7 +530,6 @@ static void reject_too_large(ss_http_conn *c, http_parser *p) {
 static int on_headers_complete(http_parser *p) {
   ss_http_conn *c = conn_of(p);
   header_done(c);
-  c->headers_done = true;
   /* Without a version http_parser reads the line as HTTP/0.9. */
   if (p->http_major != 1 || p->http_minor > 1) {
     reject(c, p, 505, "only HTTP/1.0 and HTTP/1.1 are served (the request line must end in "
