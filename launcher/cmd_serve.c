@@ -58,6 +58,28 @@ static void usage(FILE *f) {
           "                            SHARDSERVE_API_KEY); /health and /metrics stay open\n"
           "      --max-body-bytes N    larger request bodies get 413 (default 4194304)\n"
           "      --idle-timeout S      close idle keep-alive connections after S s (default 60)\n"
+          "      --header-timeout S    a request's line and headers must arrive within S s of\n"
+          "                            their first byte (of the accept, on a new connection),\n"
+          "                            however slowly they trickle in, else 408 (default 10)\n"
+          "      --body-timeout S      its body within S s of the headers, else 408 (default 60)\n"
+          "      --max-connections N   more get 503 + Retry-After, not a reset (default 4096)\n"
+          "      --max-connections-per-client N  per client address (default 0: no cap)\n"
+          "      --max-buffered-bytes SIZE  request input buffered over all connections;\n"
+          "                            past it 503 + Retry-After (default 256M)\n"
+          "      --max-queued-output SIZE  unsent response bytes per connection before its\n"
+          "                            client counts as not reading: requests it pipelined\n"
+          "                            wait (default 1M)\n"
+          "      --write-timeout S     a client that leaves its output over that mark for S s\n"
+          "                            is disconnected and its request aborted (default 30)\n"
+          "      --max-prompt-bytes N  prompt or messages text larger than N bytes is refused\n"
+          "                            (400) before tokenizing (default: 16 per context token)\n"
+          "      --parse-special-in-content on|off  chat message content may spell control\n"
+          "                            tokens such as <|im_end|> (on, the default, as\n"
+          "                            transformers, vLLM and llama.cpp tokenize) or is plain\n"
+          "                            text (off: use it when clients are not trusted); the\n"
+          "                            template's own markup is always special\n"
+          "      --access-log off|stderr|FILE  one line per request: id, route, status, tokens,\n"
+          "                            queue/TTFT/total ms, no prompt text (default stderr)\n"
           "      --drain-timeout S     on SIGINT/SIGTERM, finish in-flight requests for up to\n"
           "                            S s, then abort the rest (default 30)\n"
           "\n"
@@ -241,13 +263,15 @@ static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
 
 int ss_cmd_serve(int argc, char **argv) {
   serve_ctx s = {.path = SS_DEFAULT_MODEL, .drain_timeout = 30};
-  ss_api_opts ao = {.host = "127.0.0.1", .port = 8000};
+  ss_api_opts ao = {.host = "127.0.0.1", .port = 8000, .parse_special_in_content = true};
   const char *name = NULL;
   int64_t tp = 0, v = 0;
   double comm_timeout = 0, d = 0;
   bool deterministic = true;
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
-         O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT };
+         O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT,
+         O_HDR_TO, O_BODY_TO, O_MAXCONN, O_MAXCONN_CLIENT, O_MAXBUF, O_OUTQ, O_WRITE_TO,
+         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -266,6 +290,16 @@ int ss_cmd_serve(int argc, char **argv) {
       {"comm-timeout", required_argument, 0, O_CTO}, {"help", no_argument, 0, 'h'},
       {"device", required_argument, 0, O_DEVICE},
       {"activations", required_argument, 0, O_ACT},
+      {"header-timeout", required_argument, 0, O_HDR_TO},
+      {"body-timeout", required_argument, 0, O_BODY_TO},
+      {"max-connections", required_argument, 0, O_MAXCONN},
+      {"max-connections-per-client", required_argument, 0, O_MAXCONN_CLIENT},
+      {"max-buffered-bytes", required_argument, 0, O_MAXBUF},
+      {"max-queued-output", required_argument, 0, O_OUTQ},
+      {"write-timeout", required_argument, 0, O_WRITE_TO},
+      {"max-prompt-bytes", required_argument, 0, O_PROMPT_BYTES},
+      {"parse-special-in-content", required_argument, 0, O_PARSE_SPECIAL},
+      {"access-log", required_argument, 0, O_ACCESS_LOG},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -294,7 +328,53 @@ int ss_cmd_serve(int argc, char **argv) {
       if (!ss_cli_parse_int(k_cmd, "--port", optarg, 0, 65535, &v)) return SS_EXIT_USAGE;
       ao.port = (int)v;
       break;
-    case O_KEY: ao.api_key = optarg; break;
+    case O_KEY:
+      if (!*optarg) return ss_cli_usage(k_cmd, "--api-key must not be empty");
+      ao.api_key = optarg;
+      break;
+    case O_HDR_TO:
+    case O_BODY_TO:
+    case O_WRITE_TO: {
+      const char *flag = c == O_HDR_TO ? "--header-timeout" : c == O_BODY_TO ? "--body-timeout"
+                                                                          : "--write-timeout";
+      if (!ss_cli_parse_float(k_cmd, flag, optarg, 0.01, 86400, &d)) return SS_EXIT_USAGE;
+      if (c == O_HDR_TO) ao.http.header_timeout_s = d;
+      else if (c == O_BODY_TO) ao.http.body_timeout_s = d;
+      else ao.http.write_timeout_s = d;
+      break;
+    }
+    case O_MAXCONN:
+      if (!ss_cli_parse_int(k_cmd, "--max-connections", optarg, 1, 1 << 20, &v))
+        return SS_EXIT_USAGE;
+      ao.http.max_connections = (int)v;
+      break;
+    case O_MAXCONN_CLIENT:
+      if (!ss_cli_parse_int(k_cmd, "--max-connections-per-client", optarg, 0, 1 << 20, &v))
+        return SS_EXIT_USAGE;
+      ao.http.max_connections_per_client = (int)v;
+      break;
+    case O_MAXBUF:
+    case O_OUTQ: {
+      const char *flag = c == O_MAXBUF ? "--max-buffered-bytes" : "--max-queued-output";
+      if (!ss_cli_parse_size(k_cmd, flag, optarg, &d)) return SS_EXIT_USAGE;
+      if (d < 4096 || d > (double)((size_t)1 << 40))
+        return ss_cli_usage(k_cmd, "%s %s: give 4096 bytes to 1T", flag, optarg);
+      if (c == O_MAXBUF) ao.http.max_buffered_nbytes = (size_t)d;
+      else ao.http.output_high_water_nbytes = (size_t)d;
+      break;
+    }
+    case O_PROMPT_BYTES:
+      if (!ss_cli_parse_int(k_cmd, "--max-prompt-bytes", optarg, 1, 1 << 30, &v))
+        return SS_EXIT_USAGE;
+      ao.max_prompt_nbytes = (size_t)v;
+      break;
+    case O_PARSE_SPECIAL:
+      if (strcmp(optarg, "on") && strcmp(optarg, "off"))
+        return ss_cli_usage(k_cmd, "invalid value '%s' for --parse-special-in-content: on or off",
+                            optarg);
+      ao.parse_special_in_content = strcmp(optarg, "on") == 0;
+      break;
+    case O_ACCESS_LOG: ao.access_log = optarg; break;
     case O_BODY:
       if (!ss_cli_parse_int(k_cmd, "--max-body-bytes", optarg, 1024, 1 << 30, &v))
         return SS_EXIT_USAGE;
@@ -364,7 +444,16 @@ int ss_cmd_serve(int argc, char **argv) {
   if (optind < argc) return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
   if (s.eo.n_blocks && s.eo.kv_mem_bytes)
     return ss_cli_usage(k_cmd, "give --kv-blocks or --kv-mem, not both");
-  if (!ao.api_key) ao.api_key = getenv("SHARDSERVE_API_KEY");
+  if (!ao.api_key) {
+    ao.api_key = getenv("SHARDSERVE_API_KEY");
+    if (ao.api_key && !*ao.api_key)
+      return ss_cli_usage(k_cmd, "SHARDSERVE_API_KEY is set but empty: set a key or unset it");
+  }
+  if (!ao.api_key && strcmp(ao.host, "127.0.0.1") && strcmp(ao.host, "::1") &&
+      strncmp(ao.host, "127.", 4))
+    fprintf(stderr, "shardserve serve: warning: --host %s accepts connections from other "
+                    "machines and no --api-key is set: anyone who can reach it may use it\n",
+            ao.host);
 
   /* The model id: the file name without directories and .gguf. */
   char base[256];

@@ -123,9 +123,6 @@ int ss_engine_run(ss_engine *e);
  * SS_ERR_RANGE: too long for the context or pool;
  * SS_ERR_BUSY: the queue is full; after stop: SS_ERR_INVALID. */
 int ss_engine_submit(ss_engine *e, ss_engine_req *req, int64_t *id);
-/* Frees the malloc'ed arrays of a request's sampling parameters (logit_bias,
- * stop_token_ids, bad_words), for a submitter whose request was refused. */
-void ss_engine_req_sampling_free(ss_sampler_params *p);
 /* Thread-safe: the request stops at the next step and its blocks are freed; a
  * DONE event with finish_reason "abort" follows. */
 void ss_engine_abort(ss_engine *e, int64_t id);

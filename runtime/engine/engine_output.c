@@ -153,14 +153,3 @@ void ss_eng_fail_all_locked(ss_engine *e, const char *msg, ev_list *out) {
   e->n_in = 0;
 }
 
-void ss_engine_req_sampling_free(ss_sampler_params *p) {
-  /* The arrays are const to the sampler, which only reads them; they were
-   * malloc'ed by the submitter. */
-  free((void *)p->bias);
-  free((void *)p->stop_ids);
-  free((void *)p->bad);
-  p->bias = NULL;
-  p->stop_ids = NULL;
-  p->bad = NULL;
-  p->n_bias = p->n_stop_ids = p->n_bad_ids = 0;
-}

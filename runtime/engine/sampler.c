@@ -369,3 +369,15 @@ void ss_top_logprobs(ss_sampler_scratch *w, const float *logits, int32_t k, int3
     logprobs[i] = (float)((double)logits[idx[i]] - lse);
   }
 }
+
+void ss_engine_req_sampling_free(ss_sampler_params *p) {
+  /* The arrays are const to the sampler, which only reads them; they were
+   * malloc'ed by the submitter. */
+  free((void *)p->bias);
+  free((void *)p->stop_ids);
+  free((void *)p->bad);
+  p->bias = NULL;
+  p->stop_ids = NULL;
+  p->bad = NULL;
+  p->n_bias = p->n_stop_ids = p->n_bad_ids = 0;
+}

@@ -122,4 +122,10 @@ void ss_top_logprobs(ss_sampler_scratch *w, const float *logits, int32_t k, int3
 /* log_softmax(logits)[id]. */
 float ss_logprob_of(const float *logits, int32_t n, int32_t id);
 
+/* Frees the malloc'ed arrays of a request's sampling parameters (logit_bias,
+ * stop_token_ids, bad_words): the engine's once it accepted the request, the
+ * submitter's when it was refused (sampler.c, so the request parser needs no
+ * more of the engine). */
+void ss_engine_req_sampling_free(ss_sampler_params *p);
+
 #endif

@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <time.h>
 #include <uv.h>
@@ -24,6 +25,8 @@ struct ss_api {
   char *model_name;
   char *api_key;
   time_t created;
+  FILE *access_log;       /* NULL: off */
+  bool access_log_owned;  /* a file the server opened */
   bool draining;
   bool closed;
 
@@ -37,6 +40,8 @@ struct ss_api {
 
   /* Loop thread only. */
   uint64_t n_requests, n_client_errors, n_aborted_by_client;
+  uint64_t n_queue_full;  /* 429s */
+  uint64_t n_bad_media;   /* 415s */
   int64_t n_preparing;    /* requests handed to a worker and not yet back */
   bool exit_answered;     /* the engine has exited and its last events are answered */
 };
@@ -82,10 +87,26 @@ typedef struct gen_ctx {
   const char *model_name; /* the served id, to check 'model' against */
   int32_t default_max_tokens;
   int32_t n_ctx;
+  size_t max_prompt_nbytes; /* 0: SS_OAI_PROMPT_NBYTES_PER_TOKEN per context token */
+  bool parse_special_in_content; /* false: message content is plain text */
   const ss_model *m;
   const ss_chat_template *tmpl; /* NULL: the model has none (no_tmpl_why says why) */
   const char *no_tmpl_why;
 } gen_ctx;
+
+/* Request limits: stop strings, and the prompt's text before it is tokenized
+ * (16 bytes per context token is ~4x what text costs in any common
+ * tokenizer, so no prompt that fits the context is refused by it). */
+#define SS_OAI_MAX_STOP_NBYTES 1024
+#define SS_OAI_MAX_STOP_TOTAL_NBYTES 4096
+#define SS_OAI_PROMPT_NBYTES_PER_TOKEN 16
+size_t ss_oai_max_prompt_nbytes(const gen_ctx *x);
+/* The rendered messages into ids with every message's content as plain text
+ * and the template's markup special (plain_content.c; norm: the checked
+ * messages the text was rendered from).  Any thread. */
+bool ss_oai_tokenize_plain_content(const gen_ctx *x, const json_t *norm,
+                                   bool add_generation_prompt, const char *rendered,
+                                   int32_t **ids, size_t *n_ids, parse_err *e);
 
 /* The whole of a request's preparation: JSON, fields, chat template,
  * tokenizer, default max_tokens.  Any thread; touches nothing shared.  On
@@ -197,6 +218,7 @@ typedef struct api_req {
   int32_t n_top;
   char rid[48];
   time_t created;
+  uint64_t t_arrive, t_submit; /* uv_hrtime: the route handler, the engine's queue */
   bool role_sent;
   ss_strbuf text;         /* non-streamed: the whole text */
   json_t *lp;             /* non-streamed logprobs: chat "content" list, or completions object */

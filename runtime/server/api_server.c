@@ -3,6 +3,7 @@
  * Routing is in routes.c, a generation request's life in request.c. */
 #include "runtime/server/api_server.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -12,6 +13,28 @@
 
 #include "runtime/base/status.h"
 #include "runtime/server/api_internal.h"
+
+/* One line per request: no prompt or output text, and the path with anything
+ * unprintable replaced, so that a client cannot forge lines. */
+static void access_log_line(void *user, const ss_http_log *l) {
+  ss_api *a = user;
+  char path[201];
+  size_t n = 0;
+  for (const char *p = l->path; *p && n < sizeof path - 1; p++)
+    path[n++] = *p > ' ' && *p < 0x7f ? *p : '?';
+  path[n] = 0;
+  char pt[16] = "-", ct[16] = "-", qm[32] = "-", tm[32] = "-", st[16] = "-";
+  if (l->prompt_tokens >= 0) snprintf(pt, sizeof pt, "%d", l->prompt_tokens);
+  if (l->completion_tokens >= 0) snprintf(ct, sizeof ct, "%d", l->completion_tokens);
+  if (l->queue_ms >= 0) snprintf(qm, sizeof qm, "%.1f", l->queue_ms);
+  if (l->ttft_ms >= 0) snprintf(tm, sizeof tm, "%.1f", l->ttft_ms);
+  if (l->status > 0) snprintf(st, sizeof st, "%d", l->status);
+  fprintf(a->access_log,
+          "shardserve access: id=%016llx method=%s route=%s status=%s prompt_tokens=%s "
+          "completion_tokens=%s queue_ms=%s ttft_ms=%s total_ms=%.1f%s\n",
+          (unsigned long long)l->id, l->method, path, st, pt, ct, qm, tm, l->total_ms,
+          l->status > 0 ? "" : " client_gone");
+}
 
 int ss_api_create(uv_loop_t *loop, const ss_api_opts *o, ss_api **out) {
   *out = NULL;
@@ -24,14 +47,30 @@ int ss_api_create(uv_loop_t *loop, const ss_api_opts *o, ss_api **out) {
   a->model_name = strdup(o->model_name ? o->model_name : "model");
   a->api_key = o->api_key && *o->api_key ? strdup(o->api_key) : NULL;
   a->created = time(NULL);
+  const char *log = o->access_log ? o->access_log : "stderr";
+  if (strcmp(log, "stderr") == 0) {
+    a->access_log = stderr;
+  } else if (strcmp(log, "off") != 0) {
+    a->access_log = fopen(log, "a");
+    if (!a->access_log) {
+      int rc = ss_error(SS_ERR_IO, "--access-log %s: %s", log, strerror(errno));
+      free(a->model_name);
+      free(a->api_key);
+      free(a);
+      return rc;
+    }
+    setvbuf(a->access_log, NULL, _IOLBF, 0);
+    a->access_log_owned = true;
+  }
   pthread_mutex_init(&a->mu, NULL);
   /* Seed jansson's hash function once, here, before any worker parses a body
    * (jansson would otherwise seed it on its first object, on whichever thread). */
   json_object_seed(0);
   ss_http_callbacks cb = {.on_request = ss_api_on_request, .on_abort = ss_api_on_client_gone,
-                         .user = a};
+                         .on_log = a->access_log ? access_log_line : NULL, .user = a};
   int rc = ss_http_server_start(loop, a->o.host, a->o.port, &a->o.http, &cb, &a->http);
   if (rc) {
+    if (a->access_log_owned) fclose(a->access_log);
     free(a->model_name);
     free(a->api_key);
     free(a);
@@ -84,6 +123,7 @@ void ss_api_free(ss_api *a) {
   if (!a) return;
   /* The loop ran until every preparation had come back. */
   SS_ASSERT(a->n_preparing == 0);
+  if (a->access_log_owned) fclose(a->access_log);
   free(a->model_name);
   free(a->api_key);
   pthread_mutex_destroy(&a->mu);

@@ -30,6 +30,9 @@ typedef struct ss_api_opts {
   const char *api_key;        /* NULL: no authentication */
   ss_http_limits http;
   int32_t default_max_tokens; /* /v1/completions without max_tokens (default 16) */
+  size_t max_prompt_nbytes;   /* prompt/messages text; 0: 16 bytes per context token */
+  bool parse_special_in_content; /* chat content may spell control tokens; false: plain text */
+  const char *access_log;     /* NULL or "stderr", "off", or a file to append to */
 } ss_api_opts;
 
 /* Binds and listens (an error names the address); the API answers 503 until

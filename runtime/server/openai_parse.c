@@ -1,6 +1,7 @@
 /* An OpenAI request body into an ss_engine_req: every field checked, errors
  * naming the field and the limit, then chat template and tokenizer.  Runs on
  * a worker thread (request.c): it reads only its arguments. */
+#include <float.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -309,6 +310,11 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
       !get_int(o, "seed", INT64_MIN, INT64_MAX, &seed, &seed_set, e))
     return false;
   if (top_p <= 0.0) return ss_oai_fail(e, 400, "top_p", "'top_p' must be greater than 0");
+  /* The sampler keeps top_p as a float: below the smallest normal float it
+   * would round to 0 (or lose its precision). */
+  if (top_p < FLT_MIN)
+    return ss_oai_fail(e, 400, "top_p", "'top_p' = %g is too small: the least accepted is %g",
+                       top_p, (double)FLT_MIN);
   g->r.sampling = (ss_sampler_params){
       .temperature = (float)temp,
       .top_k = (int32_t)(top_k < 0 ? 0 : top_k),
@@ -316,22 +322,34 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
       .min_p = (float)min_p,
       .seed = seed_set ? (uint64_t)seed : ((uint64_t)time(NULL) * 2654435761u) ^ (uint64_t)clock()};
   if (!parse_processors(x, o, g, e)) return false;
-  /* stop: a string or an array of up to 16 non-empty strings */
+  /* stop: a string or an array of up to 16 non-empty strings, each at most
+   * SS_OAI_MAX_STOP_NBYTES and all together SS_OAI_MAX_STOP_TOTAL_NBYTES (the
+   * engine matches every one against the text after every token) */
   json_t *stop = json_object_get(o, "stop");
   if (stop && !json_is_null(stop)) {
     if (json_is_string(stop)) {
       if (json_string_length(stop) == 0)
         return ss_oai_fail(e, 400, "stop", "'stop' must not be empty");
+      if (json_string_length(stop) > SS_OAI_MAX_STOP_NBYTES)
+        return ss_oai_fail(e, 400, "stop", "'stop' has %zu bytes; the limit is %d",
+                           json_string_length(stop), SS_OAI_MAX_STOP_NBYTES);
       g->r.stop[g->r.n_stop++] = strdup(json_string_value(stop));
     } else if (json_is_array(stop)) {
       if (json_array_size(stop) > SS_ENGINE_MAX_STOP)
         return ss_oai_fail(e, 400, "stop", "'stop' has %zu strings; the limit is %d",
                            json_array_size(stop), SS_ENGINE_MAX_STOP);
-      size_t i;
+      size_t i, total = 0;
       json_t *s;
       json_array_foreach(stop, i, s) {
         if (!json_is_string(s) || json_string_length(s) == 0)
           return ss_oai_fail(e, 400, "stop", "'stop[%zu]' must be a non-empty string", i);
+        if (json_string_length(s) > SS_OAI_MAX_STOP_NBYTES)
+          return ss_oai_fail(e, 400, "stop", "'stop[%zu]' has %zu bytes; the limit is %d", i,
+                             json_string_length(s), SS_OAI_MAX_STOP_NBYTES);
+        total += json_string_length(s);
+        if (total > SS_OAI_MAX_STOP_TOTAL_NBYTES)
+          return ss_oai_fail(e, 400, "stop", "the 'stop' strings have more than %d bytes together",
+                             SS_OAI_MAX_STOP_TOTAL_NBYTES);
         g->r.stop[g->r.n_stop++] = strdup(json_string_value(s));
       }
     } else {
@@ -377,7 +395,8 @@ void ss_oai_req_free(ss_engine_req *r) {
 
 /* The prompt of /v1/completions: a string, a list of token ids, or a list of
  * one string / one list of ids. */
-static bool parse_prompt(json_t *o, const ss_model *m, ss_engine_req *r, parse_err *e) {
+static bool parse_prompt(json_t *o, const gen_ctx *x, ss_engine_req *r, parse_err *e) {
+  const ss_model *m = x->m;
   json_t *p = json_object_get(o, "prompt");
   if (!p || json_is_null(p)) return ss_oai_fail(e, 400, "prompt", "'prompt' is required");
   if (json_is_array(p) && json_array_size(p) == 1 &&
@@ -386,6 +405,11 @@ static bool parse_prompt(json_t *o, const ss_model *m, ss_engine_req *r, parse_e
   if (json_is_string(p)) {
     size_t n = 0;
     int32_t *ids = NULL;
+    /* Checked before the tokenizer spends time on it. */
+    if (json_string_length(p) > ss_oai_max_prompt_nbytes(x))
+      return ss_oai_fail(e, 400, "prompt", "'prompt' has %zu bytes; the limit is %zu "
+                         "(--max-prompt-bytes)", json_string_length(p),
+                         ss_oai_max_prompt_nbytes(x));
     if (ss_tokenizer_encode(m->tok, json_string_value(p), json_string_length(p),
                             ss_tokenizer_add_bos(m->tok), false, &ids, &n))
       return ss_oai_fail(e, 400, "prompt", "cannot tokenize the prompt: %s", ss_error_msg());
@@ -522,6 +546,24 @@ static bool check_messages(json_t *msgs, json_t **out, parse_err *e) {
   return true;
 }
 
+size_t ss_oai_max_prompt_nbytes(const gen_ctx *x) {
+  if (x->max_prompt_nbytes) return x->max_prompt_nbytes;
+  return (size_t)SS_OAI_PROMPT_NBYTES_PER_TOKEN * (size_t)(x->n_ctx > 0 ? x->n_ctx : 1);
+}
+
+/* The bytes of every string in v (keys not counted).  The recursion is as
+ * deep as the parsed JSON, which jansson bounds (2048 levels); the sum is at
+ * most the body's size. */
+static size_t json_text_nbytes(json_t *v) {
+  size_t n = 0, i;
+  const char *k;
+  json_t *c;
+  if (json_is_string(v)) return json_string_length(v);
+  if (json_is_array(v)) json_array_foreach(v, i, c) n += json_text_nbytes(c);
+  else if (json_is_object(v)) json_object_foreach(v, k, c) n += json_text_nbytes(c);
+  return n;
+}
+
 /* The rendered text into ids, as the model expects its prompt (the
  * tokenizer's BOS when it adds one: ss_chat_tokenize). */
 static bool tokenize_rendered(const ss_model *m, const char *text, int32_t **ids, size_t *n_ids,
@@ -551,14 +593,27 @@ bool ss_oai_render_messages(const gen_ctx *x, json_t *o, bool add_generation_pro
         x->no_tmpl_why && *x->no_tmpl_why ? x->no_tmpl_why : "the model has no chat template");
   tool_set ts;
   if (!ss_oai_tools_parse(o, &ts, e)) return false;
+  /* The text is counted before the template and the tokenizer see it, and
+   * the rendered text again (a template may repeat a message). */
+  const size_t limit = ss_oai_max_prompt_nbytes(x);
+  if (json_text_nbytes(msgs) > limit)
+    return ss_oai_fail(e, 400, "messages", "the text of 'messages' is over the limit of %zu "
+                       "bytes (--max-prompt-bytes)", limit);
   json_t *norm = NULL, *tmpl_tools = NULL;
   if (!check_messages(msgs, &norm, e)) return false;
   char *rendered = NULL;
   bool ok = ss_oai_tools_prepare(x, &ts, norm, &tmpl_tools, e);
   if (ok && ss_chat_render_json(x->tmpl, norm, tmpl_tools, NULL, add_generation_prompt, &rendered))
     ok = ss_oai_fail(e, 400, "messages", "the chat template: %s", ss_error_msg());
+  if (ok && strlen(rendered) > limit)
+    ok = ss_oai_fail(e, 400, "messages", "the rendered messages have %zu bytes; the limit is %zu "
+                     "(--max-prompt-bytes)", strlen(rendered), limit);
+  if (ok && ids)
+    ok = x->parse_special_in_content
+             ? tokenize_rendered(x->m, rendered, ids, n_ids, e)
+             : ss_oai_tokenize_plain_content(x, norm, add_generation_prompt, rendered, ids,
+                                             n_ids, e);
   json_decref(norm);
-  if (ok && ids) ok = tokenize_rendered(x->m, rendered, ids, n_ids, e);
   if (ok && text) {
     *text = rendered;
     rendered = NULL;
@@ -616,7 +671,7 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
   bool ok = parse_common(x, o, chat, g, e);
   if (ok && json_is_true(json_object_get(o, "echo")))
     ok = ss_oai_fail(e, 400, "echo", "'echo' is not supported");
-  if (ok) ok = chat ? parse_messages(x, o, g, e) : parse_prompt(o, x->m, &g->r, e);
+  if (ok) ok = chat ? parse_messages(x, o, g, e) : parse_prompt(o, x, &g->r, e);
   json_decref(o);
   if (ok && !g->max_set) {
     /* Defaults: OpenAI's 16 for completions; the rest of the context for chat. */

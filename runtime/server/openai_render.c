@@ -245,9 +245,18 @@ static void stream_token(api_req *q, const ss_model *m, const ss_engine_event *e
   sse_send(q->conn, o);
 }
 
+/* A request the engine aborted while its client was still there: the server
+ * drained past --drain-timeout ("abort" is not an OpenAI finish reason, so the
+ * client gets an error, code "server_shutdown", not a truncated success). */
+static const char k_drained[] =
+    "the server is shutting down: the request was stopped at --drain-timeout";
+
 static void stream_done(api_req *q, const ss_engine_event *ev) {
   ss_http_conn *c = q->conn;
-  if (strcmp(ev->finish_reason, "error") == 0) {
+  if (strcmp(ev->finish_reason, "abort") == 0) {
+    sse_send(c, json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", k_drained, "type",
+                          "server_error", "param", "code", "server_shutdown"));
+  } else if (strcmp(ev->finish_reason, "error") == 0) {
     json_t *err = json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message",
                             ev->error ? ev->error : "engine error", "type", "server_error",
                             "param", "code");
@@ -293,6 +302,10 @@ static void stream_done(api_req *q, const ss_engine_event *ev) {
 /* The whole response (not streamed)                                          */
 
 static void respond_done(api_req *q, const ss_engine_event *ev) {
+  if (strcmp(ev->finish_reason, "abort") == 0) {
+    ss_oai_send_error(q->conn, 503, NULL, "server_shutdown", NULL, "%s", k_drained);
+    return;
+  }
   if (strcmp(ev->finish_reason, "error") == 0) {
     ss_oai_send_error(q->conn, 500, NULL, NULL, NULL, "%s",
                       ev->error ? ev->error : "engine error");

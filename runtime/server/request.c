@@ -73,13 +73,16 @@ static void submit(api_req *q, ss_http_conn *c) {
   q->n_top = g->r.n_top_logprobs;
   q->tools = g->tools;
   q->created = time(NULL);
+  q->t_submit = uv_hrtime();
   g->r.user = q;
   int64_t id = 0;
   int rc = ss_engine_submit(q->engine, &g->r, &id);
   if (rc) {
     if (rc == SS_ERR_BUSY) {
+      q->api->n_queue_full++;
       ss_oai_send_error(c, 429, NULL, "queue_full", "Retry-After: 1\r\n", "%s", ss_error_msg());
     } else if (rc == SS_ERR_RANGE || rc == SS_ERR_INVALID) {
+      if (!strstr(ss_error_msg(), "shutting down")) q->api->n_client_errors++;
       const char *param = strstr(ss_error_msg(), "max_tokens") ? "max_tokens"
                           : q->chat ? "messages" : "prompt";
       ss_oai_send_error(c, strstr(ss_error_msg(), "shutting down") ? 503 : 400, param, NULL, NULL,
@@ -115,7 +118,9 @@ static void answer_prepared(api_req *q, int status) {
     const parse_err *e = &q->e;
     ss_oai_send_error(c, e->status, e->param, e->status == 404 ? "model_not_found" : NULL, NULL,
                       "%s", e->msg);
-    if (!e->body && generate) a->n_client_errors++;
+    /* Every refused generation request counts, a body that is not a JSON
+     * object included. */
+    if (generate && e->status >= 400 && e->status < 500) a->n_client_errors++;
     req_free(q);
     return;
   }
@@ -150,6 +155,7 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api
                      ss_engine *eng, const ss_model *m) {
   const bool chat = kind == API_CHAT;
   if (req->body_len == 0) {
+    if (kind == API_COMPLETION || kind == API_CHAT) a->n_client_errors++;
     ss_oai_send_error(c, 400, NULL, NULL, NULL,
                       "the request has no body: a JSON object is expected");
     return;
@@ -168,13 +174,16 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api
   body[req->body_len] = 0;
   q->api = a;
   q->conn = c;
+  q->t_arrive = uv_hrtime();
   q->chat = chat;
   q->kind = kind;
   q->body = body;
   q->body_len = req->body_len;
   q->engine = eng;
   q->ctx = (gen_ctx){.model_name = a->model_name, .default_max_tokens = a->o.default_max_tokens,
-                     .n_ctx = ss_engine_n_ctx(eng), .m = m, .tmpl = a->tmpl,
+                     .n_ctx = ss_engine_n_ctx(eng), .max_prompt_nbytes = a->o.max_prompt_nbytes,
+                     .parse_special_in_content = a->o.parse_special_in_content,
+                     .m = m, .tmpl = a->tmpl,
                      .no_tmpl_why = a->tmpl_why};
   q->work.data = q;
   if (uv_queue_work(a->loop, &q->work, prepare, prepared) != 0) {
@@ -205,8 +214,18 @@ void ss_api_on_wake(uv_async_t *h) {
       ss_engine_event *next = ev->next;
       api_req *q = ev->user;
       if (q->conn) {
-        if (ev->kind == SS_ENGINE_TOKEN) ss_oai_on_token(q, m, ev);
-        else ss_oai_on_done(q, ev);
+        if (ev->kind == SS_ENGINE_TOKEN) {
+          ss_oai_on_token(q, m, ev);
+        } else {
+          /* The access log's queue and time to first token count the
+           * preparation (on a worker) as well as the engine's queue. */
+          const double prep_ms = (double)(q->t_submit - q->t_arrive) / 1e6;
+          ss_http_conn_set_log(q->conn, ev->n_prompt, ev->n_generated,
+                               prep_ms + ev->queue_s * 1e3,
+                               ev->n_generated > 0
+                                   ? prep_ms + (ev->queue_s + ev->prefill_s) * 1e3 : -1);
+          ss_oai_on_done(q, ev);
+        }
       }
       if (ev->kind == SS_ENGINE_DONE) req_free(q);
       ss_engine_event_free(ev);

@@ -48,10 +48,52 @@ static void handle_metrics(ss_api *a, ss_http_conn *c, ss_engine *eng, api_phase
                    "Requests whose client left before the response was complete.");
   ss_metric_value(&b, "shardserve:request_client_disconnect_total", "",
                   (double)a->n_aborted_by_client);
+  ss_metric_header(&b, "shardserve:request_queue_full_total", "counter",
+                   "Generation requests refused with 429 (the engine's queue was full).");
+  ss_metric_value(&b, "shardserve:request_queue_full_total", "", (double)a->n_queue_full);
+  const ss_http_stats hs = ss_http_server_stats(a->http);
+  static const struct {
+    const char *name, *help;
+  } k_http[] = {
+      {"shardserve:http_refused_connections_total",
+       "Connections answered 503 at accept (--max-connections, --max-connections-per-client)."},
+      {"shardserve:http_refused_buffer_total",
+       "Requests answered 503 because buffered input reached --max-buffered-bytes."},
+      {"shardserve:http_header_timeouts_total",
+       "Requests whose line and headers missed --header-timeout (408)."},
+      {"shardserve:http_body_timeouts_total", "Requests whose body missed --body-timeout (408)."},
+      {"shardserve:http_write_timeouts_total",
+       "Clients disconnected for not reading their output for --write-timeout."},
+      {"shardserve:http_bad_requests_total",
+       "Requests refused by the HTTP layer (malformed, 413, 415, 417, 505)."},
+  };
+  const double http_v[] = {(double)hs.refused_connections, (double)hs.refused_buffer,
+                           (double)hs.header_timeouts, (double)hs.body_timeouts,
+                           (double)hs.write_timeouts, (double)(hs.bad_requests + a->n_bad_media)};
+  for (size_t i = 0; i < sizeof k_http / sizeof k_http[0]; i++) {
+    ss_metric_header(&b, k_http[i].name, "counter", k_http[i].help);
+    ss_metric_value(&b, k_http[i].name, "", http_v[i]);
+  }
+  ss_metric_header(&b, "shardserve:http_open_connections", "gauge", "Admitted connections open.");
+  ss_metric_value(&b, "shardserve:http_open_connections", "", hs.open_connections);
+  ss_metric_header(&b, "shardserve:http_buffered_bytes", "gauge",
+                   "Request input buffered over all connections.");
+  ss_metric_value(&b, "shardserve:http_buffered_bytes", "", (double)hs.buffered_nbytes);
   if (eng) ss_engine_metrics(eng, &b);
   if (b.failed) ss_oai_send_error(c, 500, NULL, NULL, NULL, "out of memory");
   else ss_http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", "", b.p, b.len);
   ss_strbuf_free(&b);
+}
+
+/* application/json, with optional parameters ("; charset=utf-8"). */
+static bool is_json_media(const char *ct) {
+  if (!ct) return false;
+  while (*ct == ' ' || *ct == '\t') ct++;
+  static const char k_json[] = "application/json";
+  if (strncasecmp(ct, k_json, sizeof k_json - 1) != 0) return false;
+  ct += sizeof k_json - 1;
+  while (*ct == ' ' || *ct == '\t') ct++;
+  return *ct == 0 || *ct == ';';
 }
 
 static bool auth_ok(const ss_api *a, const ss_http_request *req) {
@@ -137,6 +179,13 @@ void ss_api_on_request(void *user, ss_http_conn *c, const ss_http_request *req) 
     return;
   }
   const api_kind kind = posts[route].kind;
+  if (!is_json_media(req->content_type)) {
+    a->n_bad_media++;
+    ss_oai_send_error(c, 415, NULL, NULL, NULL,
+                      "the Content-Type header is '%.100s': POST %s takes application/json",
+                      req->content_type ? req->content_type : "(none)", p);
+    return;
+  }
   /* The utility routes need only the model; generation also a serving engine. */
   if ((kind == API_COMPLETION || kind == API_CHAT) && !ss_api_check_serving(a, c, eng)) return;
   ss_api_generate(a, c, req, kind, eng, m);
