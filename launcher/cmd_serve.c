@@ -6,7 +6,13 @@
  * and then runs the continuous-batching engine.  Ranks 1..tp-1 load their
  * shard and run the steps rank 0 broadcasts.  SIGINT/SIGTERM to rank 0 drain:
  * stop accepting, finish in-flight requests up to --drain-timeout, stop the
- * workers, exit 0. */
+ * workers, exit 0.  SIGUSR1 drains the same way: `shardserve launch` sends it
+ * through mpirun (which passes SIGUSR1 on to every rank, where SIGTERM would
+ * end them), and the workers ignore it.
+ *
+ * A lost rank ends the server: every request gets an error, /health answers
+ * 503 for k_failed_linger_s so that a balancer sees the failure, then rank 0
+ * exits 1. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -15,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -30,6 +37,9 @@
 #include "runtime/tokenizer/chat.h"
 
 static const char *k_cmd = "serve";
+
+/* After a fatal error, how long /health keeps answering 503 before the exit. */
+static const double k_failed_linger_s = 2.0;
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -107,7 +117,7 @@ typedef struct serve_ctx {
   /* rank 0 */
   ss_api *api;
   uv_loop_t *loop;
-  uv_signal_t sigint, sigterm;
+  uv_signal_t sigint, sigterm, sigusr1;
   uv_async_t stop_async;
   pthread_t engine_thread;
   ss_engine *engine;
@@ -181,6 +191,12 @@ static void *engine_main(void *arg) {
   s->engine_rc = ss_engine_run(s->engine);
   if (s->engine_rc != SS_OK) {
     ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    /* Every request has its error; /health says 503 (the engine has failed)
+     * while new requests are refused, until the exit. */
+    struct timespec ts = {.tv_sec = (time_t)k_failed_linger_s,
+                          .tv_nsec = (long)((k_failed_linger_s - (double)(time_t)k_failed_linger_s) *
+                                            1e9)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
   } else if (ss_exec_stop_workers(s->model)) {
     ss_cli_fail(k_cmd, "%s", ss_error_msg());
     s->engine_rc = SS_ERR_COMM;
@@ -193,7 +209,8 @@ static void *engine_main(void *arg) {
 static void on_signal(uv_signal_t *h, int signum) {
   serve_ctx *s = h->data;
   fprintf(stderr, "shardserve serve: %s: draining (up to %.0f s), then exiting\n",
-          signum == SIGINT ? "SIGINT" : "SIGTERM", s->drain_timeout);
+          signum == SIGINT ? "SIGINT" : signum == SIGTERM ? "SIGTERM" : "SIGUSR1",
+          s->drain_timeout);
   ss_api_begin_drain(s->api);
   pthread_mutex_lock(&s->mu);
   s->stop_requested = true;
@@ -202,8 +219,10 @@ static void on_signal(uv_signal_t *h, int signum) {
   if (e) ss_engine_stop(e, s->drain_timeout);
   uv_signal_stop(&s->sigint);
   uv_signal_stop(&s->sigterm);
+  uv_signal_stop(&s->sigusr1);
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
+  uv_close((uv_handle_t *)&s->sigusr1, NULL);
 }
 
 static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
@@ -218,13 +237,16 @@ static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
           ss_api_port(s->api));
   uv_signal_init(s->loop, &s->sigint);
   uv_signal_init(s->loop, &s->sigterm);
-  s->sigint.data = s->sigterm.data = s;
+  uv_signal_init(s->loop, &s->sigusr1);
+  s->sigint.data = s->sigterm.data = s->sigusr1.data = s;
   uv_signal_start(&s->sigint, on_signal, SIGINT);
   uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+  uv_signal_start(&s->sigusr1, on_signal, SIGUSR1);
   /* The signal watchers must not keep the loop alive on their own: when the
    * engine fails to start, the API closes its handles and the loop ends. */
   uv_unref((uv_handle_t *)&s->sigint);
   uv_unref((uv_handle_t *)&s->sigterm);
+  uv_unref((uv_handle_t *)&s->sigusr1);
   pthread_mutex_init(&s->mu, NULL);
   if (pthread_create(&s->engine_thread, NULL, engine_main, s) != 0)
     return ss_cli_fail(k_cmd, "cannot start the engine thread");
@@ -234,6 +256,7 @@ static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
   if (!uv_is_closing((uv_handle_t *)&s->sigint)) {
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->sigusr1, NULL);
     uv_run(s->loop, UV_RUN_DEFAULT);
   }
   return s->exit_code;
@@ -365,6 +388,22 @@ int ss_cmd_serve(int argc, char **argv) {
   if (s.eo.n_blocks && s.eo.kv_mem_bytes)
     return ss_cli_usage(k_cmd, "give --kv-blocks or --kv-mem, not both");
   if (!ao.api_key) ao.api_key = getenv("SHARDSERVE_API_KEY");
+  s.eo.log = stderr;
+  const char *dbg = getenv("SS_DEBUG_FAIL_STEP");
+  if (dbg && *dbg) {
+    /* Tests only: ID[:N] fails every step holding request ID (counted from 1)
+     * once it has generated N tokens (default 0). */
+    char *end = NULL;
+    long long id = strtoll(dbg, &end, 10);
+    long after = 0;
+    if (*end == ':') after = strtol(end + 1, &end, 10);
+    if (id < 1 || after < 0 || after > 1 << 24 || *end)
+      return ss_cli_usage(k_cmd, "SS_DEBUG_FAIL_STEP='%s': expected ID[:N], ID >= 1, N >= 0", dbg);
+    s.eo.debug_fail_id = id;
+    s.eo.debug_fail_after = (int32_t)after;
+    fprintf(stderr, "shardserve serve: debug hook: steps holding request %lld fail once it has "
+            "%ld tokens (SS_DEBUG_FAIL_STEP)\n", id, after);
+  }
 
   /* The model id: the file name without directories and .gguf. */
   char base[256];
@@ -378,6 +417,9 @@ int ss_cmd_serve(int argc, char **argv) {
   }
   ao.model_name = name;
 
+  /* SIGUSR1 (launch's drain request through mpirun) must not end a rank that
+   * is still starting: rank 0 handles it once its loop runs, workers never. */
+  signal(SIGUSR1, SIG_IGN);
   int rc = ss_cli_device_resolve(k_cmd, &s.device);
   if (rc) return rc;
   ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
@@ -391,6 +433,7 @@ int ss_cmd_serve(int argc, char **argv) {
      * still noticed: the wait for the next step watches it. */
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
     ss_model *m = NULL;
     ss_backend *be = NULL;
     rc = ss_cli_load_shard(k_cmd, s.path, s.comm, s.replicate_vocab, &m);
