@@ -84,6 +84,9 @@ static void usage(FILE *f) {
           "                            --max-num-seqs whole contexts need; a pool smaller\n"
           "                            than one context shortens the context, said at start)\n"
           "      --max-waiting N       queued requests before 429 + Retry-After (default 1024)\n"
+          "      --stats-interval S    while requests run, print a stats line (steps, tok/s,\n"
+          "                            running, waiting, KV use, failures) every S s to stderr\n"
+          "                            (default 10; 0: never)\n"
           "      --step-log FILE       write one CSV line per engine step (batch shape, forward\n"
           "                            and step seconds), e.g. to check `plan`'s cost model\n"
           "\n"
@@ -263,14 +266,14 @@ static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
 }
 
 int ss_cmd_serve(int argc, char **argv) {
-  serve_ctx s = {.path = SS_DEFAULT_MODEL, .drain_timeout = 30};
+  serve_ctx s = {.path = SS_DEFAULT_MODEL, .drain_timeout = 30, .eo = {.stats_interval_s = 10}};
   ss_api_opts ao = {.host = "127.0.0.1", .port = 8000};
   const char *name = NULL;
   int64_t tp = 0, v = 0;
   double comm_timeout = 0, d = 0;
   bool deterministic = true;
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
-         O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT };
+         O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT, O_STATS };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -289,6 +292,7 @@ int ss_cmd_serve(int argc, char **argv) {
       {"comm-timeout", required_argument, 0, O_CTO}, {"help", no_argument, 0, 'h'},
       {"device", required_argument, 0, O_DEVICE},
       {"activations", required_argument, 0, O_ACT},
+      {"stats-interval", required_argument, 0, O_STATS},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -373,6 +377,10 @@ int ss_cmd_serve(int argc, char **argv) {
         return SS_EXIT_USAGE;
       break;
     case O_SLOG: s.step_log_path = optarg; break;
+    case O_STATS:
+      if (!ss_cli_parse_float(k_cmd, "--stats-interval", optarg, 0, 86400, &s.eo.stats_interval_s))
+        return SS_EXIT_USAGE;
+      break;
     case O_DEVICE:
       if (!ss_cli_device_parse(k_cmd, optarg, &s.device)) return SS_EXIT_USAGE;
       break;

@@ -406,7 +406,7 @@ static int isolate_step(ss_engine *e, const ss_sched_batch *b, const char *why) 
     int rc;
     if (b->n_entries == 1) {
       rc = SS_ERR_INTERNAL; /* alone already */
-      snprintf(e->ent_why[i], sizeof e->ent_why[i], "%s", why);
+      snprintf(e->ent_why[i], sizeof e->ent_why[i], "%.*s", (int)sizeof e->ent_why[i] - 1, why);
     } else {
       int32_t row = en->count - 1;
       ss_batch one = {.n = en->count, .tokens = e->b_tokens + off,
@@ -426,9 +426,34 @@ static int isolate_step(ss_engine *e, const ss_sched_batch *b, const char *why) 
   return n_failed;
 }
 
+/* The stats line, at most every stats_interval_s, printed after a step (so
+ * only while the engine is busy): rates over the interval since the last. */
+static void stats_line(ss_engine *e) {
+  const double now = ss_now_s();
+  if (!e->o.log || e->o.stats_interval_s <= 0 || now - e->stats_t < e->o.stats_interval_s) return;
+  pthread_mutex_lock(&e->mu);
+  const uint64_t prompt = e->prompt_tokens_total, gen = e->generation_tokens_total;
+  const uint64_t failed = e->success_error;
+  const int32_t running = e->pub_running, waiting = e->pub_waiting, used = e->pub_blocks_used;
+  pthread_mutex_unlock(&e->mu);
+  const double dt = now - e->stats_t;
+  fprintf(e->o.log, "shardserve engine: stats: %.1f s: %llu steps, prompt %.1f tok/s, generation "
+          "%.1f tok/s; running %d, waiting %d, KV blocks %d of %d (%.1f%%); failed requests "
+          "%llu, failed steps %llu\n", dt, (unsigned long long)(e->steps - e->stats_steps),
+          (double)(prompt - e->stats_prompt) / dt, (double)(gen - e->stats_gen) / dt, running,
+          waiting, used, e->o.n_blocks, 100.0 * used / e->o.n_blocks, (unsigned long long)failed,
+          (unsigned long long)e->step_failures_total);
+  fflush(e->o.log);
+  e->stats_t = now;
+  e->stats_steps = e->steps;
+  e->stats_prompt = prompt;
+  e->stats_gen = gen;
+}
+
 int ss_engine_run(ss_engine *e) {
   int rc = SS_OK;
   e->t_start = ss_now_s();
+  e->stats_t = e->t_start;
   for (;;) {
     ev_list evs = {0};
     pthread_mutex_lock(&e->mu);
@@ -595,6 +620,7 @@ int ss_engine_run(ss_engine *e) {
     pthread_mutex_unlock(&e->mu);
     if (e->notify) e->notify(e->notify_user);
     ss_eng_step_log(e, t_sched, &ok, attended, kv_read, t_fwd0, t);
+    stats_line(e);
     if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) {
       ss_eng_gather_rank_stats(e);
       e->stats_dirty = false;

@@ -46,7 +46,9 @@ typedef struct ss_engine_opts {
   bool no_prefix_caching;      /* prefix caching (reusing the K/V of computed prompt blocks,
                                   see scheduler.h) is on unless this is set */
   FILE *log;                   /* when set, failed steps and lost ranks are reported here in
-                                  detail (clients get a plain message) */
+                                  detail (clients get a plain message), and a stats line
+                                  every stats_interval_s while steps run */
+  double stats_interval_s;     /* 0: no stats line */
   int64_t debug_fail_id;       /* tests only: every step holding request debug_fail_id (ids
                                   count from 1 in submission order) once it has generated
                                   debug_fail_after tokens fails; 0: off */

@@ -59,6 +59,10 @@ struct ss_engine {
   int32_t *b_tokens, *b_pos, *b_rows;
   const int32_t **b_tab;
   uint64_t steps;
+  /* the periodic stats line (engine thread): when it was last printed and the
+   * counters then */
+  double stats_t;
+  uint64_t stats_steps, stats_prompt, stats_gen;
   bool stats_dirty;       /* steps ran since the per-rank counters were gathered */
   /* per-step scratch, max_num_seqs long */
   struct ereq **done_q;
