@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,12 +44,17 @@ static int run_mpirun(char **av, bool drain) {
   sigaction(SIGTERM, &sa, &old_term);
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return ss_cli_fail(k_cmd, "pipe: %s", strerror(errno));
+  const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) return ss_cli_fail(k_cmd, "fork: %s", strerror(errno));
   if (pid == 0) {
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     setpgid(0, 0);
+    /* Out of the terminal's process group, mpirun would outlive a launcher
+     * killed outright: it gets SIGTERM (its own stop) when this process dies. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(SS_EXIT_FAIL);
     close(fds[0]);
     execvp(av[0], av);
     int e = errno;

@@ -428,6 +428,9 @@ int ss_cmd_serve(int argc, char **argv) {
   /* SIGUSR1 (launch's drain request through mpirun) must not end a rank that
    * is still starting: rank 0 handles it once its loop runs, workers never. */
   signal(SIGUSR1, SIG_IGN);
+  /* A client that leaves mid-response makes the next write fail with EPIPE,
+   * which the HTTP layer handles; the signal would end the server. */
+  signal(SIGPIPE, SIG_IGN);
   int rc = ss_cli_device_resolve(k_cmd, &s.device);
   if (rc) return rc;
   ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
