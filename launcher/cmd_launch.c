@@ -4,8 +4,9 @@
  *
  * Stopping.  mpirun answers SIGINT/SIGTERM by killing every rank within about
  * a second, which leaves no time for the server to drain.  So mpirun runs as
- * a child in its own process group (a Ctrl-C at the terminal reaches only this
- * process), and for `serve` the first SIGINT/SIGTERM is passed on as SIGUSR1,
+ * a child, for `serve` in a process group of its own (a Ctrl-C at the terminal
+ * reaches only this process), and for `serve` the first SIGINT/SIGTERM is
+ * passed on as SIGUSR1,
  * which mpirun forwards to every rank on every host: rank 0 drains (finishes
  * in-flight requests, then stops the workers), the workers ignore it, and the
  * job ends with rank 0's exit status.  A second signal is passed on as SIGTERM
@@ -50,9 +51,11 @@ static int run_mpirun(char **av, bool drain) {
   if (pid == 0) {
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    setpgid(0, 0);
-    /* Out of the terminal's process group, mpirun would outlive a launcher
-     * killed outright: it gets SIGTERM (its own stop) when this process dies. */
+    /* Only a server's mpirun leaves the terminal's process group: another
+     * command's mpirun forwards stdin, which a background group cannot read.
+     * Either way it gets SIGTERM (its own stop) when this process dies, so a
+     * launcher killed outright leaves no job behind. */
+    if (drain) setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(SS_EXIT_FAIL);
     close(fds[0]);
