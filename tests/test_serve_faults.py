@@ -173,7 +173,7 @@ try:
 except Exception:  # noqa: BLE001
     srv.kill()
     rc = None
-ck.check(rc == 0, f"launch exited {rc} after SIGTERM; log:\n{''.join(srv.log[-12:])}")
+ck.check(rc == 0, f"launch exited {rc} after SIGTERM; log:\n{''.join(srv.log[-60:])}")
 for i, s in enumerate(drained):
     ck.check(s.finish() == "length" and s.done and len(s.events) >= 32,
              f"stream {i} during the drain: {s.finish()!r}, [DONE] {s.done}, {len(s.events)} "
@@ -313,7 +313,7 @@ for f in fails:
 ck.check(stats["ok"] + stats["abandoned"] == reqs,
          f"soak: {stats['ok']} ok + {stats['abandoned']} abandoned != {reqs}")
 rc = srv.stop()
-ck.check(rc == 0, f"the soak server exited {rc}")
+ck.check(rc == 0, f"the soak server exited {rc}; log:\n{''.join(srv.log[-60:])}")
 os.unlink(tiny)
 print(f"soak: {time.time() - t0:.1f} s", flush=True)
 ck.finish()
