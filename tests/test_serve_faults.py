@@ -1,8 +1,8 @@
 """Failures and stops of a multi-rank server, as its clients see them (TP 2).
 
 1. A step that fails (the SS_DEBUG_FAIL_STEP hook) fails only its request:
-   that stream ends with an error event, while 8 concurrent requests finish
-   with exactly the text of an undisturbed run of the same 8, and the server
+   that stream ends with an error event, while 8 concurrent requests (4 under
+   the sanitizers) finish with exactly the text of an undisturbed run of them, and the server
    keeps serving (/health 200, a later request completes, KV blocks freed).
 2. SIGTERM to `shardserve launch` drains: the streams in flight finish
    ("length", [DONE]) and the launcher exits 0.
@@ -109,12 +109,17 @@ def run_streams(port, n, max_tokens, start_extra=None):
 # 1 and 2: failure isolation, then the launcher's drain, on one server.
 # Requests get ids 1, 2, ... in submission order: 1-8 the undisturbed run,
 # 9-16 the same again, 17 the one whose steps fail once it has 3 tokens.
-os.environ["SS_DEBUG_FAIL_STEP"] = "17:3"
+# Under the sanitizers 4 others instead of 8 (ids 1-4, 5-8, 9).
+N_OTHERS = 4 if SANITIZED else 8
+if SANITIZED:
+    print("sanitizer build (SS_SANITIZED=1): 4 requests beside the failing one; the release "
+          "build runs 8", flush=True)
+os.environ["SS_DEBUG_FAIL_STEP"] = f"{2 * N_OTHERS + 1}:3"
 t0 = time.time()
 srv = Server(args.bin, args.model, tp=2, extra=["--max-num-seqs", "16", "--drain-timeout", "300",
                                                 "--stats-interval", "2"])
 del os.environ["SS_DEBUG_FAIL_STEP"]
-base, _ = run_streams(srv.port, 8, 12)
+base, _ = run_streams(srv.port, N_OTHERS, 12)
 ck.check(all(s.finish() == "length" and s.done for s in base),
          f"undisturbed run: {[(s.finish(), s.done, s.exc) for s in base]}")
 
@@ -126,7 +131,7 @@ def fail_one():
     return bad
 
 
-again, bad = run_streams(srv.port, 8, 12, fail_one)
+again, bad = run_streams(srv.port, N_OTHERS, 12, fail_one)
 for i, (a, b) in enumerate(zip(base, again)):
     ck.check(b.finish() == "length" and b.done and b.text() == a.text(),
              f"request {i} next to the failing one: {b.finish()!r} {b.text()!r}, undisturbed "
