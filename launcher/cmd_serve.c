@@ -6,7 +6,13 @@
  * and then runs the continuous-batching engine.  Ranks 1..tp-1 load their
  * shard and run the steps rank 0 broadcasts.  SIGINT/SIGTERM to rank 0 drain:
  * stop accepting, finish in-flight requests up to --drain-timeout, stop the
- * workers, exit 0. */
+ * workers, exit 0.  SIGUSR1 drains the same way: `shardserve launch` sends it
+ * through mpirun (which passes SIGUSR1 on to every rank, where SIGTERM would
+ * end them), and the workers ignore it.
+ *
+ * A lost rank ends the server: every request gets an error, /health answers
+ * 503 for k_failed_linger_s so that a balancer sees the failure, then rank 0
+ * exits 1. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -15,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -30,6 +37,9 @@
 #include "runtime/tokenizer/chat.h"
 
 static const char *k_cmd = "serve";
+
+/* After a fatal error, how long /health keeps answering 503 before the exit. */
+static const double k_failed_linger_s = 2.0;
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -96,6 +106,9 @@ static void usage(FILE *f) {
           "                            --max-num-seqs whole contexts need; a pool smaller\n"
           "                            than one context shortens the context, said at start)\n"
           "      --max-waiting N       queued requests before 429 + Retry-After (default 1024)\n"
+          "      --stats-interval S    while requests run, print a stats line (steps, tok/s,\n"
+          "                            running, waiting, KV use, failures) every S s to stderr\n"
+          "                            (default 10; 0: never)\n"
           "      --step-log FILE       write one CSV line per engine step (batch shape, forward\n"
           "                            and step seconds), e.g. to check `plan`'s cost model\n"
           "\n"
@@ -129,7 +142,7 @@ typedef struct serve_ctx {
   /* rank 0 */
   ss_api *api;
   uv_loop_t *loop;
-  uv_signal_t sigint, sigterm;
+  uv_signal_t sigint, sigterm, sigusr1;
   uv_async_t stop_async;
   pthread_t engine_thread;
   ss_engine *engine;
@@ -203,6 +216,12 @@ static void *engine_main(void *arg) {
   s->engine_rc = ss_engine_run(s->engine);
   if (s->engine_rc != SS_OK) {
     ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    /* Every request has its error; /health says 503 (the engine has failed)
+     * while new requests are refused, until the exit. */
+    struct timespec ts = {.tv_sec = (time_t)k_failed_linger_s,
+                          .tv_nsec = (long)((k_failed_linger_s - (double)(time_t)k_failed_linger_s) *
+                                            1e9)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
   } else if (ss_exec_stop_workers(s->model)) {
     ss_cli_fail(k_cmd, "%s", ss_error_msg());
     s->engine_rc = SS_ERR_COMM;
@@ -215,7 +234,8 @@ static void *engine_main(void *arg) {
 static void on_signal(uv_signal_t *h, int signum) {
   serve_ctx *s = h->data;
   fprintf(stderr, "shardserve serve: %s: draining (up to %.0f s), then exiting\n",
-          signum == SIGINT ? "SIGINT" : "SIGTERM", s->drain_timeout);
+          signum == SIGINT ? "SIGINT" : signum == SIGTERM ? "SIGTERM" : "SIGUSR1",
+          s->drain_timeout);
   ss_api_begin_drain(s->api);
   pthread_mutex_lock(&s->mu);
   s->stop_requested = true;
@@ -224,8 +244,10 @@ static void on_signal(uv_signal_t *h, int signum) {
   if (e) ss_engine_stop(e, s->drain_timeout);
   uv_signal_stop(&s->sigint);
   uv_signal_stop(&s->sigterm);
+  uv_signal_stop(&s->sigusr1);
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
+  uv_close((uv_handle_t *)&s->sigusr1, NULL);
 }
 
 static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
@@ -240,13 +262,16 @@ static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
           ss_api_port(s->api));
   uv_signal_init(s->loop, &s->sigint);
   uv_signal_init(s->loop, &s->sigterm);
-  s->sigint.data = s->sigterm.data = s;
+  uv_signal_init(s->loop, &s->sigusr1);
+  s->sigint.data = s->sigterm.data = s->sigusr1.data = s;
   uv_signal_start(&s->sigint, on_signal, SIGINT);
   uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+  uv_signal_start(&s->sigusr1, on_signal, SIGUSR1);
   /* The signal watchers must not keep the loop alive on their own: when the
    * engine fails to start, the API closes its handles and the loop ends. */
   uv_unref((uv_handle_t *)&s->sigint);
   uv_unref((uv_handle_t *)&s->sigterm);
+  uv_unref((uv_handle_t *)&s->sigusr1);
   pthread_mutex_init(&s->mu, NULL);
   if (pthread_create(&s->engine_thread, NULL, engine_main, s) != 0)
     return ss_cli_fail(k_cmd, "cannot start the engine thread");
@@ -256,13 +281,14 @@ static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
   if (!uv_is_closing((uv_handle_t *)&s->sigint)) {
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->sigusr1, NULL);
     uv_run(s->loop, UV_RUN_DEFAULT);
   }
   return s->exit_code;
 }
 
 int ss_cmd_serve(int argc, char **argv) {
-  serve_ctx s = {.path = SS_DEFAULT_MODEL, .drain_timeout = 30};
+  serve_ctx s = {.path = SS_DEFAULT_MODEL, .drain_timeout = 30, .eo = {.stats_interval_s = 10}};
   ss_api_opts ao = {.host = "127.0.0.1", .port = 8000, .parse_special_in_content = true};
   const char *name = NULL;
   int64_t tp = 0, v = 0;
@@ -271,7 +297,7 @@ int ss_cmd_serve(int argc, char **argv) {
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
          O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT,
          O_HDR_TO, O_BODY_TO, O_MAXCONN, O_MAXCONN_CLIENT, O_MAXBUF, O_OUTQ, O_WRITE_TO,
-         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG };
+         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG, O_STATS };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -300,6 +326,7 @@ int ss_cmd_serve(int argc, char **argv) {
       {"max-prompt-bytes", required_argument, 0, O_PROMPT_BYTES},
       {"parse-special-in-content", required_argument, 0, O_PARSE_SPECIAL},
       {"access-log", required_argument, 0, O_ACCESS_LOG},
+      {"stats-interval", required_argument, 0, O_STATS},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -430,6 +457,10 @@ int ss_cmd_serve(int argc, char **argv) {
         return SS_EXIT_USAGE;
       break;
     case O_SLOG: s.step_log_path = optarg; break;
+    case O_STATS:
+      if (!ss_cli_parse_float(k_cmd, "--stats-interval", optarg, 0, 86400, &s.eo.stats_interval_s))
+        return SS_EXIT_USAGE;
+      break;
     case O_DEVICE:
       if (!ss_cli_device_parse(k_cmd, optarg, &s.device)) return SS_EXIT_USAGE;
       break;
@@ -454,6 +485,22 @@ int ss_cmd_serve(int argc, char **argv) {
     fprintf(stderr, "shardserve serve: warning: --host %s accepts connections from other "
                     "machines and no --api-key is set: anyone who can reach it may use it\n",
             ao.host);
+  s.eo.log = stderr;
+  const char *dbg = getenv("SS_DEBUG_FAIL_STEP");
+  if (dbg && *dbg) {
+    /* Tests only: ID[:N] fails every step holding request ID (counted from 1)
+     * once it has generated N tokens (default 0). */
+    char *end = NULL;
+    long long id = strtoll(dbg, &end, 10);
+    long after = 0;
+    if (*end == ':') after = strtol(end + 1, &end, 10);
+    if (id < 1 || after < 0 || after > 1 << 24 || *end)
+      return ss_cli_usage(k_cmd, "SS_DEBUG_FAIL_STEP='%s': expected ID[:N], ID >= 1, N >= 0", dbg);
+    s.eo.debug_fail_id = id;
+    s.eo.debug_fail_after = (int32_t)after;
+    fprintf(stderr, "shardserve serve: debug hook: steps holding request %lld fail once it has "
+            "%ld tokens (SS_DEBUG_FAIL_STEP)\n", id, after);
+  }
 
   /* The model id: the file name without directories and .gguf. */
   char base[256];
@@ -467,6 +514,12 @@ int ss_cmd_serve(int argc, char **argv) {
   }
   ao.model_name = name;
 
+  /* SIGUSR1 (launch's drain request through mpirun) must not end a rank that
+   * is still starting: rank 0 handles it once its loop runs, workers never. */
+  signal(SIGUSR1, SIG_IGN);
+  /* A client that leaves mid-response makes the next write fail with EPIPE,
+   * which the HTTP layer handles; the signal would end the server. */
+  signal(SIGPIPE, SIG_IGN);
   int rc = ss_cli_device_resolve(k_cmd, &s.device);
   if (rc) return rc;
   ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
@@ -480,6 +533,7 @@ int ss_cmd_serve(int argc, char **argv) {
      * still noticed: the wait for the next step watches it. */
     signal(SIGINT, SIG_IGN);
     signal(SIGTERM, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
     ss_model *m = NULL;
     ss_backend *be = NULL;
     rc = ss_cli_load_shard(k_cmd, s.path, s.comm, s.replicate_vocab, &m);

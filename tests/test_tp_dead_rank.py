@@ -20,9 +20,16 @@ args = parse_args()
 ck = Checker("dead rank")
 
 
+def parent_of(pid):
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def rank_pids(root_pid):
-    """{rank: pid} of the shardserve processes started by the mpirun root_pid
-    (other tests may run MPI jobs at the same time)."""
+    """{rank: pid} of the shardserve processes started by the launcher root_pid
+    through its mpirun (other tests may run MPI jobs at the same time)."""
     found = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -33,7 +40,7 @@ def rank_pids(root_pid):
             ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if ppid != root_pid or b"generate" not in cmdline:
+        if root_pid not in (ppid, parent_of(ppid)) or b"generate" not in cmdline:
             continue
         for kv in env:
             if kv.startswith(b"OMPI_COMM_WORLD_RANK="):

@@ -138,8 +138,13 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   e->done_r = malloc((size_t)o.max_num_seqs * sizeof *e->done_r);
   e->itls = malloc((size_t)o.max_num_seqs * sizeof *e->itls);
   e->ttfts = malloc((size_t)o.max_num_seqs * sizeof *e->ttfts);
+  e->ent_failed = malloc((size_t)o.max_num_seqs * sizeof *e->ent_failed);
+  e->ent_why = malloc((size_t)o.max_num_seqs * sizeof *e->ent_why);
+  e->ent_tok = malloc((size_t)o.max_num_seqs * sizeof *e->ent_tok);
+  e->ent_ok = malloc((size_t)o.max_num_seqs * sizeof *e->ent_ok);
   if (!e->logits || !e->b_tokens || !e->b_pos || !e->b_rows || !e->b_tab || !e->done_q ||
-      !e->done_r || !e->itls || !e->ttfts) {
+      !e->done_r || !e->itls || !e->ttfts || !e->ent_failed || !e->ent_why || !e->ent_tok ||
+      !e->ent_ok) {
     rc = ss_error(SS_ERR_NOMEM, "engine: out of memory for a batch of %d tokens and %d sequences",
                   o.max_batched_tokens, o.max_num_seqs);
     goto fail;
@@ -186,6 +191,10 @@ void ss_engine_free(ss_engine *e) {
   free(e->done_r);
   free(e->itls);
   free(e->ttfts);
+  free(e->ent_failed);
+  free(e->ent_why);
+  free(e->ent_tok);
+  free(e->ent_ok);
   pthread_mutex_destroy(&e->mu);
   pthread_cond_destroy(&e->cv);
   free(e);
@@ -374,9 +383,93 @@ static void publish_locked(ss_engine *e, ev_list *evs) {
   e->pub_blocks_cached = ss_sched_blocks_cached_free(&e->sched);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Running a step, and isolating one that fails                               */
+
+/* The debug hook (opts.debug_fail_id): a step holding the named request fails
+ * before it runs, as a step failure attributed to one request would. */
+static int debug_check(const ss_engine *e, const ss_sched_entry *en, int32_t n) {
+  if (e->o.debug_fail_id <= 0) return SS_OK;
+  for (int32_t i = 0; i < n; i++) {
+    const ereq *q = en[i].seq->user;
+    if (q->id == e->o.debug_fail_id && q->n_generated >= e->o.debug_fail_after)
+      return ss_error(SS_ERR_INTERNAL, "injected failure of a step holding request %lld "
+                      "(SS_DEBUG_FAIL_STEP)", (long long)q->id);
+  }
+  return SS_OK;
+}
+
+/* Runs the step whose tokens are in the engine's batch arrays. */
+static int exec_all(ss_engine *e, const ss_sched_batch *b, int32_t nt, int32_t nl) {
+  int rc = debug_check(e, b->entries, b->n_entries);
+  if (rc) return rc;
+  ss_batch fb = {.n = nt, .tokens = e->b_tokens, .loc = {.n = nt, .pos = e->b_pos,
+                 .block_table = e->b_tab}, .n_logits = nl, .logit_rows = e->b_rows};
+  return ss_exec_step(e->m, &e->st, &e->kv, &fb, e->logits);
+}
+
+/* After a step failed with a status that leaves the ranks in step (anything
+ * but SS_ERR_COMM): runs each entry alone, its logits to its own row, so that
+ * a failure one request causes ends only that request.  The kernels are batch
+ * invariant, so the others' logits are those the whole step would have given.
+ * Marks e->ent_failed[i] (reason in e->ent_why[i]) and returns the number of
+ * failed entries, or SS_ERR_COMM when a rank is lost meanwhile. */
+static int isolate_step(ss_engine *e, const ss_sched_batch *b, const char *why) {
+  int32_t n_failed = 0, li = 0;
+  for (int32_t i = 0; i < b->n_entries; i++) {
+    const ss_sched_entry *en = &b->entries[i];
+    const int32_t off = e->ent_tok[i];
+    int rc;
+    if (b->n_entries == 1) {
+      rc = SS_ERR_INTERNAL; /* alone already */
+      snprintf(e->ent_why[i], sizeof e->ent_why[i], "%.*s", (int)sizeof e->ent_why[i] - 1, why);
+    } else {
+      int32_t row = en->count - 1;
+      ss_batch one = {.n = en->count, .tokens = e->b_tokens + off,
+                      .loc = {.n = en->count, .pos = e->b_pos + off, .block_table = e->b_tab + off},
+                      .n_logits = en->logits ? 1 : 0, .logit_rows = &row};
+      rc = debug_check(e, en, 1);
+      if (!rc)
+        rc = ss_exec_step(e->m, &e->st, &e->kv, &one,
+                          e->logits + (size_t)li * (size_t)e->m->cfg.vocab);
+      if (rc == SS_ERR_COMM) return rc;
+      if (rc) snprintf(e->ent_why[i], sizeof e->ent_why[i], "%s", ss_error_msg());
+    }
+    e->ent_failed[i] = rc != SS_OK;
+    n_failed += rc != SS_OK;
+    if (en->logits) li++;
+  }
+  return n_failed;
+}
+
+/* The stats line, at most every stats_interval_s, printed after a step (so
+ * only while the engine is busy): rates over the interval since the last. */
+static void stats_line(ss_engine *e) {
+  const double now = ss_now_s();
+  if (!e->o.log || e->o.stats_interval_s <= 0 || now - e->stats_t < e->o.stats_interval_s) return;
+  pthread_mutex_lock(&e->mu);
+  const uint64_t prompt = e->prompt_tokens_total, gen = e->generation_tokens_total;
+  const uint64_t failed = e->success_error;
+  const int32_t running = e->pub_running, waiting = e->pub_waiting, used = e->pub_blocks_used;
+  pthread_mutex_unlock(&e->mu);
+  const double dt = now - e->stats_t;
+  fprintf(e->o.log, "shardserve engine: stats: %.1f s: %llu steps, prompt %.1f tok/s, generation "
+          "%.1f tok/s; running %d, waiting %d, KV blocks %d of %d (%.1f%%); failed requests "
+          "%llu, failed steps %llu\n", dt, (unsigned long long)(e->steps - e->stats_steps),
+          (double)(prompt - e->stats_prompt) / dt, (double)(gen - e->stats_gen) / dt, running,
+          waiting, used, e->o.n_blocks, 100.0 * used / e->o.n_blocks, (unsigned long long)failed,
+          (unsigned long long)e->step_failures_total);
+  fflush(e->o.log);
+  e->stats_t = now;
+  e->stats_steps = e->steps;
+  e->stats_prompt = prompt;
+  e->stats_gen = gen;
+}
+
 int ss_engine_run(ss_engine *e) {
   int rc = SS_OK;
   e->t_start = ss_now_s();
+  e->stats_t = e->t_start;
   for (;;) {
     ev_list evs = {0};
     pthread_mutex_lock(&e->mu);
@@ -431,6 +524,8 @@ int ss_engine_run(ss_engine *e) {
     for (int32_t i = 0; i < b.n_entries; i++) {
       const ss_sched_entry *en = &b.entries[i];
       ereq *q = en->seq->user;
+      e->ent_tok[i] = nt;
+      e->ent_failed[i] = false;
       for (int32_t k = 0; k < en->count; k++) {
         const int32_t p = en->start + k;
         e->b_tokens[nt] = q->tokens[p];
@@ -441,10 +536,19 @@ int ss_engine_run(ss_engine *e) {
       }
       if (en->logits) e->b_rows[nl++] = nt - 1;
     }
-    ss_batch fb = {.n = nt, .tokens = e->b_tokens, .loc = {.n = nt, .pos = e->b_pos,
-                   .block_table = e->b_tab}, .n_logits = nl, .logit_rows = e->b_rows};
     const double t_fwd0 = ss_now_s();
-    rc = ss_exec_step(e->m, &e->st, &e->kv, &fb, e->logits);
+    rc = exec_all(e, &b, nt, nl);
+    int32_t n_failed = 0;
+    if (rc && rc != SS_ERR_COMM) {
+      char why[512];
+      snprintf(why, sizeof why, "a forward step failed: %s", ss_error_msg());
+      if (e->o.log)
+        fprintf(e->o.log, "shardserve engine: step %llu (%d sequences, %d tokens) failed: %s; "
+                "running its sequences one by one\n", (unsigned long long)e->steps + 1,
+                b.n_entries, nt, why);
+      rc = isolate_step(e, &b, why);
+      if (rc >= 0) n_failed = rc, rc = SS_OK;
+    }
     const double t = ss_now_s();
     pthread_mutex_lock(&e->mu);
     for (int32_t i = 0; i < b.n_entries; i++) {
@@ -457,17 +561,40 @@ int ss_engine_run(ss_engine *e) {
       }
     }
     if (rc) {
+      /* A lost rank: nothing more can run.  Clients get a plain message; the
+       * details (which rank, where) go to the log and the caller. */
       char msg[600];
       snprintf(msg, sizeof msg, "a forward step failed: %s", ss_error_msg());
-      ss_eng_fail_all_locked(e, msg, &evs);
+      if (e->o.log) fprintf(e->o.log, "shardserve engine: %s\n", msg);
+      ss_eng_fail_all_locked(e, "the server lost one of its ranks and is stopping; retry "
+                             "once it has been restarted", &evs);
       e->state = SS_ENGINE_FAILED;
       publish_locked(e, &evs);
       pthread_mutex_unlock(&e->mu);
       if (e->notify) e->notify(e->notify_user);
       return ss_error(rc, "%s", msg);
     }
+    /* The entries that failed alone end here (their blocks go back, nothing of
+     * theirs is committed to the prefix cache); the others are committed. */
+    ss_sched_batch ok = b;
+    if (n_failed > 0) {
+      e->step_failures_total++;
+      ok.entries = e->ent_ok;
+      ok.n_entries = 0;
+      for (int32_t i = 0; i < b.n_entries; i++) {
+        if (!e->ent_failed[i]) {
+          ok.entries[ok.n_entries++] = b.entries[i];
+          continue;
+        }
+        ereq *q = b.entries[i].seq->user;
+        if (e->o.log)
+          fprintf(e->o.log, "shardserve engine: request %lld failed: %s\n", (long long)q->id,
+                  e->ent_why[i]);
+        ss_eng_finish_locked(e, q, "error", e->ent_why[i], &evs);
+      }
+    }
     pthread_mutex_unlock(&e->mu);
-    ss_sched_commit(&e->sched, &b);
+    ss_sched_commit(&e->sched, &ok);
     e->steps++;
     e->stats_dirty = true;
 
@@ -480,8 +607,9 @@ int ss_engine_run(ss_engine *e) {
     int32_t n_done = 0, n_itl = 0, n_ttft = 0;
     for (int32_t i = 0; i < b.n_entries; i++) {
       if (!b.entries[i].logits) continue;
-      ereq *q = b.entries[i].seq->user;
       const float *row = e->logits + (size_t)li++ * e->m->cfg.vocab;
+      if (e->ent_failed[i]) continue; /* ended above */
+      ereq *q = b.entries[i].seq->user;
       if (q->r.max_new_tokens == 0) { /* prefill only: nothing to sample */
         q->t_first = q->t_last = t;
         done_q[n_done] = q;
@@ -507,7 +635,8 @@ int ss_engine_run(ss_engine *e) {
     publish_locked(e, &evs);
     pthread_mutex_unlock(&e->mu);
     if (e->notify) e->notify(e->notify_user);
-    ss_eng_step_log(e, t_sched, &b, attended, kv_read, t_fwd0, t);
+    ss_eng_step_log(e, t_sched, &ok, attended, kv_read, t_fwd0, t);
+    stats_line(e);
     if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) {
       ss_eng_gather_rank_stats(e);
       e->stats_dirty = false;

@@ -45,6 +45,14 @@ typedef struct ss_engine_opts {
                                   holds: the caller sized the pool for its own requests */
   bool no_prefix_caching;      /* prefix caching (reusing the K/V of computed prompt blocks,
                                   see scheduler.h) is on unless this is set */
+  FILE *log;                   /* when set, failed steps and lost ranks are reported here in
+                                  detail (clients get a plain message), and a stats line
+                                  every stats_interval_s while steps run */
+  double stats_interval_s;     /* 0: no stats line */
+  int64_t debug_fail_id;       /* tests only: every step holding request debug_fail_id (ids
+                                  count from 1 in submission order) once it has generated
+                                  debug_fail_after tokens fails; 0: off */
+  int32_t debug_fail_after;
   FILE *step_log;              /* when set, one CSV line per step under the header below
                                   (columns explained in engine.c); the caller opens and
                                   closes it */
@@ -113,8 +121,11 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *o,
 void ss_engine_free(ss_engine *e);
 
 /* The engine thread's body: returns after ss_engine_stop once drained, or on a
- * fatal error (a lost rank), after failing every request, with the status and
- * the message on this thread (ss_error_msg); it prints nothing. */
+ * fatal error (a lost rank, SS_ERR_COMM), after failing every request, with the
+ * status and the message on this thread (ss_error_msg).  A step that fails
+ * otherwise is isolated: each of its sequences is run alone, those that fail
+ * alone end with finish_reason "error" (their blocks freed), the others go on,
+ * and the engine keeps serving.  It prints nothing but to opts.log. */
 int ss_engine_run(ss_engine *e);
 
 /* Thread-safe.  Checks the request against the context and KV pool (a message
@@ -143,7 +154,7 @@ typedef enum ss_engine_state {
   SS_ENGINE_READY = 0,
   SS_ENGINE_DRAINING,
   SS_ENGINE_STOPPED,
-  SS_ENGINE_FAILED,   /* a rank was lost or a step failed: nothing more can run */
+  SS_ENGINE_FAILED,   /* a rank was lost: nothing more can run */
 } ss_engine_state;
 ss_engine_state ss_engine_get_state(ss_engine *e);
 /* The context limit requests are checked against. */

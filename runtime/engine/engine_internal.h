@@ -61,11 +61,22 @@ struct ss_engine {
   int32_t *b_tokens, *b_pos, *b_rows;
   const int32_t **b_tab;
   uint64_t steps;
+  /* the periodic stats line (engine thread): when it was last printed and the
+   * counters then */
+  double stats_t;
+  uint64_t stats_steps, stats_prompt, stats_gen;
   bool stats_dirty;       /* steps ran since the per-rank counters were gathered */
   /* per-step scratch, max_num_seqs long */
   struct ereq **done_q;
   const char **done_r;
   double *itls, *ttfts;
+  /* per-entry scratch for a failed step, max_num_seqs long: whether the entry
+   * failed when run alone and why, its first token in the step's batch, and
+   * the entries that did run (committed) */
+  bool *ent_failed;
+  char (*ent_why)[256];
+  int32_t *ent_tok;
+  ss_sched_entry *ent_ok;
 
   pthread_mutex_t mu;     /* guards everything below */
   pthread_cond_t cv;
@@ -87,6 +98,7 @@ struct ss_engine {
   uint64_t prefix_queried_total, prefix_hit_total;
   int32_t pub_blocks_cached;
   uint64_t success_stop, success_length, success_abort, success_error;
+  uint64_t step_failures_total; /* steps that failed and were isolated */
   ss_histogram h_ttft, h_itl, h_e2e, h_queue, h_prompt, h_gen;
   rank_stats *ranks;
   int n_ranks;

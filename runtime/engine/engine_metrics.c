@@ -96,6 +96,10 @@ void ss_engine_metrics(ss_engine *e, ss_strbuf *b) {
                   (double)e->success_abort);
   ss_metric_header(b, P "request_failure_total", "counter", "Requests ended by an engine error.");
   ss_metric_value(b, P "request_failure_total", "", (double)e->success_error);
+  ss_metric_header(b, P "step_failures_total", "counter",
+                   "Forward steps that failed; their requests were run alone and only those "
+                   "that failed again ended with an error.");
+  ss_metric_value(b, P "step_failures_total", "", (double)e->step_failures_total);
   ss_metric_header(b, P "num_preemptions_total", "counter",
                    "Sequences preempted (KV blocks ran out) and later recomputed.");
   ss_metric_value(b, P "num_preemptions_total", "", (double)e->preemptions_total);

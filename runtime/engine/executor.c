@@ -105,6 +105,15 @@ int ss_exec_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const
                       (long long)st->max_tokens, (long long)st->max_logits);
     int rc = send_step(m, kv, b);
     if (rc) return rc;
+    /* The workers run this step too: a failure here leaves them waiting in a
+     * collective rank 0 never joins, so the ranks are out of step for good. */
+    if ((rc = ss_model_forward(m, st, kv, b, logits))) {
+      char msg[512];
+      snprintf(msg, sizeof msg, "%s", ss_error_msg());
+      return ss_error(SS_ERR_COMM, "rank 0's forward pass failed after the step went to the "
+                      "workers: %s", msg);
+    }
+    return SS_OK;
   }
   return ss_model_forward(m, st, kv, b, logits);
 }

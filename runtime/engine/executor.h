@@ -8,7 +8,9 @@
 
 /* On rank 0 (or alone): broadcasts the batch to the other ranks when tp > 1,
  * then runs this rank's forward pass; the logits (float[n_logits][V], whole
- * vocabulary) come back on rank 0. */
+ * vocabulary) come back on rank 0.  SS_ERR_COMM: the ranks can no longer run
+ * steps together (a rank lost, or rank 0 failed a step the workers run);
+ * any other failure leaves every rank ready for the next step. */
 int ss_exec_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
                  float *logits);
 

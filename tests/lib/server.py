@@ -95,12 +95,13 @@ class Server:
             except OSError:
                 continue
             if b"OMPI_COMM_WORLD_RANK=0\0" in env and b"serve" in cmdline:
-                # Rank 0 of this job: its parent is our mpirun.
+                # Rank 0 of this job: its parent is the mpirun our launcher runs.
                 try:
                     ppid = int(open(f"/proc/{d}/stat").read().split(")")[1].split()[1])
+                    gppid = int(open(f"/proc/{ppid}/stat").read().split(")")[1].split()[1])
                 except (OSError, ValueError, IndexError):
                     continue
-                if ppid == self.proc.pid:
+                if self.proc.pid in (ppid, gppid):
                     return int(d)
         return None
 
