@@ -168,8 +168,10 @@ static void *engine_main(void *arg) {
             "context of %d: requests get a context of %d (a larger --kv-mem or --kv-blocks "
             "raises it)\n", (long long)ss_engine_n_blocks(engine) * ss_engine_block_size(engine),
             s->model->cfg.n_ctx_train, ss_engine_n_ctx(engine));
-  fprintf(stderr, "shardserve serve: ready: model %s, tp %d, device %s%s%s, %d KV blocks of %d "
-          "tokens, context %d, listening on port %d\n", s->path, s->comm ? s->comm->size : 1,
+  fprintf(stderr, "shardserve serve: ready: model %s, tp %d, pp %d, device %s%s%s, %d KV blocks "
+          "of %d tokens, context %d, listening on port %d\n", s->path,
+          s->model->local.tp > 0 ? s->model->local.tp : 1,
+          s->model->local.pp > 0 ? s->model->local.pp : 1,
           s->be->name, s->be->variant ? ", kernels " : "", s->be->variant ? s->be->variant : "",
           ss_engine_n_blocks(engine), ss_engine_block_size(engine), ss_engine_n_ctx(engine),
           ss_api_port(s->api));
