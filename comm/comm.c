@@ -67,6 +67,14 @@ int ss_comm_allreduce_sum_stream(ss_comm *c, void *buf, size_t count, ss_dtype t
   return c->ops->allreduce_sum_stream(c, buf, count, type, stream);
 }
 
+int ss_comm_split(ss_comm *c, int color, int key, ss_comm **out) {
+  *out = NULL;
+  if (!c->ops->split)
+    return ss_error(SS_ERR_UNSUPPORTED, "comm backend '%s' cannot split its ranks into groups "
+                    "(pipeline stages need the mpi backend)", c->backend);
+  return c->ops->split(c, color, key, out);
+}
+
 int ss_comm_wait_stream(ss_comm *c, void *stream) {
   if (!c->ops->wait_stream)
     return ss_error(SS_ERR_UNSUPPORTED, "comm backend '%s' has no device streams", c->backend);

@@ -43,6 +43,11 @@ typedef struct ss_comm_ops {
   int (*send)(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag);
   int (*recv)(ss_comm *c, void *buf, size_t nbytes, int peer, int tag);
   void (*free)(ss_comm *c);
+  /* Optional (NULL: the backend cannot): collective over c, every rank passes
+   * a color >= 0; the ranks of one color form a new communicator, ordered by
+   * key (key < 0: by rank in c).  Pipeline parallelism splits the job into
+   * one tensor-parallel group per stage.  The new one is freed before c. */
+  int (*split)(ss_comm *c, int color, int key, ss_comm **out);
   /* Optional (nccl only; NULL elsewhere): the in-place sum of device memory
    * queued after the work already on `stream` (a cudaStream_t), with later work
    * on `stream` ordered after it by events, and no wait on the host: it may be
@@ -127,6 +132,10 @@ static inline int ss_comm_send(ss_comm *c, const void *buf, size_t nbytes, int p
 static inline int ss_comm_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
   return c->ops->recv(c, buf, nbytes, peer, tag);
 }
+
+/* See the split op: SS_ERR_UNSUPPORTED with a message where the backend has
+ * none. */
+int ss_comm_split(ss_comm *c, int color, int key, ss_comm **out);
 
 /* Device-stream variants (see the ops): SS_ERR_UNSUPPORTED with a message when
  * the backend has none (mpi and self reduce host memory only). */

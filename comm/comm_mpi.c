@@ -324,7 +324,24 @@ void ss_comm_mpi_abort(ss_comm *c, int code) {
   MPI_Abort(MPI_COMM_WORLD, code);
 }
 
+static int mpi_make(const ss_comm_opts *opts, MPI_Comm parent, int color, int key, ss_comm **out);
+
+/* Collective over c: every rank passes its color; ranks of one color form a
+ * new communicator ordered by key. */
+static int mpi_split(ss_comm *c, int color, int key, ss_comm **out) {
+  mpi_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "split", .peer = -1, .root = -1};
+  int rc = ss_mpi_check_usable(c, &op);
+  if (rc) return rc;
+  if (color < 0)
+    return ss_mpi_fail(c, SS_ERR_INVALID, &op, "negative color");
+  ss_comm_opts o = {.kind = SS_COMM_MPI, .deterministic = c->deterministic,
+                    .timeout_s = c->timeout_s};
+  return mpi_make(&o, x->comm, color, key, out);
+}
+
 static const ss_comm_ops k_mpi_ops = {
+    .split = mpi_split,
     .allreduce_sum = ss_mpi_allreduce_sum,
     .allgatherv = mpi_allgatherv,
     .gatherv = mpi_gatherv,
@@ -368,6 +385,13 @@ int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out) {
   }
   if ((rc = thread_level_ok(provided))) return rc;
 
+  return mpi_make(opts, MPI_COMM_WORLD, 0, -1, out);
+}
+
+/* A communicator over the ranks of `parent` that pass the same color, ordered
+ * by key (key < 0: by the parent's rank). */
+static int mpi_make(const ss_comm_opts *opts, MPI_Comm parent, int color, int key, ss_comm **out) {
+  int rc;
   ss_comm *c = calloc(1, sizeof *c);
   mpi_ctx *x = calloc(1, sizeof *x);
   if (!c || !x) {
@@ -383,12 +407,12 @@ int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out) {
   c->timeout_s = opts->timeout_s;
   x->comm = x->p2p = MPI_COMM_NULL;
   if (gethostname(c->host, sizeof c->host - 1) != 0) strcpy(c->host, "?");
-  MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
+  MPI_Comm_rank(parent, &c->rank);
 
   /* Our own communicator keeps our traffic apart from any MPI use of the
    * caller, and lets errors come back as codes instead of aborting the job. */
-  if ((rc = MPI_Comm_dup(MPI_COMM_WORLD, &x->comm)) != MPI_SUCCESS) {
-    ss_error(SS_ERR_COMM, "rank %d (host %s): init: MPI_Comm_dup failed (%d)", c->rank, c->host,
+  if ((rc = MPI_Comm_split(parent, color, key < 0 ? c->rank : key, &x->comm)) != MPI_SUCCESS) {
+    ss_error(SS_ERR_COMM, "rank %d (host %s): init: MPI_Comm_split failed (%d)", c->rank, c->host,
              rc);
     x->comm = MPI_COMM_NULL;
     mpi_free(c);

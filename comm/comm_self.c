@@ -72,6 +72,20 @@ static int self_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
 
 static void self_free(ss_comm *c) { free(c); }
 
+/* One rank: the part is a copy of the whole. */
+static int self_split(ss_comm *c, int color, int key, ss_comm **out) {
+  (void)key;
+  if (color < 0)
+    return ss_error(SS_ERR_INVALID, "rank 0 (host %s): split: negative color %d", c->host, color);
+  ss_comm *n = calloc(1, sizeof *n);
+  if (!n) return ss_error(SS_ERR_NOMEM, "comm: self communicator");
+  *n = *c;
+  n->busy_s = 0;
+  n->n_calls = 0;
+  *out = n;
+  return SS_OK;
+}
+
 static const ss_comm_ops k_self_ops = {
     .allreduce_sum = self_allreduce_sum,
     .allgatherv = self_allgatherv,
@@ -81,6 +95,7 @@ static const ss_comm_ops k_self_ops = {
     .send = self_send,
     .recv = self_recv,
     .free = self_free,
+    .split = self_split,
 };
 
 int ss_comm_self_create(const ss_comm_opts *opts, ss_comm **out) {

@@ -74,6 +74,9 @@ static void usage(FILE *f) {
           "                          divided among the ranks on this node)\n"
           "      --tp N              tensor-parallel ranks (default: the MPI job's size);\n"
           "                          start N ranks with 'shardserve launch --tp N -- generate ...'\n"
+          "      --pp N              pipeline stages of --tp ranks each (pp x tp ranks; rank =\n"
+          "                          stage * tp + tp rank); layers split evenly by default\n"
+          "      --pp-layers A,B,..  layers per stage (sum = the model's layers, each >= 1)\n"
           "      --ep N              mixture-of-experts models: expert parallelism over the N\n"
           "                          ranks (whole experts per rank; N = the number of ranks)\n"
           "                          instead of tensor parallelism inside every expert\n"
@@ -199,9 +202,11 @@ int ss_cmd_generate(int argc, char **argv) {
   int64_t max_tokens = 128, threads = 0, n_logprobs = 0, seed = 0, ctx = 0, top_k = 40;
   double temp = 0.8, top_p = 0.95, min_p = 0.05;
   enum { O_CHAT = 256, O_SYSTEM, O_TMPL, O_BOS, O_NOBOS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_SEED,
-         O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS, O_TP, O_REPL, O_DET, O_CTO,
+         O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS, O_TP, O_PP, O_PPL, O_REPL, O_DET, O_CTO,
          O_PROFILE, O_EP, O_DEVICE, O_ACT };
-  int64_t tp = 0, ep = 0;
+  int64_t tp = 0, ep = 0, pp = 0;
+  const char *pp_layers_arg = NULL;
+  int pp_layers[SS_CLI_MAX_STAGES];
   double comm_timeout = 0;
   bool replicate_vocab = false, deterministic = false, profile = false;
   bool ignore_eos = false;
@@ -218,7 +223,8 @@ int ss_cmd_generate(int argc, char **argv) {
       {"ctx", required_argument, 0, O_CTX},       {"json", no_argument, 0, O_JSON},
       {"logprobs", required_argument, 0, O_LOGPROBS}, {"threads", required_argument, 0, 't'},
       {"prompt-ids", required_argument, 0, O_IDS}, {"help", no_argument, 0, 'h'},
-      {"tp", required_argument, 0, O_TP},          {"replicate-vocab", no_argument, 0, O_REPL},
+      {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
+      {"pp-layers", required_argument, 0, O_PPL},          {"replicate-vocab", no_argument, 0, O_REPL},
       {"deterministic-allreduce", no_argument, 0, O_DET},
       {"comm-timeout", required_argument, 0, O_CTO}, {"profile", no_argument, 0, O_PROFILE},
       {"ep", required_argument, 0, O_EP},
@@ -280,6 +286,10 @@ int ss_cmd_generate(int argc, char **argv) {
     case O_TP:
       if (!ss_cli_parse_int(k_cmd, "--tp", optarg, 1, 4096, &tp)) return SS_EXIT_USAGE;
       break;
+    case O_PP:
+      if (!ss_cli_parse_int(k_cmd, "--pp", optarg, 1, SS_CLI_MAX_STAGES, &pp)) return SS_EXIT_USAGE;
+      break;
+    case O_PPL: pp_layers_arg = optarg; break;
     case O_EP:
       if (!ss_cli_parse_int(k_cmd, "--ep", optarg, 1, 4096, &ep)) return SS_EXIT_USAGE;
       break;
@@ -339,6 +349,10 @@ int ss_cmd_generate(int argc, char **argv) {
   ss_comm *comm = NULL;
   ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
                       .gpu = device == SS_CLI_DEVICE_CUDA};
+  if ((rc = ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &ro))) {
+    free(prompt);
+    return rc;
+  }
   if ((rc = ss_ranks_start(k_cmd, &ro, &comm))) {
     free(prompt);
     return rc;
@@ -476,12 +490,13 @@ int ss_cmd_generate(int argc, char **argv) {
   fflush(stdout);
   fprintf(stderr,
           "[stats] prompt tokens %zu, generated %d (%s), load %.0f ms, prefill %.1f tok/s "
-          "(%.1f ms), decode %.1f tok/s (%d steps, %.1f ms), threads %d, tp %d, seed %" PRId64
+          "(%.1f ms), decode %.1f tok/s (%d steps, %.1f ms), threads %d, tp %d, pp %d, seed %" PRId64
           ", device %s%s%s\n",
           n_ids, res.n_generated, res.finish_reason, load_ms,
           res.prefill_ms > 0 ? (double)n_ids / (res.prefill_ms / 1e3) : 0.0, res.prefill_ms,
           res.decode_ms > 0 ? (double)res.n_decode_steps / (res.decode_ms / 1e3) : 0.0,
-          res.n_decode_steps, res.decode_ms, be->n_threads(be), comm ? comm->size : 1, seed,
+          res.n_decode_steps, res.decode_ms, be->n_threads(be), m->local.tp > 0 ? m->local.tp : 1,
+          m->local.pp > 0 ? m->local.pp : 1, seed,
           be->name, be->variant ? ", kernels " : "", be->variant ? be->variant : "");
   exit_code = SS_EXIT_OK;
 done:

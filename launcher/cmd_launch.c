@@ -113,6 +113,8 @@ static void usage(FILE *f) {
           "its place from MPI; the command's --tp defaults to the number of ranks.\n"
           "\n"
           "  --tp N           ranks (tensor-parallel degree)\n"
+          "  --pp N           pipeline stages of --tp ranks each (N x tp ranks; give the\n"
+          "                   command the same --pp and --tp)\n"
           "  --hostfile F     an Open MPI hostfile (\"node1 slots=8\" per line)\n"
           "  --hosts LIST     hosts and slots, e.g. node1:8,node2:8\n"
           "  --bind B         none (default), core or socket: mpirun's --bind-to\n"
@@ -132,12 +134,13 @@ static void usage(FILE *f) {
 }
 
 int ss_cmd_launch(int argc, char **argv) {
-  int64_t tp = 0;
+  int64_t tp = 0, pp = 1;
   const char *hostfile = NULL, *hosts = NULL, *bind = "none", *mpirun = "mpirun";
   bool dry = false;
-  enum { O_TP = 256, O_HOSTFILE, O_HOSTS, O_BIND, O_MPIRUN, O_DRY };
+  enum { O_TP = 256, O_PP, O_HOSTFILE, O_HOSTS, O_BIND, O_MPIRUN, O_DRY };
   static const struct option opts[] = {
-      {"tp", required_argument, 0, O_TP},         {"hostfile", required_argument, 0, O_HOSTFILE},
+      {"tp", required_argument, 0, O_TP},         {"pp", required_argument, 0, O_PP},
+      {"hostfile", required_argument, 0, O_HOSTFILE},
       {"hosts", required_argument, 0, O_HOSTS},   {"bind", required_argument, 0, O_BIND},
       {"mpirun", required_argument, 0, O_MPIRUN}, {"dry-run", no_argument, 0, O_DRY},
       {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
@@ -150,6 +153,9 @@ int ss_cmd_launch(int argc, char **argv) {
     switch (c) {
     case O_TP:
       if (!ss_cli_parse_int(k_cmd, "--tp", optarg, 1, 65536, &tp)) return SS_EXIT_USAGE;
+      break;
+    case O_PP:
+      if (!ss_cli_parse_int(k_cmd, "--pp", optarg, 1, 256, &pp)) return SS_EXIT_USAGE;
       break;
     case O_HOSTFILE: hostfile = optarg; break;
     case O_HOSTS: hosts = optarg; break;
@@ -167,6 +173,7 @@ int ss_cmd_launch(int argc, char **argv) {
     }
   }
   if (tp == 0) return ss_cli_usage(k_cmd, "--tp N is required");
+  tp *= pp; /* pipeline stages of tp ranks each: pp x tp ranks in all */
   if (hostfile && hosts) return ss_cli_usage(k_cmd, "give --hostfile or --hosts, not both");
   if (optind >= argc) return ss_cli_usage(k_cmd, "no command to run: put it after --");
   if (strcmp(argv[optind], "launch") == 0)

@@ -12,6 +12,7 @@
 
 #include "launcher/cli.h"
 #include "launcher/plan_capacity.h"
+#include "launcher/ranks.h"
 #include "runtime/base/status.h"
 #include "runtime/model/model.h"
 #include "runtime/model/shard.h"
@@ -21,6 +22,7 @@ static const char *k_cmd = "plan";
 static void usage(FILE *f) {
   fprintf(f,
           "Usage: shardserve plan [--model PATH] --tp N [--ep] [--replicate-vocab] [--json]\n"
+          "       shardserve plan [--model PATH] --pp N [--pp-layers A,B,..] --tp M [--json]\n"
           "\n"
           "Prints, for each tensor-parallel rank: its query heads, KV heads, MLP columns,\n"
           "experts and expert columns, and vocabulary rows (half-open ranges), its weight\n"
@@ -33,6 +35,10 @@ static void usage(FILE *f) {
           "  -m, --model PATH     GGUF file, Hugging Face folder, or JSON preset such as\n"
           "                       configs/models/grok-1.json (default: " SS_DEFAULT_MODEL ")\n"
           "      --tp N           tensor-parallel degree (1..number of query heads)\n"
+          "      --pp N           pipeline stages of --tp ranks each: per stage, its layers,\n"
+          "                       weight bytes, KV bytes per token and the bytes it sends\n"
+          "                       to the next stage per token (no --hardware modelling yet)\n"
+          "      --pp-layers A,B  layers per stage (default: sizes differing by at most one)\n"
           "      --ep N           expert parallelism over the same N ranks: whole experts\n"
           "                       per rank (N must equal --tp); default: TP inside experts\n"
           "      --dtype T        presets: weight type, fp8, bf16 (default), f16 or f32\n"
@@ -265,11 +271,88 @@ static bool parse_step_cost(const char *s, ss_plan_capacity_opts *co) {
   return true;
 }
 
+/* --pp: one plan per stage (each its own layers), as a table or JSON. */
+static int plan_stages(const ss_model *m, const ss_shard_opts *base, int pp, const int *sizes,
+                       bool json) {
+  const ss_model_config *c = &m->cfg;
+  ss_shard_plan *ps = calloc((size_t)pp, sizeof *ps);
+  if (!ps) return ss_cli_fail(k_cmd, "out of memory");
+  int code = SS_EXIT_OK, made = 0;
+  for (int s = 0; s < pp && code == SS_EXIT_OK; s++, made++) {
+    ss_shard_opts so = *base;
+    so.pp = pp;
+    so.stage = s;
+    int rc = ss_pp_layers(c->n_layer, pp, sizes, s, &so.layers);
+    if (!rc) rc = ss_shard_plan_make(m, &so, &ps[s]);
+    if (rc) code = ss_cli_usage(k_cmd, "%s", ss_error_msg());
+  }
+  if (code == SS_EXIT_OK && json) {
+    json_t *stages = json_array();
+    for (int s = 0; s < pp; s++) {
+      const ss_shard_plan *p = &ps[s];
+      json_t *ranks = json_array();
+      for (int r = 0; r < p->opts.tp; r++) {
+        const ss_shard_rank *R = &p->ranks[r];
+        json_array_append_new(ranks, json_pack(
+            "{s:i,s:i,s:I,s:o,s:I,s:I,s:I}", "rank", s * p->opts.tp + r, "tp_rank", r,
+            "weight_bytes", (json_int_t)R->bytes.total, "weight_bytes_by_category",
+            bytes_json(&R->bytes), "kv_bytes_per_token", (json_int_t)R->kv_nbytes_per_token,
+            "comm_bytes_per_token", (json_int_t)R->comm_nbytes_per_token,
+            "send_bytes_per_token", (json_int_t)R->pp_send_nbytes_per_token));
+      }
+      uint64_t send = 0;
+      for (int r = 0; r < p->opts.tp; r++) send += p->ranks[r].pp_send_nbytes_per_token;
+      json_array_append_new(stages, json_pack(
+          "{s:i,s:o,s:I,s:I,s:I,s:o}", "stage", s, "layers", range_json(p->opts.layers),
+          "weight_bytes", (json_int_t)p->total_weight_nbytes, "kv_bytes_per_token",
+          (json_int_t)p->kv_nbytes_per_token, "send_bytes_per_token", (json_int_t)send,
+          "ranks", ranks));
+    }
+    json_t *o = json_pack("{s:s,s:s,s:i,s:i,s:i,s:o}", "model", m->path, "arch", c->arch,
+                          "pp", pp, "tp", base->tp, "layers", c->n_layer, "stages", stages);
+    char *txt = o ? json_dumps(o, JSON_INDENT(1)) : NULL;
+    json_decref(o);
+    if (!txt) code = ss_cli_fail(k_cmd, "out of memory");
+    else puts(txt);
+    free(txt);
+  } else if (code == SS_EXIT_OK) {
+    printf("model:  %s (%s: %d layers, dim %d)\n", m->path, c->arch, c->n_layer, c->dim);
+    printf("plan:   pp %d x tp %d = %d ranks (rank = stage * %d + tp rank); the first stage "
+           "embeds, the last holds the final norm and LM head\n\n", pp, base->tp, pp * base->tp,
+           base->tp);
+    printf("stage  layers      n  weights MiB  per-rank MiB (max)  KV B/token  "
+           "sent to next B/token\n");
+    for (int s = 0; s < pp; s++) {
+      const ss_shard_plan *p = &ps[s];
+      uint64_t rmax = 0, send = 0;
+      for (int r = 0; r < p->opts.tp; r++) {
+        if (p->ranks[r].bytes.total > rmax) rmax = p->ranks[r].bytes.total;
+        send += p->ranks[r].pp_send_nbytes_per_token;
+      }
+      char lr[32];
+      snprintf(lr, sizeof lr, "[%lld, %lld)", (long long)p->opts.layers.begin,
+               (long long)p->opts.layers.end);
+      printf("%5d  %-10s %3lld %12.2f %19.2f %11" PRIu64 " %21" PRIu64 "\n", s, lr,
+             (long long)ss_range_len(p->opts.layers), mib(p->total_weight_nbytes), mib(rmax),
+             p->kv_nbytes_per_token, send);
+    }
+    printf("\nbetween stages: each of a stage's %d ranks sends its peer in the next stage the "
+           "residual stream, %d f32 = %llu bytes per token; the last stage's rank 0 sends "
+           "rank 0 the logits, %d f32 = %llu bytes per sampled token\n", base->tp, c->dim,
+           (unsigned long long)c->dim * 4, c->vocab, (unsigned long long)c->vocab * 4);
+  }
+  for (int s = 0; s < made; s++) ss_shard_plan_free(&ps[s]);
+  free(ps);
+  return code;
+}
+
 int ss_cmd_plan(int argc, char **argv) {
   const char *path = SS_DEFAULT_MODEL, *dtype_name = NULL, *kv_name = NULL;
-  int64_t tp = 0, ep = 0;
+  int64_t tp = 0, ep = 0, pp = 0;
+  const char *pp_layers_arg = NULL;
+  int pp_layers[SS_CLI_MAX_STAGES];
   bool json = false, replicate = false;
-  enum { O_TP = 256, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE, O_HW, O_NODES, O_SEQS, O_TOKENS,
+  enum { O_TP = 256, O_PP, O_PPL, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE, O_HW, O_NODES, O_SEQS, O_TOKENS,
          O_BLOCKS, O_KVMEM, O_RATE, O_BURST, O_CONC, O_NUM, O_IN, O_OUT, O_RATIO, O_SEED,
          O_GOODPUT, O_MAXRATE, O_STEPLOG, O_CALIB, O_SAVEHW, O_PERREQ, O_STEPCOST };
   ss_plan_capacity_opts co = {.sched = {.max_num_seqs = 64, .max_batched_tokens = 512,
@@ -281,6 +364,7 @@ int ss_cmd_plan(int argc, char **argv) {
   double dv = 0, kv_mem = 0;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, O_TP},
+      {"pp", required_argument, 0, O_PP},   {"pp-layers", required_argument, 0, O_PPL},
       {"json", no_argument, 0, O_JSON},     {"replicate-vocab", no_argument, 0, O_REPL},
       {"ep", required_argument, 0, O_EP},   {"dtype", required_argument, 0, O_DTYPE},
       {"kv-dtype", required_argument, 0, O_KVDTYPE},
@@ -313,6 +397,10 @@ int ss_cmd_plan(int argc, char **argv) {
     case O_EP:
       if (!ss_cli_parse_int(k_cmd, "--ep", optarg, 1, 4096, &ep)) return SS_EXIT_USAGE;
       break;
+    case O_PP:
+      if (!ss_cli_parse_int(k_cmd, "--pp", optarg, 1, SS_CLI_MAX_STAGES, &pp)) return SS_EXIT_USAGE;
+      break;
+    case O_PPL: pp_layers_arg = optarg; break;
     case O_DTYPE: dtype_name = optarg; break;
     case O_KVDTYPE: kv_name = optarg; break;
     case O_JSON: json = true; break;
@@ -399,7 +487,13 @@ int ss_cmd_plan(int argc, char **argv) {
   for (; optind < argc; optind++)
     if (!strchr(argv[optind], ':') || !parse_slo(argv[optind], &co.w))
       return ss_cli_usage(k_cmd, "unexpected argument '%s'", argv[optind]);
+  if (tp == 0 && (pp > 0 || pp_layers_arg)) tp = 1;
   if (tp == 0) return ss_cli_usage(k_cmd, "--tp N is required");
+  ss_ranks_opts pro = {0};
+  if (ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &pro)) return SS_EXIT_USAGE;
+  if (pro.pp > 1 && (workload || co.max_rate || co.step_log || co.save_hardware || co.hardware))
+    return ss_cli_usage(k_cmd, "--pp with --hardware: the planner does not model pipeline "
+                        "stages yet; plan the stages' memory and traffic without it");
   if (co.calibrate && !co.step_log)
     return ss_cli_usage(k_cmd, "--calibrate needs --step-log FILE (written by `serve --step-log`)");
   if ((workload || co.max_rate || co.step_log || co.save_hardware || co.n_steps) && !co.hardware)
@@ -431,6 +525,11 @@ int ss_cmd_plan(int argc, char **argv) {
   ss_shard_plan p;
   ss_shard_opts so = {.tp = (int)tp, .vocab_parallel = !replicate, .expert_parallel = ep > 1,
                       .kv_type = kv_type};
+  if (pro.pp > 1) {
+    int code = plan_stages(m, &so, pro.pp, pro.pp_layers, json);
+    ss_model_free(m);
+    return code;
+  }
   int rc = ss_shard_plan_make(m, &so, &p);
   if (rc) {
     int code = rc == SS_ERR_RANGE || rc == SS_ERR_UNSUPPORTED ? ss_cli_usage(k_cmd, "%s", ss_error_msg())

@@ -120,6 +120,9 @@ static void usage(FILE *f) {
           "  -t, --threads N           CPU threads per rank (default: the usable cores\n"
           "                            divided among the ranks on this node)\n"
           "      --tp N                tensor-parallel ranks (default: the MPI job's size)\n"
+          "      --pp N                pipeline stages of --tp ranks each (pp x tp ranks; rank =\n"
+          "                            stage * tp + tp rank); layers split evenly by default\n"
+          "      --pp-layers A,B,..    layers per stage (sum = the model's layers, each >= 1)\n"
           "      --replicate-vocab     every rank holds the whole embedding and LM head\n"
           "      --deterministic-allreduce on|off  rank-ordered sums, so a request's output\n"
           "                            does not depend on the batch at any TP (default on)\n"
@@ -200,8 +203,10 @@ static void *engine_main(void *arg) {
             "context of %d: requests get a context of %d (a larger --kv-mem or --kv-blocks "
             "raises it)\n", (long long)ss_engine_n_blocks(engine) * ss_engine_block_size(engine),
             s->model->cfg.n_ctx_train, ss_engine_n_ctx(engine));
-  fprintf(stderr, "shardserve serve: ready: model %s, tp %d, device %s%s%s, %d KV blocks of %d "
-          "tokens, context %d, listening on port %d\n", s->path, s->comm ? s->comm->size : 1,
+  fprintf(stderr, "shardserve serve: ready: model %s, tp %d, pp %d, device %s%s%s, %d KV blocks "
+          "of %d tokens, context %d, listening on port %d\n", s->path,
+          s->model->local.tp > 0 ? s->model->local.tp : 1,
+          s->model->local.pp > 0 ? s->model->local.pp : 1,
           s->be->name, s->be->variant ? ", kernels " : "", s->be->variant ? s->be->variant : "",
           ss_engine_n_blocks(engine), ss_engine_block_size(engine), ss_engine_n_ctx(engine),
           ss_api_port(s->api));
@@ -291,13 +296,15 @@ int ss_cmd_serve(int argc, char **argv) {
   serve_ctx s = {.path = SS_DEFAULT_MODEL, .drain_timeout = 30, .eo = {.stats_interval_s = 10}};
   ss_api_opts ao = {.host = "127.0.0.1", .port = 8000, .parse_special_in_content = true};
   const char *name = NULL;
-  int64_t tp = 0, v = 0;
+  int64_t tp = 0, v = 0, pp = 0;
+  const char *pp_layers_arg = NULL;
+  int pp_layers[SS_CLI_MAX_STAGES];
   double comm_timeout = 0, d = 0;
   bool deterministic = true;
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
          O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT,
          O_HDR_TO, O_BODY_TO, O_MAXCONN, O_MAXCONN_CLIENT, O_MAXBUF, O_OUTQ, O_WRITE_TO,
-         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG, O_STATS };
+         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG, O_STATS, O_PP, O_PPL };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -311,7 +318,8 @@ int ss_cmd_serve(int argc, char **argv) {
       {"step-log", required_argument, 0, O_SLOG},
       {"kv-blocks", required_argument, 0, O_BLOCKS}, {"kv-mem", required_argument, 0, O_KVMEM},
       {"max-waiting", required_argument, 0, O_WAIT}, {"threads", required_argument, 0, 't'},
-      {"tp", required_argument, 0, O_TP}, {"replicate-vocab", no_argument, 0, O_REPL},
+      {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
+      {"pp-layers", required_argument, 0, O_PPL}, {"replicate-vocab", no_argument, 0, O_REPL},
       {"deterministic-allreduce", required_argument, 0, O_DET},
       {"comm-timeout", required_argument, 0, O_CTO}, {"help", no_argument, 0, 'h'},
       {"device", required_argument, 0, O_DEVICE},
@@ -445,6 +453,10 @@ int ss_cmd_serve(int argc, char **argv) {
     case O_TP:
       if (!ss_cli_parse_int(k_cmd, "--tp", optarg, 1, 4096, &tp)) return SS_EXIT_USAGE;
       break;
+    case O_PP:
+      if (!ss_cli_parse_int(k_cmd, "--pp", optarg, 1, SS_CLI_MAX_STAGES, &pp)) return SS_EXIT_USAGE;
+      break;
+    case O_PPL: pp_layers_arg = optarg; break;
     case O_REPL: s.replicate_vocab = true; break;
     case O_DET:
       if (strcmp(optarg, "on") && strcmp(optarg, "off"))
@@ -524,6 +536,7 @@ int ss_cmd_serve(int argc, char **argv) {
   if (rc) return rc;
   ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
                       .gpu = s.device == SS_CLI_DEVICE_CUDA};
+  if ((rc = ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &ro))) return rc;
   rc = ss_ranks_start(k_cmd, &ro, &s.comm);
   if (rc) return rc;
   if (s.comm && s.comm->rank != 0) {

@@ -7,6 +7,7 @@
 
 #include "comm/comm.h"
 #include "launcher/cli.h"
+#include "launcher/ranks.h"
 #include "runtime/base/status.h"
 #include "runtime/model/model.h"
 
@@ -50,6 +51,13 @@ int ss_cli_load_shard_ep(const char *cmd, const char *path, ss_comm *comm, bool 
   ss_model_load_opts o = {.prefault = true, .progress = big ? on_progress : NULL,
                           .progress_user = &ps, .comm = comm, .replicate_vocab = replicate_vocab,
                           .expert_parallel = expert_parallel};
+  /* Pipeline stages: the model's tensor parallelism is the stage's group. */
+  ss_comm *stage = NULL;
+  ss_ranks_pipeline(&stage, &o.pp, &o.pp_layers);
+  if (stage) {
+    o.world = comm;
+    o.comm = stage;
+  }
   int rc = ss_model_load(path, &o, out);
   if (rc) {
     if (rc == SS_ERR_IO && strcmp(path, SS_DEFAULT_MODEL) == 0)

@@ -14,16 +14,79 @@
 #include "runtime/base/status.h"
 #include "runtime/model/model.h"
 
+/* The pipeline of this process's job (one per process: the CLI runs one). */
+static ss_comm *g_stage;
+static int g_pp = 1;
+static int g_pp_layers[SS_CLI_MAX_STAGES];
+static bool g_have_layers;
+
+void ss_ranks_pipeline(ss_comm **stage, int *pp, const int **pp_layers) {
+  *stage = g_stage;
+  *pp = g_pp;
+  *pp_layers = g_have_layers ? g_pp_layers : NULL;
+}
+
+int ss_ranks_parse_layers(const char *cmd, const char *arg, int *out, int cap) {
+  int n = 0;
+  const char *p = arg;
+  for (;;) {
+    char *end;
+    long v = strtol(p, &end, 10);
+    if (end == p || v < 1 || v > 1000000) {
+      ss_cli_usage(cmd, "--pp-layers '%s': entry %d is not a layer count >= 1 (a comma-separated "
+                   "list such as 10,10,12)", arg, n + 1);
+      return 0;
+    }
+    if (n == cap) {
+      ss_cli_usage(cmd, "--pp-layers '%s': more than %d stages", arg, cap);
+      return 0;
+    }
+    out[n++] = (int)v;
+    if (*end == '\0') break;
+    if (*end != ',') {
+      ss_cli_usage(cmd, "--pp-layers '%s': expected ',' after entry %d", arg, n);
+      return 0;
+    }
+    p = end + 1;
+  }
+  return n;
+}
+
+int ss_ranks_pp_opts(const char *cmd, int64_t pp, const char *layers_arg, int *layers,
+                     ss_ranks_opts *o) {
+  o->pp = (int)pp;
+  o->pp_layers = NULL;
+  if (!layers_arg) return SS_EXIT_OK;
+  const int n = ss_ranks_parse_layers(cmd, layers_arg, layers, SS_CLI_MAX_STAGES);
+  if (n == 0) return SS_EXIT_USAGE;
+  if (pp > 0 && n != pp)
+    return ss_cli_usage(cmd, "--pp-layers lists %d stages but --pp is %lld", n, (long long)pp);
+  o->pp = n;
+  o->pp_layers = layers;
+  return SS_EXIT_OK;
+}
+
 int ss_ranks_start(const char *cmd, const ss_ranks_opts *o, ss_comm **out) {
   *out = NULL;
   const int launched = ss_comm_launch_size();
-  const int tp = o->tp > 0 ? o->tp : (launched > 0 ? launched : 1);
-  if (tp == 1 && launched <= 1) return SS_EXIT_OK;
-  if (launched != tp) {
+  const int pp = o->pp > 1 ? o->pp : 1;
+  if (pp > SS_CLI_MAX_STAGES) return ss_cli_usage(cmd, "--pp %d exceeds %d", pp, SS_CLI_MAX_STAGES);
+  const int tp = o->tp > 0 ? o->tp : (launched > 0 ? launched / pp : 1);
+  if (tp < 1 || (o->tp == 0 && launched > 0 && launched % pp != 0))
+    return ss_cli_usage(cmd, "--pp %d does not divide the %d ranks of this MPI job", pp, launched);
+  const int n = pp * tp;
+  g_pp = pp;
+  g_have_layers = o->pp_layers != NULL;
+  if (o->pp_layers) memcpy(g_pp_layers, o->pp_layers, (size_t)pp * sizeof *g_pp_layers);
+  if (n == 1 && launched <= 1) return SS_EXIT_OK;
+  if (launched != n) {
     if (launched <= 1)
-      return ss_cli_usage(cmd, "--tp %d needs %d ranks but this is a single process: start it "
-                          "with 'shardserve launch --tp %d -- %s ...' (or mpirun -np %d)", tp, tp,
-                          tp, cmd, tp);
+      return ss_cli_usage(cmd, "%s%d needs %d ranks but this is a single process: start it "
+                          "with 'shardserve launch --tp %d -- %s ...' (or mpirun -np %d)",
+                          pp > 1 ? "--pp x --tp = " : "--tp ", n, n, n, cmd, n);
+    if (pp > 1)
+      return ss_cli_usage(cmd, "--pp %d x --tp %d = %d ranks does not match the %d ranks of this "
+                          "MPI job", pp, tp, n, launched);
     return ss_cli_usage(cmd, "--tp %d does not match the %d ranks of this MPI job", tp, launched);
   }
   if (!ss_comm_available(SS_COMM_MPI))
@@ -38,6 +101,13 @@ int ss_ranks_start(const char *cmd, const ss_ranks_opts *o, ss_comm **out) {
   if (ss_comm_init(&co, out)) return ss_cli_fail(cmd, "%s", ss_error_msg());
   ss_cli_rank = (*out)->rank;
   ss_comm_install_signal_handlers(*out);
+  /* Stage s holds world ranks s*tp .. s*tp + tp - 1. */
+  if (pp > 1 && ss_comm_split(*out, (*out)->rank / tp, (*out)->rank % tp, &g_stage)) {
+    int rc = ss_cli_fail(cmd, "%s", ss_error_msg());
+    ss_comm_free(*out);
+    *out = NULL;
+    return rc;
+  }
   return SS_EXIT_OK;
 }
 
@@ -115,6 +185,8 @@ int ss_ranks_profile(const char *cmd, ss_comm *c, const ss_model *m, double wall
 
 void ss_ranks_end(ss_comm *c, int exit_code) {
   if (!c) return;
+  if (g_stage && exit_code == SS_EXIT_OK) ss_comm_free(g_stage);
+  g_stage = NULL;
   /* A failed rank cannot finalise MPI (the others may be waiting in a
    * collective): end the whole job instead. */
   if (exit_code != SS_EXIT_OK) ss_comm_abort(c, exit_code);

@@ -3,8 +3,12 @@
 #define SS_LAUNCHER_RANKS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct ss_comm;
+
+/* The most pipeline stages a job may have. */
+#define SS_CLI_MAX_STAGES 256
 struct ss_model;
 
 typedef struct ss_ranks_opts {
@@ -12,10 +16,30 @@ typedef struct ss_ranks_opts {
   bool deterministic;  /* fixed-order all-reduce */
   double timeout_s;    /* collective timeout, <= 0: none */
   bool gpu;            /* ranks compute on GPUs: the nccl backend (device buffers) */
+  /* Pipeline parallelism: pp stages of tp ranks (0 or 1: one stage), with
+   * pp_layers[pp] layers each (NULL: sizes differing by at most one). */
+  int pp;
+  const int *pp_layers;
 } ss_ranks_opts;
 
+/* Parses --pp-layers "10,10,10" into out[] (at most cap entries, each >= 1);
+ * returns the count, or 0 having printed a usage error. */
+int ss_ranks_parse_layers(const char *cmd, const char *arg, int *out, int cap);
+/* --pp (0: not given) and --pp-layers (NULL: not given) into o->pp and
+ * o->pp_layers (layers: SS_CLI_MAX_STAGES entries, kept by the caller): the
+ * list gives the stage count when --pp is absent and must match it when not.
+ * Returns an exit status (0 to go on), having printed the error. */
+int ss_ranks_pp_opts(const char *cmd, int64_t pp, const char *layers_arg, int *layers,
+                     ss_ranks_opts *o);
+
+/* After ss_ranks_start with pp > 1: this rank's stage group (its tensor-
+ * parallel ranks) and the pipeline's shape; *stage = NULL with one stage. */
+void ss_ranks_pipeline(struct ss_comm **stage, int *pp, const int **pp_layers);
+
 /* Starts the communicator when the job has more than one rank or tp > 1 (then
- * the two must agree); *out stays NULL for a single process.  Returns an exit
+ * the two must agree, ranks = pp x tp); *out stays NULL for a single process.
+ * *out spans the whole job; with pp > 1 each stage also gets a group of its
+ * own (ss_ranks_pipeline), freed by ss_ranks_end.  Returns an exit
  * status (0 to go on), having printed the error. */
 int ss_ranks_start(const char *cmd, const ss_ranks_opts *o, struct ss_comm **out);
 /* Every rank says whether it is ready; fails on all ranks if any is not. */

@@ -106,7 +106,7 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   pthread_mutex_init(&e->mu, NULL);
   pthread_cond_init(&e->cv, NULL);
   ss_eng_metrics_init(e);
-  e->n_ranks = m->comm ? m->comm->size : 1;
+  e->n_ranks = m->world ? m->world->size : m->comm ? m->comm->size : 1;
   e->ranks = calloc((size_t)e->n_ranks, sizeof *e->ranks);
   ss_sched_params sp = {.max_num_seqs = o.max_num_seqs, .max_batched_tokens = o.max_batched_tokens,
                         .block_size = o.block_size, .n_blocks = o.n_blocks,

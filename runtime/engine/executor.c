@@ -14,7 +14,11 @@
 #include "runtime/base/clock.h"
 #include "runtime/base/status.h"
 
-static bool distributed(const ss_model *m) { return m->comm && m->comm->size > 1; }
+/* Every rank of the job: the stage's group, or all stages' under pipeline
+ * parallelism (each runs its layers of the same step). */
+static ss_comm *job(const ss_model *m) { return m->world ? m->world : m->comm; }
+static int job_rank(const ss_model *m) { return job(m) ? job(m)->rank : 0; }
+static bool distributed(const ss_model *m) { return job(m) && job(m)->size > 1; }
 
 /* Rank 0 broadcasts every step as a fixed header followed by a payload of
  * int32s:  tokens[n], pos[n], table index of each token[n], logit_rows[n_logits],
@@ -30,7 +34,7 @@ typedef struct step_header {
 } step_header;
 
 static int bcast(const ss_model *m, void *buf, size_t nbytes, const char *what) {
-  int rc = ss_comm_broadcast(m->comm, buf, nbytes, 0);
+  int rc = ss_comm_broadcast(job(m), buf, nbytes, 0);
   if (rc) {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", ss_error_msg());
@@ -98,7 +102,7 @@ done:
 int ss_exec_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
                  float *logits) {
   if (distributed(m)) {
-    SS_ASSERT(m->local.rank == 0);
+    SS_ASSERT(job_rank(m) == 0);
     if (b->n <= 0 || b->n > st->max_tokens || b->n_logits < 0 || b->n_logits > st->max_logits)
       return ss_error(SS_ERR_INVALID, "forward: batch of %lld tokens / %lld logit rows exceeds "
                       "the state's %lld / %lld", (long long)b->n, (long long)b->n_logits,
@@ -119,7 +123,7 @@ int ss_exec_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const
 }
 
 int ss_exec_stop_workers(const ss_model *m) {
-  if (!distributed(m) || m->local.rank != 0) return SS_OK;
+  if (!distributed(m) || job_rank(m) != 0) return SS_OK;
   step_header h = {.magic = STEP_MAGIC, .kind = STEP_STOP};
   return bcast(m, &h, sizeof h, "stopping the workers");
 }
@@ -150,13 +154,14 @@ static int check_step(const ss_model *m, const step_header *h, const int32_t *pl
 
 /* Every rank sends its counters to rank 0 (all: tp entries there, else NULL). */
 static int gather_profile(const ss_model *m, ss_step_profile *all) {
-  const int tp = m->comm->size;
-  size_t *nbytes = malloc((size_t)tp * sizeof *nbytes);
+  ss_comm *c = job(m);
+  const int n = c->size;
+  size_t *nbytes = malloc((size_t)n * sizeof *nbytes);
   if (!nbytes) return ss_error(SS_ERR_NOMEM, "out of memory");
-  for (int r = 0; r < tp; r++) nbytes[r] = sizeof(ss_step_profile);
-  const double c0 = m->comm->busy_s;
-  int rc = ss_comm_gatherv(m->comm, m->prof, all, nbytes, 0);
-  m->comm->busy_s = c0; /* bookkeeping, not a step's communication */
+  for (int r = 0; r < n; r++) nbytes[r] = sizeof(ss_step_profile);
+  const double c0 = c->busy_s;
+  int rc = ss_comm_gatherv(c, m->prof, all, nbytes, 0);
+  c->busy_s = c0; /* bookkeeping, not a step's communication */
   free(nbytes);
   if (rc) {
     char msg[512];
@@ -171,7 +176,7 @@ int ss_exec_gather_profiles(const ss_model *m, ss_step_profile *all) {
     all[0] = *m->prof;
     return SS_OK;
   }
-  SS_ASSERT(m->local.rank == 0);
+  SS_ASSERT(job_rank(m) == 0);
   step_header h = {.magic = STEP_MAGIC, .kind = STEP_STATS};
   int rc = bcast(m, &h, sizeof h, "asking the workers for their counters");
   if (rc) return rc;
@@ -179,7 +184,7 @@ int ss_exec_gather_profiles(const ss_model *m, ss_step_profile *all) {
 }
 
 int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
-  SS_ASSERT(distributed(m) && m->local.rank != 0);
+  SS_ASSERT(distributed(m) && job_rank(m) != 0);
   ss_forward_state st = {0};
   ss_kv_cache kv = {0};
   int32_t *payload = NULL, **tabs = NULL;
@@ -189,14 +194,14 @@ int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
   for (;;) {
     step_header h;
     const double t0 = ss_now_s();
-    const double c0 = m->comm->busy_s;
+    const double c0 = job(m)->busy_s;
     rc = bcast(m, &h, sizeof h, "waiting for the next step from rank 0");
     m->prof->idle_s += ss_now_s() - t0;
-    m->comm->busy_s = c0; /* waiting is idle time, not communication inside a step */
+    job(m)->busy_s = c0; /* waiting is idle time, not communication inside a step */
     if (rc) break;
     if (h.magic != STEP_MAGIC ||
         (h.kind != STEP_FORWARD && h.kind != STEP_STOP && h.kind != STEP_STATS)) {
-      rc = ss_error(SS_ERR_COMM, "rank %d: malformed step message from rank 0", m->local.rank);
+      rc = ss_error(SS_ERR_COMM, "rank %d: malformed step message from rank 0", job_rank(m));
       break;
     }
     if (h.kind == STEP_STOP) break;
@@ -207,7 +212,7 @@ int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
     if (h.n <= 0 || h.n_logits < 0 || h.n_logits > h.n || h.n_tables <= 0 || h.n_tables > h.n ||
         h.n_table_ids < 0 || h.kv_block_size <= 0 || h.kv_n_blocks <= 0 ||
         h.payload_count != 3 * (int64_t)h.n + h.n_logits + h.n_tables + h.n_table_ids) {
-      rc = ss_error(SS_ERR_COMM, "rank %d: malformed step header from rank 0", m->local.rank);
+      rc = ss_error(SS_ERR_COMM, "rank %d: malformed step header from rank 0", job_rank(m));
       break;
     }
     if (h.payload_count > payload_cap) {

@@ -122,12 +122,21 @@ typedef struct ss_model_local {
   int expert_begin, expert_end;
   int expert_ffn_dim;
   bool expert_parallel;
+  /* Pipeline parallelism: stage `stage` of `pp` (0 of 1 without), holding
+   * layers [layer_begin, layer_end) and their KV; the first stage embeds, the
+   * last runs the final norm and LM head. */
+  int pp, stage;
+  int layer_begin, layer_end;
 } ss_model_local;
 
 typedef struct ss_model {
   ss_model_config cfg;   /* the whole model's hyper-parameters */
   ss_model_local local;  /* this rank's shard */
-  struct ss_comm *comm;  /* NULL or one rank: no communication */
+  struct ss_comm *comm;  /* this stage's tensor-parallel group; NULL or one rank: none */
+  /* Pipeline parallelism: every rank of the job (world rank = stage * tp +
+   * tp rank), for the hidden states between stages and the logits back to
+   * world rank 0; NULL with one stage. */
+  struct ss_comm *world;
   ss_shard_plan plan;    /* the plan this rank was loaded with (ranks == NULL at tp 1) */
   ss_shard_bytes loaded; /* bytes of weights this rank bound, by category */
   void **owned;          /* weight slices copied out of the file (row-parallel cuts) */
@@ -168,6 +177,13 @@ typedef struct ss_model_load_opts {
   /* Expert parallelism: each rank holds whole experts (an uneven split: 8 on
    * 3 ranks are 3 + 3 + 2) instead of a slice of every expert. */
   bool expert_parallel;
+  /* Pipeline parallelism: `world` holds pp stages of comm->size ranks each
+   * (world rank = stage * tp + tp rank; comm is this rank's stage), and this
+   * rank loads only its stage's layers: pp_layers[pp] layers per stage, or
+   * NULL for sizes that differ by at most one.  pp <= 1: one stage. */
+  struct ss_comm *world;
+  int pp;
+  const int *pp_layers;
 } ss_model_load_opts;
 
 /* Opens `path` (a GGUF file, or a Hugging Face folder with config.json,
@@ -220,6 +236,7 @@ typedef struct ss_forward_state {
   float *lg_all; /* (max_logits, V) gathered, rank-major, on rank 0, tp > 1 */
   float *lgd;    /* device backends: (max_logits, V) the LM head's output */
   float *lg_host;/* device backends, rank 0, tp > 1: lg_all copied to the host */
+  float *lg_pp;  /* pipeline, the last stage's rank 0: (max_logits, V) for world rank 0 */
   int32_t *ids;  /* (T) */
   /* Row-parallel products with f32 edges (NULL without edges): the input's
    * columns gathered into the quantized part's and the edge's inputs. */

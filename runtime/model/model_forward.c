@@ -93,6 +93,15 @@ int ss_forward_state_init(ss_forward_state *st, const ss_model *m, ss_backend *b
       ok = st->lg_host != NULL;
     }
   }
+  if (ok && lo->pp > 1 && lo->stage == lo->pp - 1 && lo->rank == 0) {
+    if (be->device) {
+      ss_forward_state_free(st);
+      return ss_error(SS_ERR_UNSUPPORTED, "pipeline parallelism runs on host backends only "
+                      "(--device cpu) for now");
+    }
+    st->lg_pp = malloc((size_t)(max_logits ? max_logits : 1) * (size_t)c->vocab * sizeof(float));
+    ok = st->lg_pp != NULL;
+  }
   if (ok && be->device && !(lo->tp > 1 && lo->vocab_parallel)) {
     st->lgd = be->alloc(be, (size_t)(max_logits ? max_logits : 1) * v_local * sizeof(float));
     ok = st->lgd != NULL;
@@ -119,6 +128,7 @@ void ss_forward_state_free(ss_forward_state *st) {
   free(st->e_rows);
   free(st->e_w);
   free(st->lg_host);
+  free(st->lg_pp);
   free(st->cut_idx);
   memset(st, 0, sizeof *st);
 }
@@ -225,6 +235,36 @@ static int allreduce(const ss_model *m, ss_backend *be, float *x, int64_t count,
   return SS_OK;
 }
 
+/* Pipeline parallelism: messages between this rank and its peer (the same
+ * tensor-parallel rank) of another stage, over the job's communicator. */
+enum { PP_TAG_HIDDEN = 101, PP_TAG_LOGITS = 102 };
+
+static int stage_peer(const ss_model *m, int stage) { return stage * m->local.tp + m->local.rank; }
+
+static int stage_send(const ss_model *m, const void *buf, size_t nbytes, int stage, int tag,
+                      const char *what) {
+  int rc = ss_comm_send(m->world, buf, nbytes, stage_peer(m, stage), tag);
+  if (rc) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    return ss_error(rc, "forward: stage %d sending %s to stage %d: %s", m->local.stage, what,
+                    stage, msg);
+  }
+  return SS_OK;
+}
+
+static int stage_recv(const ss_model *m, void *buf, size_t nbytes, int stage, int tag,
+                      const char *what) {
+  int rc = ss_comm_recv(m->world, buf, nbytes, stage_peer(m, stage), tag);
+  if (rc) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    return ss_error(rc, "forward: stage %d receiving %s from stage %d: %s", m->local.stage, what,
+                    stage, msg);
+  }
+  return SS_OK;
+}
+
 /* The step proper: every kernel and in-step all-reduce of one forward pass,
  * from the embedding to the LM head (between step_begin and step_end).  The
  * mixture-of-experts sub-layer groups tokens on the host, so it runs on host
@@ -259,13 +299,19 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
                        ? (int32_t)(b->tokens[i] - lo->vocab_begin) : -1;
     ids = st->ids;
   }
-  be->embed(be, &m->tok_embd, ids, n, st->x);
-  if (vp && (rc = allreduce(m, be, st->x, n * c->dim, "embedding", -1))) return rc;
-  if (c->embd_scale != 1.0f) be->scale(be, st->x, n * c->dim, c->embd_scale);
+  if (lo->stage == 0) {
+    be->embed(be, &m->tok_embd, ids, n, st->x);
+    if (vp && (rc = allreduce(m, be, st->x, n * c->dim, "embedding", -1))) return rc;
+    if (c->embd_scale != 1.0f) be->scale(be, st->x, n * c->dim, c->embd_scale);
+  } else if ((rc = stage_recv(m, st->x, (size_t)(n * c->dim) * sizeof(float),
+                              lo->stage - 1, PP_TAG_HIDDEN, "the hidden states"))) {
+    return rc;
+  }
 
-  for (int l = 0; l < c->n_layer; l++) {
+  /* This stage's layers; its KV cache holds them from index 0. */
+  for (int l = lo->layer_begin; l < lo->layer_end; l++) {
     const ss_layer_weights *L = &m->layers[l];
-    const ss_kv_layer kvl = ss_kv_cache_layer(kv, l);
+    const ss_kv_layer kvl = ss_kv_cache_layer(kv, l - lo->layer_begin);
     /* attention */
     be->rmsnorm(be, st->x, L->attn_norm, n, c->dim, c->rms_eps, st->xb);
     be->matmul(be, &L->wq, st->xb, n, st->q);
@@ -315,6 +361,11 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
       be->rmsnorm(be, st->xb2, L->post_ffn_norm, n, c->dim, c->rms_eps, st->xb2);
     be->add(be, st->x, st->xb2, n * c->dim);
   }
+  /* Not the last stage: the residual stream goes on to the same tensor-
+   * parallel rank of the next stage (every rank of a stage holds all of it). */
+  if (lo->stage < lo->pp - 1)
+    return stage_send(m, st->x, (size_t)(n * c->dim) * sizeof(float), lo->stage + 1,
+                      PP_TAG_HIDDEN, "the hidden states");
   if (b->n_logits == 0) return SS_OK;
   be->gather_rows(be, st->x, b->logit_rows, b->n_logits, c->dim, st->xl);
   be->rmsnorm(be, st->xl, m->output_norm, b->n_logits, c->dim, c->rms_eps, st->xl);
@@ -334,9 +385,10 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
   return SS_OK;
 }
 
-/* This rank's share of one forward pass (every rank runs it on the same batch):
- * the step on the backend, then the logits to rank 0's host memory. */
-static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+/* This rank's share of one forward pass (every rank of its stage runs it on
+ * the same batch): the step on the backend, then the logits to the stage's
+ * rank 0's host memory. */
+static int forward_stage(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
                          const ss_batch *b, float *logits) {
   const ss_model_config *c = &m->cfg;
   const ss_model_local *lo = &m->local;
@@ -364,7 +416,7 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
     const ss_collective coll = distributed(m) ? collective_of(m->comm) : (ss_collective){0};
     rc = be->sync(be, distributed(m) ? &coll : NULL);
   }
-  if (rc || b->n_logits == 0) return rc;
+  if (rc || b->n_logits == 0 || lo->stage != lo->pp - 1) return rc;
   const bool vp = distributed(m) && lo->vocab_parallel;
   if (!vp) {
     if (be->device && (!distributed(m) || lo->rank == 0))
@@ -404,12 +456,29 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
   return SS_OK;
 }
 
+/* The pass over every stage: the last stage's rank 0 holds the logits and
+ * sends them to world rank 0 (stage 0's rank 0), which samples. */
+static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                         const ss_batch *b, float *logits) {
+  const ss_model_local *lo = &m->local;
+  if (lo->pp <= 1) return forward_stage(m, st, kv, b, logits);
+  const bool head = lo->stage == lo->pp - 1 && lo->rank == 0;
+  int rc = forward_stage(m, st, kv, b, head ? st->lg_pp : NULL);
+  if (rc || b->n_logits == 0) return rc;
+  const size_t nbytes = (size_t)b->n_logits * (size_t)m->cfg.vocab * sizeof(float);
+  if (head) return stage_send(m, st->lg_pp, nbytes, 0, PP_TAG_LOGITS, "the logits");
+  if (m->world->rank == 0)
+    return stage_recv(m, logits, nbytes, lo->pp - 1, PP_TAG_LOGITS, "the logits");
+  return SS_OK;
+}
+
 int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
                      float *logits) {
   const double t0 = ss_now_s();
-  const double c0 = m->comm ? m->comm->busy_s : 0.0;
+  const double c0 = (m->comm ? m->comm->busy_s : 0.0) + (m->world ? m->world->busy_s : 0.0);
   int rc = forward_local(m, st, kv, b, logits);
-  const double comm = m->comm ? m->comm->busy_s - c0 : 0.0;
+  const double comm =
+      (m->comm ? m->comm->busy_s : 0.0) + (m->world ? m->world->busy_s : 0.0) - c0;
   m->prof->steps++;
   m->prof->comm_s += comm;
   m->prof->compute_s += ss_now_s() - t0 - comm;

@@ -230,6 +230,10 @@ static uint64_t edge_nbytes(const ss_weight_edge *e) {
  * the plan, and checks the bytes bound against the plan's figures. */
 static int shard_weights(ss_model *m, int rank) {
   const ss_model_config *c = &m->cfg;
+  const ss_shard_opts *po = &m->plan.opts;
+  const bool staged = po->pp > 1;
+  const int lb = staged ? (int)po->layers.begin : 0, le = staged ? (int)po->layers.end : c->n_layer;
+  const bool first = !staged || po->stage == 0, last = !staged || po->stage == po->pp - 1;
   const ss_shard_rank *R = &m->plan.ranks[rank];
   const int64_t D = c->head_dim;
   const ss_range q_rows = {R->heads.begin * D, R->heads.end * D};
@@ -241,6 +245,16 @@ static int shard_weights(ss_model *m, int rank) {
 #define NM(sfx, what) wname(m, n, sizeof n, l, sfx, what)
   for (int l = 0; l < c->n_layer && rc == SS_OK; l++) {
     ss_layer_weights *L = &m->layers[l];
+    if (l < lb || l >= le) {
+      /* Another stage's layer: never read here. */
+      ss_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down,
+                         &L->router};
+      for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) ws[i]->data = NULL;
+      for (int e = 0; e < c->n_expert; e++)
+        L->exp_gate[e].data = L->exp_up[e].data = L->exp_down[e].data = NULL;
+      L->attn_norm = L->ffn_norm = L->post_attn_norm = L->post_ffn_norm = NULL;
+      continue;
+    }
     if ((rc = slice_rows(m, NM("attn_q.weight", "q_proj"), &L->wq, q_rows)) ||
         (rc = slice_rows(m, NM("attn_k.weight", "k_proj"), &L->wk, kv_rows)) ||
         (rc = slice_rows(m, NM("attn_v.weight", "v_proj"), &L->wv, kv_rows)) ||
@@ -290,13 +304,20 @@ static int shard_weights(ss_model *m, int rank) {
 #undef NM
   if (rc) return rc;
   const bool tied = c->tied_output;
-  if ((rc = slice_rows(m, "token_embd.weight", &m->tok_embd, R->vocab))) return rc;
-  if (tied) m->output = m->tok_embd;
+  /* The embedding on the first stage (and on the last when it is the head). */
+  if (first || (last && tied)) {
+    if ((rc = slice_rows(m, "token_embd.weight", &m->tok_embd, R->vocab))) return rc;
+  } else {
+    m->tok_embd.data = NULL;
+  }
+  if (!last) m->output.data = NULL, m->output_norm = NULL;
+  else if (tied) m->output = m->tok_embd;
   else if ((rc = slice_rows(m, "output.weight", &m->output, R->vocab))) return rc;
-  if ((rc = copy_vec(m, "output_norm.weight", &m->output_norm, c->dim))) return rc;
-  b->embd = ss_weight_nbytes(&m->tok_embd);
-  b->head = c->tied_output ? 0 : ss_weight_nbytes(&m->output);
-  b->norm = ss_shard_norm_nbytes(c);
+  if (last && (rc = copy_vec(m, "output_norm.weight", &m->output_norm, c->dim))) return rc;
+  b->embd = first ? ss_weight_nbytes(&m->tok_embd) : 0;
+  b->head = !last ? 0 : tied ? (first ? 0 : ss_weight_nbytes(&m->tok_embd))
+                             : ss_weight_nbytes(&m->output);
+  b->norm = ss_shard_norm_nbytes_of(c, le - lb, last);
   b->total = b->attn + b->mlp + b->moe + b->embd + b->head + b->norm;
   if (memcmp(b, &R->bytes, sizeof *b) != 0)
     return ss_error(SS_ERR_INTERNAL, "%s: rank %d bound %llu bytes of weights but its plan says "
@@ -338,6 +359,11 @@ static void set_local(ss_model *m, int tp, int rank) {
   ss_model_local *lo = &m->local;
   lo->tp = tp;
   lo->rank = rank;
+  const ss_shard_opts *po = &m->plan.opts;
+  lo->pp = po->pp > 1 ? po->pp : 1;
+  lo->stage = po->pp > 1 ? po->stage : 0;
+  lo->layer_begin = po->pp > 1 ? (int)po->layers.begin : 0;
+  lo->layer_end = po->pp > 1 ? (int)po->layers.end : c->n_layer;
   if (m->plan.ranks) {
     const ss_shard_rank *R = &m->plan.ranks[rank];
     lo->head_base = (int)R->heads.begin;
@@ -369,9 +395,26 @@ int ss_model_shard(ss_model *m, const ss_model_load_opts *opts) {
   if (opts->expert_parallel && m->cfg.n_expert == 0)
     return ss_error(SS_ERR_RANGE, "%s: --ep needs a mixture-of-experts model; this %s model is "
                     "dense", m->path, m->cfg.arch);
-  if (tp > 1) {
+  const int pp = opts->pp > 1 ? opts->pp : 1;
+  if (pp > 1) {
+    if (!opts->world || opts->world->size != pp * tp)
+      return ss_error(SS_ERR_INVALID, "%s: --pp %d with %d ranks per stage needs %d ranks, but "
+                      "the job has %d", m->path, pp, tp, pp * tp,
+                      opts->world ? opts->world->size : 1);
+    m->world = opts->world;
+  }
+  if (tp > 1 || pp > 1) {
     ss_shard_opts so = {.tp = tp, .vocab_parallel = !opts->replicate_vocab,
-                        .expert_parallel = opts->expert_parallel};
+                        .expert_parallel = opts->expert_parallel, .pp = pp,
+                        .stage = pp > 1 ? opts->world->rank / tp : 0};
+    if (pp > 1) {
+      int rc = ss_pp_layers(m->cfg.n_layer, pp, opts->pp_layers, so.stage, &so.layers);
+      if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", ss_error_msg());
+        return ss_error(rc, "%s: %s", m->path, msg);
+      }
+    }
     int rc = ss_shard_plan_make(m, &so, &m->plan);
     if (rc) {
       char msg[512];
@@ -412,10 +455,11 @@ void ss_model_prefault(const ss_model *m, const ss_model_load_opts *o) {
   const uint64_t total = m->weight_nbytes;
   uint64_t done = 0;
   const ss_model_config *c = &m->cfg;
-  touch(m->tok_embd.data, ss_weight_nbytes(&m->tok_embd), &done, total, o);
-  if (!c->tied_output) touch(m->output.data, ss_weight_nbytes(&m->output), &done, total, o);
-  touch(m->output_norm, (uint64_t)c->dim * sizeof(float), &done, total, o);
-  for (int l = 0; l < c->n_layer; l++) {
+  if (m->tok_embd.data) touch(m->tok_embd.data, ss_weight_nbytes(&m->tok_embd), &done, total, o);
+  if (!c->tied_output && m->output.data)
+    touch(m->output.data, ss_weight_nbytes(&m->output), &done, total, o);
+  if (m->output_norm) touch(m->output_norm, (uint64_t)c->dim * sizeof(float), &done, total, o);
+  for (int l = m->local.layer_begin; l < m->local.layer_end; l++) {
     const ss_layer_weights *L = &m->layers[l];
     const ss_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down,
                              &L->router};

@@ -91,6 +91,11 @@ static int check_supported(const ss_model *m, const ss_backend *be) {
 int ss_model_upload(ss_model *m, ss_backend *be) {
   if (!be->device || m->dev_be) return SS_OK;
   const ss_model_config *c = &m->cfg;
+  /* The stages exchange host buffers over MPI; device buffers between stages
+   * (NCCL send/recv) are not wired into the forward pass yet. */
+  if (m->local.pp > 1)
+    return ss_error(SS_ERR_UNSUPPORTED, "%s: --pp %d on --device %s: pipeline stages run on "
+                    "host backends only for now (--device cpu)", m->path, m->local.pp, be->name);
   int rc0 = check_supported(m, be);
   if (rc0) return rc0;
   const int cap = 2 + 13 * c->n_layer + 2;

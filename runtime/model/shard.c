@@ -86,10 +86,38 @@ static int64_t mlp_unit(const ss_layer_weights *layers, int64_t n_layer, int64_t
 }
 
 /* Norm vectors per layer (2, or 4 with post-norms), plus the final one. */
-static uint64_t norm_nbytes(const ss_model_config *c) {
-  return (uint64_t)((c->post_norms ? 4 : 2) * c->n_layer + 1) * (uint64_t)c->dim * sizeof(float);
+uint64_t ss_shard_norm_nbytes_of(const struct ss_model_config *c, int64_t n_layer, bool final) {
+  return (uint64_t)((c->post_norms ? 4 : 2) * n_layer + (final ? 1 : 0)) * (uint64_t)c->dim *
+         sizeof(float);
 }
-uint64_t ss_shard_norm_nbytes(const struct ss_model_config *c) { return norm_nbytes(c); }
+uint64_t ss_shard_norm_nbytes(const struct ss_model_config *c) {
+  return ss_shard_norm_nbytes_of(c, c->n_layer, true);
+}
+
+int ss_pp_layers(int n_layer, int pp, const int *sizes, int stage, ss_range *out) {
+  if (pp < 1 || pp > n_layer)
+    return ss_error(SS_ERR_RANGE, "--pp %d is outside 1..%d (the model's layers: every stage "
+                    "needs at least one)", pp, n_layer);
+  if (stage < 0 || stage >= pp)
+    return ss_error(SS_ERR_RANGE, "pipeline stage %d is outside 0..%d", stage, pp - 1);
+  if (!sizes) {
+    *out = ss_range_split(n_layer, pp, stage);
+    return SS_OK;
+  }
+  int64_t sum = 0, begin = 0;
+  for (int s = 0; s < pp; s++) {
+    if (sizes[s] < 1)
+      return ss_error(SS_ERR_RANGE, "--pp-layers: stage %d has %d layers; every stage needs at "
+                      "least 1", s, sizes[s]);
+    if (s == stage) begin = sum;
+    sum += sizes[s];
+  }
+  if (sum != n_layer)
+    return ss_error(SS_ERR_RANGE, "--pp-layers: the stages' layers sum to %lld, but the model "
+                    "has %d layers", (long long)sum, n_layer);
+  *out = (ss_range){begin, begin + sizes[stage]};
+  return SS_OK;
+}
 
 int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan *out) {
   memset(out, 0, sizeof *out);
@@ -103,6 +131,13 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
   const int64_t D = c->head_dim, C = c->dim, L = c->n_layer, E = c->n_expert;
   const int group = c->n_head / c->n_kv_head;
   const bool moe = E > 0;
+  /* This stage's layers, and whether it holds the embedding and the head. */
+  const bool staged = o->pp > 1;
+  const int64_t Lb = staged ? o->layers.begin : 0, Le = staged ? o->layers.end : L;
+  const bool first = !staged || o->stage == 0, last = !staged || o->stage == o->pp - 1;
+  if (staged && (o->stage < 0 || o->stage >= o->pp || Lb < 0 || Le > L || Lb >= Le))
+    return ss_error(SS_ERR_RANGE, "pipeline stage %d of %d: layers [%lld, %lld) outside the "
+                    "model's %lld", o->stage, o->pp, (long long)Lb, (long long)Le, (long long)L);
   if (o->expert_parallel && !moe)
     return ss_error(SS_ERR_RANGE, "--ep: the model has no experts (a dense %s model)", c->arch);
 
@@ -141,34 +176,41 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
 
   /* The unsharded model, as stored. */
   ss_shard_bytes *f = &out->file;
-  f->embd = rows_nbytes(&m->tok_embd, (ss_range){0, c->vocab});
-  f->head = c->tied_output ? 0 : rows_nbytes(&m->output, (ss_range){0, c->vocab});
-  f->norm = norm_nbytes(c);
+  /* A tied embedding is the head too: counted as the embedding where the
+   * stage has both, as the head on a last stage without the embedding. */
+  const ss_range all_rows = {0, c->vocab};
+  f->embd = first ? rows_nbytes(&m->tok_embd, all_rows) : 0;
+  f->head = !last ? 0
+            : c->tied_output ? (first ? 0 : rows_nbytes(&m->tok_embd, all_rows))
+                             : rows_nbytes(&m->output, all_rows);
+  f->norm = ss_shard_norm_nbytes_of(c, Le - Lb, last);
   out->n_params = numel(&m->tok_embd) + (c->tied_output ? 0 : numel(&m->output)) +
-                  f->norm / sizeof(float);
+                  ss_shard_norm_nbytes(c) / sizeof(float);
   uint64_t unused_params = 0;
+  ss_shard_bytes whole = {0}; /* every layer's, for the parameter count */
   for (int l = 0; l < L; l++) {
     const ss_layer_weights *W = &m->layers[l];
-    f->attn += rows_nbytes(&W->wq, (ss_range){0, W->wq.rows}) +
+    ss_shard_bytes *fb = l >= Lb && l < Le ? &out->file : &whole;
+    fb->attn += rows_nbytes(&W->wq, (ss_range){0, W->wq.rows}) +
                rows_nbytes(&W->wk, (ss_range){0, W->wk.rows}) +
                rows_nbytes(&W->wv, (ss_range){0, W->wv.rows}) +
                rows_nbytes(&W->wo, (ss_range){0, W->wo.rows});
     out->n_params += numel(&W->wq) + numel(&W->wk) + numel(&W->wv) + numel(&W->wo);
     if (c->dense_mlp) {
-      f->mlp += rows_nbytes(&W->w_gate, (ss_range){0, W->w_gate.rows}) +
+      fb->mlp += rows_nbytes(&W->w_gate, (ss_range){0, W->w_gate.rows}) +
                 rows_nbytes(&W->w_up, (ss_range){0, W->w_up.rows}) +
                 rows_nbytes(&W->w_down, (ss_range){0, W->w_down.rows});
       out->n_params += numel(&W->w_gate) + numel(&W->w_up) + numel(&W->w_down);
     }
     if (moe) {
-      f->moe += rows_nbytes(&W->router, (ss_range){0, E});
+      fb->moe += rows_nbytes(&W->router, (ss_range){0, E});
       out->n_params += numel(&W->router);
       for (int64_t e = 0; e < E; e++) {
         const uint64_t eb = rows_nbytes(&W->exp_gate[e], (ss_range){0, W->exp_gate[e].rows}) +
                             rows_nbytes(&W->exp_up[e], (ss_range){0, W->exp_up[e].rows}) +
                             rows_nbytes(&W->exp_down[e], (ss_range){0, W->exp_down[e].rows});
         const uint64_t ep = numel(&W->exp_gate[e]) + numel(&W->exp_up[e]) + numel(&W->exp_down[e]);
-        f->moe += eb;
+        fb->moe += eb;
         out->n_params += ep;
         if (l == 0 && e == 0) out->expert_nbytes = eb;
         if (e >= c->n_expert_used) unused_params += ep; /* experts are alike in size */
@@ -177,10 +219,13 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
   }
   out->n_active_params = out->n_params - unused_params;
   bytes_add(f);
-  out->kv_nbytes_per_token = 2ull * (uint64_t)L * (uint64_t)c->n_kv_head * (uint64_t)D * kv_elem;
-  out->n_allreduce_per_token = tp > 1 ? (int)(2 * L + (o->vocab_parallel ? 1 : 0)) : 0;
+  const int64_t SL = Le - Lb; /* the stage's layers */
+  out->kv_nbytes_per_token = 2ull * (uint64_t)SL * (uint64_t)c->n_kv_head * (uint64_t)D * kv_elem;
+  out->n_allreduce_per_token =
+      tp > 1 ? (int)(2 * SL + (o->vocab_parallel && first ? 1 : 0)) : 0;
   out->allreduce_payload_nbytes = (uint64_t)C * sizeof(float);
-  out->gather_nbytes_per_token = tp > 1 && o->vocab_parallel ? (uint64_t)c->vocab * sizeof(float) : 0;
+  out->gather_nbytes_per_token =
+      tp > 1 && o->vocab_parallel && last ? (uint64_t)c->vocab * sizeof(float) : 0;
 
   for (int r = 0; r < tp; r++) {
     ss_shard_rank *R = &out->ranks[r];
@@ -204,7 +249,7 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
     const ss_range q_rows = {R->heads.begin * D, R->heads.end * D};
     const ss_range kv_rows = {R->kv_heads.begin * D, R->kv_heads.end * D};
     ss_shard_bytes *b = &R->bytes;
-    for (int l = 0; l < L; l++) {
+    for (int64_t l = Lb; l < Le; l++) {
       const ss_layer_weights *W = &m->layers[l];
       b->attn += rows_nbytes(&W->wq, q_rows) + rows_nbytes(&W->wk, kv_rows) +
                  rows_nbytes(&W->wv, kv_rows) + cut_nbytes(&W->wo, q_rows, &R->edge_nbytes);
@@ -219,8 +264,10 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
                     cut_nbytes(&W->exp_down[e], R->expert_ffn, &R->edge_nbytes);
       }
     }
-    b->embd = rows_nbytes(&m->tok_embd, R->vocab);
-    b->head = c->tied_output ? 0 : rows_nbytes(&m->output, R->vocab);
+    b->embd = first ? rows_nbytes(&m->tok_embd, R->vocab) : 0;
+    b->head = !last ? 0
+              : c->tied_output ? (first ? 0 : rows_nbytes(&m->tok_embd, R->vocab))
+                               : rows_nbytes(&m->output, R->vocab);
     b->norm = f->norm;
     bytes_add(b);
     /* Held by another rank too: the norms and routers everywhere but rank 0,
@@ -228,15 +275,15 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
      * replicated vocabulary. */
     uint64_t rep = r > 0 ? b->norm : 0;
     if (r > 0 && moe)
-      for (int l = 0; l < L; l++) rep += rows_nbytes(&m->layers[l].router, (ss_range){0, E});
+      for (int64_t l = Lb; l < Le; l++) rep += rows_nbytes(&m->layers[l].router, (ss_range){0, E});
     if (r > 0 && R->kv_heads.begin < out->ranks[r - 1].kv_heads.end) {
       const ss_range shared = {R->kv_heads.begin * D, out->ranks[r - 1].kv_heads.end * D};
-      for (int l = 0; l < L; l++)
+      for (int64_t l = Lb; l < Le; l++)
         rep += rows_nbytes(&m->layers[l].wk, shared) + rows_nbytes(&m->layers[l].wv, shared);
     }
     if (r > 0 && !o->vocab_parallel) rep += b->embd + b->head;
     R->replicated_nbytes = rep;
-    R->kv_nbytes_per_token = 2ull * (uint64_t)L * (uint64_t)ss_range_len(R->kv_heads) *
+    R->kv_nbytes_per_token = 2ull * (uint64_t)SL * (uint64_t)ss_range_len(R->kv_heads) *
                              (uint64_t)D * kv_elem;
     /* Ring all-reduce: each rank sends 2(n-1)/n of the payload. */
     uint64_t ar = (uint64_t)out->n_allreduce_per_token * out->allreduce_payload_nbytes *
@@ -244,6 +291,7 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
     uint64_t gather = out->gather_nbytes_per_token == 0 ? 0
                       : r == 0 ? (uint64_t)(c->vocab - ss_range_len(R->vocab)) * sizeof(float)
                                : (uint64_t)ss_range_len(R->vocab) * sizeof(float);
+    R->pp_send_nbytes_per_token = last ? 0 : (uint64_t)C * sizeof(float);
     R->comm_nbytes_per_token = ar + gather;
     out->total_weight_nbytes += b->total;
     out->edge_nbytes += R->edge_nbytes;

@@ -72,7 +72,20 @@ typedef struct ss_shard_opts {
   bool expert_parallel; /* whole experts per rank (else a slice of every expert) */
   ss_dtype kv_type;     /* KV-cache element type for the KV figures (F32 = 0, the
                          * CPU runtime's; BF16 for a GPU deployment) */
+  /* Pipeline parallelism: the plan of stage `stage` of `pp` (pp <= 1: the
+   * whole model), holding layers [layers.begin, layers.end) (ss_pp_layers),
+   * the embedding on the first stage, the final norm and LM head on the last
+   * (a tied embedding is held by both).  Every figure but n_params and
+   * n_active_params is then the stage's, `file` included. */
+  int pp, stage;
+  ss_range layers;
 } ss_shard_opts;
+
+/* The layers of pipeline stage `stage` of `pp` over n_layer layers: sizes[]
+ * (pp entries, each >= 1, summing to n_layer) or, with sizes NULL, contiguous
+ * ranges whose sizes differ by at most one (the first ones larger).  Fails
+ * with a message naming --pp / --pp-layers and the limit. */
+int ss_pp_layers(int n_layer, int pp, const int *sizes, int stage, ss_range *out);
 
 /* Bytes of weights by category, as stored (quantized bytes for quantized types). */
 typedef struct ss_shard_bytes {
@@ -101,6 +114,9 @@ typedef struct ss_shard_rank {
   /* Sent + received by this rank per generated token (ring all-reduce
    * estimate: 2(n-1)/n of the payload per all-reduce, plus the logits gather). */
   uint64_t comm_nbytes_per_token;
+  /* Pipeline parallelism: the hidden state this rank sends to its peer of the
+   * next stage per token (0 on the last stage). */
+  uint64_t pp_send_nbytes_per_token;
 } ss_shard_rank;
 
 struct ss_model;
@@ -140,5 +156,7 @@ struct ss_model_config;
 /* Bytes of the RMSNorm weights (held as f32): 2 per layer, 4 with post-norms,
  * and the final one. */
 uint64_t ss_shard_norm_nbytes(const struct ss_model_config *c);
+/* The same for n_layer of the layers, with the final norm or not. */
+uint64_t ss_shard_norm_nbytes_of(const struct ss_model_config *c, int64_t n_layer, bool final);
 
 #endif

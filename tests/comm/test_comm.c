@@ -277,6 +277,37 @@ static void test_errors(ss_comm *c) {
   CHECK(rc == SS_ERR_INVALID, "recv from rank -1: rc %d", rc);
 }
 
+/* Pipeline stages: split into groups of 2 consecutive ranks (the last may be
+ * alone); each group's all-reduce sums its own ranks only, and its ranks are
+ * numbered by the key (here reversed), so the sum and the group rank are both
+ * known exactly. */
+static void test_split(ss_comm *c) {
+  const int color = c->rank / 2, key = 100 - c->rank;
+  ss_comm *g = NULL;
+  int rc = ss_comm_split(c, color, key, &g);
+  CHECK(rc == 0 && g, "split: %s", ss_error_msg());
+  if (rc || !g) return;
+  const int lo = color * 2, hi = lo + 2 < c->size ? lo + 2 : c->size;
+  CHECK(g->size == hi - lo, "split: group of rank %d has %d ranks, want %d", c->rank, g->size,
+        hi - lo);
+  CHECK(g->rank == hi - 1 - c->rank, "split: rank %d is %d in its group, want %d (by key)",
+        c->rank, g->rank, hi - 1 - c->rank);
+  float v[3] = {(float)(c->rank + 1), 1.0f, (float)(1 << c->rank)};
+  rc = ss_comm_allreduce_sum(g, v, 3, SS_DTYPE_F32);
+  float want0 = 0, want2 = 0;
+  for (int r = lo; r < hi; r++) want0 += (float)(r + 1), want2 += (float)(1 << r);
+  CHECK(rc == 0 && v[0] == want0 && v[1] == (float)(hi - lo) && v[2] == want2,
+        "split: group all-reduce %g %g %g, want %g %d %g (%s)", v[0], v[1], v[2], want0, hi - lo,
+        want2, rc ? ss_error_msg() : "ok");
+  ss_comm_free(g);
+  ss_comm *bad = NULL;
+  rc = ss_comm_split(c, -1, 0, &bad); /* every rank passes it: refused alike, no hang */
+  CHECK(rc == SS_ERR_INVALID && !bad && strstr(ss_error_msg(), "negative color"),
+        "split with a negative color: rc %d: %s", rc, ss_error_msg());
+  /* The parent still works after its group is gone. */
+  CHECK(ss_comm_barrier(c) == 0, "barrier after split: %s", ss_error_msg());
+}
+
 static void test_misc(ss_comm *c) {
   for (int i = 0; i < 3; i++) CHECK(ss_comm_barrier(c) == 0, "barrier: %s", ss_error_msg());
   ss_comm_stats_reset(c);
@@ -295,6 +326,7 @@ static void run_suite(ss_comm *c, size_t max_count) {
   test_gathers(c);
   test_broadcast(c);
   test_ring(c);
+  test_split(c);
   test_errors(c);
   test_misc(c);
 }
