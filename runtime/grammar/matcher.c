@@ -158,7 +158,6 @@ void ss_grammar_vocab_free(ss_grammar_vocab *v) {
 
 int32_t ss_grammar_vocab_n(const ss_grammar_vocab *v) { return v->n_vocab; }
 
-/* ------------------------------------------------------------------------ */
 /* Stacks and states                                                          */
 
 /* A stack node: the position of the element to match next (a GE_SET at the
@@ -173,30 +172,39 @@ typedef struct ivec {
   int32_t n, cap;
 } ivec;
 
-/* A cached mask: the state it belongs to and its bits. */
-typedef struct mask_entry {
-  int32_t *key;
-  int32_t nkey;
-  uint32_t *bits;
-} mask_entry;
+/* A state is an interned, sorted set of stack nodes, with its transitions
+ * memoised as they are met (-2: not computed yet, -1: the byte is rejected),
+ * so that the trie walk inside a string, which comes back to the same state
+ * after most bytes, costs a table look-up per trie node. */
+typedef struct sstate {
+  int32_t off, n;        /* items[off..off+n) */
+  int32_t *next;         /* [256] or NULL */
+  uint32_t *mask;        /* the cached token mask, or NULL */
+} sstate;
 
-#define MASK_CACHE 64
-/* Collected once this many nodes exist (a state reaches only a few). */
+/* Everything is collected once this many nodes or states exist. */
 #define NODE_GC 200000
+#define STATE_GC 20000
+/* Masks kept at once (each is n_vocab bits). */
+#define MASK_CACHE 64
 
 struct ss_grammar_state {
   ss_grammar *g;
   snode *nodes;
   int32_t n_nodes, cap_nodes;
-  int32_t *hash;       /* open addressing over nodes, -1 empty */
+  int32_t *hash;         /* nodes: open addressing, -1 empty */
   int32_t hcap;
-  ivec cur;            /* the current state: sorted node ids */
-  ivec *depth;         /* the mask walk's state at each trie depth */
-  int32_t n_depth;
+  sstate *st;
+  int32_t n_st, cap_st;
+  ivec items;            /* the states' node ids */
+  int32_t *shash;        /* states: open addressing, -1 empty */
+  int32_t shcap;
+  int32_t cur;           /* the current state */
+  int32_t *walk;         /* the mask walk's state at each trie depth */
+  int32_t n_walk;
   ivec tmp;
-  mask_entry cache[MASK_CACHE];
-  int32_t n_cache, next_evict;
-  int32_t mask_words;
+  int32_t masked[MASK_CACHE]; /* states holding a mask, oldest first (ring) */
+  int32_t n_masked, next_masked;
   bool oom;
 };
 
@@ -217,7 +225,13 @@ static uint32_t hash2(int32_t a, int32_t b) {
   return (uint32_t)(h >> 32);
 }
 
-static bool rehash(ss_grammar_state *s, int32_t cap) {
+static uint32_t hash_items(const int32_t *p, int32_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (int32_t i = 0; i < n; i++) h = (h ^ (uint32_t)p[i]) * 0x100000001b3ull;
+  return (uint32_t)(h ^ h >> 32);
+}
+
+static bool node_rehash(ss_grammar_state *s, int32_t cap) {
   int32_t *h = malloc((size_t)cap * sizeof *h);
   if (!h) return false;
   memset(h, 0xff, (size_t)cap * sizeof *h);
@@ -229,6 +243,21 @@ static bool rehash(ss_grammar_state *s, int32_t cap) {
   free(s->hash);
   s->hash = h;
   s->hcap = cap;
+  return true;
+}
+
+static bool state_rehash(ss_grammar_state *s, int32_t cap) {
+  int32_t *h = malloc((size_t)cap * sizeof *h);
+  if (!h) return false;
+  memset(h, 0xff, (size_t)cap * sizeof *h);
+  for (int32_t i = 0; i < s->n_st; i++) {
+    uint32_t k = hash_items(s->items.p + s->st[i].off, s->st[i].n) & (uint32_t)(cap - 1);
+    while (h[k] >= 0) k = (k + 1) & (uint32_t)(cap - 1);
+    h[k] = i;
+  }
+  free(s->shash);
+  s->shash = h;
+  s->shcap = cap;
   return true;
 }
 
@@ -246,7 +275,30 @@ static int32_t intern(ss_grammar_state *s, int32_t pos, int32_t below) {
   const int32_t id = s->n_nodes++;
   s->nodes[id] = (snode){pos, below};
   s->hash[k] = id;
-  if ((int64_t)s->n_nodes * 2 > s->hcap && !rehash(s, s->hcap * 2)) return s->oom = true, -1;
+  if ((int64_t)s->n_nodes * 2 > s->hcap && !node_rehash(s, s->hcap * 2)) return s->oom = true, -1;
+  return id;
+}
+
+/* The state of the sorted node set v (a new one when not seen before). */
+static int32_t intern_state(ss_grammar_state *s, const ivec *v) {
+  uint32_t k = hash_items(v->p, v->n) & (uint32_t)(s->shcap - 1);
+  for (int32_t i; (i = s->shash[k]) >= 0; k = (k + 1) & (uint32_t)(s->shcap - 1))
+    if (s->st[i].n == v->n && !memcmp(s->items.p + s->st[i].off, v->p, (size_t)v->n * sizeof *v->p))
+      return i;
+  if (s->n_st == s->cap_st) {
+    int32_t c = s->cap_st ? s->cap_st * 2 : 256;
+    sstate *q = realloc(s->st, (size_t)c * sizeof *q);
+    if (!q) return s->oom = true, -1;
+    s->st = q;
+    s->cap_st = c;
+  }
+  const int32_t off = s->items.n;
+  for (int32_t i = 0; i < v->n; i++)
+    if (!ivec_push(&s->items, v->p[i])) return s->oom = true, -1;
+  const int32_t id = s->n_st++;
+  s->st[id] = (sstate){off, v->n, NULL, NULL};
+  s->shash[k] = id;
+  if ((int64_t)s->n_st * 2 > s->shcap && !state_rehash(s, s->shcap * 2)) return s->oom = true, -1;
   return id;
 }
 
@@ -284,70 +336,88 @@ static void expand(ss_grammar_state *s, int32_t pos, int32_t below, ivec *out) {
   }
 }
 
-static int cmp_i32(const void *a, const void *b) {
-  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-  return x < y ? -1 : x > y;
-}
-
 static void sort_unique(ivec *v) {
+  for (int32_t i = 1; i < v->n; i++) { /* small sets: insertion sort */
+    int32_t x = v->p[i], j = i;
+    while (j > 0 && v->p[j - 1] > x) v->p[j] = v->p[j - 1], j--;
+    v->p[j] = x;
+  }
   if (v->n < 2) return;
-  qsort(v->p, (size_t)v->n, sizeof *v->p, cmp_i32);
   int32_t k = 1;
   for (int32_t i = 1; i < v->n; i++)
     if (v->p[i] != v->p[k - 1]) v->p[k++] = v->p[i];
   v->n = k;
 }
 
-/* out = the stacks of in after byte b. */
-static void advance(ss_grammar_state *s, const ivec *in, unsigned b, ivec *out) {
+/* The state after byte b from state id, or -1 when b is rejected. */
+static int32_t step(ss_grammar_state *s, int32_t id, unsigned b) {
+  if (!s->st[id].next) {
+    int32_t *t = malloc(256 * sizeof *t);
+    if (!t) return s->oom = true, -1;
+    for (int i = 0; i < 256; i++) t[i] = -2;
+    s->st[id].next = t;
+  }
+  int32_t r = s->st[id].next[b];
+  if (r != -2) return r;
+  ivec *out = &s->tmp;
   out->n = 0;
-  for (int32_t i = 0; i < in->n; i++) {
-    const int32_t id = in->p[i];
-    if (id == 0) continue;
-    const snode nd = s->nodes[id];
+  for (int32_t i = 0; i < s->st[id].n; i++) {
+    const int32_t nid = s->items.p[s->st[id].off + i];
+    if (nid == 0) continue;
+    const snode nd = s->nodes[nid];
     if (!gset_has(&s->g->sets[s->g->elems[nd.pos].v], b)) continue;
     expand(s, nd.pos + 1, nd.below, out);
   }
   sort_unique(out);
+  r = out->n ? intern_state(s, out) : -1;
+  if (s->oom) return -1;
+  s->st[id].next[b] = r; /* st may have moved: index again */
+  return r;
 }
 
-static void cache_clear(ss_grammar_state *s) {
-  for (int32_t i = 0; i < s->n_cache; i++) {
-    free(s->cache[i].key);
-    free(s->cache[i].bits);
+static void free_states(ss_grammar_state *s) {
+  for (int32_t i = 0; i < s->n_st; i++) {
+    free(s->st[i].next);
+    free(s->st[i].mask);
   }
-  s->n_cache = 0;
-  s->next_evict = 0;
+  s->n_st = 0;
+  s->items.n = 0;
+  s->n_masked = s->next_masked = 0;
+  if (s->shash) memset(s->shash, 0xff, (size_t)s->shcap * sizeof *s->shash);
 }
 
-/* Keeps only the nodes the current state reaches, renumbered. */
+/* Keeps only the nodes the current state reaches (renumbered) and only the
+ * current state. */
 static void collect(ss_grammar_state *s) {
   int32_t *map = malloc((size_t)s->n_nodes * sizeof *map);
   snode *keep = malloc((size_t)s->n_nodes * sizeof *keep);
-  if (!map || !keep) {
-    free(map), free(keep);
-    return;
-  }
+  ivec cur = {0};
+  if (!map || !keep) goto out;
   memset(map, 0xff, (size_t)s->n_nodes * sizeof *map);
   map[0] = 0;
   int32_t n = 1;
   keep[0] = s->nodes[0];
+  const sstate c = s->st[s->cur];
   /* below always has a smaller id than its node (it existed first), so
    * marking from the top down and renumbering in id order works */
-  for (int32_t i = 0; i < s->cur.n; i++)
-    for (int32_t id = s->cur.p[i]; id > 0 && map[id] != -2; id = s->nodes[id].below) map[id] = -2;
+  for (int32_t i = 0; i < c.n; i++)
+    for (int32_t id = s->items.p[c.off + i]; id > 0 && map[id] != -2; id = s->nodes[id].below)
+      map[id] = -2;
   for (int32_t i = 1; i < s->n_nodes; i++)
     if (map[i] == -2) {
       keep[n] = (snode){s->nodes[i].pos, map[s->nodes[i].below]};
       map[i] = n++;
     }
-  for (int32_t i = 0; i < s->cur.n; i++) s->cur.p[i] = map[s->cur.p[i]];
-  sort_unique(&s->cur);
+  for (int32_t i = 0; i < c.n; i++)
+    if (!ivec_push(&cur, map[s->items.p[c.off + i]])) goto out;
+  sort_unique(&cur);
   memcpy(s->nodes, keep, (size_t)n * sizeof *keep);
   s->n_nodes = n;
-  free(map), free(keep);
-  rehash(s, s->hcap);
-  cache_clear(s);
+  node_rehash(s, s->hcap);
+  free_states(s);
+  s->cur = intern_state(s, &cur);
+out:
+  free(map), free(keep), free(cur.p);
 }
 
 int ss_grammar_state_create(ss_grammar *g, ss_grammar_state **out) {
@@ -361,13 +431,16 @@ int ss_grammar_state_create(ss_grammar *g, ss_grammar_state **out) {
   s->cap_nodes = 1024;
   s->nodes = malloc((size_t)s->cap_nodes * sizeof *s->nodes);
   s->n_nodes = 1;
-  if (!s->nodes || !rehash(s, 4096)) {
+  if (!s->nodes || !node_rehash(s, 4096) || !state_rehash(s, 1024)) {
     ss_grammar_state_free(s);
     return ss_error(SS_ERR_NOMEM, "out of memory");
   }
   s->nodes[0] = (snode){-1, -1};
-  for (int32_t a = 0; a < g->nalt[g->root]; a++) expand(s, g->alts[g->alt0[g->root] + a], 0, &s->cur);
-  sort_unique(&s->cur);
+  ivec v = {0};
+  for (int32_t a = 0; a < g->nalt[g->root]; a++) expand(s, g->alts[g->alt0[g->root] + a], 0, &v);
+  sort_unique(&v);
+  s->cur = s->oom ? -1 : intern_state(s, &v);
+  free(v.p);
   if (s->oom) {
     ss_grammar_state_free(s);
     return ss_error(SS_ERR_NOMEM, "out of memory");
@@ -379,41 +452,33 @@ int ss_grammar_state_create(ss_grammar *g, ss_grammar_state **out) {
 void ss_grammar_state_free(ss_grammar_state *s) {
   if (!s) return;
   ss_grammar_free(s->g);
+  free_states(s);
+  free(s->st);
+  free(s->items.p);
+  free(s->shash);
   free(s->nodes);
   free(s->hash);
-  free(s->cur.p);
   free(s->tmp.p);
-  for (int32_t i = 0; i < s->n_depth; i++) free(s->depth[i].p);
-  free(s->depth);
-  cache_clear(s);
+  free(s->walk);
   free(s);
 }
 
 bool ss_grammar_state_accept(ss_grammar_state *s, const char *p, size_t n) {
-  ivec a = {0}, b = {0};
-  bool ok = true;
-  for (size_t i = 0; i < n && ok; i++) {
-    advance(s, i ? &a : &s->cur, (unsigned char)p[i], &b);
-    ivec t = a;
-    a = b;
-    b = t;
-    ok = a.n > 0 && !s->oom;
-  }
-  if (ok && n) {
-    free(s->cur.p);
-    s->cur = a;
-    a.p = NULL;
-  }
-  free(a.p);
-  free(b.p);
-  if (ok && s->n_nodes > NODE_GC) collect(s);
-  return ok;
+  int32_t id = s->cur;
+  for (size_t i = 0; i < n && id >= 0; i++) id = step(s, id, (unsigned char)p[i]);
+  if (id < 0 || s->oom) return false;
+  s->cur = id;
+  if (s->n_nodes > NODE_GC || s->n_st > STATE_GC) collect(s);
+  return !s->oom;
 }
 
-bool ss_grammar_state_complete(const ss_grammar_state *s) { return s->cur.n && s->cur.p[0] == 0; }
+bool ss_grammar_state_complete(const ss_grammar_state *s) {
+  const sstate *c = &s->st[s->cur];
+  return c->n && s->items.p[c->off] == 0;
+}
 
 bool ss_grammar_state_can_continue(const ss_grammar_state *s) {
-  return s->cur.n > (ss_grammar_state_complete(s) ? 1 : 0);
+  return s->st[s->cur].n > (ss_grammar_state_complete(s) ? 1 : 0);
 }
 
 bool ss_grammar_state_accept_token(ss_grammar_state *s, const ss_grammar_vocab *v, int32_t id) {
@@ -425,59 +490,44 @@ bool ss_grammar_state_accept_token(ss_grammar_state *s, const ss_grammar_vocab *
 }
 
 const uint32_t *ss_grammar_state_mask(ss_grammar_state *s, const ss_grammar_vocab *v) {
+  if (s->st[s->cur].mask) return s->st[s->cur].mask;
   const int32_t words = (v->n_vocab + 31) / 32;
-  for (int32_t i = 0; i < s->n_cache; i++) {
-    const mask_entry *c = &s->cache[i];
-    if (c->nkey == s->cur.n && !memcmp(c->key, s->cur.p, (size_t)c->nkey * sizeof *c->key))
-      return c->bits;
+  if (s->n_walk < v->max_depth + 1) {
+    int32_t *w = realloc(s->walk, ((size_t)v->max_depth + 1) * sizeof *w);
+    if (!w) return NULL;
+    s->walk = w;
+    s->n_walk = v->max_depth + 1;
   }
-  if (s->n_depth < v->max_depth + 1) {
-    ivec *d = realloc(s->depth, ((size_t)v->max_depth + 1) * sizeof *d);
-    if (!d) return NULL;
-    memset(d + s->n_depth, 0, ((size_t)v->max_depth + 1 - (size_t)s->n_depth) * sizeof *d);
-    s->depth = d;
-    s->n_depth = v->max_depth + 1;
-  }
-  mask_entry *c;
-  if (s->n_cache < MASK_CACHE) {
-    c = &s->cache[s->n_cache];
-    c->bits = malloc((size_t)words * sizeof *c->bits);
-    c->key = NULL;
-    if (!c->bits) return NULL;
-    s->n_cache++;
+  uint32_t *bits;
+  if (s->n_masked == MASK_CACHE) { /* the oldest mask's buffer is reused */
+    const int32_t old = s->masked[s->next_masked];
+    bits = s->st[old].mask;
+    s->st[old].mask = NULL;
   } else {
-    c = &s->cache[s->next_evict];
-    s->next_evict = (s->next_evict + 1) % MASK_CACHE;
+    bits = malloc((size_t)words * sizeof *bits);
+    if (!bits) return NULL;
+    s->n_masked++;
   }
-  free(c->key);
-  c->key = malloc(((size_t)s->cur.n + 1) * sizeof *c->key);
-  c->nkey = s->cur.n;
-  if (!c->key) {
-    c->nkey = -1;
-    return NULL;
-  }
-  memcpy(c->key, s->cur.p, (size_t)s->cur.n * sizeof *c->key);
-  uint32_t *bits = c->bits;
   memset(bits, 0, (size_t)words * sizeof *bits);
-  /* depth 0 is the current state itself (read through cur; depth[0] unused) */
+  s->walk[0] = s->cur;
   for (int32_t i = 1; i < v->n_nodes;) {
     const int32_t d = v->depth[i];
-    const ivec *up = d == 1 ? &s->cur : &s->depth[d - 1];
-    ivec *here = &s->depth[d];
-    advance(s, up, v->byte[i], here);
-    if (s->oom) {
-      c->nkey = -1;
-      return NULL;
-    }
-    if (here->n == 0) {
+    const int32_t here = step(s, s->walk[d - 1], v->byte[i]);
+    if (s->oom) break;
+    if (here < 0) {
       i = v->end[i];
       continue;
     }
+    s->walk[d] = here;
     for (int32_t t = v->tok0[i]; t < v->tok0[i + 1]; t++)
       bits[v->toks[t] >> 5] |= 1u << (v->toks[t] & 31);
     i++;
   }
   if (ss_grammar_state_complete(s))
     for (int32_t i = 0; i < v->n_eog; i++) bits[v->eog[i] >> 5] |= 1u << (v->eog[i] & 31);
+  s->st[s->cur].mask = bits;
+  s->masked[s->next_masked] = s->cur;
+  s->next_masked = (s->next_masked + 1) % MASK_CACHE;
+  if (s->oom) return NULL;
   return bits;
 }
