@@ -34,6 +34,7 @@ typedef struct gparse {
   gset *sets;
   int32_t n_sets, cap_sets;
   int64_t n_elems;
+  int depth;      /* groups open */
   int rc;
 } gparse;
 
@@ -466,12 +467,14 @@ static bool parse_sequence(gparse *g, int32_t rule, bool nested) {
       if (!push(g, ALT, GE_REF, id)) return false;
     } else if (c == '(') {
       g->p++;
+      if (++g->depth > 256) return fail_at(g, at, "groups nested deeper than 256"), false;
       int32_t sub = new_rule(g, NULL, 0);
       if (sub < 0) return false;
       skip_space(g, true);
       if (!parse_alternates(g, sub, true)) return false;
       if (g->p >= g->end || *g->p != ')') return fail_at(g, at, "'(' without ')'"), false;
       g->p++;
+      g->depth--;
       last = ALT->n;
       if (!push(g, ALT, GE_REF, sub)) return false;
     } else if (c == '*' || c == '+' || c == '?' || c == '{') {

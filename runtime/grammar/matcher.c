@@ -205,7 +205,7 @@ struct ss_grammar_state {
   ivec tmp;
   int32_t masked[MASK_CACHE]; /* states holding a mask, oldest first (ring) */
   int32_t n_masked, next_masked;
-  bool oom;
+  bool oom;              /* out of memory, or rules nested too deep: matching fails */
 };
 
 static bool ivec_push(ivec *v, int32_t x) {
@@ -302,9 +302,17 @@ static int32_t intern_state(ss_grammar_state *s, const ivec *v) {
   return id;
 }
 
+/* Rules nested at the left of each other deeper than this are refused while
+ * matching (the expansion recurses once per level). */
+#define MAX_EXPAND_DEPTH 20000
+
 /* Adds to out every stack that continues at pos with `below` underneath,
  * expanded until its top is a byte set (or it is empty). */
-static void expand(ss_grammar_state *s, int32_t pos, int32_t below, ivec *out) {
+static void expand_at(ss_grammar_state *s, int32_t pos, int32_t below, ivec *out, int depth) {
+  if (depth > MAX_EXPAND_DEPTH) {
+    s->oom = true;
+    return;
+  }
   const gelem *el = s->g->elems;
   for (;;) {
     const gelem e = el[pos];
@@ -331,9 +339,14 @@ static void expand(ss_grammar_state *s, int32_t pos, int32_t below, ivec *out) {
       if (cont < 0) return;
     }
     const ss_grammar *g = s->g;
-    for (int32_t a = 0; a < g->nalt[e.v]; a++) expand(s, g->alts[g->alt0[e.v] + a], cont, out);
+    for (int32_t a = 0; a < g->nalt[e.v]; a++)
+      expand_at(s, g->alts[g->alt0[e.v] + a], cont, out, depth + 1);
     return;
   }
+}
+
+static void expand(ss_grammar_state *s, int32_t pos, int32_t below, ivec *out) {
+  expand_at(s, pos, below, out, 0);
 }
 
 static void sort_unique(ivec *v) {
@@ -443,7 +456,8 @@ int ss_grammar_state_create(ss_grammar *g, ss_grammar_state **out) {
   free(v.p);
   if (s->oom) {
     ss_grammar_state_free(s);
-    return ss_error(SS_ERR_NOMEM, "out of memory");
+    return ss_error(SS_ERR_RANGE, "grammar: out of memory, or rules nested at the left deeper "
+                    "than %d", MAX_EXPAND_DEPTH);
   }
   *out = s;
   return 0;

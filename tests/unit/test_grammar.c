@@ -108,6 +108,13 @@ static void test_gbnf_refused(void **st) {
       fail_msg("grammar %zu was accepted: %s", i, bad[i]);
     }
   }
+  /* groups nested past the parser's limit: an error, not a deep recursion */
+  char deep[2000] = "root ::= ";
+  for (int i = 0; i < 300; i++) strcat(deep, "(");
+  strcat(deep, "\"a\"");
+  for (int i = 0; i < 300; i++) strcat(deep, ")");
+  ss_grammar *g = NULL;
+  assert_int_not_equal(ss_grammar_parse(deep, strlen(deep), &g), 0);
 }
 
 static void test_regex(void **st) {
