@@ -3,7 +3,7 @@
 # the one place these edges are stated: CMakeLists.txt links each layer's
 # static library to exactly these, and check_layers.cmake fails the build when
 # a file includes a header from a layer outside them.  README "Layout" draws it.
-set(SS_LAYERS base kernels comm formats tokenizer model engine server planner
+set(SS_LAYERS base kernels comm formats tokenizer grammar model engine server planner
               loadgen launcher benchtools tests)
 
 set(SS_LAYER_DIRS_base runtime/base)            # status, clock, strings, utf8, rng, stats, tensor types
@@ -16,10 +16,12 @@ set(SS_LAYER_DIRS_formats runtime/formats)      # GGUF, safetensors
 set(SS_LAYER_DEPS_formats base)
 set(SS_LAYER_DIRS_tokenizer runtime/tokenizer)  # tokenizers, chat templates
 set(SS_LAYER_DEPS_tokenizer formats)
+set(SS_LAYER_DIRS_grammar runtime/grammar)      # grammars (GBNF, regex, choice), matcher, token masks
+set(SS_LAYER_DEPS_grammar tokenizer)
 set(SS_LAYER_DIRS_model runtime/model)          # config, loading, sharding, forward, KV storage
 set(SS_LAYER_DEPS_model tokenizer formats kernels comm)
 set(SS_LAYER_DIRS_engine runtime/engine)        # scheduler, executor, sampler, output, engine loop
-set(SS_LAYER_DEPS_engine model)
+set(SS_LAYER_DEPS_engine model grammar)
 set(SS_LAYER_DIRS_server runtime/server)        # HTTP, OpenAI protocol, routes
 set(SS_LAYER_DEPS_server engine)
 set(SS_LAYER_DIRS_planner runtime/planner)      # cost model, simulation, arrivals

@@ -14,6 +14,7 @@
 #include "runtime/base/status.h"
 #include "runtime/engine/engine_internal.h"
 #include "runtime/engine/executor.h"
+#include "runtime/grammar/grammar.h"
 
 /* ------------------------------------------------------------------------ */
 /* Creation                                                                   */
@@ -181,6 +182,8 @@ void ss_engine_free(ss_engine *e) {
   free(e->eog);
   if (e->kv.be) ss_kv_cache_free(&e->kv);
   free(e->logits);
+  free(e->masked);
+  ss_grammar_vocab_free(e->gvocab);
   free(e->b_tokens);
   free(e->b_pos);
   free(e->b_rows);

@@ -75,6 +75,9 @@ typedef struct ss_engine_req {
   int n_stop;
   bool logprobs;               /* report each token's logprob */
   int32_t n_top_logprobs;      /* and this many alternatives (0..vocabulary) */
+  struct ss_grammar_state *grammar; /* NULL, or the output constraint (runtime/grammar):
+                                  only tokens it allows are sampled; owned by the engine
+                                  once submitted */
   void *user;                  /* the submitter's handle, returned in events */
 } ss_engine_req;
 

@@ -58,6 +58,9 @@ struct ss_engine {
   int32_t *eog;           /* [n_eog]: the tokens that end generation, masked before min_tokens */
   int32_t n_eog;
   float *logits;          /* (max_num_seqs, V) */
+  struct ss_grammar_vocab *gvocab; /* the vocabulary trie, made for the first constrained
+                                  request (engine thread) */
+  float *masked;          /* (V): a constrained row's logits, disallowed tokens -inf */
   int32_t *b_tokens, *b_pos, *b_rows;
   const int32_t **b_tab;
   uint64_t steps;
@@ -118,6 +121,13 @@ ss_engine_event *ss_eng_done_event(const ereq *q, const char *reason, const char
  * outside the lock: it uses the engine's sampling scratch. */
 const char *ss_eng_sample_seq(ss_engine *e, ereq *q, const float *logits, ev_list *out, double t,
                               double *itl);
+/* engine_grammar.c: the output constraint of a request.  The logits to sample
+ * from: `logits` itself without a constraint, else a copy with every token the
+ * grammar disallows at -inf; NULL when it allows none. */
+const float *ss_eng_grammar_mask(ss_engine *e, ereq *q, const float *logits);
+/* Advances q's constraint over its sampled token; true when the grammar is
+ * complete and allows nothing more (the request ends with "stop"). */
+bool ss_eng_grammar_accept(ss_engine *e, ereq *q, int32_t tok);
 /* Ends a request (lock held): removes it from the scheduler (its blocks go back
  * to the pool), counts it, queues its DONE event and frees it. */
 void ss_eng_finish_locked(ss_engine *e, ereq *q, const char *reason, const char *error,

@@ -7,6 +7,7 @@
 #include "runtime/base/clock.h"
 #include "runtime/engine/engine_internal.h"
 #include "runtime/engine/stop.h"
+#include "runtime/grammar/grammar.h"
 
 void ss_eng_req_free(ereq *q) {
   if (!q) return;
@@ -14,6 +15,7 @@ void ss_eng_req_free(ereq *q) {
   for (int i = 0; i < q->r.n_stop; i++) free(q->r.stop[i]);
   ss_engine_req_sampling_free(&q->r.sampling);
   ss_sampler_free(&q->smp);
+  ss_grammar_state_free(q->r.grammar);
   free(q->tokens);
   free(q->seq.blocks);
   ss_strbuf_free(&q->text);
@@ -76,15 +78,19 @@ static void add_logprobs(ss_engine *e, const ereq *q, const float *logits, ss_en
 
 const char *ss_eng_sample_seq(ss_engine *e, ereq *q, const float *logits, ev_list *out, double t,
                               double *itl) {
-  ss_engine_event *ev = calloc(1, sizeof *ev);
-  /* The request's own logits (bias, penalties, masks), then the draw; the
-   * logprobs reported are those of the model's logits. */
+  /* The request's own logits (bias, penalties, masks), then its grammar's
+   * mask, then the draw; the logprobs reported are those of the model's
+   * logits. */
   const ss_sampler_seq sq = {.tokens = q->tokens, .n_prompt = q->r.n_prompt,
                              .n_generated = q->n_generated,
                              .eog = q->r.ignore_eos ? NULL : e->eog,
                              .n_eog = q->r.ignore_eos ? 0 : e->n_eog};
   const float *l = ss_sampler_process(&q->smp, &e->scratch, logits, &sq);
-  const int32_t tok = ss_sampler_sample(&q->smp, &e->scratch, l);
+  const float *allowed = ss_eng_grammar_mask(e, q, l);
+  if (!allowed) return "stop"; /* the constraint allows no token at all */
+  ss_engine_event *ev = calloc(1, sizeof *ev);
+  const int32_t tok = ss_sampler_sample(&q->smp, &e->scratch, allowed);
+  const bool grammar_done = ss_eng_grammar_accept(e, q, tok);
   q->tokens[q->seq.n_tokens++] = tok;
   q->n_generated++;
   *itl = q->n_generated > 1 ? t - q->t_last : -1.0;
@@ -93,16 +99,17 @@ const char *ss_eng_sample_seq(ss_engine *e, ereq *q, const float *logits, ev_lis
   const bool eog = (!q->r.ignore_eos && ss_model_is_eog(e->m, tok)) ||
                    ss_sampler_is_stop_id(&q->smp, tok);
   const bool at_limit = q->n_generated >= q->r.max_new_tokens;
+  const bool end = eog || at_limit || grammar_done;
   char piece[SS_DETOK_MIN_CAP];
   size_t np = eog ? 0 : ss_detok_push(&q->dt, tok, piece, sizeof piece);
-  if (eog || at_limit) np += ss_detok_flush(&q->dt, piece + np, sizeof piece - np);
+  if (end) np += ss_detok_flush(&q->dt, piece + np, sizeof piece - np);
   ss_strbuf_append(&q->text, piece, np);
   if (!q->text.p) ss_strbuf_append(&q->text, "", 0);
   bool stop_found = false;
   size_t cut = q->text.len;
   size_t show = ss_stop_scan(q->text.p ? q->text.p : "", q->text.len, q->emitted,
                              (const char *const *)q->r.stop, (size_t)q->r.n_stop, &stop_found, &cut);
-  if ((eog || at_limit) && !stop_found) show = q->text.len;
+  if (end && !stop_found) show = q->text.len;
   if (ev) {
     ev->kind = SS_ENGINE_TOKEN;
     ev->id = q->id;
@@ -124,7 +131,8 @@ const char *ss_eng_sample_seq(ss_engine *e, ereq *q, const float *logits, ev_lis
   q->emitted = show;
   if (stop_found) return "stop";
   if (eog) return "stop";
-  if (at_limit) return "length";
+  if (at_limit && !grammar_done) return "length";
+  if (grammar_done) return "stop";
   return NULL;
 }
 

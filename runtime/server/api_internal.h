@@ -119,7 +119,10 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
  * (constrain.c). */
 bool ss_oai_constrain_schema(const gen_ctx *x, gen_fields *g, json_t *schema, const char *param,
                              parse_err *e);
-/* Frees the prompt and stop strings of a request that was not submitted. */
+/* response_format, structured_outputs and guided_*: at most one output
+ * constraint, compiled onto g's request (constrain.c). */
+bool ss_oai_parse_constraints(const gen_ctx *x, json_t *o, gen_fields *g, parse_err *e);
+/* Frees the prompt, stop strings and constraint of a request that was not submitted. */
 void ss_oai_req_free(ss_engine_req *r);
 
 /* Checks o's "messages" and renders them with the chat template (ending with

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "runtime/base/status.h"
+#include "runtime/grammar/grammar.h"
 #include "runtime/server/api_internal.h"
 #include "runtime/tokenizer/tokenizer.h"
 
@@ -105,7 +106,8 @@ static bool check_fields(json_t *o, bool chat, parse_err *e) {
       "stop", "stream", "ignore_eos", "logprobs", "top_logprobs", "echo", "prompt", "messages",
       "parallel_tool_calls", "presence_penalty", "frequency_penalty", "repetition_penalty",
       "logit_bias", "response_format", "tools", "tool_choice", "functions", "function_call",
-      "suffix", "min_tokens", "stop_token_ids", "bad_words", NULL};
+      "suffix", "min_tokens", "stop_token_ids", "bad_words", "structured_outputs", "guided_json",
+      "guided_regex", "guided_choice", "guided_grammar", NULL};
   const char *key;
   json_t *v;
   json_object_foreach(o, key, v) {
@@ -119,15 +121,6 @@ static bool check_fields(json_t *o, bool chat, parse_err *e) {
           key);
   }
   /* Known and not implemented: refused unless neutral. */
-  v = json_object_get(o, "response_format");
-  if (v && !json_is_null(v)) {
-    json_t *type = json_is_object(v) ? json_object_get(v, "type") : NULL;
-    if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0)
-      return ss_oai_fail(e, 400, "response_format",
-                         "'response_format' other than {\"type\": \"text\"} "
-                         "(JSON mode, JSON schema) is not supported yet: the output would not be "
-                         "constrained");
-  }
   /* The deprecated form of tools; 'tools' and 'tool_choice' are read by tools.c. */
   v = json_object_get(o, "functions");
   if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0))
@@ -391,6 +384,8 @@ void ss_oai_req_free(ss_engine_req *r) {
   for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
   r->n_stop = 0;
   ss_engine_req_sampling_free(&r->sampling);
+  ss_grammar_state_free(r->grammar);
+  r->grammar = NULL;
 }
 
 /* The prompt of /v1/completions: a string, a list of token ids, or a list of
@@ -668,7 +663,7 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
   *e = (parse_err){0};
   json_t *o = ss_oai_load_body(body, body_len, e);
   if (!o) return false;
-  bool ok = parse_common(x, o, chat, g, e);
+  bool ok = parse_common(x, o, chat, g, e) && ss_oai_parse_constraints(x, o, g, e);
   if (ok && json_is_true(json_object_get(o, "echo")))
     ok = ss_oai_fail(e, 400, "echo", "'echo' is not supported");
   if (ok) ok = chat ? parse_messages(x, o, g, e) : parse_prompt(o, x, &g->r, e);
