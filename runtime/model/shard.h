@@ -70,8 +70,8 @@ typedef struct ss_shard_opts {
   int tp;               /* tensor-parallel degree, >= 1 */
   bool vocab_parallel;  /* split embedding and LM head by vocab rows (else replicate) */
   bool expert_parallel; /* whole experts per rank (else a slice of every expert) */
-  ss_dtype kv_type;     /* KV-cache element type for the KV figures (F32 = 0, the
-                         * CPU runtime's; BF16 for a GPU deployment) */
+  ss_dtype kv_type;     /* KV-cache element type for the KV figures (F32 = 0; the
+                         * CLI's default is BF16, as serve's --kv-cache-dtype) */
 } ss_shard_opts;
 
 /* Bytes of weights by category, as stored (quantized bytes for quantized types). */
