@@ -26,6 +26,7 @@ typedef struct step_header {
   int32_t magic, kind;
   int32_t n, n_logits, n_tables, n_table_ids;
   int32_t kv_block_size, kv_n_blocks, kv_dtype;
+  int32_t reserved; /* zero: no padding bytes go over the wire unset */
   int64_t payload_count;
 } step_header;
 
