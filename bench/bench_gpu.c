@@ -195,7 +195,7 @@ int main(int argc, char **argv) {
   ss_kv_cache kv;
   ss_forward_state st;
   const int64_t T = prefill > max_b ? prefill : max_b;
-  if (ss_model_kv_init(m, be, bs, n_blocks, &kv) || ss_forward_state_init(&st, m, be, T, max_b)) {
+  if (ss_model_kv_init(m, be, bs, n_blocks, SS_DTYPE_F32, &kv) || ss_forward_state_init(&st, m, be, T, max_b)) {
     fprintf(stderr, "%s\n", ss_error_msg());
     return 1;
   }

@@ -36,13 +36,18 @@ typedef struct ss_weight {
 
 /* One layer's slice of the paged KV cache: blocks of `block_size` token slots.
  * Within a block each KV head's rows are contiguous, so attention streams
- * block_size*head_dim consecutive floats per head and block. */
+ * block_size*head_dim consecutive elements per head and block.  Elements are
+ * of type `dtype` (F32, BF16, F16 or F8_E4M3; zero-initialised: F32):
+ * kv_store rounds f32 to it (to nearest even; F8_E4M3 saturates at +-448 with
+ * a scale of 1), attention converts each row back to f32 exactly before the
+ * unchanged f32 math. */
 typedef struct ss_kv_layer {
-  float *k;           /* (n_blocks, n_kv_head, block_size, head_dim) */
-  float *v;           /* (n_blocks, n_kv_head, block_size, head_dim) */
+  void *k;            /* (n_blocks, n_kv_head, block_size, head_dim) of dtype */
+  void *v;            /* (n_blocks, n_kv_head, block_size, head_dim) of dtype */
   int32_t block_size;
   int32_t n_kv_head;
   int32_t head_dim;
+  ss_dtype dtype;
 } ss_kv_layer;
 
 /* Where each token of a batch lives: its position in its sequence and that
@@ -141,6 +146,9 @@ struct ss_backend {
    * in place by angle pos * theta^(-2i/rope_dim), or pos * inv_freq[i] when given
    * (angles in double precision). */
   void (*rope)(ss_backend *be, float *x, const int32_t *pos, int64_t n, const ss_rope_params *p);
+  /* Optional (NULL: F32 only): SS_OK when kv_store and attention take a cache
+   * of element type t, else an error status whose message names the type. */
+  int (*kv_dtype_check)(ss_backend *be, ss_dtype t);
   /* Writes each token's K and V rows into its slot of the cache. */
   void (*kv_store)(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc, const float *k,
                    const float *v);

@@ -68,6 +68,8 @@ static void usage(FILE *f) {
           "\n"
           "Execution:\n"
           SS_CLI_DEVICE_HELP
+          "      --kv-cache-dtype T  KV cache elements: bf16 (default where the device has\n"
+          "                          kernels for it, else f32), f32, f16 or fp8_e4m3\n"
           "      --activations A     exact (default) or q8: 8-bit activations with integer\n"
           "                          dot products for Q4_0/Q4_1/Q8_0 weights (faster, not exact)\n"
           "  -t, --threads N         CPU threads per rank (default: the usable cores\n"
@@ -203,7 +205,8 @@ int ss_cmd_generate(int argc, char **argv) {
   double temp = 0.8, top_p = 0.95, min_p = 0.05;
   enum { O_CHAT = 256, O_SYSTEM, O_TMPL, O_BOS, O_NOBOS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_SEED,
          O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS, O_TP, O_PP, O_PPL, O_REPL, O_DET, O_CTO,
-         O_PROFILE, O_EP, O_DEVICE, O_ACT };
+         O_PROFILE, O_EP, O_DEVICE, O_ACT, O_KVT };
+  int kv_dtype = -1;
   int64_t tp = 0, ep = 0, pp = 0;
   const char *pp_layers_arg = NULL;
   int pp_layers[SS_CLI_MAX_STAGES];
@@ -230,6 +233,7 @@ int ss_cmd_generate(int argc, char **argv) {
       {"ep", required_argument, 0, O_EP},
       {"device", required_argument, 0, O_DEVICE},
       {"activations", required_argument, 0, O_ACT},
+      {"kv-cache-dtype", required_argument, 0, O_KVT},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -306,6 +310,9 @@ int ss_cmd_generate(int argc, char **argv) {
     case O_ACT:
       if (!ss_cli_activations_parse(k_cmd, optarg, &act_q8)) return SS_EXIT_USAGE;
       break;
+    case O_KVT:
+      if (!ss_cli_kv_dtype_parse(k_cmd, optarg, &kv_dtype)) return SS_EXIT_USAGE;
+      break;
     case 'h': usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -374,6 +381,7 @@ int ss_cmd_generate(int argc, char **argv) {
   rc = ss_cli_load_shard_ep(k_cmd, path, comm, replicate_vocab, ep > 1, &m);
   if (rc == SS_EXIT_OK) rc = ss_cli_backend_create(k_cmd, device, (int)threads, comm, &be);
   if (rc == SS_EXIT_OK) rc = ss_cli_activations_apply(k_cmd, be, act_q8);
+  if (rc == SS_EXIT_OK) rc = ss_cli_kv_dtype_resolve(k_cmd, be, kv_dtype, &kv_dtype);
   if (rc == SS_EXIT_OK) rc = ss_cli_model_to_backend(k_cmd, m, be);
   if ((rc = ss_ranks_agree(k_cmd, comm, rc == SS_EXIT_OK))) {
     free(prompt);
@@ -448,6 +456,7 @@ int ss_cmd_generate(int argc, char **argv) {
       .n_stop = n_stop,
       .n_top_logprobs = (int32_t)n_logprobs,
       .n_ctx = (int32_t)ctx,
+      .kv_dtype = (ss_dtype)kv_dtype,
   };
   stream_ctx sc = {.json = json};
   if (json && n_logprobs > 0) jc.steps = json_array();

@@ -42,8 +42,8 @@ static void usage(FILE *f) {
           "      --ep N           expert parallelism over the same N ranks: whole experts\n"
           "                       per rank (N must equal --tp); default: TP inside experts\n"
           "      --dtype T        presets: weight type, fp8, bf16 (default), f16 or f32\n"
-          "      --kv-dtype T     KV-cache element type for the KV figures: f32 (default for\n"
-          "                       models, the CPU runtime's), bf16 (default for presets), fp8\n"
+          "      --kv-cache-dtype T  KV-cache element type for the KV figures, as serve's:\n"
+          "                       bf16 (default), f32, f16 or fp8_e4m3 (--kv-dtype: the same)\n"
           "      --replicate-vocab  every rank holds the whole embedding and LM head\n"
           "                       (default: split by vocabulary rows)\n"
           "      --json           print one JSON object instead of the table\n"
@@ -368,6 +368,7 @@ int ss_cmd_plan(int argc, char **argv) {
       {"json", no_argument, 0, O_JSON},     {"replicate-vocab", no_argument, 0, O_REPL},
       {"ep", required_argument, 0, O_EP},   {"dtype", required_argument, 0, O_DTYPE},
       {"kv-dtype", required_argument, 0, O_KVDTYPE},
+      {"kv-cache-dtype", required_argument, 0, O_KVDTYPE},
       {"hardware", required_argument, 0, O_HW}, {"nodes", required_argument, 0, O_NODES},
       {"max-num-seqs", required_argument, 0, O_SEQS},
       {"max-batched-tokens", required_argument, 0, O_TOKENS},
@@ -504,11 +505,13 @@ int ss_cmd_plan(int argc, char **argv) {
   if (ep > 1 && ep != tp)
     return ss_cli_usage(k_cmd, "--ep %lld must equal --tp %lld: experts are spread over the same "
                         "ranks as the attention heads", (long long)ep, (long long)tp);
-  ss_dtype kv_type = SS_DTYPE_F32, wtype = SS_DTYPE_BF16;
+  ss_dtype kv_type = SS_DTYPE_BF16, wtype = SS_DTYPE_BF16;
   const size_t n = strlen(path);
   const bool preset = n > 5 && strcmp(path + n - 5, ".json") == 0;
-  if (kv_name && !ss_cli_parse_dtype(k_cmd, "--kv-dtype", kv_name, &kv_type)) return SS_EXIT_USAGE;
-  if (!kv_name && preset) kv_type = SS_DTYPE_BF16;
+  /* serve's names (fp8_e4m3), and the weight names (fp8) as before. */
+  if (kv_name && !ss_kv_dtype_parse(kv_name, &kv_type) &&
+      !ss_cli_parse_dtype(k_cmd, "--kv-cache-dtype (--kv-dtype)", kv_name, &kv_type))
+    return SS_EXIT_USAGE;
   if (dtype_name && !preset)
     return ss_cli_usage(k_cmd, "--dtype applies to JSON presets; a model file has its own types");
   if (dtype_name && !ss_cli_parse_dtype(k_cmd, "--dtype", dtype_name, &wtype)) return SS_EXIT_USAGE;

@@ -129,7 +129,7 @@ static int measure_steps(const ss_model *m, ss_backend *be, int reps, ss_probe_s
   int32_t *tok = NULL, *pos = NULL, *rows = NULL, *long_tab = NULL, *short_tab = NULL;
   const int32_t **tabs = NULL;
   int rc = SS_OK;
-  if ((rc = ss_model_kv_init(m, be, BS, LONG / BS + 2 * NSEQ, &kv)) ||
+  if ((rc = ss_model_kv_init(m, be, BS, LONG / BS + 2 * NSEQ, SS_DTYPE_F32, &kv)) ||
       (rc = ss_forward_state_init(&st, m, be, 256, NSEQ)))
     goto done;
   logits = malloc((size_t)NSEQ * (size_t)m->cfg.vocab * sizeof *logits);

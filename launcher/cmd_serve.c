@@ -101,6 +101,9 @@ static void usage(FILE *f) {
           "      --max-batched-tokens N  tokens per step; long prompts are prefilled in\n"
           "                            chunks so running decodes never stall (default 512)\n"
           "      --kv-blocks N         KV-cache blocks of 16 tokens (default: from --kv-mem)\n"
+          "      --kv-cache-dtype T    KV-cache elements: bf16 (default where the device has\n"
+          "                            kernels for it, else f32: half the memory of f32),\n"
+          "                            f32, f16 or fp8_e4m3 (a quarter; saturates at 448)\n"
           "      --kv-mem SIZE         KV-cache memory per rank, e.g. 512M, 2G (default: 40%% of\n"
           "                            the available memory over the ranks, at most what\n"
           "                            --max-num-seqs whole contexts need; a pool smaller\n"
@@ -140,6 +143,7 @@ typedef struct serve_ctx {
   int64_t threads;
   ss_cli_device device;
   ss_engine_opts eo;
+  int kv_dtype; /* --kv-cache-dtype, or -1: the backend's default */
   double drain_timeout;
   ss_comm *comm;
   /* rank 0 */
@@ -168,6 +172,8 @@ static void *engine_main(void *arg) {
   if (rc == SS_EXIT_OK)
     rc = ss_cli_backend_create(k_cmd, s->device, (int)s->threads, s->comm, &s->be);
   if (rc == SS_EXIT_OK) rc = ss_cli_activations_apply(k_cmd, s->be, s->act_q8);
+  if (rc == SS_EXIT_OK) rc = ss_cli_kv_dtype_resolve(k_cmd, s->be, s->kv_dtype, &s->kv_dtype);
+  if (rc == SS_EXIT_OK) s->eo.kv_dtype = (ss_dtype)s->kv_dtype;
   if (rc == SS_EXIT_OK) rc = ss_cli_model_to_backend(k_cmd, s->model, s->be);
   if (rc == SS_EXIT_OK) {
     if (ss_chat_template_init(tmpl, s->tmpl_name, s->model->chat_template) == SS_OK) {
@@ -204,11 +210,12 @@ static void *engine_main(void *arg) {
             "raises it)\n", (long long)ss_engine_n_blocks(engine) * ss_engine_block_size(engine),
             s->model->cfg.n_ctx_train, ss_engine_n_ctx(engine));
   fprintf(stderr, "shardserve serve: ready: model %s, tp %d, pp %d, device %s%s%s, %d KV blocks "
-          "of %d tokens, context %d, listening on port %d\n", s->path,
+          "of %d tokens, context %d, KV %s, listening on port %d\n", s->path,
           s->model->local.tp > 0 ? s->model->local.tp : 1,
           s->model->local.pp > 0 ? s->model->local.pp : 1,
           s->be->name, s->be->variant ? ", kernels " : "", s->be->variant ? s->be->variant : "",
           ss_engine_n_blocks(engine), ss_engine_block_size(engine), ss_engine_n_ctx(engine),
+          ss_kv_dtype_name(s->eo.kv_dtype),
           ss_api_port(s->api));
   ss_api_set_ready(s->api, engine, s->model, s->have_tmpl ? tmpl : NULL, s->no_tmpl_why);
   /* Publish the engine to the signal handler; whichever of the two comes second
@@ -293,7 +300,8 @@ static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
 }
 
 int ss_cmd_serve(int argc, char **argv) {
-  serve_ctx s = {.path = SS_DEFAULT_MODEL, .drain_timeout = 30, .eo = {.stats_interval_s = 10}};
+  serve_ctx s = {.path = SS_DEFAULT_MODEL, .drain_timeout = 30, .kv_dtype = -1,
+                 .eo = {.stats_interval_s = 10}};
   ss_api_opts ao = {.host = "127.0.0.1", .port = 8000, .parse_special_in_content = true};
   const char *name = NULL;
   int64_t tp = 0, v = 0, pp = 0;
@@ -304,7 +312,7 @@ int ss_cmd_serve(int argc, char **argv) {
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
          O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT,
          O_HDR_TO, O_BODY_TO, O_MAXCONN, O_MAXCONN_CLIENT, O_MAXBUF, O_OUTQ, O_WRITE_TO,
-         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG, O_STATS, O_PP, O_PPL };
+         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG, O_STATS, O_PP, O_PPL, O_KVT };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -335,6 +343,7 @@ int ss_cmd_serve(int argc, char **argv) {
       {"parse-special-in-content", required_argument, 0, O_PARSE_SPECIAL},
       {"access-log", required_argument, 0, O_ACCESS_LOG},
       {"stats-interval", required_argument, 0, O_STATS},
+      {"kv-cache-dtype", required_argument, 0, O_KVT},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -442,6 +451,9 @@ int ss_cmd_serve(int argc, char **argv) {
     case O_KVMEM:
       if (!ss_cli_parse_size(k_cmd, "--kv-mem", optarg, &d)) return SS_EXIT_USAGE;
       s.eo.kv_mem_bytes = (uint64_t)d;
+      break;
+    case O_KVT:
+      if (!ss_cli_kv_dtype_parse(k_cmd, optarg, &s.kv_dtype)) return SS_EXIT_USAGE;
       break;
     case O_WAIT:
       if (!ss_cli_parse_int(k_cmd, "--max-waiting", optarg, 1, 1 << 20, &v)) return SS_EXIT_USAGE;

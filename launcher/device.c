@@ -8,6 +8,7 @@
 #include "launcher/cli.h"
 #include "runtime/base/gpu_index.h"
 #include "runtime/base/status.h"
+#include "runtime/model/kv_cache.h"
 #include "runtime/model/model.h"
 #ifdef SS_HAVE_CUDA
 #include "kernels/cuda/cuda.h"
@@ -83,5 +84,32 @@ int ss_cli_activations_apply(const char *cmd, ss_backend *be, bool q8) {
   if (!q8) return SS_EXIT_OK;
   if (be->device) return ss_cli_fail(cmd, "--activations q8 is a CPU option (--device %s)", be->name);
   ss_backend_cpu_set_q8_activations(be, true);
+  return SS_EXIT_OK;
+}
+
+bool ss_cli_kv_dtype_parse(const char *cmd, const char *s, int *out) {
+  ss_dtype t;
+  if (!ss_kv_dtype_parse(s, &t)) {
+    ss_cli_usage(cmd, "invalid value '%s' for --kv-cache-dtype: expected f32, bf16, f16 or "
+                 "fp8_e4m3", s);
+    return false;
+  }
+  *out = (int)t;
+  return true;
+}
+
+int ss_cli_kv_dtype_resolve(const char *cmd, ss_backend *be, int given, int *out) {
+  if (given < 0) {
+    const bool bf16 = be->kv_dtype_check && be->kv_dtype_check(be, SS_DTYPE_BF16) == SS_OK;
+    *out = bf16 ? SS_DTYPE_BF16 : SS_DTYPE_F32;
+    return SS_EXIT_OK;
+  }
+  if (given != SS_DTYPE_F32 && !be->kv_dtype_check)
+    return ss_cli_fail(cmd, "--kv-cache-dtype %s: the %s backend holds f32 K/V only",
+                       ss_kv_dtype_name((ss_dtype)given), be->name);
+  if (be->kv_dtype_check && be->kv_dtype_check(be, (ss_dtype)given))
+    return ss_cli_fail(cmd, "--kv-cache-dtype %s: %s", ss_kv_dtype_name((ss_dtype)given),
+                       ss_error_msg());
+  *out = given;
   return SS_EXIT_OK;
 }

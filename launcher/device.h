@@ -28,6 +28,13 @@ bool ss_cli_device_parse(const char *cmd, const char *s, ss_cli_device *out);
 bool ss_cli_activations_parse(const char *cmd, const char *s, bool *q8);
 /* Applies --activations to a created backend (q8 needs the CPU backend). */
 int ss_cli_activations_apply(const char *cmd, struct ss_backend *be, bool q8);
+/* --kv-cache-dtype NAME (f32, bf16, f16, fp8_e4m3): *out = its ss_dtype.
+ * False after a usage message for another name. */
+bool ss_cli_kv_dtype_parse(const char *cmd, const char *s, int *out);
+/* The KV cache type on be: `given` (an ss_dtype), or when it is -1 (no
+ * --kv-cache-dtype) bf16 where the backend has kernels for it, else f32.
+ * SS_EXIT_FAIL with a message for a type the backend refuses. */
+int ss_cli_kv_dtype_resolve(const char *cmd, struct ss_backend *be, int given, int *out);
 /* Resolves auto, and checks cuda is possible here: returns an exit status
  * (0, or 1 with the error printed: "--device cuda: ..."). */
 int ss_cli_device_resolve(const char *cmd, ss_cli_device *dev);

@@ -104,7 +104,7 @@ def cut(d_whole, d):
 
 def run(d, ranks, ep):
     cmd = launch_cmd(args.bin, ranks, ["generate", "--model", d, "--prompt-ids", ",".join(map(str, PROMPT)),
-                                       "-n", str(STEPS), "--temp", "0", "--json", "--logprobs", str(TOP),
+                                       "-n", str(STEPS), "--temp", "0", "--kv-cache-dtype", "f32", "--json", "--logprobs", str(TOP),
                                        "--threads", "1", "--ignore-eos"] + (["--ep", str(ranks)] if ep else []))
     try:
         p = subprocess.run(cmd, capture_output=True, timeout=300, env=ENV)

@@ -267,7 +267,7 @@ def make_mixtral(d):
 def run(d, ranks, ep, prompt, n=STEPS, ignore_eos=True):
     """The generate --json result, or None (failure recorded)."""
     cmd = launch_cmd(args.bin, ranks, ["generate", "--model", d, "--prompt-ids", ",".join(map(str, prompt)),
-                                       "-n", str(n), "--temp", "0", "--json", "--logprobs", str(TOP),
+                                       "-n", str(n), "--temp", "0", "--kv-cache-dtype", "f32", "--json", "--logprobs", str(TOP),
                                        "--threads", "1"]
                      + (["--ignore-eos"] if ignore_eos else []) + (["--ep", str(ranks)] if ep else []))
     try:

@@ -45,7 +45,7 @@ PROMPTS = [[1, 450, 4996, 17354, 1701, 432], [15043, 3186, 29892, 372, 29915, 29
 
 def ours(d, ids):
     rc, out, err = ck.run(args.bin, ["generate", "--model", d, "--prompt-ids", ",".join(map(str, ids)),
-                                     "-n", str(STEPS), "--temp", "0", "--ignore-eos", "--json",
+                                     "-n", str(STEPS), "--temp", "0", "--kv-cache-dtype", "f32", "--ignore-eos", "--json",
                                      "--logprobs", str(TOP)], timeout=600)
     if not ck.check(rc == 0, f"{d}: generate failed: {err[-2000:]}"):
         return None

@@ -47,7 +47,7 @@ WANT_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q5_0", "Q5_1"}
 
 def ours(model, prompt):
     rc, out, err = ck.run(args.bin, ["generate", "--model", model, "--prompt", prompt, "--json",
-                                     "--logprobs", str(TOP), "-n", str(STEPS), "--temp", "0",
+                                     "--logprobs", str(TOP), "-n", str(STEPS), "--temp", "0", "--kv-cache-dtype", "f32",
                                      "--ignore-eos"], timeout=600)
     if not ck.check(rc == 0, f"generate failed ({rc}) on {model} {prompt!r}: {err[-500:]}"):
         return None

@@ -49,7 +49,7 @@ if "LSAN_OPTIONS" not in ENV:
 
 def run(d, ranks, ep, prompt):
     cmd = launch_cmd(args.bin, ranks, ["generate", "--model", d, "--prompt-ids", ",".join(map(str, prompt)),
-                                       "-n", str(STEPS), "--temp", "0", "--ignore-eos", "--json",
+                                       "-n", str(STEPS), "--temp", "0", "--kv-cache-dtype", "f32", "--ignore-eos", "--json",
                                        "--logprobs", str(TOP), "--threads", "1"]
                      + (["--ep", str(ranks)] if ep else []))
     try:

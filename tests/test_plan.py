@@ -71,9 +71,10 @@ for tp in (2, 3, 4):
     ck.check(total == file_bytes + replicated,
              f"tp {tp}: per-rank bytes sum to {total}, expected {file_bytes} + {replicated}")
     ck.check(p["replicated_bytes"] == replicated, f"tp {tp}: replicated {p['replicated_bytes']}")
-    ck.check(p["kv_bytes_per_token"] == 2 * n_layer * KV * D * 4, f"tp {tp}: kv bytes/token")
+    # K and V in bf16 (2 bytes), serve's default --kv-cache-dtype.
+    ck.check(p["kv_bytes_per_token"] == 2 * n_layer * KV * D * 2, f"tp {tp}: kv bytes/token")
     for i, x in enumerate(ranks):
-        ck.check(x["kv_bytes_per_token"] == 2 * n_layer * (kv[i][1] - kv[i][0]) * D * 4,
+        ck.check(x["kv_bytes_per_token"] == 2 * n_layer * (kv[i][1] - kv[i][0]) * D * 2,
                  f"tp {tp} rank {i}: kv bytes/token {x['kv_bytes_per_token']}")
     print(f"tp {tp}: heads {[b - a for a, b in heads]}, rank bytes "
           f"{[x['weight_bytes'] for x in ranks]} = {file_bytes} + {replicated} replicated")

@@ -36,7 +36,7 @@ ref = llama_ref.load(args.model)
 overall = 0.0
 for prompt in PROMPTS:
     rc, out, err = ck.run(args.bin, ["generate", "--model", args.model, "--prompt", prompt, "--json",
-                                     "--logprobs", str(TOP), "-n", str(STEPS), "--temp", "0",
+                                     "--logprobs", str(TOP), "-n", str(STEPS), "--temp", "0", "--kv-cache-dtype", "f32",
                                      "--ignore-eos", "--activations", "q8"], timeout=600)
     if not ck.check(rc == 0, f"generate --activations q8 failed on {prompt!r}: {err[-400:]}"):
         continue

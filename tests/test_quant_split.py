@@ -142,7 +142,7 @@ def check_plan(path, label, tp):
 
 def run_tp(model, tp):
     cmd = launch_cmd(args.bin, tp, ["generate", "--model", model, "--prompt", PROMPT, "--json",
-                                    "--logprobs", str(TOP), "-n", str(STEPS), "--temp", "0",
+                                    "--logprobs", str(TOP), "-n", str(STEPS), "--temp", "0", "--kv-cache-dtype", "f32",
                                     "--ignore-eos", "--threads", "1"])
     try:
         p = subprocess.run(cmd, capture_output=True, timeout=300, env=mpi_env())

@@ -45,7 +45,7 @@ PROMPTS = [
 def ours(model, prompt, extra=()):
     rc, out, err = ck.run(args.bin, ["generate", "--model", model, "--prompt", prompt,
                                      "--json", "--logprobs", str(TOP), "-n", str(STEPS),
-                                     "--temp", "0", "--ignore-eos", *extra], timeout=600)
+                                     "--temp", "0", "--kv-cache-dtype", "f32", "--ignore-eos", *extra], timeout=600)
     if not ck.check(rc == 0, f"generate failed ({rc}) on {prompt!r}: {err[-500:]}"):
         return None
     return json.loads(out)

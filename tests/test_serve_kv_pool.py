@@ -32,8 +32,9 @@ meta = {k: r.fields[f"{arch}.{k}"].contents() for k in
         ("block_count", "context_length", "embedding_length", "attention.head_count",
          "attention.head_count_kv")}
 head_dim = meta["embedding_length"] // meta["attention.head_count"]
-# K and V, f32, every layer, one rank: bytes per token and per 16-token block.
-per_block = 2 * 4 * meta["block_count"] * meta["attention.head_count_kv"] * head_dim * 16
+# K and V in bf16 (serve's default --kv-cache-dtype), every layer, one rank:
+# bytes per 16-token block.
+per_block = 2 * 2 * meta["block_count"] * meta["attention.head_count_kv"] * head_dim * 16
 n_ctx = meta["context_length"]
 
 

@@ -43,7 +43,7 @@ PROMPTS = [
 
 def run(model, tp, prompt, extra=()):
     cmd = launch_cmd(args.bin, tp, ["generate", "--model", model, "--prompt", prompt, "--json",
-                                    "--logprobs", str(TOP), "-n", str(STEPS), "--temp", "0",
+                                    "--logprobs", str(TOP), "-n", str(STEPS), "--temp", "0", "--kv-cache-dtype", "f32",
                                     "--ignore-eos", "--threads", "1", *extra])
     try:
         p = subprocess.run(cmd, capture_output=True, timeout=600, env=mpi_env())

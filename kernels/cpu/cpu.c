@@ -98,21 +98,6 @@ static void cpu_rope(ss_backend *be, float *x, const int32_t *pos, int64_t n,
   }
 }
 
-static void cpu_kv_store(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc,
-                         const float *k, const float *v) {
-  for (int64_t t = 0; t < loc->n; t++) {
-    int32_t p = loc->pos[t];
-    int32_t blk = loc->block_table[t][p / kv->block_size];
-    const size_t hd = (size_t)kv->head_dim, kv_dim = (size_t)kv->n_kv_head * hd;
-    for (int32_t h = 0; h < kv->n_kv_head; h++) {
-      size_t off = (((size_t)blk * (size_t)kv->n_kv_head + (size_t)h) * (size_t)kv->block_size +
-                    (size_t)(p % kv->block_size)) * hd;
-      memcpy(kv->k + off, k + (size_t)t * kv_dim + (size_t)h * hd, hd * sizeof(float));
-      memcpy(kv->v + off, v + (size_t)t * kv_dim + (size_t)h * hd, hd * sizeof(float));
-    }
-  }
-}
-
 typedef struct ew_job {
   const float *a, *b;
   float *out;
@@ -192,7 +177,8 @@ ss_backend *ss_backend_cpu_create(int n_threads) {
       .rmsnorm = cpu_rmsnorm,
       .matmul = ss_cpu_matmul,
       .rope = cpu_rope,
-      .kv_store = cpu_kv_store,
+      .kv_dtype_check = ss_cpu_kv_dtype_check,
+      .kv_store = ss_cpu_kv_store,
       .attention = ss_cpu_attention,
       .swiglu = cpu_swiglu,
       .add = cpu_add,

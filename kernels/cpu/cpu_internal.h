@@ -12,7 +12,7 @@
 /* Reusable scratch buffers, one per purpose, grown on demand.  Kernels run one
  * at a time from the engine thread, so one buffer per purpose suffices. */
 enum ss_scratch_kind {
-  SS_SCRATCH_ATTN,   /* attention: per-thread score rows */
+  SS_SCRATCH_ATTN,   /* attention: per-thread score rows and f32 copies of K/V rows */
   SS_SCRATCH_Q8,     /* matmul with 8-bit activations: quantized x */
   SS_SCRATCH_COUNT_
 };
@@ -30,6 +30,10 @@ typedef struct ss_cpu {
 void *ss_cpu_scratch(ss_cpu *cpu, int kind, size_t nbytes);
 
 void ss_cpu_matmul(ss_backend *be, const ss_weight *w, const float *x, int64_t n, float *y);
+/* attention.c: the KV cache's element types, its writes and the attention. */
+int ss_cpu_kv_dtype_check(ss_backend *be, ss_dtype t);
+void ss_cpu_kv_store(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc,
+                     const float *k, const float *v);
 void ss_cpu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc,
                       const float *q, const ss_attn_params *p, float *out);
 /* moe_ops.c */

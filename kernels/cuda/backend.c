@@ -144,9 +144,26 @@ static void cu_rope(ss_backend *be, float *x, const int32_t *pos, int64_t n,
                                        p->theta, p->mode == SS_ROPE_NEOX, c->stream));
 }
 
+/* The KV kernels read and write f32 elements only: a cache of another type is
+ * refused when it is created (ss_kv_cache_init asks here), and a view of one
+ * reaching a kernel is recorded as an error instead of being misread. */
+static int cu_kv_dtype_check(ss_backend *be, ss_dtype t) {
+  (void)be;
+  if (t == SS_DTYPE_F32) return SS_OK;
+  return ss_error(SS_ERR_UNSUPPORTED, "the CUDA backend has no KV cache kernels for %s (it "
+                  "takes f32: --kv-cache-dtype f32)", ss_dtype_name(t));
+}
+
+static bool kv_dtype_ok(ss_cuda *c, const ss_kv_layer *kv, const char *what) {
+  if (kv->dtype == SS_DTYPE_F32) return true;
+  ss_cuda_record(c, __FILE__, __LINE__, what, "KV cache element type other than f32");
+  return false;
+}
+
 static void cu_kv_store(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc,
                         const float *k, const float *v) {
   ss_cuda *c = be->ctx;
+  if (!kv_dtype_ok(c, kv, "kv_store")) return;
   const bool rp = replaying_sig(c, kv->k, k, v) | replaying_sig(c, kv->v, NULL, NULL);
   ss_cuda_loc tmp;
   const ss_cuda_loc *dl = ss_cuda_loc_get(c, loc, kv->block_size, &tmp);
@@ -159,6 +176,7 @@ static void cu_kv_store(ss_backend *be, const ss_kv_layer *kv, const ss_token_lo
 static void cu_attention(ss_backend *be, const ss_kv_layer *kv, const ss_token_loc *loc,
                          const float *q, const ss_attn_params *p, float *out) {
   ss_cuda *c = be->ctx;
+  if (!kv_dtype_ok(c, kv, "attention")) return;
   const bool rp = replaying_sig(c, kv->k, q, out) | replaying_sig(c, kv->v, NULL, NULL);
   ss_cuda_loc tmp;
   const ss_cuda_loc *dl = ss_cuda_loc_get(c, loc, kv->block_size, &tmp);
@@ -472,6 +490,7 @@ ss_backend *ss_backend_cuda_create_opts(const ss_cuda_opts *o) {
       .rmsnorm = cu_rmsnorm,
       .matmul = cu_matmul,
       .rope = cu_rope,
+      .kv_dtype_check = cu_kv_dtype_check,
       .kv_store = cu_kv_store,
       .attention = cu_attention,
       .swiglu = cu_swiglu,

@@ -106,6 +106,26 @@ uint16_t ss_f32_to_bf16(float f) {
   return (uint16_t)(x >> 16);
 }
 
+uint8_t ss_f32_to_f8e4m3(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  const uint8_t sign = (uint8_t)((x >> 24) & 0x80);
+  uint32_t absx = x & 0x7fffffffu;
+  if (absx > 0x7f800000u) return (uint8_t)(sign | 0x7f);
+  if (absx >= 0x43e00000u) return (uint8_t)(sign | 0x7e); /* >= 448: saturate */
+  if (absx < 0x3c800000u) {                               /* below 2^-6: subnormal */
+    float a;
+    memcpy(&a, &absx, 4);
+    /* Units of the smallest subnormal 2^-9; q = 8 is the smallest normal. */
+    return (uint8_t)(sign | (uint32_t)nearbyintf(a * 512.0f));
+  }
+  /* Keep 3 of the 23 mantissa bits, to nearest even; a carry moves into the
+   * exponent, and nothing below 448 rounds past it. */
+  absx += 0x7ffffu + ((absx >> 20) & 1);
+  const uint32_t e = (absx >> 23) - 127 + 7, m = (absx >> 20) & 7;
+  return (uint8_t)(sign | (e << 3) | m);
+}
+
 float ss_f8e4m3_to_f32(uint8_t b) {
   const int e = (b >> 3) & 0xf, m = b & 7;
   if (e == 15 && m == 7) return NAN;

@@ -81,6 +81,10 @@ float ss_bf16_to_f32(uint16_t h);
 uint16_t ss_f32_to_bf16(float f);
 /* FP8 e4m3fn to f32 (exact).  0x7f / 0xff are NaN. */
 float ss_f8e4m3_to_f32(uint8_t b);
+/* f32 to FP8 e4m3fn, rounded to nearest even; magnitudes above the largest
+ * finite value 448 saturate to +-448 (the type has no infinity), NaN gives 0x7f
+ * with the sign. */
+uint8_t ss_f32_to_f8e4m3(float f);
 
 /* Quantizes `count` elements (a multiple of the block count) of f32 into a row
  * of `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_1) the way ggml's reference

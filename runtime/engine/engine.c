@@ -68,7 +68,8 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
                     o.n_ctx, c->n_ctx_train);
   if (o.n_blocks == 0) {
     const uint64_t per_block = ss_kv_cache_nbytes_per_token(c->n_layer, m->local.n_kv_head *
-                                                                            c->head_dim) *
+                                                                            c->head_dim,
+                                                            o.kv_dtype) *
                                (uint64_t)o.block_size;
     if (o.kv_mem_bytes == 0)
       o.kv_mem_bytes = default_kv_bytes(per_block, (n_ctx + o.block_size - 1) / o.block_size,
@@ -118,7 +119,7 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
     goto fail;
   }
   if ((rc = ss_sched_init(&e->sched, &sp))) goto fail;
-  if ((rc = ss_model_kv_init(m, be, o.block_size, o.n_blocks, &e->kv))) goto fail;
+  if ((rc = ss_model_kv_init(m, be, o.block_size, o.n_blocks, o.kv_dtype, &e->kv))) goto fail;
   if ((rc = ss_forward_state_init(&e->st, m, be, o.max_batched_tokens, o.max_num_seqs))) goto fail;
   if ((rc = ss_sampler_scratch_init(&e->scratch, c->vocab))) goto fail;
   for (int32_t t = 0; t < c->vocab; t++) e->n_eog += ss_model_is_eog(m, t);

@@ -36,6 +36,8 @@ typedef struct ss_engine_opts {
   uint64_t kv_mem_bytes;       /* KV budget per rank when n_blocks is 0 (default: 40% of the
                                   host's available memory over the ranks, at most what
                                   max_num_seqs whole contexts need) */
+  ss_dtype kv_dtype;           /* KV cache element type: F32 (zero), BF16, F16 or F8_E4M3
+                                  (kv_cache.h; the CLI's --kv-cache-dtype, default bf16) */
   int32_t max_waiting;         /* queued requests at most; more are refused (default 1024) */
   int32_t n_ctx;               /* context limit per sequence (0: the model's, or what the KV
                                   pool holds when that is less: ss_engine_n_ctx says) */

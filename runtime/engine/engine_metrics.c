@@ -84,6 +84,15 @@ void ss_engine_metrics(ss_engine *e, ss_strbuf *b) {
   ss_metric_value(b, P "kv_cache_blocks_used", "", e->pub_blocks_used);
   ss_metric_header(b, P "kv_cache_blocks_total", "gauge", "KV-cache blocks in the pool.");
   ss_metric_value(b, P "kv_cache_blocks_total", "", e->o.n_blocks);
+  ss_metric_header(b, P "kv_cache_bytes_per_token", "gauge",
+                   "Bytes of K and V per token slot on this rank, all layers, in the cache's "
+                   "element type (the label).");
+  char dtype_label[48];
+  snprintf(dtype_label, sizeof dtype_label, "dtype=\"%s\"", ss_kv_dtype_name(e->kv.dtype));
+  ss_metric_value(b, P "kv_cache_bytes_per_token", dtype_label,
+                  (double)ss_kv_cache_nbytes_per_token(e->kv.n_layer,
+                                                       e->kv.n_kv_head * e->kv.head_dim,
+                                                       e->kv.dtype));
   ss_metric_header(b, P "prompt_tokens_total", "counter", "Prefill tokens processed.");
   ss_metric_value(b, P "prompt_tokens_total", "", (double)e->prompt_tokens_total);
   ss_metric_header(b, P "generation_tokens_total", "counter", "Tokens generated.");

@@ -29,7 +29,8 @@ enum { STEP_MAGIC = 0x53535450 /* "SSTP" */, STEP_FORWARD = 1, STEP_STOP = 2, ST
 typedef struct step_header {
   int32_t magic, kind;
   int32_t n, n_logits, n_tables, n_table_ids;
-  int32_t kv_block_size, kv_n_blocks;
+  int32_t kv_block_size, kv_n_blocks, kv_dtype;
+  int32_t reserved; /* zero: no padding bytes go over the wire unset */
   int64_t payload_count;
 } step_header;
 
@@ -75,7 +76,7 @@ static int send_step(const ss_model *m, const ss_kv_cache *kv, const ss_batch *b
   step_header h = {.magic = STEP_MAGIC, .kind = STEP_FORWARD, .n = (int32_t)n,
                    .n_logits = (int32_t)b->n_logits, .n_tables = n_tables,
                    .n_table_ids = (int32_t)n_ids, .kv_block_size = kv->block_size,
-                   .kv_n_blocks = kv->n_blocks};
+                   .kv_n_blocks = kv->n_blocks, .kv_dtype = (int32_t)kv->dtype};
   h.payload_count = 3 * n + b->n_logits + n_tables + n_ids;
   payload = malloc((size_t)h.payload_count * sizeof *payload);
   if (!payload) {
@@ -229,10 +230,13 @@ int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
       break;
     if ((rc = check_step(m, &h, payload))) break;
     /* The cache follows rank 0's geometry; activations grow to the batch. */
-    if (kv.block_size != h.kv_block_size || kv.n_blocks != h.kv_n_blocks) {
+    if (kv.block_size != h.kv_block_size || kv.n_blocks != h.kv_n_blocks ||
+        (int32_t)kv.dtype != h.kv_dtype) {
       ss_kv_cache_free(&kv);
       memset(&kv, 0, sizeof kv);
-      if ((rc = ss_model_kv_init(m, be, h.kv_block_size, h.kv_n_blocks, &kv))) break;
+      if ((rc = ss_model_kv_init(m, be, h.kv_block_size, h.kv_n_blocks, (ss_dtype)h.kv_dtype,
+                                 &kv)))
+        break;
     }
     if (h.n > st.max_tokens || h.n_logits > st.max_logits) {
       int64_t T = h.n > st.max_tokens ? h.n : st.max_tokens;

@@ -123,6 +123,7 @@ int ss_generate(ss_model *m, ss_backend *be, const int32_t *prompt, int32_t n_pr
       .n_blocks = total > 0 && total <= n_ctx
                       ? (int32_t)((total + GEN_BLOCK_SIZE - 1) / GEN_BLOCK_SIZE) : 1,
       .n_ctx = p->n_ctx,
+      .kv_dtype = p->kv_dtype,
       .fixed_ctx = true,
   };
   gen_run g = {.cb = cb, .user = user, .res = res};

@@ -24,6 +24,7 @@ typedef struct ss_gen_params {
   int32_t prefill_chunk;       /* prompt tokens per forward pass, the engine's
                                   max_batched_tokens (0: 256) */
   int32_t n_ctx;               /* context limit (0: the model's) */
+  ss_dtype kv_dtype;           /* KV cache element type (ss_engine_opts.kv_dtype) */
 } ss_gen_params;
 
 /* One generated token, handed to the callback as soon as it is sampled. */

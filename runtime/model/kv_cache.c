@@ -6,21 +6,65 @@
 
 #include "runtime/base/status.h"
 
-uint64_t ss_kv_cache_nbytes_per_token(int n_layer, int32_t kv_dim) {
-  return 2ull * (uint64_t)n_layer * (uint64_t)kv_dim * sizeof(float);
+static const struct {
+  const char *name;
+  ss_dtype dtype;
+  uint64_t nbytes;
+} k_kv_types[] = {
+    {"f32", SS_DTYPE_F32, 4},
+    {"bf16", SS_DTYPE_BF16, 2},
+    {"f16", SS_DTYPE_F16, 2},
+    {"fp8_e4m3", SS_DTYPE_F8_E4M3, 1},
+};
+#define N_KV_TYPES (sizeof k_kv_types / sizeof k_kv_types[0])
+
+uint64_t ss_kv_dtype_nbytes(ss_dtype dtype) {
+  for (size_t i = 0; i < N_KV_TYPES; i++)
+    if (k_kv_types[i].dtype == dtype) return k_kv_types[i].nbytes;
+  return 0;
+}
+
+bool ss_kv_dtype_parse(const char *name, ss_dtype *out) {
+  for (size_t i = 0; i < N_KV_TYPES; i++)
+    if (strcmp(name, k_kv_types[i].name) == 0) {
+      *out = k_kv_types[i].dtype;
+      return true;
+    }
+  return false;
+}
+
+const char *ss_kv_dtype_name(ss_dtype dtype) {
+  for (size_t i = 0; i < N_KV_TYPES; i++)
+    if (k_kv_types[i].dtype == dtype) return k_kv_types[i].name;
+  return "?";
+}
+
+uint64_t ss_kv_cache_nbytes_per_token(int n_layer, int32_t kv_dim, ss_dtype dtype) {
+  return 2ull * (uint64_t)n_layer * (uint64_t)kv_dim * ss_kv_dtype_nbytes(dtype);
 }
 
 int ss_kv_cache_init(ss_kv_cache *c, ss_backend *be, int n_layer, int32_t n_kv_head,
-                     int32_t head_dim, int32_t block_size, int32_t n_blocks) {
+                     int32_t head_dim, int32_t block_size, int32_t n_blocks, ss_dtype dtype) {
   memset(c, 0, sizeof *c);
   const int64_t kv_dim = (int64_t)n_kv_head * head_dim;
   if (n_layer <= 0 || kv_dim <= 0 || block_size <= 0 || n_blocks <= 0)
     return ss_error(SS_ERR_INVALID, "kv cache: layers, kv_dim, block size and block count must "
                     "be positive (got %d, %lld, %d, %d)", n_layer, (long long)kv_dim, block_size,
                     n_blocks);
+  const uint64_t es = ss_kv_dtype_nbytes(dtype);
+  if (es == 0)
+    return ss_error(SS_ERR_UNSUPPORTED, "kv cache: element type %s is not one of f32, bf16, f16, "
+                    "fp8_e4m3", ss_dtype_name(dtype));
+  if (dtype != SS_DTYPE_F32 && !be->kv_dtype_check)
+    return ss_error(SS_ERR_UNSUPPORTED, "kv cache: the %s backend holds f32 K/V only (asked for "
+                    "%s)", be->name, ss_kv_dtype_name(dtype));
+  if (be->kv_dtype_check) {
+    int rc = be->kv_dtype_check(be, dtype);
+    if (rc) return rc;
+  }
   uint64_t per_layer = (uint64_t)n_blocks * (uint64_t)block_size * (uint64_t)kv_dim;
-  uint64_t nbytes = (uint64_t)n_layer * per_layer * sizeof(float);
-  if (nbytes / sizeof(float) / (uint64_t)n_layer != per_layer || nbytes > (uint64_t)SIZE_MAX / 2)
+  uint64_t nbytes = (uint64_t)n_layer * per_layer * es;
+  if (nbytes / es / (uint64_t)n_layer != per_layer || nbytes > (uint64_t)SIZE_MAX / 2)
     return ss_error(SS_ERR_RANGE, "kv cache: %d blocks of %d tokens overflow memory", n_blocks,
                     block_size);
   c->be = be;
@@ -29,6 +73,7 @@ int ss_kv_cache_init(ss_kv_cache *c, ss_backend *be, int n_layer, int32_t n_kv_h
   c->head_dim = head_dim;
   c->block_size = block_size;
   c->n_blocks = n_blocks;
+  c->dtype = dtype;
   c->k = be->alloc(be, (size_t)nbytes);
   c->v = be->alloc(be, (size_t)nbytes);
   if (!c->k || !c->v) {
@@ -48,11 +93,12 @@ void ss_kv_cache_free(ss_kv_cache *c) {
 }
 
 ss_kv_layer ss_kv_cache_layer(const ss_kv_cache *c, int l) {
-  size_t per_layer =
-      (size_t)c->n_blocks * (size_t)c->block_size * (size_t)c->n_kv_head * (size_t)c->head_dim;
-  return (ss_kv_layer){.k = c->k + (size_t)l * per_layer,
-                       .v = c->v + (size_t)l * per_layer,
+  const size_t per_layer = (size_t)c->n_blocks * (size_t)c->block_size * (size_t)c->n_kv_head *
+                           (size_t)c->head_dim * (size_t)ss_kv_dtype_nbytes(c->dtype);
+  return (ss_kv_layer){.k = (uint8_t *)c->k + (size_t)l * per_layer,
+                       .v = (uint8_t *)c->v + (size_t)l * per_layer,
                        .block_size = c->block_size,
                        .n_kv_head = c->n_kv_head,
-                       .head_dim = c->head_dim};
+                       .head_dim = c->head_dim,
+                       .dtype = c->dtype};
 }

@@ -260,10 +260,9 @@ bool ss_model_is_eog(const ss_model *m, int32_t id) {
 }
 
 int ss_model_kv_init(const ss_model *m, ss_backend *be, int32_t block_size, int32_t n_blocks,
-                     ss_kv_cache *kv) {
+                     ss_dtype dtype, ss_kv_cache *kv) {
   /* A pipeline stage holds its own layers' K and V only. */
   return ss_kv_cache_init(kv, be, m->local.layer_end - m->local.layer_begin, m->local.n_kv_head,
-                          m->cfg.head_dim,
-                          block_size, n_blocks);
+                          m->cfg.head_dim, block_size, n_blocks, dtype);
 }
 

@@ -287,8 +287,9 @@ typedef struct ss_step_profile {
 /* This rank's counters since load. */
 ss_step_profile ss_model_profile(const ss_model *m);
 
-/* The cache geometry for this rank: its KV heads, with the given block count. */
+/* The cache geometry for this rank: its KV heads, with the given block count
+ * and element type. */
 int ss_model_kv_init(const ss_model *m, ss_backend *be, int32_t block_size, int32_t n_blocks,
-                     ss_kv_cache *kv);
+                     ss_dtype dtype, ss_kv_cache *kv);
 
 #endif

@@ -171,8 +171,9 @@ int ss_shard_plan_make(const ss_model *m, const ss_shard_opts *o, ss_shard_plan 
   out->expert_ffn_unit = eunit;
   out->ranks = calloc((size_t)tp, sizeof *out->ranks);
   if (!out->ranks) return ss_error(SS_ERR_NOMEM, "out of memory");
-  const ss_dtype_info *kvt = ss_dtype_get(o->kv_type);
-  const uint64_t kv_elem = kvt && kvt->block_count == 1 ? kvt->block_nbytes : sizeof(float);
+  /* The KV cache's own element sizes (kv_cache.h), the figures serve's pool uses. */
+  const uint64_t kv_elem = ss_kv_dtype_nbytes(o->kv_type) ? ss_kv_dtype_nbytes(o->kv_type)
+                                                           : sizeof(float);
 
   /* The unsharded model, as stored. */
   ss_shard_bytes *f = &out->file;

@@ -70,8 +70,8 @@ typedef struct ss_shard_opts {
   int tp;               /* tensor-parallel degree, >= 1 */
   bool vocab_parallel;  /* split embedding and LM head by vocab rows (else replicate) */
   bool expert_parallel; /* whole experts per rank (else a slice of every expert) */
-  ss_dtype kv_type;     /* KV-cache element type for the KV figures (F32 = 0, the
-                         * CPU runtime's; BF16 for a GPU deployment) */
+  ss_dtype kv_type;     /* KV-cache element type for the KV figures (F32 = 0; the
+                         * CLI's default is BF16, as serve's --kv-cache-dtype) */
   /* Pipeline parallelism: the plan of stage `stage` of `pp` (pp <= 1: the
    * whole model), holding layers [layers.begin, layers.end) (ss_pp_layers),
    * the embedding on the first stage, the final norm and LM head on the last

@@ -296,8 +296,9 @@ static void test_attention(void) {
     const int64_t per1 = (int64_t)n_blocks * bs * hd;
     float *k1 = malloc(per1 * 4), *v1 = malloc(per1 * 4);
     for (int b = 0; b < n_blocks; b++) {
-      memcpy(k1 + (int64_t)b * bs * hd, hkv.k + ((int64_t)b * kvh + 1) * bs * hd, bs * hd * 4);
-      memcpy(v1 + (int64_t)b * bs * hd, hkv.v + ((int64_t)b * kvh + 1) * bs * hd, bs * hd * 4);
+      const int64_t src = ((int64_t)b * kvh + 1) * bs * hd;
+      memcpy(k1 + (int64_t)b * bs * hd, (const float *)hkv.k + src, bs * hd * 4);
+      memcpy(v1 + (int64_t)b * bs * hd, (const float *)hkv.v + src, bs * hd * 4);
     }
     hs.k = k1, hs.v = v1, hs.n_kv_head = 1;
     ds.k = dup_dev(k1, per1 * 4), ds.v = dup_dev(v1, per1 * 4), ds.n_kv_head = 1;

@@ -136,6 +136,9 @@ class Model:
     tokens: list | None = None          # tokenizer.ggml.tokens (strings)
     token_types: list | None = None     # tokenizer.ggml.token_type
     tokenizer_model: str | None = None  # "gpt2", "llama", ...
+    # None, or a function applied to K (after RoPE) and V before attention reads
+    # them: a KV cache that stores them in a narrower type (tests/test_kv_dtype.py).
+    kv_round: object = None
 
     # ---------------------------------------------------------------- RoPE
     def _rope_cos_sin(self, n_pos: int):
@@ -191,6 +194,8 @@ class Model:
             v = (xn @ L.wv.T).reshape(T, self.n_kv_head, self.head_dim_v).transpose(1, 0, 2)
             q = self._apply_rope(q, cos, sin)
             k = self._apply_rope(k, cos, sin)
+            if self.kv_round is not None:
+                k, v = self.kv_round(k), self.kv_round(v)
             k_h = k[kv_of_head]                      # (n_head, T, head_dim)
             v_h = v[kv_of_head]                      # (n_head, T, head_dim_v)
             scores = np.matmul(q, k_h.transpose(0, 2, 1)) * scale   # (n_head, T, T)
