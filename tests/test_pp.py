@@ -61,7 +61,7 @@ def run(model, pp, tp, prompt_ids, extra=()):
     flags += ["--tp", str(tp)] if pp * tp > 1 else []
     cmd = launch(pp, tp, ["generate", "--model", model, "--prompt-ids", ",".join(map(str, prompt_ids)),
                           "-n", str(STEPS), "--temp", "0", "--ignore-eos", "--json", "--logprobs",
-                          str(TOP), "--threads", "1", *flags, *extra])
+                          str(TOP), "--threads", "1", "--kv-cache-dtype", "f32", *flags, *extra])
     try:
         p = subprocess.run(cmd, capture_output=True, timeout=300, env=ENV)
     except subprocess.TimeoutExpired:
@@ -149,7 +149,7 @@ try:
     kv_dim = field("llama.attention.head_count_kv") * dim // field("llama.attention.head_count")
     head = "output.weight" if "output.weight" in nbytes else "token_embd.weight"
     rc, out, err = ck.run(args.bin, ["plan", "--model", args.model, "--pp", "3", "--pp-layers",
-                                     "12,10,8", "--json"])
+                                     "12,10,8", "--kv-cache-dtype", "f32", "--json"])
     if ck.check(rc == 0, f"plan --pp 3: {err}"):
         j = json.loads(out)
         ranges = [(0, 12), (12, 22), (22, 30)]

@@ -64,7 +64,7 @@ PROMPT = [504, 3575, 282, 4649, 314]
 def generate(extra, mpi=True):
     cmd = ["generate", "--model", args.model, "--prompt-ids", ",".join(map(str, PROMPT)), "-n",
            str(STEPS), "--temp", "0", "--ignore-eos", "--json", "--logprobs", str(TOP),
-           "--threads", "1", *extra]
+           "--threads", "1", "--kv-cache-dtype", "f32", *extra]
     if mpi:
         # One rank per host: rank 0 on ss-h0, rank 1 on ss-h1.
         cmd = [os.path.join(bed_dir, "mpirun"), "-np", "2", "--map-by", "node", "--oversubscribe",
