@@ -18,7 +18,7 @@ cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInf
   -DSS_BUILD_TESTS=OFF -DSS_CUDA=OFF >/dev/null
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(gguf safetensors safetensors_index tokenizer jinja)
+  targets=(gguf safetensors safetensors_index tokenizer jinja grammar)
   grep -q '^server=ON' "$build/ss_features.txt" && targets+=(http oai)
 fi
 cmake --build "$build" -j "${SS_FUZZ_JOBS:-$(nproc)}" --target "${targets[@]/#/fuzz_}" >/dev/null
