@@ -32,10 +32,16 @@ import jsonschema  # noqa: E402
 import openai  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
-args = parse_args()
+def extra_args(ap):
+    ap.add_argument("--schemas", type=int, default=0,
+                    help="random schemas (default 32; 4 under SS_SANITIZED=1)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks of the server")
+
+
+args = parse_args(extra_args)
 ck = Checker("structured outputs")
 SANITIZED = os.environ.get("SS_SANITIZED") == "1"
-N_SCHEMAS = 4 if SANITIZED else 32
+N_SCHEMAS = args.schemas or (4 if SANITIZED else 32)
 if SANITIZED:
     print(f"sanitizer build (SS_SANITIZED=1): {N_SCHEMAS} random schemas instead of 32, and "
           "fewer regexes, seeds and tokens elsewhere; the release build runs all of them",
@@ -44,7 +50,8 @@ else:
     print(f"{N_SCHEMAS} random schemas", flush=True)
 
 t_start = time.time()
-srv = Server(args.bin, args.model, extra=["--max-num-seqs", "32"])
+srv = Server(args.bin, args.model, tp=args.tp, extra=["--max-num-seqs", "32"])
+print(f"server: tp {args.tp}", flush=True)
 client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=300)
 MODEL = json.loads(srv.get("/v1/models")[1])["data"][0]["id"]
 MSG = [{"role": "user", "content": "Reply with the requested data."}]
