@@ -260,7 +260,8 @@ try:
     # their neutral values pass.
     chat = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
     refused = [("tools", [{"type": "function", "function": {"name": "f g"}}]),  # a bad name
-               ("tool_choice", "required"), ("functions", [{"name": "f"}])]
+               ("tool_choice", "required"), ("functions", [{"name": "f"}]),
+               ("function_call", {"name": "f"}), ("n", 2)]
     for field, value in refused:
         code, body = post_json(srv, "/v1/chat/completions", {**chat, field: value})
         ck.check(code == 400 and err_param(body) == field,
@@ -271,6 +272,12 @@ try:
     code, body = post_json(srv, "/v1/completions", {"prompt": "a", "max_tokens": 1,
                                                     "suffix": "zz"})
     ck.check(code == 400 and err_param(body) == "suffix", f"suffix is refused: {code} {body}")
+    # The rest of the README's "400, not implemented yet" row, on completions.
+    for field, value in (("echo", True), ("best_of", 2), ("n", 3)):
+        code, body = post_json(srv, "/v1/completions", {"prompt": "a", "max_tokens": 1,
+                                                        field: value})
+        ck.check(code == 400 and err_param(body) == field,
+                 f"completions with {field}={value} is a 400 naming it: {code} {body}")
     neutral = {"presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {},
                "response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
                "user": "u1", "metadata": {"k": "v"}, "store": False, "repetition_penalty": 1}
