@@ -297,6 +297,34 @@ if ck.check(code == 200, f"stream reference: {code} {b}"):
              f"streamed {''.join(parts)!r} ({reason}) != {b['choices'][0]['message']['content']!r}")
 
 print(f"streaming done at {time.time() - t_start:.1f} s", flush=True)
+
+# ---- numeric bounds: sampled hot (temperature 2), every value checked by jsonschema
+BOUNDS = [{"type": "integer", "minimum": -1234, "maximum": 98765},
+          {"type": "integer", "exclusiveMinimum": 7, "exclusiveMaximum": 1000},
+          {"type": "integer", "maximum": -40},
+          {"type": "integer", "minimum": 250},
+          {"type": "integer", "minimum": 10, "maximum": 10},
+          {"type": "number", "minimum": 0, "maximum": 1},
+          {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+          {"type": "number", "minimum": -5, "exclusiveMaximum": 5},
+          {"type": "number", "exclusiveMaximum": 0},
+          {"type": "array", "items": {"type": "integer", "minimum": 99, "maximum": 1001},
+           "minItems": 3, "maxItems": 6}]
+b_jobs = [(s, {"response_format": {"type": "json_schema", "json_schema": {"name": "b", "schema": s}},
+               "temperature": 2.0, "seed": seed, "max_tokens": 40})
+          for s in BOUNDS for seed in range(2 if SANITIZED else 4)]
+n_vals = 0
+for (s, _), (code, b) in zip(b_jobs, POOL.map(lambda j: chat(j[1]), b_jobs)):
+    if not ck.check(code == 200, f"bounds {s}: {code} {b}"):
+        continue
+    text = b["choices"][0]["message"]["content"]
+    try:
+        jsonschema.validate(json.loads(text), s)
+        n_vals += 1
+    except (ValueError, jsonschema.ValidationError) as e:
+        ck.check(False, f"bounds {s}: {text!r} ({b['choices'][0]['finish_reason']}): {str(e)[:200]}")
+print(f"numeric bounds: {n_vals}/{len(b_jobs)} sampled values within their bounds", flush=True)
+
 # ---- refused ----------------------------------------------------------------------
 BAD = [
     ({"response_format": {"type": "json_schema", "json_schema": {
@@ -304,6 +332,11 @@ BAD = [
     ({"response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"$ref": "#/$defs/Missing"}}}}, "response_format", "Missing"),
     ({"response_format": {"type": "xml"}}, "response_format", "xml"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "number", "minimum": 0.5}}}}, "response_format", "whole"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "integer", "minimum": 3, "maximum": 2}}}},
+     "response_format", "no value"),
     ({"structured_outputs": {"regex": "(a"}}, "structured_outputs", "regex"),
     ({"structured_outputs": {"regex": "(?=a)a"}}, "structured_outputs", "look-around"),
     ({"structured_outputs": {"grammar": "root ::= root \"a\""}}, "structured_outputs", "left-recursive"),

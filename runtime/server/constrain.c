@@ -29,7 +29,6 @@ static const char json_base[] =
     "json-array ::= \"[\" ws (json-value (ws \",\" ws json-value)* ws)? \"]\"\n";
 
 #define MAX_SCHEMA_DEPTH 64
-#define MAX_ENUM_INTS 4096
 
 typedef struct sc {
   json_t *root;
@@ -121,35 +120,172 @@ static int gen_ref(sc *c, const char *ref, const char *path) {
   return n;
 }
 
-/* Integers in [lo, hi] (either may be missing). */
-static bool gen_int(sc *c, json_t *s, const char *path, ss_strbuf *b) {
-  bool has_lo = false, has_hi = false;
-  double lo = 0, hi = 0;
-  json_t *v;
-  if ((v = json_object_get(s, "minimum")) && json_is_number(v)) has_lo = true, lo = ceil(json_number_value(v));
-  if ((v = json_object_get(s, "exclusiveMinimum")) && json_is_number(v)) {
-    double x = floor(json_number_value(v)) + 1;
-    if (!has_lo || x > lo) lo = x;
-    has_lo = true;
+/* Numeric bounds.  JSON numbers here have at most 16 integer digits (as
+ * json-uint), so every bound is clamped to +-(10^16 - 1) and kept exact in
+ * int64.  A range of integers becomes alternatives of digit patterns (no
+ * leading zeros): [lo, hi] is cut where the digit count changes, and each
+ * same-length piece digit by digit. */
+#define NUM_MAX 9999999999999999LL
+
+/* Alternatives for the same-length digit strings a..b (a <= b, n digits),
+ * each after the literal `prefix`. */
+static void digits_alts(ss_strbuf *out, char *prefix, int plen, const char *a, const char *b, int n,
+                        bool *first) {
+  if (n == 0 || a[0] == b[0]) {
+    if (n > 0) {
+      prefix[plen] = a[0];
+      digits_alts(out, prefix, plen + 1, a + 1, b + 1, n - 1, first);
+      return;
+    }
+    ss_strbuf_printf(out, "%s\"%.*s\"", *first ? "" : " | ", plen, prefix);
+    *first = false;
+    return;
   }
-  if ((v = json_object_get(s, "maximum")) && json_is_number(v)) has_hi = true, hi = floor(json_number_value(v));
-  if ((v = json_object_get(s, "exclusiveMaximum")) && json_is_number(v)) {
-    double x = ceil(json_number_value(v)) - 1;
-    if (!has_hi || x < hi) hi = x;
-    has_hi = true;
+  bool low0 = true, high9 = true;
+  for (int i = 1; i < n; i++) low0 &= a[i] == '0', high9 &= b[i] == '9';
+  const char start = (char)(a[0] + (low0 ? 0 : 1)), end = (char)(b[0] - (high9 ? 0 : 1));
+  char nines[20], zeros[20];
+  memset(nines, '9', sizeof nines);
+  memset(zeros, '0', sizeof zeros);
+  if (!low0) {
+    prefix[plen] = a[0];
+    digits_alts(out, prefix, plen + 1, a + 1, nines, n - 1, first);
   }
-  if (!has_lo && !has_hi) return ss_strbuf_printf(b, "json-int"), true;
-  if (has_lo && has_hi) {
-    if (hi < lo) return sc_fail(c, "%s: the integer bounds leave no value%s", path, "");
-    if (hi - lo < MAX_ENUM_INTS) { /* every value, as alternatives */
-      for (double x = lo; x <= hi; x++) ss_strbuf_printf(b, "%s\"%.0f\"", x > lo ? " | " : "", x);
-      return true;
+  if (start <= end) {
+    ss_strbuf_printf(out, "%s", *first ? "" : " | ");
+    if (plen) ss_strbuf_printf(out, "\"%.*s\" ", plen, prefix);
+    ss_strbuf_printf(out, "[%c-%c]", start, end);
+    if (n > 1) ss_strbuf_printf(out, " [0-9]{%d}", n - 1);
+    *first = false;
+  }
+  if (!high9) {
+    prefix[plen] = b[0];
+    digits_alts(out, prefix, plen + 1, zeros, b + 1, n - 1, first);
+  }
+}
+
+/* The non-negative integers lo..hi (0 <= lo <= hi <= NUM_MAX), as one
+ * parenthesised GBNF group. */
+static void uint_range(ss_strbuf *out, int64_t lo, int64_t hi) {
+  ss_strbuf_printf(out, "(");
+  bool first = true;
+  int64_t p10 = 1; /* 10^(len-1) */
+  for (int len = 1; len <= 16 && lo <= hi; len++, p10 *= 10) {
+    const int64_t top = p10 * 10 - 1; /* the largest len-digit number */
+    if (lo > top) continue;
+    const int64_t a = lo, b = hi < top ? hi : top;
+    char sa[24], sb[24], prefix[24];
+    snprintf(sa, sizeof sa, "%0*lld", len, (long long)a);
+    snprintf(sb, sizeof sb, "%0*lld", len, (long long)b);
+    digits_alts(out, prefix, 0, sa, sb, len, &first);
+    lo = b + 1;
+  }
+  ss_strbuf_printf(out, ")");
+}
+
+/* Magnitudes m with L < m (or <=) and m < U (or <=), L and U integers,
+ * 0 <= L <= U: integers only, or numbers with up to 15 fraction digits (no
+ * exponent).  Returns false when no value is left. */
+static bool magnitude(ss_strbuf *out, int64_t L, bool lx, int64_t U, bool ux, bool frac) {
+  bool any = false;
+  ss_strbuf_printf(out, "(");
+  if (!frac) {
+    const int64_t a = lx ? L + 1 : L, b = ux ? U - 1 : U;
+    if (a <= b) uint_range(out, a, b), any = true;
+  } else {
+    /* integer part in [a, U - 1]: any fraction; L itself (when exclusive) only
+     * with a fraction that is not zero; U itself (when inclusive) only with a
+     * zero one */
+    const int64_t a = lx ? L + 1 : L;
+    if (a <= U - 1) {
+      uint_range(out, a, U - 1);
+      ss_strbuf_printf(out, " (\".\" [0-9]{1,15})?");
+      any = true;
+    }
+    if (lx && U > L) {
+      ss_strbuf_printf(out, "%s", any ? " | " : "");
+      uint_range(out, L, L);
+      ss_strbuf_printf(out, " \".\" [0-9]{0,14} [1-9]");
+      any = true;
+    }
+    if (!ux && (U > L || !lx)) {
+      ss_strbuf_printf(out, "%s", any ? " | " : "");
+      uint_range(out, U, U);
+      ss_strbuf_printf(out, " (\".\" \"0\"{1,15})?");
+      any = true;
     }
   }
-  if (has_lo && !has_hi && lo == 0) return ss_strbuf_printf(b, "json-uint"), true;
-  if (has_lo && !has_hi && lo == 1) return ss_strbuf_printf(b, "[1-9] [0-9]{0,15}"), true;
-  return sc_fail(c, "%s: integer bounds other than a range of at most 4096 values, minimum 0 or "
-                 "minimum 1 are not supported%s", path, "");
+  ss_strbuf_printf(out, ")");
+  return any;
+}
+
+/* A bound of an integer or number schema: `minimum` / `exclusiveMinimum`
+ * (hi false) or `maximum` / `exclusiveMaximum` (hi true), the tighter one
+ * when both are given.  For numbers a bound must be a whole number. */
+static bool num_bound(sc *c, json_t *s, const char *path, bool hi, bool integer, bool *has,
+                      int64_t *v, bool *excl) {
+  const char *inc = hi ? "maximum" : "minimum", *exc = hi ? "exclusiveMaximum" : "exclusiveMinimum";
+  *has = false;
+  *excl = false;
+  for (int k = 0; k < 2; k++) {
+    json_t *x = json_object_get(s, k ? exc : inc);
+    if (!x) continue;
+    if (!json_is_number(x)) return sc_fail(c, "%s.%s must be a number", path, k ? exc : inc);
+    double d = json_number_value(x);
+    bool e = k == 1;
+    if (integer) { /* x > 2.5 is x >= 3: inclusive bounds on whole numbers */
+      if (d != floor(d)) d = hi ? floor(d) : ceil(d), e = false;
+    } else if (d != floor(d)) {
+      return sc_fail(c, "%s.%s: only whole-number bounds are supported for numbers", path,
+                     k ? exc : inc);
+    }
+    if (d > (double)NUM_MAX) d = (double)NUM_MAX, e = hi ? false : e;
+    if (d < -(double)NUM_MAX) d = -(double)NUM_MAX, e = hi ? e : false;
+    const int64_t iv = (int64_t)d;
+    const bool tighter = !*has || (hi ? (iv < *v || (iv == *v && e)) : (iv > *v || (iv == *v && e)));
+    if (tighter) *v = iv, *excl = e;
+    *has = true;
+  }
+  return true;
+}
+
+/* Integers, or numbers, within the schema's bounds (either may be missing). */
+static bool gen_bounded(sc *c, json_t *s, const char *path, bool integer, ss_strbuf *b) {
+  bool has_lo, has_hi, lx, hx;
+  int64_t lo = 0, hi = 0;
+  if (!num_bound(c, s, path, false, integer, &has_lo, &lo, &lx) ||
+      !num_bound(c, s, path, true, integer, &has_hi, &hi, &hx))
+    return false;
+  if (!has_lo && !has_hi) return ss_strbuf_printf(b, integer ? "json-int" : "json-number"), true;
+  if (!has_lo) lo = -NUM_MAX, lx = false;
+  if (!has_hi) hi = NUM_MAX, hx = false;
+  if (hi < lo || (hi == lo && (lx || hx)))
+    return sc_fail(c, "%s: the bounds leave no value%s", path, "");
+  ss_strbuf g = {0};
+  bool any = false;
+  ss_strbuf_printf(&g, "(");
+  if (hi > 0 || (hi == 0 && !hx)) { /* x >= 0 */
+    const bool from_lo = lo >= 0;
+    ss_strbuf part = {0};
+    if (magnitude(&part, from_lo ? lo : 0, from_lo ? lx : false, hi, hx, !integer)) {
+      ss_strbuf_printf(&g, "%s", part.p);
+      any = true;
+    }
+    ss_strbuf_free(&part);
+  }
+  if (lo < 0) { /* x < 0: "-" and a magnitude within (-hi, -lo) */
+    const bool to_hi = hi <= 0;
+    ss_strbuf part = {0};
+    if (magnitude(&part, to_hi ? -hi : 0, to_hi ? hx : false, -lo, lx, !integer)) {
+      ss_strbuf_printf(&g, "%s\"-\" %s", any ? " | " : "", part.p);
+      any = true;
+    }
+    ss_strbuf_free(&part);
+  }
+  ss_strbuf_printf(&g, ")");
+  if (any) ss_strbuf_printf(b, "%s", g.p);
+  ss_strbuf_free(&g);
+  return any ? true : sc_fail(c, "%s: the bounds leave no value%s", path, "");
 }
 
 static bool gen_object(sc *c, json_t *s, const char *path, ss_strbuf *b) {
@@ -262,15 +398,8 @@ static bool gen_type(sc *c, json_t *s, const char *t, const char *path, ss_strbu
     else ss_strbuf_printf(b, "\"\\\"\" json-char{%lld,%lld} \"\\\"\"", (long long)lo, (long long)hi);
     return true;
   }
-  if (!strcmp(t, "integer")) return gen_int(c, s, path, b);
-  if (!strcmp(t, "number")) {
-    json_t *mn = json_object_get(s, "minimum"), *mx = json_object_get(s, "maximum");
-    if (json_object_get(s, "exclusiveMinimum") || json_object_get(s, "exclusiveMaximum") || mx ||
-        (mn && !(json_is_number(mn) && json_number_value(mn) == 0)))
-      return sc_fail(c, "%s: number bounds other than minimum 0 are not supported (integer "
-                     "bounds are)%s", path, "");
-    return ss_strbuf_printf(b, mn ? "json-uint json-frac" : "json-number"), true;
-  }
+  if (!strcmp(t, "integer")) return gen_bounded(c, s, path, true, b);
+  if (!strcmp(t, "number")) return gen_bounded(c, s, path, false, b);
   if (!strcmp(t, "boolean")) return ss_strbuf_printf(b, "json-bool"), true;
   if (!strcmp(t, "null")) return ss_strbuf_printf(b, "json-null"), true;
   if (!strcmp(t, "object")) return gen_object(c, s, path, b);
