@@ -80,139 +80,159 @@ static double time_allreduce(ss_comm *c, float *buf, size_t count, int reps) {
   return m;
 }
 
-/* Times `reps` forward passes of batch b: medians over the repeats of the
- * wall time, of the slowest rank's compute and of rank 0's collectives (a
- * repeat slowed by another process moves none of them). */
-static int run_probe(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
-                     float *logits, int reps, ss_probe *out) {
-  const int tp = m->local.tp;
-  ss_step_profile *p0 = calloc((size_t)tp, sizeof *p0), *p1 = calloc((size_t)tp, sizeof *p1);
-  double *wall = malloc((size_t)reps * sizeof *wall), *comp = malloc((size_t)reps * sizeof *comp);
-  double *comm = malloc((size_t)reps * sizeof *comm);
-  int rc = SS_OK;
-  if (!p0 || !p1 || !wall || !comp || !comm) {
-    rc = ss_error(SS_ERR_NOMEM, "out of memory");
-    goto done;
+/* One forward pass of batch b: its wall time, the slowest rank's compute and
+ * rank 0's collectives (seconds); p0 and p1 are scratch of tp entries. */
+static int time_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
+                     float *logits, ss_step_profile *p0, ss_step_profile *p1, double *wall,
+                     double *comp, double *comm) {
+  int rc;
+  if ((rc = ss_exec_gather_profiles(m, p0))) return rc;
+  const double t0 = ss_now_s();
+  if ((rc = ss_exec_step(m, st, kv, b, logits))) return rc;
+  *wall = ss_now_s() - t0;
+  if ((rc = ss_exec_gather_profiles(m, p1))) return rc;
+  double cmax = 0;
+  for (int r = 0; r < m->local.tp; r++) cmax = fmax(cmax, p1[r].compute_s - p0[r].compute_s);
+  *comp = cmax;
+  *comm = p1[0].comm_s - p0[0].comm_s;
+  return SS_OK;
+}
+
+/* The probes, in the order they are timed in each round. */
+enum { PR_DEC16, PR_DEC1023, PR_PRE256, PR_PRE64, PR_PRE64_192, PR_DEC0,
+       PR_HELD0 = PR_DEC0 + SS_PROBE_N_DEC, PR_N = PR_HELD0 + SS_PROBE_N_HELD };
+
+typedef struct probe_bufs {
+  int32_t *tok, *pos, *rows, *long_tab, *short_tab;
+  const int32_t **tabs;
+} probe_bufs;
+
+/* Fills the position, block-table and logit-row arrays for probe k and
+ * returns its batch. */
+static ss_batch probe_batch(int k, const probe_bufs *pb) {
+  const int32_t LONG = SS_PROBE_LONG;
+  int32_t n = 1, n_logits = 1;
+  if (k == PR_DEC16 || k == PR_DEC1023) {
+    pb->pos[0] = k == PR_DEC16 ? 16 : LONG - 1;
+    pb->tabs[0] = pb->long_tab;
+    pb->rows[0] = 0;
+  } else if (k == PR_PRE256 || k == PR_PRE64 || k == PR_PRE64_192) {
+    /* a 256-token prefill chunk at 0..255; a 64-token one at 0..63 (the size of
+     * a typical serving step with a prompt in it) and at 192..255 (a prompt's
+     * last chunk); one logit row */
+    n = k == PR_PRE256 ? 256 : 64;
+    const int32_t at = k == PR_PRE64_192 ? 192 : 0;
+    for (int32_t i = 0; i < n; i++) pb->pos[i] = at + i, pb->tabs[i] = pb->long_tab;
+    pb->rows[0] = n - 1;
+  } else if (k < PR_HELD0) { /* 1, 2, 4, ... 32 sequences decoding at position 16 */
+    n = n_logits = ss_probe_decode_batch[k - PR_DEC0];
+    for (int32_t s = 0; s < n; s++)
+      pb->pos[s] = 16, pb->tabs[s] = pb->short_tab + 2 * s, pb->rows[s] = s;
+  } else { /* the held-out probes (not fitted) */
+    const ss_held_probe *h = &ss_probe_held_shapes[k - PR_HELD0];
+    if (h->n_seqs > 0) {
+      n = n_logits = h->n_seqs;
+      for (int32_t s = 0; s < n; s++)
+        pb->pos[s] = 16, pb->tabs[s] = pb->short_tab + 2 * s, pb->rows[s] = s;
+    } else {
+      n = h->chunk;
+      for (int32_t j = 0; j < n; j++) pb->pos[j] = h->start + j, pb->tabs[j] = pb->long_tab;
+      pb->rows[0] = n - 1;
+    }
   }
-  if ((rc = ss_exec_step(m, st, kv, b, logits))) goto done; /* warm-up */
-  for (int i = 0; i < reps; i++) {
-    if ((rc = ss_exec_gather_profiles(m, p0))) goto done;
-    double t0 = ss_now_s();
-    if ((rc = ss_exec_step(m, st, kv, b, logits))) goto done;
-    wall[i] = ss_now_s() - t0;
-    if ((rc = ss_exec_gather_profiles(m, p1))) goto done;
-    double cmax = 0;
-    for (int r = 0; r < tp; r++) cmax = fmax(cmax, p1[r].compute_s - p0[r].compute_s);
-    comp[i] = cmax;
-    comm[i] = p1[0].comm_s - p0[0].comm_s;
-  }
-  out->compute = median(comp, reps);
-  out->comm = median(comm, reps);
-  out->wall = median(wall, reps);
-done:
-  free(p0);
-  free(p1);
-  free(wall);
-  free(comp);
-  free(comm);
-  return rc;
+  return (ss_batch){.n = n, .tokens = pb->tok, .loc = {.n = n, .pos = pb->pos, .block_table = pb->tabs},
+                    .n_logits = n_logits, .logit_rows = pb->rows};
+}
+
+/* The probe set's slot for probe k. */
+static ss_probe *probe_slot(ss_probe_set *ps, int k) {
+  if (k == PR_DEC16) return &ps->dec16;
+  if (k == PR_DEC1023) return &ps->dec1023;
+  if (k == PR_PRE256) return &ps->pre256;
+  if (k == PR_PRE64) return &ps->pre64;
+  if (k == PR_PRE64_192) return &ps->pre64_192;
+  if (k < PR_HELD0) return &ps->dec[k - PR_DEC0];
+  return &ps->held[k - PR_HELD0].p;
 }
 
 /* Rank 0: the forward-pass probes (runtime/planner/profile_fit.h), in a KV
  * cache holding one long sequence (blocks 0..63) and SS_PROBE_NSEQ short ones
- * (2 blocks each after it). */
+ * (2 blocks each after it).  The probes are timed in rounds, each round every
+ * probe once, so that a slower spell of the machine (another process, a
+ * frequency change) falls on all of them alike rather than on the probes
+ * timed during it; medians over the rounds. */
 static int measure_steps(const ss_model *m, ss_backend *be, int reps, ss_probe_set *ps) {
   const int32_t BS = SS_PROBE_BLOCK, LONG = SS_PROBE_LONG, NSEQ = SS_PROBE_NSEQ;
+  const int tp = m->local.tp;
   ss_kv_cache kv = {0};
   ss_forward_state st = {0};
   float *logits = NULL;
-  int32_t *tok = NULL, *pos = NULL, *rows = NULL, *long_tab = NULL, *short_tab = NULL;
-  const int32_t **tabs = NULL;
+  probe_bufs pb = {0};
+  double *wall = NULL, *comp = NULL, *comm = NULL;
+  ss_step_profile *p0 = NULL, *p1 = NULL;
   int rc = SS_OK;
   if ((rc = ss_model_kv_init(m, be, BS, LONG / BS + 2 * NSEQ, SS_DTYPE_F32, &kv)) ||
       (rc = ss_forward_state_init(&st, m, be, 256, NSEQ)))
     goto done;
   logits = malloc((size_t)NSEQ * (size_t)m->cfg.vocab * sizeof *logits);
-  tok = calloc(256, sizeof *tok);
-  pos = calloc(256, sizeof *pos);
-  rows = calloc(256, sizeof *rows);
-  long_tab = malloc((LONG / BS) * sizeof *long_tab);
-  short_tab = malloc((size_t)NSEQ * 2 * sizeof *short_tab);
-  tabs = malloc(256 * sizeof *tabs);
-  if (!logits || !tok || !pos || !rows || !long_tab || !short_tab || !tabs) {
+  pb.tok = calloc(256, sizeof *pb.tok);
+  pb.pos = calloc(256, sizeof *pb.pos);
+  pb.rows = calloc(256, sizeof *pb.rows);
+  pb.long_tab = malloc((LONG / BS) * sizeof *pb.long_tab);
+  pb.short_tab = malloc((size_t)NSEQ * 2 * sizeof *pb.short_tab);
+  pb.tabs = malloc(256 * sizeof *pb.tabs);
+  wall = malloc((size_t)PR_N * (size_t)reps * sizeof *wall);
+  comp = malloc((size_t)PR_N * (size_t)reps * sizeof *comp);
+  comm = malloc((size_t)PR_N * (size_t)reps * sizeof *comm);
+  p0 = calloc((size_t)tp, sizeof *p0);
+  p1 = calloc((size_t)tp, sizeof *p1);
+  if (!logits || !pb.tok || !pb.pos || !pb.rows || !pb.long_tab || !pb.short_tab || !pb.tabs ||
+      !wall || !comp || !comm || !p0 || !p1) {
     rc = ss_error(SS_ERR_NOMEM, "out of memory");
     goto done;
   }
-  for (int32_t i = 0; i < LONG / BS; i++) long_tab[i] = i;
-  for (int32_t i = 0; i < NSEQ * 2; i++) short_tab[i] = LONG / BS + i;
-  for (int32_t i = 0; i < 256; i++) tok[i] = 100 + i; /* ordinary vocabulary ids */
+  for (int32_t i = 0; i < LONG / BS; i++) pb.long_tab[i] = i;
+  for (int32_t i = 0; i < NSEQ * 2; i++) pb.short_tab[i] = LONG / BS + i;
+  for (int32_t i = 0; i < 256; i++) pb.tok[i] = 100 + i; /* ordinary vocabulary ids */
   /* Fill the long sequence's cache (prefill in 256-token chunks). */
   for (int32_t at = 0; at < LONG; at += 256) {
-    for (int32_t i = 0; i < 256; i++) pos[i] = at + i, tabs[i] = long_tab;
+    for (int32_t i = 0; i < 256; i++) pb.pos[i] = at + i, pb.tabs[i] = pb.long_tab;
     int32_t last = 255;
-    ss_batch b = {.n = 256, .tokens = tok, .loc = {.n = 256, .pos = pos, .block_table = tabs},
+    ss_batch b = {.n = 256, .tokens = pb.tok, .loc = {.n = 256, .pos = pb.pos, .block_table = pb.tabs},
                   .n_logits = 1, .logit_rows = &last};
     if ((rc = ss_exec_step(m, &st, &kv, &b, logits))) goto done;
   }
-  /* Batch 1 at position 16, then at position 1023. */
-  int32_t zero = 0;
-  pos[0] = 16;
-  tabs[0] = long_tab;
-  ss_batch b = {.n = 1, .tokens = tok, .loc = {.n = 1, .pos = pos, .block_table = tabs},
-                .n_logits = 1, .logit_rows = &zero};
-  if ((rc = run_probe(m, &st, &kv, &b, logits, reps, &ps->dec16))) goto done;
-  pos[0] = LONG - 1;
-  if ((rc = run_probe(m, &st, &kv, &b, logits, reps, &ps->dec1023))) goto done;
-  /* A 256-token prefill chunk at positions 0..255, one logit row. */
-  for (int32_t i = 0; i < 256; i++) pos[i] = i, tabs[i] = long_tab;
-  int32_t last = 255;
-  ss_batch bc = {.n = 256, .tokens = tok, .loc = {.n = 256, .pos = pos, .block_table = tabs},
-                 .n_logits = 1, .logit_rows = &last};
-  if ((rc = run_probe(m, &st, &kv, &bc, logits, reps, &ps->pre256))) goto done;
-  /* A 64-token prefill chunk at positions 0..63 (the size of a typical serving
-   * step with a prompt in it), then at 192..255 (a prompt's last chunk). */
-  int32_t last64 = 63;
-  ss_batch bc64 = {.n = 64, .tokens = tok, .loc = {.n = 64, .pos = pos, .block_table = tabs},
-                   .n_logits = 1, .logit_rows = &last64};
-  if ((rc = run_probe(m, &st, &kv, &bc64, logits, reps, &ps->pre64))) goto done;
-  for (int32_t i = 0; i < 64; i++) pos[i] = 192 + i;
-  if ((rc = run_probe(m, &st, &kv, &bc64, logits, reps, &ps->pre64_192))) goto done;
-  /* 1, 2, 4, ... 32 sequences decoding at position 16 (a logit row each). */
-  for (int32_t s = 0; s < NSEQ; s++) pos[s] = 16, tabs[s] = short_tab + 2 * s, rows[s] = s;
-  for (int i = 0; i < SS_PROBE_N_DEC; i++) {
-    const int32_t n = ss_probe_decode_batch[i];
-    ss_batch bd = {.n = n, .tokens = tok, .loc = {.n = n, .pos = pos, .block_table = tabs},
-                   .n_logits = n, .logit_rows = rows};
-    if ((rc = run_probe(m, &st, &kv, &bd, logits, reps, &ps->dec[i]))) goto done;
-  }
-  /* The held-out probes (not fitted): other decode batches at position 16 and
-   * prefill chunks of other lengths and positions. */
-  for (int i = 0; i < SS_PROBE_N_HELD; i++) {
-    ss_held_probe *h = &ps->held[i];
-    *h = ss_probe_held_shapes[i];
-    ss_batch bh;
-    if (h->n_seqs > 0) {
-      for (int32_t s = 0; s < h->n_seqs; s++) pos[s] = 16, tabs[s] = short_tab + 2 * s, rows[s] = s;
-      bh = (ss_batch){.n = h->n_seqs, .tokens = tok,
-                      .loc = {.n = h->n_seqs, .pos = pos, .block_table = tabs},
-                      .n_logits = h->n_seqs, .logit_rows = rows};
-    } else {
-      for (int32_t j = 0; j < h->chunk; j++) pos[j] = h->start + j, tabs[j] = long_tab;
-      rows[0] = h->chunk - 1;
-      bh = (ss_batch){.n = h->chunk, .tokens = tok,
-                      .loc = {.n = h->chunk, .pos = pos, .block_table = tabs},
-                      .n_logits = 1, .logit_rows = rows};
+  for (int k = 0; k < SS_PROBE_N_HELD; k++) ps->held[k] = ss_probe_held_shapes[k];
+  /* A warm-up round, then the timed ones. */
+  for (int r = -1; r < reps; r++)
+    for (int k = 0; k < PR_N; k++) {
+      const ss_batch b = probe_batch(k, &pb);
+      double w, cp, cm;
+      if ((rc = time_step(m, &st, &kv, &b, logits, p0, p1, &w, &cp, &cm))) goto done;
+      if (r >= 0) {
+        const size_t at = (size_t)k * (size_t)reps + (size_t)r;
+        wall[at] = w, comp[at] = cp, comm[at] = cm;
+      }
     }
-    if ((rc = run_probe(m, &st, &kv, &bh, logits, reps, &h->p))) goto done;
+  for (int k = 0; k < PR_N; k++) {
+    ss_probe *out = probe_slot(ps, k);
+    out->wall = median(wall + (size_t)k * reps, reps);
+    out->compute = median(comp + (size_t)k * reps, reps);
+    out->comm = median(comm + (size_t)k * reps, reps);
   }
 done:
   free(logits);
-  free(tok);
-  free(pos);
-  free(rows);
-  free(long_tab);
-  free(short_tab);
-  free(tabs);
+  free(pb.tok);
+  free(pb.pos);
+  free(pb.rows);
+  free(pb.long_tab);
+  free(pb.short_tab);
+  free(pb.tabs);
+  free(wall);
+  free(comp);
+  free(comm);
+  free(p0);
+  free(p1);
   ss_forward_state_free(&st);
   if (kv.be) ss_kv_cache_free(&kv);
   return rc;

@@ -11,11 +11,11 @@ HELD_TOL of the measured wall time.  HELD_TOL was set before the first run:
 machine with another test in the suite.  The same check is then run on a
 deliberately broken profile (weight bandwidth and matmul rate halved) and must
 fail there.  Both are enforced at TP 1.  At TP 2 the held-out errors are printed
-but not enforced: on two shared cores a TP 2 step's wall time holds rank waits
-that grow with the step (decode at batch 2: 79 ms wall for 14 ms of compute),
-which the cost model prices as a constant overhead, so small steps are
-under-predicted by 50-70% -- a known gap of the model, reported in the README.
-The test runs alone (RUN_SERIAL): its probes are timings."""
+but not enforced: two ranks on two cores make every probe sensitive to any other
+process (with other jobs running, small TP 2 steps were under-predicted by
+50-70%: rank waits that grow with the step, priced as a constant overhead); on
+an otherwise idle machine they came within 16%.  The test runs alone
+(RUN_SERIAL): its probes are timings."""
 import json
 import os
 import re
