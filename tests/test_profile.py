@@ -13,7 +13,7 @@ deliberately broken profile (weight bandwidth and matmul rate halved) and must
 fail there.  Both are enforced at TP 1.  At TP 2 the held-out errors are printed
 but not enforced: two ranks on two cores make every probe sensitive to any other
 process (with other jobs running, small TP 2 steps were under-predicted by
-50-70%: rank waits that grow with the step, priced as a constant overhead); on
+47-77%: rank waits that grow with the step, priced as a constant overhead); on
 an otherwise idle machine they came within 16%.  The test runs alone
 (RUN_SERIAL): its probes are timings."""
 import json
