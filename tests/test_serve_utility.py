@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import gguf
 import jinja2
@@ -99,6 +100,11 @@ ck.check("tokenizer.chat_template" not in gguf.GGUFReader(base).fields,
 
 srv = Server(args.bin, base)
 try:
+    # stderr is read by a thread of the harness: the warning, printed just
+    # before the server turns ready, may reach srv.log a moment after.
+    t_warn = time.time() + 10
+    while not any("no chat template" in line for line in srv.log) and time.time() < t_warn:
+        time.sleep(0.05)
     ck.check(any("no chat template" in line for line in srv.log),
              "serve warns at start that the model has no chat template")
     code, body = post_json(srv, "/v1/completions", {"prompt": "abc", "max_tokens": 3,
