@@ -10,14 +10,13 @@ figures are checked too.
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
 sys.path.insert(0, os.path.join(HERE, "reference"))
-from harness import Checker, parse_args, SANITIZER_MARKS  # noqa: E402
+from harness import Checker, parse_args  # noqa: E402
 from logprob_compare import compare_steps  # noqa: E402
 from mpi import launch_cmd, mpi_available, mpi_env  # noqa: E402
 import make_tiny_hf  # noqa: E402
@@ -52,18 +51,7 @@ def run(d, ranks, ep, prompt):
                                        "-n", str(STEPS), "--temp", "0", "--kv-cache-dtype", "f32", "--ignore-eos", "--json",
                                        "--logprobs", str(TOP), "--threads", "1"]
                      + (["--ep", str(ranks)] if ep else []))
-    try:
-        p = subprocess.run(cmd, capture_output=True, timeout=300, env=ENV)
-    except subprocess.TimeoutExpired:
-        ck.check(False, f"timed out: {cmd}")
-        return None
-    err = p.stderr.decode("utf-8", "replace")
-    ck.check(not any(m in err for m in SANITIZER_MARKS), f"sanitizer report: {cmd}\n{err[-3000:]}")
-    if not ck.check(p.returncode == 0, f"{cmd}: exit {p.returncode}\n{err[-2000:]}"):
-        return None
-    line = [l for l in p.stdout.decode().splitlines() if l.startswith("{")][-1]
-    j = json.loads(line)
-    return [(t, {x["id"]: x["logprob"] for x in top}) for t, top in zip(j["tokens"], j["top_logprobs"])]
+    return ck.generate_top(cmd, ENV)
 
 
 try:

@@ -62,18 +62,7 @@ def run(model, pp, tp, prompt_ids, extra=()):
     cmd = launch(pp, tp, ["generate", "--model", model, "--prompt-ids", ",".join(map(str, prompt_ids)),
                           "-n", str(STEPS), "--temp", "0", "--ignore-eos", "--json", "--logprobs",
                           str(TOP), "--threads", "1", "--kv-cache-dtype", "f32", *flags, *extra])
-    try:
-        p = subprocess.run(cmd, capture_output=True, timeout=300, env=ENV)
-    except subprocess.TimeoutExpired:
-        ck.check(False, f"timed out: {cmd}")
-        return None
-    err = p.stderr.decode("utf-8", "replace")
-    ck.check(not any(m in err for m in SANITIZER_MARKS), f"sanitizer report: {cmd}\n{err[-3000:]}")
-    if not ck.check(p.returncode == 0, f"{cmd}: exit {p.returncode}\n{err[-2000:]}"):
-        return None
-    line = [l for l in p.stdout.decode().splitlines() if l.startswith("{")][-1]
-    j = json.loads(line)
-    return [(t, {x["id"]: x["logprob"] for x in top}) for t, top in zip(j["tokens"], j["top_logprobs"])]
+    return ck.generate_top(cmd, ENV)
 
 
 def check_model(label, model, prompt, layouts):

@@ -11,7 +11,6 @@ bed is taken down at the end, also on failure, and `down` must leave no
 namespace behind.  Skipped, with the reason printed, only where network
 namespaces cannot be created (not root, or no `ip`).
 """
-import json
 import os
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
-from harness import Checker, parse_args, SANITIZER_MARKS  # noqa: E402
+from harness import Checker, parse_args  # noqa: E402
 from logprob_compare import compare_steps  # noqa: E402
 from mpi import mpi_available, mpi_env  # noqa: E402
 
@@ -72,18 +71,7 @@ def generate(extra, mpi=True):
               [args.bin] + cmd
     else:
         cmd = [args.bin] + cmd
-    try:
-        p = subprocess.run(cmd, capture_output=True, timeout=300, env=ENV)
-    except subprocess.TimeoutExpired:
-        ck.check(False, f"timed out: {cmd}")
-        return None
-    err = p.stderr.decode("utf-8", "replace")
-    ck.check(not any(m in err for m in SANITIZER_MARKS), f"sanitizer report: {cmd}\n{err[-3000:]}")
-    if not ck.check(p.returncode == 0, f"{cmd}: exit {p.returncode}\n{err[-2000:]}"):
-        return None
-    line = [l for l in p.stdout.decode().splitlines() if l.startswith("{")][-1]
-    j = json.loads(line)
-    return [(t, {x["id"]: x["logprob"] for x in top}) for t, top in zip(j["tokens"], j["top_logprobs"])]
+    return ck.generate_top(cmd, ENV)
 
 
 def iface_bytes(host):

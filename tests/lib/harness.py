@@ -6,6 +6,7 @@ and exits non-zero if any check failed.  A process killed by a signal, or one
 whose stderr carries a sanitizer report, is always a failure.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,25 @@ class Checker:
         self.check(not any(m in err for m in SANITIZER_MARKS),
                    f"sanitizer report: {args}\n{err[-3000:]}")
         return p.returncode, p.stdout, err
+
+    def generate_top(self, cmd, env=None, timeout=300):
+        """Runs a whole `generate --json --logprobs K` command line (cmd[0] the
+        program, e.g. mpirun); returns [(token, {id: logprob} of its top K)]
+        per step, or None after a failed check."""
+        try:
+            p = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            self.check(False, f"timed out: {cmd}")
+            return None
+        err = p.stderr.decode("utf-8", "replace")
+        self.check(not any(m in err for m in SANITIZER_MARKS),
+                   f"sanitizer report: {cmd}\n{err[-3000:]}")
+        if not self.check(p.returncode == 0, f"{cmd}: exit {p.returncode}\n{err[-2000:]}"):
+            return None
+        line = [l for l in p.stdout.decode().splitlines() if l.startswith("{")][-1]
+        j = json.loads(line)
+        return [(t, {x["id"]: x["logprob"] for x in top})
+                for t, top in zip(j["tokens"], j["top_logprobs"])]
 
     def finish(self):
         total = self.passed + len(self.failures)
