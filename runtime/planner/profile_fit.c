@@ -23,12 +23,21 @@ ss_step_shape ss_held_probe_shape(const ss_held_probe *h) {
                          .attended = L * S + L * (L + 1) / 2, .kv_read = S + L};
 }
 
-/* The fitted model's time for a step of this shape, in ms. */
-static double model_ms(const ss_plan_model *pm, const ss_hw_profile *hw, int n_tokens,
-                       int n_logits, double attended, double kv_read) {
+/* The fitted model's figures for a step of this shape, in ms: its compute (the
+ * part fitted to the probes' compute: weights, matmuls, attention) and its
+ * whole step (plus the step overhead, sampling and the priced collectives,
+ * what a measured wall time is compared with). */
+typedef struct model_fig {
+  double compute_ms, total_ms;
+} model_fig;
+
+static model_fig model_ms(const ss_plan_model *pm, const ss_hw_profile *hw, int n_tokens,
+                          int n_logits, double attended, double kv_read) {
   const ss_step_shape sh = {.n_tokens = n_tokens, .n_logits = n_logits, .attended = attended,
                             .kv_read = kv_read};
-  return ss_cost_step(pm, hw, &sh).total_s * 1e3;
+  const ss_step_cost c = ss_cost_step(pm, hw, &sh);
+  return (model_fig){.compute_ms = (c.total_s - c.overhead_s - c.comm_s) * 1e3,
+                     .total_ms = c.total_s * 1e3};
 }
 
 void ss_profile_fit(const ss_plan_model *pm, const ss_probe_set *ps, ss_hw_profile *hw,
@@ -135,22 +144,27 @@ void ss_profile_fit(const ss_plan_model *pm, const ss_probe_set *ps, ss_hw_profi
     hw->inter_bw = hw->link_bw;
     hw->inter_lat = hw->link_lat;
   }
-  /* How well the fitted model explains each probe's wall time. */
+  /* How well the fitted model explains each probe. */
+  const model_fig f1023 = model_ms(pm, hw, 1, 1, SS_PROBE_LONG, SS_PROBE_LONG);
+  const model_fig f256 = model_ms(pm, hw, 256, 1, pair_c, 256);
+  const model_fig f64 = model_ms(pm, hw, 64, 1, 64.0 * 65 / 2, 64);
+  const model_fig f64b = model_ms(pm, hw, 64, 1, pair_c64b, 256);
   int at = snprintf(comment, cap,
-                    "probes, ms (median wall / compute of the slowest rank / model): "
-                    "batch1@1023 %.3f/%.3f/%.3f, prefill256 %.3f/%.3f/%.3f, "
-                    "prefill64 %.3f/%.3f/%.3f, prefill64@192 %.3f/%.3f/%.3f",
-                    ps->dec1023.wall * 1e3, ps->dec1023.compute * 1e3,
-                    model_ms(pm, hw, 1, 1, SS_PROBE_LONG, SS_PROBE_LONG), ps->pre256.wall * 1e3,
-                    ps->pre256.compute * 1e3, model_ms(pm, hw, 256, 1, pair_c, 256),
-                    ps->pre64.wall * 1e3, ps->pre64.compute * 1e3,
-                    model_ms(pm, hw, 64, 1, 64.0 * 65 / 2, 64), ps->pre64_192.wall * 1e3,
-                    ps->pre64_192.compute * 1e3, model_ms(pm, hw, 64, 1, pair_c64b, 256));
+                    "probes, ms (median wall / compute of the slowest rank / model compute / "
+                    "model step): batch1@1023 %.3f/%.3f/%.3f/%.3f, "
+                    "prefill256 %.3f/%.3f/%.3f/%.3f, prefill64 %.3f/%.3f/%.3f/%.3f, "
+                    "prefill64@192 %.3f/%.3f/%.3f/%.3f",
+                    ps->dec1023.wall * 1e3, ps->dec1023.compute * 1e3, f1023.compute_ms,
+                    f1023.total_ms, ps->pre256.wall * 1e3, ps->pre256.compute * 1e3,
+                    f256.compute_ms, f256.total_ms, ps->pre64.wall * 1e3,
+                    ps->pre64.compute * 1e3, f64.compute_ms, f64.total_ms,
+                    ps->pre64_192.wall * 1e3, ps->pre64_192.compute * 1e3, f64b.compute_ms,
+                    f64b.total_ms);
   for (int i = 0; i < SS_PROBE_N_DEC && at > 0 && (size_t)at < cap; i++) {
     const int nb = ss_probe_decode_batch[i];
-    at += snprintf(comment + at, cap - (size_t)at, ", decode%d %.3f/%.3f/%.3f", nb,
-                   ps->dec[i].wall * 1e3, ps->dec[i].compute * 1e3,
-                   model_ms(pm, hw, nb, nb, nb * 17.0, nb * 17.0));
+    const model_fig f = model_ms(pm, hw, nb, nb, nb * 17.0, nb * 17.0);
+    at += snprintf(comment + at, cap - (size_t)at, ", decode%d %.3f/%.3f/%.3f/%.3f", nb,
+                   ps->dec[i].wall * 1e3, ps->dec[i].compute * 1e3, f.compute_ms, f.total_ms);
   }
   if (at > 0 && (size_t)at < cap)
     at += snprintf(comment + at, cap - (size_t)at,
