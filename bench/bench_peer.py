@@ -1,9 +1,12 @@
 """shardserve against llama.cpp, side by side in one run, on the same file.
 
-  - prefill (a 512-token prompt) and decode (128 greedy tokens at batch 1) at
-    1 and 2 threads: ours from `generate`'s stats line, llama.cpp's from
-    `llama-bench -p 512 -n 128 -r 1 -o json`; runs alternate engine by engine;
-    once per kernel variant of ours (SS_CPU_ISA) given by --isas;
+  - prefill (a 512-token prompt) and decode (128 greedy tokens at batch 1,
+    after that prompt: positions 512..639) at 1 and 2 threads: ours from
+    `generate`'s stats line, llama.cpp's from `llama-bench -p 512 -n 128 -d
+    0,512 -r 1 -o json` (prefill at depth 0, decode at depth 512, the same
+    positions as ours); runs alternate engine by engine; once per kernel
+    variant of ours (SS_CPU_ISA) given by --isas and per activation path
+    (--activations exact,q8: the exact path and the opt-in 8-bit one);
   - serving: 32 concurrent streams x 64 output tokens (32-token prompts, greedy,
     ignore_eos, /v1/completions) against `shardserve serve --threads T` and
     `llama-server -np 32 -t T`, output tokens / wall time;
@@ -38,6 +41,8 @@ ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
 ap.add_argument("--llama-bin", required=True, help="folder with llama-bench and llama-server")
 ap.add_argument("--isas", default="", help="our kernel variants to run (default: the best)")
 ap.add_argument("--threads", default="1,2")
+ap.add_argument("--activations", default="exact",
+                help="our activation paths, comma-separated: exact (default), q8")
 ap.add_argument("--runs", type=int, default=5)
 ap.add_argument("--streams", type=int, default=32)
 ap.add_argument("--max-tokens", type=int, default=64)
@@ -55,9 +60,11 @@ def med(v):
     return f"{statistics.median(v):.1f} [{min(v):.1f}, {max(v):.1f}]"
 
 
-def ours_gen(threads, isa, tp=1):
+def ours_gen(threads, isa, tp=1, act="exact"):
     cmd = [a.bin, "generate", "--model", a.model, "--prompt-ids", ",".join(map(str, PROMPT)),
            "-n", "129", "--temp", "0", "--ignore-eos", "--threads", str(threads)]
+    if act != "exact":
+        cmd += ["--activations", act]
     if tp > 1:
         cmd = [a.bin, "launch", "--tp", str(tp), "--"] + cmd[1:]
     env = dict(os.environ, SS_CPU_ISA=isa, OMPI_ALLOW_RUN_AS_ROOT="1",
@@ -70,36 +77,45 @@ def ours_gen(threads, isa, tp=1):
 
 def llama_gen(threads):
     p = subprocess.run([os.path.join(a.llama_bin, "llama-bench"), "-m", a.model, "-p", "512",
-                        "-n", "128", "-r", "1", "-t", str(threads), "-o", "json"],
+                        "-n", "128", "-d", "0,512", "-r", "1", "-t", str(threads), "-o", "json"],
                        capture_output=True, text=True, check=True)
     pp = tg = None
     for r in json.loads(p.stdout):
-        if r["n_prompt"] == 512 and r["n_gen"] == 0:
+        if r["n_prompt"] == 512 and r["n_gen"] == 0 and r.get("n_depth", 0) == 0:
             pp = r["avg_ts"]
-        if r["n_gen"] == 128 and r["n_prompt"] == 0:
+        if r["n_gen"] == 128 and r["n_prompt"] == 0 and r.get("n_depth") == 512:
             tg = r["avg_ts"]
+    assert pp is not None and tg is not None, p.stdout[-800:]
     return pp, tg
 
 
 def gen_table(isa):
-    print(f"\n### prefill 512 / decode 128 at batch 1, kernels {isa}\n")
+    acts = a.activations.split(",")
+    print(f"\n### prefill 512 / decode 128 (positions 512..639) at batch 1, kernels {isa}\n")
     print("| threads | engine | prefill tok/s median [min, max] | decode tok/s median [min, max] |")
     print("|---|---|---|---|")
     for t in (int(x) for x in a.threads.split(",")):
-        ours_gen(t, isa)  # warm-up (page cache, frequency)
+        for act in acts:
+            ours_gen(t, isa, act=act)  # warm-up (page cache, frequency)
         llama_gen(t)
-        op, od, lp, ld = [], [], [], []
+        op = {act: [] for act in acts}
+        od = {act: [] for act in acts}
+        lp, ld = [], []
         for _ in range(a.runs):
-            p, d = ours_gen(t, isa)
-            op.append(p), od.append(d)
+            for act in acts:
+                p, d = ours_gen(t, isa, act=act)
+                op[act].append(p), od[act].append(d)
             p, d = llama_gen(t)
             lp.append(p), ld.append(d)
-            print(f"  threads {t}: ours {op[-1]:.1f}/{od[-1]:.1f}, llama.cpp {lp[-1]:.1f}/{ld[-1]:.1f}",
+            ours = ", ".join(f"{act} {op[act][-1]:.1f}/{od[act][-1]:.1f}" for act in acts)
+            print(f"  threads {t}: ours {ours}, llama.cpp {lp[-1]:.1f}/{ld[-1]:.1f}",
                   file=sys.stderr, flush=True)
-        print(f"| {t} | shardserve ({isa}) | {med(op)} | {med(od)} |")
         print(f"| {t} | llama.cpp | {med(lp)} | {med(ld)} |")
-        print(f"| {t} | **ratio** | **{statistics.median(op) / statistics.median(lp):.2f}x** | "
-              f"**{statistics.median(od) / statistics.median(ld):.2f}x** |", flush=True)
+        for act in acts:
+            name = f"shardserve ({isa}{', --activations ' + act if act != 'exact' else ''})"
+            print(f"| {t} | {name} | {med(op[act])} | {med(od[act])} |")
+            print(f"| {t} | **ratio** | **{statistics.median(op[act]) / statistics.median(lp):.2f}x** | "
+                  f"**{statistics.median(od[act]) / statistics.median(ld):.2f}x** |", flush=True)
 
 
 SERVE_PROMPTS = [[rnd.randrange(100, 40000) for _ in range(32)] for _ in range(256)]
@@ -171,28 +187,41 @@ def llama_server(threads):
 
 def serve_table(isa):
     t = max(int(x) for x in a.threads.split(","))
+    acts = a.activations.split(",")
     print(f"\n### serving: {a.streams} concurrent streams x {a.max_tokens} tokens, {t} threads, "
           f"kernels {isa}\n")
     os.environ["SS_CPU_ISA"] = isa
-    srv = Server(a.bin, a.model, extra=["--threads", str(t), "--max-num-seqs", str(a.streams)])
     lproc, lport = llama_server(t)
-    ours, peer = [], []
+    ours, peer = {}, []
     try:
-        serve_once(srv.port, 0), serve_once(lport, 0)  # warm-up
-        for r in range(a.serve_runs):
-            ours.append(serve_once(srv.port, 32 * (r + 1)))
-            peer.append(serve_once(lport, 32 * (r + 1)))
-            print(f"  serve: ours {ours[-1]:.1f}, llama-server {peer[-1]:.1f}", file=sys.stderr,
-                  flush=True)
+        serve_once(lport, 0)  # warm-up
+        for act in acts:
+            extra = ["--threads", str(t), "--max-num-seqs", str(a.streams)]
+            if act != "exact":
+                extra += ["--activations", act]
+            srv = Server(a.bin, a.model, extra=extra)
+            ours[act] = []
+            try:
+                serve_once(srv.port, 0)  # warm-up
+                for r in range(a.serve_runs):
+                    ours[act].append(serve_once(srv.port, 32 * (r + 1)))
+                    if act == acts[0]:
+                        peer.append(serve_once(lport, 32 * (r + 1)))
+                    print(f"  serve: ours ({act}) {ours[act][-1]:.1f}, llama-server {peer[-1]:.1f}",
+                          file=sys.stderr, flush=True)
+            finally:
+                srv.stop()
     finally:
-        srv.stop()
         lproc.send_signal(signal.SIGINT)
         lproc.wait(30)
     print("| engine | output tok/s median [min, max] |")
     print("|---|---|")
-    print(f"| shardserve serve ({isa}) | {med(ours)} |")
     print(f"| llama-server -np {a.streams} | {med(peer)} |")
-    print(f"| **ratio** | **{statistics.median(ours) / statistics.median(peer):.2f}x** |", flush=True)
+    for act in acts:
+        name = f"shardserve serve ({isa}{', --activations ' + act if act != 'exact' else ''})"
+        print(f"| {name} | {med(ours[act])} |")
+        print(f"| **ratio** | **{statistics.median(ours[act]) / statistics.median(peer):.2f}x** |",
+              flush=True)
 
 
 def tp_table(isa):

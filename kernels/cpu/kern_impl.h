@@ -294,10 +294,15 @@ static void k_row_dot(ss_dtype type, const uint8_t *row, int64_t cols, const flo
 /* ---- opt-in: 8-bit activations (--activations q8) ----------------------------
  * x is quantized per 32-element block (ss_cpu_quantize_q8: qx, its scale dx and
  * sum sx); for Q4_0, Q4_1 and Q8_0 weights each block's integer dot product is
- * exact, so SIMD may sum it in any order; the float part is scalar in a fixed
- * order, the same in every variant:
- *   v = (dw * dx) * (float)isum      (+ (mw * dx) * (float)sx for Q4_1)
- *   acc[b & 1] += v;  y = acc0 + acc1
+ * exact, so SIMD may sum it in any order; the float part is fixed, the same in
+ * every variant:
+ *   v_b = (dw * dx) * (float)isum      (+ (mw * dx) * (float)sx for Q4_1)
+ *   acc[b & 7] += v_b  in block order, from acc = 0 (eight lanes: block b of a
+ *                      row goes to lane b mod 8, so a vector of 8 lanes adds
+ *                      eight blocks at once); when the row's block count is not
+ *                      a multiple of 8, lanes past its last block add +0.0f
+ *                      once (a vector's padded lanes)
+ *   y = ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7))
  * isum: Q8_0 sum qw*qx; Q4_0 sum (n - 8)*qx; Q4_1 sum n*qx (n the nibble). */
 
 #ifndef KERN_HAVE_ROWQ8
@@ -322,15 +327,17 @@ static void k_row_dot_q8(ss_dtype type, const uint8_t *row, int64_t cols, const 
     const int8_t *qt = qx + t * ldq;
     const float *dt = dx + t * (ldq / 32);
     const int32_t *st = sx + t * (ldq / 32);
-    float acc[2] = {0.0f, 0.0f};
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t b = 0; b < nblk; b++) {
       const uint8_t *blk = row + b * bnb;
       const int32_t isum = type == SS_DTYPE_Q8_0
                                ? idot_q8((const int8_t *)blk + 2, qt + 32 * b)
                                : idot_q4(blk + (type == SS_DTYPE_Q4_1 ? 4 : 2), qt + 32 * b);
-      acc[b & 1] += ssq_q8_block_value(type, blk, dt[b], isum, st[b]);
+      acc[b & 7] += ssq_q8_block_value(type, blk, dt[b], isum, st[b]);
     }
-    y[t * ldy] = acc[0] + acc[1];
+    if (nblk & 7)
+      for (int l = (int)(nblk & 7); l < 8; l++) acc[l] += 0.0f;
+    y[t * ldy] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
   }
 }
 #endif

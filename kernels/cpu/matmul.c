@@ -84,15 +84,29 @@ static void mm_worker(void *arg, int ith, int nth) {
 /* Per 32-element block: d = max|x| / 127, q = round(x / d) (as ggml's Q8_0
  * reference quantizer), and the block's sum of q.  Scalar, in element order:
  * the same on every CPU. */
+/* roundf (halves away from zero) for |v| <= 128, without a libm call: the
+ * truncation and the remainder v - trunc(v) are exact.  NaN (a non-finite
+ * activation) gives 0. */
+static inline int8_t round_q8(float v) {
+  if (!(v == v)) return 0;
+  int32_t i = (int32_t)v;
+  const float r = v - (float)i;
+  i += (r >= 0.5f) - (r <= -0.5f);
+  return (int8_t)i;
+}
+
 static void quantize_q8(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s) {
   for (int64_t b = 0; b < cols / 32; b++) {
     const float *xb = x + 32 * b;
     float amax = 0.0f;
-    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(xb[j]));
+    for (int j = 0; j < 32; j++) {
+      const float a = fabsf(xb[j]);
+      amax = a > amax ? a : amax; /* as fmaxf: a NaN is passed over */
+    }
     const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
     int32_t sum = 0;
     for (int j = 0; j < 32; j++) {
-      q[32 * b + j] = (int8_t)roundf(xb[j] * id);
+      q[32 * b + j] = round_q8(xb[j] * id);
       sum += q[32 * b + j];
     }
     d[b] = db;
