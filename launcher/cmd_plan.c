@@ -61,6 +61,14 @@ static void usage(FILE *f) {
           "  Workload (simulated through the server's own scheduler; names as in loadgen):\n"
           "      --request-rate R --burstiness B --max-concurrency C --num-prompts N\n"
           "      --random-input-len N --random-output-len N --random-range-ratio R --seed S\n"
+          "      --dataset-name random|prefix_repetition   prefix_repetition: as loadgen's,\n"
+          "                       --prefix-repetition-num-prefixes N (10) prefixes of\n"
+          "                       --prefix-repetition-prefix-len P (256) tokens, each shared by\n"
+          "                       --num-prompts / N requests adding a unique suffix of\n"
+          "                       --prefix-repetition-suffix-len S (256) and generating\n"
+          "                       --prefix-repetition-output-len K (128); the server's prefix\n"
+          "                       cache is simulated (hit rate in the output)\n"
+          "      --no-prefix-caching  simulate a server started with it\n"
           "      --goodput ttft:MS tpot:MS e2el:MS   SLOs (several allowed)\n"
           "      --max-rate       also search the highest rate at which 99%% of requests\n"
           "                       meet the SLOs\n"
@@ -354,12 +362,15 @@ int ss_cmd_plan(int argc, char **argv) {
   bool json = false, replicate = false;
   enum { O_TP = 256, O_PP, O_PPL, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE, O_HW, O_NODES, O_SEQS, O_TOKENS,
          O_BLOCKS, O_KVMEM, O_RATE, O_BURST, O_CONC, O_NUM, O_IN, O_OUT, O_RATIO, O_SEED,
-         O_GOODPUT, O_MAXRATE, O_STEPLOG, O_CALIB, O_SAVEHW, O_PERREQ, O_STEPCOST };
+         O_GOODPUT, O_MAXRATE, O_STEPLOG, O_CALIB, O_SAVEHW, O_PERREQ, O_STEPCOST, O_DATASET,
+         O_PRE_LEN, O_SUF_LEN, O_PRE_NUM, O_PRE_OUT, O_NOPC };
   ss_plan_capacity_opts co = {.sched = {.max_num_seqs = 64, .max_batched_tokens = 512,
-                                        .block_size = 16},
+                                        .block_size = 16, .prefix_caching = true},
                               .w = {.burstiness = 1.0, .n_requests = 200, .input_len = 512,
                                     .output_len = 128}};
-  bool workload = false;
+  bool workload = false, prefixed = false;
+  /* prefix_repetition's lengths, as loadgen's defaults */
+  int64_t pre_len = 256, suf_len = 256, pre_num = 10, pre_out = 128;
   int64_t iv = 0, kv_blocks = 0;
   double dv = 0, kv_mem = 0;
   static const struct option opts[] = {
@@ -384,6 +395,12 @@ int ss_cmd_plan(int argc, char **argv) {
       {"save-hardware", required_argument, 0, O_SAVEHW},
       {"per-request", no_argument, 0, O_PERREQ},
       {"step-cost", required_argument, 0, O_STEPCOST},
+      {"dataset-name", required_argument, 0, O_DATASET},
+      {"prefix-repetition-prefix-len", required_argument, 0, O_PRE_LEN},
+      {"prefix-repetition-suffix-len", required_argument, 0, O_SUF_LEN},
+      {"prefix-repetition-num-prefixes", required_argument, 0, O_PRE_NUM},
+      {"prefix-repetition-output-len", required_argument, 0, O_PRE_OUT},
+      {"no-prefix-caching", no_argument, 0, O_NOPC},
       {"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
   };
   optind = 1;
@@ -476,6 +493,33 @@ int ss_cmd_plan(int argc, char **argv) {
     case O_CALIB: co.calibrate = true; break;
     case O_SAVEHW: co.save_hardware = optarg; break;
     case O_PERREQ: co.w.per_request = true; break;
+    case O_DATASET:
+      workload = true;
+      if (strcmp(optarg, "prefix_repetition") == 0) prefixed = true;
+      else if (strcmp(optarg, "random") == 0) prefixed = false;
+      else {
+        fprintf(stderr, "%s: --dataset-name %s: the planner simulates random or "
+                "prefix_repetition\n", k_cmd, optarg);
+        return SS_EXIT_USAGE;
+      }
+      break;
+    case O_PRE_LEN:
+      if (!ss_cli_parse_int(k_cmd, "--prefix-repetition-prefix-len", optarg, 1, 1 << 23, &pre_len))
+        return SS_EXIT_USAGE;
+      break;
+    case O_SUF_LEN:
+      if (!ss_cli_parse_int(k_cmd, "--prefix-repetition-suffix-len", optarg, 1, 1 << 23, &suf_len))
+        return SS_EXIT_USAGE;
+      break;
+    case O_PRE_NUM:
+      if (!ss_cli_parse_int(k_cmd, "--prefix-repetition-num-prefixes", optarg, 1, 1000000, &pre_num))
+        return SS_EXIT_USAGE;
+      break;
+    case O_PRE_OUT:
+      if (!ss_cli_parse_int(k_cmd, "--prefix-repetition-output-len", optarg, 1, 1 << 24, &pre_out))
+        return SS_EXIT_USAGE;
+      break;
+    case O_NOPC: co.sched.prefix_caching = false; break;
     case O_STEPCOST:
       if (!parse_step_cost(optarg, &co)) return SS_EXIT_USAGE;
       break;
@@ -502,6 +546,20 @@ int ss_cmd_plan(int argc, char **argv) {
                         "or a profile written by `shardserve profile`)");
   if (kv_blocks && kv_mem > 0) return ss_cli_usage(k_cmd, "give --kv-blocks or --kv-mem, not both");
   co.simulate = workload;
+  if (prefixed) {
+    if (co.w.n_requests < pre_num)
+      return ss_cli_usage(k_cmd, "--num-prompts %d cannot share %lld prefixes: need at least one "
+                          "request per prefix", co.w.n_requests, (long long)pre_num);
+    if (pre_len + suf_len > (1 << 24))
+      return ss_cli_usage(k_cmd, "prefix + suffix length %lld is above %d",
+                          (long long)(pre_len + suf_len), 1 << 24);
+    /* As loadgen: num_prompts / prefixes requests per prefix. */
+    co.w.n_requests = (int32_t)(co.w.n_requests / pre_num * pre_num);
+    co.w.num_prefixes = (int32_t)pre_num;
+    co.w.prefix_len = (int32_t)pre_len;
+    co.w.suffix_len = (int32_t)suf_len;
+    co.w.output_len = (int32_t)pre_out;
+  }
   if (ep > 1 && ep != tp)
     return ss_cli_usage(k_cmd, "--ep %lld must equal --tp %lld: experts are spread over the same "
                         "ranks as the attention heads", (long long)ep, (long long)tp);

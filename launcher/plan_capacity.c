@@ -326,6 +326,16 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_ca
     json_object_set_new(s, "steps", json_integer((json_int_t)r.steps));
     json_object_set_new(s, "preemptions", json_integer((json_int_t)r.preemptions));
     json_object_set_new(s, "mean_batch_tokens", json_real(r.mean_batch_tokens));
+    json_object_set_new(s, "dataset", json_string(o->w.num_prefixes > 0 ? "prefix_repetition"
+                                                                         : "random"));
+    json_object_set_new(s, "prefix_caching", json_boolean(sp.prefix_caching));
+    /* Prompt tokens looked up in the prefix cache and found there (as the
+     * server's /metrics counts them at first admission and readmission). */
+    json_object_set_new(s, "prefix_cache_queries", json_integer((json_int_t)r.prefix_queried));
+    json_object_set_new(s, "prefix_cache_hits", json_integer((json_int_t)r.prefix_hit));
+    json_object_set_new(s, "prefix_cache_hit_rate",
+                        json_real(r.prefix_queried ? (double)r.prefix_hit / (double)r.prefix_queried
+                                                   : 0.0));
     if (r.req) {
       /* Per request, in arrival order, as loadgen's --save-result names them. */
       json_t *st = json_array(), *tt = json_array(), *lat = json_array(), *il = json_array(),
@@ -402,6 +412,10 @@ void ss_plan_capacity_print(json_t *o) {
            "req/s\n", (long long)json_integer_value(json_object_get(s, "completed")),
            jnum(s, "duration"), jnum(s, "request_throughput"), jnum(s, "output_throughput"),
            jnum(s, "request_goodput"));
+    if (json_integer_value(json_object_get(s, "prefix_cache_queries")) > 0)
+      printf("  prefix cache: %.1f%% of %lld prompt tokens looked up were found\n",
+             100 * jnum(s, "prefix_cache_hit_rate"),
+             (long long)json_integer_value(json_object_get(s, "prefix_cache_queries")));
     const char *m[] = {"ttft", "tpot", "itl", "e2el"};
     printf("  (ms)        mean   median      p90      p99\n");
     for (int k = 0; k < 4; k++) {

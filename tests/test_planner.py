@@ -238,6 +238,37 @@ for f_ in (log1, log2, saved, bad_log):
     if os.path.exists(f_):
         os.unlink(f_)
 
+# prefix_repetition through the scheduler's prefix cache.  One request at a
+# time (closed loop, concurrency 1), so every request after the first of its
+# prefix finds that prefix's full blocks computed: the hit count is known
+# without the simulator -- (per prefix - 1) x prefixes x the prefix's whole
+# 16-token blocks -- and the lookups are every prompt token once.
+P, S, NPRE, PER = 200, 24, 3, 4
+pre = ["--model", args.model, "--tp", "1", "--hardware", prof, "--dataset-name", "prefix_repetition",
+       "--num-prompts", str(NPRE * PER + 2), "--prefix-repetition-num-prefixes", str(NPRE),
+       "--prefix-repetition-prefix-len", str(P), "--prefix-repetition-suffix-len", str(S),
+       "--prefix-repetition-output-len", "4", "--max-concurrency", "1"]
+on, off = plan(*pre), plan(*pre, "--no-prefix-caching")
+if on and off:
+    s_on, s_off = on["simulation"], off["simulation"]
+    want_hits = (PER - 1) * NPRE * (P // 16 * 16)
+    ck.check(s_on["completed"] == NPRE * PER and s_on["total_input_tokens"] == NPRE * PER * (P + S),
+             f"prefix_repetition: {s_on['completed']} requests, {s_on['total_input_tokens']} prompt "
+             f"tokens (want {NPRE * PER} of {P + S}: --num-prompts rounds down to a multiple)")
+    ck.check(s_on["prefix_cache_hits"] == want_hits and
+             s_on["prefix_cache_queries"] == NPRE * PER * (P + S),
+             f"prefix cache: {s_on['prefix_cache_hits']} of {s_on['prefix_cache_queries']} found, "
+             f"want {want_hits} of {NPRE * PER * (P + S)}")
+    ck.check(s_off["prefix_cache_hits"] == 0 and s_off["prefix_caching"] is False,
+             f"--no-prefix-caching: {s_off['prefix_cache_hits']} hits")
+    ck.check(s_on["median_ttft_ms"] < s_off["median_ttft_ms"],
+             f"cached prefixes lower the median TTFT: {s_on['median_ttft_ms']} vs "
+             f"{s_off['median_ttft_ms']} ms")
+rc, out, err = ck.run(args.bin, ["plan", *pre[:-6], "--num-prompts", "2", "--max-concurrency", "1"])
+ck.check(rc == 2 and "prefixes" in err, f"fewer requests than prefixes: {rc} {err!r}")
+rc, out, err = ck.run(args.bin, ["plan", *pre, "--dataset-name", "sharegpt"])
+ck.check(rc == 2 and "--dataset-name" in err, f"--dataset-name sharegpt: {rc} {err!r}")
+
 # Bad input: each a clear message, exit 1 or 2.
 for flags, code, needle in [
     (["--model", "configs/models/nope.json", "--tp", "8"], 1, "nope.json"),

@@ -134,18 +134,36 @@ typedef struct sim_req {
   ss_sched_seq seq;
   double arrival, first, last;
   int32_t in_len, out_len, generated;
+  int32_t *tokens; /* prefix_repetition: prompt and output ids (else NULL) */
 } sim_req;
+
+/* A token id of the simulated prefix_repetition workload: only equality
+ * matters (the prefix cache compares blocks' tokens), so ids are 31-bit hashes
+ * of (kind, group or request, position); a chance match of a whole block of
+ * them is negligible. */
+static int32_t sim_token(uint64_t seed, uint64_t kind, uint64_t who, uint64_t pos) {
+  uint64_t x = seed ^ (kind << 62) ^ (who << 24) ^ pos;
+  return (int32_t)(ss_xrng_splitmix64(&x) & 0x7fffffff);
+}
 
 int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_params *sp,
                 const ss_sim_workload *w, ss_sim_result *out) {
   memset(out, 0, sizeof *out);
   if (w->n_requests < 1 || w->n_requests > 10000000)
     return ss_error(SS_ERR_RANGE, "--num-prompts %d is outside 1..10000000", w->n_requests);
-  if (w->input_len < 1 || w->output_len < 1)
+  if ((w->num_prefixes <= 0 && w->input_len < 1) || w->output_len < 1)
     return ss_error(SS_ERR_RANGE, "input and output lengths must be at least 1 (got %d, %d)",
                     w->input_len, w->output_len);
   if (!(w->range_ratio >= 0 && w->range_ratio < 1))
     return ss_error(SS_ERR_RANGE, "--random-range-ratio %g is outside [0, 1)", w->range_ratio);
+  const bool prefixed = w->num_prefixes > 0;
+  if (prefixed && (w->prefix_len < 1 || w->suffix_len < 1 ||
+                   w->n_requests % w->num_prefixes != 0 ||
+                   (int64_t)w->prefix_len + w->suffix_len > (1 << 24)))
+    return ss_error(SS_ERR_RANGE, "prefix_repetition: %d prefixes of %d tokens, suffixes of %d, "
+                    "%d requests: lengths must be >= 1 (prefix + suffix <= %d) and the requests "
+                    "a multiple of the prefixes", w->num_prefixes, w->prefix_len, w->suffix_len,
+                    w->n_requests, 1 << 24);
   if (!(w->rate >= 0) || !(w->burstiness > 0))
     return ss_error(SS_ERR_RANGE, "the request rate must be >= 0 and the burstiness > 0 "
                     "(got %g, %g)", w->rate, w->burstiness);
@@ -158,6 +176,7 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
   double *e2e = malloc((size_t)N * sizeof *e2e);
   int64_t itl_cap = 0;
   double *arrivals = NULL;
+  int32_t *group = NULL; /* prefix_repetition: each request's prefix */
   ss_xrng rng;
   ss_xrng_seed(&rng, w->seed, LENGTH_SALT);
   if (w->per_request) out->req = calloc((size_t)N, sizeof *out->req);
@@ -175,10 +194,38 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
     if ((rc = ss_arrivals_build(&ap, &arrivals, &n_arr))) goto done;
     SS_ASSERT(n_arr == (size_t)N);
   }
+  /* prefix_repetition: request i's prefix, a seeded shuffle of per-prefix runs. */
+  if (prefixed) {
+    if (!(group = malloc((size_t)N * sizeof *group))) {
+      rc = ss_error(SS_ERR_NOMEM, "simulation: out of memory for %d requests", N);
+      goto done;
+    }
+    for (int32_t i = 0; i < N; i++) group[i] = i / (N / w->num_prefixes);
+    for (int32_t i = N; i > 1; i--) {
+      const int32_t j = (int32_t)ss_xrng_range(&rng, 0, i - 1), g = group[i - 1];
+      group[i - 1] = group[j];
+      group[j] = g;
+    }
+  }
   for (int32_t i = 0; i < N; i++) {
     sim_req *q = &rq[i];
-    q->in_len = draw_len(&rng, w->input_len, w->range_ratio);
-    q->out_len = draw_len(&rng, w->output_len, w->range_ratio);
+    if (prefixed) {
+      q->in_len = w->prefix_len + w->suffix_len;
+      q->out_len = w->output_len;
+      const int64_t n = (int64_t)q->in_len + q->out_len;
+      if (!(q->tokens = malloc((size_t)n * sizeof *q->tokens))) {
+        rc = ss_error(SS_ERR_NOMEM, "simulation: out of memory for request %d's tokens", i);
+        goto done;
+      }
+      for (int64_t j = 0; j < n; j++)
+        q->tokens[j] = j < w->prefix_len
+                           ? sim_token(w->seed, 1, (uint64_t)group[i], (uint64_t)j)
+                           : sim_token(w->seed, 2, (uint64_t)i, (uint64_t)j);
+      q->seq.tokens = q->tokens;
+    } else {
+      q->in_len = draw_len(&rng, w->input_len, w->range_ratio);
+      q->out_len = draw_len(&rng, w->output_len, w->range_ratio);
+    }
     itl_cap += q->out_len;
     q->arrival = closed ? 0 : arrivals[i];
     q->seq.id = i;
@@ -276,13 +323,16 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
   out->itl = dist_of(itl, n_itl);
   out->steps = steps;
   out->preemptions = sched.n_preemptions;
+  out->prefix_queried = sched.n_queried;
+  out->prefix_hit = sched.n_hit;
   out->mean_batch_tokens = steps ? batch_tokens / (double)steps : 0;
   free(itl);
   rc = SS_OK;
 done:
   if (rq)
-    for (int32_t i = 0; i < N; i++) free(rq[i].seq.blocks);
+    for (int32_t i = 0; i < N; i++) free(rq[i].seq.blocks), free(rq[i].tokens);
   free(rq);
+  free(group);
   free(arrivals);
   free(ttft);
   free(tpot);

@@ -122,6 +122,14 @@ typedef struct ss_sim_workload {
   uint64_t seed;
   double slo_ttft_s, slo_tpot_s, slo_e2e_s; /* 0: no limit */
   bool per_request;     /* keep each request's figures (ss_sim_result.req) */
+  /* prefix_repetition (loadgen's workload of that name) when num_prefixes > 0:
+   * num_prefixes prompts' prefixes of prefix_len tokens, each shared by
+   * n_requests / num_prefixes requests (n_requests a multiple of it) that add
+   * a unique suffix of suffix_len tokens and generate output_len; the order is
+   * a seeded shuffle.  The requests carry token ids, so the scheduler's prefix
+   * cache (ss_sched_params.prefix_caching) finds the shared blocks as the
+   * server's would.  input_len and range_ratio are then unused. */
+  int32_t num_prefixes, prefix_len, suffix_len;
 } ss_sim_workload;
 
 /* One simulated request, as a load generator would record it (seconds). */
@@ -142,6 +150,7 @@ typedef struct ss_sim_result {
   int64_t total_input_tokens, total_output_tokens;
   ss_dist ttft, tpot, itl, e2e; /* seconds */
   uint64_t steps, preemptions;
+  uint64_t prefix_queried, prefix_hit; /* prompt tokens looked up in the prefix cache, found */
   double mean_batch_tokens;
   ss_sim_request *req;       /* [n_requests] in arrival order when the workload asked for
                                 per_request (free with ss_sim_result_free), else NULL */
