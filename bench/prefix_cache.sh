@@ -7,7 +7,9 @@
 # Usage: bench/prefix_cache.sh [BUILD_DIR [MODEL]]
 #   env: REPEATS (3), PREFIXES (8), PREFIX_LEN (1000), PER_PREFIX (16),
 #        SUFFIX_LEN (32), OUTPUT_LEN (8), CONCURRENCY (8), THREADS (the server's, 2),
-#        PYTHON (.venv/bin/python)
+#        PYTHON (.venv/bin/python), MODES ("on off": which servers to run),
+#        PROFILE (a hardware profile from `shardserve profile -t THREADS`: then the
+#        planner's prediction for the same workload is printed beside each mode)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -25,7 +27,8 @@ env = lambda k, d: int(os.environ.get(k, d))
 repeats, prefixes, per = env("REPEATS", 3), env("PREFIXES", 8), env("PER_PREFIX", 16)
 tmp = tempfile.mkdtemp(prefix="ss-prefix-bench-")
 rows = []
-for caching in (True, False):
+modes = os.environ.get("MODES", "on off").split()
+for caching in [m == "on" for m in modes]:
     extra = ["--threads", os.environ.get("THREADS", "2")]
     srv = Server(binary, model, extra=extra + ([] if caching else ["--no-prefix-caching"]))
     runs = []
@@ -55,4 +58,25 @@ for name, runs in rows:
     hit = [100 * (r["prefix_cache_hit_rate"] or 0) for r in runs]
     print(f"{name:8} {cell([r['median_ttft_ms'] for r in runs], '{:.1f}'):28} "
           f"{cell([r['output_throughput'] for r in runs], '{:.1f}'):28} {cell(hit, '{:.1f}'):24}")
+profile = os.environ.get("PROFILE")
+if profile:
+    print(f"planner (plan --hardware {profile}), the same workload and seeds:")
+    for name, runs in rows:
+        sims = []
+        for k in range(len(runs)):
+            cmd = [binary, "plan", "--model", model, "--tp", "1", "--hardware", profile, "--json",
+                   "--dataset-name", "prefix_repetition", "--num-prompts", str(prefixes * per),
+                   "--prefix-repetition-num-prefixes", str(prefixes),
+                   "--prefix-repetition-prefix-len", os.environ.get("PREFIX_LEN", "1000"),
+                   "--prefix-repetition-suffix-len", os.environ.get("SUFFIX_LEN", "32"),
+                   "--prefix-repetition-output-len", os.environ.get("OUTPUT_LEN", "8"),
+                   "--max-concurrency", os.environ.get("CONCURRENCY", "8"), "--seed", str(k)]
+            if name == "off":
+                cmd.append("--no-prefix-caching")
+            sims.append(json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                                  text=True).stdout)["simulation"])
+        hit = [100 * s["prefix_cache_hit_rate"] for s in sims]
+        print(f"{name:8} {cell([s['median_ttft_ms'] for s in sims], '{:.1f}'):28} "
+              f"{cell([s['output_throughput'] for s in sims], '{:.1f}'):28} "
+              f"{cell(hit, '{:.1f}'):24}")
 PY
