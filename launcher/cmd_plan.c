@@ -37,7 +37,8 @@ static void usage(FILE *f) {
           "      --tp N           tensor-parallel degree (1..number of query heads)\n"
           "      --pp N           pipeline stages of --tp ranks each: per stage, its layers,\n"
           "                       weight bytes, KV bytes per token and the bytes it sends\n"
-          "                       to the next stage per token (no --hardware modelling yet)\n"
+          "                       to the next stage per token; with --hardware each step\n"
+          "                       runs the stages in turn plus their hand-offs\n"
           "      --pp-layers A,B  layers per stage (default: sizes differing by at most one)\n"
           "      --ep N           expert parallelism over the same N ranks: whole experts\n"
           "                       per rank (N must equal --tp); default: TP inside experts\n"
@@ -281,7 +282,7 @@ static bool parse_step_cost(const char *s, ss_plan_capacity_opts *co) {
 
 /* --pp: one plan per stage (each its own layers), as a table or JSON. */
 static int plan_stages(const ss_model *m, const ss_shard_opts *base, int pp, const int *sizes,
-                       bool json) {
+                       bool json, ss_plan_capacity_opts *co, double kv_mem) {
   const ss_model_config *c = &m->cfg;
   ss_shard_plan *ps = calloc((size_t)pp, sizeof *ps);
   if (!ps) return ss_cli_fail(k_cmd, "out of memory");
@@ -293,6 +294,16 @@ static int plan_stages(const ss_model *m, const ss_shard_opts *base, int pp, con
     int rc = ss_pp_layers(c->n_layer, pp, sizes, s, &so.layers);
     if (!rc) rc = ss_shard_plan_make(m, &so, &ps[s]);
     if (rc) code = ss_cli_usage(k_cmd, "%s", ss_error_msg());
+  }
+  json_t *cap = NULL;
+  if (code == SS_EXIT_OK && co) {
+    if (kv_mem > 0) {
+      /* --kv-mem: whole blocks of the first stage's first rank's KV, as serve's pool. */
+      const double per_block = (double)ps[0].ranks[0].kv_nbytes_per_token * co->sched.block_size;
+      co->kv_tokens = floor(kv_mem / per_block) * co->sched.block_size;
+    }
+    cap = json_object();
+    code = ss_plan_capacity(m, ps, pp, co, cap);
   }
   if (code == SS_EXIT_OK && json) {
     json_t *stages = json_array();
@@ -318,6 +329,7 @@ static int plan_stages(const ss_model *m, const ss_shard_opts *base, int pp, con
     }
     json_t *o = json_pack("{s:s,s:s,s:i,s:i,s:i,s:o}", "model", m->path, "arch", c->arch,
                           "pp", pp, "tp", base->tp, "layers", c->n_layer, "stages", stages);
+    if (o && cap) json_object_update(o, cap);
     char *txt = o ? json_dumps(o, JSON_INDENT(1)) : NULL;
     json_decref(o);
     if (!txt) code = ss_cli_fail(k_cmd, "out of memory");
@@ -348,7 +360,9 @@ static int plan_stages(const ss_model *m, const ss_shard_opts *base, int pp, con
            "residual stream, %d f32 = %llu bytes per token; the last stage's rank 0 sends "
            "rank 0 the logits, %d f32 = %llu bytes per sampled token\n", base->tp, c->dim,
            (unsigned long long)c->dim * 4, c->vocab, (unsigned long long)c->vocab * 4);
+    if (cap) ss_plan_capacity_print(cap);
   }
+  json_decref(cap);
   for (int s = 0; s < made; s++) ss_shard_plan_free(&ps[s]);
   free(ps);
   return code;
@@ -536,9 +550,9 @@ int ss_cmd_plan(int argc, char **argv) {
   if (tp == 0) return ss_cli_usage(k_cmd, "--tp N is required");
   ss_ranks_opts pro = {0};
   if (ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &pro)) return SS_EXIT_USAGE;
-  if (pro.pp > 1 && (workload || co.max_rate || co.step_log || co.save_hardware || co.hardware))
-    return ss_cli_usage(k_cmd, "--pp with --hardware: the planner does not model pipeline "
-                        "stages yet; plan the stages' memory and traffic without it");
+  if (pro.pp > 1 && (co.step_log || co.save_hardware))
+    return ss_cli_usage(k_cmd, "--pp: --step-log and --save-hardware compare or fit one stage's "
+                        "steps; give them without --pp");
   if (co.calibrate && !co.step_log)
     return ss_cli_usage(k_cmd, "--calibrate needs --step-log FILE (written by `serve --step-log`)");
   if ((workload || co.max_rate || co.step_log || co.save_hardware || co.n_steps) && !co.hardware)
@@ -586,8 +600,12 @@ int ss_cmd_plan(int argc, char **argv) {
   ss_shard_plan p;
   ss_shard_opts so = {.tp = (int)tp, .vocab_parallel = !replicate, .expert_parallel = ep > 1,
                       .kv_type = kv_type};
+  if (co.hardware) {
+    co.weight_fp8 = preset && wtype == SS_DTYPE_F8_E4M3;
+    if (kv_blocks) co.kv_tokens = (double)kv_blocks * co.sched.block_size;
+  }
   if (pro.pp > 1) {
-    int code = plan_stages(m, &so, pro.pp, pro.pp_layers, json);
+    int code = plan_stages(m, &so, pro.pp, pro.pp_layers, json, co.hardware ? &co : NULL, kv_mem);
     ss_model_free(m);
     return code;
   }
@@ -601,15 +619,13 @@ int ss_cmd_plan(int argc, char **argv) {
   int code = SS_EXIT_OK;
   json_t *cap = NULL;
   if (co.hardware) {
-    co.weight_fp8 = preset && wtype == SS_DTYPE_F8_E4M3;
-    if (kv_blocks) co.kv_tokens = (double)kv_blocks * co.sched.block_size;
     if (kv_mem > 0) {
       /* As the server sizes its pool: whole blocks of the first rank's KV. */
       const double per_block = (double)p.ranks[0].kv_nbytes_per_token * co.sched.block_size;
       co.kv_tokens = floor(kv_mem / per_block) * co.sched.block_size;
     }
     cap = json_object();
-    code = ss_plan_capacity(m, &p, &co, cap);
+    code = ss_plan_capacity(m, &p, 1, &co, cap);
   }
   if (code == SS_EXIT_OK) {
     if (json) {

@@ -22,6 +22,8 @@ static const char *k_cmd = "plan";
 static double jnum(json_t *o, const char *k) { return json_number_value(json_object_get(o, k)); }
 
 /* Matmul parameters and bytes of rank r of plan p, for the cost model. */
+/* Rank r of plan p (one pipeline stage's ranks when p->opts.pp > 1: its layers,
+ * and the head only on the last stage). */
 static void plan_model_for_rank(const ss_model *m, const ss_shard_plan *p, int r, int nodes,
                                 ss_plan_model *pm) {
   memset(pm, 0, sizeof *pm);
@@ -30,16 +32,22 @@ static void plan_model_for_rank(const ss_model *m, const ss_shard_plan *p, int r
   const double C = c->dim, D = c->head_dim;
   const double heads = (double)ss_range_len(R->heads), kv = (double)ss_range_len(R->kv_heads);
   const double ffn = c->n_expert > 0 && !c->dense_mlp ? 0 : (double)ss_range_len(R->ffn);
-  pm->n_layer = c->n_layer;
+  const bool staged = p->opts.pp > 1;
+  const bool last = !staged || p->opts.stage == p->opts.pp - 1;
+  const int n_layer = staged ? (int)ss_range_len(p->opts.layers) : c->n_layer;
+  pm->n_layer = n_layer;
+  pm->layer_fraction = (double)n_layer / c->n_layer;
   pm->dim = c->dim;
   pm->vocab = c->vocab;
   pm->tp = p->opts.tp;
   pm->nodes = nodes;
   pm->dense_bytes = (double)(R->bytes.attn + R->bytes.mlp + R->bytes.norm);
-  pm->dense_params = c->n_layer * (C * D * (2 * heads + 2 * kv) + 3 * C * ffn);
+  pm->dense_params = n_layer * (C * D * (2 * heads + 2 * kv) + 3 * C * ffn);
   const double vocab_rows = (double)ss_range_len(R->vocab);
-  pm->head_bytes = (double)(c->tied_output ? R->bytes.embd : R->bytes.head);
-  pm->head_params = vocab_rows * C;
+  /* A tied head is the embedding (counted as such where a stage holds both). */
+  pm->head_bytes = !last ? 0 : (double)(c->tied_output && R->bytes.head == 0 ? R->bytes.embd
+                                                                              : R->bytes.head);
+  pm->head_params = last ? vocab_rows * C : 0;
   if (c->n_expert > 0) {
     const double held = (double)ss_range_len(R->experts);
     const double efc = (double)ss_range_len(R->expert_ffn);
@@ -47,18 +55,27 @@ static void plan_model_for_rank(const ss_model *m, const ss_shard_plan *p, int r
       pm->n_experts = held;
       pm->top_k = (double)c->n_expert_used * held / c->n_expert;
       pm->expert_bytes = (double)R->bytes.moe / held;
-      pm->expert_params = c->n_layer * 3.0 * C * efc;
+      pm->expert_params = n_layer * 3.0 * C * efc;
     }
-    pm->dense_params += c->n_layer * C * c->n_expert; /* routers */
+    pm->dense_params += n_layer * C * c->n_expert; /* routers */
   }
   pm->kv_bytes_per_token = (double)R->kv_nbytes_per_token;
-  pm->attn_flops_per_pair = 4.0 * c->n_layer * heads * D;
+  pm->attn_flops_per_pair = 4.0 * n_layer * heads * D;
   pm->weight_bytes = (double)R->bytes.total;
   if (pm->tp > 1) {
     pm->n_allreduce = p->n_allreduce_per_token;
     pm->allreduce_bytes_per_token = (double)p->allreduce_payload_nbytes;
-    pm->gather_logits = p->opts.vocab_parallel;
+    pm->gather_logits = last && p->opts.vocab_parallel;
   }
+}
+
+/* The plan's rank with the most weight bytes (rank 0 on ties: it holds the
+ * most heads). */
+static int heaviest_rank(const ss_shard_plan *p) {
+  int best = 0;
+  for (int r = 1; r < p->opts.tp; r++)
+    if (p->ranks[r].bytes.total > p->ranks[best].bytes.total) best = r;
+  return best;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -192,32 +209,34 @@ static json_t *dist_json(const ss_dist *d, const char *name, json_t *o) {
   return o;
 }
 
-int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_capacity_opts *o,
-                     json_t *out) {
+int ss_plan_capacity(const ss_model *m, const ss_shard_plan *stages, int pp,
+                     const ss_plan_capacity_opts *o, json_t *out) {
   ss_hw_profile hw;
   if (ss_hw_profile_load(o->hardware, &hw)) return ss_cli_fail(k_cmd, "%s", ss_error_msg());
-  const int tp = p->opts.tp;
-  const int nodes = o->nodes > 0 ? o->nodes : (tp + hw.devices_per_node - 1) / hw.devices_per_node;
-  if (tp > nodes * hw.devices_per_node)
-    return ss_cli_usage(k_cmd, "--tp %d needs more devices than --nodes %d x %d per node", tp,
-                        nodes, hw.devices_per_node);
+  const ss_shard_plan *p = &stages[0];
+  const int tp = p->opts.tp, dpn = hw.devices_per_node;
+  const int nodes = o->nodes > 0 ? o->nodes : (pp * tp + dpn - 1) / dpn;
+  if (pp * tp > nodes * dpn)
+    return ss_cli_usage(k_cmd, "%d ranks (--pp %d x --tp %d) need more devices than --nodes %d x "
+                        "%d per node", pp * tp, pp, tp, nodes, dpn);
   const bool fp8 = p->ranks[0].bytes.total > 0 && o->weight_fp8;
   const double flops_16 = hw.flops; /* attention's products run at the 16-bit rate */
   if (fp8 && hw.flops_fp8 > 0) hw.flops = hw.flops_fp8;
 
-  /* Memory per rank, and the rank that limits the KV cache. */
+  /* Memory per rank (stage s's ranks are s * tp ..), and the rank that limits
+   * the KV cache: each stage keeps the K/V of its own layers for every token. */
   double kv_tokens = INFINITY;
-  int worst = 0;
   bool fits = true;
   json_t *ranks = json_array();
-  for (int r = 0; r < tp; r++) {
-    const ss_shard_rank *R = &p->ranks[r];
+  for (int g = 0; g < pp * tp; g++) {
+    const int r = g % tp;
+    const ss_shard_rank *R = &stages[g / tp].ranks[r];
     const double usable = hw.mem_bytes * (1.0 - hw.overhead_reserve);
     const double room = usable - (double)R->bytes.total;
     const double tokens = R->kv_nbytes_per_token ? room / (double)R->kv_nbytes_per_token : 0;
     if (room <= 0) fits = false;
-    if (tokens < kv_tokens) kv_tokens = tokens, worst = r;
-    json_array_append_new(ranks, json_pack("{s:i, s:I, s:f, s:f, s:f}", "rank", r, "weight_bytes",
+    if (tokens < kv_tokens) kv_tokens = tokens;
+    json_array_append_new(ranks, json_pack("{s:i, s:I, s:f, s:f, s:f}", "rank", g, "weight_bytes",
                                            (json_int_t)R->bytes.total, "reserve_bytes",
                                            hw.mem_bytes * hw.overhead_reserve, "kv_room_bytes",
                                            room > 0 ? room : 0.0, "kv_capacity_tokens",
@@ -233,12 +252,42 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_ca
   json_object_set_new(out, "kv_capacity_tokens", json_real(floor(kv_tokens)));
   json_object_set_new(out, "max_concurrent_seqs", json_real(floor(kv_tokens / seq_len)));
 
-  /* Step times of the largest rank (rank 0 holds the most heads). */
-  ss_plan_model pm;
-  plan_model_for_rank(m, p, worst, nodes, &pm);
-  ss_plan_model pm0;
-  plan_model_for_rank(m, p, 0, nodes, &pm0);
-  if (pm0.weight_bytes > pm.weight_bytes) pm = pm0;
+  /* Step times of each stage's largest rank (the collectives wait for it). */
+  ss_plan_model pm, stage_pm[SS_PLAN_MAX_STAGES];
+  bool inter[SS_PLAN_MAX_STAGES];
+  if (pp > SS_PLAN_MAX_STAGES)
+    return ss_cli_usage(k_cmd, "--pp %d: the planner models at most %d stages", pp,
+                        SS_PLAN_MAX_STAGES);
+  for (int s = 0; s < pp; s++) {
+    /* The nodes the stage's ranks span, and whether its hand-off to the next
+     * stage leaves the node. */
+    const int lo = s * tp, hi = s * tp + tp - 1;
+    plan_model_for_rank(m, &stages[s], heaviest_rank(&stages[s]), hi / dpn - lo / dpn + 1,
+                        &stage_pm[s]);
+    inter[s] = s + 1 < pp && hi / dpn != (hi + 1) / dpn;
+  }
+  if (pp == 1) {
+    pm = stage_pm[0];
+    pm.nodes = nodes;
+  } else {
+    memset(&pm, 0, sizeof pm);
+    pm.n_layer = m->cfg.n_layer;
+    pm.dim = m->cfg.dim;
+    pm.vocab = m->cfg.vocab;
+    pm.tp = tp;
+    pm.nodes = nodes;
+    pm.n_stages = pp;
+    pm.stage = stage_pm;
+    pm.handoff_inter = inter;
+    pm.logits_home_inter = (pp - 1) * tp / dpn != 0;
+    pm.handoff_bytes_per_token = (double)stages[0].ranks[0].pp_send_nbytes_per_token;
+    for (int s = 0; s < pp; s++) {
+      pm.attn_flops_per_pair += stage_pm[s].attn_flops_per_pair;
+      pm.weight_bytes += stage_pm[s].weight_bytes;
+      pm.dense_bytes += stage_pm[s].dense_bytes;
+      pm.head_bytes += stage_pm[s].head_bytes;
+    }
+  }
   if (!(hw.attn_s_per_pair > 0) && flops_16 > 0)
     hw.attn_s_per_pair = pm.attn_flops_per_pair / flops_16;
   const double L = o->w.input_len;

@@ -27,9 +27,11 @@ typedef struct ss_plan_capacity_opts {
   ss_step_shape steps[SS_PLAN_MAX_STEP_COSTS];
 } ss_plan_capacity_opts;
 
-/* Adds the capacity figures to `out`; returns an exit status (errors printed). */
-int ss_plan_capacity(const ss_model *m, const ss_shard_plan *p, const ss_plan_capacity_opts *o,
-                     json_t *out);
+/* Adds the capacity figures to `out`; returns an exit status (errors printed).
+ * stages: pp plans, one per pipeline stage (one plan when pp == 1). */
+#define SS_PLAN_MAX_STAGES 64
+int ss_plan_capacity(const ss_model *m, const ss_shard_plan *stages, int pp,
+                     const ss_plan_capacity_opts *o, json_t *out);
 /* Prints them as a table. */
 void ss_plan_capacity_print(json_t *o);
 

@@ -269,6 +269,38 @@ ck.check(rc == 2 and "prefixes" in err, f"fewer requests than prefixes: {rc} {er
 rc, out, err = ck.run(args.bin, ["plan", *pre, "--dataset-name", "sharegpt"])
 ck.check(rc == 2 and "--dataset-name" in err, f"--dataset-name sharegpt: {rc} {err!r}")
 
+# Pipeline stages: a step runs the stages one after another (no micro-batches
+# in flight), so at PP 2 it costs what the same TP degree's step costs plus the
+# hand-off of the step's residual stream (dim f32 per token) to the next stage
+# and the sampled rows' logits (vocab f32 each) back to rank 0 -- each one link
+# latency plus bytes over bandwidth, over the preset's inter-node link when the
+# stages sit on different nodes (8 devices per node).  Exact while every stage
+# is bound by the same roofline side (Grok-1's even halves are, here).
+hw = json.load(open(H100))
+grok = json.load(open(GROK1))
+dim, vocab = grok.get("dim") or grok["hidden_size"], grok.get("vocab") or grok["vocab_size"]
+for tp, inter in ((8, True), (4, False)):
+    base_ = plan("--model", GROK1, "--tp", str(tp), "--dtype", "fp8", "--hardware", H100)
+    piped = plan("--model", GROK1, "--pp", "2", "--tp", str(tp), "--dtype", "fp8", "--hardware", H100,
+                 "--request-rate", "2", "--num-prompts", "20")
+    if not (base_ and piped):
+        continue
+    bw, lat = (hw["inter_bw"], hw["inter_lat"]) if inter else (hw["link_bw"], hw["link_lat"])
+    for name, n_tok, n_log in (("prefill", 512, 1), ("decode_batch1", 1, 1),
+                               ("decode_full_batch", 64, 64)):
+        want = (base_["step_times_ms"][name]["total"] +
+                1e3 * (2 * lat + (n_tok * dim * 4 + n_log * vocab * 4) / bw))
+        got = piped["step_times_ms"][name]["total"]
+        ck.check(abs(got - want) <= 1e-6 * want,
+                 f"pp 2 x tp {tp} {name}: {got:.6f} ms, want the tp {tp} step + hand-offs "
+                 f"{want:.6f} ms")
+    ck.check(piped["kv_capacity_tokens"] > 2 * base_["kv_capacity_tokens"],
+             f"pp 2 x tp {tp}: KV capacity {piped['kv_capacity_tokens']} vs tp {tp} "
+             f"{base_['kv_capacity_tokens']}: each stage holds half the layers' K/V and weights")
+    ck.check(len(piped["memory_per_rank"]) == 2 * tp and piped["simulation"]["completed"] == 20,
+             f"pp 2 x tp {tp}: {len(piped['memory_per_rank'])} ranks, simulation "
+             f"{piped['simulation'].get('completed')}")
+
 # Bad input: each a clear message, exit 1 or 2.
 for flags, code, needle in [
     (["--model", "configs/models/nope.json", "--tp", "8"], 1, "nope.json"),

@@ -36,6 +36,43 @@ double ss_hw_correction(const ss_hw_profile *hw, double tokens) {
 
 ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s) {
   ss_step_cost c = {0};
+  if (m->n_stages > 1) {
+    /* The stages in turn; the step's overhead once, sampling on the last. */
+    ss_hw_profile h = *hw;
+    h.step_overhead_s = 0;
+    const double lf = hw->load_factor > 0 ? hw->load_factor : 1.0;
+    for (int i = 0; i < m->n_stages; i++) {
+      h.logit_row_s = i == m->n_stages - 1 ? hw->logit_row_s : 0;
+      const ss_step_cost k = ss_cost_step(&m->stage[i], &h, s);
+      c.total_s += k.total_s;
+      c.compute_s += k.compute_s;
+      c.memory_s += k.memory_s;
+      c.attn_s += k.attn_s;
+      c.comm_s += k.comm_s;
+      c.overhead_s += k.overhead_s;
+      if (i == m->n_stages - 1) {
+        /* The sampled rows' logits back to rank 0. */
+        const bool inter = m->logits_home_inter;
+        const double bw = inter ? hw->inter_bw : hw->link_bw;
+        const double lat = inter ? hw->inter_lat : hw->link_lat;
+        if (s->n_logits > 0) {
+          const double t = lat + (bw > 0 ? (double)s->n_logits * m->vocab * 4.0 / bw : 0);
+          c.comm_s += t;
+          c.total_s += t;
+        }
+        break;
+      }
+      const bool inter = m->handoff_inter && m->handoff_inter[i];
+      const double bw = inter ? hw->inter_bw : hw->link_bw;
+      const double lat = inter ? hw->inter_lat : hw->link_lat;
+      const double t = lat + (bw > 0 ? s->n_tokens * m->handoff_bytes_per_token / bw : 0);
+      c.comm_s += t;
+      c.total_s += t;
+    }
+    c.overhead_s += hw->step_overhead_s * lf;
+    c.total_s += hw->step_overhead_s * lf;
+    return c;
+  }
   const double n = s->n_tokens;
   /* Tokens weighted for the matmuls: sampled ones at 1, prompt ones at the
    * profile's prefill_token_cost. */
@@ -60,10 +97,11 @@ ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const
   /* Attention: reading each sequence's K/V (memory) plus the query-key
    * products (compute); a decode token does both per position, a prompt chunk
    * reads the context once and multiplies it by each of its tokens. */
-  const double per_pos = hw->attn_s_per_pos > 0 ? hw->attn_s_per_pos
+  const double part = m->layer_fraction > 0 ? m->layer_fraction : 1.0;
+  const double per_pos = hw->attn_s_per_pos > 0 ? hw->attn_s_per_pos * part
                          : hw->mem_bw > 0      ? m->kv_bytes_per_token / hw->mem_bw
                                                : 0;
-  const double per_pair = hw->attn_s_per_pair > 0 ? hw->attn_s_per_pair
+  const double per_pair = hw->attn_s_per_pair > 0 ? hw->attn_s_per_pair * part
                           : hw->flops > 0        ? m->attn_flops_per_pair / hw->flops
                                                  : 0;
   c.attn_s = s->kv_read * per_pos + s->attended * per_pair;

@@ -89,6 +89,20 @@ typedef struct ss_plan_model {
   double allreduce_bytes_per_token;
   bool gather_logits;
   int nodes;                     /* ranks spread over this many nodes */
+  /* A pipeline stage's share of the model's layers (0: all).  A measured
+   * profile's attention figures are for every layer; a stage pays this part. */
+  double layer_fraction;
+  /* Pipeline parallelism: n_stages > 1 stage models (each its own layers,
+   * weights and TP collectives; the head only on the last) run one after
+   * another in every step -- no micro-batches in flight -- and stage s hands
+   * stage s + 1 handoff_bytes_per_token per token of the step, over the
+   * inter-node link where handoff_inter[s], else the node's. */
+  int n_stages;
+  const struct ss_plan_model *stage;
+  double handoff_bytes_per_token;
+  const bool *handoff_inter;
+  bool logits_home_inter;        /* the last stage sends rank 0 each sampled row's logits
+                                    (vocab f32), over the inter-node link when true */
 } ss_plan_model;
 
 typedef struct ss_step_shape {
