@@ -47,8 +47,9 @@ int ss_trace_start(int rank, size_t max_events) {
   /* Untouched pages cost no memory: a short run uses a few of them. */
   g_events = malloc(g_cap * sizeof *g_events);
   if (!g_events) {
+    const size_t cap = g_cap;
     g_cap = 0;
-    return ss_error(SS_ERR_NOMEM, "trace: cannot allocate %zu spans", max_events);
+    return ss_error(SS_ERR_NOMEM, "trace: cannot allocate %zu spans", cap);
   }
   g_rank = rank;
   atomic_store(&g_next, 0);
