@@ -227,7 +227,7 @@ int ss_ranks_trace_start(const char *cmd, ss_comm *c, const char *thread_name) {
       snprintf(name, sizeof name, "rank %d (tp rank %d of %d)", rank, rank, tp);
     ss_trace_process_name(name);
   }
-  ss_trace_thread_name(thread_name);
+  if (thread_name) ss_trace_thread_name(thread_name);
   return SS_EXIT_OK;
 }
 

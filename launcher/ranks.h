@@ -53,7 +53,8 @@ int ss_ranks_profile(const char *cmd, struct ss_comm *c, const struct ss_model *
 int ss_ranks_trace_check(const char *cmd, const char *path);
 /* After ss_ranks_start: starts recording spans on this rank (pid = its rank in
  * the job, named with its stage and tensor-parallel rank) and names the
- * calling thread's track.  Returns an exit status. */
+ * calling thread's track (NULL: a thread that records nothing; the one that
+ * does names itself with ss_trace_thread_name).  Returns an exit status. */
 int ss_ranks_trace_start(const char *cmd, struct ss_comm *c, const char *thread_name);
 /* Every rank, once its steps are done (a collective when c is set): gathers
  * every rank's spans on rank 0, which writes the trace file.  When the gather

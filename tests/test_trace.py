@@ -84,6 +84,11 @@ def check_tracks(ev, label, n_ranks):
              f"expected 0..{n_ranks - 1}")
     named = {e["pid"] for e in ev if e.get("ph") == "M" and e.get("name") == "process_name"}
     ck.check(named >= set(range(n_ranks)), f"{label}: named processes {sorted(named)}")
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in ev
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    used = {(e["pid"], e["tid"]) for e in xs}
+    ck.check(set(threads) == used and set(threads.values()) <= {"main", "engine", "worker"},
+             f"{label}: thread tracks {threads}, tracks with spans {sorted(used)}")
     # Nesting: sorted by start (longer first on ties), a span must end within
     # every span still open when it starts.
     tracks = {}
