@@ -24,11 +24,13 @@
 
 #include "runtime/base/clock.h"
 
-/* Spans one process keeps at most (about 100 bytes each). */
+/* Spans one process keeps at most (88 bytes each on 64-bit hosts). */
 #define SS_TRACE_MAX_EVENTS (1 << 20)
 /* Arguments one span carries at most. */
 #define SS_TRACE_MAX_ARGS 3
 
+/* Set by ss_trace_start, cleared by ss_trace_serialize and ss_trace_stop;
+ * read it through ss_trace_on. */
 extern bool ss_trace_enabled_;
 
 static inline bool ss_trace_on(void) { return __builtin_expect(ss_trace_enabled_, 0); }
