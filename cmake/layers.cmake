@@ -6,7 +6,7 @@
 set(SS_LAYERS base kernels comm formats tokenizer grammar model engine server planner
               loadgen launcher benchtools tests)
 
-set(SS_LAYER_DIRS_base runtime/base)            # status, clock, strings, utf8, rng, stats, tensor types
+set(SS_LAYER_DIRS_base runtime/base)            # status, clock, strings, utf8, rng, stats, tensor types, trace
 set(SS_LAYER_DEPS_base)
 set(SS_LAYER_DIRS_kernels kernels kernels/cpu kernels/cuda)  # CPU and CUDA backends
 set(SS_LAYER_DEPS_kernels base)

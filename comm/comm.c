@@ -147,6 +147,17 @@ int ss_comm_check_rank(const ss_comm *c, const char *op, const char *what, int r
                   c->host, op, what, r, c->size - 1);
 }
 
+void ss_comm_trace_op_(const ss_comm *c, const ss_comm_op *op, double t0) {
+  size_t es = 0;
+  if (strcmp(op->name, "allreduce") == 0 && ss_comm_check_type(c, op->type, &es) != SS_OK) es = 0;
+  ss_trace_arg a[3] = {{"bytes", (int64_t)(es ? op->count * es : op->nbytes)}};
+  int n = 1;
+  if (op->peer >= 0) a[n++] = (ss_trace_arg){"peer", op->peer};
+  else if (op->root >= 0) a[n++] = (ss_trace_arg){"root", op->root};
+  a[n++] = (ss_trace_arg){"ranks", c->size};
+  ss_trace_span(op->name, "comm", t0, ss_now_s(), a, n);
+}
+
 void ss_comm_op_describe(const ss_comm_op *op, char *buf, size_t len) {
   char tname[16];
   const char *tn = ss_dtype_name(op->type);

@@ -12,6 +12,7 @@
 
 #include "comm/comm.h"
 #include "runtime/base/clock.h"
+#include "runtime/base/trace.h"
 
 /* ---- backends ---------------------------------------------------------- */
 
@@ -63,6 +64,14 @@ typedef struct ss_comm_op {
   int root;          /* gatherv/broadcast root, or -1 */
   int tag;
 } ss_comm_op;
+
+/* With --trace: a span for op from t0 to now on this thread's track, with its
+ * bytes (the payload: count times the element size for allreduce), peer or
+ * root, and the communicator's size. */
+void ss_comm_trace_op_(const ss_comm *c, const ss_comm_op *op, double t0);
+static inline void ss_comm_trace_op(const ss_comm *c, const ss_comm_op *op, double t0) {
+  if (ss_trace_on()) ss_comm_trace_op_(c, op, t0);
+}
 
 /* "allreduce of 576 f32 elements", "broadcast of 12 bytes from root 0", ... */
 void ss_comm_op_describe(const ss_comm_op *op, char *buf, size_t len);

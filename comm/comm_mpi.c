@@ -112,7 +112,8 @@ static int wait_req(ss_comm *c, MPI_Request *req, MPI_Status *st, const ss_comm_
   return ss_mpi_wait(c, 1, req, st, op, t0);
 }
 
-void ss_mpi_count_call(ss_comm *c, double t0) {
+void ss_mpi_count_call(ss_comm *c, double t0, const ss_comm_op *op) {
+  ss_comm_trace_op(c, op, t0);
   c->busy_s += ss_now_s() - t0;
   c->n_calls++;
 }
@@ -168,7 +169,7 @@ static int mpi_allgatherv(ss_comm *c, const void *send, void *recv, const size_t
                        x->comm, &req);
   if (rc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, &op);
   rc = wait_req(c, &req, NULL, &op, t0);
-  ss_mpi_count_call(c, t0);
+  ss_mpi_count_call(c, t0, &op);
   return rc;
 }
 
@@ -191,7 +192,7 @@ static int mpi_gatherv(ss_comm *c, const void *send, void *recv, const size_t *n
                     x->comm, &req);
   if (rc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, &op);
   rc = wait_req(c, &req, NULL, &op, t0);
-  ss_mpi_count_call(c, t0);
+  ss_mpi_count_call(c, t0, &op);
   return rc;
 }
 
@@ -211,7 +212,7 @@ static int mpi_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
     if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, &op);
     rc = wait_req(c, &req, NULL, &op, t0);
   }
-  ss_mpi_count_call(c, t0);
+  ss_mpi_count_call(c, t0, &op);
   return rc;
 }
 
@@ -225,7 +226,7 @@ static int mpi_barrier(ss_comm *c) {
   int mrc = MPI_Ibarrier(x->comm, &req);
   if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, &op);
   rc = wait_req(c, &req, NULL, &op, t0);
-  ss_mpi_count_call(c, t0);
+  ss_mpi_count_call(c, t0, &op);
   return rc;
 }
 
@@ -263,7 +264,7 @@ static int mpi_send(ss_comm *c, const void *buf, size_t nbytes, int peer, int ta
     rc = wait_req(c, &req, NULL, &op, t0);
     done += m;
   } while (rc == SS_OK && done < nbytes);
-  ss_mpi_count_call(c, t0);
+  ss_mpi_count_call(c, t0, &op);
   return rc;
 }
 
@@ -291,7 +292,7 @@ static int mpi_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
     }
     done += m;
   } while (done < nbytes);
-  ss_mpi_count_call(c, t0);
+  ss_mpi_count_call(c, t0, &op);
   return rc;
 }
 

@@ -286,7 +286,7 @@ int ss_mpi_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type) {
   if (rc || (rc = ss_comm_check_type(c, type, &es))) return rc;
   if (count && !buf) return ss_mpi_fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   if (c->size == 1 || count == 0) {
-    ss_mpi_count_call(c, t0);
+    ss_mpi_count_call(c, t0, &op);
     return SS_OK;
   }
   /* Pieces keep every message under SS_MPI_PIECE_NBYTES (MPI int counts) and
@@ -300,6 +300,6 @@ int ss_mpi_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type) {
     else if (m * es * (size_t)c->size <= DET_SMALL_NBYTES) rc = det_small(c, p, m, type, es, &op, t0);
     else rc = det_large(c, p, m, type, es, &op, t0);
   }
-  ss_mpi_count_call(c, t0);
+  ss_mpi_count_call(c, t0, &op);
   return rc;
 }

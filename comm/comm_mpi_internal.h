@@ -33,7 +33,7 @@ int ss_mpi_wait(ss_comm *c, int n, MPI_Request *reqs, MPI_Status *st, const ss_c
                 double t0);
 /* Grows *buf (of *have bytes) to at least nbytes. */
 int ss_mpi_grow(ss_comm *c, void **buf, size_t *have, size_t nbytes, const ss_comm_op *op);
-void ss_mpi_count_call(ss_comm *c, double t0);
+void ss_mpi_count_call(ss_comm *c, double t0, const ss_comm_op *op);
 int ss_mpi_check_usable(ss_comm *c, const ss_comm_op *op);
 
 int ss_mpi_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type);

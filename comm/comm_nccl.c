@@ -208,17 +208,19 @@ static int nccl_wait_on(ss_comm *c, const ss_comm_op *op, double t0, cudaStream_
   }
 }
 
-static void count_call(ss_comm *c, double t0) {
+static void count_call(ss_comm *c, double t0, const ss_comm_op *op) {
+  if (op) ss_comm_trace_op(c, op, t0);
   c->busy_s += ss_now_s() - t0;
   c->n_calls++;
 }
 
-/* A host-memory operation run on the bootstrap communicator, counted here. */
+/* A host-memory operation run on the bootstrap communicator, counted here
+ * (its span is recorded by the MPI backend). */
 #define VIA_MPI(c, call)                                                                      \
   do {                                                                                        \
-    double t0_ = ss_now_s();                                                               \
+    double t0_ = ss_now_s();                                                                  \
     int rc_ = (call);                                                                         \
-    count_call((c), t0_);                                                                     \
+    count_call((c), t0_, NULL);                                                               \
     return rc_;                                                                               \
   } while (0)
 
@@ -267,6 +269,7 @@ static int enqueue_allreduce(ss_comm *c, const ss_comm_op *op, void *buf, size_t
 
 static int nccl_allreduce_sum_stream(ss_comm *c, void *buf, size_t count, ss_dtype type,
                                      void *stream) {
+  SS_TRACE_BEGIN(t0);
   nccl_ctx *x = c->ctx;
   ss_comm_op op = {.name = "allreduce", .count = count, .type = type, .peer = -1, .root = -1};
   size_t es;
@@ -281,6 +284,8 @@ static int nccl_allreduce_sum_stream(ss_comm *c, void *buf, size_t count, ss_dty
   if ((rc = enqueue_allreduce(c, &op, buf, count, type, es))) return rc;
   CUDA_TRY(c, &op, cudaEventRecord(x->ev_out, x->stream));
   CUDA_TRY(c, &op, cudaStreamWaitEvent(s, x->ev_out, 0));
+  /* The span is the time to queue it: the device runs it later. */
+  ss_comm_trace_op(c, &op, t0);
   c->n_calls++;
   return SS_OK;
 }
@@ -309,7 +314,7 @@ static int nccl_allreduce_sum(ss_comm *c, void *buf, size_t count, ss_dtype type
   if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   if ((rc = enqueue_allreduce(c, &op, buf, count, type, es))) return rc;
   rc = nccl_wait(c, &op, t0);
-  count_call(c, t0);
+  count_call(c, t0, &op);
   return rc;
 }
 
@@ -340,7 +345,7 @@ static int nccl_allgatherv(ss_comm *c, const void *send, void *recv, const size_
   }
   NCCL_TRY(c, &op, ncclGroupEnd());
   rc = nccl_wait(c, &op, t0);
-  count_call(c, t0);
+  count_call(c, t0, &op);
   return rc;
 }
 
@@ -393,7 +398,7 @@ static int nccl_gatherv(ss_comm *c, const void *send, void *recv, const size_t *
   }
   NCCL_TRY(c, &op, ncclGroupEnd());
   rc = nccl_wait(c, &op, t0);
-  count_call(c, t0);
+  count_call(c, t0, &op);
   return rc;
 }
 
@@ -410,7 +415,7 @@ static int nccl_broadcast(ss_comm *c, void *buf, size_t nbytes, int root) {
   if (!buf) return fail(c, SS_ERR_INVALID, &op, "NULL buffer");
   NCCL_TRY(c, &op, ncclBroadcast(buf, buf, nbytes, ncclUint8, root, x->nc, x->stream));
   rc = nccl_wait(c, &op, t0);
-  count_call(c, t0);
+  count_call(c, t0, &op);
   return rc;
 }
 
@@ -423,7 +428,7 @@ static int nccl_barrier(ss_comm *c) {
   if (rc || (rc = use_device_ordered(c, &op))) return rc;
   NCCL_TRY(c, &op, ncclAllReduce(x->one, x->one, 1, ncclFloat32, ncclSum, x->nc, x->stream));
   rc = nccl_wait(c, &op, t0);
-  count_call(c, t0);
+  count_call(c, t0, &op);
   return rc;
 }
 
@@ -445,7 +450,7 @@ static int p2p(ss_comm *c, bool is_send, void *buf, size_t nbytes, int peer, int
   if (is_send) NCCL_TRY(c, &op, ncclSend(buf, nbytes, ncclUint8, peer, x->nc, x->stream));
   else NCCL_TRY(c, &op, ncclRecv(buf, nbytes, ncclUint8, peer, x->nc, x->stream));
   rc = nccl_wait(c, &op, t0);
-  count_call(c, t0);
+  count_call(c, t0, &op);
   return rc;
 }
 

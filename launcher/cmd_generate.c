@@ -90,6 +90,8 @@ static void usage(FILE *f) {
           "                          (default 0: no limit; a lost rank is detected anyway)\n"
           "      --profile           print per-rank compute / comm / idle time per step and\n"
           "                          resident memory at the end\n"
+          "      --trace FILE        write a timeline of every rank's steps, layers and\n"
+          "                          collectives (Chrome trace-event JSON; Perfetto opens it)\n"
           "  -h, --help              show this help\n"
           "\n"
           "Sampling order: temperature, top-k, top-p, min-p, then a seeded draw.\n",
@@ -205,10 +207,10 @@ int ss_cmd_generate(int argc, char **argv) {
   double temp = 0.8, top_p = 0.95, min_p = 0.05;
   enum { O_CHAT = 256, O_SYSTEM, O_TMPL, O_BOS, O_NOBOS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_SEED,
          O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS, O_TP, O_PP, O_PPL, O_REPL, O_DET, O_CTO,
-         O_PROFILE, O_EP, O_DEVICE, O_ACT, O_KVT };
+         O_PROFILE, O_EP, O_DEVICE, O_ACT, O_KVT, O_TRACE };
   int kv_dtype = -1;
   int64_t tp = 0, ep = 0, pp = 0;
-  const char *pp_layers_arg = NULL;
+  const char *pp_layers_arg = NULL, *trace_path = NULL;
   int pp_layers[SS_CLI_MAX_STAGES];
   double comm_timeout = 0;
   bool replicate_vocab = false, deterministic = false, profile = false;
@@ -234,6 +236,7 @@ int ss_cmd_generate(int argc, char **argv) {
       {"device", required_argument, 0, O_DEVICE},
       {"activations", required_argument, 0, O_ACT},
       {"kv-cache-dtype", required_argument, 0, O_KVT},
+      {"trace", required_argument, 0, O_TRACE},
       {0, 0, 0, 0},
   };
   optind = 1;
@@ -304,6 +307,7 @@ int ss_cmd_generate(int argc, char **argv) {
         return SS_EXIT_USAGE;
       break;
     case O_PROFILE: profile = true; break;
+    case O_TRACE: trace_path = optarg; break;
     case O_DEVICE:
       if (!ss_cli_device_parse(k_cmd, optarg, &device)) return SS_EXIT_USAGE;
       break;
@@ -356,7 +360,8 @@ int ss_cmd_generate(int argc, char **argv) {
   ss_comm *comm = NULL;
   ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
                       .gpu = device == SS_CLI_DEVICE_CUDA};
-  if ((rc = ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &ro))) {
+  if ((rc = ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &ro)) ||
+      (trace_path && (rc = ss_ranks_trace_check(k_cmd, trace_path)))) {
     free(prompt);
     return rc;
   }
@@ -378,7 +383,8 @@ int ss_cmd_generate(int argc, char **argv) {
   json_ctx jc = {0};
   ss_gen_result res = {0};
   bool have_res = false;
-  rc = ss_cli_load_shard_ep(k_cmd, path, comm, replicate_vocab, ep > 1, &m);
+  rc = trace_path ? ss_ranks_trace_start(k_cmd, comm, worker ? "worker" : "main") : SS_EXIT_OK;
+  if (rc == SS_EXIT_OK) rc = ss_cli_load_shard_ep(k_cmd, path, comm, replicate_vocab, ep > 1, &m);
   if (rc == SS_EXIT_OK) rc = ss_cli_backend_create(k_cmd, device, (int)threads, comm, &be);
   if (rc == SS_EXIT_OK) rc = ss_cli_activations_apply(k_cmd, be, act_q8);
   if (rc == SS_EXIT_OK) rc = ss_cli_kv_dtype_resolve(k_cmd, be, kv_dtype, &kv_dtype);
@@ -397,6 +403,8 @@ int ss_cmd_generate(int argc, char **argv) {
     exit_code = SS_EXIT_OK;
     if (ss_exec_worker_loop(m, be)) exit_code = ss_cli_fail(k_cmd, "%s", ss_error_msg());
     if (exit_code == SS_EXIT_OK && profile) exit_code = ss_ranks_profile(k_cmd, comm, m, 0.0);
+    if (exit_code == SS_EXIT_OK && trace_path)
+      exit_code = ss_ranks_trace_write(k_cmd, comm, trace_path);
     ss_model_free(m);
     be->free(be);
     ss_ranks_end(comm, exit_code);
@@ -515,12 +523,23 @@ done:
     if (ss_exec_stop_workers(m)) {
       ss_cli_fail(k_cmd, "%s", ss_error_msg());
       exit_code = SS_EXIT_FAIL;
-    } else if (profile) {
-      int prc = ss_ranks_profile(k_cmd, comm, m, (res.prefill_ms + res.decode_ms) / 1e3);
-      if (exit_code == SS_EXIT_OK) exit_code = prc;
+    } else {
+      if (profile) {
+        int prc = ss_ranks_profile(k_cmd, comm, m, (res.prefill_ms + res.decode_ms) / 1e3);
+        if (exit_code == SS_EXIT_OK) exit_code = prc;
+      }
+      /* The workers stopped cleanly and join the gather whatever rank 0's
+       * result (after a bad prompt too: the trace shows what ran). */
+      if (trace_path) {
+        int trc = ss_ranks_trace_write(k_cmd, comm, trace_path);
+        if (exit_code == SS_EXIT_OK) exit_code = trc;
+      }
     }
-  } else if (profile && exit_code == SS_EXIT_OK) {
-    exit_code = ss_ranks_profile(k_cmd, NULL, m, (res.prefill_ms + res.decode_ms) / 1e3);
+  } else {
+    if (profile && exit_code == SS_EXIT_OK)
+      exit_code = ss_ranks_profile(k_cmd, NULL, m, (res.prefill_ms + res.decode_ms) / 1e3);
+    if (trace_path && !comm && exit_code == SS_EXIT_OK)
+      exit_code = ss_ranks_trace_write(k_cmd, NULL, trace_path);
   }
   if (have_res) ss_gen_result_free(&res);
   json_decref(out);

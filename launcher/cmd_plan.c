@@ -131,6 +131,11 @@ static int print_json(const ss_model *m, const ss_shard_plan *p, json_t *capacit
   if (o) {
     json_object_set_new(o, "edge_bytes", json_integer((json_int_t)p->edge_nbytes));
     json_object_set_new(o, "straddled_block_bytes", json_integer((json_int_t)p->straddled_nbytes));
+    /* Each forward pass sums allreduces_per_token vectors of
+     * allreduce_payload_bytes per token: their total per token. */
+    json_object_set_new(o, "allreduce_bytes_per_token",
+                        json_integer((json_int_t)((uint64_t)p->n_allreduce_per_token *
+                                                  p->allreduce_payload_nbytes)));
     json_object_set_new(o, "family", json_string(ss_model_family_name(c->family)));
     json_object_set_new(o, "expert_parallel", json_boolean(p->opts.expert_parallel));
     json_object_set_new(o, "ep", json_integer(p->opts.expert_parallel ? p->opts.tp : 1));
@@ -326,9 +331,21 @@ static int plan_stages(const ss_model *m, const ss_shard_opts *base, int pp, con
           "weight_bytes", (json_int_t)p->total_weight_nbytes, "kv_bytes_per_token",
           (json_int_t)p->kv_nbytes_per_token, "send_bytes_per_token", (json_int_t)send,
           "ranks", ranks));
+      /* The stage's collectives inside its tensor-parallel group, as in the
+       * one-stage plan. */
+      json_t *js = json_array_get(stages, (size_t)s);
+      json_object_set_new(js, "allreduces_per_token", json_integer(p->n_allreduce_per_token));
+      json_object_set_new(js, "allreduce_payload_bytes",
+                          json_integer((json_int_t)p->allreduce_payload_nbytes));
+      json_object_set_new(js, "allreduce_bytes_per_token",
+                          json_integer((json_int_t)((uint64_t)p->n_allreduce_per_token *
+                                                    p->allreduce_payload_nbytes)));
+      json_object_set_new(js, "gather_bytes_per_token",
+                          json_integer((json_int_t)p->gather_nbytes_per_token));
     }
-    json_t *o = json_pack("{s:s,s:s,s:i,s:i,s:i,s:o}", "model", m->path, "arch", c->arch,
-                          "pp", pp, "tp", base->tp, "layers", c->n_layer, "stages", stages);
+    json_t *o = json_pack("{s:s,s:s,s:i,s:i,s:i,s:o,s:I}", "model", m->path, "arch", c->arch,
+                          "pp", pp, "tp", base->tp, "layers", c->n_layer, "stages", stages,
+                          "logits_send_bytes_per_token", (json_int_t)c->vocab * 4);
     if (o && cap) json_object_update(o, cap);
     char *txt = o ? json_dumps(o, JSON_INDENT(1)) : NULL;
     json_decref(o);

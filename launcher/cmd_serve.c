@@ -30,6 +30,7 @@
 #include "launcher/device.h"
 #include "launcher/ranks.h"
 #include "runtime/base/status.h"
+#include "runtime/base/trace.h"
 #include "runtime/engine/engine.h"
 #include "runtime/engine/executor.h"
 #include "runtime/model/model.h"
@@ -114,6 +115,8 @@ static void usage(FILE *f) {
           "                            (default 10; 0: never)\n"
           "      --step-log FILE       write one CSV line per engine step (batch shape, forward\n"
           "                            and step seconds), e.g. to check `plan`'s cost model\n"
+          "      --trace FILE          at exit, write a timeline of every rank's steps, layers\n"
+          "                            and collectives (Chrome trace-event JSON, for Perfetto)\n"
           "\n"
           "Execution:\n"
           "      --device D            cpu or cuda (default: cuda when this build has CUDA and\n"
@@ -137,7 +140,7 @@ static void usage(FILE *f) {
 
 typedef struct serve_ctx {
   /* options */
-  const char *path, *tmpl_name, *step_log_path;
+  const char *path, *tmpl_name, *step_log_path, *trace_path;
   bool replicate_vocab;
   bool act_q8; /* --activations q8 */
   int64_t threads;
@@ -167,6 +170,7 @@ typedef struct serve_ctx {
 /* The engine thread: load, agree with the other ranks, run, stop the workers. */
 static void *engine_main(void *arg) {
   serve_ctx *s = arg;
+  if (s->trace_path) ss_trace_thread_name("engine");
   int rc = ss_cli_load_shard(k_cmd, s->path, s->comm, s->replicate_vocab, &s->model);
   ss_chat_template *tmpl = &s->tmpl;
   if (rc == SS_EXIT_OK)
@@ -239,6 +243,10 @@ static void *engine_main(void *arg) {
     s->engine_rc = SS_ERR_COMM;
   }
   s->exit_code = s->engine_rc == SS_OK ? SS_EXIT_OK : SS_EXIT_FAIL;
+  /* The workers have stopped and join the gather (the comm calls stay on this
+   * thread). */
+  if (s->exit_code == SS_EXIT_OK && s->trace_path)
+    s->exit_code = ss_ranks_trace_write(k_cmd, s->comm, s->trace_path);
   ss_api_engine_exited(s->api);
   return NULL;
 }
@@ -312,7 +320,7 @@ int ss_cmd_serve(int argc, char **argv) {
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
          O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT,
          O_HDR_TO, O_BODY_TO, O_MAXCONN, O_MAXCONN_CLIENT, O_MAXBUF, O_OUTQ, O_WRITE_TO,
-         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG, O_STATS, O_PP, O_PPL, O_KVT };
+         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG, O_STATS, O_PP, O_PPL, O_KVT, O_TRACE };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -323,7 +331,7 @@ int ss_cmd_serve(int argc, char **argv) {
       {"max-num-seqs", required_argument, 0, O_SEQS},
       {"no-prefix-caching", no_argument, 0, O_NO_PREFIX},
       {"max-batched-tokens", required_argument, 0, O_TOKENS},
-      {"step-log", required_argument, 0, O_SLOG},
+      {"step-log", required_argument, 0, O_SLOG}, {"trace", required_argument, 0, O_TRACE},
       {"kv-blocks", required_argument, 0, O_BLOCKS}, {"kv-mem", required_argument, 0, O_KVMEM},
       {"max-waiting", required_argument, 0, O_WAIT}, {"threads", required_argument, 0, 't'},
       {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
@@ -481,6 +489,7 @@ int ss_cmd_serve(int argc, char **argv) {
         return SS_EXIT_USAGE;
       break;
     case O_SLOG: s.step_log_path = optarg; break;
+    case O_TRACE: s.trace_path = optarg; break;
     case O_STATS:
       if (!ss_cli_parse_float(k_cmd, "--stats-interval", optarg, 0, 86400, &s.eo.stats_interval_s))
         return SS_EXIT_USAGE;
@@ -549,8 +558,14 @@ int ss_cmd_serve(int argc, char **argv) {
   ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
                       .gpu = s.device == SS_CLI_DEVICE_CUDA};
   if ((rc = ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &ro))) return rc;
+  if (s.trace_path && (rc = ss_ranks_trace_check(k_cmd, s.trace_path))) return rc;
   rc = ss_ranks_start(k_cmd, &ro, &s.comm);
   if (rc) return rc;
+  if (s.trace_path &&
+      (rc = ss_ranks_trace_start(k_cmd, s.comm, s.comm && s.comm->rank != 0 ? "worker" : NULL))) {
+    ss_ranks_end(s.comm, rc);
+    return rc;
+  }
   if (s.comm && s.comm->rank != 0) {
     /* A worker: load, agree, run steps until rank 0 says stop.  Ctrl-C and the
      * launcher's SIGTERM reach every rank; only rank 0 acts on them (it drains,
@@ -567,6 +582,7 @@ int ss_cmd_serve(int argc, char **argv) {
     if ((rc = ss_ranks_agree(k_cmd, s.comm, rc == SS_EXIT_OK)) == SS_EXIT_OK &&
         ss_exec_worker_loop(m, be))
       rc = ss_cli_fail(k_cmd, "%s", ss_error_msg());
+    if (rc == SS_EXIT_OK && s.trace_path) rc = ss_ranks_trace_write(k_cmd, s.comm, s.trace_path);
     ss_model_free(m); /* before the backend its device weights belong to */
     if (be) be->free(be);
     ss_ranks_end(s.comm, rc);

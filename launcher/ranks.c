@@ -4,14 +4,17 @@
  * serve). */
 #include "launcher/ranks.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "comm/comm.h"
 #include "launcher/cli.h"
 #include "runtime/base/status.h"
+#include "runtime/base/trace.h"
 #include "runtime/model/model.h"
 
 /* The pipeline of this process's job (one per process: the CLI runs one). */
@@ -181,6 +184,143 @@ int ss_ranks_profile(const char *cmd, ss_comm *c, const ss_model *m, double wall
   }
   free(all);
   return SS_EXIT_OK;
+}
+
+/* ---- --trace --------------------------------------------------------- */
+
+int ss_ranks_trace_check(const char *cmd, const char *path) {
+  if (!*path) return ss_cli_usage(cmd, "--trace: the file name is empty");
+  struct stat sb;
+  if (stat(path, &sb) == 0) {
+    if (S_ISDIR(sb.st_mode))
+      return ss_cli_usage(cmd, "--trace %s: is a directory (give a file name)", path);
+    if (access(path, W_OK) != 0)
+      return ss_cli_usage(cmd, "--trace %s: cannot be written: %s", path, strerror(errno));
+    return SS_EXIT_OK;
+  }
+  if (errno != ENOENT) return ss_cli_usage(cmd, "--trace %s: %s", path, strerror(errno));
+  /* A new file: its directory must exist and take it. */
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  if (!slash) snprintf(dir, sizeof dir, ".");
+  else if (slash == path) snprintf(dir, sizeof dir, "/");
+  else if ((size_t)(slash - path) >= sizeof dir)
+    return ss_cli_usage(cmd, "--trace: the path is longer than %zu bytes", sizeof dir - 1);
+  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+    return ss_cli_usage(cmd, "--trace %s: the directory %s does not exist", path, dir);
+  if (access(dir, W_OK | X_OK) != 0)
+    return ss_cli_usage(cmd, "--trace %s: cannot create a file in %s: %s", path, dir,
+                        strerror(errno));
+  return SS_EXIT_OK;
+}
+
+int ss_ranks_trace_start(const char *cmd, ss_comm *c, const char *thread_name) {
+  const int rank = c ? c->rank : 0;
+  if (ss_trace_start(rank, 0)) return ss_cli_fail(cmd, "%s", ss_error_msg());
+  if (c) {
+    const int tp = c->size / g_pp;
+    char name[64];
+    if (g_pp > 1)
+      snprintf(name, sizeof name, "rank %d (stage %d, tp rank %d)", rank, rank / tp, rank % tp);
+    else
+      snprintf(name, sizeof name, "rank %d (tp rank %d of %d)", rank, rank, tp);
+    ss_trace_process_name(name);
+  }
+  if (thread_name) ss_trace_thread_name(thread_name);
+  return SS_EXIT_OK;
+}
+
+static int write_trace(const char *cmd, const char *path, const char *const *parts,
+                       const size_t *nbytes, int n, uint64_t dropped) {
+  FILE *f = fopen(path, "w");
+  if (!f) return ss_cli_fail(cmd, "--trace %s: %s", path, strerror(errno));
+  int rc = ss_trace_write_file(f, path, parts, nbytes, n, dropped);
+  if (fclose(f) != 0 && rc == SS_OK) rc = ss_error(SS_ERR_IO, "--trace %s: write failed", path);
+  if (rc) return ss_cli_fail(cmd, "%s", ss_error_msg());
+  if (dropped)
+    fprintf(stderr, "shardserve %s: warning: --trace %s: the span buffer (%d per rank) filled up; "
+            "%llu later spans were dropped\n", cmd, path, SS_TRACE_MAX_EVENTS,
+            (unsigned long long)dropped);
+  return SS_EXIT_OK;
+}
+
+/* This rank's spans alone, to PATH.rankN (the gather failed). */
+static int write_own(const char *cmd, const char *path, int rank, const char *text, size_t nbytes) {
+  char own[4200];
+  snprintf(own, sizeof own, "%s.rank%d", path, rank);
+  const char *parts[1] = {text};
+  int rc = write_trace(cmd, own, parts, &nbytes, 1, ss_trace_dropped());
+  if (rc == SS_EXIT_OK) fprintf(stderr, "shardserve %s: rank %d: wrote its spans to %s\n", cmd, rank, own);
+  return rc;
+}
+
+int ss_ranks_trace_write(const char *cmd, ss_comm *c, const char *path) {
+  char *text = NULL;
+  size_t nbytes = 0;
+  /* Serializing stops the recording: the gathers below are not a step's. */
+  if (ss_trace_serialize(&text, &nbytes)) {
+    ss_cli_fail(cmd, "%s", ss_error_msg());
+    nbytes = 0; /* still join the gathers, with nothing */
+  }
+  int rc = SS_EXIT_OK;
+  if (!c) {
+    const char *parts[1] = {text};
+    rc = write_trace(cmd, path, parts, &nbytes, 1, ss_trace_dropped());
+    free(text);
+    ss_trace_stop();
+    return rc;
+  }
+  /* Every rank learns every rank's length and dropped count (gatherv needs
+   * the same layout everywhere), then rank 0 gathers the texts. */
+  const int n = c->size;
+  uint64_t mine[2] = {nbytes, ss_trace_dropped()};
+  uint64_t *lens = malloc((size_t)n * sizeof mine);
+  size_t *counts = malloc((size_t)n * sizeof *counts);
+  const char **parts = malloc((size_t)n * sizeof *parts);
+  char *all = NULL;
+  bool gathered = false;
+  if (!lens || !counts || !parts) {
+    rc = ss_cli_fail(cmd, "--trace: out of memory");
+    goto done;
+  }
+  for (int r = 0; r < n; r++) counts[r] = sizeof mine;
+  if (ss_comm_allgatherv(c, mine, lens, counts)) goto done;
+  uint64_t total = 0, dropped = 0;
+  for (int r = 0; r < n; r++) {
+    counts[r] = (size_t)lens[2 * r];
+    total += lens[2 * r];
+    dropped += lens[2 * r + 1];
+  }
+  if (c->rank == 0 && !(all = malloc(total ? (size_t)total : 1))) {
+    /* The others would wait in the gather: end the job instead. */
+    rc = ss_cli_fail(cmd, "--trace: out of memory for %llu bytes of spans",
+                     (unsigned long long)total);
+    goto done;
+  }
+  if (ss_comm_gatherv(c, text, all, counts, 0)) goto done;
+  gathered = true;
+  if (c->rank == 0) {
+    size_t off = 0;
+    for (int r = 0; r < n; r++) {
+      parts[r] = all + off;
+      off += counts[r];
+    }
+    rc = write_trace(cmd, path, parts, counts, n, dropped);
+  }
+done:
+  if (!gathered && rc == SS_EXIT_OK) {
+    ss_cli_fail(cmd, "--trace: gathering the spans on rank 0: %s", ss_error_msg());
+    rc = write_own(cmd, path, c->rank, text, nbytes);
+    if (rc == SS_EXIT_OK) rc = SS_EXIT_FAIL;
+  }
+  free(all);
+  free(parts);
+  free(lens);
+  free(counts);
+  free(text);
+  ss_trace_stop();
+  return rc;
 }
 
 void ss_ranks_end(ss_comm *c, int exit_code) {

@@ -46,6 +46,22 @@ int ss_ranks_start(const char *cmd, const ss_ranks_opts *o, struct ss_comm **out
 int ss_ranks_agree(const char *cmd, struct ss_comm *c, bool ok);
 /* Gathers each rank's step counters and memory on rank 0 and prints them. */
 int ss_ranks_profile(const char *cmd, struct ss_comm *c, const struct ss_model *m, double wall_s);
+/* --trace FILE, before ss_ranks_start (every rank, the same answer on one
+ * host): fails with a usage error naming the path when FILE is a directory,
+ * its directory does not exist, or it cannot be written; nothing is created
+ * yet.  Returns an exit status (0 to go on), having printed the error. */
+int ss_ranks_trace_check(const char *cmd, const char *path);
+/* After ss_ranks_start: starts recording spans on this rank (pid = its rank in
+ * the job, named with its stage and tensor-parallel rank) and names the
+ * calling thread's track (NULL: a thread that records nothing; the one that
+ * does names itself with ss_trace_thread_name).  Returns an exit status. */
+int ss_ranks_trace_start(const char *cmd, struct ss_comm *c, const char *thread_name);
+/* Every rank, once its steps are done (a collective when c is set): gathers
+ * every rank's spans on rank 0, which writes the trace file.  When the gather
+ * fails, each rank writes its own spans to PATH.rankN instead.  Stops
+ * recording.  Returns an exit status. */
+int ss_ranks_trace_write(const char *cmd, struct ss_comm *c, const char *path);
+
 /* Ends the job: finalises on success, aborts every rank on failure. */
 void ss_ranks_end(struct ss_comm *c, int exit_code);
 

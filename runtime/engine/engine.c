@@ -12,6 +12,7 @@
 #include "comm/comm.h"
 #include "runtime/base/clock.h"
 #include "runtime/base/status.h"
+#include "runtime/base/trace.h"
 #include "runtime/engine/engine_internal.h"
 #include "runtime/engine/executor.h"
 #include "runtime/grammar/grammar.h"
@@ -517,6 +518,7 @@ int ss_engine_run(ss_engine *e) {
     evs = (ev_list){0};
 
     /* One step. */
+    SS_TRACE_BEGIN(t_step);
     ss_sched_batch b;
     ss_sched_step(&e->sched, &b);
     if (b.n_entries == 0) continue;
@@ -541,6 +543,9 @@ int ss_engine_run(ss_engine *e) {
       if (en->logits) e->b_rows[nl++] = nt - 1;
     }
     const double t_fwd0 = ss_now_s();
+    if (ss_trace_on())
+      ss_trace_span("schedule", "sched", t_step, t_fwd0,
+                    (ss_trace_arg[]){{"seqs", b.n_entries}, {"tokens", nt}, {"logits", nl}}, 3);
     rc = exec_all(e, &b, nt, nl);
     int32_t n_failed = 0;
     if (rc && rc != SS_ERR_COMM) {
@@ -603,6 +608,7 @@ int ss_engine_run(ss_engine *e) {
     e->stats_dirty = true;
 
     /* Sample outside the lock, then publish. */
+    SS_TRACE_BEGIN(t_sample);
     int32_t li = 0;
     uint64_t gen = 0;
     ereq **done_q = e->done_q;
@@ -630,6 +636,9 @@ int ss_engine_run(ss_engine *e) {
         done_r[n_done++] = reason;
       }
     }
+    if (ss_trace_on())
+      ss_trace_span("sample", "compute", t_sample, ss_now_s(),
+                    (ss_trace_arg[]){{"tokens", (int64_t)gen}}, 1);
     pthread_mutex_lock(&e->mu);
     for (int32_t i = 0; i < n_done; i++) ss_eng_finish_locked(e, done_q[i], done_r[i], NULL, &evs);
     for (int32_t i = 0; i < n_ttft; i++) ss_histogram_observe(&e->h_ttft, ttfts[i]);
@@ -641,6 +650,10 @@ int ss_engine_run(ss_engine *e) {
     if (e->notify) e->notify(e->notify_user);
     ss_eng_step_log(e, t_sched, &ok, attended, kv_read, t_fwd0, t);
     stats_line(e);
+    if (ss_trace_on())
+      ss_trace_span("step", "sched", t_step, ss_now_s(),
+                    (ss_trace_arg[]){{"step", (int64_t)e->steps}, {"seqs", b.n_entries},
+                                     {"tokens", nt}}, 3);
     if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) {
       ss_eng_gather_rank_stats(e);
       e->stats_dirty = false;

@@ -13,6 +13,7 @@
 #include "comm/comm.h"
 #include "runtime/base/clock.h"
 #include "runtime/base/status.h"
+#include "runtime/base/trace.h"
 
 /* Every rank of the job: the stage's group, or all stages' under pipeline
  * parallelism (each runs its layers of the same step). */
@@ -197,6 +198,7 @@ int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
     const double t0 = ss_now_s();
     const double c0 = job(m)->busy_s;
     rc = bcast(m, &h, sizeof h, "waiting for the next step from rank 0");
+    if (ss_trace_on()) ss_trace_span("wait for step", "idle", t0, ss_now_s(), NULL, 0);
     m->prof->idle_s += ss_now_s() - t0;
     job(m)->busy_s = c0; /* waiting is idle time, not communication inside a step */
     if (rc) break;

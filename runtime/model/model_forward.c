@@ -10,6 +10,7 @@
 #include "comm/comm.h"
 #include "runtime/base/clock.h"
 #include "runtime/base/status.h"
+#include "runtime/base/trace.h"
 #include "runtime/model/model_internal.h"
 
 /* ------------------------------------------------------------------------ */
@@ -289,6 +290,9 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
                              .kv_head_base = lo->kv_head_base};
   int rc;
 
+  /* --trace: spans for the embedding, each layer and the LM head (on a device
+   * backend, the time to queue their kernels). */
+  SS_TRACE_BEGIN(t_embd);
   /* Embedding: with a vocabulary slice, tokens held elsewhere embed as zeros and
    * the all-reduce fills them in (x + 0 + ... + 0 = x exactly). */
   const bool vp = distributed(m) && lo->vocab_parallel;
@@ -303,6 +307,7 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
     be->embed(be, &m->tok_embd, ids, n, st->x);
     if (vp && (rc = allreduce(m, be, st->x, n * c->dim, "embedding", -1))) return rc;
     if (c->embd_scale != 1.0f) be->scale(be, st->x, n * c->dim, c->embd_scale);
+    if (ss_trace_on()) ss_trace_span("embedding", "compute", t_embd, ss_now_s(), NULL, 0);
   } else if ((rc = stage_recv(m, st->x, (size_t)(n * c->dim) * sizeof(float),
                               lo->stage - 1, PP_TAG_HIDDEN, "the hidden states"))) {
     return rc;
@@ -310,6 +315,7 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
 
   /* This stage's layers; its KV cache holds them from index 0. */
   for (int l = lo->layer_begin; l < lo->layer_end; l++) {
+    SS_TRACE_BEGIN(t_layer);
     const ss_layer_weights *L = &m->layers[l];
     const ss_kv_layer kvl = ss_kv_cache_layer(kv, l - lo->layer_begin);
     /* attention */
@@ -360,6 +366,8 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
     if (L->post_ffn_norm)
       be->rmsnorm(be, st->xb2, L->post_ffn_norm, n, c->dim, c->rms_eps, st->xb2);
     be->add(be, st->x, st->xb2, n * c->dim);
+    if (ss_trace_on())
+      ss_trace_span("layer", "compute", t_layer, ss_now_s(), (ss_trace_arg[]){{"layer", l}}, 1);
   }
   /* Not the last stage: the residual stream goes on to the same tensor-
    * parallel rank of the next stage (every rank of a stage holds all of it). */
@@ -367,6 +375,7 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
     return stage_send(m, st->x, (size_t)(n * c->dim) * sizeof(float), lo->stage + 1,
                       PP_TAG_HIDDEN, "the hidden states");
   if (b->n_logits == 0) return SS_OK;
+  SS_TRACE_BEGIN(t_head);
   be->gather_rows(be, st->x, b->logit_rows, b->n_logits, c->dim, st->xl);
   be->rmsnorm(be, st->xl, m->output_norm, b->n_logits, c->dim, c->rms_eps, st->xl);
   /* Vocabulary-parallel: every rank its rows.  Whole LM head on every rank:
@@ -382,6 +391,9 @@ static int forward_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv
     count_read(m, &m->output, false);
     finish_logits(m, be, out, b->n_logits * (int64_t)c->vocab);
   }
+  if (ss_trace_on())
+    ss_trace_span("lm head", "compute", t_head, ss_now_s(),
+                  (ss_trace_arg[]){{"logits", b->n_logits}}, 1);
   return SS_OK;
 }
 
@@ -479,6 +491,14 @@ int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, c
   int rc = forward_local(m, st, kv, b, logits);
   const double comm =
       (m->comm ? m->comm->busy_s : 0.0) + (m->world ? m->world->busy_s : 0.0) - c0;
+  if (ss_trace_on()) {
+    /* A sequence's tokens are contiguous in a batch and share a block table. */
+    int64_t seqs = 0;
+    for (int64_t i = 0; i < b->n; i++)
+      seqs += i == 0 || b->loc.block_table[i] != b->loc.block_table[i - 1];
+    ss_trace_span("forward", "step", t0, ss_now_s(),
+                  (ss_trace_arg[]){{"tokens", b->n}, {"seqs", seqs}, {"logits", b->n_logits}}, 3);
+  }
   m->prof->steps++;
   m->prof->comm_s += comm;
   m->prof->compute_s += ss_now_s() - t0 - comm;
