@@ -288,6 +288,7 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
   if (!get_int(o, "best_of", INT32_MIN, INT32_MAX, &best_of, &best_set, e)) return false;
   if (best_set && chat && best_of != 1)
     return ss_oai_fail(e, 400, "best_of", "'best_of' is for /v1/completions only");
+  if (chat) best_set = false; /* 1: changes nothing */
   if (best_set && (best_of < n || best_of > SS_OAI_MAX_N))
     return ss_oai_fail(e, 400, "best_of", "'best_of' = %lld must be in n..%d (n = %lld)",
                        (long long)best_of, SS_OAI_MAX_N, (long long)n);

@@ -306,9 +306,10 @@ static void stream_end(api_req *q) {
 
 void ss_oai_answer_error(api_req *q, int status, const char *code, const char *msg) {
   if (q->stream) {
-    sse_send(q->conn, json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", msg, "type",
-                                status >= 500 ? "server_error" : "invalid_request_error",
-                                "param", "code", code));
+    json_t *err = json_pack("{s:s, s:s, s:n}", "message", msg, "type",
+                            status >= 500 ? "server_error" : error_type(status), "param");
+    json_object_set_new(err, "code", code ? json_string(code) : json_null());
+    sse_send(q->conn, json_pack("{s:o}", "error", err));
     stream_end(q);
   } else {
     ss_oai_send_error(q->conn, status, NULL, code, status == 429 ? "Retry-After: 1\r\n" : NULL,

@@ -312,6 +312,18 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api
 /* ------------------------------------------------------------------------ */
 /* Events from the engine                                                     */
 
+/* The access log's line: its queue and time to first token count the
+ * preparation (on a worker) as well as the engine's queue (choice 0's); its
+ * tokens are every choice's so far. */
+static void set_log(api_req *q) {
+  const api_choice *c0 = &q->ch[0];
+  int32_t n_gen = 0;
+  for (int32_t i = 0; i < q->n_ch; i++) n_gen += q->ch[i].n_generated;
+  const double prep_ms = (double)(q->t_submit - q->t_arrive) / 1e6;
+  ss_http_conn_set_log(q->conn, q->g.r.n_prompt, n_gen, prep_ms + c0->queue_s * 1e3,
+                       n_gen > 0 ? prep_ms + (c0->queue_s + c0->prefill_s) * 1e3 : -1);
+}
+
 void ss_api_on_wake(uv_async_t *h) {
   ss_api *a = h->data;
   pthread_mutex_lock(&a->mu);
@@ -351,6 +363,7 @@ void ss_api_on_wake(uv_async_t *h) {
         if (!done) {
           ss_oai_on_token(q, ch, m, ev);
         } else if (failed) {
+          set_log(q);
           const bool abort = strcmp(ev->finish_reason, "abort") == 0;
           ss_oai_answer_error(q, abort ? 503 : 500, abort ? "server_shutdown" : NULL,
                               abort ? ss_oai_drained_msg : ev->error ? ev->error : "engine error");
@@ -362,15 +375,7 @@ void ss_api_on_wake(uv_async_t *h) {
         bool all = true;
         for (int32_t i = 0; i < q->n_ch && all; i++) all = q->ch[i].done;
         if (all && !q->answered) {
-          /* The access log's queue and time to first token count the
-           * preparation (on a worker) as well as the engine's queue
-           * (choice 0's); its tokens are every choice's. */
-          const api_choice *c0 = &q->ch[0];
-          int32_t n_gen = 0;
-          for (int32_t i = 0; i < q->n_ch; i++) n_gen += q->ch[i].n_generated;
-          const double prep_ms = (double)(q->t_submit - q->t_arrive) / 1e6;
-          ss_http_conn_set_log(q->conn, c0->n_prompt, n_gen, prep_ms + c0->queue_s * 1e3,
-                               n_gen > 0 ? prep_ms + (c0->queue_s + c0->prefill_s) * 1e3 : -1);
+          set_log(q);
           ss_oai_finish(q);
           q->answered = true;
         }
