@@ -10,7 +10,8 @@ completions) carries each choice's index, and the texts per index are the
 non-streamed ones.  best_of = 4, n = 2 returns the two most likely of the four
 sequences, whose logprob sums come from the four n = 1 requests (seeds + i).
 echo prepends the prompt (a string, or token ids given by /tokenize of a
-string).  Out-of-range and OpenAI-rejected combinations are 400s naming the
+string); with logprobs the prompt tokens' logprobs match single greedy steps
+forced onto each prompt token.  Out-of-range and OpenAI-rejected combinations are 400s naming the
 field.
 """
 import json
@@ -169,6 +170,43 @@ try:
     ck.check(streamed == ep + plain.choices[0].text, f"echo streamed: {streamed!r}")
     mark("echo")
 
+    # echo with logprobs: the prompt tokens' logprobs (the first null).  The
+    # logprob of token k after tokens 0..k-1 is checked against a request
+    # whose prompt is tokens 0..k-1 and whose one generated token is forced
+    # to be token k with logit_bias (the reported logprobs are the model's,
+    # before the bias): a sampling row of a separate forward pass, not a kept
+    # prompt row.  Its top alternatives against that step's top logprobs.
+    lp_prompt = "The capital of France is Paris, and the capital of Italy is"
+    code, body = srv.post("/tokenize", {"prompt": lp_prompt})
+    ids = json.loads(body)["tokens"]
+    r = c.completions.create(model=MODEL, prompt=lp_prompt, echo=True, logprobs=2, max_tokens=3,
+                             temperature=0, n=2)
+    lp = r.choices[0].logprobs
+    np_ = len(ids)
+    ck.check(r.choices[0].text.startswith(lp_prompt) and len(lp.tokens) == np_ + 3 and
+             lp.token_logprobs[0] is None and lp.top_logprobs[0] is None and
+             all(v is not None for v in lp.token_logprobs[1:]), f"echo logprobs {lp}")
+    ck.check("".join(lp.tokens[:np_]) == lp_prompt and lp.text_offset[np_] == len(lp_prompt) and
+             lp.text_offset[0] == 0, f"echo tokens / offsets {lp.tokens} {lp.text_offset}")
+    ck.check(r.choices[1].logprobs.token_logprobs[:np_] == lp.token_logprobs[:np_],
+             "choice 1's prompt logprobs are choice 0's")
+    for k in range(1, np_):
+        one = c.completions.create(model=MODEL, prompt=ids[:k], max_tokens=1, temperature=0,
+                                   logprobs=2, logit_bias={str(ids[k]): 100})
+        ol = one.choices[0].logprobs
+        ck.check(ol.tokens[0] == lp.tokens[k] and
+                 abs(ol.token_logprobs[0] - lp.token_logprobs[k]) <= 2e-3,
+                 f"prompt token {k} {lp.tokens[k]!r}: {lp.token_logprobs[k]} != {ol.token_logprobs[0]}")
+        want, got = ol.top_logprobs[0], lp.top_logprobs[k]
+        ck.check(set(want) == set(got) and all(abs(want[t] - got[t]) <= 2e-3 for t in want),
+                 f"prompt token {k}: top {got} != {want}")
+    # Computed again (the prompt is cached by now, but these rows are recomputed).
+    again = c.completions.create(model=MODEL, prompt=lp_prompt, echo=True, logprobs=2,
+                                 max_tokens=3, temperature=0)
+    ck.check(again.choices[0].logprobs.token_logprobs == lp.token_logprobs,
+             "echo logprobs with the prompt in the prefix cache")
+    mark("echo logprobs")
+
     # ------------------------------------------------------------------
     # Refused: each a 400 naming the field.
     def refused(field, **kw):
@@ -190,7 +228,6 @@ try:
     refused("best_of", n=1, best_of=2, stream=True)
     refused("best_of", n=1, best_of=17)
     refused("best_of", extra_body={"best_of": 2}, chat=True)
-    refused("echo", echo=True, logprobs=1)
     refused("echo", extra_body={"echo": True}, chat=True)
     refused("n", n=2, chat=True, response_format={
         "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})

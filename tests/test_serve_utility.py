@@ -279,8 +279,7 @@ try:
                                                     "suffix": "zz"})
     ck.check(code == 400 and err_param(body) == "suffix", f"suffix is refused: {code} {body}")
     # The rest of the README's "400, not implemented yet" row, on completions.
-    for field, extra in (("echo", {"echo": True, "logprobs": 1}), ("best_of", {"best_of": 17}),
-                         ("n", {"n": 17})):
+    for field, extra in (("best_of", {"best_of": 17}), ("n", {"n": 17})):
         code, body = post_json(srv, "/v1/completions", {"prompt": "a", "max_tokens": 1, **extra})
         ck.check(code == 400 and err_param(body) == field,
                  f"completions with {extra} is a 400 naming it: {code} {body}")

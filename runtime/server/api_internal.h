@@ -259,6 +259,10 @@ typedef struct api_req {
   api_choice *ch;         /* [n_ch]: best_of of them (n when best_of is not given) */
   int32_t n_ch, n_ret;    /* sequences generated; choices answered (the most likely) */
   int32_t n_live;         /* choices submitted whose DONE has not come */
+  int32_t *prompt_ids;    /* echo with logprobs: the prompt's tokens */
+  int32_t n_prompt_ids;
+  json_t *echo_lp;        /* and their logprobs (completions format), from choice 0's first
+                             token */
   bool answered;          /* the response is complete (or an error was sent) */
 } api_req;
 

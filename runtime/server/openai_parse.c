@@ -710,9 +710,9 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
   if (ok) ok = get_bool(o, "echo", &echo, e);
   if (ok && echo && chat)
     ok = ss_oai_fail(e, 400, "echo", "'echo' is for /v1/completions only");
-  if (ok && echo && g->user_logprobs)
-    ok = ss_oai_fail(e, 400, "echo", "'echo' with 'logprobs' (the prompt's logprobs) is not "
-                     "supported");
+  /* echo with logprobs: the prompt's tokens with theirs (the engine keeps
+   * every prompt row's logits for it). */
+  if (ok && echo && g->user_logprobs) g->r.prompt_logprobs = true;
   if (ok) ok = chat ? parse_messages(x, o, g, e) : parse_prompt(o, x, &g->r, e);
   if (ok && echo && !chat) ok = echo_text(x, o, g, e);
   if (ok && g->best_of > 1 && g->r.grammar)

@@ -1,6 +1,7 @@
 /* OpenAI response bodies: error objects, whole chat/completion responses,
  * streamed chunks (Server-Sent Events) with usage, and both logprob formats. */
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,6 +130,50 @@ static void completion_logprobs_add(json_t *lp, const ss_model *m, const ss_engi
   json_array_append_new(json_object_get(lp, "text_offset"), json_integer((json_int_t)offset));
 }
 
+/* echo with logprobs: the prompt's tokens in the completions format, the
+ * first with null logprobs (nothing precedes it), offsets from 0. */
+static json_t *prompt_logprobs_json(const api_req *q, const ss_model *m,
+                                    const ss_engine_event *ev) {
+  json_t *lp = completion_logprobs_new();
+  size_t off = 0;
+  for (int32_t i = 0; i < q->n_prompt_ids; i++) {
+    char buf[256];
+    size_t n = piece(m, q->prompt_ids[i], buf, sizeof buf);
+    json_array_append_new(json_object_get(lp, "tokens"), ss_oai_json_text(buf, n));
+    const int32_t j = i - 1; /* the engine's index: token i after tokens 0..i-1 */
+    const bool have = j >= 0 && ev->prompt_lp && j < ev->n_prompt_lp && !isnan(ev->prompt_lp[j]);
+    json_array_append_new(json_object_get(lp, "token_logprobs"),
+                          have ? json_real(ev->prompt_lp[j]) : json_null());
+    json_t *top = json_null();
+    if (have) {
+      top = json_object();
+      for (int32_t k = 0; ev->prompt_top_ids && k < q->n_top; k++) {
+        char tb[256];
+        size_t tn = piece(m, ev->prompt_top_ids[(size_t)j * q->n_top + k], tb, sizeof tb);
+        json_t *key = ss_oai_json_text(tb, tn);
+        json_object_set_new(top, json_string_value(key),
+                            json_real(ev->prompt_top_lp[(size_t)j * q->n_top + k]));
+        json_decref(key);
+      }
+    }
+    json_array_append_new(json_object_get(lp, "top_logprobs"), top);
+    json_array_append_new(json_object_get(lp, "text_offset"), json_integer((json_int_t)off));
+    off += n;
+  }
+  return lp;
+}
+
+/* The prompt's logprobs followed by a choice's (consumed, may be NULL). */
+static json_t *with_prompt_logprobs(const api_req *q, json_t *lp) {
+  json_t *all = json_deep_copy(q->echo_lp);
+  if (!all) return lp ? lp : json_null();
+  static const char *const keys[] = {"tokens", "token_logprobs", "top_logprobs", "text_offset"};
+  for (int i = 0; lp && i < 4; i++)
+    json_array_extend(json_object_get(all, keys[i]), json_object_get(lp, keys[i]));
+  json_decref(lp);
+  return all;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Streaming chunks                                                           */
 
@@ -223,7 +268,8 @@ static void stream_echo(api_req *q, api_choice *ch) {
   if (ch->echoed || !q->g.echo) return;
   ch->echoed = true;
   json_t *t = json_stringn(q->g.echo, q->g.echo_len);
-  stream_text(q, ch, t ? t : json_string(""), NULL, NULL);
+  stream_text(q, ch, t ? t : json_string(""), q->echo_lp ? json_deep_copy(q->echo_lp) : NULL,
+              NULL);
 }
 
 static void stream_token(api_req *q, api_choice *ch, const ss_model *m,
@@ -352,7 +398,7 @@ static json_t *choice_json(api_req *q, api_choice *ch, int32_t index) {
                        "assistant", "content", text, "logprobs", lp, "finish_reason", fr);
     if (calls) json_object_set_new(json_object_get(choice, "message"), "tool_calls", calls);
   } else {
-    json_t *lp = ch->lp ? ch->lp : json_null();
+    json_t *lp = q->echo_lp ? with_prompt_logprobs(q, ch->lp) : ch->lp ? ch->lp : json_null();
     ch->lp = NULL;
     choice = json_pack("{s:i, s:o, s:o, s:s}", "index", index, "text", text, "logprobs", lp,
                        "finish_reason", ch->finish);
@@ -399,6 +445,7 @@ void ss_oai_finish(api_req *q) {
 /* Engine events                                                              */
 
 void ss_oai_on_token(api_req *q, api_choice *ch, const ss_model *m, const ss_engine_event *ev) {
+  if (q->prompt_ids && !q->echo_lp && ch == &q->ch[0]) q->echo_lp = prompt_logprobs_json(q, m, ev);
   ch->sum_logprob += (double)ev->logprob;
   if (q->stream) {
     stream_token(q, ch, m, ev);

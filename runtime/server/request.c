@@ -45,6 +45,8 @@ static void req_free(api_req *q) {
   }
   free(q->ch);
   free(q->g.echo);
+  free(q->prompt_ids);
+  json_decref(q->echo_lp);
   json_decref(q->result);
   free(q);
 }
@@ -58,6 +60,7 @@ static bool req_copy(const ss_engine_req *r, ss_engine_req *out) {
   out->sampling.stop_ids = NULL;
   out->sampling.bad = NULL;
   out->grammar = NULL; /* n > 1 with a constraint is refused at parsing */
+  out->prompt_logprobs = false; /* choice 0's serve every choice */
   bool ok = true;
   out->prompt = malloc((size_t)r->n_prompt * sizeof *r->prompt);
   if (out->prompt) memcpy(out->prompt, r->prompt, (size_t)r->n_prompt * sizeof *r->prompt);
@@ -135,9 +138,19 @@ static void submit(api_req *q, ss_http_conn *c) {
   q->n_ch = g->best_of > q->n_ret ? g->best_of : q->n_ret;
   q->ch = calloc((size_t)q->n_ch, sizeof *q->ch);
   bool ok = q->ch != NULL;
+  if (ok && g->r.prompt_logprobs) {
+    /* The prompt's tokens, for its logprobs (the engine takes g->r's). */
+    q->prompt_ids = malloc((size_t)g->r.n_prompt * sizeof *q->prompt_ids);
+    if (q->prompt_ids) {
+      memcpy(q->prompt_ids, g->r.prompt, (size_t)g->r.n_prompt * sizeof *q->prompt_ids);
+      q->n_prompt_ids = g->r.n_prompt;
+    }
+    ok = q->prompt_ids != NULL;
+  }
   for (int32_t i = 0; ok && i < q->n_ch; i++) {
     api_choice *ch = &q->ch[i];
     ch->q = q;
+    ch->text_offset = g->echo_len; /* logprobs' offsets are in the text with the echo */
     if (i == 0) continue;
     ok = req_copy(&g->r, &ch->pending);
     if (!ok) break;
