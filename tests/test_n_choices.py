@@ -91,6 +91,19 @@ try:
                  f"choice {i}: logprobs differ from the n = 1 request's")
     mark("n = 1 per seed")
 
+    # Every choice carries the request's own arrays (logit_bias, stop
+    # strings, stop_token_ids, bad_words): each is its n = 1 request.
+    fields = dict(logit_bias={"13": -100, "30": 5}, stop=["\n\n"],
+                  extra_body={"stop_token_ids": [2], "bad_words": [" the"], "ignore_eos": True})
+    r = c.completions.create(model=MODEL, prompt=prompt, n=3, seed=SEED, temperature=1.0,
+                             max_tokens=12, **fields)
+    for i in range(3):
+        one = c.completions.create(model=MODEL, prompt=prompt, seed=SEED + i, temperature=1.0,
+                                   max_tokens=12, **fields)
+        ck.check(one.choices[0].text == r.choices[i].text and
+                 one.choices[0].finish_reason == r.choices[i].finish_reason,
+                 f"with arrays, choice {i} {r.choices[i].text!r} != {one.choices[0].text!r}")
+
     # Without a seed: independent streams.
     r = c.completions.create(model=MODEL, prompt=prompt, n=4, temperature=1.0, max_tokens=16,
                              extra_body={"ignore_eos": True})
@@ -201,7 +214,8 @@ try:
         ol = one.choices[0].logprobs
         ck.check(ol.tokens[0] == lp.tokens[k] and
                  abs(ol.token_logprobs[0] - lp.token_logprobs[k]) <= 2e-3,
-                 f"prompt token {k} {lp.tokens[k]!r}: {lp.token_logprobs[k]} != {ol.token_logprobs[0]}")
+                 f"prompt token {k} {lp.tokens[k]!r}: {lp.token_logprobs[k]} != "
+                 f"{ol.token_logprobs[0]}")
         want, got = ol.top_logprobs[0], lp.top_logprobs[k]
         ck.check(set(want) == set(got) and all(abs(want[t] - got[t]) <= 2e-3 for t in want),
                  f"prompt token {k}: top {got} != {want}")

@@ -51,6 +51,15 @@ static void req_free(api_req *q) {
   free(q);
 }
 
+/* A malloc'ed copy of n elements of p (NULL for none); *ok false when out of memory. */
+static void *dup_array(const void *p, int32_t n, size_t size, bool *ok) {
+  if (!p || n <= 0) return NULL;
+  void *c = malloc((size_t)n * size);
+  if (c) memcpy(c, p, (size_t)n * size);
+  else *ok = false;
+  return c;
+}
+
 /* A copy of r that owns its own buffers (the engine takes each request's). */
 static bool req_copy(const ss_engine_req *r, ss_engine_req *out) {
   *out = *r;
@@ -70,17 +79,12 @@ static bool req_copy(const ss_engine_req *r, ss_engine_req *out) {
     if (out->stop[i]) out->n_stop++;
     else ok = false;
   }
-#define COPY_ARRAY(field, count)                                                        \
-  if (ok && r->sampling.field && r->sampling.count > 0) {                               \
-    void *p = malloc((size_t)r->sampling.count * sizeof *r->sampling.field);            \
-    if (p) memcpy(p, r->sampling.field, (size_t)r->sampling.count * sizeof *r->sampling.field); \
-    else ok = false;                                                                    \
-    out->sampling.field = p;                                                            \
-  }
-  COPY_ARRAY(bias, n_bias)
-  COPY_ARRAY(stop_ids, n_stop_ids)
-  COPY_ARRAY(bad, n_bad_ids)
-#undef COPY_ARRAY
+  out->sampling.bias = dup_array(r->sampling.bias, r->sampling.n_bias, sizeof *r->sampling.bias,
+                                 &ok);
+  out->sampling.stop_ids = dup_array(r->sampling.stop_ids, r->sampling.n_stop_ids,
+                                     sizeof *r->sampling.stop_ids, &ok);
+  out->sampling.bad = dup_array(r->sampling.bad, r->sampling.n_bad_ids, sizeof *r->sampling.bad,
+                                &ok);
   if (!ok) ss_oai_req_free(out);
   return ok;
 }
