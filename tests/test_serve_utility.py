@@ -267,7 +267,7 @@ try:
     chat = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
     refused = [("tools", [{"type": "function", "function": {"name": "f g"}}]),  # a bad name
                ("tool_choice", "required"), ("functions", [{"name": "f"}]),
-               ("function_call", {"name": "f"}), ("n", 2)]
+               ("function_call", {"name": "f"}), ("n", 17), ("best_of", 2), ("echo", True)]
     for field, value in refused:
         code, body = post_json(srv, "/v1/chat/completions", {**chat, field: value})
         ck.check(code == 400 and err_param(body) == field,
@@ -279,11 +279,10 @@ try:
                                                     "suffix": "zz"})
     ck.check(code == 400 and err_param(body) == "suffix", f"suffix is refused: {code} {body}")
     # The rest of the README's "400, not implemented yet" row, on completions.
-    for field, value in (("echo", True), ("best_of", 2), ("n", 3)):
-        code, body = post_json(srv, "/v1/completions", {"prompt": "a", "max_tokens": 1,
-                                                        field: value})
+    for field, extra in (("best_of", {"best_of": 17}), ("n", {"n": 17})):
+        code, body = post_json(srv, "/v1/completions", {"prompt": "a", "max_tokens": 1, **extra})
         ck.check(code == 400 and err_param(body) == field,
-                 f"completions with {field}={value} is a 400 naming it: {code} {body}")
+                 f"completions with {extra} is a 400 naming it: {code} {body}")
     neutral = {"presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {},
                "response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
                "user": "u1", "metadata": {"k": "v"}, "store": False, "repetition_penalty": 1}

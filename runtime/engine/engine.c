@@ -3,6 +3,7 @@
  * which schedules, runs each step through the executor and publishes. */
 #include "runtime/engine/engine.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,9 +134,12 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
     if (ss_model_is_eog(m, t)) e->eog[k++] = t;
   const size_t T = (size_t)o.max_batched_tokens;
   e->logits = malloc((size_t)o.max_num_seqs * (size_t)c->vocab * sizeof *e->logits);
+  e->cap_logits = o.max_num_seqs;
+  e->pl_q = malloc(T * sizeof *e->pl_q);
+  e->pl_pos = malloc(T * sizeof *e->pl_pos);
   e->b_tokens = malloc(T * sizeof *e->b_tokens);
   e->b_pos = malloc(T * sizeof *e->b_pos);
-  e->b_rows = malloc((size_t)o.max_num_seqs * sizeof *e->b_rows);
+  e->b_rows = malloc(((size_t)o.max_num_seqs + T) * sizeof *e->b_rows);
   e->b_tab = malloc(T * sizeof *e->b_tab);
   e->done_q = malloc((size_t)o.max_num_seqs * sizeof *e->done_q);
   e->done_r = malloc((size_t)o.max_num_seqs * sizeof *e->done_r);
@@ -145,7 +149,8 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   e->ent_why = malloc((size_t)o.max_num_seqs * sizeof *e->ent_why);
   e->ent_tok = malloc((size_t)o.max_num_seqs * sizeof *e->ent_tok);
   e->ent_ok = malloc((size_t)o.max_num_seqs * sizeof *e->ent_ok);
-  if (!e->logits || !e->b_tokens || !e->b_pos || !e->b_rows || !e->b_tab || !e->done_q ||
+  if (!e->logits || !e->pl_q || !e->pl_pos || !e->b_tokens || !e->b_pos || !e->b_rows ||
+      !e->b_tab || !e->done_q ||
       !e->done_r || !e->itls || !e->ttfts || !e->ent_failed || !e->ent_why || !e->ent_tok ||
       !e->ent_ok) {
     rc = ss_error(SS_ERR_NOMEM, "engine: out of memory for a batch of %d tokens and %d sequences",
@@ -184,6 +189,8 @@ void ss_engine_free(ss_engine *e) {
   free(e->eog);
   if (e->kv.be) ss_kv_cache_free(&e->kv);
   free(e->logits);
+  free(e->pl_q);
+  free(e->pl_pos);
   free(e->masked);
   ss_grammar_vocab_free(e->gvocab);
   free(e->b_tokens);
@@ -267,6 +274,7 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   q->seq.max_tokens = (int32_t)total;
   q->seq.user = q;
   q->seq.tokens = q->tokens;
+  q->seq.compute_all = r->prompt_logprobs;
   ss_detok_init(&q->dt, e->m->tok, false);
   q->t_arrival = ss_now_s();
 
@@ -402,6 +410,61 @@ static int debug_check(const ss_engine *e, const ss_sched_entry *en, int32_t n) 
                       "(SS_DEBUG_FAIL_STEP)", (long long)q->id);
   }
   return SS_OK;
+}
+
+/* Room for n logit rows: the engine's buffer and the forward state grow (the
+ * other ranks' states follow the step they receive). */
+static int ensure_logit_rows(ss_engine *e, int32_t n) {
+  if (n > e->cap_logits) {
+    float *l = realloc(e->logits, (size_t)n * (size_t)e->m->cfg.vocab * sizeof *l);
+    if (!l) return ss_error(SS_ERR_NOMEM, "out of memory for %d rows of logits", n);
+    e->logits = l;
+    e->cap_logits = n;
+  }
+  if (n > e->st.max_logits) {
+    const int64_t T = e->st.max_tokens;
+    ss_forward_state_free(&e->st);
+    int rc = ss_forward_state_init(&e->st, e->m, e->be, T, n);
+    if (rc) {
+      /* Back to the size it had, so that steps without prompt rows still run. */
+      ss_forward_state_free(&e->st);
+      int rc2 = ss_forward_state_init(&e->st, e->m, e->be, T, e->o.max_num_seqs);
+      return rc2 ? rc2 : rc;
+    }
+  }
+  return SS_OK;
+}
+
+/* The logprobs of the prompt tokens that this step's prompt rows (after its
+ * nl sampling rows) predict, into their requests. */
+static void record_prompt_rows(ss_engine *e, int32_t nl, int32_t npl) {
+  const int32_t V = e->m->cfg.vocab;
+  for (int32_t j = 0; j < npl; j++) {
+    ereq *q = e->pl_q[j];
+    const int32_t n = q->r.n_prompt - 1, k = q->r.n_top_logprobs, p = e->pl_pos[j];
+    if (!q->plp) {
+      q->plp = malloc((size_t)n * sizeof *q->plp);
+      if (k > 0) {
+        q->ptop_ids = calloc((size_t)n * (size_t)k, sizeof *q->ptop_ids);
+        q->ptop_lp = calloc((size_t)n * (size_t)k, sizeof *q->ptop_lp);
+      }
+      if (!q->plp || (k > 0 && (!q->ptop_ids || !q->ptop_lp))) {
+        free(q->plp);
+        free(q->ptop_ids);
+        free(q->ptop_lp);
+        q->plp = NULL;
+        q->ptop_ids = NULL;
+        q->ptop_lp = NULL;
+        continue;
+      }
+      for (int32_t i = 0; i < n; i++) q->plp[i] = NAN;
+    }
+    const float *row = e->logits + (size_t)(nl + j) * (size_t)V;
+    q->plp[p] = ss_logprob_of(row, V, q->tokens[p + 1]);
+    if (k > 0)
+      ss_top_logprobs(&e->scratch, row, k, q->ptop_ids + (size_t)p * k,
+                      q->ptop_lp + (size_t)p * k);
+  }
 }
 
 /* Runs the step whose tokens are in the engine's batch arrays. */
@@ -542,13 +605,30 @@ int ss_engine_run(ss_engine *e) {
       }
       if (en->logits) e->b_rows[nl++] = nt - 1;
     }
+    /* Requests that report prompt logprobs: a row for each of their prompt
+     * positions in the step whose next token is a prompt token, after the
+     * sampling rows. */
+    int32_t npl = 0;
+    for (int32_t i = 0; i < b.n_entries; i++) {
+      const ss_sched_entry *en = &b.entries[i];
+      ereq *q = en->seq->user;
+      if (!q->r.prompt_logprobs) continue;
+      for (int32_t k = 0; k < en->count && en->start + k + 1 < q->r.n_prompt; k++) {
+        e->b_rows[nl + npl] = e->ent_tok[i] + k;
+        e->pl_q[npl] = q;
+        e->pl_pos[npl++] = en->start + k;
+      }
+    }
     const double t_fwd0 = ss_now_s();
     if (ss_trace_on())
       ss_trace_span("schedule", "sched", t_step, t_fwd0,
                     (ss_trace_arg[]){{"seqs", b.n_entries}, {"tokens", nt}, {"logits", nl}}, 3);
-    rc = exec_all(e, &b, nt, nl);
+    rc = npl > 0 ? ensure_logit_rows(e, nl + npl) : SS_OK;
+    if (rc) npl = 0; /* the step runs without them (lost: NaN) */
+    rc = exec_all(e, &b, nt, nl + npl);
     int32_t n_failed = 0;
     if (rc && rc != SS_ERR_COMM) {
+      npl = 0; /* run one by one below, without the prompt rows (lost: NaN) */
       char why[512];
       snprintf(why, sizeof why, "a forward step failed: %s", ss_error_msg());
       if (e->o.log)
@@ -606,6 +686,8 @@ int ss_engine_run(ss_engine *e) {
     ss_sched_commit(&e->sched, &ok);
     e->steps++;
     e->stats_dirty = true;
+
+    record_prompt_rows(e, nl, npl);
 
     /* Sample outside the lock, then publish. */
     SS_TRACE_BEGIN(t_sample);

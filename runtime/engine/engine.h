@@ -77,6 +77,10 @@ typedef struct ss_engine_req {
   int n_stop;
   bool logprobs;               /* report each token's logprob */
   int32_t n_top_logprobs;      /* and this many alternatives (0..vocabulary) */
+  bool prompt_logprobs;        /* also report the logprob of every prompt token after the
+                                  first (and n_top_logprobs alternatives), with the first
+                                  TOKEN event; the whole prompt is then computed, none of it
+                                  taken from the prefix cache (its rows' logits are kept) */
   struct ss_grammar_state *grammar; /* NULL, or the output constraint (runtime/grammar):
                                   only tokens it allows are sampled; owned by the engine
                                   once submitted */
@@ -101,6 +105,13 @@ typedef struct ss_engine_event {
   int32_t n_top;
   int32_t *top_ids;            /* [n_top], malloc'ed (NULL when n_top is 0) */
   float *top_logprobs;         /* [n_top], malloc'ed */
+  /* The first TOKEN of a request with prompt_logprobs: prompt token i + 1's
+   * logprob after tokens 0..i (NaN where a failed step lost it), and its
+   * n_top alternatives at [i * n_top ..]; malloc'ed, NULL otherwise. */
+  int32_t n_prompt_lp;         /* n_prompt - 1 */
+  float *prompt_lp;
+  int32_t *prompt_top_ids;
+  float *prompt_top_lp;
   /* DONE (and TOKEN for the counts) */
   const char *finish_reason;   /* "stop", "length", "abort", "error" */
   char *error;                 /* for "error", malloc'ed */

@@ -30,6 +30,11 @@ typedef struct ereq {
   ss_strbuf text;        /* generated text so far */
   size_t emitted;        /* bytes of text already sent */
   int32_t n_generated;
+  /* prompt_logprobs: [n_prompt - 1] and [(n_prompt - 1) * n_top], made at the
+   * first step that computes prompt rows, handed to the first TOKEN event */
+  float *plp;
+  int32_t *ptop_ids;
+  float *ptop_lp;
   /* ss_now_s(), 0 until it happens; t_first is the first token, or the end of
    * the prefill when nothing is to be generated */
   double t_arrival, t_scheduled, t_first, t_last;
@@ -57,7 +62,12 @@ struct ss_engine {
   ss_sampler_scratch scratch; /* the engine thread's sampling buffers, (V) each */
   int32_t *eog;           /* [n_eog]: the tokens that end generation, masked before min_tokens */
   int32_t n_eog;
-  float *logits;          /* (max_num_seqs, V) */
+  float *logits;          /* (cap_logits, V) */
+  int32_t cap_logits;     /* max_num_seqs, grown when prompt rows are asked for */
+  /* a step's prompt rows (after its sampling rows): the request and the
+   * position of each, max_batched_tokens long */
+  struct ereq **pl_q;
+  int32_t *pl_pos;
   struct ss_grammar_vocab *gvocab; /* the vocabulary trie, made for the first constrained
                                   request (engine thread) */
   float *masked;          /* (V): a constrained row's logits, disallowed tokens -inf */

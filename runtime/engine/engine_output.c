@@ -19,6 +19,9 @@ void ss_eng_req_free(ereq *q) {
   free(q->tokens);
   free(q->seq.blocks);
   ss_strbuf_free(&q->text);
+  free(q->plp);
+  free(q->ptop_ids);
+  free(q->ptop_lp);
   free(q);
 }
 
@@ -27,6 +30,9 @@ void ss_engine_event_free(ss_engine_event *ev) {
   free(ev->text);
   free(ev->top_ids);
   free(ev->top_logprobs);
+  free(ev->prompt_lp);
+  free(ev->prompt_top_ids);
+  free(ev->prompt_top_lp);
   free(ev->error);
   free(ev);
 }
@@ -124,6 +130,15 @@ const char *ss_eng_sample_seq(ss_engine *e, ereq *q, const float *logits, ev_lis
       ev->text_len = 0;
     }
     if (q->r.logprobs) add_logprobs(e, q, logits, ev);
+    if (q->r.prompt_logprobs && q->n_generated == 1) {
+      ev->n_prompt_lp = q->r.n_prompt - 1;
+      ev->prompt_lp = q->plp;
+      ev->prompt_top_ids = q->ptop_ids;
+      ev->prompt_top_lp = q->ptop_lp;
+      q->plp = NULL;
+      q->ptop_ids = NULL;
+      q->ptop_lp = NULL;
+    }
     ev->n_prompt = q->r.n_prompt;
     ev->n_generated = q->n_generated;
     ss_eng_ev_push(out, ev);

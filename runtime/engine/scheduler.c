@@ -234,7 +234,8 @@ static int32_t take_cached_prefix(ss_sched *s, ss_sched_seq *q) {
   q->chain_id = -1;
   q->chain_gen = 0;
   q->n_reg = 0;
-  if (!s->ref || !q->tokens || q->n_computed != 0 || q->n_blocks != 0) return 0;
+  if (!s->ref || !q->tokens || q->compute_all || q->n_computed != 0 || q->n_blocks != 0)
+    return 0;
   const int32_t bs = s->p.block_size, max_full = (q->n_tokens - 1) / bs;
   int32_t i = 0;
   while (i < max_full) {

@@ -55,6 +55,8 @@ struct ss_sched_seq {
   bool scheduled_once; /* has been in a batch (its queue time is over) */
   const int32_t *tokens; /* the owner's tokens (prompt + generated), or NULL: never
                             cached nor looked up (the planner's sequences) */
+  bool compute_all;    /* never takes cached blocks (every prompt row's logits are
+                          wanted); its own blocks are still registered */
   int32_t n_cached;    /* prompt tokens found in the cache at its first admission */
   int32_t n_reg;       /* leading blocks already registered or found */
   int32_t chain_id;    /* the block its next block's key names, -1 at the start */

@@ -41,6 +41,7 @@ struct ss_api {
   /* Loop thread only. */
   uint64_t n_requests, n_client_errors, n_aborted_by_client;
   uint64_t n_queue_full;  /* 429s */
+  uint64_t n_forked;      /* choices beyond the first of n > 1 or best_of requests */
   uint64_t n_bad_media;   /* 415s */
   int64_t n_preparing;    /* requests handed to a worker and not yet back */
   bool exit_answered;     /* the engine has exited and its last events are answered */
@@ -78,7 +79,15 @@ typedef struct gen_fields {
   ss_engine_req r;        /* r.prompt and r.stop are malloc'ed: free with ss_oai_req_free */
   bool stream, include_usage;
   tool_out tools;
+  int32_t n;              /* choices answered, 1..SS_OAI_MAX_N */
+  int32_t best_of;        /* sequences generated, n..SS_OAI_MAX_N: the n most likely answer */
+  bool user_logprobs;     /* logprobs asked for (best_of asks the engine for them anyway) */
+  char *echo;             /* completions with echo: the prompt's text (malloc'ed), else NULL */
+  size_t echo_len;
 } gen_fields;
+
+/* n and best_of at most: each choice is its own sequence in the engine. */
+#define SS_OAI_MAX_N 16
 
 /* What a worker needs to turn a body into an engine request.  Everything it
  * points to outlives the request and is only read (the tokenizer and chat
@@ -195,8 +204,32 @@ bool ss_oai_utility(const gen_ctx *x, api_kind kind, const char *body, size_t bo
 /* ------------------------------------------------------------------------ */
 /* One generation request (request.c)                                        */
 
-/* Lives from the route handler to the engine's DONE event, or, when it never
- * reaches the engine, to the end of its preparation. */
+struct api_req;
+
+/* One choice of a generation request: one sequence in the engine.  Choice 0
+ * is submitted first; the others once its prompt is computed (its first
+ * event), so that they find the prompt's full blocks in the prefix cache and
+ * compute only the last partial block. */
+typedef struct api_choice {
+  struct api_req *q;
+  int64_t id;             /* the engine's, once submitted */
+  bool submitted, done, started;
+  ss_engine_req pending;  /* choices 1..: their own copy of the request until submitted */
+  bool has_pending;
+  bool role_sent, echoed;
+  ss_strbuf text;         /* non-streamed: the whole text */
+  json_t *lp;             /* non-streamed logprobs: chat "content" list, or completions object */
+  size_t text_offset;
+  size_t sent;            /* streamed with tools: bytes of text sent as content */
+  double sum_logprob;     /* of the sampled tokens (best_of ranks by it) */
+  char finish[16];
+  int32_t n_prompt, n_cached, n_generated;
+  double queue_s, prefill_s;
+} api_choice;
+
+/* Lives from the route handler to the engine's last DONE event of its
+ * choices, or, when it never reaches the engine, to the end of its
+ * preparation. */
 typedef struct api_req {
   ss_api *api;
   ss_http_conn *conn;     /* NULL once the client has gone */
@@ -222,12 +255,15 @@ typedef struct api_req {
   char rid[48];
   time_t created;
   uint64_t t_arrive, t_submit; /* uv_hrtime: the route handler, the engine's queue */
-  bool role_sent;
-  ss_strbuf text;         /* non-streamed: the whole text */
-  json_t *lp;             /* non-streamed logprobs: chat "content" list, or completions object */
-  size_t text_offset;
   tool_out tools;         /* chat: the output is read for tool calls */
-  size_t sent;            /* streamed with tools: bytes of text sent as content */
+  api_choice *ch;         /* [n_ch]: best_of of them (n when best_of is not given) */
+  int32_t n_ch, n_ret;    /* sequences generated; choices answered (the most likely) */
+  int32_t n_live;         /* choices submitted whose DONE has not come */
+  int32_t *prompt_ids;    /* echo with logprobs: the prompt's tokens */
+  int32_t n_prompt_ids;
+  json_t *echo_lp;        /* and their logprobs (completions format), from choice 0's first
+                             token */
+  bool answered;          /* the response is complete (or an error was sent) */
 } api_req;
 
 /* POST /v1/completions, /v1/chat/completions and the utility routes, on the
@@ -261,9 +297,19 @@ void ss_oai_send_error(ss_http_conn *c, int status, const char *param, const cha
                        const char *extra_headers, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
 
-/* A token of a request: streamed as a chunk, or gathered for the response. */
-void ss_oai_on_token(api_req *q, const ss_model *m, const ss_engine_event *ev);
-/* The request's end: the last chunks and [DONE], or the whole response. */
-void ss_oai_on_done(api_req *q, const ss_engine_event *ev);
+/* A token of one choice: streamed as a chunk (with the choice's index), or
+ * gathered for the response. */
+void ss_oai_on_token(api_req *q, api_choice *ch, const ss_model *m, const ss_engine_event *ev);
+/* One choice has ended with "stop" or "length": streamed, its last chunk. */
+void ss_oai_choice_done(api_req *q, api_choice *ch);
+/* Every choice has ended well: the usage chunk and [DONE], or the whole
+ * response (best_of: the n_ret most likely choices). */
+void ss_oai_finish(api_req *q);
+/* A choice ended with "abort" or "error" (error: its message), or a choice
+ * could not be submitted (status and message): the error, streamed as an
+ * event before [DONE] or as the response. */
+void ss_oai_answer_error(api_req *q, int status, const char *code, const char *msg);
+/* The message a request stopped at --drain-timeout is answered with. */
+extern const char ss_oai_drained_msg[];
 
 #endif

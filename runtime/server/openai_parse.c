@@ -278,13 +278,22 @@ static bool parse_processors(const gen_ctx *x, json_t *o, gen_fields *g, parse_e
 
 static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, parse_err *e) {
   if (!check_fields(o, chat, e) || !ss_oai_check_model(x, o, e)) return false;
-  int64_t n = 1;
+  /* n choices, each its own sequence; best_of (completions) generates that
+   * many and answers the n most likely, as OpenAI's legacy API does. */
+  int64_t n = 1, best_of = 0;
+  bool best_set = false;
   if (!get_int(o, "n", INT32_MIN, INT32_MAX, &n, NULL, e)) return false;
-  if (n != 1)
-    return ss_oai_fail(e, 400, "n", "'n' = %lld is not supported: only n = 1", (long long)n);
-  json_t *bo = json_object_get(o, "best_of");
-  if (bo && json_is_integer(bo) && json_integer_value(bo) != 1)
-    return ss_oai_fail(e, 400, "best_of", "'best_of' must be 1");
+  if (n < 1 || n > SS_OAI_MAX_N)
+    return ss_oai_fail(e, 400, "n", "'n' = %lld must be in 1..%d", (long long)n, SS_OAI_MAX_N);
+  if (!get_int(o, "best_of", INT32_MIN, INT32_MAX, &best_of, &best_set, e)) return false;
+  if (best_set && chat && best_of != 1)
+    return ss_oai_fail(e, 400, "best_of", "'best_of' is for /v1/completions only");
+  if (chat) best_set = false; /* 1: changes nothing */
+  if (best_set && (best_of < n || best_of > SS_OAI_MAX_N))
+    return ss_oai_fail(e, 400, "best_of", "'best_of' = %lld must be in n..%d (n = %lld)",
+                       (long long)best_of, SS_OAI_MAX_N, (long long)n);
+  g->n = (int32_t)n;
+  g->best_of = best_set ? (int32_t)best_of : (int32_t)n;
   if (!get_int(o, "max_tokens", INT32_MIN, INT32_MAX, &g->max_tokens, &g->max_set, e)) return false;
   if (!get_int(o, "max_completion_tokens", INT32_MIN, INT32_MAX, &g->max_tokens, &g->max_set, e))
     return false;
@@ -352,6 +361,8 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
   }
   if (!get_bool(o, "stream", &g->stream, e) || !get_bool(o, "ignore_eos", &g->r.ignore_eos, e))
     return false;
+  if (g->stream && g->best_of > g->n)
+    return ss_oai_fail(e, 400, "best_of", "'best_of' (greater than 'n') cannot be streamed");
   json_t *so = json_object_get(o, "stream_options");
   if (so && !json_is_null(so)) {
     if (!json_is_object(so))
@@ -374,6 +385,9 @@ static bool parse_common(const gen_ctx *x, json_t *o, bool chat, gen_fields *g, 
     g->r.logprobs = true;
     g->r.n_top_logprobs = (int32_t)k;
   }
+  g->user_logprobs = g->r.logprobs;
+  /* best_of ranks the sequences by the logprobs of their tokens. */
+  if (g->best_of > g->n) g->r.logprobs = true;
   return true;
 }
 
@@ -436,6 +450,34 @@ static bool parse_prompt(json_t *o, const gen_ctx *x, ss_engine_req *r, parse_er
   }
   if (r->n_prompt == 0)
     return ss_oai_fail(e, 400, "prompt", "the prompt is empty: it gives no tokens");
+  return true;
+}
+
+/* Completions with echo: the prompt's text as given, or a list of ids as
+ * their text (control tokens included, as /detokenize gives them). */
+static bool echo_text(const gen_ctx *x, json_t *o, gen_fields *g, parse_err *e) {
+  json_t *p = json_object_get(o, "prompt");
+  if (json_is_array(p) && json_array_size(p) == 1 &&
+      (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
+    p = json_array_get(p, 0);
+  ss_strbuf b = {0};
+  ss_strbuf_append(&b, "", 0);
+  if (json_is_string(p)) {
+    ss_strbuf_append(&b, json_string_value(p), json_string_length(p));
+  } else {
+    ss_detok d;
+    ss_detok_init(&d, x->m->tok, true);
+    char buf[SS_DETOK_MIN_CAP];
+    for (int32_t i = 0; i < g->r.n_prompt; i++)
+      ss_strbuf_append(&b, buf, ss_detok_push(&d, g->r.prompt[i], buf, sizeof buf));
+    ss_strbuf_append(&b, buf, ss_detok_flush(&d, buf, sizeof buf));
+  }
+  if (b.failed) {
+    ss_strbuf_free(&b);
+    return ss_oai_fail(e, 500, NULL, "out of memory");
+  }
+  g->echo = b.p;
+  g->echo_len = b.len;
   return true;
 }
 
@@ -664,9 +706,19 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
   json_t *o = ss_oai_load_body(body, body_len, e);
   if (!o) return false;
   bool ok = parse_common(x, o, chat, g, e) && ss_oai_parse_constraints(x, o, g, e);
-  if (ok && json_is_true(json_object_get(o, "echo")))
-    ok = ss_oai_fail(e, 400, "echo", "'echo' is not supported");
+  bool echo = false;
+  if (ok) ok = get_bool(o, "echo", &echo, e);
+  if (ok && echo && chat)
+    ok = ss_oai_fail(e, 400, "echo", "'echo' is for /v1/completions only");
+  /* echo with logprobs: the prompt's tokens with theirs (the engine keeps
+   * every prompt row's logits for it). */
+  if (ok && echo && g->user_logprobs) g->r.prompt_logprobs = true;
   if (ok) ok = chat ? parse_messages(x, o, g, e) : parse_prompt(o, x, &g->r, e);
+  if (ok && echo && !chat) ok = echo_text(x, o, g, e);
+  if (ok && g->best_of > 1 && g->r.grammar)
+    ok = ss_oai_fail(e, 400, "n", "'n' or 'best_of' above 1 with an output constraint "
+                     "(response_format, a required tool call, structured_outputs) is not "
+                     "supported");
   json_decref(o);
   if (ok && !g->max_set) {
     /* Defaults: OpenAI's 16 for completions; the rest of the context for chat. */
@@ -683,6 +735,8 @@ bool ss_oai_parse_generate(const gen_ctx *x, const char *body, size_t body_len, 
                      g->r.sampling.min_tokens, (long long)g->max_tokens);
   if (!ok) {
     ss_oai_req_free(&g->r);
+    free(g->echo);
+    g->echo = NULL;
     return false;
   }
   g->r.max_new_tokens = (int32_t)(g->max_tokens > INT32_MAX ? INT32_MAX : g->max_tokens);

@@ -37,10 +37,56 @@
 
 static void req_free(api_req *q) {
   free(q->body);
-  ss_strbuf_free(&q->text);
-  json_decref(q->lp);
+  for (int32_t i = 0; i < q->n_ch; i++) {
+    api_choice *ch = &q->ch[i];
+    ss_strbuf_free(&ch->text);
+    json_decref(ch->lp);
+    if (ch->has_pending) ss_oai_req_free(&ch->pending);
+  }
+  free(q->ch);
+  free(q->g.echo);
+  free(q->prompt_ids);
+  json_decref(q->echo_lp);
   json_decref(q->result);
   free(q);
+}
+
+/* A malloc'ed copy of n elements of p (NULL for none); *ok false when out of memory. */
+static void *dup_array(const void *p, int32_t n, size_t size, bool *ok) {
+  if (!p || n <= 0) return NULL;
+  void *c = malloc((size_t)n * size);
+  if (c) memcpy(c, p, (size_t)n * size);
+  else *ok = false;
+  return c;
+}
+
+/* A copy of r that owns its own buffers (the engine takes each request's). */
+static bool req_copy(const ss_engine_req *r, ss_engine_req *out) {
+  *out = *r;
+  out->prompt = NULL;
+  out->n_stop = 0;
+  out->sampling.bias = NULL;
+  out->sampling.stop_ids = NULL;
+  out->sampling.bad = NULL;
+  out->grammar = NULL; /* n > 1 with a constraint is refused at parsing */
+  out->prompt_logprobs = false; /* choice 0's serve every choice */
+  bool ok = true;
+  out->prompt = malloc((size_t)r->n_prompt * sizeof *r->prompt);
+  if (out->prompt) memcpy(out->prompt, r->prompt, (size_t)r->n_prompt * sizeof *r->prompt);
+  else ok = false;
+  for (int i = 0; i < r->n_stop && ok; i++) {
+    out->stop[i] = strdup(r->stop[i]);
+    if (out->stop[i]) out->n_stop++;
+    else ok = false;
+  }
+  out->sampling.bias = dup_array(r->sampling.bias, r->sampling.n_bias, sizeof *r->sampling.bias,
+                                 &ok);
+  out->sampling.stop_ids = dup_array(r->sampling.stop_ids, r->sampling.n_stop_ids,
+                                     sizeof *r->sampling.stop_ids, &ok);
+  out->sampling.bad = dup_array(r->sampling.bad, r->sampling.n_bad_ids, sizeof *r->sampling.bad,
+                                &ok);
+  if (!ok) ss_oai_req_free(out);
+  return ok;
 }
 
 /* Once the engine's last events are answered (on_wake saw it exit) and no
@@ -64,32 +110,74 @@ static void prepare(uv_work_t *w) {
     q->ok = ss_oai_utility(&q->ctx, q->kind, q->body, q->body_len, &q->result, &q->e);
 }
 
-/* On the loop: hands the prepared request to the engine and starts the answer. */
+/* Why a submission failed, as the status, the field and the message. */
+static int submit_status(api_req *q, int rc, const char **param) {
+  *param = NULL;
+  if (rc == SS_ERR_BUSY) {
+    q->api->n_queue_full++;
+    return 429;
+  }
+  if (rc == SS_ERR_RANGE || rc == SS_ERR_INVALID) {
+    if (strstr(ss_error_msg(), "shutting down")) return 503;
+    q->api->n_client_errors++;
+    *param = strstr(ss_error_msg(), "max_tokens") ? "max_tokens" : q->chat ? "messages" : "prompt";
+    return 400;
+  }
+  return 503;
+}
+
+/* On the loop: hands the prepared request's first choice to the engine and
+ * starts the answer; the other choices wait, each with its own copy of the
+ * request and its own seed, for the first one's prompt (submit_rest). */
 static void submit(api_req *q, ss_http_conn *c) {
   gen_fields *g = &q->g;
   q->stream = g->stream;
   q->include_usage = g->stream && g->include_usage;
-  q->logprobs = g->r.logprobs;
+  q->logprobs = g->user_logprobs;
   q->n_top = g->r.n_top_logprobs;
   q->tools = g->tools;
   q->created = time(NULL);
   q->t_submit = uv_hrtime();
-  g->r.user = q;
+  q->n_ret = g->n > 0 ? g->n : 1;
+  q->n_ch = g->best_of > q->n_ret ? g->best_of : q->n_ret;
+  q->ch = calloc((size_t)q->n_ch, sizeof *q->ch);
+  bool ok = q->ch != NULL;
+  if (ok && g->r.prompt_logprobs) {
+    /* The prompt's tokens, for its logprobs (the engine takes g->r's). */
+    q->prompt_ids = malloc((size_t)g->r.n_prompt * sizeof *q->prompt_ids);
+    if (q->prompt_ids) {
+      memcpy(q->prompt_ids, g->r.prompt, (size_t)g->r.n_prompt * sizeof *q->prompt_ids);
+      q->n_prompt_ids = g->r.n_prompt;
+    }
+    ok = q->prompt_ids != NULL;
+  }
+  for (int32_t i = 0; ok && i < q->n_ch; i++) {
+    api_choice *ch = &q->ch[i];
+    ch->q = q;
+    ch->text_offset = g->echo_len; /* logprobs' offsets are in the text with the echo */
+    if (i == 0) continue;
+    ok = req_copy(&g->r, &ch->pending);
+    if (!ok) break;
+    ch->has_pending = true;
+    /* Choice i samples with the seed plus i (a client can ask for any
+     * choice alone, with n = 1 and that seed). */
+    ch->pending.sampling.seed = g->r.sampling.seed + (uint64_t)i;
+    ch->pending.user = ch;
+  }
+  if (!ok) {
+    ss_oai_send_error(c, 500, NULL, NULL, NULL, "out of memory");
+    ss_oai_req_free(&g->r);
+    req_free(q);
+    return;
+  }
+  g->r.user = &q->ch[0];
   int64_t id = 0;
   int rc = ss_engine_submit(q->engine, &g->r, &id);
   if (rc) {
-    if (rc == SS_ERR_BUSY) {
-      q->api->n_queue_full++;
-      ss_oai_send_error(c, 429, NULL, "queue_full", "Retry-After: 1\r\n", "%s", ss_error_msg());
-    } else if (rc == SS_ERR_RANGE || rc == SS_ERR_INVALID) {
-      if (!strstr(ss_error_msg(), "shutting down")) q->api->n_client_errors++;
-      const char *param = strstr(ss_error_msg(), "max_tokens") ? "max_tokens"
-                          : q->chat ? "messages" : "prompt";
-      ss_oai_send_error(c, strstr(ss_error_msg(), "shutting down") ? 503 : 400, param, NULL, NULL,
-                        "%s", ss_error_msg());
-    } else {
-      ss_oai_send_error(c, 503, NULL, NULL, NULL, "%s", ss_error_msg());
-    }
+    const char *param;
+    const int status = submit_status(q, rc, &param);
+    ss_oai_send_error(c, status, param, status == 429 ? "queue_full" : NULL,
+                      status == 429 ? "Retry-After: 1\r\n" : NULL, "%s", ss_error_msg());
     ss_oai_req_free(&g->r);
     req_free(q);
     return;
@@ -97,8 +185,50 @@ static void submit(api_req *q, ss_http_conn *c) {
   /* The engine owns the prompt and stop strings now. */
   q->submitted = true;
   q->id = id;
+  q->ch[0].submitted = true;
+  q->ch[0].id = id;
+  q->n_live = 1;
   snprintf(q->rid, sizeof q->rid, "%s-%lld", q->chat ? "chatcmpl" : "cmpl", (long long)id);
   if (q->stream) ss_http_stream_begin(c, 200, "text/event-stream");
+}
+
+/* Every submitted choice that has not ended stops; the waiting ones are dropped. */
+static void stop_choices(api_req *q) {
+  for (int32_t i = 0; i < q->n_ch; i++) {
+    api_choice *ch = &q->ch[i];
+    if (ch->has_pending) {
+      ss_oai_req_free(&ch->pending);
+      ch->has_pending = false;
+    }
+    if (ch->submitted && !ch->done) ss_engine_abort(q->engine, ch->id);
+  }
+}
+
+/* Choice 0's first event: its prompt's full blocks are computed and in the
+ * prefix cache (the scheduler registers them before the step's events), so
+ * the other choices, submitted now, take them instead of computing them. */
+static void submit_rest(api_req *q) {
+  for (int32_t i = 1; i < q->n_ch; i++) {
+    api_choice *ch = &q->ch[i];
+    if (!ch->has_pending) continue;
+    int64_t id = 0;
+    int rc = ss_engine_submit(q->engine, &ch->pending, &id);
+    if (rc) {
+      const char *param;
+      const int status = submit_status(q, rc, &param);
+      if (q->conn && !q->answered)
+        ss_oai_answer_error(q, status, status == 429 ? "queue_full" : NULL, ss_error_msg());
+      q->answered = true;
+      stop_choices(q);
+      return;
+    }
+    ch->has_pending = false;
+    ch->pending = (ss_engine_req){0};
+    ch->submitted = true;
+    ch->id = id;
+    q->n_live++;
+    q->api->n_forked++;
+  }
 }
 
 /* On the loop: answers a prepared request, or submits it. */
@@ -199,6 +329,18 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api
 /* ------------------------------------------------------------------------ */
 /* Events from the engine                                                     */
 
+/* The access log's line: its queue and time to first token count the
+ * preparation (on a worker) as well as the engine's queue (choice 0's); its
+ * tokens are every choice's so far. */
+static void set_log(api_req *q) {
+  const api_choice *c0 = &q->ch[0];
+  int32_t n_gen = 0;
+  for (int32_t i = 0; i < q->n_ch; i++) n_gen += q->ch[i].n_generated;
+  const double prep_ms = (double)(q->t_submit - q->t_arrive) / 1e6;
+  ss_http_conn_set_log(q->conn, q->g.r.n_prompt, n_gen, prep_ms + c0->queue_s * 1e3,
+                       n_gen > 0 ? prep_ms + (c0->queue_s + c0->prefill_s) * 1e3 : -1);
+}
+
 void ss_api_on_wake(uv_async_t *h) {
   ss_api *a = h->data;
   pthread_mutex_lock(&a->mu);
@@ -212,22 +354,53 @@ void ss_api_on_wake(uv_async_t *h) {
     ss_engine_event *ev = ss_engine_take_events(eng);
     while (ev) {
       ss_engine_event *next = ev->next;
-      api_req *q = ev->user;
-      if (q->conn) {
-        if (ev->kind == SS_ENGINE_TOKEN) {
-          ss_oai_on_token(q, m, ev);
-        } else {
-          /* The access log's queue and time to first token count the
-           * preparation (on a worker) as well as the engine's queue. */
-          const double prep_ms = (double)(q->t_submit - q->t_arrive) / 1e6;
-          ss_http_conn_set_log(q->conn, ev->n_prompt, ev->n_generated,
-                               prep_ms + ev->queue_s * 1e3,
-                               ev->n_generated > 0
-                                   ? prep_ms + (ev->queue_s + ev->prefill_s) * 1e3 : -1);
-          ss_oai_on_done(q, ev);
+      api_choice *ch = ev->user;
+      api_req *q = ch->q;
+      const bool done = ev->kind == SS_ENGINE_DONE;
+      const bool failed = done && (strcmp(ev->finish_reason, "abort") == 0 ||
+                                   strcmp(ev->finish_reason, "error") == 0);
+      if (!ch->started) {
+        ch->started = true;
+        if (ch == &q->ch[0]) {
+          if (!q->conn || q->answered || failed) stop_choices(q);
+          else submit_rest(q);
         }
       }
-      if (ev->kind == SS_ENGINE_DONE) req_free(q);
+      if (done) {
+        ch->done = true;
+        q->n_live--;
+        snprintf(ch->finish, sizeof ch->finish, "%s", ev->finish_reason);
+        ch->n_prompt = ev->n_prompt;
+        ch->n_cached = ev->n_cached;
+        ch->n_generated = ev->n_generated;
+        ch->queue_s = ev->queue_s;
+        ch->prefill_s = ev->prefill_s;
+      }
+      if (q->conn && !q->answered) {
+        if (!done) {
+          ss_oai_on_token(q, ch, m, ev);
+        } else if (failed) {
+          set_log(q);
+          const bool abort = strcmp(ev->finish_reason, "abort") == 0;
+          ss_oai_answer_error(q, abort ? 503 : 500, abort ? "server_shutdown" : NULL,
+                              abort ? ss_oai_drained_msg : ev->error ? ev->error : "engine error");
+          q->answered = true;
+          stop_choices(q);
+        } else {
+          ss_oai_choice_done(q, ch);
+        }
+        bool all = true;
+        for (int32_t i = 0; i < q->n_ch && all; i++) all = q->ch[i].done;
+        if (all && !q->answered) {
+          set_log(q);
+          ss_oai_finish(q);
+          q->answered = true;
+        }
+      }
+      if (done && q->n_live == 0) {
+        stop_choices(q); /* drops any still waiting */
+        req_free(q);
+      }
       ss_engine_event_free(ev);
       ev = next;
     }
@@ -251,5 +424,5 @@ void ss_api_on_client_gone(void *user, void *conn_user) {
   pthread_mutex_lock(&a->mu);
   ss_engine *eng = a->engine;
   pthread_mutex_unlock(&a->mu);
-  if (eng) ss_engine_abort(eng, q->id);
+  if (eng) stop_choices(q);
 }

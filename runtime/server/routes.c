@@ -51,6 +51,11 @@ static void handle_metrics(ss_api *a, ss_http_conn *c, ss_engine *eng, api_phase
   ss_metric_header(&b, "shardserve:request_queue_full_total", "counter",
                    "Generation requests refused with 429 (the engine's queue was full).");
   ss_metric_value(&b, "shardserve:request_queue_full_total", "", (double)a->n_queue_full);
+  ss_metric_header(&b, "shardserve:request_forked_choices_total", "counter",
+                   "Choices of n > 1 or best_of requests beyond each one's first, submitted "
+                   "once the first had computed the prompt (they share its full KV blocks "
+                   "through the prefix cache).");
+  ss_metric_value(&b, "shardserve:request_forked_choices_total", "", (double)a->n_forked);
   const ss_http_stats hs = ss_http_server_stats(a->http);
   static const struct {
     const char *name, *help;

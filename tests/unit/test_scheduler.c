@@ -1,7 +1,8 @@
 /* The continuous-batching scheduler as pure logic: token budget and chunked
  * prefill, decodes before prefills, max_num_seqs, block accounting, preemption
  * of the newest sequence with recompute, and a randomized run that checks the
- * invariants (no block held twice, every sequence finishes) step by step. */
+ * invariants (no block held twice, every sequence finishes) step by step;
+ * prefix caching, and a sequence that computes its prompt in full. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -303,6 +304,53 @@ static void test_prefix_cache_contents(void **st) {
   ss_sched_free(&s);
 }
 
+/* A sequence with compute_all (its prompt rows' logits are wanted) takes
+ * nothing from the cache and computes its whole prompt, and its blocks are
+ * registered for the sequences after it. */
+static void test_compute_all(void **st) {
+  (void)st;
+  enum { BS = 4, NP = 10 };
+  ss_sched s;
+  ss_sched_params p = {.max_num_seqs = 4, .max_batched_tokens = 64, .block_size = BS,
+                       .n_blocks = 16, .prefix_caching = true};
+  assert_int_equal(ss_sched_init(&s, &p), 0);
+  int32_t toks[3][NP + 4];
+  for (int i = 0; i < 3; i++)
+    for (int k = 0; k < NP + 4; k++) toks[i][k] = k;
+  ss_sched_seq *a = mkseq(1, NP, NP + 4, BS), *b = mkseq(2, NP, NP + 4, BS),
+               *c = mkseq(3, NP, NP + 4, BS);
+  a->tokens = toks[0];
+  b->tokens = toks[1];
+  c->tokens = toks[2];
+  a->compute_all = true;
+  c->compute_all = true;
+  ss_sched_batch bt;
+  /* a computes its prompt and registers its two full blocks. */
+  assert_int_equal(ss_sched_add(&s, a), 0);
+  run_step(&s, &bt);
+  assert_int_equal(bt.entries[0].count, NP);
+  /* b finds them; c, with compute_all, computes all NP tokens again. */
+  assert_int_equal(ss_sched_add(&s, b), 0);
+  assert_int_equal(ss_sched_add(&s, c), 0);
+  run_step(&s, &bt);
+  assert_int_equal(bt.n_entries, 3);
+  assert_int_equal(b->n_cached, 2 * BS);
+  assert_ptr_equal(bt.entries[1].seq, b);
+  assert_int_equal(bt.entries[1].start, 2 * BS);
+  assert_ptr_equal(bt.entries[2].seq, c);
+  assert_int_equal(bt.entries[2].start, 0);
+  assert_int_equal(bt.entries[2].count, NP);
+  assert_int_equal(c->n_cached, 0);
+  ss_sched_finish(&s, a);
+  ss_sched_finish(&s, b);
+  ss_sched_finish(&s, c);
+  assert_int_equal(ss_sched_blocks_used(&s), 0);
+  freeseq(a);
+  freeseq(b);
+  freeseq(c);
+  ss_sched_free(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_chunked_prefill_and_budget),
@@ -311,6 +359,7 @@ int main(void) {
       cmocka_unit_test(test_preemption),
       cmocka_unit_test(test_random_invariants),
       cmocka_unit_test(test_prefix_cache_contents),
+      cmocka_unit_test(test_compute_all),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
