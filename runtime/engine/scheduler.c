@@ -303,6 +303,7 @@ int ss_sched_add(ss_sched *s, ss_sched_seq *q) {
   q->chain_id = -1;
   q->chain_gen = 0;
   q->state = SS_SEQ_WAITING;
+  q->paused = false; /* n_paused counts only what ss_sched_set_paused set */
   list_push_back(&s->waiting, q);
   return SS_OK;
 }
