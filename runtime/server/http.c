@@ -797,7 +797,8 @@ static void on_connection(uv_stream_t *ls, int status) {
   uv_tcp_nodelay(&c->tcp, 1); /* SSE tokens go out as they are written */
   /* The kernel's send buffer, autotuned, grows to megabytes for a client that
    * does not read; held to the mark (Linux doubles it for its bookkeeping), a
-   * stream's unsent output stays near twice the mark. */
+   * paused stream's unsent output, kernel and queue together, stays within
+   * about three times the mark. */
   int sndbuf = (int)(s->lim.output_high_water_nbytes < (1u << 30)
                          ? s->lim.output_high_water_nbytes : (1u << 30));
   uv_send_buffer_size((uv_handle_t *)&c->tcp, &sndbuf);
