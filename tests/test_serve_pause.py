@@ -43,10 +43,12 @@ SANITIZED = os.environ.get("SS_SANITIZED") == "1"
 REPS = 1 if SANITIZED else 5
 WRITE_TIMEOUT = 20 if SANITIZED else 10
 if SANITIZED:
-    print(f"sanitizer build (SS_SANITIZED=1): {REPS} latency sample, --write-timeout "
-          f"{WRITE_TIMEOUT}", flush=True)
+    print(f"sanitizer build (SS_SANITIZED=1): {REPS} latency sample, streams of 120 tokens "
+          f"instead of 200, --write-timeout {WRITE_TIMEOUT}", flush=True)
 
-STREAM = {"prompt": "Once upon a time, in a small village by the sea,", "max_tokens": 200,
+# Each stream pauses after ~90 tokens; the rest come after it resumes.
+STREAM = {"prompt": "Once upon a time, in a small village by the sea,",
+          "max_tokens": 120 if SANITIZED else 200,
           "temperature": 0.8, "seed": 11, "ignore_eos": True}
 # About 50 prompt tokens: with its 24 new ones the probe needs 5 blocks, more
 # than the paused streams leave free.
@@ -57,13 +59,15 @@ PROBE = {"prompt": "Question: In a few sentences, describe the history of the ci
 
 # A pool of 16 blocks of 16 tokens: the two paused streams hold 12-14 when they
 # pause, so a probe's 5 blocks take the newest one's (preempted, it is
-# recomputed when it resumes, and its text must not change).
+# recomputed when it resumes, and its text must not change).  No prefix
+# caching: the probe's prompt is computed whole both on the idle server and
+# beside the streams (whose blocks would otherwise evict its cached ones).
 KV_BLOCKS = 16
 
 tmp = tempfile.TemporaryDirectory()
 ACCESS_LOG = os.path.join(tmp.name, "access.log")
 srv = Server(args.bin, args.model,
-             extra=["--ctx", "256", "--kv-blocks", str(KV_BLOCKS),
+             extra=["--ctx", "256", "--kv-blocks", str(KV_BLOCKS), "--no-prefix-caching",
                     "--write-timeout", str(WRITE_TIMEOUT),
                     "--max-queued-output", "4K", "--access-log", ACCESS_LOG])
 
