@@ -43,8 +43,10 @@ SANITIZED = os.environ.get("SS_SANITIZED") == "1"
 REPS = 1 if SANITIZED else 5
 WRITE_TIMEOUT = 20 if SANITIZED else 10
 if SANITIZED:
-    print(f"sanitizer build (SS_SANITIZED=1): {REPS} latency sample, streams of 120 tokens "
-          f"instead of 200, --write-timeout {WRITE_TIMEOUT}", flush=True)
+    print(f"sanitizer build (SS_SANITIZED=1): {REPS} latency sample, printed, not bounded "
+          f"(one sample of a 7 s probe is noise on a shared machine; the release build "
+          f"bounds it), streams of 120 tokens instead of 200, --write-timeout "
+          f"{WRITE_TIMEOUT}", flush=True)
 
 # Each stream pauses after ~90 tokens; the rest come after it resumes.
 STREAM = {"prompt": "Once upon a time, in a small village by the sea,",
@@ -214,8 +216,8 @@ try:
     bound = max(1.2 * base, base + 0.15)
     print(f"latency beside two paused streams: {lat * 1000:.0f} ms (idle {base * 1000:.0f} ms, "
           f"bound {bound * 1000:.0f} ms)", flush=True)
-    ck.check(lat <= bound, f"latency beside paused streams {lat:.3f} s over {bound:.3f} s "
-             f"(idle: {base:.3f} s)")
+    ck.check(SANITIZED or lat <= bound, f"latency beside paused streams {lat:.3f} s over "
+             f"{bound:.3f} s (idle: {base:.3f} s)")
 
     # (c) The first client reads: its stream resumes and completes.
     ck.check(time.time() - t_paused < WRITE_TIMEOUT - 1,
@@ -278,6 +280,9 @@ try:
     s.close()
     ck.check(raw.count(b"HTTP/1.1 200") == 3,
              f"once read, {raw.count(b'HTTP/1.1 200')} of 3 pipelined answers arrived")
+    # Nothing left running: SIGTERM drains at once, exit 0 (under ASan, no leak).
+    rc = srv.stop()
+    ck.check(rc == 0, f"the server exited {rc} on SIGTERM:\n{''.join(srv.log[-20:])}")
 finally:
     srv.kill()
 print(f"{time.time() - T0:.1f} s", flush=True)
