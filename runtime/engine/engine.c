@@ -198,6 +198,7 @@ void ss_engine_free(ss_engine *e) {
   free(e->b_rows);
   free(e->b_tab);
   free(e->aborts);
+  free(e->pauses);
   free(e->ranks);
   free(e->done_q);
   free(e->done_r);
@@ -327,6 +328,22 @@ void ss_engine_abort(ss_engine *e, int64_t id) {
   pthread_mutex_unlock(&e->mu);
 }
 
+void ss_engine_pause(ss_engine *e, int64_t id, bool paused) {
+  pthread_mutex_lock(&e->mu);
+  if (e->n_pauses == e->cap_pauses) {
+    int32_t cap = e->cap_pauses ? 2 * e->cap_pauses : 16;
+    struct pause_op *a = realloc(e->pauses, (size_t)cap * sizeof *a);
+    if (a) {
+      e->pauses = a;
+      e->cap_pauses = cap;
+    }
+  }
+  /* Out of memory a pause is lost; the write timeout still ends the request. */
+  if (e->n_pauses < e->cap_pauses) e->pauses[e->n_pauses++] = (struct pause_op){id, paused};
+  pthread_cond_signal(&e->cv);
+  pthread_mutex_unlock(&e->mu);
+}
+
 void ss_engine_stop(ss_engine *e, double drain_timeout_s) {
   pthread_mutex_lock(&e->mu);
   if (!e->stopping) {
@@ -357,7 +374,8 @@ static ereq *find_active(ss_engine *e, int64_t id) {
   return NULL;
 }
 
-/* Moves queued requests into the scheduler and applies aborts (lock held). */
+/* Moves queued requests into the scheduler and applies pauses and aborts
+ * (lock held). */
 static void intake_locked(ss_engine *e, ev_list *out) {
   for (ereq *q = e->in_head; q;) {
     ereq *n = q->next;
@@ -379,6 +397,24 @@ static void intake_locked(ss_engine *e, ev_list *out) {
     if (q) ss_eng_finish_locked(e, q, "abort", NULL, out);
   }
   e->n_aborts = 0;
+  for (int32_t i = 0; i < e->n_pauses; i++) {
+    ereq *q = find_active(e, e->pauses[i].id);
+    if (!q || q->seq.paused == e->pauses[i].paused) continue;
+    ss_sched_set_paused(&e->sched, &q->seq, e->pauses[i].paused);
+    e->pauses_total += e->pauses[i].paused;
+  }
+  e->n_pauses = 0;
+}
+
+static void publish_gauges_locked(ss_engine *e) {
+  e->pub_running = e->sched.running.count;
+  e->pub_waiting = e->sched.waiting.count;
+  e->pub_blocks_used = ss_sched_blocks_used(&e->sched);
+  e->pub_paused = e->sched.n_paused;
+  e->preemptions_total = e->sched.n_preemptions;
+  e->prefix_queried_total = e->sched.n_queried;
+  e->prefix_hit_total = e->sched.n_hit;
+  e->pub_blocks_cached = ss_sched_blocks_cached_free(&e->sched);
 }
 
 static void publish_locked(ss_engine *e, ev_list *evs) {
@@ -387,13 +423,7 @@ static void publish_locked(ss_engine *e, ev_list *evs) {
     else e->ev_head = evs->head;
     e->ev_tail = evs->tail;
   }
-  e->pub_running = e->sched.running.count;
-  e->pub_waiting = e->sched.waiting.count;
-  e->pub_blocks_used = ss_sched_blocks_used(&e->sched);
-  e->preemptions_total = e->sched.n_preemptions;
-  e->prefix_queried_total = e->sched.n_queried;
-  e->prefix_hit_total = e->sched.n_hit;
-  e->pub_blocks_cached = ss_sched_blocks_cached_free(&e->sched);
+  publish_gauges_locked(e);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -542,8 +572,11 @@ int ss_engine_run(ss_engine *e) {
     ev_list evs = {0};
     pthread_mutex_lock(&e->mu);
     intake_locked(e, &evs);
-    const bool idle = !e->sched.running.head && !e->sched.waiting.head;
-    if (e->stopping && (idle || ss_now_s() >= e->drain_deadline)) {
+    /* Empty: no request at all; idle: none that can run (paused ones wait,
+     * holding the drain until its deadline). */
+    const bool empty = !e->sched.running.head && !e->sched.waiting.head;
+    const bool idle = !ss_sched_has_work(&e->sched);
+    if (e->stopping && (empty || ss_now_s() >= e->drain_deadline)) {
       /* Drained, or out of time: whatever is left ends as aborted. */
       ss_sched_seq *q;
       while ((q = e->sched.running.head)) ss_eng_finish_locked(e, q->user, "abort", NULL, &evs);
@@ -562,6 +595,8 @@ int ss_engine_run(ss_engine *e) {
       continue;
     }
     if (idle && !evs.head) {
+      /* A pause may have been all that changed: /metrics shows it. */
+      publish_gauges_locked(e);
       if (e->stopping) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);

@@ -153,6 +153,13 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *req, int64_t *id);
 /* Thread-safe: the request stops at the next step and its blocks are freed; a
  * DONE event with finish_reason "abort" follows. */
 void ss_engine_abort(ss_engine *e, int64_t id);
+/* Thread-safe: pauses (or resumes) a request from the next step on, for a
+ * streamed response whose client has stopped reading.  A paused request is not
+ * scheduled, so it costs no compute and makes no events; it keeps its KV
+ * blocks unless another request needs them, and is then the first preempted
+ * (recomputed once resumed, its output unchanged).  Ignored for a request that
+ * has ended.  Pauses apply in the order made, after submissions. */
+void ss_engine_pause(ss_engine *e, int64_t id, bool paused);
 /* Thread-safe: no new requests; running ones finish, or are aborted once
  * `drain_timeout_s` has passed (<= 0: at once). */
 void ss_engine_stop(ss_engine *e, double drain_timeout_s);

@@ -97,6 +97,8 @@ struct ss_engine {
   int32_t n_in;
   int64_t *aborts;
   int32_t n_aborts, cap_aborts;
+  struct pause_op { int64_t id; bool paused; } *pauses;
+  int32_t n_pauses, cap_pauses;
   ss_engine_event *ev_head, *ev_tail;
   int64_t next_id;
   ss_engine_state state;
@@ -106,7 +108,8 @@ struct ss_engine {
   void *notify_user;
 
   /* metrics (published under mu after each step) */
-  int32_t pub_running, pub_waiting, pub_blocks_used;
+  int32_t pub_running, pub_waiting, pub_blocks_used, pub_paused;
+  uint64_t pauses_total;  /* requests paused (each pause counted) */
   uint64_t prompt_tokens_total, generation_tokens_total, preemptions_total;
   uint64_t prefix_queried_total, prefix_hit_total;
   int32_t pub_blocks_cached;

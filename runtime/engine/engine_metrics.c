@@ -77,6 +77,13 @@ void ss_engine_metrics(ss_engine *e, ss_strbuf *b) {
   ss_metric_value(b, P "num_requests_running", "", e->pub_running);
   ss_metric_header(b, P "num_requests_waiting", "gauge", "Requests waiting to be scheduled.");
   ss_metric_value(b, P "num_requests_waiting", "", e->pub_waiting + e->n_in);
+  ss_metric_header(b, P "num_requests_paused", "gauge",
+                   "Streamed requests paused because their client stopped reading (counted "
+                   "in running or waiting too).");
+  ss_metric_value(b, P "num_requests_paused", "", e->pub_paused);
+  ss_metric_header(b, P "request_pauses_total", "counter",
+                   "Times a streamed request was paused for a client that stopped reading.");
+  ss_metric_value(b, P "request_pauses_total", "", (double)e->pauses_total);
   ss_metric_header(b, P "kv_cache_usage_perc", "gauge",
                    "Fraction of KV-cache blocks in use (1 = full).");
   ss_metric_value(b, P "kv_cache_usage_perc", "", (double)e->pub_blocks_used / e->o.n_blocks);

@@ -304,6 +304,7 @@ int ss_sched_add(ss_sched *s, ss_sched_seq *q) {
   q->chain_id = -1;
   q->chain_gen = 0;
   q->state = SS_SEQ_WAITING;
+  q->paused = false; /* n_paused counts only what ss_sched_set_paused set */
   list_push_back(&s->waiting, q);
   return SS_OK;
 }
@@ -311,8 +312,16 @@ int ss_sched_add(ss_sched *s, ss_sched_seq *q) {
 void ss_sched_finish(ss_sched *s, ss_sched_seq *q) {
   if (q->state == SS_SEQ_WAITING) list_remove(&s->waiting, q);
   else if (q->state == SS_SEQ_RUNNING) list_remove(&s->running, q);
+  if (q->paused && q->state != SS_SEQ_FINISHED) s->n_paused--;
+  q->paused = false;
   release(s, q);
   q->state = SS_SEQ_FINISHED;
+}
+
+void ss_sched_set_paused(ss_sched *s, ss_sched_seq *q, bool paused) {
+  if (q->state == SS_SEQ_FINISHED || q->paused == paused) return;
+  q->paused = paused;
+  s->n_paused += paused ? 1 : -1;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -327,6 +336,15 @@ static void preempt(ss_sched *s, ss_sched_seq *q, ss_sched_batch *b) {
   list_push_front(&s->waiting, q);
   s->n_preemptions++;
   b->n_preempted++;
+}
+
+/* The newest paused running sequence, or NULL: the first to give its blocks
+ * (or its place) up. */
+static ss_sched_seq *paused_victim(const ss_sched *s) {
+  if (s->n_paused == 0) return NULL;
+  for (ss_sched_seq *q = s->running.tail; q; q = q->prev)
+    if (q->paused) return q;
+  return NULL;
 }
 
 /* Removes q's entry from the batch if it has one (it was preempted after being
@@ -362,16 +380,20 @@ static void schedule_running(ss_sched *s, ss_sched_batch *b, bool decode, int32_
     const int32_t need = q->n_tokens - q->n_computed;
     bool in_batch = false;
     for (int32_t i = 0; i < b->n_entries && !in_batch; i++) in_batch = b->entries[i].seq == q;
-    if (in_batch || need <= 0 || (need == 1) != decode) {
+    if (in_batch || q->paused || need <= 0 || (need == 1) != decode) {
       q = next;
       continue;
     }
     const int32_t count = need < *budget ? need : *budget;
-    /* Make room, preempting the newest running sequences (possibly q itself). */
+    /* Make room, preempting paused sequences first, then the newest running
+     * ones (possibly q itself). */
     bool ok = reserve(s, q, q->n_computed + count);
     while (!ok) {
-      ss_sched_seq *victim = s->running.tail;
-      if (victim == next) next = NULL; /* the rest of the list moved behind it */
+      ss_sched_seq *victim = paused_victim(s);
+      if (!victim) victim = s->running.tail;
+      /* A paused victim has no entry; one from the tail takes the rest of the
+       * list (behind it once preempted) with it. */
+      if (victim == next) next = victim->next;
       /* Tokens the victim already had in this batch return to the budget. */
       for (int32_t i = 0; i < b->n_entries; i++)
         if (b->entries[i].seq == victim) *budget += b->entries[i].count;
@@ -394,9 +416,17 @@ void ss_sched_step(ss_sched *s, ss_sched_batch *b) {
   int32_t budget = s->p.max_batched_tokens;
   schedule_running(s, b, true, &budget);
   schedule_running(s, b, false, &budget);
-  while (budget > 0 && s->waiting.head && s->running.count < s->p.max_num_seqs &&
-         b->n_entries < s->p.max_num_seqs) {
-    ss_sched_seq *q = s->waiting.head;
+  /* Admission in arrival order, passing over paused sequences; a paused
+   * running one gives up its place or its blocks to a waiting one. */
+  ss_sched_seq *q = s->waiting.head;
+  while (q && q->paused) q = q->next;
+  while (budget > 0 && q && b->n_entries < s->p.max_num_seqs) {
+    if (s->running.count >= s->p.max_num_seqs) {
+      ss_sched_seq *victim = paused_victim(s);
+      if (!victim) break;
+      preempt(s, victim, b);
+      continue;
+    }
     const int32_t found = take_cached_prefix(s, q);
     const int32_t need = q->n_tokens - q->n_computed;
     const int32_t count = need < budget ? need : budget;
@@ -404,8 +434,13 @@ void ss_sched_step(ss_sched *s, ss_sched_batch *b) {
       /* Waits with nothing held: the blocks found go back (still cached). */
       release(s, q);
       q->n_computed = 0;
-      break;
+      ss_sched_seq *victim = paused_victim(s);
+      if (!victim) break;
+      preempt(s, victim, b);
+      continue;
     }
+    ss_sched_seq *after = q->next;
+    while (after && after->paused) after = after->next;
     if (s->ref && q->tokens) {
       s->n_queried += (uint64_t)q->n_tokens;
       s->n_hit += (uint64_t)found;
@@ -416,6 +451,7 @@ void ss_sched_step(ss_sched *s, ss_sched_batch *b) {
     list_push_back(&s->running, q);
     add_entry(b, q, count);
     budget -= count;
+    q = after;
   }
   for (int32_t i = 0; i < b->n_entries; i++) b->entries[i].seq->scheduled_once = true;
 }

@@ -18,6 +18,14 @@
  * tokens generated so far) when it is admitted again.  The oldest sequence thus
  * always progresses, and a sequence that fits the pool alone always finishes.
  *
+ * Paused sequences (ss_sched_set_paused: the server pauses a stream whose
+ * client stops reading) are never scheduled: a running one keeps its blocks
+ * and its place, a waiting one is passed over.  They are the first victims:
+ * when a running sequence needs a block, or a waiting one cannot be admitted
+ * for blocks or for max_num_seqs, the newest paused running sequence is
+ * preempted before any other, and recomputes once resumed like any preempted
+ * one.  A pool held only by paused sequences thus never stops the others.
+ *
  * Prefix caching (params.prefix_caching, for sequences that give their tokens):
  * a block whose every position has its K/V computed is registered under its
  * key, (the block before it in the sequence, that block's generation, the
@@ -53,6 +61,7 @@ struct ss_sched_seq {
   ss_seq_state state;
   int32_t n_preempted;
   bool scheduled_once; /* has been in a batch (its queue time is over) */
+  bool paused;         /* not scheduled; set only with ss_sched_set_paused */
   const int32_t *tokens; /* the owner's tokens (prompt + generated), or NULL: never
                             cached nor looked up (the planner's sequences) */
   bool compute_all;    /* never takes cached blocks (every prompt row's logits are
@@ -124,6 +133,7 @@ typedef struct ss_sched {
                           free blocks below, the KV pool's one allocator */
   int32_t n_free;
   uint64_t n_preemptions;
+  int32_t n_paused;    /* sequences in either list that are paused */
   ss_sched_entry *entries;
   /* Prefix cache, per block (allocated only with prefix_caching). */
   int32_t *ref;        /* sequences holding it */
@@ -159,6 +169,15 @@ void ss_sched_step(ss_sched *s, ss_sched_batch *b);
 /* After the step ran: every entry's tokens are now in the cache.  The owner
  * then appends the sampled token of each logits entry (q->n_tokens++). */
 void ss_sched_commit(ss_sched *s, const ss_sched_batch *b);
+
+/* Pauses or resumes a waiting or running sequence (see the policy above). */
+void ss_sched_set_paused(ss_sched *s, ss_sched_seq *q, bool paused);
+
+/* Whether any sequence can be scheduled (one that is not paused is waiting or
+ * running); false means the next step's batch is empty. */
+static inline bool ss_sched_has_work(const ss_sched *s) {
+  return s->running.count + s->waiting.count > s->n_paused;
+}
 
 /* Removes a sequence (finished, aborted, or failed) from whichever list holds
  * it and returns its blocks to the pool. */

@@ -275,6 +275,9 @@ void ss_api_generate(ss_api *a, ss_http_conn *c, const ss_http_request *req, api
 void ss_api_on_wake(uv_async_t *h);
 /* The HTTP layer's on_abort: the client of conn_user (an api_req) has gone. */
 void ss_api_on_client_gone(void *user, void *conn_user);
+/* The HTTP layer's on_congestion: a streamed request is paused in the engine
+ * while its client leaves its output unread, and resumed once it reads. */
+void ss_api_on_congestion(void *user, void *conn_user, bool congested);
 
 /* ------------------------------------------------------------------------ */
 /* Routes (routes.c)                                                          */

@@ -33,7 +33,7 @@ static void access_log_line(void *user, const ss_http_log *l) {
           "shardserve access: id=%016llx method=%s route=%s status=%s prompt_tokens=%s "
           "completion_tokens=%s queue_ms=%s ttft_ms=%s total_ms=%.1f%s\n",
           (unsigned long long)l->id, l->method, path, st, pt, ct, qm, tm, l->total_ms,
-          l->status > 0 ? "" : " client_gone");
+          l->status > 0 ? "" : l->write_timeout ? " write_timeout" : " client_gone");
 }
 
 int ss_api_create(uv_loop_t *loop, const ss_api_opts *o, ss_api **out) {
@@ -67,6 +67,7 @@ int ss_api_create(uv_loop_t *loop, const ss_api_opts *o, ss_api **out) {
    * (jansson would otherwise seed it on its first object, on whichever thread). */
   json_object_seed(0);
   ss_http_callbacks cb = {.on_request = ss_api_on_request, .on_abort = ss_api_on_client_gone,
+                         .on_congestion = ss_api_on_congestion,
                          .on_log = a->access_log ? access_log_line : NULL, .user = a};
   int rc = ss_http_server_start(loop, a->o.host, a->o.port, &a->o.http, &cb, &a->http);
   if (rc) {

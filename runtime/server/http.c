@@ -79,6 +79,8 @@ struct ss_http_conn {
   bool closing;
   int writes_pending;
   size_t out_nbytes; /* written and not yet taken by the socket */
+  bool stalled;      /* on_congestion said congested, and not yet the end of it */
+  bool write_timed_out; /* closed by the stall timer */
   size_t accounted;  /* this connection's share of srv->buffered */
   int handles_open;
   ss_strbuf pending; /* bytes received while busy, parsed after the response */
@@ -129,6 +131,7 @@ static void log_request(ss_http_conn *c, int status) {
     l.queue_ms = l.ttft_ms = -1;
   }
   l.status = status;
+  l.write_timeout = status == 0 && c->write_timed_out;
   l.total_ms = c->dispatched ? (double)(uv_hrtime() - c->t_dispatch) / 1e6 : 0;
   s->cb.on_log(s->cb.user, &l);
   c->dispatched = false;
@@ -255,6 +258,7 @@ static void on_timer(uv_timer_t *t) {
     /* The client has not taken its output for write_timeout_s: it goes, and
      * with it the request (on_abort). */
     c->srv->stats.write_timeouts++;
+    c->write_timed_out = true;
     conn_close(c);
     return;
   case TIMER_IDLE:
@@ -324,6 +328,24 @@ static void conn_finish(ss_http_conn *c) {
 /* ------------------------------------------------------------------------ */
 /* Writing                                                                    */
 
+/* Tells the owner of a streamed response when its output goes over the mark,
+ * and when it is back down to half of it (not at the mark itself, so that a
+ * client reading about as fast as the stream is made does not flip it at every
+ * piece). */
+static void report_congestion(ss_http_conn *c) {
+  ss_http_server *s = c->srv;
+  if (!c->busy || !c->streaming || !c->user) {
+    c->stalled = false; /* a whole response, or none: nothing to pause */
+    return;
+  }
+  bool stalled = c->stalled;
+  if (!stalled && ss_http_conn_congested(c)) stalled = true;
+  else if (stalled && c->out_nbytes <= s->lim.output_high_water_nbytes / 2) stalled = false;
+  if (stalled == c->stalled) return;
+  c->stalled = stalled;
+  if (s->cb.on_congestion) s->cb.on_congestion(s->cb.user, c->user, stalled);
+}
+
 static void on_written(uv_write_t *req, int status) {
   write_req *w = (write_req *)req;
   ss_http_conn *c = w->c;
@@ -339,10 +361,14 @@ static void on_written(uv_write_t *req, int status) {
     conn_finish(c);
     return;
   }
+  report_congestion(c);
+  /* The stall clock runs while the output is over the mark or its stream is
+   * paused (between the mark and half of it a paused stream writes nothing,
+   * so it would otherwise wait there for ever). */
+  if (c->timer_mode == TIMER_STALL && !c->stalled && !ss_http_conn_congested(c))
+    arm_timer(c, TIMER_NONE);
   if (was_congested && !ss_http_conn_congested(c)) {
-    /* The client reads again: the stall clock stops, and requests it
-     * pipelined may be parsed. */
-    if (c->timer_mode == TIMER_STALL) arm_timer(c, TIMER_NONE);
+    /* The client reads again: requests it pipelined may be parsed. */
     if (!c->busy && !c->close_after) {
       arm_timer(c, c->pending.len ? TIMER_HEADER : TIMER_IDLE);
       process_input(c);
@@ -381,6 +407,7 @@ static void conn_write(ss_http_conn *c, const char *head, size_t head_len, const
   /* A response the client does not read: the clock runs while it stays over
    * the mark. */
   if (ss_http_conn_congested(c) && c->timer_mode != TIMER_STALL) arm_timer(c, TIMER_STALL);
+  report_congestion(c);
 }
 
 /* The response is complete: the next pipelined request may go. */
@@ -605,6 +632,7 @@ static void dispatch(ss_http_conn *c) {
                          .path = url, .authorization = c->auth, .content_type = c->ctype,
                          .body = c->body.p ? c->body.p : "", .body_len = c->body.len};
   c->busy = true;
+  c->stalled = false;
   c->dispatched = true;
   c->t_dispatch = uv_hrtime();
   c->log = (ss_http_log){.id = next_request_id(), .method = req.method, .path = url,
@@ -767,6 +795,13 @@ static void on_connection(uv_stream_t *ls, int status) {
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &len) < 0)
     memset(&c->peer, 0, sizeof c->peer);
   uv_tcp_nodelay(&c->tcp, 1); /* SSE tokens go out as they are written */
+  /* The kernel's send buffer, autotuned, grows to megabytes for a client that
+   * does not read; held to the mark (Linux doubles it for its bookkeeping), a
+   * paused stream's unsent output, kernel and queue together, stays within
+   * about three times the mark. */
+  int sndbuf = (int)(s->lim.output_high_water_nbytes < (1u << 30)
+                         ? s->lim.output_high_water_nbytes : (1u << 30));
+  uv_send_buffer_size((uv_handle_t *)&c->tcp, &sndbuf);
   http_parser_init(&c->parser, HTTP_REQUEST);
   c->parser.data = c;
   uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);

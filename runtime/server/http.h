@@ -5,7 +5,11 @@
  *
  * Everything runs on the loop's thread.  One request per connection is in
  * flight at a time; pipelined requests wait their turn, and are not read ahead
- * while the connection's unsent output is over its high-water mark.  When a
+ * while the connection's unsent output is over its high-water mark (the
+ * socket's send buffer is set to the mark as well, so that the kernel does not
+ * hold megabytes more).  A streamed response going over the mark is reported
+ * with on_congestion, and again once its client has taken it down to half the
+ * mark, so that its owner can stop producing it meanwhile.  When a
  * client goes away before its response is complete, the on_abort callback
  * tells the owner, which must stop using the connection.
  *
@@ -43,6 +47,7 @@ typedef struct ss_http_log {
   uint64_t id;               /* random, per request */
   const char *method, *path; /* "-" when the request line never arrived whole */
   int status;                /* 0: the client left before the response was complete */
+  bool write_timeout;        /* with status 0: closed for not reading (--write-timeout) */
   double total_ms;           /* from the whole request to the end of its response */
   /* set by the owner with ss_http_conn_set_log; -1 when not set */
   int32_t prompt_tokens, completion_tokens;
@@ -55,6 +60,9 @@ typedef struct ss_http_callbacks {
   /* The client left (or the server closed) before the response was complete;
    * `conn_user` is what the owner attached with ss_http_conn_set_user. */
   void (*on_abort)(void *user, void *conn_user);
+  /* Optional: a streamed response's unsent output went over the high-water
+   * mark (congested true), or back down to half of it (false). */
+  void (*on_congestion)(void *user, void *conn_user, bool congested);
   /* Optional: every request's end, answered or not. */
   void (*on_log)(void *user, const ss_http_log *l);
   void *user;

@@ -426,3 +426,13 @@ void ss_api_on_client_gone(void *user, void *conn_user) {
   pthread_mutex_unlock(&a->mu);
   if (eng) stop_choices(q);
 }
+
+void ss_api_on_congestion(void *user, void *conn_user, bool congested) {
+  ss_api *a = user;
+  api_req *q = conn_user;
+  if (!q->submitted || !q->stream) return;
+  pthread_mutex_lock(&a->mu);
+  ss_engine *eng = a->engine;
+  pthread_mutex_unlock(&a->mu);
+  if (eng) ss_engine_pause(eng, q->id, congested);
+}

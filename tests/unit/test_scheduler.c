@@ -154,8 +154,9 @@ static void test_preemption(void **st) {
   ss_sched_free(&s);
 }
 
-/* Many random sequences through a small pool: every one finishes, no block is
- * ever held by two sequences, and the pool is whole at the end. */
+/* Many random sequences through a small pool, pausing and resuming at random:
+ * every one finishes, no block is ever held by two sequences, no paused one is
+ * scheduled, and the pool is whole at the end. */
 static void test_random_invariants(void **st) {
   (void)st;
   ss_sched s;
@@ -173,10 +174,20 @@ static void test_random_invariants(void **st) {
   int added = 0, finished = 0;
   for (int step = 0; step < 100000 && finished < N; step++) {
     if (added < N && rand() % 3 == 0) assert_int_equal(ss_sched_add(&s, q[added++]), 0);
+    /* Streams pause and resume at random (a paused sequence that is never
+     * resumed would never finish). */
+    if (added > 0 && rand() % 4 == 0) {
+      ss_sched_seq *t = q[rand() % added];
+      if (t->state != SS_SEQ_FINISHED) ss_sched_set_paused(&s, t, !t->paused);
+    }
+    int32_t n_paused = 0;
+    for (int i = 0; i < added; i++) n_paused += q[i]->paused;
+    assert_int_equal(n_paused, s.n_paused);
     ss_sched_batch b;
     run_step(&s, &b);
     assert_true(b.n_tokens <= p.max_batched_tokens);
     assert_true(b.n_entries <= p.max_num_seqs);
+    for (int32_t i = 0; i < b.n_entries; i++) assert_false(b.entries[i].seq->paused);
     /* No block in two tables; used = sum of table sizes. */
     char owner[20] = {0};
     int32_t used = 0;
@@ -348,6 +359,83 @@ static void test_compute_all(void **st) {
   freeseq(a);
   freeseq(b);
   freeseq(c);
+/* A paused sequence is not scheduled and keeps its blocks while no one needs
+ * them; a waiting sequence short of blocks, or of a place under max_num_seqs,
+ * preempts it before any running sequence that is not paused; a paused
+ * waiting sequence is passed over; once resumed it is recomputed. */
+static void test_paused(void **st) {
+  (void)st;
+  ss_sched s;
+  /* 5 blocks of 4 tokens, two sequences at once. */
+  ss_sched_params p = {.max_num_seqs = 2, .max_batched_tokens = 64, .block_size = 4, .n_blocks = 5};
+  assert_int_equal(ss_sched_init(&s, &p), 0);
+  ss_sched_seq *a = mkseq(1, 6, 20, 4), *c = mkseq(2, 6, 20, 4), *d = mkseq(3, 6, 20, 4);
+  assert_int_equal(ss_sched_add(&s, a), 0);
+  ss_sched_batch b;
+  run_step(&s, &b); /* a prefills: 2 blocks, 7 tokens */
+  ss_sched_set_paused(&s, a, true);
+  assert_int_equal(s.n_paused, 1);
+  assert_false(ss_sched_has_work(&s));
+  run_step(&s, &b);
+  assert_int_equal(b.n_entries, 0);
+  assert_int_equal(a->n_tokens, 7);
+  assert_int_equal(a->n_blocks, 2); /* kept: no one needs them */
+  assert_int_equal(a->state, SS_SEQ_RUNNING);
+  /* c fits beside it: a keeps its blocks and is still not scheduled. */
+  assert_int_equal(ss_sched_add(&s, c), 0);
+  assert_true(ss_sched_has_work(&s));
+  run_step(&s, &b);
+  assert_int_equal(b.n_entries, 1);
+  assert_ptr_equal(b.entries[0].seq, c);
+  assert_int_equal(b.n_preempted, 0);
+  assert_int_equal(a->n_blocks, 2);
+  /* d wants a place (max_num_seqs 2): the paused a gives its own up, not c. */
+  assert_int_equal(ss_sched_add(&s, d), 0);
+  run_step(&s, &b);
+  assert_int_equal(b.n_preempted, 1);
+  assert_int_equal(a->state, SS_SEQ_WAITING);
+  assert_int_equal(a->n_blocks, 0);
+  assert_int_equal(a->n_computed, 0);
+  assert_int_equal(c->state, SS_SEQ_RUNNING);
+  assert_int_equal(d->state, SS_SEQ_RUNNING);
+  assert_int_equal(b.n_entries, 2);
+  /* a waits paused at the front of the queue; c and d decode.  c ends and a
+   * still waits, passed over: paused sequences are never admitted. */
+  ss_sched_finish(&s, c);
+  run_step(&s, &b);
+  assert_int_equal(b.n_entries, 1);
+  assert_ptr_equal(b.entries[0].seq, d);
+  assert_int_equal(a->state, SS_SEQ_WAITING);
+  /* Resumed, a is recomputed from its whole history. */
+  ss_sched_set_paused(&s, a, false);
+  assert_int_equal(s.n_paused, 0);
+  run_step(&s, &b);
+  assert_int_equal(b.n_entries, 2);
+  const ss_sched_entry *ea = b.entries[0].seq == a ? &b.entries[0] : &b.entries[1];
+  assert_ptr_equal(ea->seq, a);
+  assert_int_equal(ea->start, 0);
+  assert_int_equal(ea->count, 7);
+  assert_true(ea->logits);
+  /* Blocks: when a running sequence needs one and none is free, a paused
+   * sequence gives its up even when it is the older one (unpaused, a, the
+   * newest, would be the victim). */
+  ss_sched_set_paused(&s, d, true);
+  for (int i = 0; i < 8 && d->state == SS_SEQ_RUNNING; i++) {
+    run_step(&s, &b);
+    assert_int_equal(b.n_entries, 1);
+    assert_ptr_equal(b.entries[0].seq, a);
+  }
+  assert_int_equal(d->state, SS_SEQ_WAITING);
+  assert_int_equal(d->n_blocks, 0);
+  assert_int_equal(a->state, SS_SEQ_RUNNING);
+  assert_int_equal(a->n_blocks, 4);
+  ss_sched_finish(&s, d);
+  assert_int_equal(s.n_paused, 0);
+  ss_sched_finish(&s, a);
+  assert_int_equal(ss_sched_blocks_used(&s), 0);
+  freeseq(a);
+  freeseq(c);
+  freeseq(d);
   ss_sched_free(&s);
 }
 
@@ -357,6 +445,7 @@ int main(void) {
       cmocka_unit_test(test_max_num_seqs),
       cmocka_unit_test(test_too_big_for_the_pool),
       cmocka_unit_test(test_preemption),
+      cmocka_unit_test(test_paused),
       cmocka_unit_test(test_random_invariants),
       cmocka_unit_test(test_prefix_cache_contents),
       cmocka_unit_test(test_compute_all),
