@@ -359,6 +359,9 @@ static void test_compute_all(void **st) {
   freeseq(a);
   freeseq(b);
   freeseq(c);
+  ss_sched_free(&s);
+}
+
 /* A paused sequence is not scheduled and keeps its blocks while no one needs
  * them; a waiting sequence short of blocks, or of a place under max_num_seqs,
  * preempts it before any running sequence that is not paused; a paused
