@@ -117,7 +117,7 @@ if SANITIZED:
 os.environ["SS_DEBUG_FAIL_STEP"] = f"{2 * N_OTHERS + 1}:3"
 t0 = time.time()
 srv = Server(args.bin, args.model, tp=2, extra=["--max-num-seqs", "16", "--drain-timeout", "300",
-                                                "--stats-interval", "2"])
+                                                "--stats-interval", "0.25"])
 del os.environ["SS_DEBUG_FAIL_STEP"]
 base, _ = run_streams(srv.port, N_OTHERS, 12)
 ck.check(all(s.finish() == "length" and s.done for s in base),
