@@ -41,6 +41,10 @@ ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
 ap.add_argument("--llama-bin", required=True, help="folder with llama-bench and llama-server")
 ap.add_argument("--isas", default="", help="our kernel variants to run (default: the best)")
 ap.add_argument("--threads", default="1,2")
+ap.add_argument("--decode-depth", type=int, default=512,
+                help="context before the decoded tokens: 512 (default, ours after the 512-token "
+                     "prompt, llama-bench -d 512) or 0 (ours after a 1-token prompt, llama-bench "
+                     "-d 0); prefill is always 512 tokens from an empty context")
 ap.add_argument("--activations", default="exact",
                 help="our activation paths, comma-separated: exact (default), q8")
 ap.add_argument("--runs", type=int, default=5)
@@ -61,7 +65,17 @@ def med(v):
 
 
 def ours_gen(threads, isa, tp=1, act="exact"):
-    cmd = [a.bin, "generate", "--model", a.model, "--prompt-ids", ",".join(map(str, PROMPT)),
+    """Prefill tok/s of the 512-token prompt and decode tok/s of 128 steps after
+    --decode-depth tokens (two runs when the depth is not 512)."""
+    if a.decode_depth != 512:
+        pp, _ = ours_gen_once(PROMPT, threads, isa, tp, act)
+        _, tg = ours_gen_once(PROMPT[:max(1, a.decode_depth)], threads, isa, tp, act)
+        return pp, tg
+    return ours_gen_once(PROMPT, threads, isa, tp, act)
+
+
+def ours_gen_once(prompt, threads, isa, tp, act):
+    cmd = [a.bin, "generate", "--model", a.model, "--prompt-ids", ",".join(map(str, prompt)),
            "-n", "129", "--temp", "0", "--ignore-eos", "--threads", str(threads)]
     if act != "exact":
         cmd += ["--activations", act]
@@ -77,13 +91,14 @@ def ours_gen(threads, isa, tp=1, act="exact"):
 
 def llama_gen(threads):
     p = subprocess.run([os.path.join(a.llama_bin, "llama-bench"), "-m", a.model, "-p", "512",
-                        "-n", "128", "-d", "0,512", "-r", "1", "-t", str(threads), "-o", "json"],
+                        "-n", "128", "-d", f"0,{a.decode_depth}" if a.decode_depth else "0",
+                        "-r", "1", "-t", str(threads), "-o", "json"],
                        capture_output=True, text=True, check=True)
     pp = tg = None
     for r in json.loads(p.stdout):
         if r["n_prompt"] == 512 and r["n_gen"] == 0 and r.get("n_depth", 0) == 0:
             pp = r["avg_ts"]
-        if r["n_gen"] == 128 and r["n_prompt"] == 0 and r.get("n_depth") == 512:
+        if r["n_gen"] == 128 and r["n_prompt"] == 0 and r.get("n_depth", 0) == a.decode_depth:
             tg = r["avg_ts"]
     assert pp is not None and tg is not None, p.stdout[-800:]
     return pp, tg
@@ -91,7 +106,9 @@ def llama_gen(threads):
 
 def gen_table(isa):
     acts = a.activations.split(",")
-    print(f"\n### prefill 512 / decode 128 (positions 512..639) at batch 1, kernels {isa}\n")
+    d = a.decode_depth
+    where = f"positions {d}..{d + 127}" if d else "from an empty context (ours: after 1 token)"
+    print(f"\n### prefill 512 / decode 128 ({where}) at batch 1, kernels {isa}\n")
     print("| threads | engine | prefill tok/s median [min, max] | decode tok/s median [min, max] |")
     print("|---|---|---|---|")
     for t in (int(x) for x in a.threads.split(",")):
