@@ -27,6 +27,13 @@ env = lambda k, d: int(os.environ.get(k, d))
 repeats, prefixes, per = env("REPEATS", 3), env("PREFIXES", 8), env("PER_PREFIX", 16)
 tmp = tempfile.mkdtemp(prefix="ss-prefix-bench-")
 rows = []
+# The workload, in the flag names loadgen and plan share.
+workload = ["--dataset-name", "prefix_repetition", "--num-prompts", str(prefixes * per),
+            "--prefix-repetition-num-prefixes", str(prefixes),
+            "--prefix-repetition-prefix-len", os.environ.get("PREFIX_LEN", "1000"),
+            "--prefix-repetition-suffix-len", os.environ.get("SUFFIX_LEN", "32"),
+            "--prefix-repetition-output-len", os.environ.get("OUTPUT_LEN", "8"),
+            "--max-concurrency", os.environ.get("CONCURRENCY", "8")]
 modes = os.environ.get("MODES", "on off").split()
 for caching in [m == "on" for m in modes]:
     extra = ["--threads", os.environ.get("THREADS", "2")]
@@ -36,13 +43,7 @@ for caching in [m == "on" for m in modes]:
         for k in range(repeats):
             out = os.path.join(tmp, f"{'on' if caching else 'off'}-{k}.json")
             subprocess.run([binary, "loadgen", "--url", srv.url, "--tokenizer-model", model,
-                            "--dataset-name", "prefix_repetition", "--num-prompts",
-                            str(prefixes * per), "--prefix-repetition-num-prefixes", str(prefixes),
-                            "--prefix-repetition-prefix-len", os.environ.get("PREFIX_LEN", "1000"),
-                            "--prefix-repetition-suffix-len", os.environ.get("SUFFIX_LEN", "32"),
-                            "--prefix-repetition-output-len", os.environ.get("OUTPUT_LEN", "8"),
-                            "--max-concurrency", os.environ.get("CONCURRENCY", "8"),
-                            "--seed", str(k), "--no-progress", "--save-result", out],
+                            *workload, "--seed", str(k), "--no-progress", "--save-result", out],
                            check=True, stdout=subprocess.DEVNULL)
             runs.append(json.load(open(out)))
     finally:
@@ -65,12 +66,7 @@ if profile:
         sims = []
         for k in range(len(runs)):
             cmd = [binary, "plan", "--model", model, "--tp", "1", "--hardware", profile, "--json",
-                   "--dataset-name", "prefix_repetition", "--num-prompts", str(prefixes * per),
-                   "--prefix-repetition-num-prefixes", str(prefixes),
-                   "--prefix-repetition-prefix-len", os.environ.get("PREFIX_LEN", "1000"),
-                   "--prefix-repetition-suffix-len", os.environ.get("SUFFIX_LEN", "32"),
-                   "--prefix-repetition-output-len", os.environ.get("OUTPUT_LEN", "8"),
-                   "--max-concurrency", os.environ.get("CONCURRENCY", "8"), "--seed", str(k)]
+                   *workload, "--seed", str(k)]
             if name == "off":
                 cmd.append("--no-prefix-caching")
             sims.append(json.loads(subprocess.run(cmd, check=True, capture_output=True,

@@ -581,9 +581,6 @@ int ss_cmd_plan(int argc, char **argv) {
     if (co.w.n_requests < pre_num)
       return ss_cli_usage(k_cmd, "--num-prompts %d cannot share %lld prefixes: need at least one "
                           "request per prefix", co.w.n_requests, (long long)pre_num);
-    if (pre_len + suf_len > (1 << 24))
-      return ss_cli_usage(k_cmd, "prefix + suffix length %lld is above %d",
-                          (long long)(pre_len + suf_len), 1 << 24);
     /* As loadgen: num_prompts / prefixes requests per prefix. */
     co.w.n_requests = (int32_t)(co.w.n_requests / pre_num * pre_num);
     co.w.num_prefixes = (int32_t)pre_num;

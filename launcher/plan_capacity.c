@@ -281,12 +281,8 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *stages, int pp,
     pm.handoff_inter = inter;
     pm.logits_home_inter = (pp - 1) * tp / dpn != 0;
     pm.handoff_bytes_per_token = (double)stages[0].ranks[0].pp_send_nbytes_per_token;
-    for (int s = 0; s < pp; s++) {
-      pm.attn_flops_per_pair += stage_pm[s].attn_flops_per_pair;
-      pm.weight_bytes += stage_pm[s].weight_bytes;
-      pm.dense_bytes += stage_pm[s].dense_bytes;
-      pm.head_bytes += stage_pm[s].head_bytes;
-    }
+    /* The stages carry the costs; only the preset's attention default reads this. */
+    for (int s = 0; s < pp; s++) pm.attn_flops_per_pair += stage_pm[s].attn_flops_per_pair;
   }
   if (!(hw.attn_s_per_pair > 0) && flops_16 > 0)
     hw.attn_s_per_pair = pm.attn_flops_per_pair / flops_16;

@@ -75,14 +75,9 @@ srv = Server(args.bin, args.model,
 
 
 def metrics():
-    code, body = srv.get("/metrics")
-    out = {}
-    if code == 200:
-        for line in body.decode().splitlines():
-            if line.startswith("shardserve:"):
-                k, _, v = line.rpartition(" ")
-                out[k[len("shardserve:"):]] = float(v)
-    return out
+    """The server's shardserve: metrics, named without the prefix."""
+    p = "shardserve:"
+    return {k[len(p):]: v for k, v in srv.metrics().items() if k.startswith(p)}
 
 
 def metric(name):

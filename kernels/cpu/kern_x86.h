@@ -95,6 +95,25 @@ static inline __m256i x86_q8_unpack(ss_dtype type, const uint8_t *blk, __m256i *
   return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
 }
 
+/* The exact integer dot products of n <= 8 unpacked blocks w (raw: Q8_0's
+ * signed weights) with the activations x of the same blocks, one block per
+ * lane (lanes past n zero; their x is not read). */
+static inline __attribute__((always_inline)) __m256i
+x86_q8_isum(ss_dtype type, const __m256i *w, const __m256i *raw, const int8_t *x, int n) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i p[8];
+  for (int i = 0; i < 8; i++) {
+    if (n == 8 || i < n) {
+      __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * i));
+      if (type == SS_DTYPE_Q8_0) xv = _mm256_sign_epi8(xv, raw[i]);
+      p[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(w[i], xv), ones);
+    } else {
+      p[i] = _mm256_setzero_si256();
+    }
+  }
+  return x86_hsum8(p);
+}
+
 /* The row for nt tokens.  One token (decode): each group of eight blocks is
  * unpacked and multiplied in registers.  More: per pass the row's next
  * X86_Q8_GROUPS groups are unpacked once (weights and scales) and every token
@@ -108,26 +127,19 @@ x86_row_dot_q8(ss_dtype type, const uint8_t *row, int64_t cols, const int8_t *qx
   const int64_t nblk = cols / 32, ngrp = (nblk + 7) / 8;
   const int bnb = ssq_q8_block_nbytes(type);
   const int64_t ldb = ldq / 32;
-  const __m256i ones = _mm256_set1_epi16(1);
   if (nt == 1) {
     __m256 a = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b += 8) {
       const int n = nblk - b < 8 ? (int)(nblk - b) : 8;
       const uint8_t *bb = row + b * bnb;
-      __m256i p[8];
-      for (int i = 0; i < 8; i++) {
-        if (n == 8 || i < n) {
-          __m256i raw, w = x86_q8_unpack(type, bb + (size_t)i * (size_t)bnb, &raw);
-          __m256i x = _mm256_loadu_si256((const __m256i *)(qx + 32 * (b + i)));
-          if (type == SS_DTYPE_Q8_0) x = _mm256_sign_epi8(x, raw);
-          p[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
-        } else {
-          p[i] = _mm256_setzero_si256();
-        }
-      }
+      __m256i w[8], raw[8];
+      for (int i = 0; i < 8; i++)
+        w[i] = n == 8 || i < n ? x86_q8_unpack(type, bb + (size_t)i * (size_t)bnb, &raw[i])
+                               : (raw[i] = _mm256_setzero_si256());
       __m256 dw, mw;
       x86_q8_scales(bb, bnb, n, &dw, &mw);
-      a = _mm256_add_ps(a, x86_q8_value(type, x86_hsum8(p), dw, mw, dx + b, sx + b, n));
+      a = _mm256_add_ps(a, x86_q8_value(type, x86_q8_isum(type, w, raw, qx + 32 * b, n), dw, mw,
+                                        dx + b, sx + b, n));
     }
     y[0] = x86_hsum8_ps(a);
     return;
@@ -159,17 +171,9 @@ x86_row_dot_q8(ss_dtype type, const uint8_t *row, int64_t cols, const int8_t *qx
         for (int g = 0; g < gn; g++) {
           const int64_t b = (g0 + g) * 8;
           const int n = nblk - b < 8 ? (int)(nblk - b) : 8;
-          __m256i p[8];
-          for (int i = 0; i < 8; i++) {
-            if (n == 8 || i < n) {
-              __m256i x = _mm256_loadu_si256((const __m256i *)(qt + 32 * (b + i)));
-              if (type == SS_DTYPE_Q8_0) x = _mm256_sign_epi8(x, wr[8 * g + i]);
-              p[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[8 * g + i], x), ones);
-            } else {
-              p[i] = _mm256_setzero_si256();
-            }
-          }
-          a = _mm256_add_ps(a, x86_q8_value(type, x86_hsum8(p), dwv[g], mwv[g], dt + b, st + b, n));
+          a = _mm256_add_ps(a, x86_q8_value(type,
+                                            x86_q8_isum(type, wq + 8 * g, wr + 8 * g, qt + 32 * b, n),
+                                            dwv[g], mwv[g], dt + b, st + b, n));
         }
         acc[t] = a;
       }
