@@ -16,7 +16,9 @@
    arrays of both) are tabulated apart from throughput, with how far each
    predicted figure moves when every step costs 3% more or less; preemptions
    predicted vs counted by the server (/metrics), with one level on a KV pool
-   too small for the batch (40 blocks) so that the scheduler preempts.
+   too small for the batch (40 blocks) so that the scheduler preempts, and
+   requests refused at arrival (429) predicted vs received by the load test,
+   with one level at 1.2 x C on a queue limit of 4 (--max-waiting 4).
 5. Max rate at an SLO: `plan --max-rate` against a bisection of load tests
    (the highest rate whose requests meet the SLO at >= 99%, as the planner
    defines it), 5 rounds between 0.25 x C and 2 x C.
@@ -56,12 +58,14 @@ ap.add_argument("--out", default="bench/out")
 a = ap.parse_args()
 os.makedirs(a.out, exist_ok=True)
 BATCHING = ["--max-num-seqs", str(a.max_num_seqs)]
-# (name, x capacity, burstiness, max concurrency, KV blocks (0: --kv-mem)).  The
-# last level gives the pool 40 blocks of 16 tokens (5 sequences at full
-# length for --max-num-seqs 16), so the scheduler preempts.
-LEVELS = [("0.7x", 0.7, 1.0, 0, 0), ("0.9x", 0.9, 1.0, 0, 0), ("1.0x", 1.0, 1.0, 0, 0),
-          ("1.2x", 1.2, 1.0, 0, 0), ("0.7x bursty", 0.7, 0.5, 0, 0),
-          ("closed loop 8", 0, 1.0, 8, 0), ("1.0x, 40 KV blocks", 1.0, 1.0, 0, 40)]
+# (name, x capacity, burstiness, max concurrency, KV blocks (0: --kv-mem),
+# queue limit (0: the server's default)).  "40 KV blocks" gives the pool 40
+# blocks of 16 tokens (5 sequences at full length for --max-num-seqs 16), so
+# the scheduler preempts; "max-waiting 4" refuses arrivals that find 4 queued.
+LEVELS = [("0.7x", 0.7, 1.0, 0, 0, 0), ("0.9x", 0.9, 1.0, 0, 0, 0), ("1.0x", 1.0, 1.0, 0, 0, 0),
+          ("1.2x", 1.2, 1.0, 0, 0, 0), ("0.7x bursty", 0.7, 0.5, 0, 0, 0),
+          ("closed loop 8", 0, 1.0, 8, 0, 0), ("1.0x, 40 KV blocks", 1.0, 1.0, 0, 40, 0),
+          ("1.2x, max-waiting 4", 1.2, 1.0, 0, 0, 4)]
 TAG = f"tp{a.tp}-t{a.threads}-{os.path.basename(a.model).split('.')[0]}"
 
 
@@ -76,9 +80,11 @@ def kv_flags(blocks):
     return ["--kv-blocks", str(blocks)] if blocks else ["--kv-mem", a.kv_mem]
 
 
-def load_test(tag, wl, step_log=None, blocks=0):
+def load_test(tag, wl, step_log=None, blocks=0, waiting=0):
     """A fresh server, one loadgen run; (result JSON, preemptions counted by the server)."""
     extra = ["--threads", str(a.threads), *kv_flags(blocks), *BATCHING]
+    if waiting:
+        extra += ["--max-waiting", str(waiting)]
     if step_log:
         extra += ["--step-log", step_log]
     srv = Server(a.bin, a.model, tp=a.tp, extra=extra)
@@ -97,9 +103,10 @@ def load_test(tag, wl, step_log=None, blocks=0):
     return meas, int(pre)
 
 
-def plan(hw, extra, blocks=0):
+def plan(hw, extra, blocks=0, waiting=0):
+    q = ["--max-waiting", str(waiting)] if waiting else []
     p = subprocess.run([a.bin, "plan", "--model", a.model, "--tp", str(a.tp), "--hardware", hw,
-                        *kv_flags(blocks), *BATCHING, *extra, "--json"], capture_output=True,
+                        *kv_flags(blocks), *BATCHING, *q, *extra, "--json"], capture_output=True,
                        text=True, timeout=1800)
     if p.returncode != 0:
         sys.exit(f"plan failed:\n{p.stderr[-2000:]}")
@@ -117,11 +124,13 @@ def pct(xs, q):
 
 
 def latency(d):
-    """Latency figures in ms from per-request arrays (loadgen --save-result names)."""
-    ttft = [t * 1e3 for t in d["ttfts"]]
-    tpot = [(l - t) * 1e3 / (o - 1) for t, l, o in zip(d["ttfts"], d["latencies"], d["output_lens"])
-            if o > 1]
-    e2e = [l * 1e3 for l in d["latencies"]]
+    """Latency figures in ms from per-request arrays (loadgen --save-result names),
+    over the requests that succeeded (a refused one has no figures)."""
+    ok = [not e for e in d.get("errors", [""] * len(d["ttfts"]))]
+    rows = [(t, l, o) for t, l, o, g in zip(d["ttfts"], d["latencies"], d["output_lens"], ok) if g]
+    ttft = [t * 1e3 for t, _, _ in rows]
+    tpot = [(l - t) * 1e3 / (o - 1) for t, l, o in rows if o > 1]
+    e2e = [l * 1e3 for _, l, _ in rows]
     return {"p50 TTFT ms": pct(ttft, 50), "p90 TTFT ms": pct(ttft, 90), "p50 TPOT ms": pct(tpot, 50),
             "p90 TPOT ms": pct(tpot, 90), "p50 E2E ms": pct(e2e, 50)}
 
@@ -159,11 +168,16 @@ print(f"capacity: measured {C:.3f} req/s, predicted {pred_c['request_throughput'
 
 # 4. The load levels.
 lat_rows, thr_rows, pre_rows = [], [], []
-for name, mult, burst, conc, blocks in LEVELS:
+for name, mult, burst, conc, blocks, waiting in LEVELS:
     wl = flags(round(mult * C, 4), burst, conc, a.n_in, a.out_len, a.n)
-    meas, pre_m = load_test(name.replace(" ", "_").replace(",", ""), wl, blocks=blocks)
-    pred = plan(calibrated, [*wl, "--per-request"], blocks)["simulation"]
-    moved = [plan(scaled[f], [*wl, "--per-request"], blocks)["simulation"] for f in (0.97, 1.03)]
+    meas, pre_m = load_test(name.replace(" ", "_").replace(",", ""), wl, blocks=blocks,
+                            waiting=waiting)
+    pred = plan(calibrated, [*wl, "--per-request"], blocks, waiting)["simulation"]
+    moved = [plan(scaled[f], [*wl, "--per-request"], blocks, waiting)["simulation"]
+             for f in (0.97, 1.03)]
+    errs = [e for e in meas["errors"] if e]
+    if any("429" not in e for e in errs):
+        sys.exit(f"{name}: requests failed other than by a full queue: {errs[:3]}")
     if pred["input_lens"] != meas["input_lens"] or pred["output_lens"] != meas["output_lens"]:
         sys.exit(f"{name}: the simulated requests' lengths differ from the load test's")
     lm, lp, lmv = latency(meas), latency(pred), [latency(x) for x in moved]
@@ -172,7 +186,7 @@ for name, mult, burst, conc, blocks in LEVELS:
         lat_rows.append((name, k, lp[k], lm[k], sens))
     for k, label in (("output_throughput", "output tok/s"), ("request_throughput", "req/s")):
         thr_rows.append((name, label, pred[k], meas[k]))
-    pre_rows.append((name, pred.get("preemptions", 0), pre_m))
+    pre_rows.append((name, pred.get("preemptions", 0), pre_m, pred.get("rejected", 0), len(errs)))
     print(f"{name}: done", file=sys.stderr, flush=True)
 
 # 5. Max rate at an SLO.
@@ -223,10 +237,11 @@ print("| load | throughput | predicted | measured | predicted/measured |")
 print("|---|---|---|---|---|")
 for name, k, q, m in thr_rows:
     print(f"| {name} | {k} | {q:.3f} | {m:.3f} | {q / m if m else float('inf'):.3f} |")
-print("\n| load | preemptions predicted | preemptions measured |")
-print("|---|---|---|")
-for name, q, m in pre_rows:
-    print(f"| {name} | {q} | {m} |")
+print("\n| load | preemptions predicted | preemptions measured | refused (429) predicted | "
+      "refused measured |")
+print("|---|---|---|---|---|")
+for name, q, m, rq, rm in pre_rows:
+    print(f"| {name} | {q} | {m} | {rq} | {rm} |")
 for slo_ttft, slo_tpot, predicted, lo, hi in max_rows:
     mid = (lo + hi) / 2
     print(f"\nmax rate at TTFT <= {slo_ttft} ms and TPOT <= {slo_tpot} ms (99% of requests): "

@@ -57,6 +57,9 @@ static void usage(FILE *f) {
           "                       step times (roofline per step + collectives)\n"
           "      --nodes K        nodes the ranks span (default: as few as hold --tp)\n"
           "      --max-num-seqs N, --max-batched-tokens N   the server's batching (64, 512)\n"
+          "      --max-waiting N  the server's queue limit (default 1024, as serve's): a\n"
+          "                       request arriving to a full queue is refused (a 429),\n"
+          "                       counted as \"rejected\"\n"
           "      --kv-blocks N | --kv-mem SIZE   the KV pool the server gets (default: all\n"
           "                       memory the weights and the reserve leave)\n"
           "  Workload (simulated through the server's own scheduler; names as in loadgen):\n"
@@ -394,11 +397,11 @@ int ss_cmd_plan(int argc, char **argv) {
   enum { O_TP = 256, O_PP, O_PPL, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE, O_HW, O_NODES, O_SEQS, O_TOKENS,
          O_BLOCKS, O_KVMEM, O_RATE, O_BURST, O_CONC, O_NUM, O_IN, O_OUT, O_RATIO, O_SEED,
          O_GOODPUT, O_MAXRATE, O_STEPLOG, O_CALIB, O_SAVEHW, O_PERREQ, O_STEPCOST, O_DATASET,
-         O_PRE_LEN, O_SUF_LEN, O_PRE_NUM, O_PRE_OUT, O_NOPC };
+         O_PRE_LEN, O_SUF_LEN, O_PRE_NUM, O_PRE_OUT, O_NOPC, O_WAIT };
   ss_plan_capacity_opts co = {.sched = {.max_num_seqs = 64, .max_batched_tokens = 512,
                                         .block_size = 16, .prefix_caching = true},
                               .w = {.burstiness = 1.0, .n_requests = 200, .input_len = 512,
-                                    .output_len = 128}};
+                                    .output_len = 128, .max_waiting = 1024}};
   bool workload = false, prefixed = false;
   /* prefix_repetition's lengths, as loadgen's defaults */
   int64_t pre_len = 256, suf_len = 256, pre_num = 10, pre_out = 128;
@@ -432,6 +435,7 @@ int ss_cmd_plan(int argc, char **argv) {
       {"prefix-repetition-num-prefixes", required_argument, 0, O_PRE_NUM},
       {"prefix-repetition-output-len", required_argument, 0, O_PRE_OUT},
       {"no-prefix-caching", no_argument, 0, O_NOPC},
+      {"max-waiting", required_argument, 0, O_WAIT},
       {"help", no_argument, 0, 'h'},        {0, 0, 0, 0},
   };
   optind = 1;
@@ -524,6 +528,11 @@ int ss_cmd_plan(int argc, char **argv) {
     case O_CALIB: co.calibrate = true; break;
     case O_SAVEHW: co.save_hardware = optarg; break;
     case O_PERREQ: co.w.per_request = true; break;
+    case O_WAIT:
+      /* serve's bounds */
+      if (!ss_cli_parse_int(k_cmd, "--max-waiting", optarg, 1, 1 << 20, &iv)) return SS_EXIT_USAGE;
+      co.w.max_waiting = (int32_t)iv;
+      break;
     case O_DATASET:
       workload = true;
       if (strcmp(optarg, "prefix_repetition") == 0) prefixed = true;

@@ -357,6 +357,8 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *stages, int pp,
     json_object_set_new(s, "max_concurrency", json_integer(o->w.max_concurrency));
     json_object_set_new(s, "num_prompts", json_integer(o->w.n_requests));
     json_object_set_new(s, "completed", json_integer(r.completed));
+    json_object_set_new(s, "rejected", json_integer(r.rejected));
+    json_object_set_new(s, "max_waiting", json_integer(o->w.max_waiting));
     json_object_set_new(s, "duration", json_real(r.duration_s));
     json_object_set_new(s, "total_input_tokens", json_integer(r.total_input_tokens));
     json_object_set_new(s, "total_output_tokens", json_integer(r.total_output_tokens));
@@ -384,8 +386,10 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *stages, int pp,
     if (r.req) {
       /* Per request, in arrival order, as loadgen's --save-result names them. */
       json_t *st = json_array(), *tt = json_array(), *lat = json_array(), *il = json_array(),
-             *ol = json_array();
+             *ol = json_array(), *err = json_array();
       for (int32_t i = 0; i < o->w.n_requests; i++) {
+        json_array_append_new(err, json_string(r.req[i].rejected ? "HTTP 429: the queue is full"
+                                                                 : ""));
         json_array_append_new(st, json_real(r.req[i].start));
         json_array_append_new(tt, json_real(r.req[i].ttft));
         json_array_append_new(lat, json_real(r.req[i].latency));
@@ -397,6 +401,7 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *stages, int pp,
       json_object_set_new(s, "latencies", lat);
       json_object_set_new(s, "input_lens", il);
       json_object_set_new(s, "output_lens", ol);
+      json_object_set_new(s, "errors", err);
     }
     ss_sim_result_free(&r);
     json_object_set_new(out, "simulation", s);
@@ -457,6 +462,12 @@ void ss_plan_capacity_print(json_t *o) {
            "req/s\n", (long long)json_integer_value(json_object_get(s, "completed")),
            jnum(s, "duration"), jnum(s, "request_throughput"), jnum(s, "output_throughput"),
            jnum(s, "request_goodput"));
+    if (json_integer_value(json_object_get(s, "rejected")) > 0 ||
+        json_integer_value(json_object_get(s, "preemptions")) > 0)
+      printf("  refused at arrival (the queue held --max-waiting %lld): %lld; preemptions: %lld\n",
+             (long long)json_integer_value(json_object_get(s, "max_waiting")),
+             (long long)json_integer_value(json_object_get(s, "rejected")),
+             (long long)json_integer_value(json_object_get(s, "preemptions")));
     if (json_integer_value(json_object_get(s, "prefix_cache_queries")) > 0)
       printf("  prefix cache: %.1f%% of %lld prompt tokens looked up were found\n",
              100 * jnum(s, "prefix_cache_hit_rate"),

@@ -168,6 +168,27 @@ if q:
 q = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--request-rate", "3",
          "--num-prompts", "5")
 ck.check(q is not None and "ttfts" not in q["simulation"], "no per-request arrays unless asked")
+# --max-waiting, as the engine applies it: every request of a burst arrives
+# before the first step, so the first N are queued and the rest refused (429).
+q = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--request-rate", "inf",
+         "--num-prompts", "20", "--random-input-len", "40", "--random-output-len", "4",
+         "--max-waiting", "6", "--per-request")
+if q:
+    s = q["simulation"]
+    errs = s["errors"]
+    ck.check(s["completed"] == 6 and s["rejected"] == 14 and s["max_waiting"] == 6,
+             f"burst of 20 at --max-waiting 6: {s['completed']} completed, {s['rejected']} refused")
+    ck.check([e == "" for e in errs] == [True] * 6 + [False] * 14 and "429" in errs[-1],
+             f"the refused ones are the last 14 to arrive: {errs}")
+    ck.check(all(t == 0 for t, e in zip(s["ttfts"], errs) if e) and
+             s["total_output_tokens"] == 6 * 4, "refused requests carry no figures")
+q = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--request-rate", "inf",
+         "--num-prompts", "20", "--random-input-len", "40", "--random-output-len", "4")
+ck.check(q is not None and q["simulation"]["rejected"] == 0 and
+         q["simulation"]["max_waiting"] == 1024, "serve's default queue limit (1024) refuses none")
+rc, out, err = ck.run(args.bin, ["plan", "--model", args.model, "--tp", "1", "--hardware", prof,
+                                 "--max-waiting", "0"])
+ck.check(rc == 2 and "--max-waiting" in err, f"--max-waiting 0: {rc} {err!r}")
 
 # A GPU preset sets neither: reading a position costs this rank's K/V bytes per
 # token over the bandwidth, a pair 4 x heads x head_dim flops per layer at the

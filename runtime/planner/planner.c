@@ -283,13 +283,26 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
     goto done;
   }
   int64_t n_itl = 0;
-  int32_t next = 0, done_n = 0, in_flight = 0;
+  int32_t next = 0, done_n = 0, in_flight = 0, rejected = 0;
+  /* The queue limit as the engine applies it at submission: arrivals since
+   * the last step began, plus the waiting queue it published then. */
+  int32_t waiting_pub = 0;
   double t = 0, batch_tokens = 0, good = 0;
   uint64_t steps = 0;
-  while (done_n < N) {
+  while (done_n + rejected < N) {
     /* Admit what has arrived (closed loop: up to the concurrency). */
+    int32_t n_in = 0;
     while (next < N && (closed ? in_flight < w->max_concurrency : rq[next].arrival <= t)) {
       if (closed) rq[next].arrival = t;
+      if (!closed && w->max_waiting > 0 && n_in + waiting_pub >= w->max_waiting) {
+        if (out->req)
+          out->req[next] = (ss_sim_request){.start = rq[next].arrival, .rejected = true,
+                                            .input_len = rq[next].in_len};
+        rejected++;
+        next++;
+        continue;
+      }
+      n_in++;
       if ((rc = ss_sched_add(&sched, &rq[next].seq))) {
         char msg[400];
         snprintf(msg, sizeof msg, "%s", ss_error_msg());
@@ -301,6 +314,8 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
       next++;
       in_flight++;
     }
+    waiting_pub = sched.waiting.count;
+    if (done_n + rejected == N) break;
     ss_sched_batch b;
     ss_sched_step(&sched, &b);
     if (b.n_entries == 0) {
@@ -349,6 +364,7 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
   }
   /* Duration as a load generator measures it: first send to last completion. */
   out->completed = done_n;
+  out->rejected = rejected;
   out->duration_s = t + hw->request_overhead_s;
   out->request_throughput = done_n / out->duration_s;
   out->output_throughput = (double)out->total_output_tokens / out->duration_s;

@@ -144,12 +144,18 @@ typedef struct ss_sim_workload {
    * cache (ss_sched_params.prefix_caching) finds the shared blocks as the
    * server's would.  input_len and range_ratio are then unused. */
   int32_t num_prefixes, prefix_len, suffix_len;
+  /* The server's --max-waiting (open loop only): a request arriving while this
+   * many are queued is refused (HTTP 429), as the engine counts them: those
+   * that arrived since the last step began plus the waiting queue as it stood
+   * then (before that step admitted any).  0: no limit. */
+  int32_t max_waiting;
 } ss_sim_workload;
 
 /* One simulated request, as a load generator would record it (seconds). */
 typedef struct ss_sim_request {
   double start, ttft, latency;
   int32_t input_len, output_len;
+  bool rejected;        /* refused at arrival (queue full): no figures */
 } ss_sim_request;
 
 typedef struct ss_dist {
@@ -158,6 +164,7 @@ typedef struct ss_dist {
 
 typedef struct ss_sim_result {
   int32_t completed;
+  int32_t rejected;          /* refused at arrival by max_waiting */
   double duration_s;
   double request_throughput, output_throughput, total_token_throughput;
   double request_goodput;    /* requests meeting every SLO, per second */
