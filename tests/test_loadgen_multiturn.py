@@ -7,8 +7,10 @@ resends the conversation so far.
     Turn t+1 of a session carries turn t's conversation plus the mock's reply
     and a new user message, turn 1 one user message, the user messages differ
     across sessions, and no turn arrives before its session's previous turn
-    was fully answered.  A session whose turn 2 gets HTTP 500 sends no turn 3
-    and the summary says so.
+    was fully answered (plus think time).  --max-concurrency 1 never overlaps
+    two turns, --request-rate spaces the sessions' starts, and without usage
+    the input estimates grow with the conversation.  A session whose turn 2
+    gets HTTP 500 sends no turn 3 and the summary says so.
 (b) Against our own server with prefix caching: every turn completes, turns
     >= 2 report cached prompt tokens and prompt lengths grow turn by turn;
     with --no-prefix-caching the hit rate is 0.
@@ -36,7 +38,7 @@ SEP = "\n\n"  # between the texts of a conversation on /v1/completions
 
 class Mock:
     """An OpenAI-compatible streaming server.  Request n (from 1, in arrival
-    order) is answered with REPLY(n) in three chunks and a usage chunk; a
+    order) is answered with REPLY(n) in three chunks and, when asked, usage; a
     request whose user text is in `fail_texts` gets HTTP 500."""
 
     def __init__(self):
@@ -101,7 +103,8 @@ class Mock:
                 usage = {"id": "x", "object": "chat.completion.chunk", "choices": [],
                          "usage": {"prompt_tokens": 10 + idx, "completion_tokens": 3,
                                    "total_tokens": 13 + idx}}
-                self.wfile.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+                if body.get("stream_options", {}).get("include_usage"):
+                    self.wfile.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
                 with mock.lock:
                     mock.log[idx][2] = reply
                     mock.log[idx][3] = time.monotonic()
@@ -211,6 +214,29 @@ finally:
     mock.stop()
 ck.check(len(spans) == 9 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:])),
          f"max-concurrency 1: {len(spans)} requests, overlapping: {spans}")
+
+# --request-rate 4 with constant gaps: the sessions start 0.25 s apart.
+mock = Mock()
+try:
+    loadgen(mock.url, MT + ["--request-rate", "4", "--burstiness", "inf"], "mock-rate")
+    starts = sorted(t0 for t0, b, _, _ in mock.log if len(conversation(b, False)) == 1)
+finally:
+    mock.stop()
+gaps = [b - a for a, b in zip(starts, starts[1:])]
+ck.check(len(starts) == 3 and all(0.2 <= g <= 0.4 for g in gaps),
+         f"request rate 4: session starts {len(starts)}, gaps {gaps}")
+
+# Without usage the input lengths are estimates for the whole conversation:
+# they grow turn by turn as the conversation does.
+mock = Mock()
+try:
+    r2, _ = loadgen(mock.url, MT + ["--no-stream-usage"], "mock-nousage")
+finally:
+    mock.stop()
+if r2 is not None:
+    est = {(s, t): n for s, t, n in zip(r2["sessions"], r2["turns"], r2["input_lens"])}
+    ck.check(all(est[(s, 1)] == 12 and est[(s, 1)] < est[(s, 2)] < est[(s, 3)] for s in range(3)),
+             f"no usage: input estimates {est}")
 
 # A failed turn 2 ends its session: no turn 3, and the summary says so.  The
 # user messages are seeded, so a first run tells which text turn 2 of one

@@ -36,6 +36,7 @@ typedef struct session {
   double due;          /* when it may go (relative): its start, or a reply + think time */
   bool busy;           /* a turn is in flight */
   bool over;           /* every turn answered, or one failed */
+  int64_t context;     /* tokens of the turns so far (prompts and replies), for estimates */
 } session;
 
 typedef struct runner {
@@ -64,6 +65,7 @@ typedef struct xfer {
   struct runner *rn;
   size_t index;         /* of its result: the results array may move as it grows */
   const ss_lg_prompt *prompt;
+  int64_t input_est;    /* prompt tokens when usage does not say */
   double t_send;        /* absolute monotonic seconds */
   double t_last;        /* last text chunk */
   long status;          /* 0 until the headers are in */
@@ -168,7 +170,7 @@ static void xfer_finish(xfer *x, CURLcode code, double now) {
   } else {
     r->ttft_s = r->e2e_s = now - x->t_send;
   }
-  r->input_tokens = x->prompt->input_len;
+  r->input_tokens = x->input_est;
   if (x->has_usage && x->usage_prompt >= 0) {
     r->input_tokens = x->usage_prompt;
     r->input_from_usage = true;
@@ -250,10 +252,11 @@ static xfer *xfer_get(runner *rn) {
 }
 
 /* Sends prompt `prompt_index` with `body`; `post` (NULL or body) is freed when
- * the transfer ends; sess and turn are -1 outside multi-turn runs. */
+ * the transfer ends; sess and turn are -1 outside multi-turn runs, where
+ * input_est (< 0: the prompt's own length) stands for the whole conversation. */
 static int start_request(runner *rn, double sched, double ready, double now_abs,
                          size_t prompt_index, const char *body, char *post, int64_t sess,
-                         int64_t turn) {
+                         int64_t turn, int64_t input_est) {
   const ss_lg_client_config *c = rn->cfg;
   if (rn->count == rn->cap) {
     size_t ncap = rn->cap ? rn->cap * 2 : 1024;
@@ -288,6 +291,7 @@ static int start_request(runner *rn, double sched, double ready, double now_abs,
   x->rn = rn;
   x->index = i;
   x->prompt = &c->prompts[r->prompt_index];
+  x->input_est = input_est >= 0 ? input_est : x->prompt->input_len;
   x->t_send = now_abs;
   x->t_last = now_abs;
   x->status = 0;
@@ -358,6 +362,7 @@ static void session_turn_done(runner *rn, xfer *x, double now_abs) {
     rn->turns_unsent += c->turns - t - 1;
     return;
   }
+  s->context += c->prompts[r->prompt_index].input_len + r->output_tokens;
   s->next = t + 1;
   if (s->next == c->turns) s->over = true;
   else s->due = now_abs - rn->t0 + c->think_time_s;
@@ -405,8 +410,9 @@ static int sessions_run(runner *rn) {
       char *body = NULL;
       int rc = c->turn_body(c->turn_body_ctx, k, s->next, rn->replies + k * c->turns, &body);
       if (rc) return rc;
-      rc = start_request(rn, s->due, ready, now_abs, k * c->turns + s->next, body, body,
-                         (int64_t)k, (int64_t)s->next);
+      size_t pi = k * c->turns + s->next;
+      rc = start_request(rn, s->due, ready, now_abs, pi, body, body, (int64_t)k,
+                         (int64_t)s->next, s->context + c->prompts[pi].input_len);
       if (rc) return rc;
       s->busy = true;
       now_abs = ss_now_s();
@@ -518,7 +524,7 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
       double ready = due;
       if (cfg->max_concurrency && rn.last_free > ready) ready = rn.last_free;
       size_t pi = rn.count % cfg->body_count;
-      if ((rc = start_request(&rn, due, ready, now_abs, pi, cfg->bodies[pi], NULL, -1, -1)))
+      if ((rc = start_request(&rn, due, ready, now_abs, pi, cfg->bodies[pi], NULL, -1, -1, -1)))
         goto done;
       now_abs = ss_now_s();
       now = now_abs - rn.t0;
