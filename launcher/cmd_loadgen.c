@@ -29,17 +29,36 @@ static const char *k_cmd = "loadgen";
 
 /* ---- request bodies ---------------------------------------------------------------- */
 
+/* --extra-body parsed into *extra (NULL without it). */
+static int parse_extra(const ss_loadgen_opts *o, json_t **extra) {
+  *extra = NULL;
+  if (!o->extra_body) return SS_EXIT_OK;
+  json_error_t jerr;
+  json_t *e = json_loads(o->extra_body, 0, &jerr);
+  if (!json_is_object(e)) {
+    json_decref(e);
+    return ss_cli_fail(k_cmd, "--extra-body is not a JSON object: %s", jerr.text);
+  }
+  *extra = e;
+  return SS_EXIT_OK;
+}
+
+/* The fields after the prompt: max_tokens, sampling, streaming, --extra-body. */
+static void body_finish(json_t *r, const ss_loadgen_opts *o, int64_t output_len,
+                        const json_t *extra) {
+  json_object_set_new(r, "max_tokens", json_integer(output_len));
+  json_object_set_new(r, "temperature", json_real(o->temperature));
+  json_object_set_new(r, "stream", json_true());
+  if (o->stream_usage)
+    json_object_set_new(r, "stream_options", json_pack("{s:b}", "include_usage", 1));
+  if (o->ignore_eos) json_object_set_new(r, "ignore_eos", json_true());
+  if (extra) json_object_update(r, (json_t *)extra);
+}
+
 static int make_bodies(const ss_loadgen_opts *o, const char *model, const ss_lg_dataset *ds, char ***out) {
   bool chat = strstr(o->endpoint, "chat/completions") != NULL;
-  json_t *extra = NULL;
-  if (o->extra_body) {
-    json_error_t jerr;
-    extra = json_loads(o->extra_body, 0, &jerr);
-    if (!json_is_object(extra)) {
-      json_decref(extra);
-      return ss_cli_fail(k_cmd, "--extra-body is not a JSON object: %s", jerr.text);
-    }
-  }
+  json_t *extra;
+  if (parse_extra(o, &extra) != SS_EXIT_OK) return SS_EXIT_FAIL;
   char **b = calloc(ds->count, sizeof *b);
   if (!b) return ss_cli_fail(k_cmd, "out of memory");
   int rc = SS_EXIT_OK;
@@ -62,13 +81,7 @@ static int make_bodies(const ss_loadgen_opts *o, const char *model, const ss_lg_
     } else {
       json_object_set_new(r, "prompt", json_string(p->text));
     }
-    json_object_set_new(r, "max_tokens", json_integer(p->output_len));
-    json_object_set_new(r, "temperature", json_real(o->temperature));
-    json_object_set_new(r, "stream", json_true());
-    if (o->stream_usage)
-      json_object_set_new(r, "stream_options", json_pack("{s:b}", "include_usage", 1));
-    if (o->ignore_eos) json_object_set_new(r, "ignore_eos", json_true());
-    if (extra) json_object_update(r, extra);
+    body_finish(r, o, p->output_len, extra);
     if (rc == SS_EXIT_OK && !(b[i] = json_dumps(r, JSON_COMPACT)))
       rc = ss_cli_fail(k_cmd, "out of memory building request bodies");
     json_decref(r);
@@ -100,7 +113,67 @@ typedef struct ctx {
   const ss_lg_dataset *ds;
   char **bodies;
   const char *url, *base_url, *model;
+  const json_t *extra; /* multi_turn: --extra-body, parsed */
 } ctx;
+
+/* ---- multi-turn bodies ---------------------------------------------------------- */
+
+static json_t *message(const char *role, const char *text, size_t nbytes) {
+  json_t *m = json_object(), *t = json_stringn(text, nbytes);
+  if (!m || !t || json_object_set_new(m, "role", json_string(role)) ||
+      json_object_set_new(m, "content", t)) {
+    json_decref(m);
+    return NULL;
+  }
+  return m;
+}
+
+/* Turn `turn` of `session`: the user messages of its turns so far with the
+ * replies between them (ss_lg_turn_body_fn). */
+static int turn_body(void *ud, size_t session, size_t turn, const ss_lg_text *replies,
+                     char **body) {
+  const ctx *c = ud;
+  const ss_lg_prompt *user = &c->ds->items[session * c->ds->turns];
+  bool chat = strstr(c->o->endpoint, "chat/completions") != NULL;
+  json_t *r = json_object();
+  int bad = !r || json_object_set_new(r, "model", json_string(c->model));
+  if (chat) {
+    json_t *msgs = json_array();
+    bad |= json_object_set_new(r, "messages", msgs);
+    for (size_t k = 0; k <= turn && !bad; k++) {
+      bad |= json_array_append_new(msgs, message("user", user[k].text, strlen(user[k].text)));
+      if (k < turn && !bad)
+        bad |= json_array_append_new(msgs, message("assistant", replies[k].p, replies[k].nbytes));
+    }
+  } else {
+    size_t sep = strlen(SS_LG_TURN_SEPARATOR), n = 0, cap = 1;
+    for (size_t k = 0; k <= turn; k++)
+      cap += strlen(user[k].text) + (k < turn ? replies[k].nbytes + 2 * sep : 0);
+    char *p = malloc(cap);
+    for (size_t k = 0; p && k <= turn; k++) {
+      size_t un = strlen(user[k].text);
+      memcpy(p + n, user[k].text, un);
+      n += un;
+      if (k == turn) break;
+      memcpy(p + n, SS_LG_TURN_SEPARATOR, sep);
+      memcpy(p + n + sep, replies[k].p, replies[k].nbytes);
+      memcpy(p + n + sep + replies[k].nbytes, SS_LG_TURN_SEPARATOR, sep);
+      n += replies[k].nbytes + 2 * sep;
+    }
+    json_t *t = p ? json_stringn(p, n) : NULL;
+    free(p);
+    bad |= !t || json_object_set_new(r, "prompt", t);
+  }
+  if (!bad) {
+    body_finish(r, c->o, user[turn].output_len, c->extra);
+    *body = json_dumps(r, JSON_COMPACT);
+  }
+  json_decref(r);
+  if (bad || !*body)
+    return ss_error(SS_ERR_NOMEM, "cannot build session %zu turn %zu's body (out of memory, or "
+                    "a reply that is not UTF-8)", session, turn + 1);
+  return SS_OK;
+}
 
 /* The server's prefix-cache counters now; false (with a warning) when /metrics
  * cannot be read. */
@@ -133,6 +206,7 @@ static int run_once(const ctx *c, double rate, const char *label, const char *sa
         .ramp_start_rps = o->ramp_start, .ramp_end_rps = o->ramp_end,
         .count = o->duration_s > 0 ? 0
                  : strcmp(o->dataset, "prefix_repetition") == 0 ? c->ds->count
+                 : c->ds->turns ? c->ds->count / c->ds->turns /* one start per session */
                  : (size_t)o->num_prompts,
         .duration_s = o->duration_s, .seed = o->seed,
     };
@@ -149,6 +223,8 @@ static int run_once(const ctx *c, double rate, const char *label, const char *sa
       .count = sched ? count : 0, .duration_s = sched ? 0 : o->duration_s,
       .max_concurrency = o->max_concurrency, .request_timeout_s = o->request_timeout_s,
       .connect_timeout_s = CONNECT_TIMEOUT_S, .progress = o->progress, .progress_label = label,
+      .turns = c->ds->turns, .think_time_s = o->mt_think_s,
+      .turn_body = c->ds->turns ? turn_body : NULL, .turn_body_ctx = (void *)c,
   };
   ss_lg_cache_counters before, after, delta = {0};
   bool have_cache = read_cache_counters(c, &before);
@@ -221,11 +297,16 @@ static int load_dataset(const ss_loadgen_opts *o, const ss_tokenizer *tok, ss_lg
       .max_count = o->num_prompts_set ? (size_t)o->num_prompts : 0, .seed = o->seed,
       .ids = ids, .vocab_size = (int32_t)o->vocab_size, .tok = tok,
   };
+  ss_lg_multi_turn_params mp = {
+      .sessions = (size_t)o->mt_sessions, .turns = (size_t)o->mt_turns,
+      .user_len = o->mt_user_len, .output_len = o->mt_output_len, .seed = o->seed, .tok = tok,
+  };
   if (strcmp(o->dataset, "random") == 0) rc = ss_lg_dataset_random(&rp, ds);
   else if (strcmp(o->dataset, "prefix_repetition") == 0) rc = ss_lg_dataset_prefix_repetition(&pp, ds);
   else if (strcmp(o->dataset, "trace") == 0) rc = ss_lg_dataset_trace(o->dataset_path, &tp, ds);
   else if (strcmp(o->dataset, "fixed") == 0) rc = ss_lg_dataset_fixed(o->prompt, &rp, ds);
   else if (strcmp(o->dataset, "jsonl") == 0) rc = ss_lg_dataset_jsonl(o->dataset_path, tok, ds);
+  else if (strcmp(o->dataset, "multi_turn") == 0) rc = ss_lg_dataset_multi_turn(&mp, ds);
   else rc = ss_lg_dataset_sharegpt(o->dataset_path, (size_t)o->num_prompts, o->seed,
                                    o->sharegpt_output_len, tok, ds);
   if (rc) return ss_cli_fail(k_cmd, "dataset: %s", ss_error_msg());
@@ -253,6 +334,7 @@ int ss_cmd_loadgen(int argc, char **argv) {
   ss_tokenizer *tok = NULL;
   ss_lg_dataset ds = {0};
   ss_lg_sweep_row *rows = NULL;
+  json_t *extra = NULL;
   bool curl_up = false;
   rc = SS_EXIT_FAIL;
   if (!base) goto done;
@@ -285,11 +367,19 @@ int ss_cmd_loadgen(int argc, char **argv) {
   size_t un = strlen(base) + strlen(o.endpoint) + 1;
   if (!model || !(url = malloc(un))) goto done;
   snprintf(url, un, "%s%s", base, o.endpoint);
-  if (make_bodies(&o, model, &ds, &bodies) != SS_EXIT_OK) goto done;
-  fprintf(stderr, "shardserve loadgen: %s, model %s, %s dataset (%zu prompts)\n", url, model,
-          o.dataset, ds.count);
+  if (ds.turns) {
+    /* Each turn's body is built when its session gets there. */
+    if (parse_extra(&o, &extra) != SS_EXIT_OK) goto done;
+    fprintf(stderr, "shardserve loadgen: %s, model %s, multi_turn dataset (%zu sessions of %zu "
+            "turns)\n", url, model, ds.count / ds.turns, ds.turns);
+  } else {
+    if (make_bodies(&o, model, &ds, &bodies) != SS_EXIT_OK) goto done;
+    fprintf(stderr, "shardserve loadgen: %s, model %s, %s dataset (%zu prompts)\n", url, model,
+            o.dataset, ds.count);
+  }
 
-  ctx c = {.o = &o, .ds = &ds, .bodies = bodies, .url = url, .base_url = base, .model = model};
+  ctx c = {.o = &o, .ds = &ds, .bodies = bodies, .url = url, .base_url = base, .model = model,
+           .extra = extra};
   if (!o.sweep_count) {
     ss_lg_summary sum;
     rc = run_once(&c, o.rate, "", o.save_result, &sum);
@@ -323,6 +413,7 @@ done:
     for (size_t i = 0; i < ds.count; i++) free(bodies[i]);
   free(bodies);
   free(rows);
+  json_decref(extra);
   ss_lg_dataset_free(&ds);
   ss_tokenizer_free(tok);
   ss_gguf_close(g);

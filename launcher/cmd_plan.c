@@ -537,7 +537,15 @@ int ss_cmd_plan(int argc, char **argv) {
       workload = true;
       if (strcmp(optarg, "prefix_repetition") == 0) prefixed = true;
       else if (strcmp(optarg, "random") == 0) prefixed = false;
-      else {
+      else if (strcmp(optarg, "multi_turn") == 0) {
+        /* Each turn resends the replies before it, whose lengths only the
+         * server's sampling decides: there is no prompt length to simulate. */
+        fprintf(stderr, "%s: --dataset-name multi_turn: the planner cannot simulate "
+                "multi-turn sessions (each turn's prompt holds the earlier replies, whose "
+                "lengths only a real server decides); measure them with shardserve loadgen\n",
+                k_cmd);
+        return SS_EXIT_USAGE;
+      } else {
         fprintf(stderr, "%s: --dataset-name %s: the planner simulates random or "
                 "prefix_repetition\n", k_cmd, optarg);
         return SS_EXIT_USAGE;

@@ -52,8 +52,8 @@ void ss_loadgen_usage(FILE *f) {
 "  --plot-format F           png (default) or svg; the plot is drawn by gnuplot\n"
 "\n"
 "Workload:\n"
-"  --dataset-name D          random (default), fixed, jsonl, sharegpt, prefix_repetition\n"
-"                            or trace\n"
+"  --dataset-name D          random (default), fixed, jsonl, sharegpt, prefix_repetition,\n"
+"                            trace or multi_turn\n"
 "  --dataset-path FILE       the jsonl, sharegpt or trace file\n"
 "                            jsonl: one {\"prompt\": \"text\" or [ids], \"output_len\": N} per line\n"
 "                            sharegpt: [{\"conversations\": [{\"from\": \"human\", \"value\": ...},\n"
@@ -85,6 +85,21 @@ void ss_loadgen_usage(FILE *f) {
 "                            replayed at its timestamps times X (default 1; 0 = all at\n"
 "                            once); equal hash ids get identical blocks of text\n"
 "  --trace-block-size B      tokens per hash id (default 512, as Mooncake's traces)\n"
+"  --multi-turn-num-sessions S, --multi-turn-turns T, --multi-turn-user-len U,\n"
+"  --multi-turn-output-len K, --multi-turn-think-time X\n"
+"                            multi_turn: S conversations (default 16, at most %d) of T\n"
+"                            turns (default 4, at most %d); each turn adds a user message\n"
+"                            of U tokens of random words (default 64; seeded by --seed,\n"
+"                            exact with --tokenizer-model), asks for K tokens (default\n"
+"                            64) and resends the whole conversation: chat messages [user,\n"
+"                            assistant, ..., user] with the replies as streamed, or on\n"
+"                            /v1/completions those texts joined by a blank line (\"\\n\\n\").\n"
+"                            A session's next turn goes X seconds (default 0) after its\n"
+"                            reply; sessions start on the --request-rate schedule (inf:\n"
+"                            all at once) and --max-concurrency caps turns in flight.  A\n"
+"                            failed turn ends its session.  The summary adds p50 TTFT per\n"
+"                            turn; the result file per-request sessions (from 0), turns\n"
+"                            (from 1) and cached_tokens\n"
 "  --temperature T           sampling temperature sent (default 0)\n"
 "  --no-ignore-eos           do not send \"ignore_eos\": true (needed by servers that reject\n"
 "                            it; outputs may then end before max_tokens)\n"
@@ -110,7 +125,8 @@ void ss_loadgen_usage(FILE *f) {
 "'data: [DONE]'; failures are counted and the run goes on.\n"
 "\n"
 "Exit status: 0 the run completed (some requests may have failed), 1 the server is\n"
-"unreachable, a dataset is malformed or every request failed, 2 bad flags.\n");
+"unreachable, a dataset is malformed or every request failed, 2 bad flags.\n",
+          SS_LG_MAX_SESSIONS, SS_LG_MAX_TURNS);
 }
 
 
@@ -175,6 +191,7 @@ enum {
   O_DATASET, O_DATASET_PATH, O_IN_LEN, O_OUT_LEN, O_RANGE, O_PROMPT_FMT, O_VOCAB, O_TOKMODEL,
   O_PROMPT, O_SHAREGPT_OUT, O_TEMP, O_NO_EOS, O_NO_USAGE, O_EXTRA, O_GOODPUT, O_SAVE, O_LABEL,
   O_NO_PROGRESS, O_PR_PREFIX, O_PR_SUFFIX, O_PR_NUM, O_PR_OUT, O_TRACE_SCALE, O_TRACE_BLOCK,
+  O_MT_SESSIONS, O_MT_TURNS, O_MT_USER, O_MT_OUT, O_MT_THINK,
 };
 
 /* Returns -1 on success, else the exit status. */
@@ -186,7 +203,8 @@ int ss_loadgen_parse(int argc, char **argv, ss_loadgen_opts *o) {
       .prompt_format = -1, .ignore_eos = true, .stream_usage = true,
       .progress = isatty(2), .slo = {-1, -1, -1}, .prefix_len = 256, .suffix_len = 256,
       .num_prefixes = 10, .prefix_output_len = 128, .trace_time_scale = 1.0,
-      .trace_block_size = 512,
+      .trace_block_size = 512, .mt_sessions = 16, .mt_turns = 4, .mt_user_len = 64,
+      .mt_output_len = 64,
   };
   static const struct option lo[] = {
       {"url", required_argument, 0, O_URL}, {"base-url", required_argument, 0, O_URL},
@@ -225,6 +243,11 @@ int ss_loadgen_parse(int argc, char **argv, ss_loadgen_opts *o) {
       {"prefix-repetition-output-len", required_argument, 0, O_PR_OUT},
       {"trace-time-scale", required_argument, 0, O_TRACE_SCALE},
       {"trace-block-size", required_argument, 0, O_TRACE_BLOCK},
+      {"multi-turn-num-sessions", required_argument, 0, O_MT_SESSIONS},
+      {"multi-turn-turns", required_argument, 0, O_MT_TURNS},
+      {"multi-turn-user-len", required_argument, 0, O_MT_USER},
+      {"multi-turn-output-len", required_argument, 0, O_MT_OUT},
+      {"multi-turn-think-time", required_argument, 0, O_MT_THINK},
       {"disable-tqdm", no_argument, 0, O_NO_PROGRESS}, {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0},
   };
@@ -287,9 +310,9 @@ int ss_loadgen_parse(int argc, char **argv, ss_loadgen_opts *o) {
     case O_DATASET:
       if (strcmp(optarg, "random") && strcmp(optarg, "fixed") && strcmp(optarg, "jsonl") &&
           strcmp(optarg, "sharegpt") && strcmp(optarg, "prefix_repetition") &&
-          strcmp(optarg, "trace"))
+          strcmp(optarg, "trace") && strcmp(optarg, "multi_turn"))
         return ss_cli_usage(k_cmd, "invalid --dataset-name '%s': expected random, fixed, jsonl, "
-                            "sharegpt, prefix_repetition or trace", optarg);
+                            "sharegpt, prefix_repetition, trace or multi_turn", optarg);
       o->dataset = optarg;
       break;
     case O_DATASET_PATH: o->dataset_path = optarg; break;
@@ -365,6 +388,29 @@ int ss_loadgen_parse(int argc, char **argv, ss_loadgen_opts *o) {
                             &o->trace_block_size))
         return SS_EXIT_USAGE;
       break;
+    case O_MT_SESSIONS:
+      if (!ss_cli_parse_int(k_cmd, "--multi-turn-num-sessions", optarg, 1, SS_LG_MAX_SESSIONS,
+                            &o->mt_sessions))
+        return SS_EXIT_USAGE;
+      break;
+    case O_MT_TURNS:
+      if (!ss_cli_parse_int(k_cmd, "--multi-turn-turns", optarg, 1, SS_LG_MAX_TURNS, &o->mt_turns))
+        return SS_EXIT_USAGE;
+      break;
+    case O_MT_USER:
+      if (!ss_cli_parse_int(k_cmd, "--multi-turn-user-len", optarg, 1, SS_LG_MAX_LEN,
+                            &o->mt_user_len))
+        return SS_EXIT_USAGE;
+      break;
+    case O_MT_OUT:
+      if (!ss_cli_parse_int(k_cmd, "--multi-turn-output-len", optarg, 1, SS_LG_MAX_LEN,
+                            &o->mt_output_len))
+        return SS_EXIT_USAGE;
+      break;
+    case O_MT_THINK:
+      if (!ss_cli_parse_float(k_cmd, "--multi-turn-think-time", optarg, 0, 86400, &o->mt_think_s))
+        return SS_EXIT_USAGE;
+      break;
     case 'h': ss_loadgen_usage(stdout); return SS_EXIT_OK;
     case ':': return ss_cli_usage(k_cmd, "option '%s' needs a value", argv[optind - 1]);
     default: return ss_cli_usage(k_cmd, "unknown option '%s'", argv[optind - 1]);
@@ -392,6 +438,17 @@ int ss_loadgen_parse(int argc, char **argv, ss_loadgen_opts *o) {
     return ss_cli_usage(k_cmd, "--dataset-name trace sends at the trace's timestamps: it takes "
                         "no --request-rate, --sweep-rates, --ramp-up-strategy or --duration "
                         "(use --trace-time-scale)");
+  if (strcmp(o->dataset, "multi_turn") == 0) {
+    if (o->duration_s > 0)
+      return ss_cli_usage(k_cmd, "--dataset-name multi_turn runs every turn of every session: "
+                          "it takes no --duration");
+    if (o->num_prompts_set)
+      return ss_cli_usage(k_cmd, "--dataset-name multi_turn takes --multi-turn-num-sessions and "
+                          "--multi-turn-turns, not --num-prompts");
+    if (o->prompt_format == 1)
+      return ss_cli_usage(k_cmd, "--dataset-name multi_turn resends replies as text: it takes "
+                          "no --prompt-format ids");
+  }
   if (strcmp(o->dataset, "prefix_repetition") == 0 && o->num_prompts < o->num_prefixes)
     return ss_cli_usage(k_cmd, "--num-prompts %lld is below --prefix-repetition-num-prefixes "
                         "%lld: every prefix needs at least one request",

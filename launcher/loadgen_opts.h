@@ -31,6 +31,8 @@ typedef struct ss_loadgen_opts {
   int64_t prefix_len, suffix_len, num_prefixes, prefix_output_len; /* prefix_repetition */
   double trace_time_scale;
   int64_t trace_block_size;
+  int64_t mt_sessions, mt_turns, mt_user_len, mt_output_len; /* multi_turn */
+  double mt_think_s;
   int prompt_format; /* -1 auto, 0 text, 1 ids */
   bool ignore_eos, stream_usage, progress;
   ss_lg_slo slo;

@@ -30,6 +30,15 @@ void ss_lg_client_global_cleanup(void) { curl_global_cleanup(); }
 
 /* ---- one transfer -------------------------------------------------------------- */
 
+/* A multi-turn session between its turns. */
+typedef struct session {
+  size_t next;         /* the turn to send next */
+  double due;          /* when it may go (relative): its start, or a reply + think time */
+  bool busy;           /* a turn is in flight */
+  bool over;           /* every turn answered, or one failed */
+  int64_t context;     /* tokens of the turns so far (prompts and replies), for estimates */
+} session;
+
 typedef struct runner {
   const ss_lg_client_config *cfg;
   CURLM *multi;
@@ -45,6 +54,9 @@ typedef struct runner {
   double last_done;     /* relative time of the last completion */
   double last_progress;
   bool progress_drawn;
+  session *sessions;    /* (cfg->count) multi-turn only */
+  ss_lg_text *replies;  /* (cfg->count * cfg->turns) session s's turn t at s*turns + t */
+  size_t sessions_cut, turns_unsent;
 } runner;
 
 typedef struct xfer {
@@ -53,6 +65,7 @@ typedef struct xfer {
   struct runner *rn;
   size_t index;         /* of its result: the results array may move as it grows */
   const ss_lg_prompt *prompt;
+  int64_t input_est;    /* prompt tokens when usage does not say */
   double t_send;        /* absolute monotonic seconds */
   double t_last;        /* last text chunk */
   long status;          /* 0 until the headers are in */
@@ -62,6 +75,8 @@ typedef struct xfer {
   char stream_error[256];
   char *body;           /* start of a non-2xx body */
   size_t body_nbytes;
+  char *post;           /* a multi-turn request body, owned until the transfer ends */
+  ss_lg_text text;      /* multi-turn: the reply's text as streamed */
   struct xfer *next_free;
 } xfer;
 
@@ -95,7 +110,12 @@ static void on_event(void *ctx, const char *data, size_t nbytes) {
   xfer *x = ctx;
   double now = ss_now_s();
   ss_lg_chunk c;
-  ss_lg_chunk_parse(data, nbytes, &c);
+  if (x->rn->cfg->turns) {
+    if (ss_lg_chunk_parse_text(data, nbytes, &c, &x->text) && !x->stream_error[0])
+      snprintf(x->stream_error, sizeof x->stream_error, "%s", ss_error_msg());
+  } else {
+    ss_lg_chunk_parse(data, nbytes, &c);
+  }
   switch (c.kind) {
   case SS_LG_CHUNK_DONE: x->got_done = true; break;
   case SS_LG_CHUNK_ERROR:
@@ -150,7 +170,7 @@ static void xfer_finish(xfer *x, CURLcode code, double now) {
   } else {
     r->ttft_s = r->e2e_s = now - x->t_send;
   }
-  r->input_tokens = x->prompt->input_len;
+  r->input_tokens = x->input_est;
   if (x->has_usage && x->usage_prompt >= 0) {
     r->input_tokens = x->usage_prompt;
     r->input_from_usage = true;
@@ -231,30 +251,47 @@ static xfer *xfer_get(runner *rn) {
   return x;
 }
 
-static int start_request(runner *rn, double sched, double ready, double now_abs) {
+/* Sends prompt `prompt_index` with `body`; `post` (NULL or body) is freed when
+ * the transfer ends; sess and turn are -1 outside multi-turn runs, where
+ * input_est (< 0: the prompt's own length) stands for the whole conversation. */
+static int start_request(runner *rn, double sched, double ready, double now_abs,
+                         size_t prompt_index, const char *body, char *post, int64_t sess,
+                         int64_t turn, int64_t input_est) {
   const ss_lg_client_config *c = rn->cfg;
   if (rn->count == rn->cap) {
     size_t ncap = rn->cap ? rn->cap * 2 : 1024;
     ss_lg_result *p = realloc(rn->results, ncap * sizeof *p);
-    if (!p) return ss_error(SS_ERR_NOMEM, "out of memory for %zu results", ncap);
+    if (!p) {
+      free(post);
+      return ss_error(SS_ERR_NOMEM, "out of memory for %zu results", ncap);
+    }
     rn->results = p;
     rn->cap = ncap;
   }
   size_t i = rn->count;
   ss_lg_result *r = &rn->results[i];
   memset(r, 0, sizeof *r);
-  r->prompt_index = i % c->body_count;
+  r->prompt_index = prompt_index;
+  r->session = sess;
+  r->turn = turn;
   r->sched_s = sched;
   r->ready_s = ready;
   r->send_s = now_abs - rn->t0;
   xfer *x = xfer_get(rn);
-  if (!x) return ss_error(SS_ERR_NOMEM, "out of memory for a transfer");
+  if (!x) {
+    free(post);
+    return ss_error(SS_ERR_NOMEM, "out of memory for a transfer");
+  }
+  x->post = post;
+  x->text.nbytes = 0;
+  if (x->text.p) x->text.p[0] = '\0';
   CURL *e = x->easy;
   /* Reset the per-request state; the handle and its settings are reused. */
   ss_lg_sse_init(&x->sse, on_event, x);
   x->rn = rn;
   x->index = i;
   x->prompt = &c->prompts[r->prompt_index];
+  x->input_est = input_est >= 0 ? input_est : x->prompt->input_len;
   x->t_send = now_abs;
   x->t_last = now_abs;
   x->status = 0;
@@ -262,7 +299,6 @@ static int start_request(runner *rn, double sched, double ready, double now_abs)
   x->usage_prompt = x->usage_completion = x->usage_cached = -1;
   x->stream_error[0] = x->errbuf[0] = '\0';
   x->body_nbytes = 0;
-  const char *body = c->bodies[r->prompt_index];
   curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
   curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
   CURLMcode mc = curl_multi_add_handle(rn->multi, e);
@@ -277,8 +313,9 @@ static void draw_progress(runner *rn, double now, bool final) {
   double frac;
   char total[32];
   if (c->count) {
-    frac = (double)rn->done / (double)c->count;
-    snprintf(total, sizeof total, "%zu", c->count);
+    size_t n = c->turns ? c->count * c->turns : c->count;
+    frac = (double)rn->done / (double)n;
+    snprintf(total, sizeof total, "%zu", n);
   } else {
     frac = c->duration_s > 0 ? fmin(now / c->duration_s, 1.0) : 0;
     snprintf(total, sizeof total, "%.0fs", c->duration_s);
@@ -295,6 +332,127 @@ static void draw_progress(runner *rn, double now, bool final) {
   rn->progress_drawn = true;
 }
 
+/* ---- multi-turn sessions --------------------------------------------------------- */
+
+static void drain_done(runner *rn, double now_abs);
+
+/* A turn's reply is in: keep its text for the next turn's body, or end the
+ * session when the turn failed (its remaining turns are not sent). */
+static void session_turn_done(runner *rn, xfer *x, double now_abs) {
+  const ss_lg_client_config *c = rn->cfg;
+  const ss_lg_result *r = xfer_result(x);
+  session *s = &rn->sessions[r->session];
+  size_t t = (size_t)r->turn;
+  free(x->post);
+  x->post = NULL;
+  s->busy = false;
+  if (r->error) {
+    s->over = true;
+    rn->sessions_cut++;
+    rn->turns_unsent += c->turns - t - 1;
+    return;
+  }
+  /* The buffer moves to the session; the transfer starts its next one empty. */
+  ss_lg_text *dst = &rn->replies[(size_t)r->session * c->turns + t];
+  *dst = x->text;
+  x->text = (ss_lg_text){0};
+  if (!dst->p && !(dst->p = calloc(1, 1))) { /* an empty reply is still a turn */
+    s->over = true;
+    rn->sessions_cut++;
+    rn->turns_unsent += c->turns - t - 1;
+    return;
+  }
+  s->context += c->prompts[r->prompt_index].input_len + r->output_tokens;
+  s->next = t + 1;
+  if (s->next == c->turns) s->over = true;
+  else s->due = now_abs - rn->t0 + c->think_time_s;
+}
+
+/* The idle session due earliest at or before `now` (SIZE_MAX if none), the
+ * earliest due time after it, and whether any session is unfinished. */
+static size_t sessions_scan(const runner *rn, double now, double *next_due, bool *all_over) {
+  size_t best = SIZE_MAX;
+  *next_due = INFINITY;
+  *all_over = true;
+  for (size_t k = 0; k < rn->cfg->count; k++) {
+    const session *s = &rn->sessions[k];
+    if (s->over) continue;
+    *all_over = false;
+    if (s->busy) continue;
+    if (s->due <= now) {
+      if (best == SIZE_MAX || s->due < rn->sessions[best].due) best = k;
+    } else if (s->due < *next_due) {
+      *next_due = s->due;
+    }
+  }
+  return best;
+}
+
+static int sessions_run(runner *rn) {
+  const ss_lg_client_config *c = rn->cfg;
+  size_t n = c->count;
+  rn->sessions = calloc(n, sizeof *rn->sessions);
+  rn->replies = calloc(n * c->turns, sizeof *rn->replies);
+  if (!rn->sessions || !rn->replies)
+    return ss_error(SS_ERR_NOMEM, "out of memory for %zu sessions", n);
+  for (size_t k = 0; k < n; k++) rn->sessions[k].due = c->sched_s[k];
+  for (;;) {
+    double now_abs = ss_now_s(), now = now_abs - rn->t0, next_due;
+    bool all_over;
+    /* Send every due turn that has a slot, the longest waiting first. */
+    for (;;) {
+      size_t k = sessions_scan(rn, now, &next_due, &all_over);
+      if (k == SIZE_MAX) break;
+      if (c->max_concurrency && rn->inflight >= c->max_concurrency) break;
+      session *s = &rn->sessions[k];
+      double ready = s->due;
+      if (c->max_concurrency && rn->last_free > ready) ready = rn->last_free;
+      char *body = NULL;
+      int rc = c->turn_body(c->turn_body_ctx, k, s->next, rn->replies + k * c->turns, &body);
+      if (rc) return rc;
+      size_t pi = k * c->turns + s->next;
+      rc = start_request(rn, s->due, ready, now_abs, pi, body, body, (int64_t)k,
+                         (int64_t)s->next, s->context + c->prompts[pi].input_len);
+      if (rc) return rc;
+      s->busy = true;
+      now_abs = ss_now_s();
+      now = now_abs - rn->t0;
+    }
+    if (all_over && rn->inflight == 0) return SS_OK;
+
+    int running;
+    CURLMcode mc = curl_multi_perform(rn->multi, &running);
+    if (mc != CURLM_OK) return ss_error(SS_ERR_INTERNAL, "libcurl: %s", curl_multi_strerror(mc));
+    drain_done(rn, ss_now_s());
+
+    now_abs = ss_now_s();
+    now = now_abs - rn->t0;
+    if (c->progress && now - rn->last_progress >= PROGRESS_PERIOD_S) {
+      draw_progress(rn, now, false);
+      rn->last_progress = now;
+    }
+    /* A completion may have made a turn due now; the scan says when the next is. */
+    size_t k = sessions_scan(rn, now, &next_due, &all_over);
+    bool slot_free = !c->max_concurrency || rn->inflight < c->max_concurrency;
+    if (k != SIZE_MAX && slot_free) continue;
+    if (all_over && rn->inflight == 0) continue;
+    double wait = 1.0;
+    if (slot_free) wait = fmin(wait, next_due - now);
+    long ct = -1;
+    curl_multi_timeout(rn->multi, &ct);
+    if (ct >= 0) wait = fmin(wait, (double)ct * 1e-3);
+    if (c->progress) wait = fmin(wait, PROGRESS_PERIOD_S);
+    if (wait <= 0) continue;
+    if (wait < 2e-3) {
+      struct timespec ts = {0, (long)(wait * 1e9)};
+      nanosleep(&ts, NULL);
+      continue;
+    }
+    mc = curl_multi_poll(rn->multi, NULL, 0, (int)((wait - 1e-3) * 1e3), NULL);
+    if (mc != CURLM_OK) return ss_error(SS_ERR_INTERNAL, "libcurl: %s", curl_multi_strerror(mc));
+  }
+}
+
 static void drain_done(runner *rn, double now_abs) {
   CURLMsg *msg;
   int left;
@@ -308,6 +466,7 @@ static void drain_done(runner *rn, double now_abs) {
     xfer_finish(x, code, now_abs);
     ss_lg_sse_free(&x->sse);
     if (xfer_result(x)->error) rn->failed++;
+    if (rn->cfg->turns) session_turn_done(rn, x, now_abs);
     x->next_free = rn->free_list;
     rn->free_list = x;
     rn->done++;
@@ -320,12 +479,16 @@ static void drain_done(runner *rn, double now_abs) {
 
 int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
   memset(out, 0, sizeof *out);
-  if (!cfg->body_count) return ss_error(SS_ERR_INVALID, "no request bodies");
+  if (cfg->turns && (!cfg->sched_s || !cfg->count || !cfg->turn_body ||
+                     cfg->body_count != cfg->count * cfg->turns))
+    return ss_error(SS_ERR_INVALID, "multi-turn sessions need a start time and %zu prompts "
+                    "per session and a body builder", cfg->turns);
+  if (!cfg->turns && !cfg->body_count) return ss_error(SS_ERR_INVALID, "no request bodies");
   if (!cfg->sched_s && !cfg->count && !(cfg->duration_s > 0))
     return ss_error(SS_ERR_INVALID, "a run needs a request count or a duration");
   runner rn = {.cfg = cfg};
   int rc = SS_OK;
-  rn.cap = cfg->count;
+  rn.cap = cfg->turns ? cfg->count * cfg->turns : cfg->count;
   if (rn.cap && !(rn.results = calloc(rn.cap, sizeof *rn.results)))
     return ss_error(SS_ERR_NOMEM, "out of memory for %zu results", rn.cap);
   rn.multi = curl_multi_init();
@@ -343,7 +506,9 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
     goto done;
   }
   rn.t0 = ss_now_s();
-  for (;;) {
+  if (cfg->turns) {
+    if ((rc = sessions_run(&rn))) goto done;
+  } else for (;;) {
     double now_abs = ss_now_s(), now = now_abs - rn.t0;
     /* Send everything that is due and has a slot. */
     for (;;) {
@@ -358,7 +523,9 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
        * the time from then to now is the generator's own lag. */
       double ready = due;
       if (cfg->max_concurrency && rn.last_free > ready) ready = rn.last_free;
-      if ((rc = start_request(&rn, due, ready, now_abs))) goto done;
+      size_t pi = rn.count % cfg->body_count;
+      if ((rc = start_request(&rn, due, ready, now_abs, pi, cfg->bodies[pi], NULL, -1, -1, -1)))
+        goto done;
       now_abs = ss_now_s();
       now = now_abs - rn.t0;
     }
@@ -412,6 +579,10 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
   out->results = rn.results;
   out->count = rn.count;
   out->duration_s = rn.last_done;
+  out->sessions = cfg->turns ? cfg->count : 0;
+  out->turns = cfg->turns;
+  out->sessions_cut = rn.sessions_cut;
+  out->turns_unsent = rn.turns_unsent;
   rn.results = NULL;
 done:
   for (size_t k = 0; k < rn.all_count; k++) {
@@ -419,9 +590,15 @@ done:
     curl_multi_remove_handle(rn.multi, x->easy);
     curl_easy_cleanup(x->easy);
     free(x->body);
+    free(x->post);
+    ss_lg_text_free(&x->text);
     free(x);
   }
   free(rn.all);
+  if (rn.replies)
+    for (size_t k = 0; k < rn.cfg->count * rn.cfg->turns; k++) ss_lg_text_free(&rn.replies[k]);
+  free(rn.replies);
+  free(rn.sessions);
   if (rn.results) {
     ss_lg_results_free(rn.results, rn.count);
     free(rn.results);

@@ -14,11 +14,18 @@
 #include <stdint.h>
 
 #include "bench/loadgen/dataset.h"
+#include "bench/loadgen/sse.h"
 #include "bench/loadgen/stats.h"
 
 /* Call once per process before anything else here (libcurl's global init). */
 int ss_lg_client_global_init(void);
 void ss_lg_client_global_cleanup(void);
+
+/* Builds the body of session `session`'s turn `turn` (both from 0) into *body
+ * (malloc'ed JSON); replies (turn) holds the text the server streamed back
+ * for each earlier turn of the session (p NUL-terminated, nbytes its length). */
+typedef int (*ss_lg_turn_body_fn)(void *ctx, size_t session, size_t turn,
+                                  const ss_lg_text *replies, char **body);
 
 typedef struct ss_lg_client_config {
   const char *url;          /* full URL: base + endpoint */
@@ -32,6 +39,14 @@ typedef struct ss_lg_client_config {
   int64_t max_concurrency;  /* 0 = unlimited */
   double request_timeout_s; /* per request, 0 = none */
   double connect_timeout_s;
+  /* Multi-turn sessions when turns > 0: `count` sessions start at sched_s
+   * (count, required); prompts (body_count = count * turns) are session-major
+   * and bodies is unused.  A session's next turn is due think_time_s after its
+   * reply; a failed turn ends the session. */
+  size_t turns;
+  double think_time_s;
+  ss_lg_turn_body_fn turn_body;
+  void *turn_body_ctx;
   bool progress;            /* progress bar on stderr */
   const char *progress_label;
 } ss_lg_client_config;
@@ -40,6 +55,9 @@ typedef struct ss_lg_run {
   ss_lg_result *results;    /* (count) in send order */
   size_t count;
   double duration_s;        /* first send -> last completion */
+  size_t sessions, turns;   /* multi-turn: as configured, else 0 */
+  size_t sessions_cut;      /* sessions ended by a failed turn */
+  size_t turns_unsent;      /* the turns those sessions did not send */
 } ss_lg_run;
 
 /* Runs the load.  Fails only on set-up errors (out of memory, libcurl); a

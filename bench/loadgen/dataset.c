@@ -757,3 +757,39 @@ int ss_lg_dataset_trace(const char *path, const ss_lg_trace_params *p, ss_lg_dat
   if (rc) ss_lg_dataset_free(out);
   return rc;
 }
+
+/* ---- multi-turn sessions -------------------------------------------------------- */
+
+int ss_lg_dataset_multi_turn(const ss_lg_multi_turn_params *p, ss_lg_dataset *out) {
+  memset(out, 0, sizeof *out);
+  if (p->sessions < 1 || p->sessions > SS_LG_MAX_SESSIONS)
+    return ss_error(SS_ERR_RANGE, "multi-turn sessions %zu is outside [1, %d]", p->sessions,
+                    SS_LG_MAX_SESSIONS);
+  if (p->turns < 1 || p->turns > SS_LG_MAX_TURNS)
+    return ss_error(SS_ERR_RANGE, "multi-turn turns %zu is outside [1, %d]", p->turns,
+                    SS_LG_MAX_TURNS);
+  int rc = check_len("multi-turn user length", p->user_len, 1);
+  if (!rc) rc = check_len("multi-turn output length", p->output_len, 1);
+  if (rc) return rc;
+  ss_lg_random_params rp = {.input_len = p->user_len, .tok = p->tok};
+  pools pl;
+  if ((rc = pools_build(p->tok, &pl))) return rc;
+  size_t count = p->sessions * p->turns;
+  if ((rc = alloc_items(out, count))) {
+    pools_free(&pl);
+    return rc;
+  }
+  ss_xrng rng;
+  ss_xrng_seed(&rng, p->seed, DATASET_SALT + 2);
+  for (size_t i = 0; i < count && !rc; i++) {
+    ss_lg_prompt *q = &out->items[i];
+    q->output_len = p->output_len;
+    q->group = (int64_t)(i / p->turns);
+    rc = random_prompt(&rp, &pl, &rng, p->user_len, q);
+    out->count = i + 1;
+  }
+  pools_free(&pl);
+  if (rc) ss_lg_dataset_free(out);
+  else out->turns = p->turns;
+  return rc;
+}

@@ -17,6 +17,13 @@
  *             wherever it appears, so requests whose hash ids share a prefix
  *             share that prefix's text; the last block holds the remainder of
  *             input_length.  Requests arrive at the trace's timestamps
+ *   multi_turn  S sessions of T turns: each turn is a user message of U
+ *             tokens (random words, as the random text prompts) asking for K
+ *             tokens; items are session-major (session s, turn t at s*T + t)
+ *             and hold only the user messages.  The client sends turn t+1 of
+ *             a session after turn t's reply, with the conversation so far:
+ *             chat messages [user_0, assistant_0, ..., user_t], or on
+ *             /v1/completions those texts joined by SS_LG_TURN_SEPARATOR
  *   sharegpt  ShareGPT JSON: [{"conversations": [{"from": "human", "value": ...},
  *             {"from": "gpt", "value": ...}, ...]}, ...]; the first turn is the
  *             prompt and the second turn's length the output length
@@ -48,6 +55,7 @@ typedef struct ss_lg_dataset {
   ss_lg_prompt *items; /* (count) */
   size_t count;
   double *arrivals_s;  /* (count) trace: send times from the first request, else NULL */
+  size_t turns;        /* multi_turn: turns per session (count / turns sessions), else 0 */
 } ss_lg_dataset;
 
 void ss_lg_dataset_free(ss_lg_dataset *d);
@@ -114,5 +122,23 @@ typedef struct ss_lg_trace_params {
 /* Parses a Mooncake trace; errors name FILE:LINE and the field.  Fills
  * out->arrivals_s (timestamps relative to the earliest, times time_scale). */
 int ss_lg_dataset_trace(const char *path, const ss_lg_trace_params *p, ss_lg_dataset *out);
+
+/* The largest multi_turn figures. */
+#define SS_LG_MAX_SESSIONS 100000
+#define SS_LG_MAX_TURNS 256
+/* Between the texts of a conversation sent as one /v1/completions prompt. */
+#define SS_LG_TURN_SEPARATOR "\n\n"
+
+typedef struct ss_lg_multi_turn_params {
+  size_t sessions;      /* in [1, SS_LG_MAX_SESSIONS] */
+  size_t turns;         /* in [1, SS_LG_MAX_TURNS] */
+  int64_t user_len;     /* tokens of each user message */
+  int64_t output_len;   /* max_tokens of each turn */
+  uint64_t seed;
+  const struct ss_tokenizer *tok; /* optional: exact user message lengths */
+} ss_lg_multi_turn_params;
+
+/* sessions * turns user messages, session-major; sets out->turns. */
+int ss_lg_dataset_multi_turn(const ss_lg_multi_turn_params *p, ss_lg_dataset *out);
 
 #endif

@@ -91,6 +91,51 @@ static void print_errors(FILE *f, const ss_lg_run *run) {
   if (distinct > SHOW || other) fprintf(f, "  (and other messages)\n");
 }
 
+/* p50 TTFT (ms) of each turn's successful requests into p50 (turns); 0 where
+ * none succeeded.  Returns false when out of memory. */
+static bool turn_ttft_p50(const ss_lg_run *run, double *p50) {
+  double *v = malloc((run->count + 1) * sizeof *v);
+  if (!v) return false;
+  for (size_t t = 0; t < run->turns; t++) {
+    size_t n = 0;
+    for (size_t i = 0; i < run->count; i++)
+      if (!run->results[i].error && run->results[i].turn == (int64_t)t) v[n++] = run->results[i].ttft_s;
+    ss_lg_dist d;
+    ss_lg_dist_compute(v, n, 1e3, &d);
+    p50[t] = d.p50;
+  }
+  free(v);
+  return true;
+}
+
+/* The first failed turn in send order, or NULL. */
+static const ss_lg_result *first_failure(const ss_lg_run *run) {
+  for (size_t i = 0; i < run->count; i++)
+    if (run->results[i].error) return &run->results[i];
+  return NULL;
+}
+
+static void sessions_rows(FILE *f, const ss_lg_run *run) {
+  char k[64];
+  header(f, "Multi-turn sessions", '-');
+  row_z(f, "Sessions:", run->sessions);
+  row_z(f, "Turns per session:", run->turns);
+  row_z(f, "Sessions with every turn answered:", run->sessions - run->sessions_cut);
+  row_z(f, "Sessions cut short by a failed turn:", run->sessions_cut);
+  row_z(f, "Turns not sent:", run->turns_unsent);
+  const ss_lg_result *e = first_failure(run);
+  if (e)
+    fprintf(f, "First failed turn: session %lld turn %lld: %s\n", (long long)e->session,
+            (long long)e->turn + 1, e->error);
+  double *p50 = malloc(run->turns * sizeof *p50);
+  if (p50 && turn_ttft_p50(run, p50))
+    for (size_t t = 0; t < run->turns; t++) {
+      snprintf(k, sizeof k, "P50 TTFT turn %zu (ms):", t + 1);
+      row_f(f, k, p50[t]);
+    }
+  free(p50);
+}
+
 void ss_lg_report_print(FILE *f, const ss_lg_report_info *info, const ss_lg_summary *s,
                         const ss_lg_run *run) {
   char v[64];
@@ -135,6 +180,7 @@ void ss_lg_report_print(FILE *f, const ss_lg_report_info *info, const ss_lg_summ
     if (s->total_input > 0)
       row_f(f, "Cached share of input tokens (%):", 100.0 * (double)s->total_cached / (double)s->total_input);
   }
+  if (run->turns) sessions_rows(f, run);
   dist_rows(f, "Time to First Token", "TTFT", &s->ttft_ms);
   dist_rows(f, "Time per Output Token (excl. 1st token)", "TPOT", &s->tpot_ms);
   dist_rows(f, "Inter-token Latency", "ITL", &s->itl_ms);
@@ -238,6 +284,29 @@ static json_t *build(const ss_lg_report_info *info, const ss_lg_summary *s,
   bad |= set(o, "output_tokens_from_usage", json_integer((json_int_t)s->output_from_usage));
   bad |= set(o, "output_tokens_from_chunks", json_integer((json_int_t)s->output_from_chunks));
 
+  if (run->turns) {
+    bad |= set(o, "num_sessions", json_integer((json_int_t)run->sessions));
+    bad |= set(o, "turns_per_session", json_integer((json_int_t)run->turns));
+    bad |= set(o, "sessions_cut_short", json_integer((json_int_t)run->sessions_cut));
+    bad |= set(o, "turns_not_sent", json_integer((json_int_t)run->turns_unsent));
+    const ss_lg_result *e = first_failure(run);
+    bad |= set(o, "first_session_error", e ? json_string(e->error) : json_null());
+    double *p50 = malloc(run->turns * sizeof *p50);
+    json_t *a = json_array();
+    bad |= set(o, "p50_ttft_ms_by_turn", a);
+    if (!p50 || !turn_ttft_p50(run, p50)) bad = 1;
+    for (size_t t = 0; p50 && t < run->turns && !bad; t++) bad |= json_array_append_new(a, json_real(p50[t]));
+    free(p50);
+    /* Per request: the session (from 0), the turn (from 1, as printed) and
+     * usage's cached prompt tokens (-1: not reported). */
+    json_t *ss = json_array(), *tt = json_array(), *ct = json_array();
+    bad |= set(o, "sessions", ss) | set(o, "turns", tt) | set(o, "cached_tokens", ct);
+    for (size_t i = 0; i < run->count && !bad; i++) {
+      bad |= json_array_append_new(ss, json_integer(run->results[i].session));
+      bad |= json_array_append_new(tt, json_integer(run->results[i].turn + 1));
+      bad |= json_array_append_new(ct, json_integer(run->results[i].cached_tokens));
+    }
+  }
   /* Per-request arrays in send order; seconds, as vLLM writes them. */
   json_t *in = json_array(), *outl = json_array(), *tt = json_array(), *itls = json_array();
   json_t *lat = json_array(), *st = json_array(), *err = json_array(), *lag = json_array();

@@ -109,7 +109,10 @@ static void error_message(json_t *err, char *buf, size_t cap) {
   else snprintf(buf, cap, "server reported an error without a message");
 }
 
-void ss_lg_chunk_parse(const char *data, size_t nbytes, ss_lg_chunk *out) {
+/* sink (optional) receives the chunk's text delta; *rc is set when it could
+ * not grow. */
+static void chunk_parse(const char *data, size_t nbytes, ss_lg_chunk *out, ss_lg_text *sink,
+                        int *rc) {
   memset(out, 0, sizeof *out);
   out->prompt_tokens = out->completion_tokens = out->cached_tokens = -1;
   /* Whitespace around [DONE] is tolerated. */
@@ -142,6 +145,8 @@ void ss_lg_chunk_parse(const char *data, size_t nbytes, ss_lg_chunk *out) {
     json_t *text = json_object_get(c0, "text");
     if (!json_is_string(text)) text = json_object_get(json_object_get(c0, "delta"), "content");
     if (json_is_string(text)) out->text_nbytes = json_string_length(text);
+    if (out->text_nbytes && sink)
+      *rc = append(&sink->p, &sink->nbytes, &sink->cap, json_string_value(text), out->text_nbytes);
   }
   json_t *usage = json_object_get(root, "usage");
   if (json_is_object(usage)) {
@@ -154,6 +159,23 @@ void ss_lg_chunk_parse(const char *data, size_t nbytes, ss_lg_chunk *out) {
   }
   out->kind = out->text_nbytes || out->has_usage ? SS_LG_CHUNK_DATA : SS_LG_CHUNK_OTHER;
   json_decref(root);
+}
+
+void ss_lg_chunk_parse(const char *data, size_t nbytes, ss_lg_chunk *out) {
+  int rc = SS_OK;
+  chunk_parse(data, nbytes, out, NULL, &rc);
+}
+
+int ss_lg_chunk_parse_text(const char *data, size_t nbytes, ss_lg_chunk *out, ss_lg_text *text) {
+  int rc = SS_OK;
+  chunk_parse(data, nbytes, out, text, &rc);
+  return rc;
+}
+
+void ss_lg_text_free(ss_lg_text *t) {
+  free(t->p);
+  t->p = NULL;
+  t->nbytes = t->cap = 0;
 }
 
 void ss_lg_error_body_message(const char *body, size_t nbytes, char *buf, size_t cap) {

@@ -56,6 +56,18 @@ typedef struct ss_lg_chunk {
 /* Classifies one event's data.  Never fails: bad JSON is SS_LG_CHUNK_ERROR. */
 void ss_lg_chunk_parse(const char *data, size_t nbytes, ss_lg_chunk *out);
 
+/* A growing text buffer, NUL-terminated once anything is in it. */
+typedef struct ss_lg_text {
+  char *p;
+  size_t nbytes, cap;
+} ss_lg_text;
+void ss_lg_text_free(ss_lg_text *t);
+
+/* As ss_lg_chunk_parse, and appends the chunk's text delta to *text (multi-
+ * turn sessions resend it).  SS_ERR_NOMEM when the text cannot grow (the
+ * chunk is still classified), or SS_ERR_FORMAT past SS_LG_SSE_MAX_NBYTES. */
+int ss_lg_chunk_parse_text(const char *data, size_t nbytes, ss_lg_chunk *out, ss_lg_text *text);
+
 /* The message of an OpenAI-style error body ({"error": {"message": ...}} or
  * {"message": ...} or {"detail": ...}), else the body's start, into buf. */
 void ss_lg_error_body_message(const char *body, size_t nbytes, char *buf, size_t cap);

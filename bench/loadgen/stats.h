@@ -34,6 +34,7 @@ typedef struct ss_lg_result {
   int http_status;        /* 0 if no response */
   char *error;            /* NULL on success; malloc'ed message otherwise */
   size_t prompt_index;    /* which dataset entry was sent */
+  int64_t session, turn;  /* multi-turn: which session and turn (from 0), else -1 */
 } ss_lg_result;
 
 /* Frees the arrays and message of n results (not the results array itself). */

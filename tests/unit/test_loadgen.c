@@ -600,6 +600,61 @@ static void test_cache_counters(void **state) {
   assert_false(c.found);
 }
 
+/* Multi-turn sessions resend what was streamed: text deltas collect in order,
+ * escapes decoded, chunks without text adding nothing. */
+static void test_chunk_text(void **state) {
+  ss_lg_text t = {0};
+  ss_lg_chunk c;
+  const char *ev[] = {
+      "{\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}",
+      "{\"choices\":[{\"delta\":{\"content\":\"Hi \\\"you\\\"\"}}]}",
+      "{\"choices\":[{\"index\":0,\"text\":\"\\u00e9\\n!\"}]}",
+      "{\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}",
+  };
+  for (size_t i = 0; i < 4; i++)
+    assert_int_equal(ss_lg_chunk_parse_text(ev[i], strlen(ev[i]), &c, &t), 0);
+  const char want[] = "Hi \"you\"\xc3\xa9\n!";
+  assert_int_equal(t.nbytes, sizeof want - 1);
+  assert_memory_equal(t.p, want, sizeof want - 1);
+  assert_int_equal(t.p[t.nbytes], '\0');
+  ss_lg_text_free(&t);
+  assert_null(t.p);
+}
+
+static void test_multi_turn(void **state) {
+  ss_lg_multi_turn_params p = {.sessions = 3, .turns = 4, .user_len = 10, .output_len = 7, .seed = 9};
+  ss_lg_dataset d, e;
+  assert_int_equal(ss_lg_dataset_multi_turn(&p, &d), 0);
+  assert_int_equal(d.count, 12);
+  assert_int_equal(d.turns, 4);
+  for (size_t i = 0; i < d.count; i++) {
+    assert_non_null(d.items[i].text);
+    assert_null(d.items[i].ids);
+    assert_int_equal(d.items[i].output_len, 7);
+    assert_int_equal(d.items[i].group, (int64_t)(i / 4));
+    size_t words = 1;
+    for (const char *c = d.items[i].text; *c; c++) words += *c == ' ';
+    assert_int_equal(words, 10);
+    for (size_t j = 0; j < i; j++) assert_string_not_equal(d.items[i].text, d.items[j].text);
+  }
+  assert_int_equal(ss_lg_dataset_multi_turn(&p, &e), 0); /* seeded: the same again */
+  for (size_t i = 0; i < d.count; i++) assert_string_equal(d.items[i].text, e.items[i].text);
+  ss_lg_dataset_free(&e);
+  p.seed = 10;
+  assert_int_equal(ss_lg_dataset_multi_turn(&p, &e), 0);
+  assert_string_not_equal(d.items[0].text, e.items[0].text);
+  ss_lg_dataset_free(&e);
+  ss_lg_dataset_free(&d);
+  p.sessions = 0;
+  assert_int_equal(ss_lg_dataset_multi_turn(&p, &d), SS_ERR_RANGE);
+  p.sessions = 1;
+  p.turns = SS_LG_MAX_TURNS + 1;
+  assert_int_equal(ss_lg_dataset_multi_turn(&p, &d), SS_ERR_RANGE);
+  p.turns = 1;
+  p.user_len = 0;
+  assert_int_equal(ss_lg_dataset_multi_turn(&p, &d), SS_ERR_RANGE);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_schedule_gamma),
@@ -617,6 +672,8 @@ int main(void) {
       cmocka_unit_test(test_prefix_repetition),
       cmocka_unit_test(test_trace),
       cmocka_unit_test(test_cache_counters),
+      cmocka_unit_test(test_chunk_text),
+      cmocka_unit_test(test_multi_turn),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
