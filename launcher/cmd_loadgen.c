@@ -170,8 +170,8 @@ static int turn_body(void *ud, size_t session, size_t turn, const ss_lg_text *re
   }
   json_decref(r);
   if (bad || !*body)
-    return ss_error(SS_ERR_NOMEM, "cannot build session %zu turn %zu's body (out of memory, or "
-                    "a reply that is not UTF-8)", session, turn + 1);
+    return ss_error(SS_ERR_NOMEM, "cannot build session %zu turn %zu's body (out of memory)",
+                    session, turn + 1);
   return SS_OK;
 }
 

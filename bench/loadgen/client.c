@@ -13,6 +13,7 @@
 #include "bench/loadgen/sse.h"
 #include "runtime/base/clock.h"
 #include "runtime/base/status.h"
+#include "runtime/base/utf8.h"
 
 /* How much of a non-2xx reply's body we keep for the error message. */
 #define ERROR_BODY_NBYTES 4096
@@ -346,6 +347,12 @@ static void session_turn_done(runner *rn, xfer *x, double now_abs) {
   free(x->post);
   x->post = NULL;
   s->busy = false;
+  if (!r->error && x->text.nbytes && !ss_utf8_valid(x->text.p, x->text.nbytes)) {
+    /* The next turn's JSON body cannot carry it: this session ends here. */
+    result_set_error(xfer_result(x), "the reply's text is not valid UTF-8, so session %lld "
+                     "cannot send its next turn", (long long)r->session);
+    rn->failed++;
+  }
   if (r->error) {
     s->over = true;
     rn->sessions_cut++;
