@@ -1,6 +1,7 @@
 /* Loading a model: the GGUF llama path (hyper-parameters and tensors from the
- * file's metadata), dispatch to Hugging Face folders (model_hf.c), and freeing.
- * Sharding is in model_shard.c, the forward pass in model_forward.c. */
+ * file's metadata; dense, or Mixtral-style experts as llama.cpp writes them),
+ * dispatch to Hugging Face folders (model_hf.c), and freeing.  Sharding is in
+ * model_shard.c, the forward pass in model_forward.c. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
