@@ -20,7 +20,9 @@ blk.N.ffn_gate_inp and the stacked blk.N.ffn_{gate,up,down}_exps of ne
    type (the exact path's bound, as test_hf_models): the reference holds the
    very values the quantized blocks decode to, and without --activations q8
    our kernels keep the activations in f32, so only the f32 accumulation
-   differs.
+   differs.  The same for K-quant experts: a dim-256 file quantized by
+   llama.cpp's llama-quantize (Q4_K_M: Q4_K gate/up and Q6_K down stacks;
+   Q5_K_S: Q5_K), also under TP 2 and EP 2.
 3. TP 2, TP 3 (uneven: 96 expert columns in 3 blocks of 32) and EP 2 on the
    bf16 and q4_0 GGUF give the single-rank ids, log-probabilities within 1e-3
    (test_moe_parallel's bound).  The per-expert 2-D layout gives exactly the
@@ -45,6 +47,7 @@ sys.path.insert(0, os.path.join(HERE, "reference"))
 from harness import Checker, parse_args  # noqa: E402
 from logprob_compare import compare_steps  # noqa: E402
 from mpi import launch_cmd, mpi_available, mpi_env  # noqa: E402
+import kquant  # noqa: E402
 import hf_ref  # noqa: E402
 from st_io import read_safetensors, write_safetensors  # noqa: E402
 
@@ -96,23 +99,23 @@ def unpermute(w, heads):
     return w.reshape(heads, d // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def hf_names(g):
+def hf_names(g, layers=L, heads=H, kv_heads=KV, experts=E):
     """The GGUF tensors g renamed and reshaped into the HF mixtral layout."""
     out = {"model.embed_tokens.weight": g["token_embd.weight"][0],
            "model.norm.weight": g["output_norm.weight"][0],
            "lm_head.weight": g["output.weight"][0]}
-    for l in range(L):
+    for l in range(layers):
         p, b = f"model.layers.{l}.", f"blk.{l}."
         out[p + "input_layernorm.weight"] = g[b + "attn_norm.weight"][0]
         out[p + "post_attention_layernorm.weight"] = g[b + "ffn_norm.weight"][0]
-        out[p + "self_attn.q_proj.weight"] = unpermute(g[b + "attn_q.weight"][0], H)
-        out[p + "self_attn.k_proj.weight"] = unpermute(g[b + "attn_k.weight"][0], KV)
+        out[p + "self_attn.q_proj.weight"] = unpermute(g[b + "attn_q.weight"][0], heads)
+        out[p + "self_attn.k_proj.weight"] = unpermute(g[b + "attn_k.weight"][0], kv_heads)
         out[p + "self_attn.v_proj.weight"] = g[b + "attn_v.weight"][0]
         out[p + "self_attn.o_proj.weight"] = g[b + "attn_output.weight"][0]
         out[p + "block_sparse_moe.gate.weight"] = g[b + "ffn_gate_inp.weight"][0]
         for part, w in (("gate", "w1"), ("up", "w3"), ("down", "w2")):
             stack = g[b + f"ffn_{part}_exps.weight"][0]
-            for e in range(E):
+            for e in range(experts):
                 out[p + f"block_sparse_moe.experts.{e}.{w}.weight"] = stack[e]
     return out
 
@@ -142,6 +145,17 @@ def rewrite(src, dst, kv=None, drop_kv=(), tensors=None, last=None):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def reference_dir(d, gguf_path, config_from, **shape):
+    """An HF folder holding the GGUF's weights as the gguf package dequantizes
+    them, in f32, with config.json copied from a synth folder of that shape."""
+    os.makedirs(d)
+    shutil.copy(os.path.join(config_from, "config.json"), d)
+    write_safetensors(os.path.join(d, "model.safetensors"),
+                      {n: ("F32", a.astype(np.float32))
+                       for n, a in hf_names(tensors_of(gguf_path), **shape).items()})
+    return d
 
 
 def teacher_forced(ref_model, got, atol):
@@ -206,11 +220,7 @@ try:
     for dt, atol in (("bf16", 1e-3), ("q8_0", 1e-3), ("q4_0", 1e-3)):
         if dt not in paths or not have_hf:
             continue
-        d = os.path.join(tmp, f"ref_{dt}")
-        os.makedirs(d)
-        shutil.copy(os.path.join(hf, "config.json"), d)
-        write_safetensors(os.path.join(d, "model.safetensors"),
-                          {n: ("F32", a.astype(np.float32)) for n, a in hf_names(tensors_of(paths[dt])).items()})
+        d = reference_dir(os.path.join(tmp, f"ref_{dt}"), paths[dt], hf)
         got = generate(paths[dt])
         if not got:
             continue
@@ -220,6 +230,52 @@ try:
         ck.check(not problems and len(got) == STEPS, f"{dt} GGUF vs reference: {len(problems)} problems")
         print(f"ok   {dt} GGUF vs float64 reference: max |dlogprob| {worst:.2e} (tol {atol:g}), "
               f"greedy id = reference argmax at {agree} of {len(got)} steps")
+
+    # ---- 2b. K-quant experts, quantized by llama.cpp's own llama-quantize -------------
+    # Rows of 256 (the K-quants' block): dim and expert width 256, one layer.
+    # Q4_K_M makes the gate/up stacks Q4_K and the down stack Q6_K; Q5_K_S
+    # makes them Q5_K.  Against the reference on the file's own weights as
+    # above, and under TP 2 (the down stack's one block per row cut in two:
+    # f32 edges) and EP 2 as 1 rank.
+    quant = kquant.find_quantize()
+    if quant is None:
+        print("note: llama-quantize not found (scripts/test.sh builds it); K-quant experts not "
+              "checked here (tests/test_kquant.py fails without it)")
+    else:
+        KSHAPE = dict(layers=1, heads=4, kv_heads=2, experts=4)
+        kflags = ["--dim", "256", "--layers", "1", "--ffn", "256", "--seed", "5"]
+        k32, khf = os.path.join(tmp, "k_f32.gguf"), os.path.join(tmp, "k_hf")
+        if synth(k32, *kflags, "--dtype", "f32") and synth(khf, *kflags, "--dtype", "f32",
+                                                           "--format", "safetensors"):
+            for mix, want in (("Q4_K_M", {QT.Q4_K, QT.Q6_K}), ("Q5_K_S", {QT.Q5_K})):
+                kq = os.path.join(tmp, f"k_{mix}.gguf")
+                ok, msg = kquant.quantize(quant, k32, kq, mix)
+                if not ck.check(ok, f"llama-quantize {mix}: {msg}"):
+                    continue
+                types = {t.tensor_type for t in GGUFReader(kq).tensors if "_exps" in t.name}
+                ck.check(types == want, f"{mix}: expert stacks of {sorted(t.name for t in types)}")
+                got = generate(kq)
+                if not got:
+                    continue
+                ref = hf_ref.Model(reference_dir(os.path.join(tmp, f"ref_{mix}"), kq, khf, **KSHAPE))
+                worst, agree, problems = teacher_forced(ref, got, 1e-3)
+                for p in problems[:5]:
+                    print(f"  {mix}: {p}")
+                ck.check(not problems and len(got) == STEPS, f"{mix} GGUF vs reference: {len(problems)} problems")
+                print(f"ok   {mix} experts ({', '.join(sorted(t.name for t in types))}) vs float64 "
+                      f"reference: max |dlogprob| {worst:.2e} (tol 1e-3), greedy id = argmax at "
+                      f"{agree} of {len(got)} steps")
+                if mix != "Q4_K_M" or not mpi_available():
+                    continue
+                for ranks, ep in ((2, False), (2, True)):
+                    par = generate(kq, ranks, ep)
+                    if not par:
+                        continue
+                    worst, n, tie, problems = compare_steps(got, par, atol=1e-3)
+                    ck.check(not problems and n == STEPS,
+                             f"{mix} {'EP' if ep else 'TP'} {ranks}: {problems[:3]}")
+                    print(f"ok   {mix} {'EP' if ep else 'TP'} {ranks}: {n} greedy ids as 1 rank, "
+                          f"max |dlogprob| {worst:.2e} (tol 1e-3)")
 
     # ---- 3. TP, EP, and the per-expert layout -----------------------------------------
     if ck.check(mpi_available(), "mpirun not found (scripts/setup.sh installs Open MPI)"):
