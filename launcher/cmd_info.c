@@ -21,9 +21,10 @@ static void usage(FILE *f) {
           "Usage: shardserve info [--model PATH] [--metadata] [--json] [--format-only]\n"
           "       shardserve info --cpu\n"
           "\n"
-          "Prints a model's architecture, hyper-parameters, tokenizer, and a table of its\n"
-          "tensors (name, type, shape, bytes) with totals.  PATH is a GGUF file or a Hugging\n"
-          "Face folder (config.json, safetensors, tokenizer); it is fully validated.\n"
+          "Prints a model's architecture, hyper-parameters (experts too), tokenizer, and a\n"
+          "table of its tensors (name, type, shape, bytes) with totals.  PATH is a GGUF file\n"
+          "or a Hugging Face folder (config.json, safetensors, tokenizer); it is fully\n"
+          "validated.\n"
           "\n"
           "Options:\n"
           "  -m, --model FILE   GGUF model (default: " SS_DEFAULT_MODEL ")\n"
@@ -275,14 +276,17 @@ static int print_json(const ss_gguf *g, const ss_model *m) {
     const ss_model_config *c = &m->cfg;
     json_object_set_new(root, "config",
                         json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, "
-                                  "s:b, s:s}",
+                                  "s:b, s:s, s:s, s:i, s:i, s:i}",
                                   "arch", c->arch, "n_layer", c->n_layer, "dim", c->dim, "n_head",
                                   c->n_head, "n_kv_head", c->n_kv_head, "head_dim", c->head_dim,
                                   "ffn_dim", c->ffn_dim, "vocab", c->vocab, "n_ctx_train",
                                   c->n_ctx_train, "rope_dim", c->rope_dim, "rope_theta",
                                   (double)c->rope_theta, "rms_eps", (double)c->rms_eps,
                                   "tied_output", c->tied_output, "tokenizer",
-                                  ss_tokenizer_describe(m->tok)));
+                                  ss_tokenizer_describe(m->tok), "family",
+                                  ss_model_family_name(c->family), "n_expert", c->n_expert,
+                                  "n_expert_used", c->n_expert_used, "expert_ffn_dim",
+                                  c->expert_ffn_dim));
   }
   char *s = json_dumps(root, JSON_COMPACT | JSON_ENSURE_ASCII);
   json_decref(root);
@@ -392,7 +396,11 @@ int ss_cmd_info(int argc, char **argv) {
   printf("dim:           %d\n", cf->dim);
   printf("heads:         %d query, %d KV (head dim %d)\n", cf->n_head, cf->n_kv_head,
          cf->head_dim);
-  printf("ffn:           %d\n", cf->ffn_dim);
+  if (cf->dense_mlp) printf("ffn:           %d\n", cf->ffn_dim);
+  if (cf->n_expert)
+    printf("experts:       %d of width %d, top %d (%s; %s)\n", cf->n_expert, cf->expert_ffn_dim,
+           cf->n_expert_used, cf->moe_renormalize ? "renormalised" : "not renormalised",
+           ss_model_family_name(cf->family));
   printf("vocab:         %d\n", cf->vocab);
   printf("context:       %d\n", cf->n_ctx_train);
   printf("rope:          theta %g, %d dims, %s pairs\n", cf->rope_theta, cf->rope_dim,

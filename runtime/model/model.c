@@ -1,6 +1,7 @@
 /* Loading a model: the GGUF llama path (hyper-parameters and tensors from the
- * file's metadata), dispatch to Hugging Face folders (model_hf.c), and freeing.
- * Sharding is in model_shard.c, the forward pass in model_forward.c. */
+ * file's metadata; dense, or Mixtral-style experts as llama.cpp writes them),
+ * dispatch to Hugging Face folders (model_hf.c), and freeing.  Sharding is in
+ * model_shard.c, the forward pass in model_forward.c. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -100,11 +101,50 @@ static int read_config(const ss_gguf *g, ss_model_config *c) {
   c->act = SS_ACT_SILU;
   c->dense_mlp = true;
   c->embd_scale = c->logit_scale = 1.0f;
+  /* Mixtral as llama.cpp converts it: arch llama with expert_count experts of
+   * width feed_forward_length, routed as the Hugging Face mixtral family is
+   * (softmax over all experts, top expert_used_count, renormalised).  An
+   * expert_count of 0, as some converters write for dense models, is dense. */
+  int n_expert = 0;
+  if ((rc = get_hparam(g, a, "expert_count", false, 0, 1024, &n_expert))) return rc;
+  if (n_expert > 0) {
+    c->family = SS_FAMILY_MIXTRAL;
+    c->dense_mlp = false;
+    c->n_expert = n_expert;
+    c->expert_ffn_dim = c->ffn_dim;
+    c->ffn_dim = 0;
+    c->moe_renormalize = true;
+    char key[128];
+    snprintf(key, sizeof key, "%s.expert_used_count", a);
+    int64_t used;
+    if ((rc = ss_gguf_get_int(g, key, true, INT64_MIN, INT64_MAX, &used))) return rc;
+    if (used < 1 || used > n_expert)
+      return ss_error(SS_ERR_FORMAT, "%s: metadata key '%s' = %" PRId64 " must be in [1, %d] "
+                      "(%s.expert_count)", g->path, key, used, n_expert, a);
+    c->n_expert_used = (int)used;
+  }
   return SS_OK;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Tensors                                                                    */
+
+/* Checks our kernels handle t's type with rows of `cols` elements; fills
+ * *row_nbytes. */
+static int check_type(const ss_gguf *g, const ss_gguf_tensor *t, int64_t cols,
+                      size_t *row_nbytes) {
+  const ss_dtype_info *ti = ss_dtype_get(t->type);
+  if (!ti->compute)
+    return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which has no kernel "
+                    "(supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, "
+                    "Q4_K, Q5_K, Q6_K, Q8_K)", g->path, t->name, ti->name);
+  if (cols % ti->block_count != 0)
+    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' (%s) has rows of %" PRId64 " elements, not a "
+                    "multiple of the type's block of %u", g->path, t->name, ti->name, cols,
+                    ti->block_count);
+  *row_nbytes = (size_t)(cols / ti->block_count) * ti->block_nbytes;
+  return SS_OK;
+}
 
 /* Finds `name`, checks its shape is (rows, cols) in GGUF order [cols, rows] and
  * that our kernels handle its type, and fills w. */
@@ -116,19 +156,13 @@ static int bind_weight(ss_model *m, const char *name, int64_t rows, int64_t cols
     return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' has shape [%" PRId64 ", %" PRId64 ", %" PRId64
                     ", %" PRId64 "], expected [%" PRId64 ", %" PRId64 "]", g->path, name,
                     t->ne[0], t->ne[1], t->ne[2], t->ne[3], cols, rows);
-  const ss_dtype_info *ti = ss_dtype_get(t->type);
-  if (!ti->compute)
-    return ss_error(SS_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s, which has no kernel "
-                    "(supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, "
-                    "Q4_K, Q5_K, Q6_K, Q8_K)", g->path, name, ti->name);
-  if (cols % ti->block_count != 0)
-    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' (%s) has rows of %" PRId64 " elements, not a "
-                    "multiple of the type's block of %u", g->path, name, ti->name, cols,
-                    ti->block_count);
+  size_t row_nbytes = 0;
+  int rc = check_type(g, t, cols, &row_nbytes);
+  if (rc) return rc;
   w->type = t->type;
   w->rows = rows;
   w->cols = cols;
-  w->row_nbytes = (size_t)(cols / ti->block_count) * ti->block_nbytes;
+  w->row_nbytes = row_nbytes;
   w->data = t->data;
   m->weight_nbytes += t->nbytes;
   return SS_OK;
@@ -149,6 +183,65 @@ static int bind_norm(ss_model *m, const char *name, int64_t dim, const float **o
   return SS_OK;
 }
 
+/* llama.cpp's stacked experts: `name` of ne [cols, rows, E], expert e's
+ * (rows, cols) matrix the e-th block of rows * row_nbytes bytes.  Each w[e] is
+ * a view into the tensor in its stored type. */
+static int bind_expert_stack(ss_model *m, const ss_gguf_tensor *t, int64_t E, int64_t rows,
+                             int64_t cols, ss_weight *w) {
+  const ss_gguf *g = m->gguf;
+  if (t->n_dims != 3 || t->ne[0] != cols || t->ne[1] != rows || t->ne[2] != E)
+    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' has %u dims [%" PRId64 ", %" PRId64 ", %"
+                    PRId64 "], expected [%" PRId64 ", %" PRId64 ", %" PRId64 "] (the last is "
+                    "%s.expert_count)", g->path, t->name, t->n_dims, t->ne[0], t->ne[1],
+                    t->ne[2], cols, rows, E, m->cfg.arch);
+  size_t row_nbytes = 0;
+  int rc = check_type(g, t, cols, &row_nbytes);
+  if (rc) return rc;
+  /* Every expert's bytes within the tensor's, in 64 bits (the reader has
+   * checked the tensor lies within the file). */
+  const uint64_t one = (uint64_t)rows * row_nbytes;
+  if (one == 0 || (uint64_t)E > t->nbytes / one || one * (uint64_t)E != t->nbytes)
+    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' holds %" PRIu64 " bytes, not %" PRId64
+                    " experts of %" PRIu64, g->path, t->name, t->nbytes, E, one);
+  for (int64_t e = 0; e < E; e++)
+    w[e] = (ss_weight){.type = t->type, .rows = rows, .cols = cols, .row_nbytes = row_nbytes,
+                       .data = (const uint8_t *)t->data + (uint64_t)e * one};
+  m->weight_nbytes += t->nbytes;
+  return SS_OK;
+}
+
+/* Layer l's router and experts: the stacked blk.N.ffn_{gate,up,down}_exps, or
+ * the older layout of one matrix per expert, blk.N.ffn_{gate,up,down}.E. */
+static int bind_experts(ss_model *m, int l) {
+  const ss_model_config *c = &m->cfg;
+  ss_layer_weights *L = &m->layers[l];
+  const int64_t C = c->dim, Fe = c->expert_ffn_dim, E = c->n_expert;
+  char n[96];
+  int rc;
+  snprintf(n, sizeof n, "blk.%d.ffn_gate_inp.weight", l);
+  if ((rc = bind_weight(m, n, E, C, &L->router))) return rc;
+  static const char *const part[3] = {"gate", "up", "down"};
+  ss_weight *const dst[3] = {L->exp_gate, L->exp_up, L->exp_down};
+  for (int k = 0; k < 3; k++) {
+    const int64_t rows = k == 2 ? C : Fe, cols = k == 2 ? Fe : C;
+    snprintf(n, sizeof n, "blk.%d.ffn_%s_exps.weight", l, part[k]);
+    const ss_gguf_tensor *t = ss_gguf_tensor_find(m->gguf, n);
+    if (t) {
+      if ((rc = bind_expert_stack(m, t, E, rows, cols, dst[k]))) return rc;
+      continue;
+    }
+    snprintf(n, sizeof n, "blk.%d.ffn_%s.0.weight", l, part[k]);
+    if (!ss_gguf_tensor_find(m->gguf, n))
+      return ss_error(SS_ERR_FORMAT, "%s: missing tensor 'blk.%d.ffn_%s_exps.weight' (or the "
+                      "per-expert '%s')", m->gguf->path, l, part[k], n);
+    for (int64_t e = 0; e < E; e++) {
+      snprintf(n, sizeof n, "blk.%d.ffn_%s.%" PRId64 ".weight", l, part[k], e);
+      if ((rc = bind_weight(m, n, rows, cols, &dst[k][e]))) return rc;
+    }
+  }
+  return SS_OK;
+}
+
 static int bind_all(ss_model *m) {
   const ss_model_config *c = &m->cfg;
   const int64_t q_dim = (int64_t)c->n_head * c->head_dim;
@@ -162,8 +255,7 @@ static int bind_all(ss_model *m) {
     m->cfg.tied_output = true;
     m->output = m->tok_embd;
   }
-  m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
-  if (!m->layers) return ss_error(SS_ERR_NOMEM, "out of memory");
+  if ((rc = ss_model_alloc_layers(m))) return rc;
   for (int l = 0; l < c->n_layer; l++) {
     ss_layer_weights *L = &m->layers[l];
     char n[96];
@@ -173,11 +265,15 @@ static int bind_all(ss_model *m) {
         (rc = bind_weight(m, NAME("attn_k.weight"), kv_dim, c->dim, &L->wk)) ||
         (rc = bind_weight(m, NAME("attn_v.weight"), kv_dim, c->dim, &L->wv)) ||
         (rc = bind_weight(m, NAME("attn_output.weight"), c->dim, q_dim, &L->wo)) ||
-        (rc = bind_norm(m, NAME("ffn_norm.weight"), c->dim, &L->ffn_norm)) ||
-        (rc = bind_weight(m, NAME("ffn_gate.weight"), c->ffn_dim, c->dim, &L->w_gate)) ||
-        (rc = bind_weight(m, NAME("ffn_up.weight"), c->ffn_dim, c->dim, &L->w_up)) ||
-        (rc = bind_weight(m, NAME("ffn_down.weight"), c->dim, c->ffn_dim, &L->w_down)))
+        (rc = bind_norm(m, NAME("ffn_norm.weight"), c->dim, &L->ffn_norm)))
       return rc;
+    if (c->n_expert > 0) {
+      if ((rc = bind_experts(m, l))) return rc;
+    } else if ((rc = bind_weight(m, NAME("ffn_gate.weight"), c->ffn_dim, c->dim, &L->w_gate)) ||
+               (rc = bind_weight(m, NAME("ffn_up.weight"), c->ffn_dim, c->dim, &L->w_up)) ||
+               (rc = bind_weight(m, NAME("ffn_down.weight"), c->dim, c->ffn_dim, &L->w_down))) {
+      return rc;
+    }
 #undef NAME
   }
   return SS_OK;

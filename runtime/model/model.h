@@ -1,6 +1,7 @@
-/* A decoder-only transformer loaded from GGUF (llama) or a Hugging Face folder
- * (llama, mixtral, grok-1, grok-2): configuration, weights (used in place from
- * the mapped files, in their stored types), and the forward pass over a batch
+/* A decoder-only transformer loaded from GGUF (llama, dense or with Mixtral-style
+ * experts) or a Hugging Face folder (llama, mixtral, grok-1, grok-2):
+ * configuration, weights (used in place from the mapped files, in their stored
+ * types), and the forward pass over a batch
  * of tokens on a kernel backend, dense or mixture-of-experts, sharded by tensor
  * parallelism and, for experts, optionally by expert parallelism. */
 #ifndef SS_MODEL_H
@@ -18,7 +19,8 @@
 /* Model families: what the forward pass does beyond the llama block. */
 typedef enum ss_model_family {
   SS_FAMILY_LLAMA = 0, /* dense SwiGLU MLP; GGUF llama and HF Llama/Mistral */
-  SS_FAMILY_MIXTRAL,   /* SwiGLU experts: softmax -> top-k -> renormalise */
+  SS_FAMILY_MIXTRAL,   /* SwiGLU experts: softmax -> top-k -> renormalise; HF Mixtral
+                        * and GGUF llama with expert_count */
   SS_FAMILY_GROK1,     /* GeGLU experts, softmax -> top-k (no renormalising), 4 norms
                         * per layer, attention soft cap, embedding/output multipliers */
   SS_FAMILY_GROK2,     /* Grok-1 plus a dense MLP beside the experts, router and
@@ -49,7 +51,8 @@ typedef struct ss_model_config {
   float rms_eps;
   bool tied_output;  /* output head shares token_embd */
 
-  /* Beyond llama (all zero / off for GGUF llama). */
+  /* Beyond llama (all zero / off for dense GGUF llama; a GGUF with experts is
+   * the mixtral family). */
   ss_model_family family;
   ss_act act;           /* gate activation of the dense MLP and the experts */
   bool dense_mlp;       /* a dense MLP of width ffn_dim in every layer */

@@ -316,8 +316,7 @@ static int bind_norm(ss_model *m, const char *base, int64_t dim, const float **o
   return bind_vec(m, w, dim, out);
 }
 
-/* One allocation for every layer's expert arrays (freed through layer 0's). */
-static int alloc_layers(ss_model *m) {
+int ss_model_alloc_layers(ss_model *m) {
   const ss_model_config *c = &m->cfg;
   m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
   if (!m->layers) return ss_error(SS_ERR_NOMEM, "out of memory");
@@ -467,7 +466,7 @@ int ss_model_load_hf(ss_model *m, const char *dir) {
   c->tied_output = c->tied_output || !has(m, "lm_head.weight");
   if (c->tied_output) m->output = m->tok_embd;
   else if ((rc = bind_mat(m, "lm_head.weight", c->vocab, c->dim, &m->output))) return rc;
-  if ((rc = alloc_layers(m))) return rc;
+  if ((rc = ss_model_alloc_layers(m))) return rc;
   for (int l = 0; l < c->n_layer; l++)
     if ((rc = bind_layer(m, l))) return rc;
   return SS_OK;
@@ -493,7 +492,7 @@ int ss_model_describe(const char *preset_path, ss_dtype dtype, ss_model **out) {
   m->prof = calloc(1, sizeof *m->prof);
   int rc = m->path && m->prof ? SS_OK : ss_error(SS_ERR_NOMEM, "out of memory");
   if (rc == SS_OK) rc = read_config_file(preset_path, &m->cfg);
-  if (rc == SS_OK) rc = alloc_layers(m);
+  if (rc == SS_OK) rc = ss_model_alloc_layers(m);
   if (rc) {
     ss_model_free(m);
     return rc;

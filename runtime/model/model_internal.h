@@ -18,6 +18,9 @@ int ss_model_own(ss_model *m, void *p);
 uint64_t ss_weight_nbytes(const ss_weight *w);
 
 /* model_hf.c */
+/* m->layers for cfg.n_layer layers, and every layer's expert arrays (one
+ * allocation, freed through layer 0's exp_gate) when cfg.n_expert > 0. */
+int ss_model_alloc_layers(ss_model *m);
 /* A folder: the Hugging Face layout. */
 bool ss_model_path_is_hf(const char *path);
 /* Config, tokenizer and the whole model's tensors from a Hugging Face folder. */
