@@ -333,9 +333,52 @@ static void draw_progress(runner *rn, double now, bool final) {
   rn->progress_drawn = true;
 }
 
-/* ---- multi-turn sessions --------------------------------------------------------- */
+/* ---- driving the transfers ------------------------------------------------------ */
 
 static void drain_done(runner *rn, double now_abs);
+
+/* Runs libcurl's transfers, collects the finished ones and redraws the
+ * progress bar when it is due. */
+static int transfers_step(runner *rn) {
+  int running;
+  CURLMcode mc = curl_multi_perform(rn->multi, &running);
+  if (mc != CURLM_OK) return ss_error(SS_ERR_INTERNAL, "libcurl: %s", curl_multi_strerror(mc));
+  drain_done(rn, ss_now_s());
+  double now = ss_now_s() - rn->t0;
+  if (rn->cfg->progress && now - rn->last_progress >= PROGRESS_PERIOD_S) {
+    draw_progress(rn, now, false);
+    rn->last_progress = now;
+  }
+  return SS_OK;
+}
+
+/* Waits at most `wait` seconds for socket activity, less when libcurl's own
+ * timer or the progress bar is due sooner. */
+static int wait_for_activity(runner *rn, double wait) {
+  long ct = -1;
+  curl_multi_timeout(rn->multi, &ct);
+  if (ct >= 0) wait = fmin(wait, (double)ct * 1e-3);
+  if (rn->cfg->progress) wait = fmin(wait, PROGRESS_PERIOD_S);
+  if (wait <= 0) return SS_OK;
+  if (wait < 2e-3) {
+    /* curl_multi_poll counts whole milliseconds: sleep the rest precisely. */
+    struct timespec ts = {0, (long)(wait * 1e9)};
+    nanosleep(&ts, NULL);
+    return SS_OK;
+  }
+  CURLMcode mc = curl_multi_poll(rn->multi, NULL, 0, (int)((wait - 1e-3) * 1e3), NULL);
+  if (mc != CURLM_OK) return ss_error(SS_ERR_INTERNAL, "libcurl: %s", curl_multi_strerror(mc));
+  return SS_OK;
+}
+
+/* ---- multi-turn sessions --------------------------------------------------------- */
+
+/* Ends a session at turn t: its later turns are not sent. */
+static void session_cut(runner *rn, session *s, size_t t) {
+  s->over = true;
+  rn->sessions_cut++;
+  rn->turns_unsent += rn->cfg->turns - t - 1;
+}
 
 /* A turn's reply is in: keep its text for the next turn's body, or end the
  * session when the turn failed (its remaining turns are not sent). */
@@ -354,9 +397,7 @@ static void session_turn_done(runner *rn, xfer *x, double now_abs) {
     rn->failed++;
   }
   if (r->error) {
-    s->over = true;
-    rn->sessions_cut++;
-    rn->turns_unsent += c->turns - t - 1;
+    session_cut(rn, s, t);
     return;
   }
   /* The buffer moves to the session; the transfer starts its next one empty. */
@@ -364,9 +405,7 @@ static void session_turn_done(runner *rn, xfer *x, double now_abs) {
   *dst = x->text;
   x->text = (ss_lg_text){0};
   if (!dst->p && !(dst->p = calloc(1, 1))) { /* an empty reply is still a turn */
-    s->over = true;
-    rn->sessions_cut++;
-    rn->turns_unsent += c->turns - t - 1;
+    session_cut(rn, s, t);
     return;
   }
   s->context += c->prompts[r->prompt_index].input_len + r->output_tokens;
@@ -427,36 +466,15 @@ static int sessions_run(runner *rn) {
     }
     if (all_over && rn->inflight == 0) return SS_OK;
 
-    int running;
-    CURLMcode mc = curl_multi_perform(rn->multi, &running);
-    if (mc != CURLM_OK) return ss_error(SS_ERR_INTERNAL, "libcurl: %s", curl_multi_strerror(mc));
-    drain_done(rn, ss_now_s());
-
-    now_abs = ss_now_s();
-    now = now_abs - rn->t0;
-    if (c->progress && now - rn->last_progress >= PROGRESS_PERIOD_S) {
-      draw_progress(rn, now, false);
-      rn->last_progress = now;
-    }
+    int rc = transfers_step(rn);
+    if (rc) return rc;
+    now = ss_now_s() - rn->t0;
     /* A completion may have made a turn due now; the scan says when the next is. */
     size_t k = sessions_scan(rn, now, &next_due, &all_over);
     bool slot_free = !c->max_concurrency || rn->inflight < c->max_concurrency;
     if (k != SIZE_MAX && slot_free) continue;
     if (all_over && rn->inflight == 0) continue;
-    double wait = 1.0;
-    if (slot_free) wait = fmin(wait, next_due - now);
-    long ct = -1;
-    curl_multi_timeout(rn->multi, &ct);
-    if (ct >= 0) wait = fmin(wait, (double)ct * 1e-3);
-    if (c->progress) wait = fmin(wait, PROGRESS_PERIOD_S);
-    if (wait <= 0) continue;
-    if (wait < 2e-3) {
-      struct timespec ts = {0, (long)(wait * 1e9)};
-      nanosleep(&ts, NULL);
-      continue;
-    }
-    mc = curl_multi_poll(rn->multi, NULL, 0, (int)((wait - 1e-3) * 1e3), NULL);
-    if (mc != CURLM_OK) return ss_error(SS_ERR_INTERNAL, "libcurl: %s", curl_multi_strerror(mc));
+    if ((rc = wait_for_activity(rn, slot_free ? fmin(1.0, next_due - now) : 1.0))) return rc;
   }
 }
 
@@ -541,20 +559,8 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
                                            (cfg->duration_s > 0 && now >= cfg->duration_s);
     if (sending_done && rn.inflight == 0) break;
 
-    int running;
-    CURLMcode mc = curl_multi_perform(rn.multi, &running);
-    if (mc != CURLM_OK) {
-      rc = ss_error(SS_ERR_INTERNAL, "libcurl: %s", curl_multi_strerror(mc));
-      goto done;
-    }
-    drain_done(&rn, ss_now_s());
-
-    now_abs = ss_now_s();
-    now = now_abs - rn.t0;
-    if (cfg->progress && now - rn.last_progress >= PROGRESS_PERIOD_S) {
-      draw_progress(&rn, now, false);
-      rn.last_progress = now;
-    }
+    if ((rc = transfers_step(&rn))) goto done;
+    now = ss_now_s() - rn.t0;
     /* Wait for the next due send, socket activity or libcurl's own timer. */
     double wait = 1.0;
     bool slot_free = !cfg->max_concurrency || rn.inflight < cfg->max_concurrency;
@@ -565,22 +571,7 @@ int ss_lg_client_run(const ss_lg_client_config *cfg, ss_lg_run *out) {
     }
     if (!cfg->sched_s && cfg->duration_s > 0 && now < cfg->duration_s)
       wait = fmin(wait, cfg->duration_s - now);
-    long ct = -1;
-    curl_multi_timeout(rn.multi, &ct);
-    if (ct >= 0) wait = fmin(wait, (double)ct * 1e-3);
-    if (cfg->progress) wait = fmin(wait, PROGRESS_PERIOD_S);
-    if (wait <= 0) continue;
-    if (wait < 2e-3) {
-      /* curl_multi_poll counts whole milliseconds: sleep the rest precisely. */
-      struct timespec ts = {0, (long)(wait * 1e9)};
-      nanosleep(&ts, NULL);
-      continue;
-    }
-    mc = curl_multi_poll(rn.multi, NULL, 0, (int)((wait - 1e-3) * 1e3), NULL);
-    if (mc != CURLM_OK) {
-      rc = ss_error(SS_ERR_INTERNAL, "libcurl: %s", curl_multi_strerror(mc));
-      goto done;
-    }
+    if ((rc = wait_for_activity(&rn, wait))) goto done;
   }
   if (cfg->progress) draw_progress(&rn, ss_now_s() - rn.t0, true);
   out->results = rn.results;

@@ -114,14 +114,8 @@ static int read_config(const ss_gguf *g, ss_model_config *c) {
     c->expert_ffn_dim = c->ffn_dim;
     c->ffn_dim = 0;
     c->moe_renormalize = true;
-    char key[128];
-    snprintf(key, sizeof key, "%s.expert_used_count", a);
-    int64_t used;
-    if ((rc = ss_gguf_get_int(g, key, true, INT64_MIN, INT64_MAX, &used))) return rc;
-    if (used < 1 || used > n_expert)
-      return ss_error(SS_ERR_FORMAT, "%s: metadata key '%s' = %" PRId64 " must be in [1, %d] "
-                      "(%s.expert_count)", g->path, key, used, n_expert, a);
-    c->n_expert_used = (int)used;
+    if ((rc = get_hparam(g, a, "expert_used_count", true, 1, n_expert, &c->n_expert_used)))
+      return rc;
   }
   return SS_OK;
 }
