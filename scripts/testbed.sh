@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # A multi-host test bed on one machine: N network namespaces, each a "host".
 #
-#   scripts/testbed.sh up N [--rate 1gbit] [--delay 1ms] [--net 10.77.0] [--dir DIR]
-#   scripts/testbed.sh down [--dir DIR]
-#   scripts/testbed.sh status [--dir DIR]
+#   scripts/testbed.sh up N [--rate 1gbit] [--delay 1ms] [--net 10.77.0] [--dir DIR] [--name P]
+#   scripts/testbed.sh down [--dir DIR] [--name P]
+#   scripts/testbed.sh status [--dir DIR] [--name P]
 #
-# Host i is the namespace ss-h<i>, with one interface eth0 at <net>.<i+1>/24,
-# the other end of a veth pair on a bridge that lives in a namespace of its own
-# (ss-hub), so the bed's traffic never touches this machine's own network.
+# Host i is the namespace ss-h<i> (P<i> with --name P), with one interface
+# eth0 at <net>.<i+1>/24, the other end of a veth pair on a bridge that lives
+# in a namespace of its own (ss-hub; Phub), so the bed's traffic never touches
+# this machine's own network, and beds of different names and --net can be up
+# at once.
 # Each host gets its own hostname too (a UTS namespace entered by the run
 # scripts), so ranks report ss-h0, ss-h1, ...  --rate and --delay shape every
 # host's eth0 egress with tc netem (a message between two hosts crosses one of
@@ -46,9 +48,11 @@ while [ $# -gt 0 ]; do
     --delay) delay=${2:?--delay needs a value (e.g. 1ms)}; shift 2 ;;
     --net) net=${2:?--net needs the first three octets (e.g. 10.77.0)}; shift 2 ;;
     --dir) dir=${2:?--dir needs a folder}; shift 2 ;;
+    --name) prefix=${2:?--name needs a prefix (e.g. ss-b)}; hub=${prefix}hub; shift 2 ;;
     *) die "unknown option '$1'" ;;
   esac
 done
+[[ "$prefix" =~ ^[a-z][a-z0-9-]{0,7}$ ]] || die "--name '$prefix': 1-8 of a-z, 0-9, '-', starting with a letter"
 [[ "$net" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--net '$net': expected three octets such as 10.77.0"
 
 down() {
