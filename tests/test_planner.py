@@ -186,6 +186,24 @@ q = plan("--model", args.model, "--tp", "1", "--hardware", prof, "--request-rate
          "--num-prompts", "20", "--random-input-len", "40", "--random-output-len", "4")
 ck.check(q is not None and q["simulation"]["rejected"] == 0 and
          q["simulation"]["max_waiting"] == 1024, "serve's default queue limit (1024) refuses none")
+# --max-rate counts a refused request as one that missed the SLOs: with SLOs
+# no completed request can miss, only the queue limit bounds the rate, so at
+# the rate found at most 1% of the requests sent may be refused, and well past
+# it more are.
+wl = ["--model", GROK1, "--tp", "8", "--dtype", "fp8", "--hardware", H100, "--num-prompts", "100",
+      "--random-input-len", "512", "--random-output-len", "64", "--seed", "5", "--max-waiting", "2"]
+q = plan(*wl, "--goodput", "ttft:1e7", "tpot:1e7", "--max-rate")
+if q:
+    r = q["max_rate_meeting_slo"]
+    at = plan(*wl, "--request-rate", repr(r))
+    past = plan(*wl, "--request-rate", repr(4 * r))
+    if ck.check(r > 0 and at and past, f"max rate with --max-waiting 2: {r}"):
+        a, b = at["simulation"], past["simulation"]
+        ck.check(a["rejected"] <= 0.01 * (a["completed"] + a["rejected"]),
+                 f"at the max rate {r:.2f} req/s {a['rejected']} of 100 refused (at most 1 allowed)")
+        ck.check(b["rejected"] > 1, f"at 4x the max rate only {b['rejected']} refused")
+        print(f"--max-waiting 2: max rate {r:.2f} req/s, {a['rejected']} refused there, "
+              f"{b['rejected']} at 4x", flush=True)
 rc, out, err = ck.run(args.bin, ["plan", "--model", args.model, "--tp", "1", "--hardware", prof,
                                  "--max-waiting", "0"])
 ck.check(rc == 2 and "--max-waiting" in err, f"--max-waiting 0: {rc} {err!r}")

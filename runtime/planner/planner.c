@@ -401,10 +401,12 @@ void ss_sim_result_free(ss_sim_result *r) {
   r->req = NULL;
 }
 
-/* Fraction of requests meeting every SLO, from a finished simulation. */
+/* Whether 99% of the requests sent met every SLO, from a finished
+ * simulation: a request refused at arrival (the queue was full) counts as one
+ * that missed them, as it does for the client that got the 429. */
 static bool meets(const ss_sim_result *r) {
   if (r->completed == 0) return false;
-  return r->request_goodput * r->duration_s >= 0.99 * r->completed;
+  return r->request_goodput * r->duration_s >= 0.99 * (r->completed + r->rejected);
 }
 
 double ss_simulate_max_rate(const ss_plan_model *m, const ss_hw_profile *hw,
@@ -412,11 +414,15 @@ double ss_simulate_max_rate(const ss_plan_model *m, const ss_hw_profile *hw,
   ss_sim_workload x = *w;
   x.max_concurrency = 0;
   x.per_request = false;
-  /* Capacity with everything queued at once bounds the search. */
+  /* Capacity with everything queued at once bounds the search; without the
+   * queue limit, which would refuse most of such a burst and make the bound
+   * the throughput of the few it kept. */
   x.rate = 0;
+  x.max_waiting = 0;
   ss_sim_result r;
   if (ss_simulate(m, hw, sp, &x, &r)) return 0;
   double hi = 2.0 * r.request_throughput, lo = 0;
+  x.max_waiting = w->max_waiting;
   x.rate = hi;
   if (ss_simulate(m, hw, sp, &x, &r) == SS_OK && meets(&r)) return hi;
   for (int it = 0; it < 14; it++) {

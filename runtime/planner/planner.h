@@ -184,8 +184,9 @@ void ss_sim_result_free(ss_sim_result *r);
 int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_params *sp,
                 const ss_sim_workload *w, ss_sim_result *out);
 
-/* The highest request rate (found by bisection over simulations) at which every
- * request meets the SLOs (goodput >= 99% of completed); 0 when none does. */
+/* The highest request rate (found by bisection over simulations) at which 99%
+ * of the requests sent meet the SLOs, a request refused at arrival counting as
+ * a miss; 0 when none does. */
 double ss_simulate_max_rate(const ss_plan_model *m, const ss_hw_profile *hw,
                             const ss_sched_params *sp, const ss_sim_workload *w);
 
