@@ -111,8 +111,10 @@ ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const
     const double lat = inter ? hw->inter_lat : hw->link_lat;
     const double ring = 2.0 * (m->tp - 1) / m->tp;
     double t = m->n_allreduce * (lat + (bw > 0 ? ring * n * m->allreduce_bytes_per_token / bw : 0));
+    /* The sampled rows' logits gathered on rank 0, which holds its own share
+     * of the vocabulary already: (tp - 1) / tp of each row arrives. */
     if (m->gather_logits && s->n_logits > 0)
-      t += lat + (bw > 0 ? (double)s->n_logits * m->vocab * 4.0 / bw : 0);
+      t += lat + (bw > 0 ? (double)s->n_logits * m->vocab * 4.0 * (m->tp - 1) / m->tp / bw : 0);
     c.comm_s = t;
   }
   c.overhead_s = hw->step_overhead_s + s->n_logits * hw->logit_row_s;
