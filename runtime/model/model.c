@@ -334,7 +334,7 @@ static int bind_qkv(ss_model *m, int l, int64_t q_dim, int64_t kv_dim) {
     snprintf(n, sizeof n, "blk.%d.attn_v.weight", l);
     return bind_weight(m, n, kv_dim, c->dim, &L->wv);
   }
-  ss_weight all;
+  ss_weight all = {0}; /* bind_weight sets the fields a GGUF weight has, no row_scale */
   int rc = bind_weight(m, t->name, q_dim + 2 * kv_dim, c->dim, &all);
   if (rc) return rc;
   const uint8_t *p = all.data;
