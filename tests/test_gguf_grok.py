@@ -20,7 +20,8 @@ router_logit_softcapping 30: the converter writes 30 when the key is absent
    greedy ids and top-10 log-probabilities of `generate` are bit-identical.
    Grok-1 also without any of the optional scale and soft-cap keys, so
    llama.cpp's defaults (Grok-1's constants, which the folder's config holds)
-   apply; and with Q/K/V fused into one attn_qkv (bit-identical again).
+   apply; and with Q/K/V fused into one attn_qkv (bit-identical again, and
+   at TP 2 bit-identical to the unfused file at TP 2).
 2. The GGUF against the float64 reference (tests/reference/hf_ref.py) on the
    folder, within ATOL 1e-4 per log-probability (test_hf_models's bound),
    at 1 rank, TP 2 and EP 2.
@@ -32,8 +33,9 @@ router_logit_softcapping 30: the converter writes 30 when the key is absent
    path still runs).
 4. `info` shows the family and the scales; bad files (attn_output_norm
    missing, an expert stack with 3 experts of 4, embedding_scale a string, a
-   dense MLP in layer 1 only, rope.scaling.type linear) are refused with a
-   message naming the tensor or key.
+   negative attention soft cap, a dense MLP in layer 1 only,
+   rope.scaling.type linear) are refused with a message naming the tensor
+   or key.
 """
 import json
 import os
