@@ -21,7 +21,8 @@ router_logit_softcapping 30: the converter writes 30 when the key is absent
    Grok-1 also without any of the optional scale and soft-cap keys, so
    llama.cpp's defaults (Grok-1's constants, which the folder's config holds)
    apply; and with Q/K/V fused into one attn_qkv (bit-identical again, and
-   at TP 2 bit-identical to the unfused file at TP 2).
+   at TP 2 bit-identical to the unfused file at TP 2).  `synth --arch
+   grok-1` writes the same model as GGUF and as a folder (bit-identical).
 2. The GGUF against the float64 reference (tests/reference/hf_ref.py) on the
    folder, within ATOL 1e-4 per log-probability (test_hf_models's bound),
    at 1 rank, TP 2 and EP 2.
@@ -298,6 +299,20 @@ try:
                      f"{len(problems)} problems over {n} steps")
             print(f"ok   {family} GGUF {what} vs float64 reference: {n} greedy ids, max |dlogprob| "
                   f"{worst:.2e} (tol {ATOL:g})")
+
+    # `synth --arch grok-1` of one seed as GGUF and as a folder: the same model
+    # (Q/K not permuted, the grok.* keys the folder's config.json values).
+    sg, sd = os.path.join(tmp, "synth.gguf"), os.path.join(tmp, "synth_hf")
+    SYN = ["synth", "--arch", "grok-1", "--dim", "64", "--layers", "2", "--heads", "4",
+           "--kv-heads", "2", "--ffn", "96", "--vocab", "300", "--experts", "4",
+           "--experts-used", "2", "--seed", "3", "--dtype", "f32"]
+    r1 = ck.run(args.bin, SYN + ["-o", sg])
+    r2 = ck.run(args.bin, SYN + ["--format", "safetensors", "-o", sd])
+    if ck.check(r1[0] == 0 and r2[0] == 0, f"synth grok-1: {r1[2][-300:]} {r2[2][-300:]}"):
+        a, b = generate(sg), generate(sd)
+        ck.check(a is not None and a == b, "synth grok-1: the GGUF and the folder differ")
+        if a is not None and a == b:
+            print("ok   synth --arch grok-1: GGUF = safetensors of the same seed, bit-identical")
 
     # ---- 3. K-quants by llama.cpp's llama-quantize -------------------------------------
     quant = kquant.find_quantize()

@@ -143,7 +143,8 @@ static int read_config(const ss_gguf *g, ss_model_config *c) {
       known = true;
   if (!known)
     return ss_error(SS_ERR_UNSUPPORTED, "%s: general.architecture = '%.*s' is not supported "
-                    "(supported: llama, grok)", g->path, (int)(arch.len < 64 ? arch.len : 64), arch.ptr);
+                    "(supported: llama, grok)", g->path, (int)(arch.len < 64 ? arch.len : 64),
+                    arch.ptr);
   snprintf(c->arch, sizeof c->arch, "%.*s", (int)arch.len, arch.ptr);
   const char *a = c->arch;
   if ((rc = get_hparam(g, a, "block_count", true, 1, 4096, &c->n_layer)) ||
