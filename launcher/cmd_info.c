@@ -21,10 +21,10 @@ static void usage(FILE *f) {
           "Usage: shardserve info [--model PATH] [--metadata] [--json] [--format-only]\n"
           "       shardserve info --cpu\n"
           "\n"
-          "Prints a model's architecture, hyper-parameters (experts too), tokenizer, and a\n"
-          "table of its tensors (name, type, shape, bytes) with totals.  PATH is a GGUF file\n"
-          "or a Hugging Face folder (config.json, safetensors, tokenizer); it is fully\n"
-          "validated.\n"
+          "Prints a model's architecture, hyper-parameters (experts and Grok's scales too),\n"
+          "tokenizer, and a table of its tensors (name, type, shape, bytes) with totals.\n"
+          "PATH is a GGUF file (arch llama or grok) or a Hugging Face folder (config.json,\n"
+          "safetensors, tokenizer); it is fully validated.\n"
           "\n"
           "Options:\n"
           "  -m, --model FILE   GGUF model (default: " SS_DEFAULT_MODEL ")\n"
@@ -287,6 +287,15 @@ static int print_json(const ss_gguf *g, const ss_model *m) {
                                   ss_model_family_name(c->family), "n_expert", c->n_expert,
                                   "n_expert_used", c->n_expert_used, "expert_ffn_dim",
                                   c->expert_ffn_dim));
+    if (c->family == SS_FAMILY_GROK1 || c->family == SS_FAMILY_GROK2)
+      json_object_set_new(json_object_get(root, "config"), "grok",
+                          json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:b, s:s}",
+                                    "embedding_scale", (double)c->embd_scale, "logit_scale",
+                                    (double)c->logit_scale, "attn_scale", (double)c->attn_scale,
+                                    "attn_softcap", (double)c->attn_softcap, "router_softcap",
+                                    (double)c->router_softcap, "final_softcap",
+                                    (double)c->final_softcap, "attn_temp_len", c->attn_temp_len,
+                                    "residual_moe", c->residual_moe, "rope_type", c->rope_type));
   }
   char *s = json_dumps(root, JSON_COMPACT | JSON_ENSURE_ASCII);
   json_decref(root);
@@ -403,10 +412,17 @@ int ss_cmd_info(int argc, char **argv) {
            ss_model_family_name(cf->family));
   printf("vocab:         %d\n", cf->vocab);
   printf("context:       %d\n", cf->n_ctx_train);
-  printf("rope:          theta %g, %d dims, %s pairs\n", cf->rope_theta, cf->rope_dim,
-         cf->rope_mode == SS_ROPE_NORM ? "adjacent" : "half-rotated");
+  printf("rope:          theta %g, %d dims, %s pairs%s%s\n", cf->rope_theta, cf->rope_dim,
+         cf->rope_mode == SS_ROPE_NORM ? "adjacent" : "half-rotated",
+         cf->rope_type[0] ? ", " : "", cf->rope_type);
   printf("rms eps:       %g\n", cf->rms_eps);
   printf("output head:   %s\n", cf->tied_output ? "tied to token_embd" : "output.weight");
+  if (cf->family == SS_FAMILY_GROK1 || cf->family == SS_FAMILY_GROK2)
+    printf("grok:          %s%s; embedding x%g, logits x%g, attention scale %g cap %g, router "
+           "cap %g, final cap %g, temperature length %d\n", ss_model_family_name(cf->family),
+           cf->residual_moe ? " (dense MLP beside the experts)" : "", cf->embd_scale,
+           cf->logit_scale, cf->attn_scale, cf->attn_softcap, cf->router_softcap,
+           cf->final_softcap, cf->attn_temp_len);
   printf("tokenizer:     %s; BOS %d, EOS %d, add BOS %s\n", ss_tokenizer_describe(m->tok),
          ss_tokenizer_bos(m->tok), ss_tokenizer_eos(m->tok),
          ss_tokenizer_add_bos(m->tok) ? "yes" : "no");

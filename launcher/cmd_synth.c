@@ -7,7 +7,9 @@
  * are 1.  Row r of a tensor is drawn from its own generator, seeded from
  * (--seed, the tensor's canonical name, r): the file is the same whatever the
  * thread count, and the GGUF and safetensors files of one seed hold the same
- * weights (GGUF's Q/K rows permuted as llama.cpp's converter does). */
+ * weights (GGUF's Q/K rows permuted as llama.cpp's converter does for llama;
+ * grok's are not), and, for grok-1, the GGUF's grok.* keys say what the
+ * folder's config.json says. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -174,10 +176,11 @@ static int build_table(const synth_cfg *c, bool hf, table *tb) {
 #define CN(s) (snprintf(cn, sizeof cn, "L%d.%s", l, s), cn)
     ADD(NM(grok ? "pre_attn_norm.weight" : "input_layernorm.weight", "attn_norm.weight"),
         CN("attn_norm"), 1, C, 1, 1, F32, 0.0);
+    /* llama.cpp's converter permutes Q/K rows for llama, not for grok (NEOX RoPE). */
     ADD(NM("self_attn.q_proj.weight", "attn_q.weight"), CN("wq"), 2, C, HD, 1, T, sC);
-    if (ok && !hf) tb->t[tb->n - 1].perm_heads = c->heads;
+    if (ok && !hf && !grok) tb->t[tb->n - 1].perm_heads = c->heads;
     ADD(NM("self_attn.k_proj.weight", "attn_k.weight"), CN("wk"), 2, C, KD, 1, T, sC);
-    if (ok && !hf) tb->t[tb->n - 1].perm_heads = c->kv_heads;
+    if (ok && !hf && !grok) tb->t[tb->n - 1].perm_heads = c->kv_heads;
     ADD(NM("self_attn.v_proj.weight", "attn_v.weight"), CN("wv"), 2, C, KD, 1, T, sC);
     ADD(NM("self_attn.o_proj.weight", "attn_output.weight"), CN("wo"), 2, HD, C, 1, T, sHD);
     if (grok)

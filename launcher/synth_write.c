@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,6 +276,17 @@ int synth_gguf_header(int fd, const char *path, const synth_cfg *c, const synth_
     kv_u32(&kv, KEY("expert_count"), (uint32_t)c->experts), n_kv++;
     kv_u32(&kv, KEY("expert_used_count"), (uint32_t)c->experts_used), n_kv++;
   }
+  if (c->arch == SYNTH_GROK1) {
+    /* The constants synth_hf_config writes, as llama.cpp's converter carries
+     * them over: the attention scale 1/sqrt(head_dim) (no
+     * attn_output_multiplier), no router soft cap (written as 0: the
+     * loader's default for an absent key is llama.cpp's 30). */
+    kv_f32(&kv, KEY("embedding_scale"), 78.38367176906169f), n_kv++;
+    kv_f32(&kv, KEY("logit_scale"), 0.5773502691896257f), n_kv++;
+    kv_f32(&kv, KEY("attention.output_scale"), 1.0f / sqrtf((float)c->head_dim)), n_kv++;
+    kv_f32(&kv, KEY("attn_logit_softcapping"), 30.0f), n_kv++;
+    kv_f32(&kv, KEY("router_logit_softcapping"), 0.0f), n_kv++;
+  }
 #undef KEY
   if (v->src) {
     for (uint64_t i = 0; i < v->src->n_kv; i++) {
@@ -403,7 +415,9 @@ int synth_hf_config(const char *dir, const synth_cfg *c, const synth_vocab *v) {
   json_object_set_new(j, "max_position_embeddings", json_integer(c->ctx));
   json_object_set_new(j, "rms_norm_eps", json_real(c->rms_eps));
   json_object_set_new(j, "rope_theta", json_real(c->rope_theta));
-  json_object_set_new(j, "hidden_act", json_string(c->arch == SYNTH_GROK1 ? "gelu" : "silu"));
+  /* Grok-1's GELU is the tanh form (jax.nn.gelu's default), as llama.cpp runs it. */
+  json_object_set_new(j, "hidden_act",
+                      json_string(c->arch == SYNTH_GROK1 ? "gelu_pytorch_tanh" : "silu"));
   json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tied));
   json_object_set_new(j, "torch_dtype", json_string(dt));
   json_object_set_new(j, "bos_token_id", json_integer(v->eos));

@@ -1,6 +1,7 @@
-/* Loading a model: the GGUF llama path (hyper-parameters and tensors from the
- * file's metadata; dense, or Mixtral-style experts as llama.cpp writes them),
- * dispatch to Hugging Face folders (model_hf.c), and freeing.  Sharding is in
+/* Loading a model: the GGUF paths (hyper-parameters and tensors from the
+ * file's metadata, as llama.cpp writes them: arch llama, dense or with
+ * Mixtral-style experts; arch grok, Grok-1 and Grok-2), dispatch to Hugging
+ * Face folders (model_hf.c), and freeing.  Sharding is in
  * model_shard.c, the forward pass in model_forward.c. */
 #include <inttypes.h>
 #include <math.h>
@@ -26,7 +27,7 @@ const char *ss_model_family_name(ss_model_family f) {
 /* ------------------------------------------------------------------------ */
 /* Hyper-parameters                                                           */
 
-static const char *const k_supported_arch[] = {"llama"};
+static const char *const k_supported_arch[] = {"llama", "grok"};
 
 static int get_hparam(const ss_gguf *g, const char *arch, const char *suffix, bool required,
                       int64_t lo, int64_t hi, int *out) {
@@ -54,6 +55,83 @@ static int get_fparam(const ss_gguf *g, const char *arch, const char *suffix, bo
   return SS_OK;
 }
 
+/* Grok as llama.cpp's converter writes it (its conversion/grok.py, arch
+ * grok): experts stacked as for Mixtral, expert_feed_forward_length when the
+ * expert width differs from feed_forward_length (Grok-2), Q/K rows in the
+ * checkpoint's rotate-half order (not permuted: llama.cpp runs grok with NEOX
+ * RoPE), and the Grok constants as keys.  A key the file lacks takes
+ * llama.cpp's default for it (src/models/grok.cpp: Grok-1's constants, for
+ * files written before the keys existed).  Where those differ from our
+ * Hugging Face defaults the file's writer wins: the router soft cap is 30
+ * for Grok-1 too (config.json without router_logit_softcapping: none), and
+ * YaRN's beta_fast is 8 (sglang's 32).  The routing and the rest of the
+ * block are the Hugging Face grok families' (runtime/model/model.h): top-k
+ * probabilities not renormalised, as in xai-org/grok-1 and sglang; a dense
+ * MLP in the file (Grok-2) is added to the experts' output, times sqrt(2)/2. */
+static int read_grok_config(const ss_gguf *g, ss_model_config *c) {
+  const char *a = c->arch;
+  int rc;
+  c->act = SS_ACT_GELU_TANH; /* llama.cpp's LLM_FFN_GELU: ggml_gelu, the tanh form */
+  c->post_norms = true;
+  c->moe_renormalize = false;
+  if ((rc = get_hparam(g, a, "expert_count", true, 1, 1024, &c->n_expert)) ||
+      (rc = get_hparam(g, a, "expert_used_count", true, 1, c->n_expert, &c->n_expert_used)))
+    return rc;
+  c->expert_ffn_dim = c->ffn_dim;
+  if ((rc = get_hparam(g, a, "expert_feed_forward_length", false, 1, 1 << 22, &c->expert_ffn_dim)))
+    return rc;
+  /* Grok-2's dense MLP beside the experts (llama.cpp: ffn_{gate,up,down},
+   * optional): layer 0 decides, bind_all holds every layer to it. */
+  const bool dense = ss_gguf_tensor_find(g, "blk.0.ffn_up.weight") != NULL;
+  c->family = dense ? SS_FAMILY_GROK2 : SS_FAMILY_GROK1;
+  c->dense_mlp = c->residual_moe = dense;
+  if (!dense) c->ffn_dim = 0;
+  c->logit_scale = 0.5773502691896257f;  /* 1/sqrt(3): Grok-1's output_multiplier_scale */
+  c->embd_scale = 78.38367176906169f;    /* Grok-1's embedding_multiplier_scale */
+  c->attn_scale = 0.08838834764831845f;  /* 1/sqrt(128): Grok-1's attn_output_multiplier */
+  c->attn_softcap = 30.0f;               /* 30 tanh(x/30) on the attention logits */
+  c->router_softcap = 30.0f;
+  c->final_softcap = 0.0f;               /* none in Grok-1 */
+  if ((rc = get_fparam(g, a, "logit_scale", false, 1e-9, 1e9, &c->logit_scale)) ||
+      (rc = get_fparam(g, a, "embedding_scale", false, 1e-9, 1e9, &c->embd_scale)) ||
+      (rc = get_fparam(g, a, "attention.output_scale", false, 1e-9, 1e9, &c->attn_scale)) ||
+      (rc = get_fparam(g, a, "attn_logit_softcapping", false, 0.0, 1e9, &c->attn_softcap)) ||
+      (rc = get_fparam(g, a, "router_logit_softcapping", false, 0.0, 1e9, &c->router_softcap)) ||
+      (rc = get_fparam(g, a, "final_logit_softcapping", false, 0.0, 1e9, &c->final_softcap)) ||
+      (rc = get_hparam(g, a, "attention.temperature_length", false, 0, 1 << 24, &c->attn_temp_len)))
+    return rc;
+  if (c->attn_temp_len == 1) c->attn_temp_len = 0; /* log2(1) = 0: off, as for config.json */
+  /* RoPE scaling: the converter writes Grok-2's rope_type "yarn" and
+   * "original" alike as yarn, with the YaRN keys.  The frequencies are YaRN's
+   * (the same interpolation as ggml's rope and sglang's); like our Hugging
+   * Face path, no attention magnitude factor is applied (yarn_attn_factor). */
+  char key[128];
+  snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+  ss_gguf_str rt = {0};
+  if ((rc = ss_gguf_get_str(g, key, false, &rt)) < 0) return rc;
+  if (rc == SS_OK && !(rt.len == 4 && memcmp(rt.ptr, "none", 4) == 0)) {
+    if (!(rt.len == 4 && memcmp(rt.ptr, "yarn", 4) == 0))
+      return ss_error(SS_ERR_UNSUPPORTED, "%s: %s = '%.*s' is not supported for grok (none, "
+                      "yarn)", g->path, key, (int)(rt.len < 32 ? rt.len : 32), rt.ptr);
+    snprintf(c->rope_type, sizeof c->rope_type, "yarn");
+    c->rope_orig_ctx = c->n_ctx_train;
+    c->rope_beta_fast = 8.0f; /* llama.cpp's grok default */
+    c->rope_beta_slow = 1.0f;
+    c->rope_extrapolation = 1.0f;
+    if ((rc = get_fparam(g, a, "rope.scaling.factor", true, 1.0, 1e6, &c->rope_factor)) ||
+        (rc = get_hparam(g, a, "rope.scaling.original_context_length", false, 1, 1 << 24,
+                         &c->rope_orig_ctx)) ||
+        (rc = get_fparam(g, a, "rope.scaling.yarn_beta_fast", false, 1e-6, 1e6,
+                         &c->rope_beta_fast)) ||
+        (rc = get_fparam(g, a, "rope.scaling.yarn_beta_slow", false, 1e-6, 1e6,
+                         &c->rope_beta_slow)) ||
+        (rc = get_fparam(g, a, "rope.scaling.yarn_ext_factor", false, 0.0, 1.0,
+                         &c->rope_extrapolation)))
+      return rc;
+  }
+  return SS_OK;
+}
+
 static int read_config(const ss_gguf *g, ss_model_config *c) {
   ss_gguf_str arch;
   int rc = ss_gguf_get_str(g, "general.architecture", true, &arch);
@@ -65,7 +143,8 @@ static int read_config(const ss_gguf *g, ss_model_config *c) {
       known = true;
   if (!known)
     return ss_error(SS_ERR_UNSUPPORTED, "%s: general.architecture = '%.*s' is not supported "
-                    "(supported: llama)", g->path, (int)(arch.len < 64 ? arch.len : 64), arch.ptr);
+                    "(supported: llama, grok)", g->path, (int)(arch.len < 64 ? arch.len : 64),
+                    arch.ptr);
   snprintf(c->arch, sizeof c->arch, "%.*s", (int)arch.len, arch.ptr);
   const char *a = c->arch;
   if ((rc = get_hparam(g, a, "block_count", true, 1, 4096, &c->n_layer)) ||
@@ -96,11 +175,14 @@ static int read_config(const ss_gguf *g, ss_model_config *c) {
   c->rms_eps = 1e-5f;
   if ((rc = get_fparam(g, a, "attention.layer_norm_rms_epsilon", false, 1e-12, 1.0, &c->rms_eps)))
     return rc;
-  c->rope_mode = SS_ROPE_NORM; /* GGUF llama: Q/K rows permuted for adjacent-pair rotation */
+  const bool grok = strcmp(a, "grok") == 0;
+  /* GGUF llama: Q/K rows permuted for adjacent-pair rotation; grok: not. */
+  c->rope_mode = grok ? SS_ROPE_NEOX : SS_ROPE_NORM;
   c->family = SS_FAMILY_LLAMA;
   c->act = SS_ACT_SILU;
   c->dense_mlp = true;
   c->embd_scale = c->logit_scale = 1.0f;
+  if (grok) return read_grok_config(g, c);
   /* Mixtral as llama.cpp converts it: arch llama with expert_count experts of
    * width feed_forward_length, routed as the Hugging Face mixtral family is
    * (softmax over all experts, top expert_used_count, renormalised).  An
@@ -236,6 +318,68 @@ static int bind_experts(ss_model *m, int l) {
   return SS_OK;
 }
 
+/* Layer l's Q, K and V: attn_{q,k,v}, or one fused attn_qkv of ne [C, Q + 2 KV]
+ * (rows Q, then K, then V), bound as three views of its rows. */
+static int bind_qkv(ss_model *m, int l, int64_t q_dim, int64_t kv_dim) {
+  const ss_model_config *c = &m->cfg;
+  ss_layer_weights *L = &m->layers[l];
+  char n[96];
+  snprintf(n, sizeof n, "blk.%d.attn_qkv.weight", l);
+  const ss_gguf_tensor *t = ss_gguf_tensor_find(m->gguf, n);
+  snprintf(n, sizeof n, "blk.%d.attn_q.weight", l);
+  if (!t || ss_gguf_tensor_find(m->gguf, n)) {
+    int rc;
+    if ((rc = bind_weight(m, n, q_dim, c->dim, &L->wq))) return rc;
+    snprintf(n, sizeof n, "blk.%d.attn_k.weight", l);
+    if ((rc = bind_weight(m, n, kv_dim, c->dim, &L->wk))) return rc;
+    snprintf(n, sizeof n, "blk.%d.attn_v.weight", l);
+    return bind_weight(m, n, kv_dim, c->dim, &L->wv);
+  }
+  ss_weight all = {0}; /* bind_weight sets the fields a GGUF weight has, no row_scale */
+  int rc = bind_weight(m, t->name, q_dim + 2 * kv_dim, c->dim, &all);
+  if (rc) return rc;
+  const uint8_t *p = all.data;
+  L->wq = L->wk = L->wv = all;
+  L->wq.rows = q_dim;
+  L->wk.rows = L->wv.rows = kv_dim;
+  L->wk.data = p + (uint64_t)q_dim * all.row_nbytes;
+  L->wv.data = p + (uint64_t)(q_dim + kv_dim) * all.row_nbytes;
+  return SS_OK;
+}
+
+/* Grok's layer beyond attention (read_grok_config): the four norms, the
+ * experts, and Grok-2's dense MLP. */
+static int bind_grok_layer(ss_model *m, int l) {
+  const ss_model_config *c = &m->cfg;
+  ss_layer_weights *L = &m->layers[l];
+  char n[96], alt[96];
+  int rc;
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+  if ((rc = bind_norm(m, NAME("attn_output_norm.weight"), c->dim, &L->post_attn_norm)) ||
+      (rc = bind_norm(m, NAME("ffn_norm.weight"), c->dim, &L->ffn_norm)))
+    return rc;
+  /* The norm after the MoE: layer_output_norm, or post_ffw_norm as the
+   * converter maps post_moe_norm. */
+  snprintf(alt, sizeof alt, "blk.%d.post_ffw_norm.weight", l);
+  if (!ss_gguf_tensor_find(m->gguf, NAME("layer_output_norm.weight")) &&
+      !ss_gguf_tensor_find(m->gguf, alt))
+    return ss_error(SS_ERR_FORMAT, "%s: missing tensor '%s' (or '%s')", m->gguf->path, n, alt);
+  if ((rc = bind_norm(m, ss_gguf_tensor_find(m->gguf, n) ? n : alt, c->dim, &L->post_ffn_norm)) ||
+      (rc = bind_experts(m, l)))
+    return rc;
+  if (c->dense_mlp) {
+    if ((rc = bind_weight(m, NAME("ffn_gate.weight"), c->ffn_dim, c->dim, &L->w_gate)) ||
+        (rc = bind_weight(m, NAME("ffn_up.weight"), c->ffn_dim, c->dim, &L->w_up)) ||
+        (rc = bind_weight(m, NAME("ffn_down.weight"), c->dim, c->ffn_dim, &L->w_down)))
+      return rc;
+  } else if (ss_gguf_tensor_find(m->gguf, NAME("ffn_up.weight"))) {
+    return ss_error(SS_ERR_FORMAT, "%s: tensor '%s' is a dense MLP, but layer 0 has none (grok: "
+                    "every layer or none)", m->gguf->path, n);
+  }
+#undef NAME
+  return SS_OK;
+}
+
 static int bind_all(ss_model *m) {
   const ss_model_config *c = &m->cfg;
   const int64_t q_dim = (int64_t)c->n_head * c->head_dim;
@@ -255,12 +399,14 @@ static int bind_all(ss_model *m) {
     char n[96];
 #define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
     if ((rc = bind_norm(m, NAME("attn_norm.weight"), c->dim, &L->attn_norm)) ||
-        (rc = bind_weight(m, NAME("attn_q.weight"), q_dim, c->dim, &L->wq)) ||
-        (rc = bind_weight(m, NAME("attn_k.weight"), kv_dim, c->dim, &L->wk)) ||
-        (rc = bind_weight(m, NAME("attn_v.weight"), kv_dim, c->dim, &L->wv)) ||
-        (rc = bind_weight(m, NAME("attn_output.weight"), c->dim, q_dim, &L->wo)) ||
-        (rc = bind_norm(m, NAME("ffn_norm.weight"), c->dim, &L->ffn_norm)))
+        (rc = bind_qkv(m, l, q_dim, kv_dim)) ||
+        (rc = bind_weight(m, NAME("attn_output.weight"), c->dim, q_dim, &L->wo)))
       return rc;
+    if (c->post_norms) {
+      if ((rc = bind_grok_layer(m, l))) return rc;
+      continue;
+    }
+    if ((rc = bind_norm(m, NAME("ffn_norm.weight"), c->dim, &L->ffn_norm))) return rc;
     if (c->n_expert > 0) {
       if ((rc = bind_experts(m, l))) return rc;
     } else if ((rc = bind_weight(m, NAME("ffn_gate.weight"), c->ffn_dim, c->dim, &L->w_gate)) ||
@@ -278,6 +424,7 @@ static int load_gguf(ss_model *m, const char *path) {
   int rc = ss_gguf_open(path, &m->gguf);
   if (rc) return rc;
   if ((rc = read_config(m->gguf, &m->cfg))) return rc;
+  if ((rc = ss_model_rope_freqs(&m->cfg, &m->rope_inv_freq))) return rc;
   if ((rc = ss_tokenizer_load(m->gguf, &m->tok))) return rc;
   m->cfg.vocab = ss_tokenizer_n_vocab(m->tok);
   char key[128];

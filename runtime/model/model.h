@@ -1,5 +1,5 @@
 /* A decoder-only transformer loaded from GGUF (llama, dense or with Mixtral-style
- * experts) or a Hugging Face folder (llama, mixtral, grok-1, grok-2):
+ * experts; grok, Grok-1 and Grok-2) or a Hugging Face folder (llama, mixtral, grok-1, grok-2):
  * configuration, weights (used in place from the mapped files, in their stored
  * types), and the forward pass over a batch
  * of tokens on a kernel backend, dense or mixture-of-experts, sharded by tensor
@@ -22,9 +22,11 @@ typedef enum ss_model_family {
   SS_FAMILY_MIXTRAL,   /* SwiGLU experts: softmax -> top-k -> renormalise; HF Mixtral
                         * and GGUF llama with expert_count */
   SS_FAMILY_GROK1,     /* GeGLU experts, softmax -> top-k (no renormalising), 4 norms
-                        * per layer, attention soft cap, embedding/output multipliers */
+                        * per layer, attention soft cap, embedding/output multipliers;
+                        * HF Grok-1 and GGUF grok without a dense MLP */
   SS_FAMILY_GROK2,     /* Grok-1 plus a dense MLP beside the experts, router and
-                        * final-logit soft caps, attention temperature */
+                        * final-logit soft caps, attention temperature; HF Grok-2 and
+                        * GGUF grok with blk.N.ffn_{gate,up,down} */
 } ss_model_family;
 
 const char *ss_model_family_name(ss_model_family f);

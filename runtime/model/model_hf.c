@@ -204,7 +204,7 @@ static int read_hf_config(json_t *j, const char *path, ss_model_config *c) {
 
 /* Scaled RoPE frequencies, as sglang's ScalingRotaryEmbedding (YaRN, arXiv
  * 2309.00071) computes them; NULL (plain RoPE) for "" and "original". */
-static int rope_freqs(const ss_model_config *c, float **out) {
+int ss_model_rope_freqs(const ss_model_config *c, float **out) {
   *out = NULL;
   if (!c->rope_type[0] || strcmp(c->rope_type, "original") == 0) return SS_OK;
   const int d = c->rope_dim, half = d / 2;
@@ -449,7 +449,7 @@ int ss_model_load_hf(ss_model *m, const char *dir) {
   int rc = read_config_file(path, &m->cfg);
   if (rc) return rc;
   ss_model_config *c = &m->cfg;
-  if ((rc = rope_freqs(c, &m->rope_inv_freq))) return rc;
+  if ((rc = ss_model_rope_freqs(c, &m->rope_inv_freq))) return rc;
   if ((rc = ss_st_open(dir, &m->st))) return rc;
   if ((rc = ss_tokenizer_load_hf(dir, &m->tok, &m->chat_template))) return rc;
   if (ss_tokenizer_n_vocab(m->tok) > c->vocab)

@@ -25,6 +25,9 @@ int ss_model_alloc_layers(ss_model *m);
 bool ss_model_path_is_hf(const char *path);
 /* Config, tokenizer and the whole model's tensors from a Hugging Face folder. */
 int ss_model_load_hf(ss_model *m, const char *dir);
+/* Scaled RoPE frequencies for c->rope_type ("yarn", "yarn_linear", "yarn_log"
+ * and the rope_* fields), or *out = NULL for plain RoPE ("" or "original"). */
+int ss_model_rope_freqs(const ss_model_config *c, float **out);
 
 /* model_forward.c */
 /* Adds a matmul's weight bytes to the profile counters. */

@@ -6,7 +6,9 @@ and off give identical results, and with two GPUs (and MPI) tensor parallelism
 2 on GPUs matches one GPU.
 
 SS_E2E_ARCH=grok-1 runs the same comparison on a Grok-1-shaped MoE model
-(experts, tied head, soft caps) with bf16 weights (bench/gpu_verify.sh).
+(experts, tied head, soft caps) with bf16 weights (bench/gpu_verify.sh); it is
+skipped, with the reason, while the GPU forward pass refuses the model (as it
+does mixture-of-experts layers today).
 
 Skips (exit 77) with the reason only when no GPU is present; a probe that
 fails any other way (a crash, a missing cuBLAS, a capture error) is a failure.
@@ -89,6 +91,13 @@ if ARCH != "llama":
     if rc_c != 0 and ("not supported" in err_c or
                       "missing tensor" in err_c):
         print(f"SKIPPED: the CPU reference cannot run {ARCH}: {err_c[-200:]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        sys.exit(77)
+    # Nor is one the GPU forward pass refuses by design (an unsupported
+    # feature is named, not crashed on): the MoE layers run on the host only.
+    rc_g, _, err_g = gen(model, "cuda") if rc_c == 0 else (rc_c, None, err_c)
+    if rc_c == 0 and rc_g != 0 and "does not support yet" in err_g:
+        print(f"SKIPPED: the GPU forward pass does not run {ARCH} yet: {err_g[-240:]}")
         shutil.rmtree(tmp, ignore_errors=True)
         sys.exit(77)
 
