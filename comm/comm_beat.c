@@ -552,6 +552,10 @@ int ss_comm_beat_first_lost(const ss_comm_beat *b, int *why) {
   return -1;
 }
 
+bool ss_comm_beat_any_lost(const ss_comm_beat *b) {
+  return b && atomic_load_explicit(&((ss_comm_beat *)b)->any_lost, memory_order_relaxed);
+}
+
 const char *ss_comm_beat_host(const ss_comm_beat *b, int r) { return b->host[r]; }
 
 double ss_comm_beat_timeout(const ss_comm_beat *b) { return b->timeout_s; }

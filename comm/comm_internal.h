@@ -89,6 +89,8 @@ void ss_comm_beat_free(ss_comm_beat *b);
 /* The lowest lost rank of the job and *why (SS_BEAT_*), or -1: atomics only,
  * cheap enough for every periodic check. */
 int ss_comm_beat_first_lost(const ss_comm_beat *b, int *why);
+/* One relaxed atomic load: whether any rank is lost (NULL: false). */
+bool ss_comm_beat_any_lost(const ss_comm_beat *b);
 const char *ss_comm_beat_host(const ss_comm_beat *b, int r);
 double ss_comm_beat_timeout(const ss_comm_beat *b);
 

@@ -76,6 +76,12 @@ int ss_mpi_fail_mpi(ss_comm *c, int mpirc, const ss_comm_op *op) {
 
 int ss_mpi_check_usable(ss_comm *c, const ss_comm_op *op) {
   mpi_ctx *x = c->ctx;
+  /* A rank already known lost: fail before MPI talks to it (Open MPI treats
+   * a broken TCP connection as fatal and may end this process on its own). */
+  if (!x->broken && ss_comm_beat_any_lost(x->peers.beat)) {
+    int rc = ss_comm_check_wait(c, &x->peers, op, ss_now_s());
+    if (rc) return broken(c, rc);
+  }
   if (!x->broken) return SS_OK;
   char why[sizeof x->broken_msg + 64];
   snprintf(why, sizeof why, "communicator unusable after an earlier failure (%s)", x->broken_msg);
@@ -103,10 +109,15 @@ int ss_mpi_wait(ss_comm *c, int n, MPI_Request *reqs, MPI_Status *st, const ss_c
   double start = ss_now_s(), next_check = start + SS_COMM_CHECK_S;
   long sleep_ns = 1000;
   for (;;) {
-    if ((rc = test_reqs(n, reqs, st, &done)) != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, op);
+    /* The heartbeat's news is read before every poll of MPI, not only every
+     * SS_COMM_CHECK_S: MPI's progress may hit the lost peer's connection
+     * first, and Open MPI may abort the process on that. */
+    bool lost = ss_comm_beat_any_lost(x->peers.beat);
+    if (!lost && (rc = test_reqs(n, reqs, st, &done)) != MPI_SUCCESS)
+      return ss_mpi_fail_mpi(c, rc, op);
     if (done) return SS_OK;
     double now = ss_now_s();
-    if (now >= next_check) {
+    if (lost || now >= next_check) {
       rc = ss_comm_check_wait(c, &x->peers, op, t0);
       if (rc) return broken(c, rc);
       next_check = now + SS_COMM_CHECK_S;

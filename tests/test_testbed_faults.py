@@ -34,10 +34,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
-from harness import Checker, parse_args  # noqa: E402
+from harness import SANITIZER_MARKS, Checker, parse_args  # noqa: E402
 from mpi import mpi_available, mpi_env  # noqa: E402
 
-args = parse_args()
+args = parse_args(lambda ap: ap.add_argument(
+    "--only", default="abc", help="the cases to run (letters of a, b, c; default all)"))
 BED = os.path.join(os.path.dirname(HERE), "scripts", "testbed.sh")
 NAME, NET, BED_DIR = "ss-fa", "10.78.0", "/tmp/ss-bed-fa"
 HOSTS = [f"{NAME}0", f"{NAME}1"]
@@ -210,6 +211,17 @@ class Job:
                 print(f"     rank {r} | {l[:400]}")
 
 
+def overtaken(job):
+    """Under the sanitizers only: rank 0 was inside Open MPI when the killed
+    rank's TCP connection closed, Open MPI's own handling of that (a help
+    message it sleeps on) held the engine, and the launcher's teardown
+    (SIGTERM, SIGKILL a second later) ended rank 0 before it could report.
+    The launcher, not the heartbeat channel, decided that race; the release
+    build must win it."""
+    err = job.file("err.0") or ""
+    return SANITIZED and "SIGTERM: draining" in err and " is lost" not in err
+
+
 def check_exits(job, pids, t0, who_lost, killed):
     """Every rank gone within LIMIT, non-zero; the survivors' messages name the
     lost rank(s)."""
@@ -237,6 +249,14 @@ def check_exits(job, pids, t0, who_lost, killed):
             continue
         ck.check(rc is not None and rc != 0, f"{job.label}: rank {r} exit status {rc}, "
                  "expected non-zero")
+    for r in (0, 1):
+        err = job.file(f"err.{r}") or ""
+        marks = [m for m in SANITIZER_MARKS if m in err]
+        ck.check(not marks, f"{job.label}: rank {r}: {marks}:\n{err[-4000:]}")
+    if killed and overtaken(job):
+        print(f"{job.label}: note: the launcher ended rank 0 while Open MPI held it (sanitizer "
+              "build); its messages and the clients' errors are not checked", flush=True)
+        who_lost = {}
     for r, lost in who_lost.items():
         err = job.file(f"err.{r}") or ""
         ck.check(re.search(rf"rank {lost} \(host {HOSTS[lost]}\) is lost", err) is not None,
@@ -418,6 +438,8 @@ def case_serve(fault):
         hp.join(10)
         for c in streams + plains:
             c.join(30)
+        if fault == "kill" and overtaken(job):
+            return
         ck.check(503 in health, f"{label}: /health never answered 503 before the exit: "
                  f"{health[:20]}")
         for i, c in enumerate(streams):
@@ -431,6 +453,8 @@ def case_serve(fault):
         print(f"{label}: /health codes seen {sorted(set(health), key=str)}; client errors: "
               f"{errs[:1]}; rank 0 exit after {times[0]}", flush=True)
     finally:
+        if os.environ.get("SS_FAULTS_KEEP"):
+            subprocess.run(["cp", "-r", job.dir, os.environ["SS_FAULTS_KEEP"]])
         end_job(job)
         if fault != "kill":
             link("up")
@@ -443,7 +467,11 @@ try:
         with open(os.path.join(BED_DIR, "rank-wrap"), "w") as f:
             f.write(WRAP)
         os.chmod(os.path.join(BED_DIR, "rank-wrap"), 0o755)
-        for case in (case_generate, lambda: case_serve("kill"), lambda: case_serve("link down")):
+        cases = {"a": case_generate, "b": lambda: case_serve("kill"),
+                 "c": lambda: case_serve("link down")}
+        for key, case in cases.items():
+            if key not in args.only:
+                continue
             t = time.time()
             case()
             print(f"  ({time.time() - t:.1f} s)", flush=True)
