@@ -48,6 +48,7 @@
 #define BEAT_MAGIC 0x53534842u /* "SSHB" */
 #define CONNECT_TIMEOUT_S 1.5  /* per address; a worker tries each in turn */
 #define HANDSHAKE_TIMEOUT_S 3.0
+#define JOIN_TIMEOUT_S 6.0     /* all addresses together: a start is never held longer */
 
 enum { STATE_ACCEPTING, STATE_ARMED, STATE_STOP };
 
@@ -320,7 +321,8 @@ int ss_comm_beat_join(const ss_comm_beat_info *info, int n, int rank, double tim
     if (!(same_host && info->addrs[i] == htonl(INADDR_LOOPBACK))) order[k++] = info->addrs[i];
   char tried[512] = "";
   size_t tl = 0;
-  for (int i = 0; i < k && b->fd[0] < 0; i++) {
+  const double give_up = ss_now_s() + JOIN_TIMEOUT_S;
+  for (int i = 0; i < k && b->fd[0] < 0 && ss_now_s() < give_up; i++) {
     const char *why = "";
     b->fd[0] = try_join(info, order[i], rank, &why);
     if (b->fd[0] < 0 && tl < sizeof tried) {

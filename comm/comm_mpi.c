@@ -14,7 +14,11 @@
  * ranks agree (one all-reduce, one broadcast) that all of them did before any
  * starts watching.  Where any rank cannot, every rank goes on without it
  * (the rank that failed says why on stderr).  Communicators split from that
- * one share its channel; ss_comm_free of the owner closes it.
+ * one share its channel; ss_comm_free of the owner closes it.  A lost rank
+ * is looked for before every MPI poll, because Open MPI's TCP transport, once
+ * it sees a peer's connection close inside MPI_Test, holds the calling thread
+ * in its own "peer hung up" handling until the launcher ends the job; when
+ * the close reaches MPI first there, that race is Open MPI's to win.
  *
  * After such a failure the operation is still pending inside MPI (collectives
  * cannot be cancelled), so the communicator is marked broken: later calls fail
