@@ -89,8 +89,8 @@ static void usage(FILE *f) {
           "      --comm-timeout S    a collective waiting longer than S seconds fails\n"
           "                          (default 0: no limit; a lost rank is detected anyway)\n"
           "      --comm-liveness S   a rank on any host silent for S seconds on the heartbeat\n"
-          "                          channel is lost: every rank fails naming it (default 4;\n"
-          "                          0: off, then only ranks on this host are watched)\n"
+          "                          channel is lost: every rank fails naming it (default 4,\n"
+          "                          at least 1; 0: off, only ranks on this host watched)\n"
           "      --profile           print per-rank compute / comm / idle time per step and\n"
           "                          resident memory at the end\n"
           "      --trace FILE        write a timeline of every rank's steps, layers and\n"
@@ -313,6 +313,10 @@ int ss_cmd_generate(int argc, char **argv) {
     case O_CLIVE:
       if (!ss_cli_parse_float(k_cmd, "--comm-liveness", optarg, 0.0, 1e6, &comm_liveness))
         return SS_EXIT_USAGE;
+      if (comm_liveness > 0 && comm_liveness < SS_CLI_COMM_LIVENESS_MIN_S)
+        return ss_cli_usage(k_cmd, "--comm-liveness %g: 0 (off) or at least %.0f s (a heartbeat "
+                            "goes out every 0.5 s; a shorter timeout would fire on a busy machine)",
+                            comm_liveness, SS_CLI_COMM_LIVENESS_MIN_S);
       break;
     case O_PROFILE: profile = true; break;
     case O_TRACE: trace_path = optarg; break;

@@ -137,7 +137,8 @@ static void usage(FILE *f) {
           "      --comm-timeout S      a collective waiting longer fails (default 0: none)\n"
           "      --comm-liveness S     a rank on any host silent for S seconds on the heartbeat\n"
           "                            channel is lost: requests fail, the server exits\n"
-          "                            (default 4; 0: off, only ranks on this host watched)\n"
+          "                            (default 4, at least 1; 0: off, only ranks on this\n"
+          "                            host watched)\n"
           "      UV_THREADPOOL_SIZE=N  (environment) threads that parse and tokenize requests\n"
           "                            beside the HTTP loop (libuv's threadpool; default 4)\n"
           "  -h, --help                show this help\n");
@@ -497,6 +498,10 @@ int ss_cmd_serve(int argc, char **argv) {
     case O_CLIVE:
       if (!ss_cli_parse_float(k_cmd, "--comm-liveness", optarg, 0, 1e6, &comm_liveness))
         return SS_EXIT_USAGE;
+      if (comm_liveness > 0 && comm_liveness < SS_CLI_COMM_LIVENESS_MIN_S)
+        return ss_cli_usage(k_cmd, "--comm-liveness %g: 0 (off) or at least %.0f s (a heartbeat "
+                            "goes out every 0.5 s; a shorter timeout would fire on a busy machine)",
+                            comm_liveness, SS_CLI_COMM_LIVENESS_MIN_S);
       break;
     case O_SLOG: s.step_log_path = optarg; break;
     case O_TRACE: s.trace_path = optarg; break;

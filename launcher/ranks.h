@@ -7,8 +7,9 @@
 
 struct ss_comm;
 
-/* --comm-liveness's default, seconds. */
+/* --comm-liveness's default and smallest non-zero value, seconds. */
 #define SS_CLI_COMM_LIVENESS_S 4.0
+#define SS_CLI_COMM_LIVENESS_MIN_S 1.0
 
 /* The most pipeline stages a job may have. */
 #define SS_CLI_MAX_STAGES 256
