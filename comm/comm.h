@@ -12,7 +12,9 @@
  * the operation, its size and, where known, the peer at fault.  A peer that
  * dies does not hang us: the mpi backend waits on non-blocking operations with
  * a poll that checks the other ranks are still alive and that a deadline (if
- * set) has not passed, and returns SS_ERR_COMM naming the lost rank. */
+ * set) has not passed, and returns SS_ERR_COMM naming the lost rank.  Ranks on
+ * this host are watched by pid; ranks on other hosts by a heartbeat channel
+ * of its own (comm_beat.c), which also notices a link that went down. */
 #ifndef SS_COMM_H
 #define SS_COMM_H
 
@@ -71,6 +73,8 @@ struct ss_comm {
   bool oversubscribed;
   bool deterministic;    /* fixed summation order in allreduce_sum */
   double timeout_s;      /* a collective that waits longer fails (<= 0: no limit) */
+  double liveness_s;     /* a peer silent this long on the heartbeat channel is lost
+                            (0: no channel) */
   char host[64];         /* this rank's host name, for messages */
   /* Time spent inside collectives since the last ss_comm_stats_reset, seconds. */
   double busy_s;
@@ -87,6 +91,10 @@ typedef struct ss_comm_opts {
   ss_comm_kind kind;
   bool deterministic;
   double timeout_s;      /* <= 0: wait forever (liveness checks still apply) */
+  /* The heartbeat channel's timeout (mpi and nccl, more than one rank): a peer
+   * on any host that is silent this long is lost.  0: the default (4 s);
+   * < 0: no channel (only peers on this host are watched). */
+  double liveness_s;
 } ss_comm_opts;
 
 /* True when the binary was built with that backend. */

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "comm/comm.h"
@@ -34,13 +35,64 @@ void ss_comm_nccl_abort(ss_comm *c, int code);
  * (mpi, nccl) puts this struct FIRST in its context, so that generic code
  * (the signal handler) can find it from an ss_comm without knowing the
  * backend; the self backend has ctx == NULL. */
+typedef struct ss_comm_beat ss_comm_beat;
+
 typedef struct ss_comm_peers {
   int n;                              /* ranks */
   pid_t *pid;                         /* (n) */
   char (*host)[SS_COMM_HOST_LEN];     /* (n) */
   int n_local;                        /* ranks we can watch with kill(pid, 0) */
   int *local;                         /* (n_local) their rank numbers */
+  /* The heartbeat channel (comm_beat.c), or NULL where it is off or could not
+   * be made; owned by the communicator made over the whole job, shared with
+   * those split from it.  It numbers ranks as the job does: world[r] is rank
+   * r's number there. */
+  ss_comm_beat *beat;
+  bool beat_owned;
+  int *world;                         /* (n) */
 } ss_comm_peers;
+
+/* ---- the heartbeat channel (comm_beat.c) --------------------------------- */
+
+/* How often a heartbeat goes out, and the default liveness timeout: a peer
+ * silent for longer is lost.  The timeout is 8 intervals, so a thread that is
+ * scheduled only every second or two on a loaded machine is still heard. */
+#define SS_COMM_BEAT_S 0.5
+#define SS_COMM_LIVENESS_S 4.0
+#define SS_COMM_BEAT_MAX_ADDRS 16
+
+/* Why a peer is lost (ss_comm_beat_first_lost); LEFT is no loss: it said
+ * goodbye.  BY_RANK0 is or'ed in on a worker when rank 0 saw the loss. */
+enum { SS_BEAT_CLOSED = 1, SS_BEAT_SILENT = 2, SS_BEAT_LEFT = 3, SS_BEAT_BY_RANK0 = 0x10 };
+
+/* What rank 0 broadcasts at init (plain data: the same bytes on every rank). */
+typedef struct ss_comm_beat_info {
+  int32_t ok;                /* 0: rank 0 has no channel; nobody makes one */
+  uint32_t port;             /* host order */
+  uint64_t nonce;            /* a worker proves it belongs to this job */
+  int32_t n_addrs;
+  uint32_t addrs[SS_COMM_BEAT_MAX_ADDRS]; /* network order; loopback last */
+} ss_comm_beat_info;
+
+/* Rank 0: a listener and the thread that accepts the workers' hellos. */
+int ss_comm_beat_serve(int n, double timeout_s, const char (*host)[SS_COMM_HOST_LEN],
+                       ss_comm_beat_info *info, ss_comm_beat **out);
+/* A worker: connects to rank 0 (each address in turn, short timeouts). */
+int ss_comm_beat_join(const ss_comm_beat_info *info, int n, int rank, double timeout_s,
+                      const char (*host)[SS_COMM_HOST_LEN], ss_comm_beat **out);
+/* Rank 0: every worker's hello has arrived (after the workers reported). */
+bool ss_comm_beat_all_joined(const ss_comm_beat *b);
+/* Every rank, once all joined: start beating and watching. */
+int ss_comm_beat_arm(ss_comm_beat *b);
+/* Stops the thread, says goodbye, closes the sockets.  NULL is fine. */
+void ss_comm_beat_free(ss_comm_beat *b);
+/* The lowest lost rank of the job and *why (SS_BEAT_*), or -1: atomics only,
+ * cheap enough for every periodic check. */
+int ss_comm_beat_first_lost(const ss_comm_beat *b, int *why);
+/* One relaxed atomic load: whether any rank is lost (NULL: false). */
+bool ss_comm_beat_any_lost(const ss_comm_beat *b);
+const char *ss_comm_beat_host(const ss_comm_beat *b, int r);
+double ss_comm_beat_timeout(const ss_comm_beat *b);
 
 /* Fills p->local from p->pid/p->host: the other ranks on this host whose pid
  * this process can see.  A same-named host whose pid is invisible to us (a

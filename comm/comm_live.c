@@ -2,9 +2,14 @@
  * into an error (or, under a launcher that tears the job down, a last line
  * naming the lost rank) instead of a hang.
  *
- * Only peers on this host can be watched directly (kill(pid, 0)); a rank on
- * another host that dies is noticed by the launcher, which ends the job, by
- * MPI's own errors, or by the timeout. */
+ * Peers on this host are watched directly (kill(pid, 0)); peers on other
+ * hosts through the heartbeat channel (comm_beat.c), whose thread sets a lost
+ * flag when a connection closes without goodbye or goes silent past the
+ * liveness timeout (a host gone, a link down, a process stopped).  Both are
+ * read in the waiting loops' periodic check below, so either loss becomes the
+ * same SS_ERR_COMM naming the lost rank and its host.  Without the channel
+ * (turned off, or it could not be made) a remote loss is noticed only by the
+ * launcher, MPI's own errors, or the timeout. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -68,6 +73,8 @@ int ss_comm_peers_find_local(ss_comm_peers *p, int my_rank, const char *my_host)
 }
 
 void ss_comm_peers_free(ss_comm_peers *p) {
+  if (p->beat_owned) ss_comm_beat_free(p->beat);
+  free(p->world);
   free(p->pid);
   free(p->host);
   free(p->local);
@@ -83,11 +90,35 @@ int ss_comm_peers_first_dead(const ss_comm_peers *p) {
 int ss_comm_check_wait(const ss_comm *c, const ss_comm_peers *p, const ss_comm_op *op,
                        double t_start) {
   int dead = p ? ss_comm_peers_first_dead(p) : -1;
+  int why = 0, lost = dead < 0 && p && p->beat ? ss_comm_beat_first_lost(p->beat, &why) : -1;
   double waited = ss_now_s() - t_start;
   bool late = c->timeout_s > 0 && waited > c->timeout_s;
-  if (dead < 0 && !late) return SS_OK;
+  if (dead < 0 && lost < 0 && !late) return SS_OK;
   char what[160];
   ss_comm_op_describe(op, what, sizeof what);
+  if (lost >= 0) {
+    /* The channel numbers ranks as the job does; name the rank as this
+     * communicator knows it where it is one of ours. */
+    int r = -1;
+    for (int i = 0; i < p->n && r < 0; i++)
+      if (p->world && p->world[i] == lost) r = i;
+    char who[96];
+    if (r >= 0 && (!p->world || p->world[r] == r))
+      snprintf(who, sizeof who, "rank %d", r);
+    else if (r >= 0)
+      snprintf(who, sizeof who, "rank %d (rank %d of the job)", r, lost);
+    else
+      snprintf(who, sizeof who, "rank %d of the job", lost);
+    char how[160];
+    if ((why & ~SS_BEAT_BY_RANK0) == SS_BEAT_SILENT)
+      snprintf(how, sizeof how, "sent no heartbeat for %.1f s (host down, link down, or process "
+               "stopped)", ss_comm_beat_timeout(p->beat));
+    else
+      snprintf(how, sizeof how, "closed its heartbeat connection (process or host gone)");
+    return ss_error(SS_ERR_COMM, "rank %d (host %s): %s: %s (host %s) is lost: it %s%s", c->rank,
+                    c->host, what, who, ss_comm_beat_host(p->beat, lost), how,
+                    why & SS_BEAT_BY_RANK0 ? ", as rank 0 saw it" : "");
+  }
   if (dead >= 0)
     return ss_error(SS_ERR_COMM, "rank %d (host %s): %s: rank %d (pid %ld on %s) is gone", c->rank,
                     c->host, what, dead, (long)p->pid[dead], p->host[dead]);

@@ -4,8 +4,21 @@
  * MPI_Test in a short spin (small messages keep the latency of a blocking
  * call), then sched_yield, then short sleeps (a worker that waits minutes for
  * the next step costs little CPU).  Every SS_COMM_CHECK_S it checks that the
- * ranks on this host are alive and that timeout_s has not passed, so a lost
- * peer becomes SS_ERR_COMM naming it instead of a hang.
+ * ranks on this host are alive, that the heartbeat channel has lost no rank
+ * on any host, and that timeout_s has not passed, so a lost peer becomes
+ * SS_ERR_COMM naming it instead of a hang.
+ *
+ * The heartbeat channel (comm_beat.c) is made at init by the communicator over
+ * the whole job when it has more than one rank and liveness_s >= 0: rank 0's
+ * listener and addresses go out in a broadcast, every worker connects, and the
+ * ranks agree (one all-reduce, one broadcast) that all of them did before any
+ * starts watching.  Where any rank cannot, every rank goes on without it
+ * (the rank that failed says why on stderr).  Communicators split from that
+ * one share its channel; ss_comm_free of the owner closes it.  A lost rank
+ * is looked for before every MPI poll, because Open MPI's TCP transport, once
+ * it sees a peer's connection close inside MPI_Test, holds the calling thread
+ * in its own "peer hung up" handling until the launcher ends the job; when
+ * the close reaches MPI first there, that race is Open MPI's to win.
  *
  * After such a failure the operation is still pending inside MPI (collectives
  * cannot be cancelled), so the communicator is marked broken: later calls fail
@@ -15,7 +28,9 @@
 #include <errno.h>
 #include <limits.h>
 #include <mpi.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +80,12 @@ int ss_mpi_fail_mpi(ss_comm *c, int mpirc, const ss_comm_op *op) {
 
 int ss_mpi_check_usable(ss_comm *c, const ss_comm_op *op) {
   mpi_ctx *x = c->ctx;
+  /* A rank already known lost: fail before MPI talks to it (Open MPI treats
+   * a broken TCP connection as fatal and may end this process on its own). */
+  if (!x->broken && ss_comm_beat_any_lost(x->peers.beat)) {
+    int rc = ss_comm_check_wait(c, &x->peers, op, ss_now_s());
+    if (rc) return broken(c, rc);
+  }
   if (!x->broken) return SS_OK;
   char why[sizeof x->broken_msg + 64];
   snprintf(why, sizeof why, "communicator unusable after an earlier failure (%s)", x->broken_msg);
@@ -92,10 +113,15 @@ int ss_mpi_wait(ss_comm *c, int n, MPI_Request *reqs, MPI_Status *st, const ss_c
   double start = ss_now_s(), next_check = start + SS_COMM_CHECK_S;
   long sleep_ns = 1000;
   for (;;) {
-    if ((rc = test_reqs(n, reqs, st, &done)) != MPI_SUCCESS) return ss_mpi_fail_mpi(c, rc, op);
+    /* The heartbeat's news is read before every poll of MPI, not only every
+     * SS_COMM_CHECK_S: MPI's progress may hit the lost peer's connection
+     * first, and Open MPI may abort the process on that. */
+    bool lost = ss_comm_beat_any_lost(x->peers.beat);
+    if (!lost && (rc = test_reqs(n, reqs, st, &done)) != MPI_SUCCESS)
+      return ss_mpi_fail_mpi(c, rc, op);
     if (done) return SS_OK;
     double now = ss_now_s();
-    if (now >= next_check) {
+    if (lost || now >= next_check) {
       rc = ss_comm_check_wait(c, &x->peers, op, t0);
       if (rc) return broken(c, rc);
       next_check = now + SS_COMM_CHECK_S;
@@ -319,13 +345,33 @@ static void mpi_free(ss_comm *c) {
   }
 }
 
+/* MPI_Abort asks the launcher to end the job; when a host is unreachable the
+ * launcher may not get through to it, so this ends the process itself if
+ * MPI_Abort has not done so after a grace period. */
+#define ABORT_GRACE_S 3
+
+static void *abort_watchdog(void *arg) {
+  struct timespec ts = {ABORT_GRACE_S, 0};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+  _exit((int)(intptr_t)arg);
+}
+
 void ss_comm_mpi_abort(ss_comm *c, int code) {
+  (void)c;
   fflush(stdout);
   fflush(stderr);
+  pthread_t t;
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  if (pthread_create(&t, NULL, abort_watchdog, (void *)(intptr_t)(code ? code : 1)) == 0)
+    pthread_detach(t);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
   MPI_Abort(MPI_COMM_WORLD, code);
 }
 
-static int mpi_make(const ss_comm_opts *opts, MPI_Comm parent, int color, int key, ss_comm **out);
+static int mpi_make(const ss_comm_opts *opts, MPI_Comm parent, int color, int key,
+                    ss_comm_beat *shared, ss_comm **out);
 
 /* Collective over c: every rank passes its color; ranks of one color form a
  * new communicator ordered by key. */
@@ -337,8 +383,8 @@ static int mpi_split(ss_comm *c, int color, int key, ss_comm **out) {
   if (color < 0)
     return ss_mpi_fail(c, SS_ERR_INVALID, &op, "negative color");
   ss_comm_opts o = {.kind = SS_COMM_MPI, .deterministic = c->deterministic,
-                    .timeout_s = c->timeout_s};
-  return mpi_make(&o, x->comm, color, key, out);
+                    .timeout_s = c->timeout_s, .liveness_s = c->liveness_s > 0 ? c->liveness_s : -1};
+  return mpi_make(&o, x->comm, color, key, x->peers.beat, out);
 }
 
 static const ss_comm_ops k_mpi_ops = {
@@ -366,6 +412,7 @@ static int thread_level_ok(int provided) {
 /* One rank's entry in the table gathered at init. */
 typedef struct peer_rec {
   int64_t pid;
+  int64_t world; /* rank in MPI_COMM_WORLD */
   char host[SS_COMM_HOST_LEN];
 } peer_rec;
 
@@ -386,12 +433,67 @@ int ss_comm_mpi_create(const ss_comm_opts *opts, ss_comm **out) {
   }
   if ((rc = thread_level_ok(provided))) return rc;
 
-  return mpi_make(opts, MPI_COMM_WORLD, 0, -1, out);
+  return mpi_make(opts, MPI_COMM_WORLD, 0, -1, NULL, out);
+}
+
+/* Finishes one of init's collectives (mrc: what starting it returned). */
+static int init_wait(ss_comm *c, int mrc, MPI_Request *req, const ss_comm_op *op) {
+  return mrc != MPI_SUCCESS ? ss_mpi_fail_mpi(c, mrc, op) : wait_req(c, req, NULL, op, ss_now_s());
+}
+
+/* The heartbeat channel over this (whole-job) communicator; see the top of the
+ * file.  Returns an error only when MPI itself fails; a channel that cannot be
+ * made is reported on stderr and left out. */
+static int beat_setup(ss_comm *c, double liveness_s) {
+  mpi_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "init", .peer = -1, .root = -1};
+  ss_comm_beat_info info;
+  ss_comm_beat *b = NULL;
+  memset(&info, 0, sizeof info);
+  if (c->rank == 0 && ss_comm_beat_serve(c->size, liveness_s, x->peers.host, &info, &b))
+    fprintf(stderr, "shardserve rank 0 (host %s): %s; ranks on other hosts are watched only by "
+            "the launcher and the comm timeout\n", c->host, ss_error_msg());
+  MPI_Request req;
+  int rc = init_wait(c, MPI_Ibcast(&info, (int)sizeof info, MPI_BYTE, 0, x->comm, &req), &req, &op);
+  if (rc) {
+    ss_comm_beat_free(b);
+    return rc;
+  }
+  if (!info.ok) return SS_OK; /* rank 0 said why */
+  int ok = 1, all = 0;
+  if (c->rank != 0 && ss_comm_beat_join(&info, c->size, c->rank, liveness_s, x->peers.host, &b)) {
+    fprintf(stderr, "shardserve rank %d (host %s): %s; no rank uses the heartbeat channel, so "
+            "ranks on other hosts are watched only by the launcher and the comm timeout\n",
+            c->rank, c->host, ss_error_msg());
+    ok = 0;
+  }
+  rc = init_wait(c, MPI_Iallreduce(&ok, &all, 1, MPI_INT, MPI_MIN, x->comm, &req), &req, &op);
+  int armed = rc == SS_OK && all == 1 && (c->rank != 0 || ss_comm_beat_all_joined(b));
+  if (rc == SS_OK && all == 1 && !armed)
+    fprintf(stderr, "shardserve rank 0 (host %s): heartbeat channel: not every rank's hello "
+            "arrived; going on without it\n", c->host);
+  if (rc == SS_OK)
+    rc = init_wait(c, MPI_Ibcast(&armed, 1, MPI_INT, 0, x->comm, &req), &req, &op);
+  if (rc || !armed) {
+    ss_comm_beat_free(b);
+    return rc;
+  }
+  if (ss_comm_beat_arm(b)) {
+    /* Only a worker can fail here (its thread); rank 0 then sees it silent. */
+    fprintf(stderr, "shardserve rank %d (host %s): %s\n", c->rank, c->host, ss_error_msg());
+    ss_comm_beat_free(b);
+    return SS_OK;
+  }
+  x->peers.beat = b;
+  x->peers.beat_owned = true;
+  return SS_OK;
 }
 
 /* A communicator over the ranks of `parent` that pass the same color, ordered
- * by key (key < 0: by the parent's rank). */
-static int mpi_make(const ss_comm_opts *opts, MPI_Comm parent, int color, int key, ss_comm **out) {
+ * by key (key < 0: by the parent's rank).  shared: the parent's heartbeat
+ * channel (a split); NULL over MPI_COMM_WORLD, which makes its own. */
+static int mpi_make(const ss_comm_opts *opts, MPI_Comm parent, int color, int key,
+                    ss_comm_beat *shared, ss_comm **out) {
   int rc;
   ss_comm *c = calloc(1, sizeof *c);
   mpi_ctx *x = calloc(1, sizeof *x);
@@ -406,6 +508,8 @@ static int mpi_make(const ss_comm_opts *opts, MPI_Comm parent, int color, int ke
   c->ctx = x;
   c->deterministic = opts->deterministic;
   c->timeout_s = opts->timeout_s;
+  c->liveness_s = opts->liveness_s < 0 ? 0 : opts->liveness_s > 0 ? opts->liveness_s
+                                                                   : SS_COMM_LIVENESS_S;
   x->comm = x->p2p = MPI_COMM_NULL;
   if (gethostname(c->host, sizeof c->host - 1) != 0) strcpy(c->host, "?");
   MPI_Comm_rank(parent, &c->rank);
@@ -449,9 +553,10 @@ static int mpi_make(const ss_comm_opts *opts, MPI_Comm parent, int color, int ke
   x->peers.n = n;
   x->peers.pid = calloc((size_t)n, sizeof(pid_t));
   x->peers.host = calloc((size_t)n, SS_COMM_HOST_LEN);
+  x->peers.world = calloc((size_t)n, sizeof(int));
   peer_rec *all = calloc((size_t)n, sizeof *all);
   if (!x->counts || !x->displs || !x->reqs || !x->peers.pid || !x->peers.host ||
-      !all) {
+      !x->peers.world || !all) {
     free(all);
     mpi_free(c);
     return ss_error(SS_ERR_NOMEM, "comm: tables for %d ranks", n);
@@ -459,7 +564,9 @@ static int mpi_make(const ss_comm_opts *opts, MPI_Comm parent, int color, int ke
 
   /* Who is where: every rank's pid and host, for the liveness checks and for
    * messages.  Waited on like any other collective (timeout applies). */
-  peer_rec me = {.pid = getpid()};
+  int world_rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  peer_rec me = {.pid = getpid(), .world = world_rank};
   memcpy(me.host, c->host, sizeof me.host);
   ss_comm_op op = {.name = "init", .peer = -1, .root = -1};
   MPI_Request req;
@@ -473,11 +580,17 @@ static int mpi_make(const ss_comm_opts *opts, MPI_Comm parent, int color, int ke
   }
   for (int r = 0; r < n; r++) {
     x->peers.pid[r] = (pid_t)all[r].pid;
+    x->peers.world[r] = (int)all[r].world;
     memcpy(x->peers.host[r], all[r].host, SS_COMM_HOST_LEN);
     x->peers.host[r][SS_COMM_HOST_LEN - 1] = '\0';
   }
   free(all);
   if ((rc = ss_comm_peers_find_local(&x->peers, c->rank, c->host))) {
+    mpi_free(c);
+    return rc;
+  }
+  x->peers.beat = shared;
+  if (!shared && n > 1 && c->liveness_s > 0 && (rc = beat_setup(c, c->liveness_s))) {
     mpi_free(c);
     return rc;
   }

@@ -544,6 +544,7 @@ int ss_comm_nccl_create(const ss_comm_opts *opts, ss_comm **out) {
   c->local_size = boot->local_size;
   c->deterministic = opts->deterministic;
   c->timeout_s = opts->timeout_s;
+  c->liveness_s = boot->liveness_s;
   memcpy(c->host, boot->host, sizeof c->host);
   x->boot = boot;
   x->peers = *(ss_comm_peers *)boot->ctx;

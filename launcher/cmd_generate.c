@@ -88,6 +88,9 @@ static void usage(FILE *f) {
           "                          MPI algorithm (reproducible across runs and networks)\n"
           "      --comm-timeout S    a collective waiting longer than S seconds fails\n"
           "                          (default 0: no limit; a lost rank is detected anyway)\n"
+          "      --comm-liveness S   a rank on any host silent for S seconds on the heartbeat\n"
+          "                          channel is lost: every rank fails naming it (default 4,\n"
+          "                          at least 1; 0: off, only ranks on this host watched)\n"
           "      --profile           print per-rank compute / comm / idle time per step and\n"
           "                          resident memory at the end\n"
           "      --trace FILE        write a timeline of every rank's steps, layers and\n"
@@ -206,13 +209,13 @@ int ss_cmd_generate(int argc, char **argv) {
   int64_t max_tokens = 128, threads = 0, n_logprobs = 0, seed = 0, ctx = 0, top_k = 40;
   double temp = 0.8, top_p = 0.95, min_p = 0.05;
   enum { O_CHAT = 256, O_SYSTEM, O_TMPL, O_BOS, O_NOBOS, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_SEED,
-         O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS, O_TP, O_PP, O_PPL, O_REPL, O_DET, O_CTO,
+         O_STOP, O_IGNORE_EOS, O_CTX, O_JSON, O_LOGPROBS, O_IDS, O_TP, O_PP, O_PPL, O_REPL, O_DET, O_CTO, O_CLIVE,
          O_PROFILE, O_EP, O_DEVICE, O_ACT, O_KVT, O_TRACE };
   int kv_dtype = -1;
   int64_t tp = 0, ep = 0, pp = 0;
   const char *pp_layers_arg = NULL, *trace_path = NULL;
   int pp_layers[SS_CLI_MAX_STAGES];
-  double comm_timeout = 0;
+  double comm_timeout = 0, comm_liveness = SS_CLI_COMM_LIVENESS_S;
   bool replicate_vocab = false, deterministic = false, profile = false;
   bool ignore_eos = false;
   ss_cli_device device = SS_CLI_DEVICE_AUTO;
@@ -232,6 +235,7 @@ int ss_cmd_generate(int argc, char **argv) {
       {"pp-layers", required_argument, 0, O_PPL},          {"replicate-vocab", no_argument, 0, O_REPL},
       {"deterministic-allreduce", no_argument, 0, O_DET},
       {"comm-timeout", required_argument, 0, O_CTO}, {"profile", no_argument, 0, O_PROFILE},
+      {"comm-liveness", required_argument, 0, O_CLIVE},
       {"ep", required_argument, 0, O_EP},
       {"device", required_argument, 0, O_DEVICE},
       {"activations", required_argument, 0, O_ACT},
@@ -306,6 +310,14 @@ int ss_cmd_generate(int argc, char **argv) {
       if (!ss_cli_parse_float(k_cmd, "--comm-timeout", optarg, 0.0, 1e6, &comm_timeout))
         return SS_EXIT_USAGE;
       break;
+    case O_CLIVE:
+      if (!ss_cli_parse_float(k_cmd, "--comm-liveness", optarg, 0.0, 1e6, &comm_liveness))
+        return SS_EXIT_USAGE;
+      if (comm_liveness > 0 && comm_liveness < SS_CLI_COMM_LIVENESS_MIN_S)
+        return ss_cli_usage(k_cmd, "--comm-liveness %g: 0 (off) or at least %.0f s (a heartbeat "
+                            "goes out every 0.5 s; a shorter timeout would fire on a busy machine)",
+                            comm_liveness, SS_CLI_COMM_LIVENESS_MIN_S);
+      break;
     case O_PROFILE: profile = true; break;
     case O_TRACE: trace_path = optarg; break;
     case O_DEVICE:
@@ -359,6 +371,7 @@ int ss_cmd_generate(int argc, char **argv) {
    * samples and prints, the others run the steps it sends. */
   ss_comm *comm = NULL;
   ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
+                      .liveness_s = comm_liveness,
                       .gpu = device == SS_CLI_DEVICE_CUDA};
   if ((rc = ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &ro)) ||
       (trace_path && (rc = ss_ranks_trace_check(k_cmd, trace_path)))) {

@@ -330,7 +330,7 @@ int ss_cmd_profile(int argc, char **argv) {
   if (!out_path) return ss_cli_usage(k_cmd, "-o PROFILE.json is required");
 
   ss_comm *comm = NULL;
-  ss_ranks_opts ro = {.deterministic = true};
+  ss_ranks_opts ro = {.deterministic = true, .liveness_s = SS_CLI_COMM_LIVENESS_S};
   int rc = ss_ranks_start(k_cmd, &ro, &comm);
   if (rc) return rc;
   ss_model *m = NULL;

@@ -135,6 +135,10 @@ static void usage(FILE *f) {
           "      --deterministic-allreduce on|off  rank-ordered sums, so a request's output\n"
           "                            does not depend on the batch at any TP (default on)\n"
           "      --comm-timeout S      a collective waiting longer fails (default 0: none)\n"
+          "      --comm-liveness S     a rank on any host silent for S seconds on the heartbeat\n"
+          "                            channel is lost: requests fail, the server exits\n"
+          "                            (default 4, at least 1; 0: off, only ranks on this\n"
+          "                            host watched)\n"
           "      UV_THREADPOOL_SIZE=N  (environment) threads that parse and tokenize requests\n"
           "                            beside the HTTP loop (libuv's threadpool; default 4)\n"
           "  -h, --help                show this help\n");
@@ -317,10 +321,10 @@ int ss_cmd_serve(int argc, char **argv) {
   int64_t tp = 0, v = 0, pp = 0;
   const char *pp_layers_arg = NULL;
   int pp_layers[SS_CLI_MAX_STAGES];
-  double comm_timeout = 0, d = 0;
+  double comm_timeout = 0, comm_liveness = SS_CLI_COMM_LIVENESS_S, d = 0;
   bool deterministic = true;
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
-         O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_DEVICE, O_SLOG, O_ACT,
+         O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_CLIVE, O_DEVICE, O_SLOG, O_ACT,
          O_HDR_TO, O_BODY_TO, O_MAXCONN, O_MAXCONN_CLIENT, O_MAXBUF, O_OUTQ, O_WRITE_TO,
          O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG, O_STATS, O_PP, O_PPL, O_KVT, O_TRACE };
   static const struct option opts[] = {
@@ -340,6 +344,7 @@ int ss_cmd_serve(int argc, char **argv) {
       {"pp-layers", required_argument, 0, O_PPL}, {"replicate-vocab", no_argument, 0, O_REPL},
       {"deterministic-allreduce", required_argument, 0, O_DET},
       {"comm-timeout", required_argument, 0, O_CTO}, {"help", no_argument, 0, 'h'},
+      {"comm-liveness", required_argument, 0, O_CLIVE},
       {"device", required_argument, 0, O_DEVICE},
       {"activations", required_argument, 0, O_ACT},
       {"header-timeout", required_argument, 0, O_HDR_TO},
@@ -490,6 +495,14 @@ int ss_cmd_serve(int argc, char **argv) {
       if (!ss_cli_parse_float(k_cmd, "--comm-timeout", optarg, 0, 1e6, &comm_timeout))
         return SS_EXIT_USAGE;
       break;
+    case O_CLIVE:
+      if (!ss_cli_parse_float(k_cmd, "--comm-liveness", optarg, 0, 1e6, &comm_liveness))
+        return SS_EXIT_USAGE;
+      if (comm_liveness > 0 && comm_liveness < SS_CLI_COMM_LIVENESS_MIN_S)
+        return ss_cli_usage(k_cmd, "--comm-liveness %g: 0 (off) or at least %.0f s (a heartbeat "
+                            "goes out every 0.5 s; a shorter timeout would fire on a busy machine)",
+                            comm_liveness, SS_CLI_COMM_LIVENESS_MIN_S);
+      break;
     case O_SLOG: s.step_log_path = optarg; break;
     case O_TRACE: s.trace_path = optarg; break;
     case O_STATS:
@@ -558,6 +571,7 @@ int ss_cmd_serve(int argc, char **argv) {
   int rc = ss_cli_device_resolve(k_cmd, &s.device);
   if (rc) return rc;
   ss_ranks_opts ro = {.tp = (int)tp, .deterministic = deterministic, .timeout_s = comm_timeout,
+                      .liveness_s = comm_liveness,
                       .gpu = s.device == SS_CLI_DEVICE_CUDA};
   if ((rc = ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &ro))) return rc;
   if (s.trace_path && (rc = ss_ranks_trace_check(k_cmd, s.trace_path))) return rc;

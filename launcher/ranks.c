@@ -100,7 +100,8 @@ int ss_ranks_start(const char *cmd, const ss_ranks_opts *o, ss_comm **out) {
     return ss_cli_fail(cmd, "--device cuda with %d ranks needs the nccl comm backend, which this "
                        "build lacks (NCCL or MPI not found at configure time)", tp);
   ss_comm_opts co = {.kind = o->gpu ? SS_COMM_NCCL : SS_COMM_MPI,
-                     .deterministic = o->deterministic, .timeout_s = o->timeout_s};
+                     .deterministic = o->deterministic, .timeout_s = o->timeout_s,
+                     .liveness_s = o->liveness_s > 0 ? o->liveness_s : -1};
   if (ss_comm_init(&co, out)) return ss_cli_fail(cmd, "%s", ss_error_msg());
   ss_cli_rank = (*out)->rank;
   ss_comm_install_signal_handlers(*out);

@@ -7,6 +7,10 @@
 
 struct ss_comm;
 
+/* --comm-liveness's default and smallest non-zero value, seconds. */
+#define SS_CLI_COMM_LIVENESS_S 4.0
+#define SS_CLI_COMM_LIVENESS_MIN_S 1.0
+
 /* The most pipeline stages a job may have. */
 #define SS_CLI_MAX_STAGES 256
 struct ss_model;
@@ -15,6 +19,7 @@ typedef struct ss_ranks_opts {
   int tp;              /* 0: the number of ranks the job was launched with */
   bool deterministic;  /* fixed-order all-reduce */
   double timeout_s;    /* collective timeout, <= 0: none */
+  double liveness_s;   /* heartbeat channel's timeout, <= 0: no channel */
   bool gpu;            /* ranks compute on GPUs: the nccl backend (device buffers) */
   /* Pipeline parallelism: pp stages of tp ranks (0 or 1: one stage), with
    * pp_layers[pp] layers each (NULL: sizes differing by at most one). */

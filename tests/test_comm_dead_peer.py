@@ -10,6 +10,14 @@ Runs test_comm (tests/comm/test_comm.c) under mpirun:
   2. mpirun -np 2 test_comm --skip-barrier T: rank 1 never joins a barrier;
      rank 0's barrier must fail, naming the barrier and the timeout, within
      T + 2 s, and the job must end non-zero.
+  3. The heartbeat channel (liveness timeout L = 2 s): mpirun -np 3 test_comm
+     --loop; rank 2 gets SIGSTOP (alive to kill(pid, 0), but silent): rank 0
+     must fail naming rank 2 within L + 2 s of the stop, and rank 1, told by
+     rank 0, must name rank 2 too.
+  4. A busy rank is not a lost one: mpirun -np 2 test_comm --loop --busy 3
+     --liveness 2: rank 1 sleeps 3 s before every all-reduce (6 heartbeat
+     intervals, longer than the timeout), so rank 0 waits that long in each;
+     the job must end 0 with its iterations counted.
 Skipped (exit 77) when the build has no MPI.
 """
 import os
@@ -39,6 +47,10 @@ if not (os.path.exists(test_comm) and mpiexec):
     sys.exit(77)
 
 env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+# Case 4 ends with MPI_Finalize: under LeakSanitizer, Open MPI's leaks are
+# suppressed by library name (tests/lsan.supp), which needs the slow unwinder.
+if "ASAN_OPTIONS" in env and "fast_unwind_on_malloc" not in env["ASAN_OPTIONS"]:
+    env["ASAN_OPTIONS"] += ":fast_unwind_on_malloc=0"
 _ver = subprocess.run([mpiexec, "--version"], capture_output=True).stdout
 ompi = b"Open MPI" in _ver or b"OpenRTE" in _ver
 # Oversubscribed ranks must yield, or busy-polling makes everything crawl.
@@ -154,5 +166,64 @@ if ck.check(m is not None, f"skip-barrier: rank 0 did not report:\n{err[-3000:]}
     ck.check("rank 0" in msg and "barrier" in msg and "timed out" in msg,
              f"skip-barrier: message lacks rank/op/timeout: {msg}")
     print(f"ok   barrier never joined: error after {secs:.2f} s (timeout {T} s): {msg}")
+
+# ---- 3. a rank stopped, not dead: only the heartbeat tells ------------------
+L = 2.0
+job = Job(3, ["--loop", "60", "--liveness", str(L)])
+pids = {}
+deadline = time.monotonic() + 60
+while len(pids) < 3 and time.monotonic() < deadline and job.p.poll() is None:
+    for line in list(job.out):
+        m = re.match(r"loop: rank (\d+) pid (\d+)", line)
+        if m:
+            pids[int(m.group(1))] = int(m.group(2))
+    time.sleep(0.05)
+if ck.check(len(pids) == 3, f"liveness loop did not start on 3 ranks: {job.text()}"):
+    time.sleep(1.0)
+    os.kill(pids[2], signal.SIGSTOP)
+    t_stop = time.monotonic()
+    seen = {}
+    pat = {r: re.compile(rf"test_comm: rank {r} \(host [^)]*\): allreduce of 576 f32 elements: "
+                         rf"rank 2 \(host [^)]*\) is lost: it sent no heartbeat for {L:.1f} s")
+           for r in (0, 1)}
+    while len(seen) < 2 and time.monotonic() - t_stop < L + 5:
+        for line in list(job.err):
+            for r, p in pat.items():
+                if r not in seen and p.search(line):
+                    seen[r] = time.monotonic() - t_stop
+        time.sleep(0.01)
+    rc = job.wait(10)
+    try:
+        os.kill(pids[2], signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+    if rc is None:
+        job.kill()
+    out, err = job.text()
+    ck.check(0 in seen and seen[0] <= L + 2,
+             f"stopped rank 2: rank 0 reported after {seen.get(0)} s (limit {L + 2} s):\n"
+             f"{err[-3000:]}")
+    ck.check(1 in seen and "as rank 0 saw it" in err,
+             f"stopped rank 2: rank 1 did not name rank 2 as told by rank 0:\n{err[-3000:]}")
+    ck.check(rc is not None and rc != 0, f"stopped rank 2: mpirun exit code {rc}")
+    print(f"ok   stopped rank 2 (liveness {L} s): rank 0 failed after {seen.get(0, -1):.2f} s, "
+          f"rank 1 after {seen.get(1, -1):.2f} s, mpirun exit {rc}")
+    for line in err.splitlines():
+        if "is lost" in line:
+            print(f"     | {line}")
+else:
+    job.kill()
+
+# ---- 4. a busy rank is not lost ----------------------------------------------
+job = Job(2, ["--loop", "5", "--busy", "3", "--liveness", str(L)])
+rc = job.wait(60)
+if rc is None:
+    job.kill()
+out, err = job.text()
+m = re.search(r"loop: (\d+) iterations", out)
+ck.check(rc == 0 and m is not None and int(m.group(1)) >= 1,
+         f"busy rank: exit {rc}, output {out!r}, stderr:\n{err[-3000:]}")
+if m:
+    print(f"ok   rank 1 busy 3 s per step (liveness {L} s): {m.group(1)} iterations, exit {rc}")
 
 ck.finish()

@@ -13,7 +13,10 @@
  *   test_comm --loop [S]    all-reduce 576 f32 in a loop for S s (dead-peer test)
  *   test_comm --skip-barrier T
  *                           timeout T s; rank 1 never joins a barrier: rank 0
- *                           must fail within T + 2 s (timeout test) */
+ *                           must fail within T + 2 s (timeout test)
+ *   --liveness S            the heartbeat channel's timeout (default 4 s; 0 off)
+ *   --busy S                with --loop: rank 1 sleeps S s before each all-reduce
+ *                           (a rank busy computing is not a lost one) */
 #include <math.h>
 #include <signal.h>
 #include <stdint.h>
@@ -372,7 +375,7 @@ static int summary(ss_comm *c) {
 
 /* ---- modes for the Python liveness tests --------------------------------- */
 
-static int run_loop(ss_comm *c, double seconds) {
+static int run_loop(ss_comm *c, double seconds, double busy_s) {
   ss_comm_install_signal_handlers(c);
   float buf[576];
   double t_end = ss_now_s() + seconds;
@@ -381,17 +384,34 @@ static int run_loop(ss_comm *c, double seconds) {
   printf("loop: rank %d pid %ld host %s\n", c->rank, (long)getpid(), c->host);
   fflush(stdout);
   while (ss_now_s() < t_end) {
+    if (busy_s > 0 && c->rank == 1) {
+      struct timespec ts = {(time_t)busy_s, (long)((busy_s - (double)(time_t)busy_s) * 1e9)};
+      nanosleep(&ts, NULL);
+    }
     for (int i = 0; i < 576; i++) buf[i] = 1;
     int rc = ss_comm_allreduce_sum(c, buf, 576, SS_DTYPE_F32);
     if (rc) {
       fprintf(stderr, "test_comm: %s\n", ss_error_msg());
+      fflush(stderr);
+      /* The other survivors report too before the launcher ends the job:
+       * the liveness test checks every one of them names the lost rank. */
+      struct timespec ts = {0, 500000000L};
+      nanosleep(&ts, NULL);
       ss_comm_abort(c, 1);
       return 1;
     }
     iters++;
   }
-  ss_comm_barrier(c);
+  /* Every rank reaches the barrier before any frees (which says goodbye on
+   * the heartbeat channel); a failure here is a failure too. */
+  int rc = ss_comm_barrier(c);
+  if (rc) {
+    fprintf(stderr, "test_comm: %s\n", ss_error_msg());
+    ss_comm_abort(c, 1);
+    return 1;
+  }
   if (c->rank == 0) printf("loop: %ld iterations\n", iters);
+  ss_comm_free(c);
   return 0;
 }
 
@@ -415,15 +435,18 @@ static int run_skip_barrier(ss_comm *c, double timeout) {
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   bool self_only = false;
-  double loop_s = -1, skip_barrier = -1;
+  double loop_s = -1, skip_barrier = -1, liveness = -1, busy = 0;
   size_t max_count = (size_t)16 << 20;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--self-only") == 0) self_only = true;
     else if (strcmp(argv[i], "--loop") == 0) loop_s = i + 1 < argc ? atof(argv[++i]) : 60;
     else if (strcmp(argv[i], "--skip-barrier") == 0 && i + 1 < argc) skip_barrier = atof(argv[++i]);
+    else if (strcmp(argv[i], "--liveness") == 0 && i + 1 < argc) liveness = atof(argv[++i]);
+    else if (strcmp(argv[i], "--busy") == 0 && i + 1 < argc) busy = atof(argv[++i]);
     else if (strcmp(argv[i], "--max-count") == 0 && i + 1 < argc) max_count = (size_t)atoll(argv[++i]);
     else {
-      fprintf(stderr, "usage: test_comm [--self-only | --loop S | --skip-barrier T] [--max-count N]\n");
+      fprintf(stderr, "usage: test_comm [--self-only | --loop S [--busy S] | --skip-barrier T] "
+              "[--liveness S] [--max-count N]\n");
       return 2;
     }
   }
@@ -443,7 +466,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "test_comm: built without MPI\n");
     return 77;
   }
-  ss_comm_opts o = {.kind = SS_COMM_MPI, .timeout_s = skip_barrier > 0 ? skip_barrier : 0};
+  ss_comm_opts o = {.kind = SS_COMM_MPI, .timeout_s = skip_barrier > 0 ? skip_barrier : 0,
+                    .liveness_s = liveness < 0 ? 0 : liveness == 0 ? -1 : liveness};
   ss_comm *c = NULL;
   int rc = ss_comm_init(&o, &c);
   if (rc) {
@@ -451,7 +475,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   g_rank = c->rank;
-  if (loop_s >= 0) return run_loop(c, loop_s);
+  if (loop_s >= 0) return run_loop(c, loop_s, busy);
   if (skip_barrier > 0) return run_skip_barrier(c, skip_barrier);
 
   CHECK(c->size == ss_comm_launch_size(), "size %d, launch size %d", c->size,
