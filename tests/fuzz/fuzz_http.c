@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "runtime/server/http.h"
 #include "tests/fuzz/fuzz_common.h"
@@ -107,7 +108,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!eof) uv_run(&g_loop, sent < size ? UV_RUN_NOWAIT : UV_RUN_ONCE);
   }
   close(fd);
-  /* Let the server finish closing its side. */
-  for (int i = 0; i < 4; i++) uv_run(&g_loop, UV_RUN_NOWAIT);
+  /* Let the server finish closing its side: once the client is gone it must
+   * hold no connection (one kept would be a slot lost for good). */
+  const double close_by = now_s() + 2.0;
+  for (int i = 0; i < 4 || ss_http_server_stats(g_srv).open_connections > 0; i++) {
+    FUZZ_CHECK(now_s() < close_by); /* the server kept a connection whose client left */
+    uv_run(&g_loop, UV_RUN_NOWAIT);
+    if (i >= 4) usleep(1000);
+  }
   return 0;
 }
