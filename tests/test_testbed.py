@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
 from harness import Checker, parse_args  # noqa: E402
 from logprob_compare import compare_steps  # noqa: E402
+from netns import require_netns  # noqa: E402
 from mpi import mpi_available, mpi_env  # noqa: E402
 
 args = parse_args()
@@ -28,19 +29,7 @@ BED = os.path.join(os.path.dirname(HERE), "scripts", "testbed.sh")
 STEPS, TOP, ATOL = 12, 5, 1e-3
 
 
-def skip(why):
-    print(f"SKIP: {why}", flush=True)
-    sys.exit(77)
-
-
-if os.geteuid() != 0:
-    skip("network namespaces need root")
-if shutil.which("ip") is None:
-    skip("no 'ip' (iproute2) to create network namespaces")
-probe = subprocess.run(["ip", "netns", "add", "ss-probe-bed"], capture_output=True, text=True)
-if probe.returncode != 0:
-    skip(f"cannot create a network namespace: {probe.stderr.strip()}")
-subprocess.run(["ip", "netns", "del", "ss-probe-bed"], capture_output=True)
+require_netns("ss-probe-bed")
 
 ck = Checker("test bed")
 ck.check(mpi_available(), "mpirun not found (scripts/setup.sh installs Open MPI)")

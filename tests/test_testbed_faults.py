@@ -28,7 +28,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
 from harness import SANITIZER_MARKS, Checker, parse_args  # noqa: E402
+from netns import require_netns  # noqa: E402
 from mpi import mpi_available, mpi_env  # noqa: E402
 
 args = parse_args(lambda ap: ap.add_argument(
@@ -49,19 +49,7 @@ LIMIT = 10.0  # seconds from the fault to the last rank's exit
 SANITIZED = os.environ.get("SS_SANITIZED") == "1"
 
 
-def skip(why):
-    print(f"SKIP: {why}", flush=True)
-    sys.exit(77)
-
-
-if os.geteuid() != 0:
-    skip("network namespaces need root")
-if shutil.which("ip") is None:
-    skip("no 'ip' (iproute2) to create network namespaces")
-probe = subprocess.run(["ip", "netns", "add", "ss-faprobe"], capture_output=True, text=True)
-if probe.returncode != 0:
-    skip(f"cannot create a network namespace: {probe.stderr.strip()}")
-subprocess.run(["ip", "netns", "del", "ss-faprobe"], capture_output=True)
+require_netns("ss-faprobe")
 
 ck = Checker("test bed faults")
 ck.check(mpi_available(), "mpirun not found (scripts/setup.sh installs Open MPI)")

@@ -21,6 +21,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
 from harness import Checker, parse_args  # noqa: E402
+from netns import require_netns  # noqa: E402
 from mpi import mpi_available  # noqa: E402
 
 args = parse_args()
@@ -30,19 +31,7 @@ LAYOUTS = {"tp1": ["ss-lb0"], "tp2": ["ss-lb0", "ss-lb1"], "pp2": ["ss-lb0", "ss
 RATES = ["1gbit", "25mbit"]
 
 
-def skip(why):
-    print(f"SKIP: {why}", flush=True)
-    sys.exit(77)
-
-
-if os.geteuid() != 0:
-    skip("network namespaces need root")
-if shutil.which("ip") is None:
-    skip("no 'ip' (iproute2) to create network namespaces")
-probe = subprocess.run(["ip", "netns", "add", "ss-probe-lb"], capture_output=True, text=True)
-if probe.returncode != 0:
-    skip(f"cannot create a network namespace: {probe.stderr.strip()}")
-subprocess.run(["ip", "netns", "del", "ss-probe-lb"], capture_output=True)
+require_netns("ss-probe-lb")
 
 ck = Checker("test bed layouts")
 ck.check(mpi_available(), "mpirun not found (scripts/setup.sh installs Open MPI)")
