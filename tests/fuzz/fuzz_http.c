@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -86,8 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   bool eof = false, shut = false;
   const double deadline = now_s() + 5.0;
   char buf[65536];
-  while (!eof) {
-    FUZZ_CHECK(now_s() < deadline); /* the server neither answered nor closed */
+  for (;;) {
     if (sent < size) {
       ssize_t k = send(fd, data + sent, size - sent, MSG_NOSIGNAL);
       if (k > 0) sent += (size_t)k;
@@ -103,9 +103,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (k == 0 || errno != EAGAIN) eof = true;
       break;
     }
-    /* Blocks until the server has something to do: the client's bytes, a
-     * write finishing, or at worst its idle timer. */
-    if (!eof) uv_run(&g_loop, sent < size ? UV_RUN_NOWAIT : UV_RUN_ONCE);
+    if (eof) break;
+    if (now_s() >= deadline) {
+      /* Said before the check fails: what the server holds at that moment. */
+      ss_http_stats st = ss_http_server_stats(g_srv);
+      fprintf(stderr, "fuzz_http: no answer and no close within 5 s: %zu of %zu bytes sent, "
+              "half-closed %d, %d connection(s) open, %zu bytes buffered, next server timer "
+              "in %d ms\n", sent, size, (int)shut, st.open_connections, st.buffered_nbytes,
+              uv_backend_timeout(&g_loop));
+      FUZZ_CHECK(!"the server neither answered nor closed");
+    }
+    /* Waits for the server's events or the client's bytes, never past 20 ms,
+     * so that the deadline above is always checked: the server's own timers
+     * may lie further ahead than the deadline does. */
+    if (sent == size) {
+      int t = uv_backend_timeout(&g_loop);
+      struct pollfd pf[2] = {{.fd = uv_backend_fd(&g_loop), .events = POLLIN},
+                             {.fd = fd, .events = POLLIN}};
+      (void)poll(pf, 2, t < 0 || t > 20 ? 20 : t);
+    }
+    uv_run(&g_loop, UV_RUN_NOWAIT);
   }
   close(fd);
   /* Let the server finish closing its side: once the client is gone it must
