@@ -10,8 +10,8 @@ included, which each copies before writing into it (copy-on-write); /metrics
 counts one prompt admitted (prefix-cache queries), no prefix-cache hits,
 three forks of ceil(prompt / 16) blocks each and three copies, and the pool
 is empty afterwards.  The same at TP 2 (every rank copies its own shard of
-the block: a rank that did not would change the outputs) and without prefix
-caching.  Streaming n = 2 (chat and
+the block: a rank that did not would change the outputs), without prefix
+caching, and with a KV cache of 1-byte elements (fp8).  Streaming n = 2 (chat and
 completions) carries each choice's index, and the texts per index are the
 non-streamed ones.  best_of = 4, n = 2 returns the two most likely of the four
 sequences, whose logprob sums come from the four n = 1 requests (seeds + i).
@@ -319,7 +319,8 @@ finally:
 # ----------------------------------------------------------------------
 # Without prefix caching the forks share the blocks all the same; at TP 2
 # every rank copies its own shard of the shared block.
-LAYOUTS = [("no prefix caching", 1, ["--no-prefix-caching"])]
+LAYOUTS = [("no prefix caching", 1, ["--no-prefix-caching"]),
+           ("fp8 KV cache", 1, ["--kv-cache-dtype", "fp8_e4m3"])]
 if not SANITIZED:
     LAYOUTS.append(("TP 2", 2, []))
 else:
@@ -329,7 +330,7 @@ for what, tp, extra in LAYOUTS:
     try:
         cl = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
         m0, m1 = same_as_n1(srv, cl, prompt, 4, 4321, what)
-        check_forks(m0, m1, n_prompt, 3, what, cached=not extra)
+        check_forks(m0, m1, n_prompt, 3, what, cached="--no-prefix-caching" not in extra)
         mark(what)
     finally:
         ck.check(srv.stop() == 0, f"{what}: the server exits 0 on SIGTERM")

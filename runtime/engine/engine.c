@@ -306,9 +306,10 @@ static int make_req(ss_engine *e, const ss_engine_req *r, ereq **out) {
 }
 
 int ss_engine_submit_group(ss_engine *e, ss_engine_req *reqs, int32_t n, int64_t *ids) {
-  if (n < 1 || n > e->o.max_waiting)
-    return ss_error(SS_ERR_RANGE, "a group of %d requests is outside 1..%d (the queue's limit)",
-                    n, e->o.max_waiting);
+  if (n < 1) return ss_error(SS_ERR_INVALID, "a group of %d requests", n);
+  if (n > e->o.max_waiting)
+    return ss_error(SS_ERR_BUSY, "the queue holds %d requests at most, fewer than the %d of this "
+                    "group", e->o.max_waiting, n);
   ereq **qs = calloc((size_t)n, sizeof *qs);
   if (!qs) return ss_error(SS_ERR_NOMEM, "out of memory");
   int rc = SS_OK;
@@ -641,14 +642,23 @@ static void *memdup(const void *p, size_t nbytes) {
  * their first token from its logits row (e->ent_forks[i] lists them for the
  * step's sampling).  A fork that cannot run now (max_num_seqs) is queued as
  * a request of its own. */
+static bool fork_now(const ss_engine *e, const ss_sched_batch *b, int32_t i) {
+  const ereq *q = b->entries[i].seq->user;
+  return b->entries[i].logits && !e->ent_failed[i] && q->forks && q->n_generated == 0 &&
+         q->seq.n_computed == q->seq.n_tokens;
+}
+
 static void fork_ready(ss_engine *e, const ss_sched_batch *b, double t_sched, ev_list *evs) {
+  bool any = false;
+  for (int32_t i = 0; i < b->n_entries; i++) {
+    e->ent_forks[i] = NULL;
+    any = any || fork_now(e, b, i);
+  }
+  if (!any) return; /* (the fork lists change only on this thread) */
   pthread_mutex_lock(&e->mu);
   for (int32_t i = 0; i < b->n_entries; i++) {
     ereq *q = b->entries[i].seq->user;
-    e->ent_forks[i] = NULL;
-    if (!b->entries[i].logits || e->ent_failed[i] || !q->forks || q->n_generated > 0 ||
-        q->seq.n_computed != q->seq.n_tokens)
-      continue;
+    if (!fork_now(e, b, i)) continue;
     ereq **tail = &e->ent_forks[i];
     while (q->forks) {
       ereq *c = q->forks;
