@@ -9,8 +9,8 @@ prompt is computed, sharing all its KV blocks, the partial last one
 included, which each copies before writing into it (copy-on-write); /metrics
 counts one prompt admitted (prefix-cache queries), no prefix-cache hits,
 three forks of ceil(prompt / 16) blocks each and three copies, and the pool
-is empty afterwards.  The same at TP 2 (every rank copies its own shard of
-the block: a rank that did not would change the outputs), without prefix
+is empty afterwards.  The same at TP 2 and PP 2 (every rank copies its own
+shard of the block: a rank that did not would change the outputs), without prefix
 caching, and with a KV cache of 1-byte elements (fp8).  Streaming n = 2 (chat and
 completions) carries each choice's index, and the texts per index are the
 non-streamed ones.  best_of = 4, n = 2 returns the two most likely of the four
@@ -317,14 +317,14 @@ finally:
     ck.check(srv.stop() == 0, "the server exits 0 on SIGTERM")
 
 # ----------------------------------------------------------------------
-# Without prefix caching the forks share the blocks all the same; at TP 2
-# every rank copies its own shard of the shared block.
+# Without prefix caching the forks share the blocks all the same; at TP 2 and
+# PP 2 every rank copies its own shard (heads, or layers) of the shared block.
 LAYOUTS = [("no prefix caching", 1, ["--no-prefix-caching"]),
            ("fp8 KV cache", 1, ["--kv-cache-dtype", "fp8_e4m3"])]
 if not SANITIZED:
-    LAYOUTS.append(("TP 2", 2, []))
+    LAYOUTS += [("TP 2", 2, []), ("PP 2", 2, ["--pp", "2"])]
 else:
-    print("SS_SANITIZED: TP 2 skipped (run in release builds)", flush=True)
+    print("SS_SANITIZED: TP 2 and PP 2 skipped (run in release builds)", flush=True)
 for what, tp, extra in LAYOUTS:
     srv = Server(args.bin, args.model, tp=tp, extra=["--max-num-seqs", "16", *extra])
     try:
