@@ -208,6 +208,11 @@ struct ss_backend {
   int (*download)(ss_backend *be, void *dst, const void *src, size_t nbytes);
   /* nbytes of backend memory set to byte value `value`. */
   void (*memset)(ss_backend *be, void *dst, int value, size_t nbytes);
+  /* dst <- src, nbytes bytes, both backend memory, not overlapping (a KV
+   * block's copy-on-write); ordered with the kernels around it, without
+   * waiting for it on a device.  Returns SS_OK or an error status with a
+   * message. */
+  int (*copy)(ss_backend *be, void *dst, const void *src, size_t nbytes);
 
   /* ---- Optional (NULL on the CPU): steps on an asynchronous device.
    * step_begin is called before the first kernel of a forward step with that

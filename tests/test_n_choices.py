@@ -2,10 +2,16 @@
 
 n = 4 with a seed at temperature 1: four distinct completions, the same four
 on a repeat, and choice i exactly the n = 1 request with seed + i (tokens and
-logprobs bit-identical: the kernels are batch-invariant and prefix caching
-changes no output).  The choices after the first share the prompt's full KV
-blocks: /metrics counts exactly their full prompt blocks as prefix-cache hits
-and three forked choices.  Streaming n = 2 (chat and
+logprobs bit-identical: the kernels are batch-invariant, and a fork samples
+its first token from the same logits with its own seed).  The prompt is
+computed once: the choices after the first fork from the first when its
+prompt is computed, sharing all its KV blocks, the partial last one
+included, which each copies before writing into it (copy-on-write); /metrics
+counts one prompt admitted (prefix-cache queries), no prefix-cache hits,
+three forks of ceil(prompt / 16) blocks each and three copies, and the pool
+is empty afterwards.  The same at TP 2 and PP 2 (every rank copies its own
+shard of the block: a rank that did not would change the outputs), without prefix
+caching, and with a KV cache of 1-byte elements (fp8).  Streaming n = 2 (chat and
 completions) carries each choice's index, and the texts per index are the
 non-streamed ones.  best_of = 4, n = 2 returns the two most likely of the four
 sequences, whose logprob sums come from the four n = 1 requests (seeds + i).
@@ -50,6 +56,45 @@ def delta(m1, m0, key):
     return m1.get(key, 0.0) - m0.get(key, 0.0)
 
 
+def check_forks(m0, m1, n_prompt, n_forks, what, cached=True):
+    """One prompt admitted and computed, n_forks forks sharing all its blocks,
+    one copy-on-write copy per fork when its last block is partial, and the
+    pool empty again."""
+    blocks = -(-n_prompt // BLOCK)
+    copies = n_forks if n_prompt % BLOCK else 0
+    want = {"shardserve:request_forked_choices_total": n_forks,
+            "shardserve:forked_sequences_total": n_forks,
+            "shardserve:forked_blocks_shared_total": n_forks * blocks,
+            "shardserve:kv_cow_copies_total": copies}
+    if cached:
+        want["shardserve:prefix_cache_queries_total"] = n_prompt
+        want["shardserve:prefix_cache_hits_total"] = 0
+    got = {k: delta(m1, m0, k) for k in want}
+    ck.check(got == want, f"{what}: metrics {got}, expected {want}")
+    idle = {k: m1.get(k) for k in ("shardserve:kv_cache_blocks_used",
+                                   "shardserve:kv_cache_usage_perc", "shardserve:kv_blocks_shared")}
+    ck.check(all(v == 0 for v in idle.values()), f"{what}: not idle afterwards: {idle}")
+
+
+def same_as_n1(srv, cl, prompt, n, seed, what):
+    """n choices with a seed: choice i is the n = 1 request with seed + i,
+    tokens and logprobs bit-identical.  Returns /metrics before and after the
+    n choices."""
+    m0 = srv.metrics()
+    r = cl.completions.create(model=MODEL, prompt=prompt, n=n, seed=seed, temperature=1.0,
+                              max_tokens=GEN, logprobs=0, extra_body={"ignore_eos": True})
+    m1 = srv.metrics()
+    ck.check(len({ch.text for ch in r.choices}) == n, f"{what}: not distinct {r.choices}")
+    for i in range(n):
+        one = cl.completions.create(model=MODEL, prompt=prompt, seed=seed + i, temperature=1.0,
+                                    max_tokens=GEN, logprobs=0, extra_body={"ignore_eos": True})
+        ck.check(one.choices[0].text == r.choices[i].text and
+                 one.choices[0].logprobs.token_logprobs == r.choices[i].logprobs.token_logprobs,
+                 f"{what}: choice {i} {r.choices[i].text!r} != n = 1 with seed {seed + i}: "
+                 f"{one.choices[0].text!r} (or its logprobs differ)")
+    return m0, m1
+
+
 srv = Server(args.bin, args.model, extra=["--max-num-seqs", "16"])
 try:
     c = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
@@ -74,14 +119,7 @@ try:
     ck.check(len(set(texts)) == 4, f"n = 4: the texts are not distinct: {texts}")
     ck.check(r.usage.prompt_tokens == n_prompt and r.usage.completion_tokens == 4 * GEN and
              r.usage.total_tokens == n_prompt + 4 * GEN, f"usage {r.usage}")
-    # The sharing: choices 1..3 each take the prompt's full blocks (all but
-    # the last token is computed before, so the last block, full or not, is
-    # recomputed).
-    shared = (n_prompt - 1) // BLOCK * BLOCK
-    hits = delta(m1, m0, "shardserve:prefix_cache_hits_total")
-    ck.check(hits == 3 * shared, f"prefix cache hits {hits}, expected 3 x {shared}")
-    ck.check(delta(m1, m0, "shardserve:request_forked_choices_total") == 3,
-             f"forked {delta(m1, m0, 'shardserve:request_forked_choices_total')}")
+    check_forks(m0, m1, n_prompt, 3, "n = 4")
     mark("n = 4")
 
     r2 = c.completions.create(model=MODEL, prompt=prompt, n=4, seed=SEED, temperature=1.0,
@@ -277,5 +315,24 @@ try:
     mark("client gone")
 finally:
     ck.check(srv.stop() == 0, "the server exits 0 on SIGTERM")
+
+# ----------------------------------------------------------------------
+# Without prefix caching the forks share the blocks all the same; at TP 2 and
+# PP 2 every rank copies its own shard (heads, or layers) of the shared block.
+LAYOUTS = [("no prefix caching", 1, ["--no-prefix-caching"]),
+           ("fp8 KV cache", 1, ["--kv-cache-dtype", "fp8_e4m3"])]
+if not SANITIZED:
+    LAYOUTS += [("TP 2", 2, []), ("PP 2", 2, ["--pp", "2"])]
+else:
+    print("SS_SANITIZED: TP 2 and PP 2 skipped (run in release builds)", flush=True)
+for what, tp, extra in LAYOUTS:
+    srv = Server(args.bin, args.model, tp=tp, extra=["--max-num-seqs", "16", *extra])
+    try:
+        cl = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
+        m0, m1 = same_as_n1(srv, cl, prompt, 4, 4321, what)
+        check_forks(m0, m1, n_prompt, 3, what, cached="--no-prefix-caching" not in extra)
+        mark(what)
+    finally:
+        ck.check(srv.stop() == 0, f"{what}: the server exits 0 on SIGTERM")
 
 ck.finish()

@@ -136,6 +136,12 @@ static int cpu_upload(ss_backend *be, void *dst, const void *src, size_t nbytes)
   return SS_OK;
 }
 
+static int cpu_copy(ss_backend *be, void *dst, const void *src, size_t nbytes) {
+  (void)be;
+  if (nbytes) memcpy(dst, src, nbytes);
+  return SS_OK;
+}
+
 static void cpu_memset(ss_backend *be, void *dst, int value, size_t nbytes) {
   if (nbytes) memset(dst, value, nbytes);
 }
@@ -192,6 +198,7 @@ ss_backend *ss_backend_cpu_create(int n_threads) {
       .upload = cpu_upload,
       .download = cpu_upload,
       .memset = cpu_memset,
+      .copy = cpu_copy,
   };
   return be;
 }

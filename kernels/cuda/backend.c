@@ -115,6 +115,19 @@ static void cu_memset(ss_backend *be, void *dst, int value, size_t nbytes) {
   SS_CUDA_CHECK(c, cudaMemsetAsync(dst, value, nbytes, c->stream));
 }
 
+/* Device to device on the compute stream: queued after the kernels before it
+ * and before those after it, no wait.  Not inside a graph step (the model
+ * copies KV blocks before the step begins). */
+static int cu_copy_d2d(ss_backend *be, void *dst, const void *src, size_t nbytes) {
+  ss_cuda *c = be->ctx;
+  ss_cuda_enter(c);
+  if (c->mode == SS_CUDA_MODE_CAPTURE || c->mode == SS_CUDA_MODE_REPLAY)
+    return ss_error(SS_ERR_INTERNAL, "cuda: a device copy inside a graph step");
+  if (nbytes)
+    SS_CUDA_CHECK(c, cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, c->stream));
+  return ss_cuda_take_err(c);
+}
+
 /* ---- kernels ------------------------------------------------------------------- */
 
 static void cu_embed(ss_backend *be, const ss_weight *table, const int32_t *ids, int64_t n,
@@ -499,6 +512,7 @@ ss_backend *ss_backend_cuda_create_opts(const ss_cuda_opts *o) {
       .upload = cu_upload,
       .download = cu_download,
       .memset = cu_memset,
+      .copy = cu_copy_d2d,
       .gather_rows = cu_gather_rows,
       .step_begin = ss_cuda_step_begin,
       .step_end = ss_cuda_step_end,

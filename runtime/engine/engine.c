@@ -149,10 +149,13 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   e->ent_why = malloc((size_t)o.max_num_seqs * sizeof *e->ent_why);
   e->ent_tok = malloc((size_t)o.max_num_seqs * sizeof *e->ent_tok);
   e->ent_ok = malloc((size_t)o.max_num_seqs * sizeof *e->ent_ok);
+  e->ent_forks = calloc((size_t)o.max_num_seqs, sizeof *e->ent_forks);
+  e->cp_src = malloc((size_t)o.max_num_seqs * sizeof *e->cp_src);
+  e->cp_dst = malloc((size_t)o.max_num_seqs * sizeof *e->cp_dst);
   if (!e->logits || !e->pl_q || !e->pl_pos || !e->b_tokens || !e->b_pos || !e->b_rows ||
       !e->b_tab || !e->done_q ||
       !e->done_r || !e->itls || !e->ttfts || !e->ent_failed || !e->ent_why || !e->ent_tok ||
-      !e->ent_ok) {
+      !e->ent_ok || !e->ent_forks || !e->cp_src || !e->cp_dst) {
     rc = ss_error(SS_ERR_NOMEM, "engine: out of memory for a batch of %d tokens and %d sequences",
                   o.max_batched_tokens, o.max_num_seqs);
     goto fail;
@@ -170,7 +173,13 @@ void ss_engine_free(ss_engine *e) {
   for (int i = 0; i < 2; i++)
     for (ss_sched_seq *q = lists[i]; q;) {
       ss_sched_seq *n = q->next;
-      ss_eng_req_free(q->user);
+      ereq *r = q->user;
+      while (r->forks) {
+        ereq *c = r->forks;
+        r->forks = c->fork_next;
+        ss_eng_req_free(c);
+      }
+      ss_eng_req_free(r);
       q = n;
     }
   for (ereq *q = e->in_head; q;) {
@@ -208,6 +217,9 @@ void ss_engine_free(ss_engine *e) {
   free(e->ent_why);
   free(e->ent_tok);
   free(e->ent_ok);
+  free(e->ent_forks);
+  free(e->cp_src);
+  free(e->cp_dst);
   pthread_mutex_destroy(&e->mu);
   pthread_cond_destroy(&e->cv);
   free(e);
@@ -227,7 +239,18 @@ ss_engine_state ss_engine_get_state(ss_engine *e) {
 /* ------------------------------------------------------------------------ */
 /* The submitters' side                                                       */
 
-int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
+/* Frees a request made by make_req that was never queued (its r's buffers
+ * stay the caller's). */
+static void discard_req(ereq *q) {
+  ss_sampler_free(&q->smp);
+  free(q->tokens);
+  free(q->seq.blocks);
+  free(q);
+}
+
+/* Checks r and makes its request (not yet queued, r's buffers not taken). */
+static int make_req(ss_engine *e, const ss_engine_req *r, ereq **out) {
+  *out = NULL;
   const ss_model_config *c = &e->m->cfg;
   if (r->n_prompt < 1) return ss_error(SS_ERR_INVALID, "the prompt is empty (0 tokens)");
   if (r->max_new_tokens < 0)
@@ -278,39 +301,63 @@ int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
   q->seq.compute_all = r->prompt_logprobs;
   ss_detok_init(&q->dt, e->m->tok, false);
   q->t_arrival = ss_now_s();
+  *out = q;
+  return SS_OK;
+}
 
+int ss_engine_submit_group(ss_engine *e, ss_engine_req *reqs, int32_t n, int64_t *ids) {
+  if (n < 1) return ss_error(SS_ERR_INVALID, "a group of %d requests", n);
+  if (n > e->o.max_waiting)
+    return ss_error(SS_ERR_BUSY, "the queue holds %d requests at most, fewer than the %d of this "
+                    "group", e->o.max_waiting, n);
+  ereq **qs = calloc((size_t)n, sizeof *qs);
+  if (!qs) return ss_error(SS_ERR_NOMEM, "out of memory");
+  int rc = SS_OK;
+  for (int32_t i = 0; i < n && !rc; i++) {
+    rc = make_req(e, &reqs[i], &qs[i]);
+    if (!rc && i > 0 && (reqs[i].n_prompt != reqs[0].n_prompt ||
+                         memcmp(reqs[i].prompt, reqs[0].prompt,
+                                (size_t)reqs[0].n_prompt * sizeof *reqs[0].prompt) != 0))
+      rc = ss_error(SS_ERR_INVALID, "a group's requests must have the same prompt");
+  }
   pthread_mutex_lock(&e->mu);
-  if (e->stopping || e->state != SS_ENGINE_READY) {
+  if (!rc && (e->stopping || e->state != SS_ENGINE_READY)) {
     const bool failed = e->state == SS_ENGINE_FAILED;
-    pthread_mutex_unlock(&e->mu);
-    ss_sampler_free(&q->smp);
-    free(q->tokens);
-    free(q->seq.blocks);
-    free(q);
-    return ss_error(failed ? SS_ERR_COMM : SS_ERR_INVALID,
-                    failed ? "the engine has failed (a rank was lost); restart the server"
-                           : "the server is shutting down");
+    rc = ss_error(failed ? SS_ERR_COMM : SS_ERR_INVALID,
+                  failed ? "the engine has failed (a rank was lost); restart the server"
+                         : "the server is shutting down");
   }
-  if (e->n_in + e->pub_waiting >= e->o.max_waiting) {
-    int32_t waiting = e->n_in + e->pub_waiting;
+  if (!rc && e->n_in + e->pub_waiting + n > e->o.max_waiting)
+    rc = ss_error(SS_ERR_BUSY, "the queue is full (%d requests waiting, limit %d)",
+                  e->n_in + e->pub_waiting, e->o.max_waiting);
+  if (rc) {
     pthread_mutex_unlock(&e->mu);
-    ss_sampler_free(&q->smp);
-    free(q->tokens);
-    free(q->seq.blocks);
-    free(q);
-    return ss_error(SS_ERR_BUSY, "the queue is full (%d requests waiting, limit %d)", waiting,
-                    e->o.max_waiting);
+    for (int32_t i = 0; i < n; i++)
+      if (qs[i]) discard_req(qs[i]);
+    free(qs);
+    return rc;
   }
-  q->r = *r; /* ownership of prompt, stop strings and sampling arrays moves here */
-  q->id = q->seq.id = e->next_id++;
-  *id = q->id;
-  if (e->in_tail) e->in_tail->next = q;
-  else e->in_head = q;
-  e->in_tail = q;
-  e->n_in++;
+  /* Queued together: the engine takes them in at once, so the others are
+   * waiting on the first before its prompt can be computed. */
+  for (int32_t i = 0; i < n; i++) {
+    ereq *q = qs[i];
+    q->r = reqs[i]; /* ownership of prompt, stop strings and sampling arrays moves here */
+    q->id = q->seq.id = e->next_id++;
+    q->fork_of = i > 0 ? qs[0]->id : 0;
+    ids[i] = q->id;
+    if (e->in_tail) e->in_tail->next = q;
+    else e->in_head = q;
+    e->in_tail = q;
+    e->n_in++;
+  }
   pthread_cond_signal(&e->cv);
   pthread_mutex_unlock(&e->mu);
+  free(qs);
   return SS_OK;
+}
+
+int ss_engine_submit(ss_engine *e, ss_engine_req *r, int64_t *id) {
+  return ss_engine_submit_group(e, r, 1, id);
 }
 
 void ss_engine_abort(ss_engine *e, int64_t id) {
@@ -366,12 +413,31 @@ ss_engine_event *ss_engine_take_events(ss_engine *e) {
 /* ------------------------------------------------------------------------ */
 /* The engine thread                                                          */
 
+/* A request in the scheduler, or waiting for its fork on one there. */
 static ereq *find_active(ss_engine *e, int64_t id) {
   ss_sched_seq *lists[2] = {e->sched.running.head, e->sched.waiting.head};
   for (int i = 0; i < 2; i++)
-    for (ss_sched_seq *q = lists[i]; q; q = q->next)
-      if (q->id == id) return q->user;
+    for (ss_sched_seq *q = lists[i]; q; q = q->next) {
+      ereq *r = q->user;
+      if (q->id == id) return r;
+      for (ereq *c = r->forks; c; c = c->fork_next)
+        if (c->id == id) return c;
+    }
   return NULL;
+}
+
+/* The request q can fork from (the first of its group), or NULL: one in the
+ * scheduler, not itself a fork waiting, that has not started generating, with
+ * the same prompt and prompt logprobs. */
+static ereq *fork_parent(ss_engine *e, const ereq *q) {
+  if (q->fork_of <= 0 || q->r.max_new_tokens == 0) return NULL;
+  ereq *p = find_active(e, q->fork_of);
+  if (!p || p->fork_parent || p->n_generated > 0 || p->r.max_new_tokens == 0 ||
+      p->r.n_prompt != q->r.n_prompt || p->r.prompt_logprobs != q->r.prompt_logprobs ||
+      (q->r.prompt_logprobs && p->r.n_top_logprobs != q->r.n_top_logprobs) ||
+      memcmp(p->tokens, q->tokens, (size_t)q->r.n_prompt * sizeof *q->tokens) != 0)
+    return NULL;
+  return p;
 }
 
 /* Moves queued requests into the scheduler and applies pauses and aborts
@@ -380,7 +446,15 @@ static void intake_locked(ss_engine *e, ev_list *out) {
   for (ereq *q = e->in_head; q;) {
     ereq *n = q->next;
     q->next = NULL;
-    if (ss_sched_add(&e->sched, &q->seq)) {
+    ereq *p = fork_parent(e, q);
+    if (p) {
+      /* Waits for p's prompt, in submission order. */
+      ereq **pp = &p->forks;
+      while (*pp) pp = &(*pp)->fork_next;
+      *pp = q;
+      q->fork_parent = p;
+      q->seq.state = SS_SEQ_FINISHED; /* in no scheduler list */
+    } else if (ss_sched_add(&e->sched, &q->seq)) {
       /* Checked at submit: only a bug gets here. */
       q->seq.state = SS_SEQ_FINISHED;
       ss_engine_event *ev = ss_eng_done_event(q, "error", ss_error_msg());
@@ -415,6 +489,10 @@ static void publish_gauges_locked(ss_engine *e) {
   e->prefix_queried_total = e->sched.n_queried;
   e->prefix_hit_total = e->sched.n_hit;
   e->pub_blocks_cached = ss_sched_blocks_cached_free(&e->sched);
+  e->pub_blocks_shared = ss_sched_blocks_shared(&e->sched);
+  e->forks_total = e->sched.n_forks;
+  e->fork_blocks_total = e->sched.n_fork_blocks;
+  e->cow_copies_total = e->sched.n_cow_copies;
 }
 
 static void publish_locked(ss_engine *e, ev_list *evs) {
@@ -501,8 +579,13 @@ static void record_prompt_rows(ss_engine *e, int32_t nl, int32_t npl) {
 static int exec_all(ss_engine *e, const ss_sched_batch *b, int32_t nt, int32_t nl) {
   int rc = debug_check(e, b->entries, b->n_entries);
   if (rc) return rc;
+  for (int32_t i = 0; i < b->n_copies; i++) {
+    e->cp_src[i] = b->copies[i].src;
+    e->cp_dst[i] = b->copies[i].dst;
+  }
   ss_batch fb = {.n = nt, .tokens = e->b_tokens, .loc = {.n = nt, .pos = e->b_pos,
-                 .block_table = e->b_tab}, .n_logits = nl, .logit_rows = e->b_rows};
+                 .block_table = e->b_tab}, .n_logits = nl, .logit_rows = e->b_rows,
+                 .n_copies = b->n_copies, .copy_src = e->cp_src, .copy_dst = e->cp_dst};
   return ss_exec_step(e->m, &e->st, &e->kv, &fb, e->logits);
 }
 
@@ -522,10 +605,15 @@ static int isolate_step(ss_engine *e, const ss_sched_batch *b, const char *why) 
       rc = SS_ERR_INTERNAL; /* alone already */
       snprintf(e->ent_why[i], sizeof e->ent_why[i], "%.*s", (int)sizeof e->ent_why[i] - 1, why);
     } else {
-      int32_t row = en->count - 1;
+      int32_t row = en->count - 1, src = -1, dst = -1;
+      /* Its copy-on-write copy too (the whole step may have failed before
+       * running it; run again, it copies what the entry reads all the same). */
+      for (int32_t c = 0; c < b->n_copies; c++)
+        if (b->copies[c].seq == en->seq) src = b->copies[c].src, dst = b->copies[c].dst;
       ss_batch one = {.n = en->count, .tokens = e->b_tokens + off,
                       .loc = {.n = en->count, .pos = e->b_pos + off, .block_table = e->b_tab + off},
-                      .n_logits = en->logits ? 1 : 0, .logit_rows = &row};
+                      .n_logits = en->logits ? 1 : 0, .logit_rows = &row,
+                      .n_copies = src >= 0, .copy_src = &src, .copy_dst = &dst};
       rc = debug_check(e, en, 1);
       if (!rc)
         rc = ss_exec_step(e->m, &e->st, &e->kv, &one,
@@ -538,6 +626,70 @@ static int isolate_step(ss_engine *e, const ss_sched_batch *b, const char *why) 
     if (en->logits) li++;
   }
   return n_failed;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Forks                                                                      */
+
+static void *memdup(const void *p, size_t nbytes) {
+  void *d = p ? malloc(nbytes) : NULL;
+  if (d) memcpy(d, p, nbytes);
+  return d;
+}
+
+/* After a step is committed: every request whose prompt the step completed
+ * starts its waiting forks, which share its blocks (ss_sched_fork) and sample
+ * their first token from its logits row (e->ent_forks[i] lists them for the
+ * step's sampling).  A fork that cannot run now (max_num_seqs) is queued as
+ * a request of its own. */
+static bool fork_now(const ss_engine *e, const ss_sched_batch *b, int32_t i) {
+  const ereq *q = b->entries[i].seq->user;
+  return b->entries[i].logits && !e->ent_failed[i] && q->forks && q->n_generated == 0 &&
+         q->seq.n_computed == q->seq.n_tokens;
+}
+
+static void fork_ready(ss_engine *e, const ss_sched_batch *b, double t_sched, ev_list *evs) {
+  bool any = false;
+  for (int32_t i = 0; i < b->n_entries; i++) {
+    e->ent_forks[i] = NULL;
+    any = any || fork_now(e, b, i);
+  }
+  if (!any) return; /* (the fork lists change only on this thread) */
+  pthread_mutex_lock(&e->mu);
+  for (int32_t i = 0; i < b->n_entries; i++) {
+    ereq *q = b->entries[i].seq->user;
+    if (!fork_now(e, b, i)) continue;
+    ereq **tail = &e->ent_forks[i];
+    while (q->forks) {
+      ereq *c = q->forks;
+      q->forks = c->fork_next;
+      c->fork_next = c->fork_parent = NULL;
+      if (ss_sched_fork(&e->sched, &q->seq, &c->seq)) {
+        c->fork_next = q->forks;
+        q->forks = c;
+        c->fork_parent = q;
+        ss_eng_release_forks_locked(e, q, evs);
+        break;
+      }
+      c->t_scheduled = t_sched;
+      ss_histogram_observe(&e->h_queue, t_sched - c->t_arrival);
+      e->prompt_tokens_total += (uint64_t)c->r.n_prompt; /* counted per request, as cached */
+      if (c->r.prompt_logprobs && q->plp) {
+        /* The same prompt's logprobs. */
+        const size_t n = (size_t)(q->r.n_prompt - 1), k = (size_t)q->r.n_top_logprobs;
+        c->plp = memdup(q->plp, n * sizeof *c->plp);
+        c->ptop_ids = memdup(q->ptop_ids, n * k * sizeof *c->ptop_ids);
+        c->ptop_lp = memdup(q->ptop_lp, n * k * sizeof *c->ptop_lp);
+        if (!c->plp || (k > 0 && (!c->ptop_ids || !c->ptop_lp))) {
+          free(c->plp), free(c->ptop_ids), free(c->ptop_lp);
+          c->plp = NULL, c->ptop_ids = NULL, c->ptop_lp = NULL;
+        }
+      }
+      *tail = c;
+      tail = &c->fork_next;
+    }
+  }
+  pthread_mutex_unlock(&e->mu);
 }
 
 /* The stats line, at most every stats_interval_s, printed after a step (so
@@ -723,6 +875,7 @@ int ss_engine_run(ss_engine *e) {
     e->stats_dirty = true;
 
     record_prompt_rows(e, nl, npl);
+    fork_ready(e, &b, t_sched, &evs);
 
     /* Sample outside the lock, then publish. */
     SS_TRACE_BEGIN(t_sample);
@@ -743,14 +896,22 @@ int ss_engine_run(ss_engine *e) {
         done_r[n_done++] = "length";
         continue;
       }
-      double itl;
-      const char *reason = ss_eng_sample_seq(e, q, row, &evs, t, &itl);
-      gen++;
-      if (q->n_generated == 1) ttfts[n_ttft++] = t - q->t_arrival;
-      else if (itl >= 0) itls[n_itl++] = itl;
-      if (reason) {
-        done_q[n_done] = q;
-        done_r[n_done++] = reason;
+      /* q, then its forks made this step, each with its own sampler. */
+      ereq *forks = e->ent_forks[i];
+      e->ent_forks[i] = NULL;
+      for (ereq *x = q; x;) {
+        ereq *nx = x == q ? forks : x->fork_next;
+        if (x != q) x->fork_next = NULL;
+        double itl;
+        const char *reason = ss_eng_sample_seq(e, x, row, &evs, t, &itl);
+        gen++;
+        if (x->n_generated == 1) ttfts[n_ttft++] = t - x->t_arrival;
+        else if (itl >= 0) itls[n_itl++] = itl;
+        if (reason) {
+          done_q[n_done] = x;
+          done_r[n_done++] = reason;
+        }
+        x = nx;
       }
     }
     if (ss_trace_on())

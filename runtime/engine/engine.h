@@ -150,6 +150,20 @@ int ss_engine_run(ss_engine *e);
  * SS_ERR_RANGE: too long for the context or pool;
  * SS_ERR_BUSY: the queue is full; after stop: SS_ERR_INVALID. */
 int ss_engine_submit(ss_engine *e, ss_engine_req *req, int64_t *id);
+
+/* Thread-safe.  Submits n requests with the same prompt at once (the choices
+ * of an n > 1 or best_of request), all or none, as ss_engine_submit does one;
+ * ids[i] is reqs[i]'s.  The first runs the prompt; the others fork from it
+ * when it has computed the prompt: they share its KV blocks, the partial last
+ * one included (copied before one writes into it), so the prompt is computed
+ * once, and each samples its first token from the same logits with its own
+ * sampler.  A request whose prompt_logprobs (or n_top_logprobs with them)
+ * differ from the first's, or that generates nothing (max_new_tokens 0), runs
+ * on its own, as does one the fork finds with --max-num-seqs sequences
+ * running, or whose first ended before computing the prompt (the prefix
+ * cache may still share full blocks).  A pause of a request still waiting for
+ * its fork is lost.  SS_ERR_INVALID also when the prompts differ. */
+int ss_engine_submit_group(ss_engine *e, ss_engine_req *reqs, int32_t n, int64_t *ids);
 /* Thread-safe: the request stops at the next step and its blocks are freed; a
  * DONE event with finish_reason "abort" follows. */
 void ss_engine_abort(ss_engine *e, int64_t id);

@@ -39,6 +39,12 @@ typedef struct ereq {
    * the prefill when nothing is to be generated */
   double t_arrival, t_scheduled, t_first, t_last;
   struct ereq *next;     /* in the incoming queue */
+  /* Forks (r.fork_of): a request waiting to fork holds no scheduler list
+   * (seq.state FINISHED) and hangs on its parent's `forks` list, linked by
+   * fork_next; fork_parent points back.  Once forked, fork_next links the
+   * step's forks of one parent until they have sampled their first token. */
+  int64_t fork_of;       /* the first request of its group (ss_engine_submit_group), or 0 */
+  struct ereq *forks, *fork_next, *fork_parent;
 } ereq;
 
 typedef struct rank_stats {
@@ -90,6 +96,8 @@ struct ss_engine {
   char (*ent_why)[256];
   int32_t *ent_tok;
   ss_sched_entry *ent_ok;
+  struct ereq **ent_forks; /* per entry: the requests forked from it this step */
+  int32_t *cp_src, *cp_dst; /* the step's block copies, max_num_seqs long */
 
   pthread_mutex_t mu;     /* guards everything below */
   pthread_cond_t cv;
@@ -112,7 +120,8 @@ struct ss_engine {
   uint64_t pauses_total;  /* requests paused (each pause counted) */
   uint64_t prompt_tokens_total, generation_tokens_total, preemptions_total;
   uint64_t prefix_queried_total, prefix_hit_total;
-  int32_t pub_blocks_cached;
+  int32_t pub_blocks_cached, pub_blocks_shared;
+  uint64_t forks_total, fork_blocks_total, cow_copies_total;
   uint64_t success_stop, success_length, success_abort, success_error;
   uint64_t step_failures_total; /* steps that failed and were isolated */
   ss_histogram h_ttft, h_itl, h_e2e, h_queue, h_prompt, h_gen;
@@ -147,6 +156,9 @@ void ss_eng_finish_locked(ss_engine *e, ereq *q, const char *reason, const char 
                           ev_list *out);
 /* Fails every request, queued ones too, after a fatal error (lock held). */
 void ss_eng_fail_all_locked(ss_engine *e, const char *msg, ev_list *out);
+/* A request's pending forks, as requests of their own (lock held): queued in
+ * the scheduler (or ended with an error when that fails). */
+void ss_eng_release_forks_locked(ss_engine *e, ereq *q, ev_list *out);
 
 /* ------------------------------------------------------------------------ */
 /* engine_metrics.c                                                           */

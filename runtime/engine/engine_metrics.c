@@ -128,6 +128,19 @@ void ss_engine_metrics(ss_engine *e, ss_strbuf *b) {
   ss_metric_header(b, P "prefix_cache_blocks_free_cached", "gauge",
                    "Free KV blocks that still hold cached prefix contents.");
   ss_metric_value(b, P "prefix_cache_blocks_free_cached", "", (double)e->pub_blocks_cached);
+  ss_metric_header(b, P "kv_blocks_shared", "gauge",
+                   "KV blocks held by more than one sequence (forked choices, cached prefixes).");
+  ss_metric_value(b, P "kv_blocks_shared", "", (double)e->pub_blocks_shared);
+  ss_metric_header(b, P "forked_sequences_total", "counter",
+                   "Sequences started as forks of another's computed prompt (n > 1, best_of).");
+  ss_metric_value(b, P "forked_sequences_total", "", (double)e->forks_total);
+  ss_metric_header(b, P "forked_blocks_shared_total", "counter",
+                   "KV blocks forks took from their parent by reference, the partial last one "
+                   "included.");
+  ss_metric_value(b, P "forked_blocks_shared_total", "", (double)e->fork_blocks_total);
+  ss_metric_header(b, P "kv_cow_copies_total", "counter",
+                   "Shared KV blocks copied before a sequence appended into one (copy-on-write).");
+  ss_metric_value(b, P "kv_cow_copies_total", "", (double)e->cow_copies_total);
   ss_metric_histogram(b, P "time_to_first_token_seconds", "Arrival to first token.", &e->h_ttft);
   ss_metric_histogram(b, P "inter_token_latency_seconds", "Time between consecutive tokens.",
                       &e->h_itl);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "runtime/base/clock.h"
+#include "runtime/base/status.h"
 #include "runtime/engine/engine_internal.h"
 #include "runtime/engine/stop.h"
 #include "runtime/grammar/grammar.h"
@@ -151,8 +152,33 @@ const char *ss_eng_sample_seq(ss_engine *e, ereq *q, const float *logits, ev_lis
   return NULL;
 }
 
+void ss_eng_release_forks_locked(ss_engine *e, ereq *q, ev_list *out) {
+  while (q->forks) {
+    ereq *c = q->forks;
+    q->forks = c->fork_next;
+    c->fork_next = c->fork_parent = NULL;
+    if (ss_sched_add(&e->sched, &c->seq)) {
+      /* Checked at submit: only a bug gets here. */
+      c->seq.state = SS_SEQ_FINISHED;
+      ss_engine_event *ev = ss_eng_done_event(c, "error", ss_error_msg());
+      if (ev) ss_eng_ev_push(out, ev);
+      e->success_error++;
+      ss_eng_req_free(c);
+    }
+  }
+}
+
 void ss_eng_finish_locked(ss_engine *e, ereq *q, const char *reason, const char *error,
                           ev_list *out) {
+  if (q->fork_parent) {
+    /* Still waiting for its fork: off its parent's list. */
+    ereq **pp = &q->fork_parent->forks;
+    while (*pp != q) pp = &(*pp)->fork_next;
+    *pp = q->fork_next;
+    q->fork_next = q->fork_parent = NULL;
+  }
+  /* Ending before its prompt was computed: its forks go on without it. */
+  ss_eng_release_forks_locked(e, q, out);
   ss_sched_finish(&e->sched, &q->seq);
   ss_eng_metrics_finish_locked(e, q, reason, ss_now_s());
   ss_engine_event *ev = ss_eng_done_event(q, reason, error);

@@ -23,15 +23,18 @@ static bool distributed(const ss_model *m) { return job(m) && job(m)->size > 1; 
 
 /* Rank 0 broadcasts every step as a fixed header followed by a payload of
  * int32s:  tokens[n], pos[n], table index of each token[n], logit_rows[n_logits],
- * table lengths[n_tables], then the tables' block ids back to back.  Workers
- * size their KV cache and activations from the header. */
+ * table lengths[n_tables], the tables' block ids back to back, then the KV
+ * block copies to run before the forward pass (copy-on-write of blocks forks
+ * share): sources[n_copies], destinations[n_copies].  Every rank copies its own
+ * shard of the blocks.  Workers size their KV cache and activations from the
+ * header. */
 enum { STEP_MAGIC = 0x53535450 /* "SSTP" */, STEP_FORWARD = 1, STEP_STOP = 2, STEP_STATS = 3 };
 
 typedef struct step_header {
   int32_t magic, kind;
   int32_t n, n_logits, n_tables, n_table_ids;
   int32_t kv_block_size, kv_n_blocks, kv_dtype;
-  int32_t reserved; /* zero: no padding bytes go over the wire unset */
+  int32_t n_copies; /* (with the 9 above: no padding bytes go over the wire unset) */
   int64_t payload_count;
 } step_header;
 
@@ -77,8 +80,9 @@ static int send_step(const ss_model *m, const ss_kv_cache *kv, const ss_batch *b
   step_header h = {.magic = STEP_MAGIC, .kind = STEP_FORWARD, .n = (int32_t)n,
                    .n_logits = (int32_t)b->n_logits, .n_tables = n_tables,
                    .n_table_ids = (int32_t)n_ids, .kv_block_size = kv->block_size,
-                   .kv_n_blocks = kv->n_blocks, .kv_dtype = (int32_t)kv->dtype};
-  h.payload_count = 3 * n + b->n_logits + n_tables + n_ids;
+                   .kv_n_blocks = kv->n_blocks, .kv_dtype = (int32_t)kv->dtype,
+                   .n_copies = (int32_t)b->n_copies};
+  h.payload_count = 3 * n + b->n_logits + n_tables + n_ids + 2 * b->n_copies;
   payload = malloc((size_t)h.payload_count * sizeof *payload);
   if (!payload) {
     rc = ss_error(SS_ERR_NOMEM, "out of memory");
@@ -91,6 +95,8 @@ static int send_step(const ss_model *m, const ss_kv_cache *kv, const ss_batch *b
   memcpy(p, b->logit_rows, (size_t)b->n_logits * sizeof *p), p += b->n_logits;
   memcpy(p, tab_len, (size_t)n_tables * sizeof *p), p += n_tables;
   for (int32_t k = 0; k < n_tables; k++) memcpy(p, tabs[k], (size_t)tab_len[k] * sizeof *p), p += tab_len[k];
+  memcpy(p, b->copy_src, (size_t)b->n_copies * sizeof *p), p += b->n_copies;
+  memcpy(p, b->copy_dst, (size_t)b->n_copies * sizeof *p), p += b->n_copies;
   if ((rc = bcast(m, &h, sizeof h, "sending a step to the workers"))) goto done;
   rc = bcast(m, payload, (size_t)h.payload_count * sizeof *payload, "sending a step to the workers");
 done:
@@ -143,6 +149,11 @@ static int check_step(const ss_model *m, const step_header *h, const int32_t *pl
   if (sum != h->n_table_ids) return ss_error(SS_ERR_COMM, "step: table lengths disagree");
   for (int64_t i = 0; i < sum; i++)
     if (ids[i] < 0 || ids[i] >= h->kv_n_blocks) return ss_error(SS_ERR_COMM, "step: bad block id");
+  const int32_t *src = ids + sum, *dst = src + h->n_copies;
+  for (int32_t i = 0; i < h->n_copies; i++)
+    if (src[i] < 0 || src[i] >= h->kv_n_blocks || dst[i] < 0 || dst[i] >= h->kv_n_blocks ||
+        src[i] == dst[i])
+      return ss_error(SS_ERR_COMM, "step: bad block copy %d -> %d", src[i], dst[i]);
   for (int32_t t = 0; t < h->n; t++) {
     if (tok[t] < 0 || tok[t] >= m->cfg.vocab) return ss_error(SS_ERR_COMM, "step: bad token");
     if (tab_of[t] < 0 || tab_of[t] >= h->n_tables) return ss_error(SS_ERR_COMM, "step: bad table");
@@ -213,8 +224,10 @@ int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
       continue;
     }
     if (h.n <= 0 || h.n_logits < 0 || h.n_logits > h.n || h.n_tables <= 0 || h.n_tables > h.n ||
-        h.n_table_ids < 0 || h.kv_block_size <= 0 || h.kv_n_blocks <= 0 ||
-        h.payload_count != 3 * (int64_t)h.n + h.n_logits + h.n_tables + h.n_table_ids) {
+        h.n_table_ids < 0 || h.kv_block_size <= 0 || h.kv_n_blocks <= 0 || h.n_copies < 0 ||
+        h.n_copies > h.kv_n_blocks ||
+        h.payload_count != 3 * (int64_t)h.n + h.n_logits + h.n_tables + h.n_table_ids +
+                               2 * (int64_t)h.n_copies) {
       rc = ss_error(SS_ERR_COMM, "rank %d: malformed step header from rank 0", job_rank(m));
       break;
     }
@@ -263,7 +276,8 @@ int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
     for (int32_t k = 0; k < h.n_tables; k++) tabs[k] = ids, ids += tab_len[k];
     for (int32_t t = 0; t < h.n; t++) btab[t] = tabs[tab_of[t]];
     ss_batch b = {.n = h.n, .tokens = tok, .loc = {.n = h.n, .pos = pos, .block_table = btab},
-                  .n_logits = h.n_logits, .logit_rows = rows};
+                  .n_logits = h.n_logits, .logit_rows = rows, .n_copies = h.n_copies,
+                  .copy_src = ids, .copy_dst = ids + h.n_copies};
     if ((rc = ss_model_forward(m, &st, &kv, &b, NULL))) break;
   }
   free(payload);

@@ -130,14 +130,15 @@ int ss_sched_init(ss_sched *s, const ss_sched_params *p) {
   const size_t nb = (size_t)p->n_blocks;
   s->free_ids = malloc(nb * sizeof *s->free_ids);
   s->entries = malloc((size_t)p->max_num_seqs * sizeof *s->entries);
-  bool ok = s->free_ids && s->entries;
+  s->copies = malloc((size_t)p->max_num_seqs * sizeof *s->copies);
+  s->ref = calloc(nb, sizeof *s->ref);
+  bool ok = s->free_ids && s->entries && s->copies && s->ref;
   if (ok && p->prefix_caching) {
     /* The table at most half full: short probe runs. */
     size_t cap = 16;
     while (cap < 2 * nb) cap *= 2;
     s->table_mask = (uint32_t)(cap - 1);
     s->table = malloc(cap * sizeof *s->table);
-    s->ref = calloc(nb, sizeof *s->ref);
     s->cached = calloc(nb, sizeof *s->cached);
     s->hash = calloc(nb, sizeof *s->hash);
     s->parent = calloc(nb, sizeof *s->parent);
@@ -147,7 +148,7 @@ int ss_sched_init(ss_sched *s, const ss_sched_params *p) {
               ? malloc(nb * (size_t)p->block_size * sizeof *s->btok) : NULL;
     s->lru_prev = malloc(nb * sizeof *s->lru_prev);
     s->lru_next = malloc(nb * sizeof *s->lru_next);
-    ok = s->table && s->ref && s->cached && s->hash && s->parent && s->parent_gen && s->gen &&
+    ok = s->table && s->cached && s->hash && s->parent && s->parent_gen && s->gen &&
          s->btok && s->lru_prev && s->lru_next;
     if (ok) {
       memset(s->table, 0xff, cap * sizeof *s->table);
@@ -168,6 +169,7 @@ int ss_sched_init(ss_sched *s, const ss_sched_params *p) {
 void ss_sched_free(ss_sched *s) {
   free(s->free_ids);
   free(s->entries);
+  free(s->copies);
   free(s->ref);
   free(s->cached);
   free(s->hash);
@@ -185,6 +187,19 @@ int32_t ss_sched_blocks_for(const ss_sched *s, int64_t n_tokens) {
   return (int32_t)((n_tokens + s->p.block_size - 1) / s->p.block_size);
 }
 
+/* A block's holders, one more or one fewer; the shared count follows the
+ * crossings of 1 <-> 2.  Each returns the new count. */
+static int32_t ref_inc(ss_sched *s, int32_t id) {
+  if (++s->ref[id] == 2) s->n_shared++;
+  return s->ref[id];
+}
+
+static int32_t ref_dec(ss_sched *s, int32_t id) {
+  SS_ASSERT(s->ref[id] > 0);
+  if (s->ref[id]-- == 2) s->n_shared--;
+  return s->ref[id];
+}
+
 /* A free block for new contents: a never-cached one if any, else the cached
  * one released longest ago, which loses its key. */
 static int32_t take_block(ss_sched *s) {
@@ -198,7 +213,7 @@ static int32_t take_block(ss_sched *s) {
     s->cached[id] = false;
     s->gen[id]++;
   }
-  if (s->ref) s->ref[id] = 1;
+  s->ref[id] = 1;
   return id;
 }
 
@@ -212,14 +227,40 @@ static bool reserve(ss_sched *s, ss_sched_seq *q, int32_t n_tokens) {
   return true;
 }
 
+/* A running sequence's room to append positions [n_computed, n_tokens): the
+ * blocks it lacks, and, when the block its next position goes to is shared
+ * (a fork's last partial block), a block of its own for it first.  The copy
+ * of the shared block's K/V into the new one goes into the step (b->copies),
+ * to run on every rank before the forward pass writes into either.  False
+ * (and nothing taken) when too few blocks are free.  Only that one block can
+ * be shared: a fork shares its parent's blocks up to its computed positions,
+ * and the prefix cache only full blocks of computed positions. */
+static bool make_room(ss_sched *s, ss_sched_seq *q, int32_t n_tokens, ss_sched_batch *b) {
+  const int32_t j = q->n_computed / s->p.block_size;
+  const bool cow = j < q->n_blocks && s->ref[q->blocks[j]] > 1;
+  const int32_t need = ss_sched_blocks_for(s, n_tokens);
+  const int32_t more = (need > q->n_blocks ? need - q->n_blocks : 0) + (cow ? 1 : 0);
+  if (more > s->n_free + s->n_lru) return false;
+  if (cow) {
+    const int32_t src = q->blocks[j], dst = take_block(s);
+    ref_dec(s, src); /* still held by another: never freed here */
+    q->blocks[j] = dst;
+    SS_ASSERT(b->n_copies < s->p.max_num_seqs);
+    b->copies[b->n_copies++] = (ss_sched_copy){.seq = q, .src = src, .dst = dst};
+    s->n_cow_copies++;
+  }
+  for (int32_t i = j + 1; i < q->n_blocks; i++) SS_ASSERT(s->ref[q->blocks[i]] == 1);
+  return reserve(s, q, n_tokens);
+}
+
 /* Gives q's blocks back, the last first: a cached block that no one else holds
  * joins the released list (so a chain's tail is reused before its head), any
  * other free block the never-cached stack. */
 static void release(ss_sched *s, ss_sched_seq *q) {
   while (q->n_blocks > 0) {
     const int32_t id = q->blocks[--q->n_blocks];
-    if (s->ref && --s->ref[id] > 0) continue;
-    if (s->ref && s->cached[id]) lru_push_tail(s, id);
+    if (ref_dec(s, id) > 0) continue;
+    if (s->cached && s->cached[id]) lru_push_tail(s, id);
     else s->free_ids[s->n_free++] = id;
   }
   q->n_reg = 0;
@@ -234,7 +275,7 @@ static int32_t take_cached_prefix(ss_sched *s, ss_sched_seq *q) {
   q->chain_id = -1;
   q->chain_gen = 0;
   q->n_reg = 0;
-  if (!s->ref || !q->tokens || q->compute_all || q->n_computed != 0 || q->n_blocks != 0)
+  if (!s->table || !q->tokens || q->compute_all || q->n_computed != 0 || q->n_blocks != 0)
     return 0;
   const int32_t bs = s->p.block_size, max_full = (q->n_tokens - 1) / bs;
   int32_t i = 0;
@@ -243,7 +284,7 @@ static int32_t take_cached_prefix(ss_sched *s, ss_sched_seq *q) {
     const int32_t id = table_find(s, key_hash(q->chain_id, q->chain_gen, toks, bs), q->chain_id,
                                   q->chain_gen, toks);
     if (id < 0) break;
-    if (s->ref[id]++ == 0) lru_remove(s, id);
+    if (ref_inc(s, id) == 1) lru_remove(s, id);
     q->blocks[q->n_blocks++] = id;
     q->chain_id = id;
     q->chain_gen = s->gen[id];
@@ -259,7 +300,7 @@ static int32_t take_cached_prefix(ss_sched *s, ss_sched_seq *q) {
  * same prefix meanwhile) stays uncached; the chain goes on from the cached
  * one, so q's later blocks are still found by others. */
 static void register_full_blocks(ss_sched *s, ss_sched_seq *q) {
-  if (!s->ref || !q->tokens) return;
+  if (!s->table || !q->tokens) return;
   const int32_t bs = s->p.block_size, full = q->n_computed / bs;
   while (q->n_reg < full && q->n_reg < q->n_blocks) {
     const int32_t id = q->blocks[q->n_reg];
@@ -350,6 +391,13 @@ static ss_sched_seq *paused_victim(const ss_sched *s) {
 /* Removes q's entry from the batch if it has one (it was preempted after being
  * given tokens this step). */
 static void drop_entry(ss_sched_batch *b, const ss_sched_seq *q) {
+  /* Its copy's destination goes back to the pool with its blocks. */
+  for (int32_t i = 0; i < b->n_copies; i++)
+    if (b->copies[i].seq == q) {
+      memmove(&b->copies[i], &b->copies[i + 1], (size_t)(b->n_copies - i - 1) * sizeof *b->copies);
+      b->n_copies--;
+      break;
+    }
   for (int32_t i = 0; i < b->n_entries; i++)
     if (b->entries[i].seq == q) {
       b->n_tokens -= b->entries[i].count;
@@ -387,7 +435,7 @@ static void schedule_running(ss_sched *s, ss_sched_batch *b, bool decode, int32_
     const int32_t count = need < *budget ? need : *budget;
     /* Make room, preempting paused sequences first, then the newest running
      * ones (possibly q itself). */
-    bool ok = reserve(s, q, q->n_computed + count);
+    bool ok = make_room(s, q, q->n_computed + count, b);
     while (!ok) {
       ss_sched_seq *victim = paused_victim(s);
       if (!victim) victim = s->running.tail;
@@ -400,7 +448,7 @@ static void schedule_running(ss_sched *s, ss_sched_batch *b, bool decode, int32_
       drop_entry(b, victim);
       preempt(s, victim, b);
       if (victim == q) break;
-      ok = reserve(s, q, q->n_computed + count);
+      ok = make_room(s, q, q->n_computed + count, b);
     }
     if (ok) {
       add_entry(b, q, count);
@@ -413,6 +461,7 @@ static void schedule_running(ss_sched *s, ss_sched_batch *b, bool decode, int32_
 void ss_sched_step(ss_sched *s, ss_sched_batch *b) {
   memset(b, 0, sizeof *b);
   b->entries = s->entries;
+  b->copies = s->copies;
   int32_t budget = s->p.max_batched_tokens;
   schedule_running(s, b, true, &budget);
   schedule_running(s, b, false, &budget);
@@ -441,7 +490,7 @@ void ss_sched_step(ss_sched *s, ss_sched_batch *b) {
     }
     ss_sched_seq *after = q->next;
     while (after && after->paused) after = after->next;
-    if (s->ref && q->tokens) {
+    if (s->table && q->tokens) {
       s->n_queried += (uint64_t)q->n_tokens;
       s->n_hit += (uint64_t)found;
       if (!q->scheduled_once) q->n_cached = found;
@@ -462,4 +511,38 @@ void ss_sched_commit(ss_sched *s, const ss_sched_batch *b) {
     q->n_computed = b->entries[i].start + b->entries[i].count;
     register_full_blocks(s, q);
   }
+}
+
+int ss_sched_fork(ss_sched *s, const ss_sched_seq *parent, ss_sched_seq *child) {
+  if (parent->state != SS_SEQ_RUNNING || parent->n_computed != parent->n_tokens)
+    return ss_error(SS_ERR_INVALID, "scheduler: a fork's parent must be running with all its "
+                    "tokens computed");
+  if (child->n_tokens != parent->n_tokens || child->n_tokens > child->max_tokens)
+    return ss_error(SS_ERR_INVALID, "scheduler: a fork has %d tokens, its parent %d",
+                    child->n_tokens, parent->n_tokens);
+  const int32_t have = ss_sched_blocks_for(s, parent->n_computed);
+  const int32_t need = ss_sched_blocks_for(s, child->max_tokens);
+  if (have > parent->n_blocks || !child->blocks || child->cap_blocks < need)
+    return ss_error(SS_ERR_INVALID, "scheduler: block table of %d entries, %d needed",
+                    child->cap_blocks, need);
+  if (s->running.count >= s->p.max_num_seqs)
+    return ss_error(SS_ERR_BUSY, "scheduler: %d sequences run already (max_num_seqs)",
+                    s->running.count);
+  for (int32_t i = 0; i < have; i++) {
+    child->blocks[i] = parent->blocks[i];
+    ref_inc(s, parent->blocks[i]);
+  }
+  child->n_blocks = have;
+  child->n_computed = parent->n_computed;
+  child->n_cached = 0;
+  child->n_reg = parent->n_reg < have ? parent->n_reg : have;
+  child->chain_id = parent->chain_id;
+  child->chain_gen = parent->chain_gen;
+  child->scheduled_once = true;
+  child->paused = false;
+  child->state = SS_SEQ_RUNNING;
+  list_push_back(&s->running, child);
+  s->n_forks++;
+  s->n_fork_blocks += (uint64_t)have;
+  return SS_OK;
 }

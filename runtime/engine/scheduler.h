@@ -36,7 +36,17 @@
  * or preempted) first takes the longest chain of its full blocks found in the
  * cache, always leaving at least its last token to compute (its logits are
  * needed).  A block's generation grows each time it is given up for other
- * contents, so a key naming a reused block matches nothing. */
+ * contents, so a key naming a reused block matches nothing.
+ *
+ * Forks (ss_sched_fork: the choices of an n > 1 or best_of request): a
+ * sequence whose every token is computed hands a new sequence with the same
+ * tokens references to all its blocks, the last partial one included, so the
+ * prompt is computed once.  Before any holder appends into a shared block it
+ * gets a block of its own: the step lists the copy (source, destination) for
+ * every rank to run before its forward pass (copy-on-write).  The holders are
+ * otherwise independent sequences: each is preempted (recomputed) or finished
+ * on its own, in any order, and a block goes back to the pool with its last
+ * holder.  Reference counts are kept with or without prefix caching. */
 #ifndef SS_SCHEDULER_H
 #define SS_SCHEDULER_H
 
@@ -107,8 +117,17 @@ static inline double ss_sched_entry_kv_read(const ss_sched_entry *e) {
   return (double)e->start + e->count;
 }
 
+/* A copy-on-write copy of the step: block src's K/V into block dst, before
+ * the forward pass; made for seq (at most one per sequence and step). */
+typedef struct ss_sched_copy {
+  ss_sched_seq *seq;
+  int32_t src, dst;
+} ss_sched_copy;
+
 typedef struct ss_sched_batch {
   ss_sched_entry *entries;  /* [n_entries], capacity max_num_seqs */
+  ss_sched_copy *copies;    /* [n_copies], capacity max_num_seqs: to run before the step */
+  int32_t n_copies;
   int32_t n_entries;
   int32_t n_tokens;
   int32_t n_logits;
@@ -135,8 +154,12 @@ typedef struct ss_sched {
   uint64_t n_preemptions;
   int32_t n_paused;    /* sequences in either list that are paused */
   ss_sched_entry *entries;
+  ss_sched_copy *copies;
+  int32_t *ref;        /* per block: sequences holding it */
+  int32_t n_shared;    /* blocks held by more than one sequence */
+  uint64_t n_forks, n_fork_blocks; /* forks made, and the blocks they shared */
+  uint64_t n_cow_copies; /* blocks copied before an append (copy-on-write) */
   /* Prefix cache, per block (allocated only with prefix_caching). */
-  int32_t *ref;        /* sequences holding it */
   bool *cached;        /* registered under its key (in the table) */
   uint64_t *hash;      /* its key's hash, when cached */
   int32_t *parent;     /* key: the block before it, -1 for a first block */
@@ -179,6 +202,15 @@ static inline bool ss_sched_has_work(const ss_sched *s) {
   return s->running.count + s->waiting.count > s->n_paused;
 }
 
+/* Starts child as a fork of parent: parent is running with all its tokens
+ * computed (its last one's logits just made); child has the same tokens
+ * (n_tokens equal; the owner copied them) and a block table for its own
+ * max_tokens.  Child runs from here, sharing every block of parent (see the
+ * policy above); its first token is sampled by the owner from parent's logits.
+ * SS_ERR_BUSY when max_num_seqs sequences run already (the owner then adds it
+ * as a new sequence); SS_ERR_INVALID for a call that breaks the above. */
+int ss_sched_fork(ss_sched *s, const ss_sched_seq *parent, ss_sched_seq *child);
+
 /* Removes a sequence (finished, aborted, or failed) from whichever list holds
  * it and returns its blocks to the pool. */
 void ss_sched_finish(ss_sched *s, ss_sched_seq *q);
@@ -187,6 +219,8 @@ void ss_sched_finish(ss_sched *s, ss_sched_seq *q);
 static inline int32_t ss_sched_blocks_used(const ss_sched *s) {
   return s->p.n_blocks - s->n_free - s->n_lru;
 }
+/* Blocks held by more than one sequence (forks, shared cached prefixes). */
+static inline int32_t ss_sched_blocks_shared(const ss_sched *s) { return s->n_shared; }
 /* Free blocks that still hold cached contents. */
 static inline int32_t ss_sched_blocks_cached_free(const ss_sched *s) { return s->n_lru; }
 

@@ -92,6 +92,26 @@ void ss_kv_cache_free(ss_kv_cache *c) {
   memset(c, 0, sizeof *c);
 }
 
+int ss_kv_cache_copy_block(ss_kv_cache *c, int32_t src, int32_t dst) {
+  if (src < 0 || src >= c->n_blocks || dst < 0 || dst >= c->n_blocks || src == dst)
+    return ss_error(SS_ERR_RANGE, "kv cache: copy of block %d into block %d: ids must differ "
+                    "and lie in 0..%d", src, dst, c->n_blocks - 1);
+  /* A block is one contiguous run per layer: (n_kv_head, block_size, head_dim). */
+  const size_t block_nbytes = (size_t)c->n_kv_head * (size_t)c->block_size *
+                              (size_t)c->head_dim * (size_t)ss_kv_dtype_nbytes(c->dtype);
+  for (int l = 0; l < c->n_layer; l++) {
+    const ss_kv_layer kl = ss_kv_cache_layer(c, l);
+    uint8_t *k = kl.k, *v = kl.v;
+    int rc = c->be->copy(c->be, k + (size_t)dst * block_nbytes, k + (size_t)src * block_nbytes,
+                         block_nbytes);
+    if (!rc)
+      rc = c->be->copy(c->be, v + (size_t)dst * block_nbytes, v + (size_t)src * block_nbytes,
+                       block_nbytes);
+    if (rc) return rc;
+  }
+  return SS_OK;
+}
+
 ss_kv_layer ss_kv_cache_layer(const ss_kv_cache *c, int l) {
   const size_t per_layer = (size_t)c->n_blocks * (size_t)c->block_size * (size_t)c->n_kv_head *
                            (size_t)c->head_dim * (size_t)ss_kv_dtype_nbytes(c->dtype);

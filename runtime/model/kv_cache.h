@@ -28,6 +28,10 @@ typedef struct ss_kv_cache {
 int ss_kv_cache_init(ss_kv_cache *c, ss_backend *be, int n_layer, int32_t n_kv_head,
                      int32_t head_dim, int32_t block_size, int32_t n_blocks, ss_dtype dtype);
 void ss_kv_cache_free(ss_kv_cache *c);
+/* Copies block src's K and V, every layer the cache holds, into block dst
+ * (the backend's copy: queued in order with the kernels on a device).  Block
+ * ids outside the pool are refused with a message. */
+int ss_kv_cache_copy_block(ss_kv_cache *c, int32_t src, int32_t dst);
 /* Layer l's view for the kernels. */
 ss_kv_layer ss_kv_cache_layer(const ss_kv_cache *c, int l);
 /* Bytes per element of a KV cache type; 0 for a type the cache cannot hold. */

@@ -256,13 +256,18 @@ int ss_forward_state_init(ss_forward_state *st, const ss_model *m, ss_backend *b
 void ss_forward_state_free(ss_forward_state *st);
 
 /* One forward pass.  Token ids are trusted (range-checked by the caller).
- * Batch rows logit_rows[0..n_logits) produce logits (float[n_logits][V]). */
+ * Batch rows logit_rows[0..n_logits) produce logits (float[n_logits][V]).
+ * Before it, KV block copy_src[i]'s contents (this rank's layers) are copied
+ * into block copy_dst[i], i < n_copies, in order (copy-on-write of a block
+ * forked sequences share; ids trusted like the block tables). */
 typedef struct ss_batch {
   int64_t n;
   const int32_t *tokens;  /* [n] */
   ss_token_loc loc;       /* positions and block tables */
   int64_t n_logits;
   const int32_t *logit_rows;
+  int64_t n_copies;
+  const int32_t *copy_src, *copy_dst; /* [n_copies] */
 } ss_batch;
 
 /* One forward pass of this rank's shard: the collectives inside it (the

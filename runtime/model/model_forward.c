@@ -488,7 +488,12 @@ int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, c
                      float *logits) {
   const double t0 = ss_now_s();
   const double c0 = (m->comm ? m->comm->busy_s : 0.0) + (m->world ? m->world->busy_s : 0.0);
-  int rc = forward_local(m, st, kv, b, logits);
+  /* The copies go before the step (and any graph the backend captures of
+   * it): queued on the device in order, they precede its first write. */
+  int rc = SS_OK;
+  for (int64_t i = 0; i < b->n_copies && !rc; i++)
+    rc = ss_kv_cache_copy_block(kv, b->copy_src[i], b->copy_dst[i]);
+  if (!rc) rc = forward_local(m, st, kv, b, logits);
   const double comm =
       (m->comm ? m->comm->busy_s : 0.0) + (m->world ? m->world->busy_s : 0.0) - c0;
   if (ss_trace_on()) {

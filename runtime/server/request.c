@@ -126,9 +126,9 @@ static int submit_status(api_req *q, int rc, const char **param) {
   return 503;
 }
 
-/* On the loop: hands the prepared request's first choice to the engine and
- * starts the answer; the other choices wait, each with its own copy of the
- * request and its own seed, for the first one's prompt (submit_rest). */
+/* On the loop: hands the prepared request's choices to the engine at once,
+ * each with its own copy of the request and its own seed (the others fork from
+ * the first there: the prompt is computed once), and starts the answer. */
 static void submit(api_req *q, ss_http_conn *c) {
   gen_fields *g = &q->g;
   q->stream = g->stream;
@@ -171,9 +171,19 @@ static void submit(api_req *q, ss_http_conn *c) {
     return;
   }
   g->r.user = &q->ch[0];
-  int64_t id = 0;
-  int rc = ss_engine_submit(q->engine, &g->r, &id);
+  ss_engine_req *reqs = malloc((size_t)q->n_ch * sizeof *reqs);
+  int64_t *ids = malloc((size_t)q->n_ch * sizeof *ids);
+  int rc = SS_ERR_NOMEM;
+  if (reqs && ids) {
+    reqs[0] = g->r;
+    for (int32_t i = 1; i < q->n_ch; i++) reqs[i] = q->ch[i].pending;
+    rc = ss_engine_submit_group(q->engine, reqs, q->n_ch, ids);
+  } else {
+    ss_error(SS_ERR_NOMEM, "out of memory");
+  }
+  free(reqs);
   if (rc) {
+    free(ids);
     const char *param;
     const int status = submit_status(q, rc, &param);
     ss_oai_send_error(c, status, param, status == 429 ? "queue_full" : NULL,
@@ -182,15 +192,23 @@ static void submit(api_req *q, ss_http_conn *c) {
     req_free(q);
     return;
   }
-  /* The engine owns the prompt and stop strings now. */
+  /* The engine owns every choice's prompt and stop strings now. */
   q->submitted = true;
-  q->id = id;
-  q->ch[0].submitted = true;
-  q->ch[0].id = id;
-  q->n_live = 1;
-  snprintf(q->rid, sizeof q->rid, "%s-%lld", q->chat ? "chatcmpl" : "cmpl", (long long)id);
+  q->id = ids[0];
+  for (int32_t i = 0; i < q->n_ch; i++) {
+    api_choice *ch = &q->ch[i];
+    ch->has_pending = false;
+    ch->pending = (ss_engine_req){0};
+    ch->submitted = true;
+    ch->id = ids[i];
+  }
+  free(ids);
+  q->n_live = q->n_ch;
+  q->api->n_forked += (uint64_t)(q->n_ch - 1);
+  snprintf(q->rid, sizeof q->rid, "%s-%lld", q->chat ? "chatcmpl" : "cmpl", (long long)q->id);
   if (q->stream) ss_http_stream_begin(c, 200, "text/event-stream");
 }
+
 
 /* Every submitted choice that has not ended stops; the waiting ones are dropped. */
 static void stop_choices(api_req *q) {
@@ -201,33 +219,6 @@ static void stop_choices(api_req *q) {
       ch->has_pending = false;
     }
     if (ch->submitted && !ch->done) ss_engine_abort(q->engine, ch->id);
-  }
-}
-
-/* Choice 0's first event: its prompt's full blocks are computed and in the
- * prefix cache (the scheduler registers them before the step's events), so
- * the other choices, submitted now, take them instead of computing them. */
-static void submit_rest(api_req *q) {
-  for (int32_t i = 1; i < q->n_ch; i++) {
-    api_choice *ch = &q->ch[i];
-    if (!ch->has_pending) continue;
-    int64_t id = 0;
-    int rc = ss_engine_submit(q->engine, &ch->pending, &id);
-    if (rc) {
-      const char *param;
-      const int status = submit_status(q, rc, &param);
-      if (q->conn && !q->answered)
-        ss_oai_answer_error(q, status, status == 429 ? "queue_full" : NULL, ss_error_msg());
-      q->answered = true;
-      stop_choices(q);
-      return;
-    }
-    ch->has_pending = false;
-    ch->pending = (ss_engine_req){0};
-    ch->submitted = true;
-    ch->id = id;
-    q->n_live++;
-    q->api->n_forked++;
   }
 }
 
@@ -361,10 +352,7 @@ void ss_api_on_wake(uv_async_t *h) {
                                    strcmp(ev->finish_reason, "error") == 0);
       if (!ch->started) {
         ch->started = true;
-        if (ch == &q->ch[0]) {
-          if (!q->conn || q->answered || failed) stop_choices(q);
-          else submit_rest(q);
-        }
+        if (ch == &q->ch[0] && (!q->conn || q->answered || failed)) stop_choices(q);
       }
       if (done) {
         ch->done = true;
