@@ -152,6 +152,17 @@ int ss_comm_wait_stream(ss_comm *c, void *stream);
 
 void ss_comm_stats_reset(ss_comm *c);
 
+/* Any thread, at any time between init and free, cheap enough for a timer
+ * (atomics, and kill(pid, 0) per peer on this host): the lowest rank of the
+ * job known to be lost (its process on this host is gone, or the heartbeat
+ * channel saw its connection close without a goodbye or go silent past the
+ * liveness timeout), or -1 (none, or the self backend).  A waiting operation
+ * fails on the same facts within SS_COMM_CHECK_S; this lets a thread that is
+ * not inside the communicator (an HTTP loop) act without the one that is.
+ * why (may be NULL) gets a line for logs naming the rank, its host and how it
+ * was lost; it names hosts and pids, so it is not meant for clients. */
+int ss_comm_lost_rank(const ss_comm *c, char *why, size_t why_len);
+
 /* Installs SIGTERM/SIGINT handlers that, when the launcher tears the job down
  * (typically because some rank died), write one line naming this rank and the
  * ranks on this host that are gone ("shardserve rank 0: terminated by the

@@ -128,6 +128,37 @@ int ss_comm_check_wait(const ss_comm *c, const ss_comm_peers *p, const ss_comm_o
                   c->rank, c->host, what, waited, c->timeout_s);
 }
 
+/* ---- asked from outside the waits --------------------------------------- */
+
+int ss_comm_lost_rank(const ss_comm *c, char *why, size_t why_len) {
+  if (why && why_len) why[0] = '\0';
+  if (!c || !c->ctx || strcmp(c->backend, "self") == 0) return -1;
+  const ss_comm_peers *p = c->ctx;
+  int dead = ss_comm_peers_first_dead(p);
+  if (dead >= 0) {
+    /* Local peers are numbered as this communicator knows them. */
+    int r = p->world ? p->world[dead] : dead;
+    if (why && why_len)
+      snprintf(why, why_len, "rank %d (pid %ld on %s) is gone", r, (long)p->pid[dead],
+               p->host[dead]);
+    return r;
+  }
+  int how = 0;
+  int lost = p->beat ? ss_comm_beat_first_lost(p->beat, &how) : -1;
+  if (lost < 0) return -1;
+  if (why && why_len) {
+    if ((how & ~SS_BEAT_BY_RANK0) == SS_BEAT_SILENT)
+      snprintf(why, why_len, "rank %d (host %s) is lost: it sent no heartbeat for %.1f s (host "
+               "down, link down, or process stopped)%s", lost, ss_comm_beat_host(p->beat, lost),
+               ss_comm_beat_timeout(p->beat), how & SS_BEAT_BY_RANK0 ? ", as rank 0 saw it" : "");
+    else
+      snprintf(why, why_len, "rank %d (host %s) is lost: it closed its heartbeat connection "
+               "without a goodbye (process or host gone)%s", lost,
+               ss_comm_beat_host(p->beat, lost), how & SS_BEAT_BY_RANK0 ? ", as rank 0 saw it" : "");
+  }
+  return lost;
+}
+
 /* ---- the launcher's SIGTERM ------------------------------------------- */
 
 /* What the handler needs, copied out of the communicator so that it never

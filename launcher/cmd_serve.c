@@ -12,12 +12,17 @@
  *
  * A lost rank ends the server: every request gets an error, /health answers
  * 503 for k_failed_linger_s so that a balancer sees the failure, then rank 0
- * exits 1. */
+ * exits 1.  The loop learns of the loss from the communicator itself (a timer
+ * asks it every k_lost_poll_ms), not from the engine thread, which may be held
+ * inside Open MPI by the lost peer's closed connection: the answers and the
+ * 503s go out at once either way, and a signal after a loss ends the process
+ * instead of starting a drain that could never finish. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +46,18 @@ static const char *k_cmd = "serve";
 
 /* After a fatal error, how long /health keeps answering 503 before the exit. */
 static const double k_failed_linger_s = 2.0;
+
+/* How often the loop asks the communicator whether a rank is lost (at TP/PP
+ * > 1), so that clients get their errors without the engine thread, which a
+ * lost peer can hold inside Open MPI until the launcher ends the job. */
+static const uint64_t k_lost_poll_ms = 50;
+/* After a loss, how long the loop waits for the engine thread before ending
+ * the process itself: the failed engine returns after k_failed_linger_s, so
+ * this is reached only when the thread is held in the communicator. */
+static const uint64_t k_lost_giveup_ms = 5000;
+/* The same after SIGINT/SIGTERM with a rank lost: time for the answers
+ * already queued to go out. */
+static const uint64_t k_lost_term_ms = 300;
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -94,7 +111,8 @@ static void usage(FILE *f) {
           "      --access-log off|stderr|FILE  one line per request: id, route, status, tokens,\n"
           "                            queue/TTFT/total ms, no prompt text (default stderr)\n"
           "      --drain-timeout S     on SIGINT/SIGTERM, finish in-flight requests for up to\n"
-          "                            S s, then abort the rest (default 30)\n"
+          "                            S s, then abort the rest (default 30); with a rank lost\n"
+          "                            there is no drain: the server exits at once\n"
           "\n"
           "Batching and memory:\n"
           "      --max-num-seqs N      sequences in a batch (default 64)\n"
@@ -137,7 +155,9 @@ static void usage(FILE *f) {
           "                            does not depend on the batch at any TP (default on)\n"
           "      --comm-timeout S      a collective waiting longer fails (default 0: none)\n"
           "      --comm-liveness S     a rank on any host silent for S seconds on the heartbeat\n"
-          "                            channel is lost: requests fail, the server exits\n"
+          "                            channel (or whose connection closes without a goodbye,\n"
+          "                            at once) is lost: every request in flight gets an error\n"
+          "                            naming the rank, /health 503, the server exits\n"
           "                            (default 4, at least 1; 0: off, only ranks on this\n"
           "                            host watched)\n"
           "      UV_THREADPOOL_SIZE=N  (environment) threads that parse and tokenize requests\n"
@@ -161,6 +181,13 @@ typedef struct serve_ctx {
   uv_loop_t *loop;
   uv_signal_t sigint, sigterm, sigusr1;
   uv_async_t stop_async;
+  uv_timer_t lost_timer, giveup_timer; /* at TP/PP > 1: watching for a lost rank */
+  bool watching;
+  bool lost;                 /* loop thread: a rank is lost, requests answered */
+  int lost_rank;
+  bool signalled;            /* loop thread: SIGINT/SIGTERM/SIGUSR1 came */
+  atomic_bool workers_ending; /* the run ended well (or the start failed): ranks leave, none is lost */
+  atomic_bool engine_done;   /* engine_main is returning */
   pthread_t engine_thread;
   ss_engine *engine;
   ss_chat_template tmpl;
@@ -211,7 +238,9 @@ static void *engine_main(void *arg) {
   if ((rc = ss_ranks_agree(k_cmd, s->comm, rc == SS_EXIT_OK))) {
     s->exit_code = rc;
     ss_engine_free(engine);
+    atomic_store(&s->workers_ending, true);
     ss_api_set_failed(s->api);
+    atomic_store(&s->engine_done, true);
     ss_api_engine_exited(s->api);
     return NULL;
   }
@@ -237,6 +266,10 @@ static void *engine_main(void *arg) {
   pthread_mutex_unlock(&s->mu);
   if (stop) ss_engine_stop(s->engine, s->drain_timeout);
   s->engine_rc = ss_engine_run(s->engine);
+  /* Drained: the workers are stopped next, and their exits are no loss, so the
+   * loop stops watching.  A failed run is watched on: the loss it failed on
+   * reaches the clients as the loop's message, which names the rank. */
+  if (s->engine_rc == SS_OK) atomic_store(&s->workers_ending, true);
   if (s->engine_rc != SS_OK) {
     ss_cli_fail(k_cmd, "%s", ss_error_msg());
     /* Every request has its error; /health says 503 (the engine has failed)
@@ -254,12 +287,74 @@ static void *engine_main(void *arg) {
    * thread). */
   if (s->exit_code == SS_EXIT_OK && s->trace_path)
     s->exit_code = ss_ranks_trace_write(k_cmd, s->comm, s->trace_path);
+  atomic_store(&s->engine_done, true);
   ss_api_engine_exited(s->api);
   return NULL;
 }
 
+/* The engine thread has not returned since a rank was lost (held inside the
+ * communicator): nothing more can happen here, and the clients have their
+ * answers, so the process ends without it. */
+static void on_lost_giveup(uv_timer_t *t) {
+  serve_ctx *s = t->data;
+  if (atomic_load(&s->engine_done)) return;
+  fprintf(stderr, "shardserve serve: rank %d was lost and the engine thread is still held in "
+          "the communicator; exiting without it\n", s->lost_rank);
+  fflush(stderr);
+  _exit(SS_EXIT_FAIL);
+}
+
+/* A rank is lost (why: the communicator's line for the log): every request
+ * is answered now, /health says 503, and the exit follows, by the engine
+ * thread's way or, should it be held, by on_lost_giveup's. */
+static void serve_lost(serve_ctx *s, int rank, const char *why) {
+  if (s->lost) return;
+  s->lost = true;
+  s->lost_rank = rank;
+  uv_timer_stop(&s->lost_timer);
+  fprintf(stderr, "shardserve serve: %s: every request in flight gets an error now, /health "
+          "answers 503, new requests are refused\n", why);
+  char msg[200];
+  snprintf(msg, sizeof msg, "the server lost its rank %d (of %d ranks) and is stopping; retry "
+           "once it has been restarted", rank, s->comm->size);
+  ss_api_fail_lost(s->api, msg);
+  uv_timer_start(&s->giveup_timer, on_lost_giveup, s->signalled ? k_lost_term_ms : k_lost_giveup_ms,
+                 0);
+}
+
+/* Whether a rank is lost now; if so, acts on it. */
+static bool check_lost(serve_ctx *s) {
+  if (s->lost) return true;
+  if (!s->watching || atomic_load(&s->workers_ending)) return false;
+  char why[400];
+  int r = ss_comm_lost_rank(s->comm, why, sizeof why);
+  if (r < 0) return false;
+  serve_lost(s, r, why);
+  return true;
+}
+
+static void on_lost_poll(uv_timer_t *t) {
+  serve_ctx *s = t->data;
+  if (atomic_load(&s->workers_ending)) uv_timer_stop(t);
+  else check_lost(s);
+}
+
+static void lost_probe(void *user) { check_lost(user); }
+
 static void on_signal(uv_signal_t *h, int signum) {
   serve_ctx *s = h->data;
+  const bool first = !s->signalled;
+  s->signalled = true;
+  if (check_lost(s)) {
+    /* Nothing in flight can finish: no drain, the answers are out. */
+    if (first) {
+      fprintf(stderr, "shardserve serve: %s with rank %d lost: exiting now, no drain\n",
+              signum == SIGINT ? "SIGINT" : signum == SIGTERM ? "SIGTERM" : "SIGUSR1",
+              s->lost_rank);
+      uv_timer_start(&s->giveup_timer, on_lost_giveup, k_lost_term_ms, 0);
+    }
+    return;
+  }
   fprintf(stderr, "shardserve serve: %s: draining (up to %.0f s), then exiting\n",
           signum == SIGINT ? "SIGINT" : signum == SIGTERM ? "SIGTERM" : "SIGUSR1",
           s->drain_timeout);
@@ -299,18 +394,30 @@ static int run_rank0(serve_ctx *s, ss_api_opts *ao) {
   uv_unref((uv_handle_t *)&s->sigint);
   uv_unref((uv_handle_t *)&s->sigterm);
   uv_unref((uv_handle_t *)&s->sigusr1);
+  uv_timer_init(s->loop, &s->lost_timer);
+  uv_timer_init(s->loop, &s->giveup_timer);
+  s->lost_timer.data = s->giveup_timer.data = s;
+  uv_unref((uv_handle_t *)&s->lost_timer);
+  uv_unref((uv_handle_t *)&s->giveup_timer);
+  s->watching = s->comm && s->comm->size > 1;
+  if (s->watching) {
+    uv_timer_start(&s->lost_timer, on_lost_poll, k_lost_poll_ms, k_lost_poll_ms);
+    ss_api_set_lost_probe(s->api, lost_probe, s);
+  }
   pthread_mutex_init(&s->mu, NULL);
   if (pthread_create(&s->engine_thread, NULL, engine_main, s) != 0)
     return ss_cli_fail(k_cmd, "cannot start the engine thread");
   /* The engine's pointer becomes visible to on_signal once it exists. */
   uv_run(s->loop, UV_RUN_DEFAULT);
   pthread_join(s->engine_thread, NULL);
+  uv_close((uv_handle_t *)&s->lost_timer, NULL);
+  uv_close((uv_handle_t *)&s->giveup_timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&s->sigint)) {
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     uv_close((uv_handle_t *)&s->sigusr1, NULL);
-    uv_run(s->loop, UV_RUN_DEFAULT);
   }
+  uv_run(s->loop, UV_RUN_DEFAULT);
   return s->exit_code;
 }
 

@@ -45,6 +45,13 @@ struct ss_api {
   uint64_t n_bad_media;   /* 415s */
   int64_t n_preparing;    /* requests handed to a worker and not yet back */
   bool exit_answered;     /* the engine has exited and its last events are answered */
+  /* A rank is lost (ss_api_fail_lost): every request was answered with
+   * lost_msg and new ones are refused, whatever the engine thread does. */
+  bool lost;
+  char lost_msg[256];
+  struct api_req *live;   /* submitted requests not yet freed (a list through live_next) */
+  void (*lost_probe)(void *user); /* asked before the engine's events are taken */
+  void *lost_probe_user;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -264,6 +271,8 @@ typedef struct api_req {
   json_t *echo_lp;        /* and their logprobs (completions format), from choice 0's first
                              token */
   bool answered;          /* the response is complete (or an error was sent) */
+  struct api_req *live_prev, *live_next; /* in api->live once submitted */
+  bool live_linked;
 } api_req;
 
 /* POST /v1/completions, /v1/chat/completions and the utility routes, on the

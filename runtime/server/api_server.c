@@ -103,6 +103,11 @@ void ss_api_set_failed(ss_api *a) {
   pthread_mutex_unlock(&a->mu);
 }
 
+void ss_api_set_lost_probe(ss_api *a, void (*probe)(void *user), void *user) {
+  a->lost_probe = probe;
+  a->lost_probe_user = user;
+}
+
 void ss_api_wake(void *api) {
   ss_api *a = api;
   uv_async_send(&a->wake);

@@ -55,6 +55,20 @@ void ss_api_wake(void *api);
  * answered, the server closes every handle so that uv_run returns. */
 void ss_api_engine_exited(ss_api *a);
 
+/* On the loop thread: a rank of the job is lost, so nothing in the engine can
+ * finish.  Every request in flight is answered now with msg (streams: an error
+ * event, then [DONE]; the others: a 500 error object), /health answers 503
+ * "failed" and new generation requests 503, without waiting for the engine
+ * thread, which may be held inside the communicator.  msg goes to clients: it
+ * should name the rank in plain words, no host or pid.  Idempotent (the first
+ * message stays). */
+void ss_api_fail_lost(ss_api *a, const char *msg);
+/* Before ss_api_set_ready: probe(user) runs on the loop each time the engine
+ * wakes it, before its events are answered, so that a loss the engine has
+ * just failed on reaches clients as ss_api_fail_lost's message (probe calls
+ * it) rather than the engine's, which cannot name the rank. */
+void ss_api_set_lost_probe(ss_api *a, void (*probe)(void *user), void *user);
+
 /* On the loop thread: stop accepting connections and report "draining". */
 void ss_api_begin_drain(ss_api *a);
 /* After the loop has ended. */

@@ -35,7 +35,26 @@
  * workers keep up with far more requests than the engine admits, and while
  * busy they take at most four cores from the forward pass. */
 
+/* The server's list of submitted requests, which a lost rank answers at once. */
+static void live_link(api_req *q) {
+  ss_api *a = q->api;
+  q->live_prev = NULL;
+  q->live_next = a->live;
+  if (a->live) a->live->live_prev = q;
+  a->live = q;
+  q->live_linked = true;
+}
+
+static void live_unlink(api_req *q) {
+  if (!q->live_linked) return;
+  if (q->live_prev) q->live_prev->live_next = q->live_next;
+  else q->api->live = q->live_next;
+  if (q->live_next) q->live_next->live_prev = q->live_prev;
+  q->live_linked = false;
+}
+
 static void req_free(api_req *q) {
+  live_unlink(q);
   free(q->body);
   for (int32_t i = 0; i < q->n_ch; i++) {
     api_choice *ch = &q->ch[i];
@@ -194,6 +213,7 @@ static void submit(api_req *q, ss_http_conn *c) {
   }
   /* The engine owns every choice's prompt and stop strings now. */
   q->submitted = true;
+  live_link(q);
   q->id = ids[0];
   for (int32_t i = 0; i < q->n_ch; i++) {
     api_choice *ch = &q->ch[i];
@@ -334,6 +354,7 @@ static void set_log(api_req *q) {
 
 void ss_api_on_wake(uv_async_t *h) {
   ss_api *a = h->data;
+  if (a->lost_probe && !a->lost) a->lost_probe(a->lost_probe_user);
   pthread_mutex_lock(&a->mu);
   ss_engine *eng = a->engine;
   const ss_model *m = a->model;
@@ -423,4 +444,26 @@ void ss_api_on_congestion(void *user, void *conn_user, bool congested) {
   ss_engine *eng = a->engine;
   pthread_mutex_unlock(&a->mu);
   if (eng) ss_engine_pause(eng, q->id, congested);
+}
+
+/* ------------------------------------------------------------------------ */
+/* A lost rank                                                                */
+
+void ss_api_fail_lost(ss_api *a, const char *msg) {
+  if (!a->lost) {
+    a->lost = true;
+    snprintf(a->lost_msg, sizeof a->lost_msg, "%s", msg);
+  }
+  /* Nothing the engine holds can finish, and its thread may be held inside
+   * the communicator, so the answers go out from here.  The engine is not
+   * called (its events, if any come, find the requests answered). */
+  for (api_req *q = a->live; q; q = q->live_next) {
+    if (!q->conn || q->answered) continue;
+    set_log(q);
+    ss_oai_answer_error(q, 500, NULL, a->lost_msg);
+    q->answered = true;
+    /* The response is complete: the connection may carry the client's next
+     * request (or close), so this one lets go of it. */
+    q->conn = NULL;
+  }
 }

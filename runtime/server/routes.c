@@ -14,9 +14,10 @@
 
 bool ss_api_check_serving(ss_api *a, ss_http_conn *c, ss_engine *eng) {
   ss_engine_state st = ss_engine_get_state(eng);
-  if (!a->draining && st == SS_ENGINE_READY) return true;
+  if (!a->lost && !a->draining && st == SS_ENGINE_READY) return true;
   ss_oai_send_error(c, 503, NULL, NULL, NULL, "%s",
-                    st == SS_ENGINE_FAILED
+                    a->lost ? a->lost_msg
+                    : st == SS_ENGINE_FAILED
                     ? "the engine has failed (a rank was lost); restart the server"
                     : "the server is shutting down");
   return false;
@@ -37,7 +38,7 @@ static void handle_metrics(ss_api *a, ss_http_conn *c, ss_engine *eng, api_phase
   ss_metric_header(&b, "shardserve:server_ready", "gauge",
                    "1 when the model is loaded and requests are served.");
   ss_metric_value(&b, "shardserve:server_ready", "",
-                  phase == PHASE_READY && !a->draining && eng &&
+                  phase == PHASE_READY && !a->draining && !a->lost && eng &&
                           ss_engine_get_state(eng) == SS_ENGINE_READY ? 1 : 0);
   ss_metric_header(&b, "shardserve:http_requests_total", "counter", "HTTP requests received.");
   ss_metric_value(&b, "shardserve:http_requests_total", "", (double)a->n_requests);
@@ -134,7 +135,8 @@ void ss_api_on_request(void *user, ss_http_conn *c, const ss_http_request *req) 
     int code = 200;
     ss_engine_state st = eng ? ss_engine_get_state(eng) : SS_ENGINE_READY;
     if (phase == PHASE_LOADING) status = "loading", code = 503;
-    else if (phase == PHASE_LOAD_FAILED || st == SS_ENGINE_FAILED) status = "failed", code = 503;
+    else if (phase == PHASE_LOAD_FAILED || st == SS_ENGINE_FAILED || a->lost)
+      status = "failed", code = 503;
     else if (a->draining || st != SS_ENGINE_READY) status = "draining", code = 503;
     ss_oai_send_json(c, code, json_pack("{s:s}", "status", status), "");
     return;
