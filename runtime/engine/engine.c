@@ -643,9 +643,10 @@ static void *memdup(const void *p, size_t nbytes) {
  * step's sampling).  A fork that cannot run now (max_num_seqs) is queued as
  * a request of its own. */
 static bool fork_now(const ss_engine *e, const ss_sched_batch *b, int32_t i) {
+  /* A failed entry's request has ended (and is freed) before this runs. */
+  if (!b->entries[i].logits || e->ent_failed[i]) return false;
   const ereq *q = b->entries[i].seq->user;
-  return b->entries[i].logits && !e->ent_failed[i] && q->forks && q->n_generated == 0 &&
-         q->seq.n_computed == q->seq.n_tokens;
+  return q->forks && q->n_generated == 0 && q->seq.n_computed == q->seq.n_tokens;
 }
 
 static void fork_ready(ss_engine *e, const ss_sched_batch *b, double t_sched, ev_list *evs) {
@@ -657,8 +658,8 @@ static void fork_ready(ss_engine *e, const ss_sched_batch *b, double t_sched, ev
   if (!any) return; /* (the fork lists change only on this thread) */
   pthread_mutex_lock(&e->mu);
   for (int32_t i = 0; i < b->n_entries; i++) {
-    ereq *q = b->entries[i].seq->user;
     if (!fork_now(e, b, i)) continue;
+    ereq *q = b->entries[i].seq->user;
     ereq **tail = &e->ent_forks[i];
     while (q->forks) {
       ereq *c = q->forks;
