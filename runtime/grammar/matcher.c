@@ -349,11 +349,22 @@ static void expand(ss_grammar_state *s, int32_t pos, int32_t below, ivec *out) {
   expand_at(s, pos, below, out, 0);
 }
 
+static int cmp_i32(const void *a, const void *b) {
+  const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  return (x > y) - (x < y);
+}
+
 static void sort_unique(ivec *v) {
-  for (int32_t i = 1; i < v->n; i++) { /* small sets: insertion sort */
-    int32_t x = v->p[i], j = i;
-    while (j > 0 && v->p[j - 1] > x) v->p[j] = v->p[j - 1], j--;
-    v->p[j] = x;
+  if (v->n > 16) {
+    /* An ambiguous grammar makes sets of thousands of stacks: insertion sort
+     * would make every byte quadratic in them. */
+    qsort(v->p, (size_t)v->n, sizeof *v->p, cmp_i32);
+  } else {
+    for (int32_t i = 1; i < v->n; i++) { /* small sets: insertion sort */
+      int32_t x = v->p[i], j = i;
+      while (j > 0 && v->p[j - 1] > x) v->p[j] = v->p[j - 1], j--;
+      v->p[j] = x;
+    }
   }
   if (v->n < 2) return;
   int32_t k = 1;
