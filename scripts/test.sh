@@ -32,6 +32,9 @@ if [ "$sanitize" -eq 1 ]; then
   # Open MPI keeps allocations past MPI_Finalize; only its own libraries are
   # suppressed (tests/lsan.supp), a leak in our code is still reported.
   export LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp:print_suppressions=0
+  # ...which needs the modules Open MPI loads to stay mapped until the leak
+  # check: once unloaded, their frames have no name to match.
+  export OMPI_MCA_mca_base_component_disable_dlclose=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   (cd build-asan && ctest --output-on-failure -j "$jobs" --timeout 3600 "$@")
 fi
