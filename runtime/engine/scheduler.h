@@ -36,7 +36,16 @@
  * or preempted) first takes the longest chain of its full blocks found in the
  * cache, always leaving at least its last token to compute (its logits are
  * needed).  A block's generation grows each time it is given up for other
- * contents, so a key naming a reused block matches nothing. */
+ * contents, so a key naming a reused block matches nothing.
+ *
+ * Steps in flight (params.microbatches > 1, pipeline parallelism): the owner
+ * may build the next step before committing the last.  A sequence is then in
+ * flight from the step that holds it until that step's commit; it is never
+ * scheduled again, preempted nor chosen as a victim meanwhile (a preemption
+ * that would have to take an in-flight sequence's blocks waits instead: the
+ * sequence that needs them is left out of this step).  Each step takes at most
+ * ceil(active / microbatches) sequences, active being those not paused, so
+ * the running sequences settle into that many groups that take turns. */
 #ifndef SS_SCHEDULER_H
 #define SS_SCHEDULER_H
 
@@ -62,6 +71,7 @@ struct ss_sched_seq {
   int32_t n_preempted;
   bool scheduled_once; /* has been in a batch (its queue time is over) */
   bool paused;         /* not scheduled; set only with ss_sched_set_paused */
+  bool in_flight;      /* in a step built and not yet committed */
   const int32_t *tokens; /* the owner's tokens (prompt + generated), or NULL: never
                             cached nor looked up (the planner's sequences) */
   bool compute_all;    /* never takes cached blocks (every prompt row's logits are
@@ -80,6 +90,8 @@ typedef struct ss_sched_params {
   int32_t block_size;         /* token slots per KV block */
   int32_t n_blocks;           /* blocks in the pool */
   bool prefix_caching;        /* reuse the K/V of computed full blocks */
+  int32_t microbatches;       /* steps in flight at once (0 or 1: each step is committed
+                                 before the next is built) */
 } ss_sched_params;
 
 typedef struct ss_seq_list {
@@ -162,12 +174,14 @@ int32_t ss_sched_blocks_for(const ss_sched *s, int64_t n_tokens);
  * the pool alone. */
 int ss_sched_add(ss_sched *s, ss_sched_seq *q);
 
-/* Builds the next step's batch (empty when there is nothing to do).  The
- * batch's entries point into scheduler memory valid until the next call. */
+/* Builds the next step's batch (empty when there is nothing to do) and marks
+ * its sequences in flight.  The batch's entries point into scheduler memory
+ * valid until the next call. */
 void ss_sched_step(ss_sched *s, ss_sched_batch *b);
 
-/* After the step ran: every entry's tokens are now in the cache.  The owner
- * then appends the sampled token of each logits entry (q->n_tokens++). */
+/* After the step ran: every entry's tokens are now in the cache and its
+ * sequence is no longer in flight.  The owner then appends the sampled token
+ * of each logits entry (q->n_tokens++). */
 void ss_sched_commit(ss_sched *s, const ss_sched_batch *b);
 
 /* Pauses or resumes a waiting or running sequence (see the policy above). */
