@@ -56,6 +56,8 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   if (o.block_size == 0) o.block_size = 16;
   if (o.max_waiting == 0) o.max_waiting = 1024;
   if (o.stats_every == 0) o.stats_every = 256;
+  if (o.microbatches < 0 || o.microbatches > 256)
+    return ss_error(SS_ERR_RANGE, "--pp-microbatches %d is outside 1..256", o.microbatches);
   if (o.max_num_seqs < 1 || o.max_num_seqs > 4096)
     return ss_error(SS_ERR_RANGE, "--max-num-seqs %d is outside 1..4096", o.max_num_seqs);
   if (o.max_batched_tokens < 1 || o.max_batched_tokens > 1 << 16)
@@ -112,9 +114,15 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   ss_eng_metrics_init(e);
   e->n_ranks = m->world ? m->world->size : m->comm ? m->comm->size : 1;
   e->ranks = calloc((size_t)e->n_ranks, sizeof *e->ranks);
+  /* Steps in flight: only where later stages can run one while rank 0 issues
+   * the next (pipeline parallelism); a single stage's step holds its logits
+   * when issued. */
+  const int pp = m->local.pp > 1 && m->world ? m->local.pp : 1;
+  e->microbatches = pp > 1 ? (o.microbatches > 0 ? o.microbatches : pp) : 1;
   ss_sched_params sp = {.max_num_seqs = o.max_num_seqs, .max_batched_tokens = o.max_batched_tokens,
                         .block_size = o.block_size, .n_blocks = o.n_blocks,
-                        .prefix_caching = !o.no_prefix_caching};
+                        .prefix_caching = !o.no_prefix_caching,
+                        .microbatches = e->microbatches};
   int rc;
   if (!e->ranks) {
     rc = ss_error(SS_ERR_NOMEM, "out of memory");
@@ -135,8 +143,15 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   const size_t T = (size_t)o.max_batched_tokens;
   e->logits = malloc((size_t)o.max_num_seqs * (size_t)c->vocab * sizeof *e->logits);
   e->cap_logits = o.max_num_seqs;
-  e->pl_q = malloc(T * sizeof *e->pl_q);
-  e->pl_pos = malloc(T * sizeof *e->pl_pos);
+  e->fl = calloc((size_t)e->microbatches, sizeof *e->fl);
+  bool fl_ok = e->fl != NULL;
+  for (int32_t i = 0; fl_ok && i < e->microbatches; i++) {
+    eng_flight *f = &e->fl[i];
+    f->b.entries = malloc((size_t)o.max_num_seqs * sizeof *f->b.entries);
+    f->pl_q = malloc(T * sizeof *f->pl_q);
+    f->pl_pos = malloc(T * sizeof *f->pl_pos);
+    fl_ok = f->b.entries && f->pl_q && f->pl_pos;
+  }
   e->b_tokens = malloc(T * sizeof *e->b_tokens);
   e->b_pos = malloc(T * sizeof *e->b_pos);
   e->b_rows = malloc(((size_t)o.max_num_seqs + T) * sizeof *e->b_rows);
@@ -149,7 +164,7 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   e->ent_why = malloc((size_t)o.max_num_seqs * sizeof *e->ent_why);
   e->ent_tok = malloc((size_t)o.max_num_seqs * sizeof *e->ent_tok);
   e->ent_ok = malloc((size_t)o.max_num_seqs * sizeof *e->ent_ok);
-  if (!e->logits || !e->pl_q || !e->pl_pos || !e->b_tokens || !e->b_pos || !e->b_rows ||
+  if (!e->logits || !fl_ok || !e->b_tokens || !e->b_pos || !e->b_rows ||
       !e->b_tab || !e->done_q ||
       !e->done_r || !e->itls || !e->ttfts || !e->ent_failed || !e->ent_why || !e->ent_tok ||
       !e->ent_ok) {
@@ -189,8 +204,12 @@ void ss_engine_free(ss_engine *e) {
   free(e->eog);
   if (e->kv.be) ss_kv_cache_free(&e->kv);
   free(e->logits);
-  free(e->pl_q);
-  free(e->pl_pos);
+  for (int32_t i = 0; e->fl && i < e->microbatches; i++) {
+    free(e->fl[i].b.entries);
+    free(e->fl[i].pl_q);
+    free(e->fl[i].pl_pos);
+  }
+  free(e->fl);
   free(e->masked);
   ss_grammar_vocab_free(e->gvocab);
   free(e->b_tokens);
@@ -392,11 +411,15 @@ static void intake_locked(ss_engine *e, ev_list *out) {
   }
   e->in_head = e->in_tail = NULL;
   e->n_in = 0;
+  /* A request in a step in flight ends once that step has: the step's entry
+   * points to it. */
+  int32_t kept = 0;
   for (int32_t i = 0; i < e->n_aborts; i++) {
     ereq *q = find_active(e, e->aborts[i]);
-    if (q) ss_eng_finish_locked(e, q, "abort", NULL, out);
+    if (q && q->seq.in_flight) e->aborts[kept++] = e->aborts[i];
+    else if (q) ss_eng_finish_locked(e, q, "abort", NULL, out);
   }
-  e->n_aborts = 0;
+  e->n_aborts = kept;
   for (int32_t i = 0; i < e->n_pauses; i++) {
     ereq *q = find_active(e, e->pauses[i].id);
     if (!q || q->seq.paused == e->pauses[i].paused) continue;
@@ -467,11 +490,11 @@ static int ensure_logit_rows(ss_engine *e, int32_t n) {
 
 /* The logprobs of the prompt tokens that this step's prompt rows (after its
  * nl sampling rows) predict, into their requests. */
-static void record_prompt_rows(ss_engine *e, int32_t nl, int32_t npl) {
-  const int32_t V = e->m->cfg.vocab;
+static void record_prompt_rows(ss_engine *e, const eng_flight *f) {
+  const int32_t V = e->m->cfg.vocab, nl = f->nl, npl = f->npl;
   for (int32_t j = 0; j < npl; j++) {
-    ereq *q = e->pl_q[j];
-    const int32_t n = q->r.n_prompt - 1, k = q->r.n_top_logprobs, p = e->pl_pos[j];
+    ereq *q = f->pl_q[j];
+    const int32_t n = q->r.n_prompt - 1, k = q->r.n_top_logprobs, p = f->pl_pos[j];
     if (!q->plp) {
       q->plp = malloc((size_t)n * sizeof *q->plp);
       if (k > 0) {
@@ -497,13 +520,13 @@ static void record_prompt_rows(ss_engine *e, int32_t nl, int32_t npl) {
   }
 }
 
-/* Runs the step whose tokens are in the engine's batch arrays. */
-static int exec_all(ss_engine *e, const ss_sched_batch *b, int32_t nt, int32_t nl) {
+/* Issues the step whose tokens are in the engine's batch arrays. */
+static int exec_begin(ss_engine *e, const ss_sched_batch *b, int32_t nt, int32_t nl) {
   int rc = debug_check(e, b->entries, b->n_entries);
   if (rc) return rc;
   ss_batch fb = {.n = nt, .tokens = e->b_tokens, .loc = {.n = nt, .pos = e->b_pos,
                  .block_table = e->b_tab}, .n_logits = nl, .logit_rows = e->b_rows};
-  return ss_exec_step(e->m, &e->st, &e->kv, &fb, e->logits);
+  return ss_exec_step_begin(e->m, &e->st, &e->kv, &fb, e->logits);
 }
 
 /* After a step failed with a status that leaves the ranks in step (anything
@@ -564,6 +587,218 @@ static void stats_line(ss_engine *e) {
   e->stats_gen = gen;
 }
 
+/* A lost rank: nothing more can run.  Clients get a plain message; the
+ * details (which rank, where) go to the log and the caller. */
+static int engine_fail(ss_engine *e, int rc) {
+  char msg[600];
+  snprintf(msg, sizeof msg, "a forward step failed: %s", ss_error_msg());
+  if (e->o.log) fprintf(e->o.log, "shardserve engine: %s\n", msg);
+  ev_list evs = {0};
+  pthread_mutex_lock(&e->mu);
+  ss_eng_fail_all_locked(e, "the server lost one of its ranks and is stopping; retry "
+                         "once it has been restarted", &evs);
+  e->state = SS_ENGINE_FAILED;
+  publish_locked(e, &evs);
+  pthread_mutex_unlock(&e->mu);
+  if (e->notify) e->notify(e->notify_user);
+  return ss_error(rc, "%s", msg);
+}
+
+/* Schedules and issues one step into the next free flight slot.  Returns 1
+ * when a step was issued, 0 when the scheduler had nothing to run, or a
+ * failure that ended the engine (engine_fail). */
+static int issue_step(ss_engine *e) {
+  eng_flight *f = &e->fl[(e->fl_head + e->n_fl) % e->microbatches];
+  SS_TRACE_BEGIN(t_step);
+  ss_sched_batch sb;
+  ss_sched_step(&e->sched, &sb);
+  if (sb.n_entries == 0) return 0;
+  ss_sched_entry *entries = f->b.entries;
+  memcpy(entries, sb.entries, (size_t)sb.n_entries * sizeof *entries);
+  f->b = sb;
+  f->b.entries = entries;
+  const ss_sched_batch *b = &f->b;
+  f->t_step = t_step;
+  f->t_sched = ss_now_s();
+  f->no = ++e->n_issued;
+  f->rc = SS_OK;
+  int32_t nt = 0, nl = 0;
+  uint64_t prompt_tokens = 0;
+  ss_sched_batch_attention(b, &f->attended, &f->kv_read);
+  for (int32_t i = 0; i < b->n_entries; i++) {
+    const ss_sched_entry *en = &b->entries[i];
+    ereq *q = en->seq->user;
+    e->ent_tok[i] = nt;
+    e->ent_failed[i] = false;
+    for (int32_t k = 0; k < en->count; k++) {
+      const int32_t p = en->start + k;
+      e->b_tokens[nt] = q->tokens[p];
+      e->b_pos[nt] = p;
+      e->b_tab[nt] = q->seq.blocks;
+      if (p < q->r.n_prompt && q->seq.n_preempted == 0) prompt_tokens++;
+      nt++;
+    }
+    if (en->logits) e->b_rows[nl++] = nt - 1;
+  }
+  /* Requests that report prompt logprobs: a row for each of their prompt
+   * positions in the step whose next token is a prompt token, after the
+   * sampling rows. */
+  int32_t npl = 0;
+  for (int32_t i = 0; i < b->n_entries; i++) {
+    const ss_sched_entry *en = &b->entries[i];
+    ereq *q = en->seq->user;
+    if (!q->r.prompt_logprobs) continue;
+    for (int32_t k = 0; k < en->count && en->start + k + 1 < q->r.n_prompt; k++) {
+      e->b_rows[nl + npl] = e->ent_tok[i] + k;
+      f->pl_q[npl] = q;
+      f->pl_pos[npl++] = en->start + k;
+    }
+  }
+  f->t_fwd0 = ss_now_s();
+  if (ss_trace_on())
+    ss_trace_span("schedule", "sched", t_step, f->t_fwd0,
+                  (ss_trace_arg[]){{"seqs", b->n_entries}, {"tokens", nt}, {"logits", nl}}, 3);
+  int rc = npl > 0 ? ensure_logit_rows(e, nl + npl) : SS_OK;
+  if (rc) npl = 0; /* the step runs without them (lost: NaN) */
+  rc = exec_begin(e, b, nt, nl + npl);
+  f->nt = nt;
+  f->nl = nl;
+  f->npl = npl;
+  f->prompt_tokens = prompt_tokens;
+  e->n_fl++;
+  if (rc == SS_ERR_COMM) return engine_fail(e, rc);
+  if (rc) {
+    /* Nothing went to the other ranks: the step is run again one sequence at
+     * a time when its turn to end comes (no step is issued after it). */
+    f->rc = rc;
+    snprintf(f->why, sizeof f->why, "a forward step failed: %s", ss_error_msg());
+  }
+  if (ss_trace_on() && e->microbatches > 1)
+    ss_trace_span("step", "sched", t_step, ss_now_s(),
+                  (ss_trace_arg[]){{"step", (int64_t)f->no}, {"seqs", b->n_entries},
+                                   {"tokens", nt}}, 3);
+  return 1;
+}
+
+/* Ends the oldest step in flight: its logits, the commit, sampling, events. */
+static int finish_step(ss_engine *e) {
+  eng_flight *f = &e->fl[e->fl_head];
+  const ss_sched_batch *b = &f->b;
+  SS_TRACE_BEGIN(t_end);
+  int32_t n_failed = 0;
+  int rc = f->rc ? SS_OK : ss_exec_step_end(e->m, f->nl + f->npl, e->logits);
+  e->fl_head = (e->fl_head + 1) % e->microbatches;
+  e->n_fl--;
+  if (rc) return engine_fail(e, rc);
+  if (f->rc) {
+    SS_ASSERT(e->n_fl == 0); /* the newest: its batch arrays are still in place */
+    f->npl = 0; /* run one by one below, without the prompt rows (lost: NaN) */
+    if (e->o.log)
+      fprintf(e->o.log, "shardserve engine: step %llu (%d sequences, %d tokens) failed: %s; "
+              "running its sequences one by one\n", (unsigned long long)e->steps + 1,
+              b->n_entries, f->nt, f->why);
+    rc = isolate_step(e, b, f->why);
+    if (rc == SS_ERR_COMM) return engine_fail(e, rc);
+    n_failed = rc;
+  }
+  uint64_t prompt_tokens = f->prompt_tokens;
+  ev_list evs = {0};
+  const double t = ss_now_s();
+  pthread_mutex_lock(&e->mu);
+  for (int32_t i = 0; i < b->n_entries; i++) {
+    ereq *q = b->entries[i].seq->user;
+    if (q->t_scheduled == 0) {
+      /* Prompt tokens found in the prefix cache count as prompt tokens too. */
+      prompt_tokens += (uint64_t)q->seq.n_cached;
+      q->t_scheduled = f->t_sched;
+      ss_histogram_observe(&e->h_queue, f->t_sched - q->t_arrival);
+    }
+  }
+  /* The entries that failed alone end here (their blocks go back, nothing of
+   * theirs is committed to the prefix cache); the others are committed. */
+  ss_sched_batch ok = *b;
+  if (n_failed > 0) {
+    e->step_failures_total++;
+    ok.entries = e->ent_ok;
+    ok.n_entries = 0;
+    for (int32_t i = 0; i < b->n_entries; i++) {
+      if (!e->ent_failed[i]) {
+        ok.entries[ok.n_entries++] = b->entries[i];
+        continue;
+      }
+      ereq *q = b->entries[i].seq->user;
+      if (e->o.log)
+        fprintf(e->o.log, "shardserve engine: request %lld failed: %s\n", (long long)q->id,
+                e->ent_why[i]);
+      ss_eng_finish_locked(e, q, "error", e->ent_why[i], &evs);
+    }
+  }
+  pthread_mutex_unlock(&e->mu);
+  ss_sched_commit(&e->sched, &ok);
+  e->steps++;
+  e->stats_dirty = true;
+
+  record_prompt_rows(e, f);
+
+  /* Sample outside the lock, then publish. */
+  SS_TRACE_BEGIN(t_sample);
+  int32_t li = 0;
+  uint64_t gen = 0;
+  ereq **done_q = e->done_q;
+  const char **done_r = e->done_r;
+  double *itls = e->itls, *ttfts = e->ttfts;
+  int32_t n_done = 0, n_itl = 0, n_ttft = 0;
+  for (int32_t i = 0; i < b->n_entries; i++) {
+    if (!b->entries[i].logits) continue;
+    const float *row = e->logits + (size_t)li++ * e->m->cfg.vocab;
+    if (n_failed > 0 && e->ent_failed[i]) continue; /* ended above */
+    ereq *q = b->entries[i].seq->user;
+    if (q->r.max_new_tokens == 0) { /* prefill only: nothing to sample */
+      q->t_first = q->t_last = t;
+      done_q[n_done] = q;
+      done_r[n_done++] = "length";
+      continue;
+    }
+    double itl;
+    const char *reason = ss_eng_sample_seq(e, q, row, &evs, t, &itl);
+    gen++;
+    if (q->n_generated == 1) ttfts[n_ttft++] = t - q->t_arrival;
+    else if (itl >= 0) itls[n_itl++] = itl;
+    if (reason) {
+      done_q[n_done] = q;
+      done_r[n_done++] = reason;
+    }
+  }
+  if (ss_trace_on())
+    ss_trace_span("sample", "compute", t_sample, ss_now_s(),
+                  (ss_trace_arg[]){{"tokens", (int64_t)gen}}, 1);
+  pthread_mutex_lock(&e->mu);
+  for (int32_t i = 0; i < n_done; i++) ss_eng_finish_locked(e, done_q[i], done_r[i], NULL, &evs);
+  for (int32_t i = 0; i < n_ttft; i++) ss_histogram_observe(&e->h_ttft, ttfts[i]);
+  for (int32_t i = 0; i < n_itl; i++) ss_histogram_observe(&e->h_itl, itls[i]);
+  e->prompt_tokens_total += prompt_tokens;
+  e->generation_tokens_total += gen;
+  publish_locked(e, &evs);
+  pthread_mutex_unlock(&e->mu);
+  if (e->notify) e->notify(e->notify_user);
+  ss_eng_step_log(e, f->t_sched, &ok, f->attended, f->kv_read, f->t_fwd0, t);
+  stats_line(e);
+  if (ss_trace_on()) {
+    /* One step's span from scheduling to publishing; with steps in flight,
+     * its issue and its end are two spans (others run in between). */
+    if (e->microbatches > 1)
+      ss_trace_span("step end", "sched", t_end, ss_now_s(),
+                    (ss_trace_arg[]){{"step", (int64_t)f->no}, {"seqs", b->n_entries},
+                                     {"tokens", f->nt}}, 3);
+    else
+      ss_trace_span("step", "sched", f->t_step, ss_now_s(),
+                    (ss_trace_arg[]){{"step", (int64_t)e->steps}, {"seqs", b->n_entries},
+                                     {"tokens", f->nt}}, 3);
+  }
+  if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) e->stats_due = true;
+  return SS_OK;
+}
+
 int ss_engine_run(ss_engine *e) {
   int rc = SS_OK;
   e->t_start = ss_now_s();
@@ -576,7 +811,7 @@ int ss_engine_run(ss_engine *e) {
      * holding the drain until its deadline). */
     const bool empty = !e->sched.running.head && !e->sched.waiting.head;
     const bool idle = !ss_sched_has_work(&e->sched);
-    if (e->stopping && (empty || ss_now_s() >= e->drain_deadline)) {
+    if (e->stopping && (empty || ss_now_s() >= e->drain_deadline) && e->n_fl == 0) {
       /* Drained, or out of time: whatever is left ends as aborted. */
       ss_sched_seq *q;
       while ((q = e->sched.running.head)) ss_eng_finish_locked(e, q->user, "abort", NULL, &evs);
@@ -587,14 +822,16 @@ int ss_engine_run(ss_engine *e) {
       if (e->notify) e->notify(e->notify_user);
       break;
     }
-    if (idle && !evs.head && e->stats_dirty) {
+    const bool out_of_time = e->stopping && ss_now_s() >= e->drain_deadline;
+    if (idle && !evs.head && e->n_fl == 0 && e->stats_dirty) {
       /* Going idle: refresh the per-rank counters once for /metrics. */
       pthread_mutex_unlock(&e->mu);
       e->stats_dirty = false;
+      e->stats_due = false;
       ss_eng_gather_rank_stats(e);
       continue;
     }
-    if (idle && !evs.head) {
+    if (idle && !evs.head && e->n_fl == 0) {
       /* A pause may have been all that changed: /metrics shows it. */
       publish_gauges_locked(e);
       if (e->stopping) {
@@ -612,171 +849,26 @@ int ss_engine_run(ss_engine *e) {
     publish_locked(e, &evs);
     pthread_mutex_unlock(&e->mu);
     if (evs.head && e->notify) e->notify(e->notify_user);
-    if (idle) continue;
-    evs = (ev_list){0};
-
-    /* One step. */
-    SS_TRACE_BEGIN(t_step);
-    ss_sched_batch b;
-    ss_sched_step(&e->sched, &b);
-    if (b.n_entries == 0) continue;
-    const double t_sched = ss_now_s();
-    int32_t nt = 0, nl = 0;
-    uint64_t prompt_tokens = 0;
-    double attended, kv_read;
-    ss_sched_batch_attention(&b, &attended, &kv_read);
-    for (int32_t i = 0; i < b.n_entries; i++) {
-      const ss_sched_entry *en = &b.entries[i];
-      ereq *q = en->seq->user;
-      e->ent_tok[i] = nt;
-      e->ent_failed[i] = false;
-      for (int32_t k = 0; k < en->count; k++) {
-        const int32_t p = en->start + k;
-        e->b_tokens[nt] = q->tokens[p];
-        e->b_pos[nt] = p;
-        e->b_tab[nt] = q->seq.blocks;
-        if (p < q->r.n_prompt && q->seq.n_preempted == 0) prompt_tokens++;
-        nt++;
-      }
-      if (en->logits) e->b_rows[nl++] = nt - 1;
+    if (e->stats_due && e->n_fl == 0) {
+      ss_eng_gather_rank_stats(e);
+      e->stats_dirty = e->stats_due = false;
     }
-    /* Requests that report prompt logprobs: a row for each of their prompt
-     * positions in the step whose next token is a prompt token, after the
-     * sampling rows. */
-    int32_t npl = 0;
-    for (int32_t i = 0; i < b.n_entries; i++) {
-      const ss_sched_entry *en = &b.entries[i];
-      ereq *q = en->seq->user;
-      if (!q->r.prompt_logprobs) continue;
-      for (int32_t k = 0; k < en->count && en->start + k + 1 < q->r.n_prompt; k++) {
-        e->b_rows[nl + npl] = e->ent_tok[i] + k;
-        e->pl_q[npl] = q;
-        e->pl_pos[npl++] = en->start + k;
-      }
-    }
-    const double t_fwd0 = ss_now_s();
-    if (ss_trace_on())
-      ss_trace_span("schedule", "sched", t_step, t_fwd0,
-                    (ss_trace_arg[]){{"seqs", b.n_entries}, {"tokens", nt}, {"logits", nl}}, 3);
-    rc = npl > 0 ? ensure_logit_rows(e, nl + npl) : SS_OK;
-    if (rc) npl = 0; /* the step runs without them (lost: NaN) */
-    rc = exec_all(e, &b, nt, nl + npl);
-    int32_t n_failed = 0;
-    if (rc && rc != SS_ERR_COMM) {
-      npl = 0; /* run one by one below, without the prompt rows (lost: NaN) */
-      char why[512];
-      snprintf(why, sizeof why, "a forward step failed: %s", ss_error_msg());
-      if (e->o.log)
-        fprintf(e->o.log, "shardserve engine: step %llu (%d sequences, %d tokens) failed: %s; "
-                "running its sequences one by one\n", (unsigned long long)e->steps + 1,
-                b.n_entries, nt, why);
-      rc = isolate_step(e, &b, why);
-      if (rc >= 0) n_failed = rc, rc = SS_OK;
-    }
-    const double t = ss_now_s();
-    pthread_mutex_lock(&e->mu);
-    for (int32_t i = 0; i < b.n_entries; i++) {
-      ereq *q = b.entries[i].seq->user;
-      if (q->t_scheduled == 0) {
-        /* Prompt tokens found in the prefix cache count as prompt tokens too. */
-        prompt_tokens += (uint64_t)q->seq.n_cached;
-        q->t_scheduled = t_sched;
-        ss_histogram_observe(&e->h_queue, t_sched - q->t_arrival);
-      }
-    }
-    if (rc) {
-      /* A lost rank: nothing more can run.  Clients get a plain message; the
-       * details (which rank, where) go to the log and the caller. */
-      char msg[600];
-      snprintf(msg, sizeof msg, "a forward step failed: %s", ss_error_msg());
-      if (e->o.log) fprintf(e->o.log, "shardserve engine: %s\n", msg);
-      ss_eng_fail_all_locked(e, "the server lost one of its ranks and is stopping; retry "
-                             "once it has been restarted", &evs);
-      e->state = SS_ENGINE_FAILED;
-      publish_locked(e, &evs);
-      pthread_mutex_unlock(&e->mu);
-      if (e->notify) e->notify(e->notify_user);
-      return ss_error(rc, "%s", msg);
-    }
-    /* The entries that failed alone end here (their blocks go back, nothing of
-     * theirs is committed to the prefix cache); the others are committed. */
-    ss_sched_batch ok = b;
-    if (n_failed > 0) {
-      e->step_failures_total++;
-      ok.entries = e->ent_ok;
-      ok.n_entries = 0;
-      for (int32_t i = 0; i < b.n_entries; i++) {
-        if (!e->ent_failed[i]) {
-          ok.entries[ok.n_entries++] = b.entries[i];
-          continue;
-        }
-        ereq *q = b.entries[i].seq->user;
-        if (e->o.log)
-          fprintf(e->o.log, "shardserve engine: request %lld failed: %s\n", (long long)q->id,
-                  e->ent_why[i]);
-        ss_eng_finish_locked(e, q, "error", e->ent_why[i], &evs);
-      }
-    }
-    pthread_mutex_unlock(&e->mu);
-    ss_sched_commit(&e->sched, &ok);
-    e->steps++;
-    e->stats_dirty = true;
-
-    record_prompt_rows(e, nl, npl);
-
-    /* Sample outside the lock, then publish. */
-    SS_TRACE_BEGIN(t_sample);
-    int32_t li = 0;
-    uint64_t gen = 0;
-    ereq **done_q = e->done_q;
-    const char **done_r = e->done_r;
-    double *itls = e->itls, *ttfts = e->ttfts;
-    int32_t n_done = 0, n_itl = 0, n_ttft = 0;
-    for (int32_t i = 0; i < b.n_entries; i++) {
-      if (!b.entries[i].logits) continue;
-      const float *row = e->logits + (size_t)li++ * e->m->cfg.vocab;
-      if (e->ent_failed[i]) continue; /* ended above */
-      ereq *q = b.entries[i].seq->user;
-      if (q->r.max_new_tokens == 0) { /* prefill only: nothing to sample */
-        q->t_first = q->t_last = t;
-        done_q[n_done] = q;
-        done_r[n_done++] = "length";
+    /* Fill the pipeline: issue while a slot is free (not after a step whose
+     * issue failed, nor while the counters wait for it to drain, nor past the
+     * drain's deadline), else end the oldest step in flight. */
+    const bool tail_failed = e->n_fl > 0 &&
+                             e->fl[(e->fl_head + e->n_fl - 1) % e->microbatches].rc != SS_OK;
+    if (!idle && !out_of_time && !tail_failed && !e->stats_due && e->n_fl < e->microbatches) {
+      int r = issue_step(e);
+      if (r < 0) return r;
+      if (r > 0) {
+        /* One at a time: the step ends before the next is built. */
+        if (e->microbatches == 1 && (rc = finish_step(e))) return rc;
         continue;
       }
-      double itl;
-      const char *reason = ss_eng_sample_seq(e, q, row, &evs, t, &itl);
-      gen++;
-      if (q->n_generated == 1) ttfts[n_ttft++] = t - q->t_arrival;
-      else if (itl >= 0) itls[n_itl++] = itl;
-      if (reason) {
-        done_q[n_done] = q;
-        done_r[n_done++] = reason;
-      }
     }
-    if (ss_trace_on())
-      ss_trace_span("sample", "compute", t_sample, ss_now_s(),
-                    (ss_trace_arg[]){{"tokens", (int64_t)gen}}, 1);
-    pthread_mutex_lock(&e->mu);
-    for (int32_t i = 0; i < n_done; i++) ss_eng_finish_locked(e, done_q[i], done_r[i], NULL, &evs);
-    for (int32_t i = 0; i < n_ttft; i++) ss_histogram_observe(&e->h_ttft, ttfts[i]);
-    for (int32_t i = 0; i < n_itl; i++) ss_histogram_observe(&e->h_itl, itls[i]);
-    e->prompt_tokens_total += prompt_tokens;
-    e->generation_tokens_total += gen;
-    publish_locked(e, &evs);
-    pthread_mutex_unlock(&e->mu);
-    if (e->notify) e->notify(e->notify_user);
-    ss_eng_step_log(e, t_sched, &ok, attended, kv_read, t_fwd0, t);
-    stats_line(e);
-    if (ss_trace_on())
-      ss_trace_span("step", "sched", t_step, ss_now_s(),
-                    (ss_trace_arg[]){{"step", (int64_t)e->steps}, {"seqs", b.n_entries},
-                                     {"tokens", nt}}, 3);
-    if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) {
-      ss_eng_gather_rank_stats(e);
-      e->stats_dirty = false;
-    }
+    if (e->n_fl > 0 && (rc = finish_step(e))) return rc;
   }
   ss_eng_gather_rank_stats(e);
   return rc;
 }
-

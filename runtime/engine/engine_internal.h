@@ -46,6 +46,23 @@ typedef struct rank_stats {
   uint64_t steps;
 } rank_stats;
 
+/* A step issued and not yet finished (under pipeline parallelism several are
+ * in flight; otherwise each finishes as soon as it is issued): what its end
+ * needs once its logits are back. */
+typedef struct eng_flight {
+  ss_sched_batch b;          /* b.entries: this flight's own copy, max_num_seqs long */
+  int32_t nt, nl, npl;       /* tokens, sampling rows, prompt rows */
+  /* its prompt rows: the request and the position of each, max_batched_tokens long */
+  struct ereq **pl_q;
+  int32_t *pl_pos;
+  uint64_t prompt_tokens;
+  double attended, kv_read;
+  double t_step, t_sched, t_fwd0; /* ss_now_s(): scheduling began, ended, the pass began */
+  uint64_t no;               /* issued steps so far, this one included */
+  int rc;                    /* how its issue failed (not SS_ERR_COMM), or SS_OK */
+  char why[512];
+} eng_flight;
+
 /* Events made during a step, published together. */
 typedef struct ev_list {
   ss_engine_event *head, *tail;
@@ -64,10 +81,12 @@ struct ss_engine {
   int32_t n_eog;
   float *logits;          /* (cap_logits, V) */
   int32_t cap_logits;     /* max_num_seqs, grown when prompt rows are asked for */
-  /* a step's prompt rows (after its sampling rows): the request and the
-   * position of each, max_batched_tokens long */
-  struct ereq **pl_q;
-  int32_t *pl_pos;
+  /* the steps in flight, a ring of `microbatches` oldest first from fl_head;
+   * a step's prompt rows come after its sampling rows */
+  eng_flight *fl;
+  int32_t microbatches, fl_head, n_fl;
+  uint64_t n_issued;
+  bool stats_due;         /* the per-rank counters are to be gathered once none is in flight */
   struct ss_grammar_vocab *gvocab; /* the vocabulary trie, made for the first constrained
                                   request (engine thread) */
   float *masked;          /* (V): a constrained row's logits, disallowed tokens -inf */
