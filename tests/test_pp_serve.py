@@ -1,0 +1,229 @@
+"""Serving with the pipeline full: several steps in flight under --pp.
+
+With `serve --pp 2` rank 0 issues a step for one group of sequences, then
+another group's, before the first one's logits are back, so stage 0 runs one
+step while stage 1 runs the one before.  Sampling stays on rank 0 and the
+kernels are batch invariant, so what a client gets must not change at all:
+
+1. 32 concurrent streams through the official openai client (completions,
+   streamed, with logprobs and top-3 alternatives; half greedy, half sampled
+   with a seed and top_p), against a PP 1 server on the same requests: the
+   same text, tokens, logprobs and alternatives, float for float, and the
+   same finish reasons.  At PP 2 with the default micro-batches (2) and with
+   --pp-microbatches 1 (one step at a time).
+2. After the load: KV usage and running requests back to 0; /metrics counts
+   32 successes, the prompt and generated tokens the responses report, and
+   the same number of forward passes on both ranks (every step ran on both
+   stages).
+3. The timelines (--trace) say whether steps were in flight together:
+   with micro-batches some layer of stage 1 runs while a layer of stage 0
+   runs (different steps: a step's stage-1 layers start after its stage-0
+   layers end); with --pp-microbatches 1 none does.  Within each rank's
+   track the spans still nest.
+4. PP 2 x TP 2 (4 ranks): 8 streams, the same outputs as a TP 2 server (the
+   TP sums round differently from one rank, the cut into stages does not).
+   Left out under the sanitizers (4 ranks on 2 cores there take minutes).
+5. `--pp-microbatches 2` without --pp is a usage error naming the flag.
+"""
+import concurrent.futures
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "lib"))
+from harness import Checker, parse_args, SANITIZER_MARKS  # noqa: E402
+from mpi import mpi_available  # noqa: E402
+from server import Server  # noqa: E402
+
+import openai  # noqa: E402
+
+args = parse_args()
+ck = Checker("pp serve")
+if not ck.check(mpi_available(), "mpirun not found (scripts/setup.sh installs Open MPI)"):
+    ck.finish()
+SANITIZED = os.environ.get("SS_SANITIZED") == "1"
+os.environ["ASAN_OPTIONS"] = ":".join(
+    x for x in (os.environ.get("ASAN_OPTIONS", ""), "fast_unwind_on_malloc=0") if x)
+os.environ.setdefault("LSAN_OPTIONS", "suppressions=" + os.path.join(HERE, "lsan.supp") +
+                      ":print_suppressions=0")
+tmp = tempfile.mkdtemp(prefix="ss-ppserve-")
+MODEL_NAME = os.path.basename(args.model)[:-5] if args.model.endswith(".gguf") else args.model
+
+PROMPTS = ["The capital of France is", "Once upon a time", "def add(a, b):",
+           "The sky is blue because", "My favourite food is", "In 1969, the first",
+           "Water boils at", "The three primary colours are", "List of fruits:",
+           "To be or not to be,", "Q: What is 2+2?\nA:", "Dear Sir,"]
+N_REQ = 12 if SANITIZED else 32
+JOBS = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 5 + i % 9,
+         "sampled": i % 2 == 1, "seed": 1000 + i} for i in range(N_REQ)]
+
+
+def one(url, job):
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    kw = dict(model=MODEL_NAME, prompt=job["prompt"], max_tokens=job["max_tokens"], logprobs=3,
+              stream=True, stream_options={"include_usage": True})
+    if job["sampled"]:
+        kw.update(temperature=0.8, top_p=0.9, seed=job["seed"])
+    else:
+        kw.update(temperature=0)
+    text, tokens, lps, tops, finish, usage = "", [], [], [], None, None
+    for chunk in client.completions.create(**kw):
+        if chunk.usage:
+            usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        for c in chunk.choices:
+            text += c.text or ""
+            if c.logprobs:
+                tokens += c.logprobs.tokens or []
+                lps += c.logprobs.token_logprobs or []
+                tops += [sorted(t.items()) for t in (c.logprobs.top_logprobs or [])]
+            if c.finish_reason:
+                finish = c.finish_reason
+    return {"text": text, "tokens": tokens, "logprobs": lps, "top": tops, "finish": finish,
+            "usage": usage}
+
+
+def serve_all(label, n_ranks, extra, jobs, trace=None):
+    """Runs jobs concurrently on a fresh server; returns (outputs, metrics after)."""
+    extra = ["--max-num-seqs", "32", "--kv-cache-dtype", "f32", *extra]
+    if trace:
+        extra += ["--trace", trace]
+    srv = Server(args.bin, args.model, tp=n_ranks, extra=extra)
+    outs, metrics = None, {}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as ex:
+            outs = list(ex.map(lambda j: one(srv.url, j), jobs))
+        # The per-rank counters are gathered once the engine goes idle, just
+        # after the last token went out.
+        for _ in range(100):
+            metrics = srv.metrics()
+            steps = {v for k, v in metrics.items() if k.startswith("shardserve:rank_steps_total")}
+            if len(steps) == 1 and metrics.get("shardserve:num_requests_running") == 0:
+                break
+            time.sleep(0.1)
+    except Exception as e:  # noqa: BLE001 - reported as a failed check
+        ck.check(False, f"{label}: {type(e).__name__}: {e}")
+    finally:
+        rc = srv.stop(timeout=120)
+        err = "".join(srv.log)
+        ck.check(rc == 0, f"{label}: exit {rc}: {err[-1500:]}")
+        ck.check(not any(m in err for m in SANITIZER_MARKS), f"{label}: sanitizer report")
+    return outs, metrics
+
+
+def compare(label, base, got):
+    if not ck.check(base is not None and got is not None, f"{label}: no outputs to compare"):
+        return
+    diff = [i for i, (a, b) in enumerate(zip(base, got)) if a != b]
+    ck.check(len(base) == len(got) and not diff,
+             f"{label}: {len(diff)} of {len(base)} streams differ from the reference; first "
+             f"{diff[:1] and (base[diff[0]], got[diff[0]])}")
+    ck.check(all(o["finish"] in ("stop", "length") and o["tokens"] and
+                 len(o["tokens"]) == len(o["logprobs"]) == len(o["top"]) == o["usage"][1]
+                 for o in got), f"{label}: a stream without its tokens, logprobs or usage")
+    print(f"{label}: {len(got) - len(diff)}/{len(got)} streams identical to the reference",
+          flush=True)
+
+
+def check_metrics(label, m, outs, n_stage_ranks):
+    if not outs or not m:
+        return
+    succ = sum(v for k, v in m.items() if k.startswith("shardserve:request_success_total"))
+    ck.check(succ == len(outs), f"{label}: request_success_total {succ}, {len(outs)} requests")
+    ck.check(m.get("shardserve:generation_tokens_total") == sum(o["usage"][1] for o in outs),
+             f"{label}: generation_tokens_total {m.get('shardserve:generation_tokens_total')}, "
+             f"the streams {sum(o['usage'][1] for o in outs)}")
+    ck.check(m.get("shardserve:prompt_tokens_total") == sum(o["usage"][0] for o in outs),
+             f"{label}: prompt_tokens_total {m.get('shardserve:prompt_tokens_total')}")
+    ck.check(m.get("shardserve:kv_cache_usage_perc") == 0 and
+             m.get("shardserve:kv_cache_blocks_used") == 0 and
+             m.get("shardserve:num_requests_running") == 0 and
+             m.get("shardserve:num_requests_waiting") == 0,
+             f"{label}: KV / running not back to 0: "
+             f"{[(k, v) for k, v in m.items() if 'kv_cache' in k or 'num_requests' in k]}")
+    steps = [m.get(f'shardserve:rank_steps_total{{rank="{r}"}}') for r in range(n_stage_ranks)]
+    ck.check(steps[0] and len(set(steps)) == 1,
+             f"{label}: forward passes per rank {steps} (every step runs on every stage)")
+
+
+def layer_overlaps(trace, label):
+    """Pairs of rank-0 and rank-1 'layer' spans that run at the same time."""
+    try:
+        with open(trace) as f:
+            ev = json.load(f)["traceEvents"]
+    except (OSError, ValueError, KeyError) as e:
+        ck.check(False, f"{label}: trace unreadable: {e}")
+        return None
+    xs = [e for e in ev if e.get("ph") == "X"]
+    # Nesting within each track, as test_trace.py holds every run to.
+    tracks = {}
+    for e in xs:
+        tracks.setdefault((e["pid"], e["tid"]), []).append(e)
+    bad = []
+    for key, es in tracks.items():
+        es.sort(key=lambda e: (e["ts"], -e["dur"]))
+        stack = []
+        for e in es:
+            while stack and stack[-1]["ts"] + stack[-1]["dur"] <= e["ts"] + 1:
+                stack.pop()
+            if stack and e["ts"] + e["dur"] > stack[-1]["ts"] + stack[-1]["dur"] + 1:
+                bad.append((key, stack[-1]["name"], e["name"]))
+            stack.append(e)
+    ck.check(not bad, f"{label}: spans overlap partially within a track: {bad[:5]}")
+    l0 = sorted((e["ts"], e["ts"] + e["dur"]) for e in xs if e["pid"] == 0 and e["name"] == "layer")
+    l1 = sorted((e["ts"], e["ts"] + e["dur"]) for e in xs if e["pid"] == 1 and e["name"] == "layer")
+    ck.check(l0 and l1, f"{label}: no layer spans on rank 0 or 1")
+    n, j = 0, 0
+    for a0, a1 in l1:
+        while j < len(l0) and l0[j][1] <= a0:
+            j += 1
+        k = j
+        while k < len(l0) and l0[k][0] < a1:
+            n += min(a1, l0[k][1]) - max(a0, l0[k][0]) > 0
+            k += 1
+    return n
+
+
+try:
+    # 5. The flag without pipeline stages.
+    rc, _, err = ck.run(args.bin, ["serve", "--model", args.model, "--port", "0",
+                                   "--pp-microbatches", "2"], timeout=60)
+    ck.check(rc == 2 and "--pp-microbatches" in err and "--pp" in err,
+             f"--pp-microbatches without --pp: exit {rc}, {err[-300:]!r}")
+    rc, _, err = ck.run(args.bin, ["serve", "--model", args.model, "--port", "0", "--pp", "2",
+                                   "--pp-microbatches", "0"], timeout=60)
+    ck.check(rc == 2 and "--pp-microbatches" in err, f"--pp-microbatches 0: exit {rc}, {err[-300:]!r}")
+
+    # 1-3. PP 1, then PP 2 with micro-batches and without.
+    base, _ = serve_all("PP 1", 1, [], JOBS)
+    t_mb = os.path.join(tmp, "mb.json")
+    got, m = serve_all("PP 2", 2, ["--pp", "2", "--tp", "1"], JOBS, trace=t_mb)
+    compare("PP 2 (2 micro-batches)", base, got)
+    check_metrics("PP 2 (2 micro-batches)", m, got, 2)
+    t_one = os.path.join(tmp, "one.json")
+    got1, m1 = serve_all("PP 2 one at a time", 2, ["--pp", "2", "--tp", "1", "--pp-microbatches", "1"],
+                         JOBS, trace=t_one)
+    compare("PP 2 (--pp-microbatches 1)", base, got1)
+    check_metrics("PP 2 (--pp-microbatches 1)", m1, got1, 2)
+    ov_mb, ov_one = layer_overlaps(t_mb, "PP 2 trace"), layer_overlaps(t_one, "PP 2 x1 trace")
+    if ov_mb is not None and ov_one is not None:
+        ck.check(ov_mb > 0, "PP 2 with micro-batches: no layer of stage 1 ran while stage 0 ran one "
+                 "(no steps in flight together)")
+        ck.check(ov_one == 0, f"PP 2 --pp-microbatches 1: {ov_one} layers of the two stages ran at "
+                 "once (one step at a time cannot)")
+        print(f"layers of stage 1 running beside one of stage 0: {ov_mb} with micro-batches, "
+              f"{ov_one} without", flush=True)
+
+    # 4. PP 2 x TP 2 against TP 2.
+    if not SANITIZED:
+        few = JOBS[:8]
+        base2, _ = serve_all("TP 2", 2, ["--tp", "2"], few)
+        got2, m2 = serve_all("PP 2 x TP 2", 4, ["--pp", "2", "--tp", "2"], few)
+        compare("PP 2 x TP 2 (2 micro-batches)", base2, got2)
+        check_metrics("PP 2 x TP 2", m2, got2, 4)
+finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+ck.finish()
