@@ -14,7 +14,10 @@ kernels are batch invariant, so what a client gets must not change at all:
 2. After the load: KV usage and running requests back to 0; /metrics counts
    32 successes, the prompt and generated tokens the responses report, and
    the same number of forward passes on both ranks (every step ran on both
-   stages).
+   stages).  Then, at PP 2 with micro-batches, 4 streams that the client
+   closes after a few chunks (aborted while their steps may be in flight)
+   beside 8 of the requests again: those 8 unchanged, 4 aborts counted, KV
+   back to 0.
 3. The timelines (--trace) say whether steps were in flight together:
    with micro-batches some layer of stage 1 runs while a layer of stage 0
    runs (different steps: a step's stage-1 layers start after its stage-0
@@ -86,8 +89,25 @@ def one(url, job):
             "usage": usage}
 
 
-def serve_all(label, n_ranks, extra, jobs, trace=None):
-    """Runs jobs concurrently on a fresh server; returns (outputs, metrics after)."""
+ABORTED = 'shardserve:request_success_total{finished_reason="abort"}'
+
+
+def drop_after(url, job, n_chunks):
+    """A stream the client closes after n_chunks chunks (the server aborts it)."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    stream = client.completions.create(model=MODEL_NAME, prompt=job["prompt"], max_tokens=200,
+                                       temperature=0, stream=True, extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i + 1 >= n_chunks:
+            break
+    stream.close()
+
+
+def serve_all(label, n_ranks, extra, jobs, trace=None, drops=0):
+    """Runs jobs concurrently on a fresh server; returns (outputs, metrics after).
+    With drops: then that many streams closed early by the client, beside the
+    first 8 jobs again, whose outputs must not change; the aborted requests'
+    KV must come back."""
     extra = ["--max-num-seqs", "32", "--kv-cache-dtype", "f32", *extra]
     if trace:
         extra += ["--trace", trace]
@@ -101,9 +121,32 @@ def serve_all(label, n_ranks, extra, jobs, trace=None):
         for _ in range(100):
             metrics = srv.metrics()
             steps = {v for k, v in metrics.items() if k.startswith("shardserve:rank_steps_total")}
-            if len(steps) == 1 and metrics.get("shardserve:num_requests_running") == 0:
+            if (len(steps) == 1 and min(steps) > 0 and
+                    metrics.get("shardserve:num_requests_running") == 0):
                 break
             time.sleep(0.1)
+        if drops:
+            again = jobs[:8]
+            with concurrent.futures.ThreadPoolExecutor(len(again) + drops) as ex:
+                dropped = [ex.submit(drop_after, srv.url, jobs[i], 2 + i) for i in range(drops)]
+                outs2 = list(ex.map(lambda j: one(srv.url, j), again))
+                for d in dropped:
+                    d.result()
+            ck.check(outs2 == outs[:8], f"{label}: outputs changed beside streams closed early")
+            m2 = {}
+            for _ in range(100):
+                m2 = srv.metrics()
+                if (m2.get("shardserve:kv_cache_blocks_used") == 0 and
+                        m2.get("shardserve:num_requests_running") == 0):
+                    break
+                time.sleep(0.1)
+            ck.check(m2.get("shardserve:kv_cache_blocks_used") == 0 and
+                     m2.get("shardserve:num_requests_running") == 0 and
+                     m2.get(ABORTED) == drops,
+                     f"{label}: after {drops} streams closed early: blocks used "
+                     f"{m2.get('shardserve:kv_cache_blocks_used')}, running "
+                     f"{m2.get('shardserve:num_requests_running')}, aborted "
+                     f"{m2.get(ABORTED)}")
     except Exception as e:  # noqa: BLE001 - reported as a failed check
         ck.check(False, f"{label}: {type(e).__name__}: {e}")
     finally:
@@ -200,7 +243,7 @@ try:
     # 1-3. PP 1, then PP 2 with micro-batches and without.
     base, _ = serve_all("PP 1", 1, [], JOBS)
     t_mb = os.path.join(tmp, "mb.json")
-    got, m = serve_all("PP 2", 2, ["--pp", "2", "--tp", "1"], JOBS, trace=t_mb)
+    got, m = serve_all("PP 2", 2, ["--pp", "2", "--tp", "1"], JOBS, trace=t_mb, drops=4)
     compare("PP 2 (2 micro-batches)", base, got)
     check_metrics("PP 2 (2 micro-batches)", m, got, 2)
     t_one = os.path.join(tmp, "one.json")
