@@ -162,6 +162,13 @@ static int send_step(const ss_model *m, const ss_kv_cache *kv, const ss_batch *b
   for (int32_t k = 0; k < n_tables; k++) memcpy(p, tabs[k], (size_t)tab_len[k] * sizeof *p), p += tab_len[k];
   rc = send_message(m, &h, sizeof h, payload, (size_t)h.payload_count * sizeof *payload,
                     "sending a step to the workers");
+  if (rc && rc != SS_ERR_COMM) {
+    /* Some ranks may have the step already (an asynchronous send that could
+     * not copy its buffer comes after the stage's broadcast). */
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    rc = ss_error(SS_ERR_COMM, "%s (the ranks may be out of step)", msg);
+  }
 done:
   free(tabs);
   free(tab_len);
