@@ -192,7 +192,7 @@ def check_metrics(label, m, outs, n_stage_ranks):
              f"{label}: forward passes per rank {steps} (every step runs on every stage)")
 
 
-def layer_overlaps(trace, label):
+def layer_overlaps(trace, label, in_flight):
     """Pairs of rank-0 and rank-1 'layer' spans that run at the same time."""
     try:
         with open(trace) as f:
@@ -216,6 +216,13 @@ def layer_overlaps(trace, label):
                 bad.append((key, stack[-1]["name"], e["name"]))
             stack.append(e)
     ck.check(not bad, f"{label}: spans overlap partially within a track: {bad[:5]}")
+    # Rank 0: one 'step' span per forward pass; with steps in flight each
+    # also has a 'step end'.
+    n = {k: len([e for e in xs if e["pid"] == 0 and e["name"] == k])
+         for k in ("forward", "step", "step end")}
+    ck.check(n["forward"] > 0 and n["step"] == n["forward"] and
+             n["step end"] == (n["step"] if in_flight else 0),
+             f"{label}: rank 0 spans {n}")
     l0 = sorted((e["ts"], e["ts"] + e["dur"]) for e in xs if e["pid"] == 0 and e["name"] == "layer")
     l1 = sorted((e["ts"], e["ts"] + e["dur"]) for e in xs if e["pid"] == 1 and e["name"] == "layer")
     ck.check(l0 and l1, f"{label}: no layer spans on rank 0 or 1")
@@ -251,7 +258,8 @@ try:
                          JOBS, trace=t_one)
     compare("PP 2 (--pp-microbatches 1)", base, got1)
     check_metrics("PP 2 (--pp-microbatches 1)", m1, got1, 2)
-    ov_mb, ov_one = layer_overlaps(t_mb, "PP 2 trace"), layer_overlaps(t_one, "PP 2 x1 trace")
+    ov_mb = layer_overlaps(t_mb, "PP 2 trace", True)
+    ov_one = layer_overlaps(t_one, "PP 2 x1 trace", False)
     if ov_mb is not None and ov_one is not None:
         ck.check(ov_mb > 0, "PP 2 with micro-batches: no layer of stage 1 ran while stage 0 ran one "
                  "(no steps in flight together)")
