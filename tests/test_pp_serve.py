@@ -24,8 +24,9 @@ kernels are batch invariant, so what a client gets must not change at all:
    layers end); with --pp-microbatches 1 none does.  Within each rank's
    track the spans still nest.
 4. PP 2 x TP 2 (4 ranks): 8 streams, the same outputs as a TP 2 server (the
-   TP sums round differently from one rank, the cut into stages does not).
-   Left out under the sanitizers (4 ranks on 2 cores there take minutes).
+   TP sums round differently from one rank, the cut into stages does not);
+   PP 4 (4 stages, 4 steps in flight): 8 streams, PP 1's outputs.  Left out
+   under the sanitizers (4 ranks on 2 cores there take minutes).
 5. `--pp-microbatches 2` without --pp is a usage error naming the flag.
 """
 import concurrent.futures
@@ -275,6 +276,10 @@ try:
         got2, m2 = serve_all("PP 2 x TP 2", 4, ["--pp", "2", "--tp", "2"], few)
         compare("PP 2 x TP 2 (2 micro-batches)", base2, got2)
         check_metrics("PP 2 x TP 2", m2, got2, 4)
+        # Four stages, four steps in flight: the step goes three hops down.
+        got4, m4 = serve_all("PP 4", 4, ["--pp", "4", "--tp", "1"], few)
+        compare("PP 4 (4 micro-batches)", base[:8] if base else None, got4)
+        check_metrics("PP 4", m4, got4, 4)
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 ck.finish()
