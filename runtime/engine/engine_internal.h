@@ -1,5 +1,6 @@
 /* The engine's private state, shared by its files: engine.c (life cycle,
- * submissions, the step loop), engine_output.c (sampling a sequence, its text,
+ * submissions, the step loop), engine_step.c (issuing and ending a step),
+ * engine_output.c (sampling a sequence, its text,
  * events, finishing) and engine_metrics.c (Prometheus text, step log, ranks). */
 #ifndef SS_ENGINE_INTERNAL_H
 #define SS_ENGINE_INTERNAL_H
@@ -166,6 +167,19 @@ void ss_eng_finish_locked(ss_engine *e, ereq *q, const char *reason, const char 
                           ev_list *out);
 /* Fails every request, queued ones too, after a fatal error (lock held). */
 void ss_eng_fail_all_locked(ss_engine *e, const char *msg, ev_list *out);
+
+/* ------------------------------------------------------------------------ */
+/* engine.c and engine_step.c: the step loop                                  */
+
+/* Queues evs for the submitters and refreshes the gauges (lock held). */
+void ss_eng_publish_locked(ss_engine *e, ev_list *evs);
+/* Schedules and issues one step into the next free flight slot (engine
+ * thread, lock not held): 1 when a step was issued, 0 when the scheduler had
+ * nothing to run, or the failure that ended the engine (every request failed,
+ * state FAILED). */
+int ss_eng_issue_step(ss_engine *e);
+/* Ends the oldest step in flight: SS_OK, or the failure that ended the engine. */
+int ss_eng_finish_step(ss_engine *e);
 
 /* ------------------------------------------------------------------------ */
 /* engine_metrics.c                                                           */
