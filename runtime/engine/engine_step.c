@@ -1,9 +1,10 @@
 /* One engine step, issued and ended: the batch the scheduler picked into the
  * executor's arrays, the forward pass begun (under pipeline parallelism
- * several are in flight), then, in issue order, its logits, the commit, the
- * prompt-logprob rows, sampling and events; a step that fails is run again
- * one sequence at a time, so that a failure one request causes ends only
- * that request. */
+ * several are in flight; the step's copy-on-write copies go with it), then,
+ * in issue order, its logits, the commit, the prompt-logprob rows, the forks
+ * of the requests whose prompt it completed, sampling and events; a step
+ * that fails is run again one sequence at a time, so that a failure one
+ * request causes ends only that request. */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
