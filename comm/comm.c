@@ -166,7 +166,8 @@ void ss_comm_op_describe(const ss_comm_op *op, char *buf, size_t len) {
   tname[i] = '\0';
   if (strcmp(op->name, "allreduce") == 0)
     snprintf(buf, len, "allreduce of %zu %s elements", op->count, tname);
-  else if (strcmp(op->name, "barrier") == 0 || strcmp(op->name, "init") == 0)
+  else if (strcmp(op->name, "barrier") == 0 || strcmp(op->name, "init") == 0 ||
+           strcmp(op->name, "flush") == 0)
     snprintf(buf, len, "%s", op->name);
   else if (op->peer >= 0)
     snprintf(buf, len, "%s of %zu bytes %s rank %d (tag %d)", op->name, op->nbytes,

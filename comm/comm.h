@@ -44,6 +44,15 @@ typedef struct ss_comm_ops {
    * checks as the collectives. */
   int (*send)(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag);
   int (*recv)(ss_comm *c, void *buf, size_t nbytes, int peer, int tag);
+  /* Optional (NULL: ss_comm_send_async sends and waits): starts sending a copy
+   * of buf to peer and returns without waiting for the receiver, so that two
+   * ranks sending to each other at once cannot block each other (pipeline
+   * stages with several micro-batches in flight).  Messages to one peer with
+   * one tag arrive in the order they were started, blocking ones included.
+   * Each copy is freed once delivered; flush waits for every one still
+   * pending, with the liveness checks of a blocking call. */
+  int (*send_async)(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag);
+  int (*flush)(ss_comm *c);
   void (*free)(ss_comm *c);
   /* Optional (NULL: the backend cannot): collective over c, every rank passes
    * a color >= 0; the ranks of one color form a new communicator, ordered by
@@ -140,6 +149,13 @@ static inline int ss_comm_send(ss_comm *c, const void *buf, size_t nbytes, int p
 static inline int ss_comm_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
   return c->ops->recv(c, buf, nbytes, peer, tag);
 }
+
+static inline int ss_comm_send_async(ss_comm *c, const void *buf, size_t nbytes, int peer,
+                                     int tag) {
+  return c->ops->send_async ? c->ops->send_async(c, buf, nbytes, peer, tag)
+                            : c->ops->send(c, buf, nbytes, peer, tag);
+}
+static inline int ss_comm_flush(ss_comm *c) { return c->ops->flush ? c->ops->flush(c) : 0; }
 
 /* See the split op: SS_ERR_UNSUPPORTED with a message where the backend has
  * none. */

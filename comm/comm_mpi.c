@@ -322,11 +322,92 @@ static int mpi_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
   return rc;
 }
 
+/* Frees the copies of the asynchronous sends that have been delivered. */
+static int reap_pending(ss_comm *c, const ss_comm_op *op) {
+  mpi_ctx *x = c->ctx;
+  int kept = 0;
+  for (int i = 0; i < x->n_pend; i++) {
+    mpi_pending *p = &x->pend[i];
+    int done = 0, mrc = MPI_Testall(p->n, p->reqs, &done, MPI_STATUSES_IGNORE);
+    if (mrc != MPI_SUCCESS) return ss_mpi_fail_mpi(c, mrc, op);
+    if (done) {
+      free(p->copy);
+      free(p->reqs);
+    } else {
+      x->pend[kept++] = *p;
+    }
+  }
+  x->n_pend = kept;
+  return SS_OK;
+}
+
+static int mpi_send_async(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag) {
+  double t0 = ss_now_s();
+  mpi_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "send", .nbytes = nbytes, .peer = peer, .root = -1, .tag = tag};
+  int rc = p2p_check(c, &op, buf, nbytes, peer, tag);
+  if (rc || (rc = reap_pending(c, &op))) return rc;
+  if (x->n_pend == x->cap_pend) {
+    int cap = x->cap_pend ? 2 * x->cap_pend : 8;
+    mpi_pending *p = realloc(x->pend, (size_t)cap * sizeof *p);
+    if (!p) return ss_mpi_fail(c, SS_ERR_NOMEM, &op, "out of memory for a pending send");
+    x->pend = p;
+    x->cap_pend = cap;
+  }
+  const int n = nbytes == 0 ? 1 : (int)((nbytes + SS_MPI_PIECE_NBYTES - 1) / SS_MPI_PIECE_NBYTES);
+  mpi_pending p = {.reqs = malloc((size_t)n * sizeof *p.reqs), .n = 0,
+                   .copy = malloc(nbytes ? nbytes : 1)};
+  if (!p.reqs || !p.copy) {
+    free(p.reqs);
+    free(p.copy);
+    return ss_mpi_fail(c, SS_ERR_NOMEM, &op, "out of memory for the copy of a send");
+  }
+  if (nbytes) memcpy(p.copy, buf, nbytes);
+  /* A zero-byte message is still sent: the receiver is waiting for it. */
+  size_t done = 0;
+  do {
+    size_t m = nbytes - done < SS_MPI_PIECE_NBYTES ? nbytes - done : SS_MPI_PIECE_NBYTES;
+    int mrc = MPI_Isend((const char *)p.copy + done, (int)m, MPI_BYTE, peer, tag, x->comm,
+                        &p.reqs[p.n]);
+    if (mrc != MPI_SUCCESS) {
+      /* The pieces already started keep reading the copy: it is kept. */
+      if (p.n > 0) x->pend[x->n_pend++] = p;
+      else free(p.copy), free(p.reqs);
+      return ss_mpi_fail_mpi(c, mrc, &op);
+    }
+    p.n++;
+    done += m;
+  } while (done < nbytes);
+  x->pend[x->n_pend++] = p;
+  ss_mpi_count_call(c, t0, &op);
+  return SS_OK;
+}
+
+static int mpi_flush(ss_comm *c) {
+  double t0 = ss_now_s();
+  mpi_ctx *x = c->ctx;
+  ss_comm_op op = {.name = "flush", .peer = -1, .root = -1};
+  if (x->n_pend == 0) return SS_OK;
+  int rc = ss_mpi_check_usable(c, &op);
+  for (int i = 0; !rc && i < x->n_pend; i++)
+    rc = ss_mpi_wait(c, x->pend[i].n, x->pend[i].reqs, NULL, &op, t0);
+  if (!rc) rc = reap_pending(c, &op);
+  ss_mpi_count_call(c, t0, &op);
+  return rc;
+}
+
 /* ---- life cycle -------------------------------------------------------- */
 
 static void mpi_free(ss_comm *c) {
   mpi_ctx *x = c->ctx;
   if (x) {
+    /* Sends never delivered (the job is ending after a failure): MPI may
+     * still read their copies, so those are left to the process's exit. */
+    for (int i = 0; i < x->n_pend; i++) {
+      for (int k = 0; !x->broken && k < x->pend[i].n; k++) MPI_Request_free(&x->pend[i].reqs[k]);
+      free(x->pend[i].reqs);
+    }
+    free(x->pend);
     if (!x->broken && x->p2p != MPI_COMM_NULL) MPI_Comm_free(&x->p2p);
     if (!x->broken && x->comm != MPI_COMM_NULL) MPI_Comm_free(&x->comm);
     ss_comm_peers_free(&x->peers);
@@ -396,6 +477,8 @@ static const ss_comm_ops k_mpi_ops = {
     .barrier = mpi_barrier,
     .send = mpi_send,
     .recv = mpi_recv,
+    .send_async = mpi_send_async,
+    .flush = mpi_flush,
     .free = mpi_free,
 };
 

@@ -7,6 +7,13 @@
 
 #include "comm/comm_internal.h"
 
+/* A send started by send_async: its pieces' requests and the copy they read. */
+typedef struct mpi_pending {
+  MPI_Request *reqs;
+  int n;
+  void *copy;
+} mpi_pending;
+
 typedef struct mpi_ctx {
   ss_comm_peers peers; /* first: see comm_internal.h */
   MPI_Comm comm;       /* the MPI collectives and the caller's send/recv */
@@ -19,6 +26,8 @@ typedef struct mpi_ctx {
   size_t tmp_nbytes;
   int *counts, *displs; /* (size) each, for the v-collectives */
   MPI_Request *reqs;    /* (2*size) */
+  mpi_pending *pend;    /* [n_pend] sends started by send_async, oldest first */
+  int n_pend, cap_pend;
 } mpi_ctx;
 
 /* MPI counts are ints: larger messages go in pieces of at most this many bytes. */

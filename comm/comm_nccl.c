@@ -462,6 +462,21 @@ static int nccl_recv(ss_comm *c, void *buf, size_t nbytes, int peer, int tag) {
   return p2p(c, false, buf, nbytes, peer, tag);
 }
 
+/* Asynchronous sends carry host messages (pipeline stages on host backends)
+ * over the bootstrap communicator; device buffers have no such path yet. */
+static int nccl_send_async(ss_comm *c, const void *buf, size_t nbytes, int peer, int tag) {
+  nccl_ctx *x = c->ctx;
+  if (is_host_ptr(buf)) VIA_MPI(c, ss_comm_send_async(x->boot, buf, nbytes, peer, tag));
+  ss_comm_op op = {.name = "send", .nbytes = nbytes, .peer = peer, .root = -1, .tag = tag};
+  return fail(c, SS_ERR_UNSUPPORTED, &op, "an asynchronous send of device memory is not "
+              "implemented (pipeline parallelism runs on host backends)");
+}
+
+static int nccl_flush(ss_comm *c) {
+  nccl_ctx *x = c->ctx;
+  return ss_comm_flush(x->boot);
+}
+
 /* ---- life cycle ------------------------------------------------------------ */
 
 static void nccl_free(ss_comm *c) {
@@ -498,6 +513,8 @@ static const ss_comm_ops k_nccl_ops = {
     .barrier = nccl_barrier,
     .send = nccl_send,
     .recv = nccl_recv,
+    .send_async = nccl_send_async,
+    .flush = nccl_flush,
     .free = nccl_free,
     .allreduce_sum_stream = nccl_allreduce_sum_stream,
     .wait_stream = nccl_wait_stream,

@@ -150,6 +150,9 @@ static void usage(FILE *f) {
           "      --pp N                pipeline stages of --tp ranks each (pp x tp ranks; rank =\n"
           "                            stage * tp + tp rank); layers split evenly by default\n"
           "      --pp-layers A,B,..    layers per stage (sum = the model's layers, each >= 1)\n"
+          "      --pp-microbatches K   under --pp, steps in flight at once (default: the number\n"
+          "                            of stages): stage k runs one step while stage k+1 runs\n"
+          "                            the one before; 1: one step at a time\n"
           "      --replicate-vocab     every rank holds the whole embedding and LM head\n"
           "      --deterministic-allreduce on|off  rank-ordered sums, so a request's output\n"
           "                            does not depend on the batch at any TP (default on)\n"
@@ -434,7 +437,7 @@ int ss_cmd_serve(int argc, char **argv) {
   enum { O_NAME = 256, O_TMPL, O_CTX, O_HOST, O_PORT, O_KEY, O_BODY, O_IDLE, O_DRAIN, O_SEQS,
          O_NO_PREFIX, O_TOKENS, O_BLOCKS, O_KVMEM, O_WAIT, O_TP, O_REPL, O_DET, O_CTO, O_CLIVE, O_DEVICE, O_SLOG, O_ACT,
          O_HDR_TO, O_BODY_TO, O_MAXCONN, O_MAXCONN_CLIENT, O_MAXBUF, O_OUTQ, O_WRITE_TO,
-         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG, O_STATS, O_PP, O_PPL, O_KVT, O_TRACE };
+         O_PROMPT_BYTES, O_PARSE_SPECIAL, O_ACCESS_LOG, O_STATS, O_PP, O_PPL, O_KVT, O_TRACE, O_PPMB };
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"served-model-name", required_argument, 0, O_NAME},
       {"chat-template", required_argument, 0, O_TMPL}, {"ctx", required_argument, 0, O_CTX},
@@ -450,6 +453,7 @@ int ss_cmd_serve(int argc, char **argv) {
       {"max-waiting", required_argument, 0, O_WAIT}, {"threads", required_argument, 0, 't'},
       {"tp", required_argument, 0, O_TP}, {"pp", required_argument, 0, O_PP},
       {"pp-layers", required_argument, 0, O_PPL}, {"replicate-vocab", no_argument, 0, O_REPL},
+      {"pp-microbatches", required_argument, 0, O_PPMB},
       {"deterministic-allreduce", required_argument, 0, O_DET},
       {"comm-timeout", required_argument, 0, O_CTO}, {"help", no_argument, 0, 'h'},
       {"comm-liveness", required_argument, 0, O_CLIVE},
@@ -592,6 +596,10 @@ int ss_cmd_serve(int argc, char **argv) {
       if (!ss_cli_parse_int(k_cmd, "--pp", optarg, 1, SS_CLI_MAX_STAGES, &pp)) return SS_EXIT_USAGE;
       break;
     case O_PPL: pp_layers_arg = optarg; break;
+    case O_PPMB:
+      if (!ss_cli_parse_int(k_cmd, "--pp-microbatches", optarg, 1, 256, &v)) return SS_EXIT_USAGE;
+      s.eo.microbatches = (int32_t)v;
+      break;
     case O_REPL: s.replicate_vocab = true; break;
     case O_DET:
       if (strcmp(optarg, "on") && strcmp(optarg, "off"))
@@ -682,6 +690,9 @@ int ss_cmd_serve(int argc, char **argv) {
                       .liveness_s = comm_liveness,
                       .gpu = s.device == SS_CLI_DEVICE_CUDA};
   if ((rc = ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &ro))) return rc;
+  if (s.eo.microbatches > 1 && ro.pp <= 1)
+    return ss_cli_usage(k_cmd, "--pp-microbatches %d needs pipeline stages (--pp 2 or more): "
+                        "without them one step runs at a time", s.eo.microbatches);
   if (s.trace_path && (rc = ss_ranks_trace_check(k_cmd, s.trace_path))) return rc;
   rc = ss_ranks_start(k_cmd, &ro, &s.comm);
   if (rc) return rc;

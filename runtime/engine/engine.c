@@ -1,6 +1,6 @@
 /* The engine's life cycle and its step loop: creation, the submitters' side
  * (submit, abort, stop, events), intake of new requests, and ss_engine_run,
- * which schedules, runs each step through the executor and publishes. */
+ * which keeps issuing steps and ending them (engine_step.c) and publishes. */
 #include "runtime/engine/engine.h"
 
 #include <math.h>
@@ -56,6 +56,8 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   if (o.block_size == 0) o.block_size = 16;
   if (o.max_waiting == 0) o.max_waiting = 1024;
   if (o.stats_every == 0) o.stats_every = 256;
+  if (o.microbatches < 0 || o.microbatches > 256)
+    return ss_error(SS_ERR_RANGE, "--pp-microbatches %d is outside 1..256", o.microbatches);
   if (o.max_num_seqs < 1 || o.max_num_seqs > 4096)
     return ss_error(SS_ERR_RANGE, "--max-num-seqs %d is outside 1..4096", o.max_num_seqs);
   if (o.max_batched_tokens < 1 || o.max_batched_tokens > 1 << 16)
@@ -112,9 +114,15 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   ss_eng_metrics_init(e);
   e->n_ranks = m->world ? m->world->size : m->comm ? m->comm->size : 1;
   e->ranks = calloc((size_t)e->n_ranks, sizeof *e->ranks);
+  /* Steps in flight: only where later stages can run one while rank 0 issues
+   * the next (pipeline parallelism); a single stage's step holds its logits
+   * when issued. */
+  const int pp = m->local.pp > 1 && m->world ? m->local.pp : 1;
+  e->microbatches = pp > 1 ? (o.microbatches > 0 ? o.microbatches : pp) : 1;
   ss_sched_params sp = {.max_num_seqs = o.max_num_seqs, .max_batched_tokens = o.max_batched_tokens,
                         .block_size = o.block_size, .n_blocks = o.n_blocks,
-                        .prefix_caching = !o.no_prefix_caching};
+                        .prefix_caching = !o.no_prefix_caching,
+                        .microbatches = e->microbatches};
   int rc;
   if (!e->ranks) {
     rc = ss_error(SS_ERR_NOMEM, "out of memory");
@@ -135,8 +143,20 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   const size_t T = (size_t)o.max_batched_tokens;
   e->logits = malloc((size_t)o.max_num_seqs * (size_t)c->vocab * sizeof *e->logits);
   e->cap_logits = o.max_num_seqs;
-  e->pl_q = malloc(T * sizeof *e->pl_q);
-  e->pl_pos = malloc(T * sizeof *e->pl_pos);
+  e->fl = calloc((size_t)e->microbatches, sizeof *e->fl);
+  bool fl_ok = e->fl != NULL;
+  for (int32_t i = 0; fl_ok && i < e->microbatches; i++) {
+    eng_flight *f = &e->fl[i];
+    f->b.entries = malloc((size_t)o.max_num_seqs * sizeof *f->b.entries);
+    f->pl_q = malloc(T * sizeof *f->pl_q);
+    f->pl_pos = malloc(T * sizeof *f->pl_pos);
+    f->b.copies = malloc((size_t)o.max_num_seqs * sizeof *f->b.copies);
+    f->cp_src = malloc((size_t)o.max_num_seqs * sizeof *f->cp_src);
+    f->cp_dst = malloc((size_t)o.max_num_seqs * sizeof *f->cp_dst);
+    f->forks = calloc((size_t)o.max_num_seqs, sizeof *f->forks);
+    fl_ok = f->b.entries && f->pl_q && f->pl_pos && f->b.copies && f->cp_src && f->cp_dst &&
+            f->forks;
+  }
   e->b_tokens = malloc(T * sizeof *e->b_tokens);
   e->b_pos = malloc(T * sizeof *e->b_pos);
   e->b_rows = malloc(((size_t)o.max_num_seqs + T) * sizeof *e->b_rows);
@@ -149,13 +169,10 @@ int ss_engine_create(ss_model *m, ss_backend *be, const ss_engine_opts *opts,
   e->ent_why = malloc((size_t)o.max_num_seqs * sizeof *e->ent_why);
   e->ent_tok = malloc((size_t)o.max_num_seqs * sizeof *e->ent_tok);
   e->ent_ok = malloc((size_t)o.max_num_seqs * sizeof *e->ent_ok);
-  e->ent_forks = calloc((size_t)o.max_num_seqs, sizeof *e->ent_forks);
-  e->cp_src = malloc((size_t)o.max_num_seqs * sizeof *e->cp_src);
-  e->cp_dst = malloc((size_t)o.max_num_seqs * sizeof *e->cp_dst);
-  if (!e->logits || !e->pl_q || !e->pl_pos || !e->b_tokens || !e->b_pos || !e->b_rows ||
+  if (!e->logits || !fl_ok || !e->b_tokens || !e->b_pos || !e->b_rows ||
       !e->b_tab || !e->done_q ||
       !e->done_r || !e->itls || !e->ttfts || !e->ent_failed || !e->ent_why || !e->ent_tok ||
-      !e->ent_ok || !e->ent_forks || !e->cp_src || !e->cp_dst) {
+      !e->ent_ok) {
     rc = ss_error(SS_ERR_NOMEM, "engine: out of memory for a batch of %d tokens and %d sequences",
                   o.max_batched_tokens, o.max_num_seqs);
     goto fail;
@@ -198,8 +215,16 @@ void ss_engine_free(ss_engine *e) {
   free(e->eog);
   if (e->kv.be) ss_kv_cache_free(&e->kv);
   free(e->logits);
-  free(e->pl_q);
-  free(e->pl_pos);
+  for (int32_t i = 0; e->fl && i < e->microbatches; i++) {
+    free(e->fl[i].b.entries);
+    free(e->fl[i].pl_q);
+    free(e->fl[i].pl_pos);
+    free(e->fl[i].b.copies);
+    free(e->fl[i].cp_src);
+    free(e->fl[i].cp_dst);
+    free(e->fl[i].forks);
+  }
+  free(e->fl);
   free(e->masked);
   ss_grammar_vocab_free(e->gvocab);
   free(e->b_tokens);
@@ -217,9 +242,6 @@ void ss_engine_free(ss_engine *e) {
   free(e->ent_why);
   free(e->ent_tok);
   free(e->ent_ok);
-  free(e->ent_forks);
-  free(e->cp_src);
-  free(e->cp_dst);
   pthread_mutex_destroy(&e->mu);
   pthread_cond_destroy(&e->cv);
   free(e);
@@ -466,11 +488,15 @@ static void intake_locked(ss_engine *e, ev_list *out) {
   }
   e->in_head = e->in_tail = NULL;
   e->n_in = 0;
+  /* A request in a step in flight ends once that step has: the step's entry
+   * points to it. */
+  int32_t kept = 0;
   for (int32_t i = 0; i < e->n_aborts; i++) {
     ereq *q = find_active(e, e->aborts[i]);
-    if (q) ss_eng_finish_locked(e, q, "abort", NULL, out);
+    if (q && q->seq.in_flight) e->aborts[kept++] = e->aborts[i];
+    else if (q) ss_eng_finish_locked(e, q, "abort", NULL, out);
   }
-  e->n_aborts = 0;
+  e->n_aborts = kept;
   for (int32_t i = 0; i < e->n_pauses; i++) {
     ereq *q = find_active(e, e->pauses[i].id);
     if (!q || q->seq.paused == e->pauses[i].paused) continue;
@@ -495,226 +521,13 @@ static void publish_gauges_locked(ss_engine *e) {
   e->cow_copies_total = e->sched.n_cow_copies;
 }
 
-static void publish_locked(ss_engine *e, ev_list *evs) {
+void ss_eng_publish_locked(ss_engine *e, ev_list *evs) {
   if (evs->head) {
     if (e->ev_tail) e->ev_tail->next = evs->head;
     else e->ev_head = evs->head;
     e->ev_tail = evs->tail;
   }
   publish_gauges_locked(e);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Running a step, and isolating one that fails                               */
-
-/* The debug hook (opts.debug_fail_id): a step holding the named request fails
- * before it runs, as a step failure attributed to one request would. */
-static int debug_check(const ss_engine *e, const ss_sched_entry *en, int32_t n) {
-  if (e->o.debug_fail_id <= 0) return SS_OK;
-  for (int32_t i = 0; i < n; i++) {
-    const ereq *q = en[i].seq->user;
-    if (q->id == e->o.debug_fail_id && q->n_generated >= e->o.debug_fail_after)
-      return ss_error(SS_ERR_INTERNAL, "injected failure of a step holding request %lld "
-                      "(SS_DEBUG_FAIL_STEP)", (long long)q->id);
-  }
-  return SS_OK;
-}
-
-/* Room for n logit rows: the engine's buffer and the forward state grow (the
- * other ranks' states follow the step they receive). */
-static int ensure_logit_rows(ss_engine *e, int32_t n) {
-  if (n > e->cap_logits) {
-    float *l = realloc(e->logits, (size_t)n * (size_t)e->m->cfg.vocab * sizeof *l);
-    if (!l) return ss_error(SS_ERR_NOMEM, "out of memory for %d rows of logits", n);
-    e->logits = l;
-    e->cap_logits = n;
-  }
-  if (n > e->st.max_logits) {
-    const int64_t T = e->st.max_tokens;
-    ss_forward_state_free(&e->st);
-    int rc = ss_forward_state_init(&e->st, e->m, e->be, T, n);
-    if (rc) {
-      /* Back to the size it had, so that steps without prompt rows still run. */
-      ss_forward_state_free(&e->st);
-      int rc2 = ss_forward_state_init(&e->st, e->m, e->be, T, e->o.max_num_seqs);
-      return rc2 ? rc2 : rc;
-    }
-  }
-  return SS_OK;
-}
-
-/* The logprobs of the prompt tokens that this step's prompt rows (after its
- * nl sampling rows) predict, into their requests. */
-static void record_prompt_rows(ss_engine *e, int32_t nl, int32_t npl) {
-  const int32_t V = e->m->cfg.vocab;
-  for (int32_t j = 0; j < npl; j++) {
-    ereq *q = e->pl_q[j];
-    const int32_t n = q->r.n_prompt - 1, k = q->r.n_top_logprobs, p = e->pl_pos[j];
-    if (!q->plp) {
-      q->plp = malloc((size_t)n * sizeof *q->plp);
-      if (k > 0) {
-        q->ptop_ids = calloc((size_t)n * (size_t)k, sizeof *q->ptop_ids);
-        q->ptop_lp = calloc((size_t)n * (size_t)k, sizeof *q->ptop_lp);
-      }
-      if (!q->plp || (k > 0 && (!q->ptop_ids || !q->ptop_lp))) {
-        free(q->plp);
-        free(q->ptop_ids);
-        free(q->ptop_lp);
-        q->plp = NULL;
-        q->ptop_ids = NULL;
-        q->ptop_lp = NULL;
-        continue;
-      }
-      for (int32_t i = 0; i < n; i++) q->plp[i] = NAN;
-    }
-    const float *row = e->logits + (size_t)(nl + j) * (size_t)V;
-    q->plp[p] = ss_logprob_of(row, V, q->tokens[p + 1]);
-    if (k > 0)
-      ss_top_logprobs(&e->scratch, row, k, q->ptop_ids + (size_t)p * k,
-                      q->ptop_lp + (size_t)p * k);
-  }
-}
-
-/* Runs the step whose tokens are in the engine's batch arrays. */
-static int exec_all(ss_engine *e, const ss_sched_batch *b, int32_t nt, int32_t nl) {
-  int rc = debug_check(e, b->entries, b->n_entries);
-  if (rc) return rc;
-  for (int32_t i = 0; i < b->n_copies; i++) {
-    e->cp_src[i] = b->copies[i].src;
-    e->cp_dst[i] = b->copies[i].dst;
-  }
-  ss_batch fb = {.n = nt, .tokens = e->b_tokens, .loc = {.n = nt, .pos = e->b_pos,
-                 .block_table = e->b_tab}, .n_logits = nl, .logit_rows = e->b_rows,
-                 .n_copies = b->n_copies, .copy_src = e->cp_src, .copy_dst = e->cp_dst};
-  return ss_exec_step(e->m, &e->st, &e->kv, &fb, e->logits);
-}
-
-/* After a step failed with a status that leaves the ranks in step (anything
- * but SS_ERR_COMM): runs each entry alone, its logits to its own row, so that
- * a failure one request causes ends only that request.  The kernels are batch
- * invariant, so the others' logits are those the whole step would have given.
- * Marks e->ent_failed[i] (reason in e->ent_why[i]) and returns the number of
- * failed entries, or SS_ERR_COMM when a rank is lost meanwhile. */
-static int isolate_step(ss_engine *e, const ss_sched_batch *b, const char *why) {
-  int32_t n_failed = 0, li = 0;
-  for (int32_t i = 0; i < b->n_entries; i++) {
-    const ss_sched_entry *en = &b->entries[i];
-    const int32_t off = e->ent_tok[i];
-    int rc;
-    if (b->n_entries == 1) {
-      rc = SS_ERR_INTERNAL; /* alone already */
-      snprintf(e->ent_why[i], sizeof e->ent_why[i], "%.*s", (int)sizeof e->ent_why[i] - 1, why);
-    } else {
-      int32_t row = en->count - 1, src = -1, dst = -1;
-      /* Its copy-on-write copy too (the whole step may have failed before
-       * running it; run again, it copies what the entry reads all the same). */
-      for (int32_t c = 0; c < b->n_copies; c++)
-        if (b->copies[c].seq == en->seq) src = b->copies[c].src, dst = b->copies[c].dst;
-      ss_batch one = {.n = en->count, .tokens = e->b_tokens + off,
-                      .loc = {.n = en->count, .pos = e->b_pos + off, .block_table = e->b_tab + off},
-                      .n_logits = en->logits ? 1 : 0, .logit_rows = &row,
-                      .n_copies = src >= 0, .copy_src = &src, .copy_dst = &dst};
-      rc = debug_check(e, en, 1);
-      if (!rc)
-        rc = ss_exec_step(e->m, &e->st, &e->kv, &one,
-                          e->logits + (size_t)li * (size_t)e->m->cfg.vocab);
-      if (rc == SS_ERR_COMM) return rc;
-      if (rc) snprintf(e->ent_why[i], sizeof e->ent_why[i], "%s", ss_error_msg());
-    }
-    e->ent_failed[i] = rc != SS_OK;
-    n_failed += rc != SS_OK;
-    if (en->logits) li++;
-  }
-  return n_failed;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Forks                                                                      */
-
-static void *memdup(const void *p, size_t nbytes) {
-  void *d = p ? malloc(nbytes) : NULL;
-  if (d) memcpy(d, p, nbytes);
-  return d;
-}
-
-/* After a step is committed: every request whose prompt the step completed
- * starts its waiting forks, which share its blocks (ss_sched_fork) and sample
- * their first token from its logits row (e->ent_forks[i] lists them for the
- * step's sampling).  A fork that cannot run now (max_num_seqs) is queued as
- * a request of its own. */
-static bool fork_now(const ss_engine *e, const ss_sched_batch *b, int32_t i) {
-  /* A failed entry's request has ended (and is freed) before this runs. */
-  if (!b->entries[i].logits || e->ent_failed[i]) return false;
-  const ereq *q = b->entries[i].seq->user;
-  return q->forks && q->n_generated == 0 && q->seq.n_computed == q->seq.n_tokens;
-}
-
-static void fork_ready(ss_engine *e, const ss_sched_batch *b, double t_sched, ev_list *evs) {
-  bool any = false;
-  for (int32_t i = 0; i < b->n_entries; i++) {
-    e->ent_forks[i] = NULL;
-    any = any || fork_now(e, b, i);
-  }
-  if (!any) return; /* (the fork lists change only on this thread) */
-  pthread_mutex_lock(&e->mu);
-  for (int32_t i = 0; i < b->n_entries; i++) {
-    if (!fork_now(e, b, i)) continue;
-    ereq *q = b->entries[i].seq->user;
-    ereq **tail = &e->ent_forks[i];
-    while (q->forks) {
-      ereq *c = q->forks;
-      q->forks = c->fork_next;
-      c->fork_next = c->fork_parent = NULL;
-      if (ss_sched_fork(&e->sched, &q->seq, &c->seq)) {
-        c->fork_next = q->forks;
-        q->forks = c;
-        c->fork_parent = q;
-        ss_eng_release_forks_locked(e, q, evs);
-        break;
-      }
-      c->t_scheduled = t_sched;
-      ss_histogram_observe(&e->h_queue, t_sched - c->t_arrival);
-      e->prompt_tokens_total += (uint64_t)c->r.n_prompt; /* counted per request, as cached */
-      if (c->r.prompt_logprobs && q->plp) {
-        /* The same prompt's logprobs. */
-        const size_t n = (size_t)(q->r.n_prompt - 1), k = (size_t)q->r.n_top_logprobs;
-        c->plp = memdup(q->plp, n * sizeof *c->plp);
-        c->ptop_ids = memdup(q->ptop_ids, n * k * sizeof *c->ptop_ids);
-        c->ptop_lp = memdup(q->ptop_lp, n * k * sizeof *c->ptop_lp);
-        if (!c->plp || (k > 0 && (!c->ptop_ids || !c->ptop_lp))) {
-          free(c->plp), free(c->ptop_ids), free(c->ptop_lp);
-          c->plp = NULL, c->ptop_ids = NULL, c->ptop_lp = NULL;
-        }
-      }
-      *tail = c;
-      tail = &c->fork_next;
-    }
-  }
-  pthread_mutex_unlock(&e->mu);
-}
-
-/* The stats line, at most every stats_interval_s, printed after a step (so
- * only while the engine is busy): rates over the interval since the last. */
-static void stats_line(ss_engine *e) {
-  const double now = ss_now_s();
-  if (!e->o.log || e->o.stats_interval_s <= 0 || now - e->stats_t < e->o.stats_interval_s) return;
-  pthread_mutex_lock(&e->mu);
-  const uint64_t prompt = e->prompt_tokens_total, gen = e->generation_tokens_total;
-  const uint64_t failed = e->success_error;
-  const int32_t running = e->pub_running, waiting = e->pub_waiting, used = e->pub_blocks_used;
-  pthread_mutex_unlock(&e->mu);
-  const double dt = now - e->stats_t;
-  fprintf(e->o.log, "shardserve engine: stats: %.1f s: %llu steps, prompt %.1f tok/s, generation "
-          "%.1f tok/s; running %d, waiting %d, KV blocks %d of %d (%.1f%%); failed requests "
-          "%llu, failed steps %llu\n", dt, (unsigned long long)(e->steps - e->stats_steps),
-          (double)(prompt - e->stats_prompt) / dt, (double)(gen - e->stats_gen) / dt, running,
-          waiting, used, e->o.n_blocks, 100.0 * used / e->o.n_blocks, (unsigned long long)failed,
-          (unsigned long long)e->step_failures_total);
-  fflush(e->o.log);
-  e->stats_t = now;
-  e->stats_steps = e->steps;
-  e->stats_prompt = prompt;
-  e->stats_gen = gen;
 }
 
 int ss_engine_run(ss_engine *e) {
@@ -729,25 +542,27 @@ int ss_engine_run(ss_engine *e) {
      * holding the drain until its deadline). */
     const bool empty = !e->sched.running.head && !e->sched.waiting.head;
     const bool idle = !ss_sched_has_work(&e->sched);
-    if (e->stopping && (empty || ss_now_s() >= e->drain_deadline)) {
+    if (e->stopping && (empty || ss_now_s() >= e->drain_deadline) && e->n_fl == 0) {
       /* Drained, or out of time: whatever is left ends as aborted. */
       ss_sched_seq *q;
       while ((q = e->sched.running.head)) ss_eng_finish_locked(e, q->user, "abort", NULL, &evs);
       while ((q = e->sched.waiting.head)) ss_eng_finish_locked(e, q->user, "abort", NULL, &evs);
       e->state = SS_ENGINE_STOPPED;
-      publish_locked(e, &evs);
+      ss_eng_publish_locked(e, &evs);
       pthread_mutex_unlock(&e->mu);
       if (e->notify) e->notify(e->notify_user);
       break;
     }
-    if (idle && !evs.head && e->stats_dirty) {
+    const bool out_of_time = e->stopping && ss_now_s() >= e->drain_deadline;
+    if (idle && !evs.head && e->n_fl == 0 && e->stats_dirty) {
       /* Going idle: refresh the per-rank counters once for /metrics. */
       pthread_mutex_unlock(&e->mu);
       e->stats_dirty = false;
+      e->stats_due = false;
       ss_eng_gather_rank_stats(e);
       continue;
     }
-    if (idle && !evs.head) {
+    if (idle && !evs.head && e->n_fl == 0) {
       /* A pause may have been all that changed: /metrics shows it. */
       publish_gauges_locked(e);
       if (e->stopping) {
@@ -762,183 +577,29 @@ int ss_engine_run(ss_engine *e) {
       pthread_mutex_unlock(&e->mu);
       continue;
     }
-    publish_locked(e, &evs);
+    ss_eng_publish_locked(e, &evs);
     pthread_mutex_unlock(&e->mu);
     if (evs.head && e->notify) e->notify(e->notify_user);
-    if (idle) continue;
-    evs = (ev_list){0};
-
-    /* One step. */
-    SS_TRACE_BEGIN(t_step);
-    ss_sched_batch b;
-    ss_sched_step(&e->sched, &b);
-    if (b.n_entries == 0) continue;
-    const double t_sched = ss_now_s();
-    int32_t nt = 0, nl = 0;
-    uint64_t prompt_tokens = 0;
-    double attended, kv_read;
-    ss_sched_batch_attention(&b, &attended, &kv_read);
-    for (int32_t i = 0; i < b.n_entries; i++) {
-      const ss_sched_entry *en = &b.entries[i];
-      ereq *q = en->seq->user;
-      e->ent_tok[i] = nt;
-      e->ent_failed[i] = false;
-      for (int32_t k = 0; k < en->count; k++) {
-        const int32_t p = en->start + k;
-        e->b_tokens[nt] = q->tokens[p];
-        e->b_pos[nt] = p;
-        e->b_tab[nt] = q->seq.blocks;
-        if (p < q->r.n_prompt && q->seq.n_preempted == 0) prompt_tokens++;
-        nt++;
-      }
-      if (en->logits) e->b_rows[nl++] = nt - 1;
+    if (e->stats_due && e->n_fl == 0) {
+      ss_eng_gather_rank_stats(e);
+      e->stats_dirty = e->stats_due = false;
     }
-    /* Requests that report prompt logprobs: a row for each of their prompt
-     * positions in the step whose next token is a prompt token, after the
-     * sampling rows. */
-    int32_t npl = 0;
-    for (int32_t i = 0; i < b.n_entries; i++) {
-      const ss_sched_entry *en = &b.entries[i];
-      ereq *q = en->seq->user;
-      if (!q->r.prompt_logprobs) continue;
-      for (int32_t k = 0; k < en->count && en->start + k + 1 < q->r.n_prompt; k++) {
-        e->b_rows[nl + npl] = e->ent_tok[i] + k;
-        e->pl_q[npl] = q;
-        e->pl_pos[npl++] = en->start + k;
-      }
-    }
-    const double t_fwd0 = ss_now_s();
-    if (ss_trace_on())
-      ss_trace_span("schedule", "sched", t_step, t_fwd0,
-                    (ss_trace_arg[]){{"seqs", b.n_entries}, {"tokens", nt}, {"logits", nl}}, 3);
-    rc = npl > 0 ? ensure_logit_rows(e, nl + npl) : SS_OK;
-    if (rc) npl = 0; /* the step runs without them (lost: NaN) */
-    rc = exec_all(e, &b, nt, nl + npl);
-    int32_t n_failed = 0;
-    if (rc && rc != SS_ERR_COMM) {
-      npl = 0; /* run one by one below, without the prompt rows (lost: NaN) */
-      char why[512];
-      snprintf(why, sizeof why, "a forward step failed: %s", ss_error_msg());
-      if (e->o.log)
-        fprintf(e->o.log, "shardserve engine: step %llu (%d sequences, %d tokens) failed: %s; "
-                "running its sequences one by one\n", (unsigned long long)e->steps + 1,
-                b.n_entries, nt, why);
-      rc = isolate_step(e, &b, why);
-      if (rc >= 0) n_failed = rc, rc = SS_OK;
-    }
-    const double t = ss_now_s();
-    pthread_mutex_lock(&e->mu);
-    for (int32_t i = 0; i < b.n_entries; i++) {
-      ereq *q = b.entries[i].seq->user;
-      if (q->t_scheduled == 0) {
-        /* Prompt tokens found in the prefix cache count as prompt tokens too. */
-        prompt_tokens += (uint64_t)q->seq.n_cached;
-        q->t_scheduled = t_sched;
-        ss_histogram_observe(&e->h_queue, t_sched - q->t_arrival);
-      }
-    }
-    if (rc) {
-      /* A lost rank: nothing more can run.  Clients get a plain message; the
-       * details (which rank, where) go to the log and the caller. */
-      char msg[600];
-      snprintf(msg, sizeof msg, "a forward step failed: %s", ss_error_msg());
-      if (e->o.log) fprintf(e->o.log, "shardserve engine: %s\n", msg);
-      ss_eng_fail_all_locked(e, "the server lost one of its ranks and is stopping; retry "
-                             "once it has been restarted", &evs);
-      e->state = SS_ENGINE_FAILED;
-      publish_locked(e, &evs);
-      pthread_mutex_unlock(&e->mu);
-      if (e->notify) e->notify(e->notify_user);
-      return ss_error(rc, "%s", msg);
-    }
-    /* The entries that failed alone end here (their blocks go back, nothing of
-     * theirs is committed to the prefix cache); the others are committed. */
-    ss_sched_batch ok = b;
-    if (n_failed > 0) {
-      e->step_failures_total++;
-      ok.entries = e->ent_ok;
-      ok.n_entries = 0;
-      for (int32_t i = 0; i < b.n_entries; i++) {
-        if (!e->ent_failed[i]) {
-          ok.entries[ok.n_entries++] = b.entries[i];
-          continue;
-        }
-        ereq *q = b.entries[i].seq->user;
-        if (e->o.log)
-          fprintf(e->o.log, "shardserve engine: request %lld failed: %s\n", (long long)q->id,
-                  e->ent_why[i]);
-        ss_eng_finish_locked(e, q, "error", e->ent_why[i], &evs);
-      }
-    }
-    pthread_mutex_unlock(&e->mu);
-    ss_sched_commit(&e->sched, &ok);
-    e->steps++;
-    e->stats_dirty = true;
-
-    record_prompt_rows(e, nl, npl);
-    fork_ready(e, &b, t_sched, &evs);
-
-    /* Sample outside the lock, then publish. */
-    SS_TRACE_BEGIN(t_sample);
-    int32_t li = 0;
-    uint64_t gen = 0;
-    ereq **done_q = e->done_q;
-    const char **done_r = e->done_r;
-    double *itls = e->itls, *ttfts = e->ttfts;
-    int32_t n_done = 0, n_itl = 0, n_ttft = 0;
-    for (int32_t i = 0; i < b.n_entries; i++) {
-      if (!b.entries[i].logits) continue;
-      const float *row = e->logits + (size_t)li++ * e->m->cfg.vocab;
-      if (e->ent_failed[i]) continue; /* ended above */
-      ereq *q = b.entries[i].seq->user;
-      if (q->r.max_new_tokens == 0) { /* prefill only: nothing to sample */
-        q->t_first = q->t_last = t;
-        done_q[n_done] = q;
-        done_r[n_done++] = "length";
+    /* Fill the pipeline: issue while a slot is free (not after a step whose
+     * issue failed, nor while the counters wait for it to drain, nor past the
+     * drain's deadline), else end the oldest step in flight. */
+    const bool tail_failed = e->n_fl > 0 &&
+                             e->fl[(e->fl_head + e->n_fl - 1) % e->microbatches].rc != SS_OK;
+    if (!idle && !out_of_time && !tail_failed && !e->stats_due && e->n_fl < e->microbatches) {
+      int r = ss_eng_issue_step(e);
+      if (r < 0) return r;
+      if (r > 0) {
+        /* One at a time: the step ends before the next is built. */
+        if (e->microbatches == 1 && (rc = ss_eng_finish_step(e))) return rc;
         continue;
       }
-      /* q, then its forks made this step, each with its own sampler. */
-      ereq *forks = e->ent_forks[i];
-      e->ent_forks[i] = NULL;
-      for (ereq *x = q; x;) {
-        ereq *nx = x == q ? forks : x->fork_next;
-        if (x != q) x->fork_next = NULL;
-        double itl;
-        const char *reason = ss_eng_sample_seq(e, x, row, &evs, t, &itl);
-        gen++;
-        if (x->n_generated == 1) ttfts[n_ttft++] = t - x->t_arrival;
-        else if (itl >= 0) itls[n_itl++] = itl;
-        if (reason) {
-          done_q[n_done] = x;
-          done_r[n_done++] = reason;
-        }
-        x = nx;
-      }
     }
-    if (ss_trace_on())
-      ss_trace_span("sample", "compute", t_sample, ss_now_s(),
-                    (ss_trace_arg[]){{"tokens", (int64_t)gen}}, 1);
-    pthread_mutex_lock(&e->mu);
-    for (int32_t i = 0; i < n_done; i++) ss_eng_finish_locked(e, done_q[i], done_r[i], NULL, &evs);
-    for (int32_t i = 0; i < n_ttft; i++) ss_histogram_observe(&e->h_ttft, ttfts[i]);
-    for (int32_t i = 0; i < n_itl; i++) ss_histogram_observe(&e->h_itl, itls[i]);
-    e->prompt_tokens_total += prompt_tokens;
-    e->generation_tokens_total += gen;
-    publish_locked(e, &evs);
-    pthread_mutex_unlock(&e->mu);
-    if (e->notify) e->notify(e->notify_user);
-    ss_eng_step_log(e, t_sched, &ok, attended, kv_read, t_fwd0, t);
-    stats_line(e);
-    if (ss_trace_on())
-      ss_trace_span("step", "sched", t_step, ss_now_s(),
-                    (ss_trace_arg[]){{"step", (int64_t)e->steps}, {"seqs", b.n_entries},
-                                     {"tokens", nt}}, 3);
-    if (e->o.stats_every > 0 && e->steps % (uint64_t)e->o.stats_every == 0) {
-      ss_eng_gather_rank_stats(e);
-      e->stats_dirty = false;
-    }
+    if (e->n_fl > 0 && (rc = ss_eng_finish_step(e))) return rc;
   }
   ss_eng_gather_rank_stats(e);
   return rc;
 }
-

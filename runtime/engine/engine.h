@@ -55,6 +55,9 @@ typedef struct ss_engine_opts {
                                   count from 1 in submission order) once it has generated
                                   debug_fail_after tokens fails; 0: off */
   int32_t debug_fail_after;
+  int32_t microbatches;        /* steps in flight at once under pipeline parallelism (0: as
+                                  many as stages; 1: each step ends before the next starts);
+                                  1 without it */
   FILE *step_log;              /* when set, one CSV line per step under the header below
                                   (columns explained in engine.c); the caller opens and
                                   closes it */

@@ -1,5 +1,6 @@
 /* The engine's private state, shared by its files: engine.c (life cycle,
- * submissions, the step loop), engine_output.c (sampling a sequence, its text,
+ * submissions, the step loop), engine_step.c (issuing and ending a step),
+ * engine_output.c (sampling a sequence, its text,
  * events, finishing) and engine_metrics.c (Prometheus text, step log, ranks). */
 #ifndef SS_ENGINE_INTERNAL_H
 #define SS_ENGINE_INTERNAL_H
@@ -52,6 +53,29 @@ typedef struct rank_stats {
   uint64_t steps;
 } rank_stats;
 
+/* A step issued and not yet finished (under pipeline parallelism several are
+ * in flight; otherwise each finishes as soon as it is issued): what its end
+ * needs once its logits are back. */
+typedef struct eng_flight {
+  ss_sched_batch b;          /* b.entries: this flight's own copy, max_num_seqs long */
+  int32_t nt, nl, npl;       /* tokens, sampling rows, prompt rows */
+  /* its prompt rows: the request and the position of each, max_batched_tokens long */
+  struct ereq **pl_q;
+  int32_t *pl_pos;
+  /* b.copies: this flight's own copy of its copy-on-write copies, max_num_seqs
+   * long, and the same as the step message's two arrays */
+  int32_t *cp_src, *cp_dst;
+  /* per entry: the requests forked from it when the step ended, until they
+   * have sampled their first token (max_num_seqs long) */
+  struct ereq **forks;
+  uint64_t prompt_tokens;
+  double attended, kv_read;
+  double t_step, t_sched, t_fwd0; /* ss_now_s(): scheduling began, ended, the pass began */
+  uint64_t no;               /* issued steps so far, this one included */
+  int rc;                    /* how its issue failed (not SS_ERR_COMM), or SS_OK */
+  char why[512];
+} eng_flight;
+
 /* Events made during a step, published together. */
 typedef struct ev_list {
   ss_engine_event *head, *tail;
@@ -70,10 +94,12 @@ struct ss_engine {
   int32_t n_eog;
   float *logits;          /* (cap_logits, V) */
   int32_t cap_logits;     /* max_num_seqs, grown when prompt rows are asked for */
-  /* a step's prompt rows (after its sampling rows): the request and the
-   * position of each, max_batched_tokens long */
-  struct ereq **pl_q;
-  int32_t *pl_pos;
+  /* the steps in flight, a ring of `microbatches` oldest first from fl_head;
+   * a step's prompt rows come after its sampling rows */
+  eng_flight *fl;
+  int32_t microbatches, fl_head, n_fl;
+  uint64_t n_issued;
+  bool stats_due;         /* the per-rank counters are to be gathered once none is in flight */
   struct ss_grammar_vocab *gvocab; /* the vocabulary trie, made for the first constrained
                                   request (engine thread) */
   float *masked;          /* (V): a constrained row's logits, disallowed tokens -inf */
@@ -96,8 +122,6 @@ struct ss_engine {
   char (*ent_why)[256];
   int32_t *ent_tok;
   ss_sched_entry *ent_ok;
-  struct ereq **ent_forks; /* per entry: the requests forked from it this step */
-  int32_t *cp_src, *cp_dst; /* the step's block copies, max_num_seqs long */
 
   pthread_mutex_t mu;     /* guards everything below */
   pthread_cond_t cv;
@@ -159,6 +183,19 @@ void ss_eng_fail_all_locked(ss_engine *e, const char *msg, ev_list *out);
 /* A request's pending forks, as requests of their own (lock held): queued in
  * the scheduler (or ended with an error when that fails). */
 void ss_eng_release_forks_locked(ss_engine *e, ereq *q, ev_list *out);
+
+/* ------------------------------------------------------------------------ */
+/* engine.c and engine_step.c: the step loop                                  */
+
+/* Queues evs for the submitters and refreshes the gauges (lock held). */
+void ss_eng_publish_locked(ss_engine *e, ev_list *evs);
+/* Schedules and issues one step into the next free flight slot (engine
+ * thread, lock not held): 1 when a step was issued, 0 when the scheduler had
+ * nothing to run, or the failure that ended the engine (every request failed,
+ * state FAILED). */
+int ss_eng_issue_step(ss_engine *e);
+/* Ends the oldest step in flight: SS_OK, or the failure that ended the engine. */
+int ss_eng_finish_step(ss_engine *e);
 
 /* ------------------------------------------------------------------------ */
 /* engine_metrics.c                                                           */

@@ -3,7 +3,15 @@
  * rows) and broadcasts it; ranks 1..tp-1 wait in ss_exec_worker_loop, check
  * what they received, and run their shard of the same forward pass.  The model
  * layer only knows one rank's forward pass (ss_model_forward); this protocol
- * belongs to the engine. */
+ * belongs to the engine.
+ *
+ * Under pipeline parallelism the step goes down the pipeline instead of in one
+ * broadcast over the whole job: rank 0 broadcasts it to its own stage's ranks,
+ * and every rank of stage s hands it on to the same tensor-parallel rank of
+ * stage s + 1 (an asynchronous send, before running its layers), so each rank
+ * receives the steps in the order rank 0 issued them, and rank 0 never waits
+ * for a later stage to take a step: it can issue the next one while the later
+ * stages still run the previous (ss_exec_step_begin / ss_exec_step_end). */
 #include "runtime/engine/executor.h"
 
 #include <stdio.h>
@@ -38,14 +46,75 @@ typedef struct step_header {
   int64_t payload_count;
 } step_header;
 
+/* Relays a failed call's message with what it was for. */
+static int failed(int rc, const char *what) {
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s", ss_error_msg());
+  return ss_error(rc, "%s: %s", what, msg);
+}
+
 static int bcast(const ss_model *m, void *buf, size_t nbytes, const char *what) {
   int rc = ss_comm_broadcast(job(m), buf, nbytes, 0);
-  if (rc) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", ss_error_msg());
-    return ss_error(rc, "%s: %s", what, msg);
+  return rc ? failed(rc, what) : SS_OK;
+}
+
+/* ---- the step message down the pipeline ------------------------------- */
+
+/* Tags of the step messages between stages (the model's own hidden states and
+ * logits use 101 and 102). */
+enum { PP_TAG_STEP_HEADER = 103, PP_TAG_STEP_PAYLOAD = 104 };
+
+static bool pipelined(const ss_model *m) { return m->local.pp > 1 && m->world; }
+static bool stage_group(const ss_model *m) { return m->comm && m->comm->size > 1; }
+static int stage_peer(const ss_model *m, int stage) { return stage * m->local.tp + m->local.rank; }
+
+/* Hands a step (header, then its payload when it has one) on to this rank's
+ * peer of the next stage, without waiting for it to be taken. */
+static int pass_on(const ss_model *m, const void *h, size_t h_nbytes, const void *payload,
+                   size_t p_nbytes) {
+  if (m->local.stage >= m->local.pp - 1) return SS_OK;
+  const int peer = stage_peer(m, m->local.stage + 1);
+  int rc = ss_comm_send_async(m->world, h, h_nbytes, peer, PP_TAG_STEP_HEADER);
+  if (!rc && payload) rc = ss_comm_send_async(m->world, payload, p_nbytes, peer, PP_TAG_STEP_PAYLOAD);
+  return rc ? failed(rc, "handing a step on to the next stage") : SS_OK;
+}
+
+/* Rank 0 under --pp: the step to its stage's ranks, then down the pipeline. */
+static int deliver(const ss_model *m, void *h, size_t h_nbytes, void *payload, size_t p_nbytes,
+                   const char *what) {
+  int rc;
+  if (stage_group(m)) {
+    if ((rc = ss_comm_broadcast(m->comm, h, h_nbytes, 0))) return failed(rc, what);
+    if (payload && (rc = ss_comm_broadcast(m->comm, payload, p_nbytes, 0))) return failed(rc, what);
   }
-  return SS_OK;
+  return pass_on(m, h, h_nbytes, payload, p_nbytes);
+}
+
+/* A worker: the next step's header (stage 0: from rank 0's broadcast, a later
+ * stage: from its peer of the stage before) and then its payload. */
+static int take_header(const ss_model *m, void *h, size_t nbytes, const char *what) {
+  int rc = !pipelined(m) ? ss_comm_broadcast(job(m), h, nbytes, 0)
+           : m->local.stage == 0 ? ss_comm_broadcast(m->comm, h, nbytes, 0)
+           : ss_comm_recv(m->world, h, nbytes, stage_peer(m, m->local.stage - 1),
+                          PP_TAG_STEP_HEADER);
+  return rc ? failed(rc, what) : SS_OK;
+}
+
+static int take_payload(const ss_model *m, void *buf, size_t nbytes, const char *what) {
+  int rc = !pipelined(m) ? ss_comm_broadcast(job(m), buf, nbytes, 0)
+           : m->local.stage == 0 ? ss_comm_broadcast(m->comm, buf, nbytes, 0)
+           : ss_comm_recv(m->world, buf, nbytes, stage_peer(m, m->local.stage - 1),
+                          PP_TAG_STEP_PAYLOAD);
+  return rc ? failed(rc, what) : SS_OK;
+}
+
+/* Rank 0: a step message to every worker. */
+static int send_message(const ss_model *m, void *h, size_t h_nbytes, void *payload,
+                        size_t p_nbytes, const char *what) {
+  if (pipelined(m)) return deliver(m, h, h_nbytes, payload, p_nbytes, what);
+  int rc = bcast(m, h, h_nbytes, what);
+  if (!rc && payload) rc = bcast(m, payload, p_nbytes, what);
+  return rc;
 }
 
 /* Rank 0: encodes and broadcasts b.  Tokens that share a block table pointer
@@ -97,8 +166,15 @@ static int send_step(const ss_model *m, const ss_kv_cache *kv, const ss_batch *b
   for (int32_t k = 0; k < n_tables; k++) memcpy(p, tabs[k], (size_t)tab_len[k] * sizeof *p), p += tab_len[k];
   memcpy(p, b->copy_src, (size_t)b->n_copies * sizeof *p), p += b->n_copies;
   memcpy(p, b->copy_dst, (size_t)b->n_copies * sizeof *p), p += b->n_copies;
-  if ((rc = bcast(m, &h, sizeof h, "sending a step to the workers"))) goto done;
-  rc = bcast(m, payload, (size_t)h.payload_count * sizeof *payload, "sending a step to the workers");
+  rc = send_message(m, &h, sizeof h, payload, (size_t)h.payload_count * sizeof *payload,
+                    "sending a step to the workers");
+  if (rc && rc != SS_ERR_COMM) {
+    /* Some ranks may have the step already (an asynchronous send that could
+     * not copy its buffer comes after the stage's broadcast). */
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    rc = ss_error(SS_ERR_COMM, "%s (the ranks may be out of step)", msg);
+  }
 done:
   free(tabs);
   free(tab_len);
@@ -107,8 +183,8 @@ done:
   return rc;
 }
 
-int ss_exec_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
-                 float *logits) {
+int ss_exec_step_begin(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                       const ss_batch *b, float *logits) {
   if (distributed(m)) {
     SS_ASSERT(job_rank(m) == 0);
     if (b->n <= 0 || b->n > st->max_tokens || b->n_logits < 0 || b->n_logits > st->max_logits)
@@ -119,7 +195,7 @@ int ss_exec_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const
     if (rc) return rc;
     /* The workers run this step too: a failure here leaves them waiting in a
      * collective rank 0 never joins, so the ranks are out of step for good. */
-    if ((rc = ss_model_forward(m, st, kv, b, logits))) {
+    if ((rc = ss_model_forward_begin(m, st, kv, b, logits))) {
       char msg[512];
       snprintf(msg, sizeof msg, "%s", ss_error_msg());
       return ss_error(SS_ERR_COMM, "rank 0's forward pass failed after the step went to the "
@@ -130,10 +206,31 @@ int ss_exec_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const
   return ss_model_forward(m, st, kv, b, logits);
 }
 
+int ss_exec_step_end(const ss_model *m, int64_t n_logits, float *logits) {
+  if (!distributed(m) || !pipelined(m)) return SS_OK;
+  int rc = ss_model_logits_recv(m, n_logits, logits);
+  if (rc) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", ss_error_msg());
+    return ss_error(SS_ERR_COMM, "a step's logits did not come back from the last stage: %s", msg);
+  }
+  return SS_OK;
+}
+
+int ss_exec_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
+                 float *logits) {
+  int rc = ss_exec_step_begin(m, st, kv, b, logits);
+  return rc ? rc : ss_exec_step_end(m, b->n_logits, logits);
+}
+
 int ss_exec_stop_workers(const ss_model *m) {
   if (!distributed(m) || job_rank(m) != 0) return SS_OK;
   step_header h = {.magic = STEP_MAGIC, .kind = STEP_STOP};
-  return bcast(m, &h, sizeof h, "stopping the workers");
+  int rc = send_message(m, &h, sizeof h, NULL, 0, "stopping the workers");
+  /* The stop is on its way down the pipeline: done once the next stage took it. */
+  if (!rc && pipelined(m) && (rc = ss_comm_flush(m->world)))
+    rc = failed(rc, "stopping the workers");
+  return rc;
 }
 
 /* A worker's checks of what rank 0 sent: a corrupt message is a bug, but it
@@ -191,7 +288,7 @@ int ss_exec_gather_profiles(const ss_model *m, ss_step_profile *all) {
   }
   SS_ASSERT(job_rank(m) == 0);
   step_header h = {.magic = STEP_MAGIC, .kind = STEP_STATS};
-  int rc = bcast(m, &h, sizeof h, "asking the workers for their counters");
+  int rc = send_message(m, &h, sizeof h, NULL, 0, "asking the workers for their counters");
   if (rc) return rc;
   return gather_profile(m, all);
 }
@@ -207,18 +304,25 @@ int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
   for (;;) {
     step_header h;
     const double t0 = ss_now_s();
-    const double c0 = job(m)->busy_s;
-    rc = bcast(m, &h, sizeof h, "waiting for the next step from rank 0");
+    const double c0 = job(m)->busy_s, s0 = m->comm ? m->comm->busy_s : 0;
+    rc = take_header(m, &h, sizeof h, "waiting for the next step from rank 0");
     if (ss_trace_on()) ss_trace_span("wait for step", "idle", t0, ss_now_s(), NULL, 0);
     m->prof->idle_s += ss_now_s() - t0;
-    job(m)->busy_s = c0; /* waiting is idle time, not communication inside a step */
+    /* Waiting is idle time, not communication inside a step. */
+    job(m)->busy_s = c0;
+    if (m->comm && m->comm != job(m)) m->comm->busy_s = s0;
     if (rc) break;
     if (h.magic != STEP_MAGIC ||
         (h.kind != STEP_FORWARD && h.kind != STEP_STOP && h.kind != STEP_STATS)) {
       rc = ss_error(SS_ERR_COMM, "rank %d: malformed step message from rank 0", job_rank(m));
       break;
     }
-    if (h.kind == STEP_STOP) break;
+    if (h.kind != STEP_FORWARD && pipelined(m) && (rc = pass_on(m, &h, sizeof h, NULL, 0))) break;
+    if (h.kind == STEP_STOP) {
+      /* Done once the next stage took the stop (and every step before it). */
+      if (pipelined(m) && (rc = ss_comm_flush(m->world))) rc = failed(rc, "stopping");
+      break;
+    }
     if (h.kind == STEP_STATS) {
       if ((rc = gather_profile(m, NULL))) break;
       continue;
@@ -240,10 +344,13 @@ int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
         break;
       }
     }
-    if ((rc = bcast(m, payload, (size_t)h.payload_count * sizeof *payload,
-                    "receiving a step from rank 0")))
+    if ((rc = take_payload(m, payload, (size_t)h.payload_count * sizeof *payload,
+                           "receiving a step from rank 0")))
       break;
     if ((rc = check_step(m, &h, payload))) break;
+    if (pipelined(m) &&
+        (rc = pass_on(m, &h, sizeof h, payload, (size_t)h.payload_count * sizeof *payload)))
+      break;
     /* The cache follows rank 0's geometry; activations grow to the batch. */
     if (kv.block_size != h.kv_block_size || kv.n_blocks != h.kv_n_blocks ||
         (int32_t)kv.dtype != h.kv_dtype) {

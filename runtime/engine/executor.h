@@ -14,6 +14,15 @@
 int ss_exec_step(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
                  float *logits);
 
+/* ss_exec_step in two halves, so that under pipeline parallelism rank 0 can
+ * issue further steps while the later stages still run this one: begin sends
+ * the step and runs stage 0's share (without --pp: the whole step, logits
+ * included); end receives its logits from the last stage.  Steps end in the
+ * order they began; the failures are those of ss_exec_step. */
+int ss_exec_step_begin(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                       const ss_batch *b, float *logits);
+int ss_exec_step_end(const ss_model *m, int64_t n_logits, float *logits);
+
 /* Ranks 1..tp-1: receive each step from rank 0 and run this rank's shard of it,
  * until rank 0 calls ss_exec_stop_workers (returns SS_OK) or a collective
  * fails.  The KV cache and activations follow rank 0's step geometry. */

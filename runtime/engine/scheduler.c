@@ -125,6 +125,8 @@ int ss_sched_init(ss_sched *s, const ss_sched_params *p) {
     return ss_error(SS_ERR_RANGE, "block_size = %d is outside 1..4096", p->block_size);
   if (p->n_blocks < 1 || p->n_blocks > 1 << 28)
     return ss_error(SS_ERR_RANGE, "the KV pool's block count %d is outside 1..2^28", p->n_blocks);
+  if (p->microbatches < 0 || p->microbatches > 256)
+    return ss_error(SS_ERR_RANGE, "microbatches = %d is outside 1..256", p->microbatches);
   s->p = *p;
   s->lru_head = s->lru_tail = -1;
   const size_t nb = (size_t)p->n_blocks;
@@ -346,6 +348,7 @@ int ss_sched_add(ss_sched *s, ss_sched_seq *q) {
   q->chain_gen = 0;
   q->state = SS_SEQ_WAITING;
   q->paused = false; /* n_paused counts only what ss_sched_set_paused set */
+  q->in_flight = false;
   list_push_back(&s->waiting, q);
   return SS_OK;
 }
@@ -355,6 +358,7 @@ void ss_sched_finish(ss_sched *s, ss_sched_seq *q) {
   else if (q->state == SS_SEQ_RUNNING) list_remove(&s->running, q);
   if (q->paused && q->state != SS_SEQ_FINISHED) s->n_paused--;
   q->paused = false;
+  q->in_flight = false;
   release(s, q);
   q->state = SS_SEQ_FINISHED;
 }
@@ -369,6 +373,7 @@ void ss_sched_set_paused(ss_sched *s, ss_sched_seq *q, bool paused) {
 /* Building a step                                                            */
 
 static void preempt(ss_sched *s, ss_sched_seq *q, ss_sched_batch *b) {
+  SS_ASSERT(!q->in_flight);
   list_remove(&s->running, q);
   release(s, q);
   q->n_computed = 0;
@@ -384,7 +389,22 @@ static void preempt(ss_sched *s, ss_sched_seq *q, ss_sched_batch *b) {
 static ss_sched_seq *paused_victim(const ss_sched *s) {
   if (s->n_paused == 0) return NULL;
   for (ss_sched_seq *q = s->running.tail; q; q = q->prev)
-    if (q->paused) return q;
+    if (q->paused && !q->in_flight) return q;
+  return NULL;
+}
+
+/* The newest running sequence that is not in flight, to give its blocks up
+ * for q; NULL when that would be q itself while a newer sequence is in flight
+ * (one step without q is better than q recomputed for a newer one's sake). */
+static ss_sched_seq *running_victim(const ss_sched *s, const ss_sched_seq *q) {
+  bool newer_in_flight = false;
+  for (ss_sched_seq *v = s->running.tail; v; v = v->prev) {
+    if (v->in_flight) {
+      newer_in_flight = true;
+      continue;
+    }
+    return v == q && newer_in_flight ? NULL : v;
+  }
   return NULL;
 }
 
@@ -421,14 +441,15 @@ static void add_entry(ss_sched_batch *b, ss_sched_seq *q, int32_t count) {
 
 /* Schedules running sequences with (decode) or without (prefill) exactly one
  * token left to compute, while the budget lasts. */
-static void schedule_running(ss_sched *s, ss_sched_batch *b, bool decode, int32_t *budget) {
+static void schedule_running(ss_sched *s, ss_sched_batch *b, bool decode, int32_t *budget,
+                             int32_t max_entries) {
   ss_sched_seq *q = s->running.head;
-  while (q && *budget > 0) {
+  while (q && *budget > 0 && b->n_entries < max_entries) {
     ss_sched_seq *next = q->next;
     const int32_t need = q->n_tokens - q->n_computed;
     bool in_batch = false;
     for (int32_t i = 0; i < b->n_entries && !in_batch; i++) in_batch = b->entries[i].seq == q;
-    if (in_batch || q->paused || need <= 0 || (need == 1) != decode) {
+    if (in_batch || q->paused || q->in_flight || need <= 0 || (need == 1) != decode) {
       q = next;
       continue;
     }
@@ -438,7 +459,8 @@ static void schedule_running(ss_sched *s, ss_sched_batch *b, bool decode, int32_
     bool ok = make_room(s, q, q->n_computed + count, b);
     while (!ok) {
       ss_sched_seq *victim = paused_victim(s);
-      if (!victim) victim = s->running.tail;
+      if (!victim) victim = running_victim(s, q);
+      if (!victim) break; /* q waits for the steps in flight */
       /* A paused victim has no entry; one from the tail takes the rest of the
        * list (behind it once preempted) with it. */
       if (victim == next) next = victim->next;
@@ -463,13 +485,19 @@ void ss_sched_step(ss_sched *s, ss_sched_batch *b) {
   b->entries = s->entries;
   b->copies = s->copies;
   int32_t budget = s->p.max_batched_tokens;
-  schedule_running(s, b, true, &budget);
-  schedule_running(s, b, false, &budget);
+  int32_t max_entries = s->p.max_num_seqs;
+  if (s->p.microbatches > 1) {
+    const int32_t active = s->running.count + s->waiting.count - s->n_paused;
+    const int32_t share = (active + s->p.microbatches - 1) / s->p.microbatches;
+    if (share < max_entries) max_entries = share > 0 ? share : 1;
+  }
+  schedule_running(s, b, true, &budget, max_entries);
+  schedule_running(s, b, false, &budget, max_entries);
   /* Admission in arrival order, passing over paused sequences; a paused
    * running one gives up its place or its blocks to a waiting one. */
   ss_sched_seq *q = s->waiting.head;
   while (q && q->paused) q = q->next;
-  while (budget > 0 && q && b->n_entries < s->p.max_num_seqs) {
+  while (budget > 0 && q && b->n_entries < max_entries) {
     if (s->running.count >= s->p.max_num_seqs) {
       ss_sched_seq *victim = paused_victim(s);
       if (!victim) break;
@@ -502,21 +530,26 @@ void ss_sched_step(ss_sched *s, ss_sched_batch *b) {
     budget -= count;
     q = after;
   }
-  for (int32_t i = 0; i < b->n_entries; i++) b->entries[i].seq->scheduled_once = true;
+  for (int32_t i = 0; i < b->n_entries; i++) {
+    b->entries[i].seq->scheduled_once = true;
+    b->entries[i].seq->in_flight = true;
+  }
 }
 
 void ss_sched_commit(ss_sched *s, const ss_sched_batch *b) {
   for (int32_t i = 0; i < b->n_entries; i++) {
     ss_sched_seq *q = b->entries[i].seq;
     q->n_computed = b->entries[i].start + b->entries[i].count;
+    q->in_flight = false;
     register_full_blocks(s, q);
   }
 }
 
 int ss_sched_fork(ss_sched *s, const ss_sched_seq *parent, ss_sched_seq *child) {
-  if (parent->state != SS_SEQ_RUNNING || parent->n_computed != parent->n_tokens)
+  if (parent->state != SS_SEQ_RUNNING || parent->n_computed != parent->n_tokens ||
+      parent->in_flight)
     return ss_error(SS_ERR_INVALID, "scheduler: a fork's parent must be running with all its "
-                    "tokens computed");
+                    "tokens computed, in no step in flight");
   if (child->n_tokens != parent->n_tokens || child->n_tokens > child->max_tokens)
     return ss_error(SS_ERR_INVALID, "scheduler: a fork has %d tokens, its parent %d",
                     child->n_tokens, parent->n_tokens);
@@ -540,6 +573,7 @@ int ss_sched_fork(ss_sched *s, const ss_sched_seq *parent, ss_sched_seq *child) 
   child->chain_gen = parent->chain_gen;
   child->scheduled_once = true;
   child->paused = false;
+  child->in_flight = false;
   child->state = SS_SEQ_RUNNING;
   list_push_back(&s->running, child);
   s->n_forks++;

@@ -46,7 +46,22 @@
  * every rank to run before its forward pass (copy-on-write).  The holders are
  * otherwise independent sequences: each is preempted (recomputed) or finished
  * on its own, in any order, and a block goes back to the pool with its last
- * holder.  Reference counts are kept with or without prefix caching. */
+ * holder.  Reference counts are kept with or without prefix caching.
+ *
+ * Steps in flight (params.microbatches > 1, pipeline parallelism): the owner
+ * may build the next step before committing the last.  A sequence is then in
+ * flight from the step that holds it until that step's commit; it is never
+ * scheduled again, preempted nor chosen as a victim meanwhile (a preemption
+ * that would have to take an in-flight sequence's blocks waits instead: the
+ * sequence that needs them is left out of this step).  Each step takes at most
+ * ceil(active / microbatches) sequences, active being those not paused, so
+ * the running sequences settle into that many groups that take turns.  A
+ * copy-on-write copy and a fork only touch sequences that are not in flight:
+ * a copy is made for a sequence the step being built takes (before it
+ * appends), a fork from a parent whose step has been committed, so on every
+ * rank (each runs the steps in the order they were built) a copy's source is
+ * read after every step before it has written it and before any later one
+ * writes into it. */
 #ifndef SS_SCHEDULER_H
 #define SS_SCHEDULER_H
 
@@ -72,6 +87,7 @@ struct ss_sched_seq {
   int32_t n_preempted;
   bool scheduled_once; /* has been in a batch (its queue time is over) */
   bool paused;         /* not scheduled; set only with ss_sched_set_paused */
+  bool in_flight;      /* in a step built and not yet committed */
   const int32_t *tokens; /* the owner's tokens (prompt + generated), or NULL: never
                             cached nor looked up (the planner's sequences) */
   bool compute_all;    /* never takes cached blocks (every prompt row's logits are
@@ -90,6 +106,8 @@ typedef struct ss_sched_params {
   int32_t block_size;         /* token slots per KV block */
   int32_t n_blocks;           /* blocks in the pool */
   bool prefix_caching;        /* reuse the K/V of computed full blocks */
+  int32_t microbatches;       /* steps in flight at once (0 or 1: each step is committed
+                                 before the next is built) */
 } ss_sched_params;
 
 typedef struct ss_seq_list {
@@ -185,12 +203,14 @@ int32_t ss_sched_blocks_for(const ss_sched *s, int64_t n_tokens);
  * the pool alone. */
 int ss_sched_add(ss_sched *s, ss_sched_seq *q);
 
-/* Builds the next step's batch (empty when there is nothing to do).  The
- * batch's entries point into scheduler memory valid until the next call. */
+/* Builds the next step's batch (empty when there is nothing to do) and marks
+ * its sequences in flight.  The batch's entries point into scheduler memory
+ * valid until the next call. */
 void ss_sched_step(ss_sched *s, ss_sched_batch *b);
 
-/* After the step ran: every entry's tokens are now in the cache.  The owner
- * then appends the sampled token of each logits entry (q->n_tokens++). */
+/* After the step ran: every entry's tokens are now in the cache and its
+ * sequence is no longer in flight.  The owner then appends the sampled token
+ * of each logits entry (q->n_tokens++). */
 void ss_sched_commit(ss_sched *s, const ss_sched_batch *b);
 
 /* Pauses or resumes a waiting or running sequence (see the policy above). */
@@ -203,7 +223,8 @@ static inline bool ss_sched_has_work(const ss_sched *s) {
 }
 
 /* Starts child as a fork of parent: parent is running with all its tokens
- * computed (its last one's logits just made); child has the same tokens
+ * computed (its last one's logits just made) and in no step in flight (its
+ * step committed); child has the same tokens
  * (n_tokens equal; the owner copied them) and a block table for its own
  * max_tokens.  Child runs from here, sharing every block of parent (see the
  * policy above); its first token is sampled by the owner from parent's logits.

@@ -279,6 +279,15 @@ typedef struct ss_batch {
 int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
                      float *logits);
 
+/* Pipeline parallelism with several steps in flight, on world rank 0: the
+ * same pass without waiting for its logits (this stage's share runs and its
+ * hidden states are on their way to the next stage); ss_model_logits_recv
+ * then receives each step's n_logits rows from the last stage, in the order
+ * the steps were run.  Without --pp, or on another rank, ss_model_forward. */
+int ss_model_forward_begin(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                           const ss_batch *b, float *logits);
+int ss_model_logits_recv(const ss_model *m, int64_t n_logits, float *logits);
+
 /* End of generation: the tokenizer's end-of-generation tokens and the
  * checkpoint's listed EOS ids (ss_model.stop_ids). */
 bool ss_model_is_eog(const ss_model *m, int32_t id);

@@ -242,9 +242,12 @@ enum { PP_TAG_HIDDEN = 101, PP_TAG_LOGITS = 102 };
 
 static int stage_peer(const ss_model *m, int stage) { return stage * m->local.tp + m->local.rank; }
 
+/* Sends are asynchronous (a copy goes out): a stage never waits for the next
+ * one to take its hidden states, nor the last stage for rank 0 to take the
+ * logits, so steps in flight cannot block one another. */
 static int stage_send(const ss_model *m, const void *buf, size_t nbytes, int stage, int tag,
                       const char *what) {
-  int rc = ss_comm_send(m->world, buf, nbytes, stage_peer(m, stage), tag);
+  int rc = ss_comm_send_async(m->world, buf, nbytes, stage_peer(m, stage), tag);
   if (rc) {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", ss_error_msg());
@@ -469,9 +472,10 @@ static int forward_stage(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
 }
 
 /* The pass over every stage: the last stage's rank 0 holds the logits and
- * sends them to world rank 0 (stage 0's rank 0), which samples. */
+ * sends them to world rank 0 (stage 0's rank 0), which samples; with
+ * wait_logits false, world rank 0 receives them later (ss_model_logits_recv). */
 static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
-                         const ss_batch *b, float *logits) {
+                         const ss_batch *b, float *logits, bool wait_logits) {
   const ss_model_local *lo = &m->local;
   if (lo->pp <= 1) return forward_stage(m, st, kv, b, logits);
   const bool head = lo->stage == lo->pp - 1 && lo->rank == 0;
@@ -479,21 +483,22 @@ static int forward_local(const ss_model *m, ss_forward_state *st, ss_kv_cache *k
   if (rc || b->n_logits == 0) return rc;
   const size_t nbytes = (size_t)b->n_logits * (size_t)m->cfg.vocab * sizeof(float);
   if (head) return stage_send(m, st->lg_pp, nbytes, 0, PP_TAG_LOGITS, "the logits");
-  if (m->world->rank == 0)
+  if (m->world->rank == 0 && wait_logits)
     return stage_recv(m, logits, nbytes, lo->pp - 1, PP_TAG_LOGITS, "the logits");
   return SS_OK;
 }
 
-int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
-                     float *logits) {
+static int forward_counted(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                           const ss_batch *b, float *logits, bool wait_logits) {
   const double t0 = ss_now_s();
   const double c0 = (m->comm ? m->comm->busy_s : 0.0) + (m->world ? m->world->busy_s : 0.0);
   /* The copies go before the step (and any graph the backend captures of
-   * it): queued on the device in order, they precede its first write. */
+   * it): queued on the device in order, they precede its first write.  Under
+   * --pp each stage copies its own layers when the step reaches it. */
   int rc = SS_OK;
   for (int64_t i = 0; i < b->n_copies && !rc; i++)
     rc = ss_kv_cache_copy_block(kv, b->copy_src[i], b->copy_dst[i]);
-  if (!rc) rc = forward_local(m, st, kv, b, logits);
+  if (!rc) rc = forward_local(m, st, kv, b, logits, wait_logits);
   const double comm =
       (m->comm ? m->comm->busy_s : 0.0) + (m->world ? m->world->busy_s : 0.0) - c0;
   if (ss_trace_on()) {
@@ -507,6 +512,28 @@ int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, c
   m->prof->steps++;
   m->prof->comm_s += comm;
   m->prof->compute_s += ss_now_s() - t0 - comm;
+  return rc;
+}
+
+int ss_model_forward(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv, const ss_batch *b,
+                     float *logits) {
+  return forward_counted(m, st, kv, b, logits, true);
+}
+
+int ss_model_forward_begin(const ss_model *m, ss_forward_state *st, ss_kv_cache *kv,
+                           const ss_batch *b, float *logits) {
+  return forward_counted(m, st, kv, b, logits, false);
+}
+
+int ss_model_logits_recv(const ss_model *m, int64_t n_logits, float *logits) {
+  const ss_model_local *lo = &m->local;
+  if (lo->pp <= 1 || m->world->rank != 0 || n_logits == 0) return SS_OK;
+  /* Waiting for the last stage is this rank's share of the step's
+   * communication, as it is inside ss_model_forward. */
+  const double c0 = m->world->busy_s;
+  int rc = stage_recv(m, logits, (size_t)n_logits * (size_t)m->cfg.vocab * sizeof(float),
+                      lo->pp - 1, PP_TAG_LOGITS, "the logits");
+  m->prof->comm_s += m->world->busy_s - c0;
   return rc;
 }
 

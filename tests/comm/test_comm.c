@@ -263,6 +263,41 @@ static void test_ring(ss_comm *c) {
   }
 }
 
+/* Asynchronous sends: every rank sends to the next one first, all at once (of
+ * a size that blocking sends would deadlock on), three messages on one tag,
+ * reusing its buffer as soon as each call returns; then receives from the one
+ * before.  The messages arrive whole, in order, as they were when sent. */
+static void test_async_ring(ss_comm *c) {
+  int n = c->size;
+  if (n < 2) return;
+  static const size_t sizes[] = {0, 5, (4u << 20) + 3};
+  int next = (c->rank + 1) % n, prev = (c->rank + n - 1) % n;
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    size_t nbytes = sizes[k];
+    uint8_t *out = malloc(nbytes + 1), *in = malloc(nbytes + 1);
+    int tag = 20 + (int)k, rc = 0;
+    for (int m = 0; m < 3 && !rc; m++) {
+      for (size_t i = 0; i < nbytes; i++) out[i] = (uint8_t)(pattern(c->rank, i) + m);
+      rc = ss_comm_send_async(c, out, nbytes, next, tag);
+      memset(out, 0xab, nbytes); /* the copy went, not the buffer */
+    }
+    CHECK(rc == 0, "async ring %zu bytes: send: %s", nbytes, ss_error_msg());
+    for (int m = 0; m < 3 && !rc; m++) {
+      memset(in, 0, nbytes + 1);
+      rc = ss_comm_recv(c, in, nbytes, prev, tag);
+      CHECK(rc == 0, "async ring %zu bytes: recv %d: %s", nbytes, m, ss_error_msg());
+      size_t wrong = 0;
+      for (size_t i = 0; i < nbytes; i++) wrong += in[i] != (uint8_t)(pattern(prev, i) + m);
+      CHECK(wrong == 0, "async ring %zu bytes, message %d from rank %d: #wrong %zu", nbytes, m,
+            prev, wrong);
+    }
+    rc = ss_comm_flush(c);
+    CHECK(rc == 0, "async ring %zu bytes: flush: %s", nbytes, ss_error_msg());
+    free(out);
+    free(in);
+  }
+}
+
 /* Bad arguments fail on every rank alike (no communication), with a message
  * naming the rank and the op. */
 static void test_errors(ss_comm *c) {
@@ -329,6 +364,7 @@ static void run_suite(ss_comm *c, size_t max_count) {
   test_gathers(c);
   test_broadcast(c);
   test_ring(c);
+  test_async_ring(c);
   test_split(c);
   test_errors(c);
   test_misc(c);

@@ -2,7 +2,8 @@
  * prefill, decodes before prefills, max_num_seqs, block accounting, preemption
  * of the newest sequence with recompute, and a randomized run that checks the
  * invariants (no block held twice, every sequence finishes) step by step;
- * prefix caching, and a sequence that computes its prompt in full. */
+ * prefix caching, and a sequence that computes its prompt in full; steps in
+ * flight (micro-batches under pipeline parallelism). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -442,6 +443,102 @@ static void test_paused(void **st) {
   ss_sched_free(&s);
 }
 
+/* Two steps in flight (microbatches = 2), against the shadow K/V pool of the
+ * prefix-cache test: each step "computes" its positions when it is built (as
+ * the first pipeline stage does, in the order the steps are issued) and is
+ * committed one step later, oldest first.  Every step must read only its own
+ * history, hold no sequence that an uncommitted step holds, and take at most
+ * ceil(active / 2) sequences; with a small pool, preemptions and cache
+ * evictions happen while steps are in flight, and every sequence finishes. */
+static void test_in_flight(void **st) {
+  (void)st;
+  enum { N = 60, BS = 4, NB = 28, K = 2 };
+  ss_sched s;
+  ss_sched_params p = {.max_num_seqs = 8, .max_batched_tokens = 16, .block_size = BS,
+                       .n_blocks = NB, .prefix_caching = true, .microbatches = K};
+  assert_int_equal(ss_sched_init(&s, &p), 0);
+  ss_sched_seq *q[N];
+  int32_t *toks[N], target[N];
+  uint64_t *hist[N];
+  uint64_t slot[NB * BS];
+  srand(23);
+  for (int i = 0; i < N; i++) {
+    const int32_t np = 1 + rand() % 20, gen = 1 + rand() % 16;
+    target[i] = np + gen;
+    q[i] = mkseq(i, np, target[i], BS);
+    toks[i] = malloc((size_t)target[i] * sizeof *toks[i]);
+    hist[i] = malloc((size_t)target[i] * sizeof *hist[i]);
+    for (int32_t k = 0; k < target[i]; k++) toks[i][k] = k < 8 ? k % 3 : rand() % 3;
+    uint64_t h = 1;
+    for (int32_t k = 0; k < target[i]; k++) hist[i][k] = h = hist_mix(h, toks[i][k]);
+    q[i]->tokens = toks[i];
+  }
+  ss_sched_entry fl[K][8];
+  ss_sched_batch fb[K];
+  int n_fl = 0, head = 0, added = 0, finished = 0, overlapped = 0;
+  uint64_t pre_in_flight = 0;
+  for (int iter = 0; iter < 100000 && finished < N; iter++) {
+    if (added < N && rand() % 2 == 0) assert_int_equal(ss_sched_add(&s, q[added++]), 0);
+    bool issued = false;
+    if (n_fl < K) {
+      const int32_t active = s.running.count + s.waiting.count - s.n_paused;
+      const uint64_t pre = s.n_preemptions;
+      ss_sched_batch b;
+      ss_sched_step(&s, &b);
+      if (n_fl > 0) pre_in_flight += s.n_preemptions - pre;
+      if (b.n_entries > 0) {
+        assert_true(b.n_entries <= (active + K - 1) / K);
+        for (int32_t e = 0; e < b.n_entries; e++) {
+          const ss_sched_seq *x = b.entries[e].seq;
+          const int i = (int)x->id;
+          /* Not in a step still in flight. */
+          for (int f = 0; f < n_fl; f++)
+            for (int32_t g = 0; g < fb[(head + f) % K].n_entries; g++)
+              assert_true(fb[(head + f) % K].entries[g].seq != x);
+          assert_int_equal(b.entries[e].start, x->n_computed);
+          for (int32_t k = 0; k < x->n_computed; k++)
+            assert_true(slot[x->blocks[k / BS] * BS + k % BS] == hist[i][k]);
+          for (int32_t k = b.entries[e].start; k < b.entries[e].start + b.entries[e].count; k++)
+            slot[x->blocks[k / BS] * BS + k % BS] = hist[i][k];
+        }
+        const int t = (head + n_fl) % K;
+        memcpy(fl[t], b.entries, (size_t)b.n_entries * sizeof *b.entries);
+        fb[t] = b;
+        fb[t].entries = fl[t];
+        overlapped += n_fl > 0;
+        n_fl++;
+        issued = true;
+      }
+    }
+    if (n_fl == K || (!issued && n_fl > 0)) {
+      ss_sched_batch *b = &fb[head];
+      ss_sched_commit(&s, b);
+      for (int32_t e = 0; e < b->n_entries; e++) {
+        ss_sched_seq *x = b->entries[e].seq;
+        assert_false(x->in_flight);
+        if (b->entries[e].logits) x->n_tokens++;
+        if (x->n_tokens == target[(int)x->id] && x->n_computed == x->n_tokens - 1) {
+          ss_sched_finish(&s, x);
+          finished++;
+        }
+      }
+      head = (head + 1) % K;
+      n_fl--;
+    }
+  }
+  assert_int_equal(finished, N);
+  assert_int_equal(n_fl, 0);
+  assert_int_equal(ss_sched_blocks_used(&s), 0);
+  assert_true(overlapped > 0);
+  assert_true(pre_in_flight > 0);
+  for (int i = 0; i < N; i++) {
+    freeseq(q[i]);
+    free(toks[i]);
+    free(hist[i]);
+  }
+  ss_sched_free(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_chunked_prefill_and_budget),
@@ -452,6 +549,7 @@ int main(void) {
       cmocka_unit_test(test_random_invariants),
       cmocka_unit_test(test_prefix_cache_contents),
       cmocka_unit_test(test_compute_all),
+      cmocka_unit_test(test_in_flight),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,7 +6,8 @@
  * step by step, against a model of the KV contents (one history value per
  * slot) that every position a step reads holds its own sequence's history
  * once the step's copies have run, and that no step writes into a block held
- * by another sequence. */
+ * by another sequence.  With steps in flight, forks wait for their parent's
+ * step and copies name only the sequences of the step being built. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -349,12 +350,110 @@ static void test_random_forks(void **st) {
   }
 }
 
+/* Every copy of a step is made for one of its own entries, a sequence that was
+ * in no step in flight when the step was built. */
+static void check_copies(const ss_sched_batch *b, const bool *was_in_flight,
+                         ss_sched_seq **q, int n) {
+  for (int32_t c = 0; c < b->n_copies; c++) {
+    bool entry = false;
+    for (int32_t i = 0; i < b->n_entries; i++) entry = entry || b->entries[i].seq == b->copies[c].seq;
+    assert_true(entry);
+    for (int i = 0; i < n; i++)
+      if (q[i] == b->copies[c].seq) assert_false(was_in_flight[i]);
+  }
+}
+
+/* Two steps in flight (microbatches 2): a fork is refused while its parent's
+ * step is in flight and made once it is committed, the child out of flight;
+ * the copies of the steps built while another is in flight name only that
+ * step's own sequences, and the holder that appends last writes in place. */
+static void test_forks_in_flight(void **st) {
+  (void)st;
+  enum { BS = 4, NB = 32, N = 4 };
+  ss_sched s;
+  ss_sched_params p = {.max_num_seqs = 8, .max_batched_tokens = 32, .block_size = BS,
+                       .n_blocks = NB, .prefix_caching = true, .microbatches = 2};
+  assert_int_equal(ss_sched_init(&s, &p), 0);
+  int32_t toks[N][20];
+  for (int i = 0; i < N; i++)
+    for (int k = 0; k < 20; k++) toks[i][k] = i == 3 ? 50 + k : k < 10 ? k % 5 : 100 * i + k;
+  ss_sched_seq *q[N];
+  for (int i = 0; i < N; i++) {
+    q[i] = mkseq(i, i == 3 ? 6 : 10, 20, BS);
+    q[i]->tokens = toks[i];
+  }
+  bool fl[N];
+  /* q[0] the parent, q[3] another request; q[1], q[2] its forks to be. */
+  assert_int_equal(ss_sched_add(&s, q[0]), 0);
+  assert_int_equal(ss_sched_add(&s, q[3]), 0);
+  ss_sched_batch a, b, c, d;
+  ss_sched_entry ea[8], eb[8], ec[8];
+  ss_sched_copy cc[8];
+  ss_sched_step(&s, &a); /* one of two active: q[0] */
+  assert_int_equal(a.n_entries, 1);
+  assert_ptr_equal(a.entries[0].seq, q[0]);
+  memcpy(ea, a.entries, sizeof ea), a.entries = ea;
+  ss_sched_step(&s, &b); /* built while a is in flight: q[3] */
+  assert_int_equal(b.n_entries, 1);
+  assert_ptr_equal(b.entries[0].seq, q[3]);
+  memcpy(eb, b.entries, sizeof eb), b.entries = eb;
+  assert_true(q[0]->in_flight && q[3]->in_flight);
+  /* The parent's step is in flight: no fork yet, the child untouched. */
+  assert_int_equal(ss_sched_fork(&s, q[0], q[1]), SS_ERR_INVALID);
+  assert_int_equal(q[1]->state, SS_SEQ_WAITING);
+  assert_int_equal(q[1]->n_blocks, 0);
+  ss_sched_commit(&s, &a);
+  for (int i = 1; i < 3; i++) {
+    assert_int_equal(ss_sched_fork(&s, q[0], q[i]), SS_OK);
+    assert_false(q[i]->in_flight);
+  }
+  check_counts(&s, q, N);
+  const int32_t partial = q[0]->blocks[2];
+  assert_int_equal(s.ref[partial], 3);
+  for (int i = 0; i < 3; i++) q[i]->n_tokens++;
+  /* Built while b (q[3]) is in flight: two of the four active. */
+  for (int i = 0; i < N; i++) fl[i] = q[i]->in_flight;
+  ss_sched_step(&s, &c);
+  assert_int_equal(c.n_entries, 2);
+  assert_ptr_equal(c.entries[0].seq, q[0]);
+  assert_ptr_equal(c.entries[1].seq, q[1]);
+  assert_int_equal(c.n_copies, 2);
+  check_copies(&c, fl, q, N);
+  for (int32_t k = 0; k < c.n_copies; k++) assert_int_equal(c.copies[k].src, partial);
+  memcpy(ec, c.entries, sizeof ec), c.entries = ec;
+  memcpy(cc, c.copies, sizeof cc), c.copies = cc;
+  assert_int_equal(s.ref[partial], 1);
+  check_counts(&s, q, N);
+  ss_sched_commit(&s, &b);
+  q[3]->n_tokens++;
+  /* Built while c is in flight: q[2] (the last holder: in place) and q[3]. */
+  for (int i = 0; i < N; i++) fl[i] = q[i]->in_flight;
+  ss_sched_step(&s, &d);
+  assert_int_equal(d.n_entries, 2);
+  for (int32_t i = 0; i < d.n_entries; i++) {
+    assert_true(d.entries[i].seq == q[2] || d.entries[i].seq == q[3]);
+    assert_false(fl[d.entries[i].seq->id]);
+  }
+  assert_int_equal(d.n_copies, 0);
+  assert_int_equal(q[2]->blocks[2], partial);
+  check_counts(&s, q, N);
+  ss_sched_commit(&s, &c);
+  ss_sched_commit(&s, &d);
+  assert_int_equal(s.n_cow_copies, 2);
+  for (int i = 0; i < N; i++) ss_sched_finish(&s, q[i]);
+  assert_int_equal(ss_sched_blocks_used(&s), 0);
+  assert_int_equal(ss_sched_blocks_shared(&s), 0);
+  for (int i = 0; i < N; i++) freeseq(q[i]);
+  ss_sched_free(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fork_and_cow),
       cmocka_unit_test(test_fork_full_blocks_no_cache),
       cmocka_unit_test(test_preempt_fork),
       cmocka_unit_test(test_random_forks),
+      cmocka_unit_test(test_forks_in_flight),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
