@@ -164,8 +164,10 @@ static int send_step(const ss_model *m, const ss_kv_cache *kv, const ss_batch *b
   memcpy(p, b->logit_rows, (size_t)b->n_logits * sizeof *p), p += b->n_logits;
   memcpy(p, tab_len, (size_t)n_tables * sizeof *p), p += n_tables;
   for (int32_t k = 0; k < n_tables; k++) memcpy(p, tabs[k], (size_t)tab_len[k] * sizeof *p), p += tab_len[k];
-  memcpy(p, b->copy_src, (size_t)b->n_copies * sizeof *p), p += b->n_copies;
-  memcpy(p, b->copy_dst, (size_t)b->n_copies * sizeof *p), p += b->n_copies;
+  if (b->n_copies > 0) { /* (callers without copies may leave the arrays NULL) */
+    memcpy(p, b->copy_src, (size_t)b->n_copies * sizeof *p), p += b->n_copies;
+    memcpy(p, b->copy_dst, (size_t)b->n_copies * sizeof *p), p += b->n_copies;
+  }
   rc = send_message(m, &h, sizeof h, payload, (size_t)h.payload_count * sizeof *payload,
                     "sending a step to the workers");
   if (rc && rc != SS_ERR_COMM) {
