@@ -90,21 +90,12 @@ static int deliver(const ss_model *m, void *h, size_t h_nbytes, void *payload, s
   return pass_on(m, h, h_nbytes, payload, p_nbytes);
 }
 
-/* A worker: the next step's header (stage 0: from rank 0's broadcast, a later
- * stage: from its peer of the stage before) and then its payload. */
-static int take_header(const ss_model *m, void *h, size_t nbytes, const char *what) {
-  int rc = !pipelined(m) ? ss_comm_broadcast(job(m), h, nbytes, 0)
-           : m->local.stage == 0 ? ss_comm_broadcast(m->comm, h, nbytes, 0)
-           : ss_comm_recv(m->world, h, nbytes, stage_peer(m, m->local.stage - 1),
-                          PP_TAG_STEP_HEADER);
-  return rc ? failed(rc, what) : SS_OK;
-}
-
-static int take_payload(const ss_model *m, void *buf, size_t nbytes, const char *what) {
+/* A worker: the next step's header or payload (tag), from rank 0's broadcast
+ * in stage 0, or from its peer of the stage before in a later stage. */
+static int take(const ss_model *m, void *buf, size_t nbytes, int tag, const char *what) {
   int rc = !pipelined(m) ? ss_comm_broadcast(job(m), buf, nbytes, 0)
            : m->local.stage == 0 ? ss_comm_broadcast(m->comm, buf, nbytes, 0)
-           : ss_comm_recv(m->world, buf, nbytes, stage_peer(m, m->local.stage - 1),
-                          PP_TAG_STEP_PAYLOAD);
+           : ss_comm_recv(m->world, buf, nbytes, stage_peer(m, m->local.stage - 1), tag);
   return rc ? failed(rc, what) : SS_OK;
 }
 
@@ -307,7 +298,7 @@ int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
     step_header h;
     const double t0 = ss_now_s();
     const double c0 = job(m)->busy_s, s0 = m->comm ? m->comm->busy_s : 0;
-    rc = take_header(m, &h, sizeof h, "waiting for the next step from rank 0");
+    rc = take(m, &h, sizeof h, PP_TAG_STEP_HEADER, "waiting for the next step from rank 0");
     if (ss_trace_on()) ss_trace_span("wait for step", "idle", t0, ss_now_s(), NULL, 0);
     m->prof->idle_s += ss_now_s() - t0;
     /* Waiting is idle time, not communication inside a step. */
@@ -346,8 +337,8 @@ int ss_exec_worker_loop(const ss_model *m, ss_backend *be) {
         break;
       }
     }
-    if ((rc = take_payload(m, payload, (size_t)h.payload_count * sizeof *payload,
-                           "receiving a step from rank 0")))
+    if ((rc = take(m, payload, (size_t)h.payload_count * sizeof *payload, PP_TAG_STEP_PAYLOAD,
+              "receiving a step from rank 0")))
       break;
     if ((rc = check_step(m, &h, payload))) break;
     if (pipelined(m) &&
