@@ -7,16 +7,21 @@ every token A's engine steps produce meanwhile waits until the loop is free.
 The check: no token of A is delivered later, beyond its normal delivery
 latency, than one engine step.
 
-Model and prompt.  A random-weight model (`shardserve synth`: 1 layer, dim
-512, tied embeddings) with the SentencePiece vocabulary of tests/data/tokenizer
-(32,000 tokens); its decode step is a few milliseconds, nearly all LM head.
+Model and prompt.  A random-weight model (`shardserve synth`: 1 layer, tied
+f32 embeddings) with the SentencePiece vocabulary of tests/data/tokenizer
+(32,000 tokens); its decode step is nearly all LM head, so it grows with dim.
 The long prompt is prose of long English words, each one vocabulary token
 (about a dozen SentencePiece merges apiece), so that preparing it takes tens of
-milliseconds: on the loop, that spans many of A's steps.  A step longer than a
-scheduler tick (4 ms at HZ=250) matters on a small host: there the engine and
+milliseconds: on the loop, that spans several of A's steps.  The step must be
+longer than the delays a busy small host adds by itself: there the engine and
 the preparing worker can fill every core, and the loop and this client may wait
-a tick for one, a delay no server design removes; a step that outlasts it keeps
-the check about the server.
+a scheduler slice or tick (a few ms) for one, a delay no server design removes.
+A step that outlasts it keeps the check about the server.  A step's length is
+a matter of the host's memory bandwidth (one host takes 5 ms at dim 512,
+another 1.7 ms), so the test measures it first: a model of dim 512 decodes a
+short stream, and when its median step is under STEP_FLOOR (8 ms), dim is
+scaled up to about 1.25 times what the floor needs and the model made again
+(at most three times).
 
 Measured, per token k of A:
   E_k  the end of the step that produced it, t_s + step_s from `serve
@@ -59,6 +64,7 @@ exits 0.  And the two ways a request can end while a worker prepares it:
 """
 import http.client
 import json
+import math
 import os
 import random
 import signal
@@ -77,9 +83,11 @@ from server import Server  # noqa: E402
 args = parse_args()
 ck = Checker("serve off-loop")
 
-MODEL_SHAPE = ["--dim", "512", "--layers", "1", "--heads", "2", "--head-dim", "16",
-               "--ffn", "64"]
-N_A = 3000            # tokens stream A generates
+MODEL_SHAPE = ["--layers", "1", "--heads", "2", "--head-dim", "16", "--ffn", "64"]
+DIM_START = 512       # the model's dim before calibration
+DIM_MAX = 4096
+STEP_FLOOR = 0.008    # the shortest decode step the check is made with (see the note)
+N_A = 1500            # tokens stream A generates
 N_ARRIVALS = 5        # long requests sent while A runs, one at a time
 LONG_WORDS = 3990     # words of each long prompt: one token each, ~4,000 with the template
 FIRST_AT = 200        # A's token count at the first arrival
@@ -106,16 +114,48 @@ def long_body(seed):
                        "temperature": 0}).encode()
 
 
-def make_model(tmp):
-    path = os.path.join(tmp, "offloop.gguf")
+def synth(tmp, dim):
+    path = os.path.join(tmp, f"offloop-{dim}.gguf")
     vocab = os.path.join(args.data, "tokenizer", "ggml-vocab-llama-spm.gguf")
-    p = subprocess.run([args.bin, "synth", *MODEL_SHAPE, "--ctx", "8192", "--dtype", "f32",
+    shape = ["--dim", str(dim), *MODEL_SHAPE]
+    p = subprocess.run([args.bin, "synth", *shape, "--ctx", "8192", "--dtype", "f32",
                         "--tied", "--tokenizer", vocab, "-o", path], capture_output=True,
                        timeout=120)
     if p.returncode != 0:
         print(p.stderr.decode(errors="replace"))
         ck.check(False, f"synth failed ({p.returncode})")
         ck.finish()
+    return path
+
+
+def decode_step(tmp, path):
+    """The median decode step of a model on this host, from a short stream."""
+    log = os.path.join(tmp, "calibrate.csv")
+    srv = Server(args.bin, path, extra=["--step-log", log])
+    try:
+        st, body = srv.post("/v1/completions", {"prompt": "Hello", "max_tokens": 96,
+                                                "temperature": 0, "ignore_eos": True})
+        ck.check(st == 200, f"calibration request: status {st} {body[:200]!r}")
+    finally:
+        srv.stop()
+    steps = sorted(r["step_s"] for r in read_steps(log)[16:] if r["n_tokens"] == r["n_seqs"])
+    return steps[len(steps) // 2] if steps else STEP_FLOOR
+
+
+def make_model(tmp):
+    """A model whose decode step is at least STEP_FLOOR here (see the opening note)."""
+    dim = DIM_START
+    path = synth(tmp, dim)
+    step = decode_step(tmp, path)
+    print(f"model: dim {dim}, decode step median {step * 1e3:.2f} ms", flush=True)
+    for _ in range(3):
+        if step >= STEP_FLOOR or dim >= DIM_MAX:
+            break
+        # The step is nearly all LM head (vocabulary x dim), so it grows with dim.
+        dim = min(DIM_MAX, 64 * math.ceil(dim * 1.25 * STEP_FLOOR / step / 64))
+        path = synth(tmp, dim)
+        step = decode_step(tmp, path)
+        print(f"model: dim {dim}, decode step median {step * 1e3:.2f} ms", flush=True)
     return path
 
 
