@@ -37,9 +37,12 @@ static void usage(FILE *f) {
           "      --tp N           tensor-parallel degree (1..number of query heads)\n"
           "      --pp N           pipeline stages of --tp ranks each: per stage, its layers,\n"
           "                       weight bytes, KV bytes per token and the bytes it sends\n"
-          "                       to the next stage per token; with --hardware each step\n"
+          "                       to the next stage per token; with --hardware a step\n"
           "                       runs the stages in turn plus their hand-offs\n"
           "      --pp-layers A,B  layers per stage (default: sizes differing by at most one)\n"
+          "      --pp-microbatches K  steps in flight at once, as serve's (default: --pp):\n"
+          "                       the simulation lets a stage work on one step while the\n"
+          "                       next stage works on an earlier one\n"
           "      --ep N           expert parallelism over the same N ranks: whole experts\n"
           "                       per rank (N must equal --tp); default: TP inside experts\n"
           "      --dtype T        presets: weight type, fp8, bf16 (default), f16 or f32\n"
@@ -84,7 +87,8 @@ static void usage(FILE *f) {
           "                       time for each logged step against the measured one\n"
           "      --step-cost T:L:A:K  the cost model's time for one step of T tokens, L\n"
           "                       sampled rows, A query-key pairs and K K/V positions read\n"
-          "                       (repeatable; \"step_costs_ms\" in --json)\n"
+          "                       (repeatable; \"step_costs_ms\" in --json; under --pp\n"
+          "                       also each stage's work and hand-off, and rank 0's parts)\n"
           "      --calibrate      with --step-log: scale the profile's load_factor so the\n"
           "                       logged steps' total time is matched (then simulate)\n"
           "      --save-hardware FILE  write the profile in use (calibrated) to FILE\n");
@@ -392,14 +396,14 @@ static int plan_stages(const ss_model *m, const ss_shard_opts *base, int pp, con
 
 int ss_cmd_plan(int argc, char **argv) {
   const char *path = SS_DEFAULT_MODEL, *dtype_name = NULL, *kv_name = NULL;
-  int64_t tp = 0, ep = 0, pp = 0;
+  int64_t tp = 0, ep = 0, pp = 0, microbatches = 0;
   const char *pp_layers_arg = NULL;
   int pp_layers[SS_CLI_MAX_STAGES];
   bool json = false, replicate = false;
   enum { O_TP = 256, O_PP, O_PPL, O_JSON, O_REPL, O_EP, O_DTYPE, O_KVDTYPE, O_HW, O_NODES, O_SEQS, O_TOKENS,
          O_BLOCKS, O_KVMEM, O_RATE, O_BURST, O_CONC, O_NUM, O_IN, O_OUT, O_RATIO, O_SEED,
          O_GOODPUT, O_MAXRATE, O_STEPLOG, O_CALIB, O_SAVEHW, O_PERREQ, O_STEPCOST, O_DATASET,
-         O_PRE_LEN, O_SUF_LEN, O_PRE_NUM, O_PRE_OUT, O_NOPC, O_WAIT };
+         O_PRE_LEN, O_SUF_LEN, O_PRE_NUM, O_PRE_OUT, O_NOPC, O_WAIT, O_PPMB };
   ss_plan_capacity_opts co = {.sched = {.max_num_seqs = 64, .max_batched_tokens = 512,
                                         .block_size = 16, .prefix_caching = true},
                               .w = {.burstiness = 1.0, .n_requests = 200, .input_len = 512,
@@ -412,6 +416,7 @@ int ss_cmd_plan(int argc, char **argv) {
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, O_TP},
       {"pp", required_argument, 0, O_PP},   {"pp-layers", required_argument, 0, O_PPL},
+      {"pp-microbatches", required_argument, 0, O_PPMB},
       {"json", no_argument, 0, O_JSON},     {"replicate-vocab", no_argument, 0, O_REPL},
       {"ep", required_argument, 0, O_EP},   {"dtype", required_argument, 0, O_DTYPE},
       {"kv-dtype", required_argument, 0, O_KVDTYPE},
@@ -456,6 +461,11 @@ int ss_cmd_plan(int argc, char **argv) {
       if (!ss_cli_parse_int(k_cmd, "--pp", optarg, 1, SS_CLI_MAX_STAGES, &pp)) return SS_EXIT_USAGE;
       break;
     case O_PPL: pp_layers_arg = optarg; break;
+    case O_PPMB:
+      /* serve's bounds */
+      if (!ss_cli_parse_int(k_cmd, "--pp-microbatches", optarg, 1, 256, &microbatches))
+        return SS_EXIT_USAGE;
+      break;
     case O_DTYPE: dtype_name = optarg; break;
     case O_KVDTYPE: kv_name = optarg; break;
     case O_JSON: json = true; break;
@@ -586,6 +596,11 @@ int ss_cmd_plan(int argc, char **argv) {
   if (tp == 0) return ss_cli_usage(k_cmd, "--tp N is required");
   ss_ranks_opts pro = {0};
   if (ss_ranks_pp_opts(k_cmd, pp, pp_layers_arg, pp_layers, &pro)) return SS_EXIT_USAGE;
+  if (microbatches > 1 && pro.pp <= 1)
+    return ss_cli_usage(k_cmd, "--pp-microbatches %lld needs pipeline stages (--pp 2 or more): "
+                        "without them one step runs at a time", (long long)microbatches);
+  /* As serve: as many steps in flight as stages unless told. */
+  co.sched.microbatches = pro.pp > 1 ? (int32_t)(microbatches > 0 ? microbatches : pro.pp) : 1;
   if (pro.pp > 1 && (co.step_log || co.save_hardware))
     return ss_cli_usage(k_cmd, "--pp: --step-log and --save-hardware compare or fit one stage's "
                         "steps; give them without --pp");

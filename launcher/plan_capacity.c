@@ -300,12 +300,27 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *stages, int pp,
     for (int i = 0; i < o->n_steps; i++) {
       const ss_step_shape *s = &o->steps[i];
       const ss_step_cost k = ss_cost_step(&pm, &hw, s);
-      json_array_append_new(
-          sc, json_pack("{s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "n_tokens", (int)s->n_tokens,
-                        "n_logits", (int)s->n_logits, "attended", s->attended, "kv_read",
-                        s->kv_read, "total", k.total_s * 1e3, "compute", k.compute_s * 1e3,
-                        "memory", k.memory_s * 1e3, "attention", k.attn_s * 1e3, "comm",
-                        k.comm_s * 1e3, "overhead", k.overhead_s * 1e3));
+      json_t *e = json_pack("{s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "n_tokens",
+                            (int)s->n_tokens, "n_logits", (int)s->n_logits, "attended",
+                            s->attended, "kv_read", s->kv_read, "total", k.total_s * 1e3,
+                            "compute", k.compute_s * 1e3, "memory", k.memory_s * 1e3,
+                            "attention", k.attn_s * 1e3, "comm", k.comm_s * 1e3, "overhead",
+                            k.overhead_s * 1e3);
+      if (pm.n_stages > 1) {
+        /* The parts the simulation overlaps when steps are in flight. */
+        double work[SS_PLAN_MAX_STAGES], hop[SS_PLAN_MAX_STAGES];
+        ss_stage_times st = {.stage_s = work, .hop_s = hop};
+        ss_step_cost sum;
+        ss_cost_stages(&pm, &hw, s, &st, &sum);
+        json_t *arr = json_array();
+        for (int g = 0; g < pm.n_stages; g++)
+          json_array_append_new(arr, json_pack("{s:f,s:f}", "work", work[g] * 1e3, "handoff",
+                                               hop[g] * 1e3));
+        json_object_set_new(e, "stages", arr);
+        json_object_set_new(e, "rank0_overhead", json_real(st.overhead_s * 1e3));
+        json_object_set_new(e, "rank0_sampling", json_real(st.sample_s * 1e3));
+      }
+      json_array_append_new(sc, e);
     }
     json_object_set_new(out, "step_costs_ms", sc);
   }
@@ -376,6 +391,7 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *stages, int pp,
     json_object_set_new(s, "dataset", json_string(o->w.num_prefixes > 0 ? "prefix_repetition"
                                                                          : "random"));
     json_object_set_new(s, "prefix_caching", json_boolean(sp.prefix_caching));
+    json_object_set_new(s, "microbatches", json_integer(sp.microbatches > 1 ? sp.microbatches : 1));
     /* Prompt tokens looked up in the prefix cache and found there (as the
      * server's /metrics counts them at first admission and readmission). */
     json_object_set_new(s, "prefix_cache_queries", json_integer((json_int_t)r.prefix_queried));
@@ -462,6 +478,9 @@ void ss_plan_capacity_print(json_t *o) {
            "req/s\n", (long long)json_integer_value(json_object_get(s, "completed")),
            jnum(s, "duration"), jnum(s, "request_throughput"), jnum(s, "output_throughput"),
            jnum(s, "request_goodput"));
+    if (json_integer_value(json_object_get(s, "microbatches")) > 1)
+      printf("  steps in flight: up to %lld (each stage works on one while the next works on "
+             "an earlier one)\n", (long long)json_integer_value(json_object_get(s, "microbatches")));
     if (json_integer_value(json_object_get(s, "rejected")) > 0 ||
         json_integer_value(json_object_get(s, "preemptions")) > 0)
       printf("  refused at arrival (the queue held --max-waiting %lld): %lld; preemptions: %lld\n",

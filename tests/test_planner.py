@@ -308,8 +308,7 @@ ck.check(rc == 2 and "prefixes" in err, f"fewer requests than prefixes: {rc} {er
 rc, out, err = ck.run(args.bin, ["plan", *pre, "--dataset-name", "sharegpt"])
 ck.check(rc == 2 and "--dataset-name" in err, f"--dataset-name sharegpt: {rc} {err!r}")
 
-# Pipeline stages: a step runs the stages one after another (no micro-batches
-# in flight), so at PP 2 it costs what the same TP degree's step costs plus the
+# Pipeline stages: a step runs the stages one after another, so at PP 2 it costs what the same TP degree's step costs plus the
 # hand-off of the step's residual stream (dim f32 per token) to the next stage
 # and the sampled rows' logits (vocab f32 each) back to rank 0 -- each one link
 # latency plus bytes over bandwidth, over the preset's inter-node link when the
@@ -339,6 +338,60 @@ for tp, inter in ((8, True), (4, False)):
     ck.check(len(piped["memory_per_rank"]) == 2 * tp and piped["simulation"]["completed"] == 20,
              f"pp 2 x tp {tp}: {len(piped['memory_per_rank'])} ranks, simulation "
              f"{piped['simulation'].get('completed')}")
+
+# Steps in flight (--pp-microbatches K, serve's default K = the stages): the
+# scheduler splits the running sequences into K groups that take turns, and
+# stage s works on one group's step while stage s + 1 works on an earlier one.
+# Queueing arithmetic gives the steady decode pace, independent of the
+# simulation's event code: a group's token comes round once per
+#   max(R, K x B)
+# where R is one step's trip around the ring (rank 0's overhead and first
+# stage, each hand-off and later stage, the logits home, rank 0's sampling)
+# and B the busiest resource's time per step (rank 0: overhead + first stage +
+# sampling; stage s >= 1: its work).  K = 1 is R of the whole batch.  The
+# parts come from the plan's own --step-cost breakdown, for the step shape of
+# a group of 64 / K decoding sequences at the run's mean context (attention is
+# a few parts in 10^4 of these steps, so its drift over the run is far inside
+# the 1% allowed).  64 users, 64 prompts of 16 tokens, 64 tokens out each.
+IN, OUT, C = 16, 64, 64
+ctx = IN + OUT / 2
+common = ["--model", GROK1, "--pp", "2", "--tp", "8", "--dtype", "fp8", "--hardware", H100,
+          "--max-concurrency", str(C), "--num-prompts", str(C), "--random-input-len", str(IN),
+          "--random-output-len", str(OUT), "--random-range-ratio", "0"]
+for K in (1, 2, 4):
+    n = C // K
+    r = plan(*common, "--pp-microbatches", str(K), "--step-cost", f"{n}:{n}:{n * ctx}:{n * ctx}")
+    if not r:
+        continue
+    sc = r["step_costs_ms"][0]
+    st = sc["stages"]
+    ring = sc["rank0_overhead"] + sc["rank0_sampling"] + sum(g["work"] + g["handoff"] for g in st)
+    busy = max([sc["rank0_overhead"] + st[0]["work"] + sc["rank0_sampling"]] +
+               [g["work"] for g in st[1:]])
+    ck.check(abs(ring - sc["total"]) <= 1e-9 * ring,
+             f"pp 2, {n} sequences: the parts sum to {ring} ms, the step costs {sc['total']} ms")
+    want = max(ring, K * busy)
+    got = r["simulation"]["median_tpot_ms"]
+    ck.check(r["simulation"]["microbatches"] == K and abs(got - want) <= 0.01 * want,
+             f"pp 2 x tp 8, {K} step(s) in flight: median TPOT {got:.3f} ms, want max(ring "
+             f"{ring:.3f}, {K} x busiest {busy:.3f}) = {want:.3f} ms")
+    print(f"pp 2 x tp 8, {K} in flight ({n} sequences a step): TPOT {got:.3f} ms, queueing "
+          f"arithmetic {want:.3f} ms; output {r['simulation']['output_throughput']:.0f} tok/s")
+# One sequence has nothing to overlap: the same times with or without steps in flight.
+one = ["--max-concurrency", "1", "--num-prompts", "3"]
+a1 = plan(*common, *one, "--pp-microbatches", "1")
+a2 = plan(*common, *one, "--pp-microbatches", "2")
+if a1 and a2:
+    d1, d2 = a1["simulation"]["duration"], a2["simulation"]["duration"]
+    ck.check(abs(d1 - d2) <= 1e-9 * d1 and a2["simulation"]["microbatches"] == 2,
+             f"one user: {d1} s one step at a time, {d2} s with 2 in flight")
+# The default is serve's: as many in flight as stages; without --pp, a usage error.
+d = plan(*common)
+ck.check(d is not None and d["simulation"]["microbatches"] == 2,
+         f"pp 2 default steps in flight: {d and d['simulation'].get('microbatches')}")
+rc, out, err = ck.run(args.bin, ["plan", "--model", GROK1, "--tp", "8", "--pp-microbatches", "2"])
+ck.check(rc == 2 and "--pp-microbatches" in err and "--pp" in err,
+         f"--pp-microbatches without --pp: exit {rc}, {err!r}")
 
 # Bad input: each a clear message, exit 1 or 2.
 for flags, code, needle in [

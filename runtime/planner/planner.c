@@ -34,43 +34,52 @@ double ss_hw_correction(const ss_hw_profile *hw, double tokens) {
   return y[i - 1] + f * (y[i] - y[i - 1]);
 }
 
+void ss_cost_stages(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s,
+                    ss_stage_times *t, ss_step_cost *sum) {
+  ss_step_cost c = {0};
+  ss_hw_profile h = *hw;
+  h.step_overhead_s = 0;
+  h.logit_row_s = 0;
+  const double lf = hw->load_factor > 0 ? hw->load_factor : 1.0;
+  for (int i = 0; i < m->n_stages; i++) {
+    const ss_step_cost k = ss_cost_step(&m->stage[i], &h, s);
+    c.total_s += k.total_s;
+    c.compute_s += k.compute_s;
+    c.memory_s += k.memory_s;
+    c.attn_s += k.attn_s;
+    c.comm_s += k.comm_s;
+    c.overhead_s += k.overhead_s;
+    /* Stage i + 1 gets the step's activations; the last stage sends rank 0
+     * the sampled rows' logits. */
+    const bool last = i == m->n_stages - 1;
+    const bool inter = last ? m->logits_home_inter : m->handoff_inter && m->handoff_inter[i];
+    const double bw = inter ? hw->inter_bw : hw->link_bw;
+    const double lat = inter ? hw->inter_lat : hw->link_lat;
+    const double bytes = last ? (double)s->n_logits * m->vocab * 4.0
+                              : s->n_tokens * m->handoff_bytes_per_token;
+    const double hop = last && s->n_logits <= 0 ? 0 : lat + (bw > 0 ? bytes / bw : 0);
+    c.comm_s += hop;
+    c.total_s += hop;
+    if (t) {
+      t->stage_s[i] = k.total_s;
+      t->hop_s[i] = hop;
+    }
+  }
+  const double ov = hw->step_overhead_s * lf, smp = s->n_logits * hw->logit_row_s * lf;
+  c.overhead_s += ov + smp;
+  c.total_s += ov + smp;
+  if (t) {
+    t->overhead_s = ov;
+    t->sample_s = smp;
+  }
+  *sum = c;
+}
+
 ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s) {
   ss_step_cost c = {0};
   if (m->n_stages > 1) {
-    /* The stages in turn; the step's overhead once, sampling on the last. */
-    ss_hw_profile h = *hw;
-    h.step_overhead_s = 0;
-    const double lf = hw->load_factor > 0 ? hw->load_factor : 1.0;
-    for (int i = 0; i < m->n_stages; i++) {
-      h.logit_row_s = i == m->n_stages - 1 ? hw->logit_row_s : 0;
-      const ss_step_cost k = ss_cost_step(&m->stage[i], &h, s);
-      c.total_s += k.total_s;
-      c.compute_s += k.compute_s;
-      c.memory_s += k.memory_s;
-      c.attn_s += k.attn_s;
-      c.comm_s += k.comm_s;
-      c.overhead_s += k.overhead_s;
-      if (i == m->n_stages - 1) {
-        /* The sampled rows' logits back to rank 0. */
-        const bool inter = m->logits_home_inter;
-        const double bw = inter ? hw->inter_bw : hw->link_bw;
-        const double lat = inter ? hw->inter_lat : hw->link_lat;
-        if (s->n_logits > 0) {
-          const double t = lat + (bw > 0 ? (double)s->n_logits * m->vocab * 4.0 / bw : 0);
-          c.comm_s += t;
-          c.total_s += t;
-        }
-        break;
-      }
-      const bool inter = m->handoff_inter && m->handoff_inter[i];
-      const double bw = inter ? hw->inter_bw : hw->link_bw;
-      const double lat = inter ? hw->inter_lat : hw->link_lat;
-      const double t = lat + (bw > 0 ? s->n_tokens * m->handoff_bytes_per_token / bw : 0);
-      c.comm_s += t;
-      c.total_s += t;
-    }
-    c.overhead_s += hw->step_overhead_s * lf;
-    c.total_s += hw->step_overhead_s * lf;
+    /* The stages one after another: the step's overhead once, sampling once. */
+    ss_cost_stages(m, hw, s, NULL, &c);
     return c;
   }
   const double n = s->n_tokens;
@@ -181,6 +190,13 @@ typedef struct sim_req {
  * matters (the prefix cache compares blocks' tokens), so ids are 31-bit hashes
  * of (kind, group or request, position); a chance match of a whole block of
  * them is negligible. */
+/* A step in flight: its batch (entries copied out of the scheduler) and when
+ * its logits are home on rank 0, and what handling them then costs there. */
+typedef struct sim_flight {
+  ss_sched_batch b;
+  double done, sample_s;
+} sim_flight;
+
 static int32_t sim_token(uint64_t seed, uint64_t kind, uint64_t who, uint64_t pos) {
   uint64_t x = seed ^ (kind << 62) ^ (who << 24) ^ pos;
   return (int32_t)(ss_xrng_splitmix64(&x) & 0x7fffffff);
@@ -211,6 +227,9 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
   int rc = ss_sched_init(&sched, sp);
   if (rc) return rc;
   const int32_t N = w->n_requests;
+  int32_t K = 0;             /* steps in flight at most (set below) */
+  sim_flight *fl = NULL;     /* [K] */
+  double *stage_free = NULL; /* per stage: when it ends its last step; then scratch */
   sim_req *rq = calloc((size_t)N, sizeof *rq);
   double *ttft = malloc((size_t)N * sizeof *ttft), *tpot = malloc((size_t)N * sizeof *tpot);
   double *e2e = malloc((size_t)N * sizeof *e2e);
@@ -285,6 +304,21 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
     goto done;
   }
   int64_t n_itl = 0;
+  /* Steps in flight: under pipeline parallelism up to sp->microbatches, each
+   * stage busy until stage_free[stage]; otherwise one at a time. */
+  K = m->n_stages > 1 && sp->microbatches > 1 ? sp->microbatches : 1;
+  fl = calloc((size_t)K, sizeof *fl);
+  stage_free = calloc((size_t)(m->n_stages > 1 ? 3 * m->n_stages : 1), sizeof *stage_free);
+  ss_stage_times stt = {.stage_s = stage_free + m->n_stages, .hop_s = stage_free + 2 * m->n_stages};
+  bool fl_ok = fl && stage_free;
+  for (int32_t i = 0; fl_ok && i < K; i++)
+    fl_ok = (fl[i].b.entries = malloc((size_t)sp->max_num_seqs * sizeof(ss_sched_entry))) != NULL;
+  if (!fl_ok) {
+    free(itl);
+    rc = ss_error(SS_ERR_NOMEM, "simulation: out of memory");
+    goto done;
+  }
+  int32_t fl_head = 0, n_fl = 0;
   int32_t next = 0, done_n = 0, in_flight = 0, rejected = 0;
   /* The queue limit as the engine applies it at submission: arrivals since
    * the last step began, plus the waiting queue it published then. */
@@ -318,22 +352,60 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
     }
     waiting_pub = sched.waiting.count;
     if (done_n + rejected == N) break;
-    ss_sched_batch b;
-    ss_sched_step(&sched, &b);
-    if (b.n_entries == 0) {
-      if (next < N && !closed) {
-        t = rq[next].arrival;
-        continue;
+    /* Issue a step while a slot is free, as the engine does; else end the
+     * oldest step in flight. */
+    if (n_fl < K) {
+      sim_flight *f = &fl[(fl_head + n_fl) % K];
+      ss_sched_batch sb;
+      ss_sched_step(&sched, &sb);
+      if (sb.n_entries > 0) {
+        memcpy(f->b.entries, sb.entries, (size_t)sb.n_entries * sizeof *sb.entries);
+        ss_sched_entry *keep = f->b.entries;
+        f->b = sb;
+        f->b.entries = keep;
+        f->b.copies = NULL;
+        f->b.n_copies = 0;
+        ss_step_shape shape = {.n_tokens = sb.n_tokens, .n_logits = sb.n_logits};
+        ss_sched_batch_attention(&sb, &shape.attended, &shape.kv_read);
+        if (K == 1) {
+          t += ss_cost_step(m, hw, &shape).total_s;
+          f->done = t;
+          f->sample_s = 0;
+        } else {
+          /* Rank 0 schedules and runs the first stage; each later stage
+           * starts when the activations arrive and it has ended the step
+           * before; the logits come home after the last. */
+          ss_step_cost sum;
+          ss_cost_stages(m, hw, &shape, &stt, &sum);
+          t += stt.overhead_s + stt.stage_s[0];
+          double at = t + stt.hop_s[0];
+          for (int i = 1; i < m->n_stages; i++) {
+            const double end = fmax(at, stage_free[i]) + stt.stage_s[i];
+            stage_free[i] = end;
+            at = end + stt.hop_s[i];
+          }
+          f->done = at;
+          f->sample_s = stt.sample_s;
+        }
+        steps++;
+        batch_tokens += sb.n_tokens;
+        n_fl++;
+        if (K > 1) continue;
+      } else if (n_fl == 0) {
+        if (next < N && !closed) {
+          t = rq[next].arrival;
+          continue;
+        }
+        free(itl);
+        rc = ss_error(SS_ERR_INTERNAL, "simulation: no progress at t = %g s", t);
+        goto done;
       }
-      free(itl);
-      rc = ss_error(SS_ERR_INTERNAL, "simulation: no progress at t = %g s", t);
-      goto done;
     }
-    ss_step_shape shape = {.n_tokens = b.n_tokens, .n_logits = b.n_logits};
-    ss_sched_batch_attention(&b, &shape.attended, &shape.kv_read);
-    t += ss_cost_step(m, hw, &shape).total_s;
-    steps++;
-    batch_tokens += b.n_tokens;
+    const sim_flight *old = &fl[fl_head];
+    fl_head = (fl_head + 1) % K;
+    n_fl--;
+    t = fmax(t, old->done) + old->sample_s;
+    const ss_sched_batch b = old->b;
     ss_sched_commit(&sched, &b);
     for (int32_t i = 0; i < b.n_entries; i++) {
       if (!b.entries[i].logits) continue;
@@ -393,6 +465,9 @@ done:
   free(ttft);
   free(tpot);
   free(e2e);
+  for (int32_t i = 0; fl && i < K; i++) free(fl[i].b.entries);
+  free(fl);
+  free(stage_free);
   ss_sched_free(&sched);
   if (rc) ss_sim_result_free(out);
   return rc;

@@ -94,9 +94,11 @@ typedef struct ss_plan_model {
   double layer_fraction;
   /* Pipeline parallelism: n_stages > 1 stage models (each its own layers,
    * weights and TP collectives; the head only on the last) run one after
-   * another in every step -- no micro-batches in flight -- and stage s hands
-   * stage s + 1 handoff_bytes_per_token per token of the step, over the
-   * inter-node link where handoff_inter[s], else the node's. */
+   * another in every step, and stage s hands stage s + 1
+   * handoff_bytes_per_token per token of the step, over the inter-node link
+   * where handoff_inter[s], else the node's.  With steps in flight
+   * (ss_sched_params.microbatches > 1) the simulation lets stage s work on
+   * one step while stage s + 1 works on an earlier one (ss_cost_stages). */
   int n_stages;
   const struct ss_plan_model *stage;
   double handoff_bytes_per_token;
@@ -125,6 +127,22 @@ double ss_roofline(double mem_s, double compute_s, double p);
 double ss_hw_correction(const ss_hw_profile *hw, double tokens);
 
 ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s);
+
+/* A step's parts under pipeline parallelism (m->n_stages > 1), seconds: rank
+ * 0's overhead before the first stage, each stage's own work (stage_s[i]),
+ * the hand-off after it (hop_s[i]: the activations to stage i + 1; after the
+ * last stage the sampled rows' logits back to rank 0), and rank 0's handling
+ * of those rows (sample_s).  ss_cost_step of a staged model is their sum;
+ * the simulation with steps in flight (ss_sched_params.microbatches > 1)
+ * overlaps them. */
+typedef struct ss_stage_times {
+  double overhead_s, sample_s;
+  double *stage_s, *hop_s; /* [n_stages], the caller's */
+} ss_stage_times;
+
+/* Fills t (when not NULL) and sum (their total, as ss_cost_step). */
+void ss_cost_stages(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s,
+                    ss_stage_times *t, ss_step_cost *sum);
 
 typedef struct ss_sim_workload {
   double rate;          /* requests/s; <= 0 or inf: all at time 0 */
