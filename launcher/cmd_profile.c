@@ -7,7 +7,8 @@
  *     192..255 against one at 0..63: the same matmuls, 12288 more pairs);
  *   - matmul rate: 256- and 64-token prefill chunks (compute-bound), attention removed;
  *   - weight-streaming bandwidth, and how much of it hides under the matmuls:
- *     decode at batch 1, 2, 4, ... 32, fitted with the matmul rate fixed;
+ *     decode at batch 1, 2, 4, 6, 8, 10, 16, 32, fitted with the matmul rate fixed
+ *     (6 and 10 are where CPU kernels change how they tile a batch);
  *   - what that curve leaves at each probe's size: a correction table, so the
  *     profile reproduces every probe;
  *   - per-step overhead: step wall time outside compute and collectives;

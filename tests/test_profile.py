@@ -91,7 +91,7 @@ for tp in degrees:
         ck.check(prof["link_bw"] > 0, f"tp {tp}: all-reduce bandwidth {prof['link_bw']}")
     corr = prof.get("roofline_correction", [])
     toks = [c[0] for c in corr]
-    ck.check(len(corr) == 8 and toks[:6] == [1, 2, 4, 8, 16, 32] and toks == sorted(set(toks)),
+    ck.check(len(corr) == 10 and toks[:8] == [1, 2, 4, 6, 8, 10, 16, 32] and toks == sorted(set(toks)),
              f"tp {tp}: correction points {toks}")
     # A fit that left any probe off by more than a factor 2 would be wrong.
     ck.check(all(0.5 <= c[1] <= 2 for c in corr), f"tp {tp}: correction ratios {corr}")
@@ -99,7 +99,8 @@ for tp in degrees:
                         prof["_comment"])
     names = [n for n, *_ in probes]
     ck.check(names == ["batch1@1023", "prefill256", "prefill64", "prefill64@192", "decode1",
-                       "decode2", "decode4", "decode8", "decode16", "decode32"],
+                       "decode2", "decode4", "decode6", "decode8", "decode10", "decode16",
+                       "decode32"],
              f"tp {tp}: probes {names}")
     for name, wall, comp, model, step in probes:
         print(f"tp {tp}: fitted {name}: wall {wall} ms, model step {step} ms "

@@ -5,7 +5,7 @@
 
 #include "runtime/planner/profile_fit.h"
 
-const int ss_probe_decode_batch[SS_PROBE_N_DEC] = {1, 2, 4, 8, 16, 32};
+const int ss_probe_decode_batch[SS_PROBE_N_DEC] = {1, 2, 4, 6, 8, 10, 16, 32};
 const ss_held_probe ss_probe_held_shapes[SS_PROBE_N_HELD] = {
     {.name = "decode3", .n_seqs = 3},
     {.name = "decode12", .n_seqs = 12},

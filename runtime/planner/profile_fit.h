@@ -15,7 +15,7 @@
 #define SS_PROBE_BLOCK 16
 #define SS_PROBE_LONG 1024
 #define SS_PROBE_NSEQ 32
-#define SS_PROBE_N_DEC 6
+#define SS_PROBE_N_DEC 8
 extern const int ss_probe_decode_batch[SS_PROBE_N_DEC];
 
 /* Medians over the repeats of one probe: wall time, the slowest rank's compute,
