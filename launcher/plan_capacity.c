@@ -310,8 +310,7 @@ int ss_plan_capacity(const ss_model *m, const ss_shard_plan *stages, int pp,
         /* The parts the simulation overlaps when steps are in flight. */
         double work[SS_PLAN_MAX_STAGES], hop[SS_PLAN_MAX_STAGES];
         ss_stage_times st = {.stage_s = work, .hop_s = hop};
-        ss_step_cost sum;
-        ss_cost_stages(&pm, &hw, s, &st, &sum);
+        ss_cost_stages(&pm, &hw, s, &st, NULL);
         json_t *arr = json_array();
         for (int g = 0; g < pm.n_stages; g++)
           json_array_append_new(arr, json_pack("{s:f,s:f}", "work", work[g] * 1e3, "handoff",

@@ -129,7 +129,7 @@ def synth(tmp, dim):
 
 
 def decode_step(tmp, path):
-    """The median decode step of a model on this host, from a short stream."""
+    """The median decode step of a model on this host, from a short generation."""
     log = os.path.join(tmp, "calibrate.csv")
     srv = Server(args.bin, path, extra=["--step-log", log])
     try:

@@ -72,7 +72,7 @@ void ss_cost_stages(const ss_plan_model *m, const ss_hw_profile *hw, const ss_st
     t->overhead_s = ov;
     t->sample_s = smp;
   }
-  *sum = c;
+  if (sum) *sum = c;
 }
 
 ss_step_cost ss_cost_step(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s) {
@@ -186,10 +186,6 @@ typedef struct sim_req {
   int32_t *tokens; /* prefix_repetition: prompt and output ids (else NULL) */
 } sim_req;
 
-/* A token id of the simulated prefix_repetition workload: only equality
- * matters (the prefix cache compares blocks' tokens), so ids are 31-bit hashes
- * of (kind, group or request, position); a chance match of a whole block of
- * them is negligible. */
 /* A step in flight: its batch (entries copied out of the scheduler) and when
  * its logits are home on rank 0, and what handling them then costs there. */
 typedef struct sim_flight {
@@ -197,6 +193,10 @@ typedef struct sim_flight {
   double done, sample_s;
 } sim_flight;
 
+/* A token id of the simulated prefix_repetition workload: only equality
+ * matters (the prefix cache compares blocks' tokens), so ids are 31-bit hashes
+ * of (kind, group or request, position); a chance match of a whole block of
+ * them is negligible. */
 static int32_t sim_token(uint64_t seed, uint64_t kind, uint64_t who, uint64_t pos) {
   uint64_t x = seed ^ (kind << 62) ^ (who << 24) ^ pos;
   return (int32_t)(ss_xrng_splitmix64(&x) & 0x7fffffff);
@@ -229,7 +229,8 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
   const int32_t N = w->n_requests;
   int32_t K = 0;             /* steps in flight at most (set below) */
   sim_flight *fl = NULL;     /* [K] */
-  double *stage_free = NULL; /* per stage: when it ends its last step; then scratch */
+  double *stage_free = NULL; /* [n_stages] when each stage ends its last step, then the
+                                current step's parts: stage_s [n_stages], hop_s [n_stages] */
   sim_req *rq = calloc((size_t)N, sizeof *rq);
   double *ttft = malloc((size_t)N * sizeof *ttft), *tpot = malloc((size_t)N * sizeof *tpot);
   double *e2e = malloc((size_t)N * sizeof *e2e);
@@ -375,8 +376,7 @@ int ss_simulate(const ss_plan_model *m, const ss_hw_profile *hw, const ss_sched_
           /* Rank 0 schedules and runs the first stage; each later stage
            * starts when the activations arrive and it has ended the step
            * before; the logits come home after the last. */
-          ss_step_cost sum;
-          ss_cost_stages(m, hw, &shape, &stt, &sum);
+          ss_cost_stages(m, hw, &shape, &stt, NULL);
           t += stt.overhead_s + stt.stage_s[0];
           double at = t + stt.hop_s[0];
           for (int i = 1; i < m->n_stages; i++) {

@@ -140,7 +140,7 @@ typedef struct ss_stage_times {
   double *stage_s, *hop_s; /* [n_stages], the caller's */
 } ss_stage_times;
 
-/* Fills t (when not NULL) and sum (their total, as ss_cost_step). */
+/* Fills t and sum (their total, as ss_cost_step), each when not NULL. */
 void ss_cost_stages(const ss_plan_model *m, const ss_hw_profile *hw, const ss_step_shape *s,
                     ss_stage_times *t, ss_step_cost *sum);
 
